@@ -1,0 +1,181 @@
+package netstack
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+
+	"gvisor.dev/gvisor/pkg/tcpip"
+	"gvisor.dev/gvisor/pkg/tcpip/link/fdbased"
+)
+
+// DispatchMode selects how an AF_PACKET link reads frames from the kernel.
+// A TAP fd is not a socket: it is always read with readv whatever the mode.
+type DispatchMode string
+
+const (
+	// DispatchReadv reads one frame per readv(2) call.
+	DispatchReadv DispatchMode = "readv"
+	// DispatchRecvMMsg reads up to a batch of frames per recvmmsg(2) call.
+	DispatchRecvMMsg DispatchMode = "recvmmsg"
+	// DispatchPacketMMap reads frames from a PACKET_RX_RING shared with the
+	// kernel. Ring slots are sized to the MTU.
+	DispatchPacketMMap DispatchMode = "mmap"
+)
+
+func (m DispatchMode) fdbased() (fdbased.PacketDispatchMode, error) {
+	switch m {
+	case DispatchReadv, "":
+		return fdbased.Readv, nil
+	case DispatchRecvMMsg:
+		return fdbased.RecvMMsg, nil
+	case DispatchPacketMMap:
+		return fdbased.PacketMMap, nil
+	}
+	return 0, fmt.Errorf("%w: dispatch mode %q", ErrBadOption, string(m))
+}
+
+// BufferRange is a TCP buffer size range in bytes, as in the Linux sysctls
+// net.ipv4.tcp_rmem / tcp_wmem: new sockets start at Default; with receive
+// buffer moderation the receive buffer grows up to Max.
+type BufferRange struct {
+	Min     int `json:"min"`
+	Default int `json:"default"`
+	Max     int `json:"max"`
+}
+
+// Knobs are every TCP and link setting of a Stack that influences its
+// performance. DefaultKnobs documents why each default was chosen; the
+// comparison harness records Stack.Knobs() next to its figures.
+type Knobs struct {
+	// SACK enables selective acknowledgements (RFC 2018).
+	SACK bool `json:"sack"`
+	// RACK enables RACK-TLP loss detection (RFC 8985); it needs SACK.
+	RACK bool `json:"rack"`
+	// CongestionControl is "reno" or "cubic".
+	CongestionControl string `json:"congestion_control"`
+	// ModerateReceiveBuffer lets the receive buffer grow with the measured
+	// bandwidth-delay product (Linux tcp_moderate_rcvbuf).
+	ModerateReceiveBuffer bool `json:"moderate_receive_buffer"`
+	// SendBuffer and ReceiveBuffer are the TCP buffer size ranges.
+	SendBuffer    BufferRange `json:"send_buffer"`
+	ReceiveBuffer BufferRange `json:"receive_buffer"`
+	// Nagle enables Nagle's algorithm (the inverse of TCP_NODELAY).
+	Nagle bool `json:"nagle"`
+	// Dispatch is the AF_PACKET receive mode (TAP always uses readv).
+	Dispatch DispatchMode `json:"dispatch"`
+	// GSOMaxSize > 0 enables gVisor's software GSO: TCP hands segments of
+	// up to this many bytes to the link, which splits them and writes the
+	// frames in one sendmmsg batch (sockets only). 0 disables GSO.
+	GSOMaxSize uint32 `json:"gso_max_size"`
+	// GRO enables netstack's own receive coalescing of TCP segments
+	// (recvmmsg dispatch only). Unrelated to the kernel NIC's GRO, which
+	// PrepareNIC always turns off.
+	GRO bool `json:"gro"`
+	// RXChecksumOffload trusts the link: inbound IPv4/TCP checksums are not
+	// verified.
+	RXChecksumOffload bool `json:"rx_checksum_offload"`
+	// TXChecksumOffload skips computing outbound checksums.
+	TXChecksumOffload bool `json:"tx_checksum_offload"`
+	// Processors is the number of goroutines handling inbound frames per
+	// link fd (0: GOMAXPROCS).
+	Processors int `json:"processors"`
+}
+
+// DefaultKnobs returns the settings used unless WithKnobs is given. Figures
+// quoted are from `go test -bench . ./netstack` and netecho on a 2-core
+// Debian 12 machine (see the package report in doc.go).
+func DefaultKnobs() Knobs {
+	return Knobs{
+		// SACK on: without it one lost frame in a bulk window costs a
+		// retransmission timeout or go-back-N. netstack defaults to off.
+		SACK: true,
+		// RACK on (netstack default): time-based loss detection recovers
+		// tail losses without an RTO, which matters for short request /
+		// response exchanges where there are no dupacks to count.
+		RACK: true,
+		// Reno: on a sub-millisecond RTT link the window is never limited
+		// by the congestion-avoidance growth curve, so cubic's extra work
+		// per ACK buys nothing; measured equal or slightly better
+		// (see doc.go). netstack's default is also reno.
+		CongestionControl: "reno",
+		// Moderation on: lets a bulk receiver grow its window beyond the
+		// 1 MiB default up to ReceiveBuffer.Max instead of pinning it.
+		ModerateReceiveBuffer: true,
+		// 1 MiB start, 4 MiB ceiling (netstack's own values). Larger
+		// ceilings did not raise throughput on TAP or veth: the bottleneck
+		// is per-frame CPU, not the window.
+		SendBuffer:    BufferRange{Min: 4 << 10, Default: 1 << 20, Max: 4 << 20},
+		ReceiveBuffer: BufferRange{Min: 4 << 10, Default: 1 << 20, Max: 4 << 20},
+		// Nagle off: WormSpace sends small requests and waits for the
+		// reply; Nagle plus delayed ACKs would add up to 40 ms per round
+		// trip.
+		Nagle: false,
+		// recvmmsg for AF_PACKET: one syscall reads a burst of frames
+		// during bulk transfers; costs nothing for single-frame echoes.
+		// PACKET_MMAP ring slots are MTU-sized, so any oversized frame is
+		// truncated, and it measured no faster (see doc.go).
+		Dispatch: DispatchRecvMMsg,
+		// GSO off: see doc.go for the measurement.
+		GSOMaxSize: 0,
+		// GRO off: see doc.go for the measurement.
+		GRO: false,
+		// Trust the link. Over virtio-net (QEMU TAP with offloads) and
+		// veth, frames from the kernel carry unfinished (CHECKSUM_PARTIAL)
+		// TCP checksums; netstack would drop every one of them and all
+		// connections time out (boot-notes). The link is a local wire or
+		// a hypervisor queue, with nothing to corrupt frames.
+		RXChecksumOffload: true,
+		// Outbound checksums must be complete: the kernel on the other side
+		// of a TAP without a virtio-net header has no way to learn that a
+		// checksum is pending and would drop the frames.
+		TXChecksumOffload: false,
+		Processors:        0,
+	}
+}
+
+// KnobsFromEnv returns DefaultKnobs overridden by the JSON object in the
+// environment variable WORM_NETSTACK_KNOBS, if set (used for measurement
+// sweeps: WORM_NETSTACK_KNOBS='{"congestion_control":"cubic"}').
+func KnobsFromEnv() (Knobs, error) {
+	k := DefaultKnobs()
+	if v := os.Getenv("WORM_NETSTACK_KNOBS"); v != "" {
+		if err := json.Unmarshal([]byte(v), &k); err != nil {
+			return k, fmt.Errorf("%w: WORM_NETSTACK_KNOBS: %w", ErrBadOption, err)
+		}
+	}
+	return k, k.validate()
+}
+
+func (k Knobs) validate() error {
+	switch k.CongestionControl {
+	case "reno", "cubic":
+	default:
+		return fmt.Errorf("%w: congestion control %q (want reno or cubic)", ErrBadOption, k.CongestionControl)
+	}
+	if k.RACK && !k.SACK {
+		return fmt.Errorf("%w: RACK needs SACK", ErrBadOption)
+	}
+	for _, r := range []BufferRange{k.SendBuffer, k.ReceiveBuffer} {
+		if r.Min <= 0 || r.Min > r.Default || r.Default > r.Max {
+			return fmt.Errorf("%w: buffer range %+v", ErrBadOption, r)
+		}
+	}
+	if _, err := k.Dispatch.fdbased(); err != nil {
+		return err
+	}
+	return nil
+}
+
+// String renders the knobs as one JSON object.
+func (k Knobs) String() string {
+	b, _ := json.Marshal(k)
+	return string(b)
+}
+
+func (k Knobs) recovery() tcpip.TCPRecovery {
+	if k.RACK {
+		return tcpip.TCPRACKLossDetection
+	}
+	return 0
+}
