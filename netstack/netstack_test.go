@@ -222,8 +222,8 @@ func TestStackClose(t *testing.T) {
 func TestOptions(t *testing.T) {
 	la, _ := netstack.Pipe()
 	bad := [][]netstack.Option{
-		{},                     // no link
-		{la},                   // no address
+		{},   // no link
+		{la}, // no address
 		{la, netstack.WithAddress(netip.MustParsePrefix("fd00::1/64"))},
 		{la, netstack.WithAddress(addrA), netstack.WithGateway(netip.MustParseAddr("10.0.0.1"))},
 		{la, netstack.WithAddress(addrA), netstack.WithMTU(100)},

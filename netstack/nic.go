@@ -61,11 +61,11 @@ type Offload int
 
 // Offloads SetNICOffload can switch.
 const (
-	OffloadGRO Offload = iota // generic receive offload (ETHTOOL_SGRO)
-	OffloadLRO                // large receive offload (ETH_FLAG_LRO)
-	OffloadTSO                // TCP segmentation offload (ETHTOOL_STSO)
-	OffloadGSO                // generic segmentation offload (ETHTOOL_SGSO)
-	OffloadTXChecksum         // TX checksumming (ETHTOOL_STXCSUM)
+	OffloadGRO        Offload = iota // generic receive offload (ETHTOOL_SGRO)
+	OffloadLRO                       // large receive offload (ETH_FLAG_LRO)
+	OffloadTSO                       // TCP segmentation offload (ETHTOOL_STSO)
+	OffloadGSO                       // generic segmentation offload (ETHTOOL_SGSO)
+	OffloadTXChecksum                // TX checksumming (ETHTOOL_STXCSUM)
 )
 
 func (o Offload) String() string {
