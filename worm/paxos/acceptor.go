@@ -1,0 +1,422 @@
+package paxos
+
+import (
+	"bytes"
+
+	"github.com/wormspace/wormspace/worm"
+)
+
+// Acceptor is one wormserver's Paxos acceptor for every register of the
+// space. It is a deterministic state machine: Handle and Apply change it;
+// nothing else does. It is not safe for concurrent use; the server
+// serialises calls.
+//
+// Durability contract: Handle appends to recs every state change it made.
+// The caller must make those records durable before it sends resp (or any
+// later response), because resp may reveal the change.
+type Acceptor struct {
+	segSize uint32
+	segs    map[uint64]*segment
+	trimmed map[uint64]struct{}
+	// liveBytes approximates the encoded size of the live state, so that
+	// the server can decide when a checkpoint reclaims enough.
+	liveBytes int64
+	// scratch buffers reused by Handle for the slices of a Response.
+	regs      []RegState
+	contended []uint32
+	results   []RegResult
+}
+
+type segment struct {
+	promised Ballot // range promise from KindPrepareSeg
+	regs     []register
+	meta     register // the metadata WOR at worm.MetaOffset
+}
+
+type register struct {
+	promised Ballot
+	accepted Ballot
+	value    []byte
+	hasValue bool
+	decided  bool
+}
+
+// NewAcceptor returns an empty acceptor for segments of segSize registers.
+func NewAcceptor(segSize uint32) *Acceptor {
+	if segSize == 0 {
+		panic("paxos: segment size 0")
+	}
+	return &Acceptor{segSize: segSize, segs: map[uint64]*segment{}, trimmed: map[uint64]struct{}{}}
+}
+
+// SegmentSize returns the number of data registers per segment.
+func (a *Acceptor) SegmentSize() uint32 { return a.segSize }
+
+// LiveBytes approximates the encoded size of the live state.
+func (a *Acceptor) LiveBytes() int64 { return a.liveBytes }
+
+// Segments returns the number of live segments and of trimmed ones.
+func (a *Acceptor) Segments() (live, trimmed int) { return len(a.segs), len(a.trimmed) }
+
+// IsTrimmed reports whether seg is trimmed.
+func (a *Acceptor) IsTrimmed(seg uint64) bool { _, ok := a.trimmed[seg]; return ok }
+
+func (a *Acceptor) inRange(off uint32) bool { return off < a.segSize || off == worm.MetaOffset }
+
+// reg returns the register (seg, off), creating the segment and register
+// when create is set; nil when absent and !create.
+func (a *Acceptor) reg(seg uint64, off uint32, create bool) (*segment, *register) {
+	s := a.segs[seg]
+	if s == nil {
+		if !create {
+			return nil, nil
+		}
+		s = &segment{}
+		a.segs[seg] = s
+	}
+	if off == worm.MetaOffset {
+		return s, &s.meta
+	}
+	if int(off) >= len(s.regs) {
+		if !create {
+			return s, nil
+		}
+		n := int(off) + 1
+		if n < 2*len(s.regs) {
+			n = 2 * len(s.regs)
+		}
+		if n > int(a.segSize) {
+			n = int(a.segSize)
+		}
+		grown := make([]register, n)
+		copy(grown, s.regs)
+		s.regs = grown
+	}
+	return s, &s.regs[off]
+}
+
+// effective returns the promise that binds register r of segment s.
+func effective(s *segment, r *register) Ballot {
+	if s == nil {
+		return Ballot{}
+	}
+	if r == nil {
+		return s.promised
+	}
+	return s.promised.Max(r.promised)
+}
+
+// Handle applies req, fills resp and appends the durable changes to recs.
+// It returns the extended recs. resp's slices alias the acceptor's scratch
+// space and state; they are valid until the next call.
+func (a *Acceptor) Handle(req *Request, resp *Response, recs []Record) []Record {
+	*resp = Response{Kind: req.Kind}
+	if req.Kind != KindTrim && req.Kind != KindStatus {
+		if _, ok := a.trimmed[req.Seg]; ok {
+			resp.Status = StatusTrimmed
+			return recs
+		}
+	}
+	switch req.Kind {
+	case KindPrepare:
+		if !a.inRange(req.Off) {
+			resp.Status = StatusOutOfRange
+			return recs
+		}
+		if req.Ballot.IsZero() {
+			resp.Status, resp.Text = StatusInvalid, "prepare at ballot 0"
+			return recs
+		}
+		s, r := a.reg(req.Seg, req.Off, false)
+		eff := effective(s, r)
+		if req.Ballot.Less(eff) {
+			resp.Status = StatusNack
+			resp.Promised = eff
+		} else {
+			if eff.Less(req.Ballot) {
+				s, r = a.reg(req.Seg, req.Off, true)
+				r.promised = req.Ballot
+				recs = append(recs, Record{Kind: RecordPromise, Seg: req.Seg, Off: req.Off, Ballot: req.Ballot})
+				a.liveBytes += recordOverhead
+			}
+			resp.Promised = req.Ballot
+		}
+		if r != nil {
+			resp.Reg = stateOf(req.Off, r)
+		}
+		return recs
+
+	case KindPrepareSeg:
+		if req.Ballot.IsZero() {
+			resp.Status, resp.Text = StatusInvalid, "prepare at ballot 0"
+			return recs
+		}
+		s := a.segs[req.Seg]
+		var cur Ballot
+		if s != nil {
+			cur = s.promised
+		}
+		if req.Ballot.Less(cur) {
+			resp.Status = StatusNack
+			resp.Promised = cur
+			return recs
+		}
+		if cur.Less(req.Ballot) {
+			if s == nil {
+				s = &segment{}
+				a.segs[req.Seg] = s
+			}
+			s.promised = req.Ballot
+			recs = append(recs, Record{Kind: RecordSegPromise, Seg: req.Seg, Ballot: req.Ballot})
+			a.liveBytes += recordOverhead
+		}
+		resp.Promised = req.Ballot
+		a.regs, a.contended = a.regs[:0], a.contended[:0]
+		if s != nil {
+			for i := range s.regs {
+				r := &s.regs[i]
+				if r.hasValue {
+					a.regs = append(a.regs, stateOf(uint32(i), r))
+				}
+				if req.Ballot.Less(r.promised) {
+					a.contended = append(a.contended, uint32(i))
+				}
+			}
+		}
+		resp.Regs, resp.Contended = a.regs, a.contended
+		return recs
+
+	case KindAccept:
+		n := len(req.Values)
+		if n == 0 {
+			resp.Status, resp.Text = StatusInvalid, "accept without values"
+			return recs
+		}
+		if req.Off == worm.MetaOffset {
+			if n != 1 {
+				resp.Status, resp.Text = StatusInvalid, "batch accept on the metadata register"
+				return recs
+			}
+		} else if uint64(req.Off)+uint64(n) > uint64(a.segSize) {
+			resp.Status = StatusOutOfRange
+			return recs
+		}
+		a.results = a.results[:0]
+		for i, v := range req.Values {
+			off := req.Off + uint32(i)
+			var res RegResult
+			recs, res = a.accept(req.Seg, off, req.Ballot, v, recs)
+			a.results = append(a.results, res)
+		}
+		resp.Results = a.results
+		return recs
+
+	case KindDecide:
+		if req.Off == worm.MetaOffset {
+			if req.Count != 1 {
+				return recs
+			}
+		} else if uint64(req.Off)+uint64(req.Count) > uint64(a.segSize) {
+			resp.Status = StatusOutOfRange
+			return recs
+		}
+		for i := uint32(0); i < req.Count; i++ {
+			off := req.Off + i
+			_, r := a.reg(req.Seg, off, false)
+			if r != nil && r.hasValue && !r.decided && r.accepted == req.Ballot {
+				r.decided = true
+				recs = append(recs, Record{Kind: RecordDecide, Seg: req.Seg, Off: off, Ballot: req.Ballot})
+			}
+		}
+		return recs
+
+	case KindRead:
+		if !a.inRange(req.Off) {
+			resp.Status = StatusOutOfRange
+			return recs
+		}
+		if _, r := a.reg(req.Seg, req.Off, false); r != nil {
+			resp.Reg = stateOf(req.Off, r)
+		} else {
+			resp.Reg.Off = req.Off
+		}
+		return recs
+
+	case KindTrim:
+		if _, ok := a.trimmed[req.Seg]; !ok {
+			a.trim(req.Seg)
+			recs = append(recs, Record{Kind: RecordTrim, Seg: req.Seg})
+		}
+		return recs
+
+	default:
+		resp.Status, resp.Text = StatusInvalid, "request kind "+req.Kind.String()+" is not handled by the acceptor"
+		return recs
+	}
+}
+
+// recordOverhead approximates the encoded size of a record without value.
+const recordOverhead = 40
+
+func (a *Acceptor) accept(seg uint64, off uint32, b Ballot, v []byte, recs []Record) ([]Record, RegResult) {
+	s, r := a.reg(seg, off, false)
+	if r != nil && r.decided {
+		if bytes.Equal(r.value, v) {
+			return recs, RegResult{Status: StatusOK}
+		}
+		return recs, RegResult{Status: StatusDecided, Value: r.value, Accepted: r.accepted, HasValue: true}
+	}
+	eff := effective(s, r)
+	if b.Less(eff) || (b.IsZero() && r != nil && r.hasValue && !r.accepted.IsZero()) {
+		res := RegResult{Status: StatusNack, Promised: eff}
+		if r != nil && r.hasValue {
+			res.Accepted, res.HasValue = r.accepted, true
+		}
+		return recs, res
+	}
+	if r != nil && r.hasValue && r.accepted == b {
+		if bytes.Equal(r.value, v) {
+			return recs, RegResult{Status: StatusOK} // duplicate: already durable
+		}
+		// One ballot, two values: only a broken or malicious proposer
+		// does this. Refuse; keep the first.
+		return recs, RegResult{Status: StatusNack, Promised: eff, Accepted: r.accepted, HasValue: true}
+	}
+	s, r = a.reg(seg, off, true)
+	if r.hasValue {
+		a.liveBytes -= int64(len(r.value))
+	} else {
+		a.liveBytes += recordOverhead
+	}
+	a.liveBytes += int64(len(v))
+	if r.promised.Less(b) {
+		r.promised = b
+	}
+	r.accepted, r.hasValue = b, true
+	r.value = append(r.value[:0:0], v...)
+	recs = append(recs, Record{Kind: RecordAccept, Seg: seg, Off: off, Ballot: b, Value: r.value})
+	return recs, RegResult{Status: StatusOK}
+}
+
+func (a *Acceptor) trim(seg uint64) {
+	if s := a.segs[seg]; s != nil {
+		for i := range s.regs {
+			if s.regs[i].hasValue {
+				a.liveBytes -= int64(len(s.regs[i].value)) + recordOverhead
+			}
+		}
+		if s.meta.hasValue {
+			a.liveBytes -= int64(len(s.meta.value)) + recordOverhead
+		}
+		delete(a.segs, seg)
+	}
+	a.trimmed[seg] = struct{}{}
+	a.liveBytes += 16
+}
+
+func stateOf(off uint32, r *register) RegState {
+	return RegState{Off: off, Accepted: r.accepted, HasValue: r.hasValue, Decided: r.decided, Value: r.value}
+}
+
+// Apply replays one durable record after a restart. Replaying a record
+// twice, or replaying records that a later checkpoint superseded, leaves the
+// state as the newest record says: promises only grow, a trim is final.
+// Apply copies rec.Value.
+func (a *Acceptor) Apply(rec Record) error {
+	if !rec.Kind.Valid() {
+		return errInvalidRecord(rec)
+	}
+	if _, ok := a.trimmed[rec.Seg]; ok {
+		return nil
+	}
+	if rec.Kind != RecordSegPromise && rec.Kind != RecordTrim && !a.inRange(rec.Off) {
+		return errInvalidRecord(rec)
+	}
+	switch rec.Kind {
+	case RecordPromise:
+		_, r := a.reg(rec.Seg, rec.Off, true)
+		r.promised = r.promised.Max(rec.Ballot)
+	case RecordSegPromise:
+		s := a.segs[rec.Seg]
+		if s == nil {
+			s = &segment{}
+			a.segs[rec.Seg] = s
+		}
+		s.promised = s.promised.Max(rec.Ballot)
+	case RecordAccept:
+		_, r := a.reg(rec.Seg, rec.Off, true)
+		r.promised = r.promised.Max(rec.Ballot)
+		if !r.hasValue || !rec.Ballot.Less(r.accepted) {
+			if r.hasValue {
+				a.liveBytes -= int64(len(r.value))
+			} else {
+				a.liveBytes += recordOverhead
+			}
+			if !(r.hasValue && r.accepted == rec.Ballot) {
+				r.decided = false
+			}
+			r.accepted, r.hasValue = rec.Ballot, true
+			r.value = append(r.value[:0:0], rec.Value...)
+			a.liveBytes += int64(len(r.value))
+		}
+	case RecordDecide:
+		_, r := a.reg(rec.Seg, rec.Off, false)
+		if r != nil && r.hasValue && r.accepted == rec.Ballot {
+			r.decided = true
+		}
+	case RecordTrim:
+		a.trim(rec.Seg)
+	}
+	return nil
+}
+
+// Snapshot emits records that rebuild the current state through Apply, for
+// a storage checkpoint. It stops at the first error emit returns.
+func (a *Acceptor) Snapshot(emit func(Record) error) error {
+	for seg := range a.trimmed {
+		if err := emit(Record{Kind: RecordTrim, Seg: seg}); err != nil {
+			return err
+		}
+	}
+	for seg, s := range a.segs {
+		if !s.promised.IsZero() {
+			if err := emit(Record{Kind: RecordSegPromise, Seg: seg, Ballot: s.promised}); err != nil {
+				return err
+			}
+		}
+		emitReg := func(off uint32, r *register) error {
+			if r.hasValue {
+				if err := emit(Record{Kind: RecordAccept, Seg: seg, Off: off, Ballot: r.accepted, Value: r.value}); err != nil {
+					return err
+				}
+				if r.decided {
+					if err := emit(Record{Kind: RecordDecide, Seg: seg, Off: off, Ballot: r.accepted}); err != nil {
+						return err
+					}
+				}
+			}
+			if r.accepted.Less(r.promised) {
+				return emit(Record{Kind: RecordPromise, Seg: seg, Off: off, Ballot: r.promised})
+			}
+			return nil
+		}
+		for i := range s.regs {
+			if err := emitReg(uint32(i), &s.regs[i]); err != nil {
+				return err
+			}
+		}
+		if err := emitReg(worm.MetaOffset, &s.meta); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// InvalidRecordError reports a record that cannot be applied.
+type InvalidRecordError struct{ Record Record }
+
+func (e *InvalidRecordError) Error() string {
+	return "paxos: invalid record " + e.Record.Kind.String() + " for " + worm.Addr{Seg: e.Record.Seg, Off: e.Record.Off}.String()
+}
+
+func errInvalidRecord(rec Record) error { return &InvalidRecordError{Record: rec} }

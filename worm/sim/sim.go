@@ -1,0 +1,757 @@
+// Package sim is a deterministic simulator for the WormSpace protocol core.
+//
+// It runs the real acceptors (paxos.Acceptor) and the real client
+// operations (paxos.Op) over a simulated network and disk driven by one
+// seeded random source: messages are delivered in random order, dropped,
+// duplicated and retransmitted; acceptors crash (losing everything not
+// durable) and restart from their durable records; operations are nudged
+// and expire at random. After every step the simulator checks the protocol
+// invariants of the reference (section 4) against the acceptors' state, and
+// at the end it checks every operation's outcome against what was chosen.
+//
+// A run is a pure function of its Config: a failing seed replays exactly.
+//
+// This package must never import worm/wire, worm/server, worm/client or
+// anything that does real I/O.
+package sim
+
+import (
+	"bytes"
+	"fmt"
+	"math/rand/v2"
+	"sort"
+	"strings"
+
+	"github.com/wormspace/wormspace/worm"
+	"github.com/wormspace/wormspace/worm/paxos"
+)
+
+// Config describes one simulation run.
+type Config struct {
+	Seed      uint64
+	Acceptors int // 3 or 5
+	Clients   int
+	Segments  int    // segments in play (1..)
+	SegSize   uint32 // registers per segment
+	Ops       int    // operations per client
+	// Fault probabilities per step.
+	Drop, Dup, Crash, Nudge, Expire float64
+	// MaxDown bounds how many acceptors may be down at once (a minority
+	// keeps the system live; more tests unavailability).
+	MaxDown int
+	// Trim enables trim operations.
+	Trim bool
+	// Trace, when set, receives one line per step.
+	Trace func(string)
+}
+
+// DefaultConfig is a moderately faulty 3-acceptor run.
+func DefaultConfig(seed uint64) Config {
+	return Config{Seed: seed, Acceptors: 3, Clients: 3, Segments: 2, SegSize: 4, Ops: 25,
+		Drop: 0.05, Dup: 0.05, Crash: 0.01, Nudge: 0.05, Expire: 0.003, MaxDown: 1, Trim: true}
+}
+
+// Stats summarises a run.
+type Stats struct {
+	Steps, Delivered, Dropped, Duplicated, Crashes, Expired int
+	Ops                                                     map[string]int
+	Errors                                                  map[string]int
+}
+
+func (s Stats) String() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "steps=%d delivered=%d dropped=%d dup=%d crashes=%d expired=%d ops=", s.Steps, s.Delivered, s.Dropped, s.Duplicated, s.Crashes, s.Expired)
+	keys := make([]string, 0, len(s.Ops))
+	for k := range s.Ops {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		fmt.Fprintf(&b, "%s:%d ", k, s.Ops[k])
+	}
+	return b.String()
+}
+
+type message struct {
+	toAcceptor bool
+	acceptor   int // destination (request) or source (response)
+	client     int
+	op         *simOp
+	tag        uint64
+	req        paxos.Request
+	resp       paxos.Response
+}
+
+type acceptorNode struct {
+	acc     *paxos.Acceptor
+	durable []paxos.Record
+	down    bool
+}
+
+// simOp is one client operation and its observed outcome.
+type simOp struct {
+	client     int
+	kind       string
+	addr       worm.Addr
+	value      []byte
+	values     [][]byte
+	token      worm.Token
+	op         *paxos.Op
+	start, end int
+	res        paxos.Result
+}
+
+type clientState struct {
+	p      *paxos.Proposer
+	cur    *simOp
+	left   int
+	tokens map[worm.Addr]worm.Token
+	segTok map[uint64]worm.Token
+}
+
+// Sim is one simulation in progress.
+type Sim struct {
+	cfg     Config
+	rng     *rand.Rand
+	accs    []*acceptorNode
+	clients []*clientState
+	net     []*message
+	step    int
+	ops     []*simOp
+	stats   Stats
+	// chosen records, per register, the first value seen chosen (a
+	// majority of acceptors accepted it at one ballot) and when.
+	chosen  map[worm.Addr]chosenAt
+	trimmed map[uint64]int // segment -> step at which some acceptor trimmed it
+	values  map[string]bool
+	// tokValue: the value first written with each (register, token).
+	tokValue map[tokKey][]byte
+	accepted map[ballotKey]*acceptance
+}
+
+type chosenAt struct {
+	value []byte
+	step  int
+}
+
+// Violation is an invariant failure; the message names the seed.
+type Violation struct {
+	Seed uint64
+	Step int
+	What string
+}
+
+func (v *Violation) Error() string {
+	return fmt.Sprintf("sim seed %d step %d: %s (replay: go test ./worm/sim -run TestSeed -seed %d -v)", v.Seed, v.Step, v.What, v.Seed)
+}
+
+// New prepares a run.
+func New(cfg Config) *Sim {
+	s := &Sim{cfg: cfg, rng: rand.New(rand.NewPCG(cfg.Seed, cfg.Seed^0x9e3779b97f4a7c15)),
+		chosen: map[worm.Addr]chosenAt{}, trimmed: map[uint64]int{}, values: map[string]bool{}, tokValue: map[tokKey][]byte{}, accepted: map[ballotKey]*acceptance{}}
+	s.stats.Ops, s.stats.Errors = map[string]int{}, map[string]int{}
+	for i := 0; i < cfg.Acceptors; i++ {
+		s.accs = append(s.accs, &acceptorNode{acc: paxos.NewAcceptor(cfg.SegSize)})
+	}
+	for c := 0; c < cfg.Clients; c++ {
+		p := paxos.NewProposer(uint64(c+1), fmt.Sprintf("client-%d", c), cfg.Acceptors, cfg.SegSize)
+		s.clients = append(s.clients, &clientState{p: p, left: cfg.Ops, tokens: map[worm.Addr]worm.Token{}, segTok: map[uint64]worm.Token{}})
+	}
+	return s
+}
+
+// Run executes the simulation to completion and checks it.
+func Run(cfg Config) (Stats, error) {
+	s := New(cfg)
+	err := s.Run()
+	return s.stats, err
+}
+
+func (s *Sim) trace(format string, args ...any) {
+	if s.cfg.Trace != nil {
+		s.cfg.Trace(fmt.Sprintf("%5d ", s.step) + fmt.Sprintf(format, args...))
+	}
+}
+
+func (s *Sim) violation(format string, args ...any) error {
+	return &Violation{Seed: s.cfg.Seed, Step: s.step, What: fmt.Sprintf(format, args...)}
+}
+
+// Run drives the simulation until every client has finished its operations.
+func (s *Sim) Run() error {
+	const maxSteps = 2_000_000
+	for s.step = 0; s.step < maxSteps; s.step++ {
+		s.stats.Steps++
+		active := false
+		for ci, c := range s.clients {
+			if c.cur == nil && c.left > 0 {
+				s.startOp(ci)
+			}
+			if c.cur != nil {
+				active = true
+			}
+		}
+		if !active {
+			break
+		}
+		if err := s.event(); err != nil {
+			return err
+		}
+		if err := s.checkChosen(); err != nil {
+			return err
+		}
+	}
+	if s.step >= maxSteps {
+		return s.violation("no progress after %d steps", maxSteps)
+	}
+	return s.checkOutcomes()
+}
+
+// ---------------------------------------------------------------------------
+// Workload
+
+func (s *Sim) randAddr() worm.Addr {
+	return worm.Addr{Seg: uint64(s.rng.IntN(s.cfg.Segments)), Off: uint32(s.rng.IntN(int(s.cfg.SegSize)))}
+}
+
+func (s *Sim) newValue(ci int) []byte {
+	v := []byte(fmt.Sprintf("c%d-v%d", ci, len(s.ops)))
+	s.values[string(v)] = true
+	return v
+}
+
+// valueFor returns the value client ci writes to addr with tok: a token
+// carries at most one value per register (the caller contract of
+// Space.Write), so a client that writes again with the same token retries
+// its first value.
+func (s *Sim) valueFor(ci int, addr worm.Addr, tok worm.Token) []byte {
+	k := tokKey{addr, tok}
+	if v, ok := s.tokValue[k]; ok {
+		return v
+	}
+	v := s.newValue(ci)
+	s.tokValue[k] = v
+	return v
+}
+
+type tokKey struct {
+	addr worm.Addr
+	tok  worm.Token
+}
+
+func (s *Sim) startOp(ci int) {
+	c := s.clients[ci]
+	c.left--
+	o := &simOp{client: ci, start: s.step}
+	p := c.p
+	r := s.rng.Float64()
+	switch {
+	case r < 0.12:
+		o.kind = "alloc"
+		o.addr = worm.Addr{Seg: uint64(s.rng.IntN(s.cfg.Segments)), Off: worm.MetaOffset}
+		o.value = s.newValue(ci)
+		s.values[string(paxos.EncodeSegmentInfo(p.ID(), o.value))] = true
+		o.op = p.Alloc(o.addr.Seg, o.value)
+	case r < 0.30:
+		o.kind = "capture"
+		o.addr = s.randAddr()
+		o.op = p.Capture(o.addr)
+	case r < 0.37:
+		o.kind = "capture-seg"
+		o.addr = worm.Addr{Seg: uint64(s.rng.IntN(s.cfg.Segments))}
+		o.op = p.CaptureSegment(o.addr.Seg)
+	case r < 0.57:
+		o.kind = "write"
+		o.addr = s.randAddr()
+		tok, ok := c.tokens[o.addr]
+		if st, sok := c.segTok[o.addr.Seg]; sok && (!ok || tok.Less(st)) {
+			tok, ok = st, true
+		}
+		if !ok {
+			o.kind = "read"
+			o.op = p.Read(o.addr)
+			break
+		}
+		o.token = tok
+		o.value = s.valueFor(ci, o.addr, tok)
+		o.op = p.Write(o.addr.Seg, o.addr.Off, tok, [][]byte{o.value})
+	case r < 0.63:
+		o.kind = "batch"
+		seg := uint64(s.rng.IntN(s.cfg.Segments))
+		tok, ok := c.segTok[seg]
+		if !ok {
+			o.kind = "capture-seg"
+			o.addr = worm.Addr{Seg: seg}
+			o.op = p.CaptureSegment(seg)
+			break
+		}
+		off := uint32(s.rng.IntN(int(s.cfg.SegSize)))
+		n := 1 + s.rng.IntN(int(s.cfg.SegSize-off))
+		o.addr, o.token = worm.Addr{Seg: seg, Off: off}, tok
+		for i := 0; i < n; i++ {
+			o.values = append(o.values, s.valueFor(ci, worm.Addr{Seg: seg, Off: off + uint32(i)}, tok))
+		}
+		o.op = p.Write(seg, off, tok, o.values)
+	case r < 0.68:
+		// Unsafe writes need a single designated writer per register,
+		// writing one value (a WormTX vote): client off%clients owns
+		// register off, and always writes the same value there.
+		o.kind = "unsafe"
+		o.addr = s.randAddr()
+		o.addr.Off = o.addr.Off - o.addr.Off%uint32(len(s.clients)) + uint32(ci)
+		if o.addr.Off >= s.cfg.SegSize {
+			o.kind = "read"
+			o.addr = s.randAddr()
+			o.op = p.Read(o.addr)
+			break
+		}
+		o.value = []byte(fmt.Sprintf("u-%v", o.addr))
+		s.values[string(o.value)] = true
+		o.op = p.Write(o.addr.Seg, o.addr.Off, worm.Token{}, [][]byte{o.value})
+	case r < 0.70 && s.cfg.Trim:
+		o.kind = "trim"
+		o.addr = worm.Addr{Seg: uint64(s.rng.IntN(s.cfg.Segments))}
+		o.op = p.Trim(o.addr.Seg)
+	default:
+		o.kind = "read"
+		o.addr = s.randAddr()
+		o.op = p.Read(o.addr)
+	}
+	c.cur = o
+	s.ops = append(s.ops, o)
+	s.stats.Ops[o.kind]++
+	s.trace("client %d starts %s %v", ci, o.kind, o.addr)
+	s.flush(o)
+}
+
+// flush moves an op's outbox into the network and completes it if done.
+func (s *Sim) flush(o *simOp) {
+	for _, out := range o.op.TakeOutbox() {
+		for i := 0; i < s.cfg.Acceptors; i++ {
+			if out.To != paxos.All && out.To != i {
+				continue
+			}
+			s.net = append(s.net, &message{toAcceptor: true, acceptor: i, client: o.client, op: o, tag: out.Tag, req: cloneReq(out.Req)})
+		}
+	}
+	if o.op.Done() && s.clients[o.client].cur == o {
+		o.end = s.step
+		o.res = o.op.Result()
+		c := s.clients[o.client]
+		c.cur = nil
+		if o.res.Err != nil {
+			s.stats.Errors[errKind(o.res.Err)]++
+		}
+		switch o.kind {
+		case "capture":
+			if o.res.Err == nil {
+				c.tokens[o.addr] = o.res.Token
+			}
+		case "capture-seg":
+			if o.res.Err == nil {
+				c.segTok[o.addr.Seg] = o.res.Token
+			}
+		}
+		s.trace("client %d done %s %v -> %v", o.client, o.kind, o.addr, describe(o.res))
+	}
+}
+
+// ---------------------------------------------------------------------------
+// Events
+
+func (s *Sim) event() error {
+	r := s.rng.Float64()
+	cfg := s.cfg
+	switch {
+	case r < cfg.Crash:
+		s.crashOrRestart()
+		return nil
+	case r < cfg.Crash+cfg.Expire:
+		if o := s.randomActive(); o != nil {
+			s.stats.Expired++
+			s.trace("expire client %d %s", o.client, o.kind)
+			o.op.Expire()
+			s.flush(o)
+		}
+		return nil
+	case r < cfg.Crash+cfg.Expire+cfg.Nudge:
+		if o := s.randomActive(); o != nil {
+			o.op.Nudge()
+			s.flush(o)
+		}
+		return nil
+	}
+	if len(s.net) == 0 {
+		// Nothing in flight: the op is waiting for lost messages.
+		// Retransmit (TCP would), or let a down acceptor come back.
+		if o := s.randomActive(); o != nil {
+			pend := o.op.Pending()
+			if len(pend) == 0 {
+				o.op.Nudge()
+				s.flush(o)
+				if len(o.op.Pending()) == 0 && !o.op.Done() {
+					o.op.Expire()
+					s.stats.Expired++
+					s.flush(o)
+				}
+				return nil
+			}
+			for _, out := range pend {
+				s.net = append(s.net, &message{toAcceptor: true, acceptor: out.To, client: o.client, op: o, tag: out.Tag, req: cloneReq(out.Req)})
+			}
+			for i, a := range s.accs {
+				if a.down && s.rng.IntN(4) == 0 {
+					s.restart(i)
+				}
+			}
+		}
+		return nil
+	}
+	i := s.rng.IntN(len(s.net))
+	m := s.net[i]
+	x := s.rng.Float64()
+	switch {
+	case x < cfg.Drop:
+		s.stats.Dropped++
+		s.remove(i)
+		return nil
+	case x < cfg.Drop+cfg.Dup:
+		s.stats.Duplicated++
+		d := *m
+		s.net = append(s.net, &d)
+	default:
+		s.remove(i)
+	}
+	s.stats.Delivered++
+	return s.deliver(m)
+}
+
+func (s *Sim) remove(i int) {
+	s.net[i] = s.net[len(s.net)-1]
+	s.net = s.net[:len(s.net)-1]
+}
+
+func (s *Sim) randomActive() *simOp {
+	var act []*simOp
+	for _, c := range s.clients {
+		if c.cur != nil {
+			act = append(act, c.cur)
+		}
+	}
+	if len(act) == 0 {
+		return nil
+	}
+	return act[s.rng.IntN(len(act))]
+}
+
+func (s *Sim) deliver(m *message) error {
+	if m.toAcceptor {
+		a := s.accs[m.acceptor]
+		if a.down {
+			return nil
+		}
+		var resp paxos.Response
+		recs := a.acc.Handle(&m.req, &resp, nil)
+		if s.cfg.Trace != nil {
+			s.trace("  acceptor %d <- %s %d/%d b=%v n=%d tag=%d: %s %v", m.acceptor, m.req.Kind, m.req.Seg, m.req.Off, m.req.Ballot, len(m.req.Values), m.tag, resp.Status, resp.Results)
+		}
+		// The server makes records durable before replying.
+		for _, rec := range recs {
+			rec.Value = bytes.Clone(rec.Value)
+			a.durable = append(a.durable, rec)
+		}
+		if err := s.recordAccepts(m.acceptor, recs); err != nil {
+			return err
+		}
+		if m.req.Kind == paxos.KindTrim {
+			if _, ok := s.trimmed[m.req.Seg]; !ok {
+				s.trimmed[m.req.Seg] = s.step
+			}
+		}
+		if m.tag == 0 {
+			return nil
+		}
+		s.net = append(s.net, &message{acceptor: m.acceptor, client: m.client, op: m.op, tag: m.tag, resp: cloneResp(&resp)})
+		return nil
+	}
+	o := m.op
+	if s.clients[o.client].cur != o {
+		return nil // the op finished; late answer
+	}
+	o.op.Step(m.acceptor, m.tag, &m.resp)
+	s.flush(o)
+	return nil
+}
+
+func (s *Sim) crashOrRestart() {
+	down := 0
+	for _, a := range s.accs {
+		if a.down {
+			down++
+		}
+	}
+	i := s.rng.IntN(len(s.accs))
+	a := s.accs[i]
+	if a.down {
+		s.restart(i)
+		return
+	}
+	if down >= s.cfg.MaxDown {
+		return
+	}
+	s.stats.Crashes++
+	a.down = true
+	a.acc = nil
+	s.trace("crash acceptor %d", i)
+	// In-flight messages to and from it are lost with its connections;
+	// the clients' drivers see the connections break.
+	kept := s.net[:0]
+	for _, m := range s.net {
+		if m.acceptor != i {
+			kept = append(kept, m)
+		}
+	}
+	s.net = kept
+	for _, c := range s.clients {
+		if c.cur != nil {
+			c.cur.op.Fail(i)
+			s.flush(c.cur)
+		}
+	}
+}
+
+func (s *Sim) restart(i int) {
+	a := s.accs[i]
+	a.acc = paxos.NewAcceptor(s.cfg.SegSize)
+	for _, rec := range a.durable {
+		if err := a.acc.Apply(rec); err != nil {
+			panic(err)
+		}
+	}
+	a.down = false
+	s.trace("restart acceptor %d (%d records)", i, len(a.durable))
+}
+
+// ---------------------------------------------------------------------------
+// Invariants
+
+// recordAccepts notes which acceptor durably accepted which (register,
+// ballot, value). Paxos's "chosen" is historical: a value is chosen once a
+// majority has accepted it at one ballot, even if some of those acceptors
+// later accept a higher ballot (which, by Paxos, carries the same value).
+func (s *Sim) recordAccepts(acceptor int, recs []paxos.Record) error {
+	for _, rec := range recs {
+		if rec.Kind != paxos.RecordAccept {
+			continue
+		}
+		k := ballotKey{worm.Addr{Seg: rec.Seg, Off: rec.Off}, rec.Ballot}
+		a := s.accepted[k]
+		if a == nil {
+			a = &acceptance{value: bytes.Clone(rec.Value)}
+			s.accepted[k] = a
+		} else if !bytes.Equal(a.value, rec.Value) {
+			return s.violation("register %v holds %q and %q at one ballot %v", k.addr, a.value, rec.Value, k.b)
+		}
+		a.by |= 1 << acceptor
+	}
+	return nil
+}
+
+type ballotKey struct {
+	addr worm.Addr
+	b    worm.Ballot
+}
+
+type acceptance struct {
+	value []byte
+	by    uint64
+}
+
+// checkChosen checks agreement and validity over everything accepted so
+// far.
+func (s *Sim) checkChosen() error {
+	q := s.cfg.Acceptors/2 + 1
+	for k, a := range s.accepted {
+		if popcount(a.by) < q {
+			continue
+		}
+		if _, t := s.trimmed[k.addr.Seg]; t {
+			continue
+		}
+		if prev, ok := s.chosen[k.addr]; ok {
+			if !bytes.Equal(prev.value, a.value) {
+				return s.violation("agreement: register %v chose %q at step %d and now %q at ballot %v", k.addr, prev.value, prev.step, a.value, k.b)
+			}
+			continue
+		}
+		if !s.values[string(a.value)] {
+			return s.violation("validity: register %v chose %q, which no client wrote", k.addr, a.value)
+		}
+		s.chosen[k.addr] = chosenAt{value: a.value, step: s.step}
+	}
+	return nil
+}
+
+func popcount(x uint64) int {
+	n := 0
+	for ; x != 0; x &= x - 1 {
+		n++
+	}
+	return n
+}
+
+// checkOutcomes compares every finished operation with the chosen values.
+func (s *Sim) checkOutcomes() error {
+	for _, o := range s.ops {
+		if err := s.checkOutcome(o); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (s *Sim) trimmedBefore(seg uint64, step int) bool {
+	t, ok := s.trimmed[seg]
+	return ok && t <= step
+}
+
+func (s *Sim) checkOutcome(o *simOp) error {
+	err := o.res.Err
+	if isErr(err, worm.ErrTrimmed) {
+		if !s.trimmedBefore(o.addr.Seg, o.end) {
+			return s.violation("%s %v by client %d answered trimmed, but no acceptor had trimmed it", o.kind, o.addr, o.client)
+		}
+		return nil
+	}
+	if _, t := s.trimmed[o.addr.Seg]; t {
+		return nil // values of trimmed segments are gone; nothing to compare
+	}
+	ch, chosen := s.chosen[o.addr]
+	switch o.kind {
+	case "read":
+		if err == nil {
+			if !chosen || !bytes.Equal(ch.value, o.res.Value) || ch.step > o.end {
+				return s.violation("read %v by client %d returned %q; chosen: %v", o.addr, o.client, o.res.Value, fmtChosen(ch, chosen))
+			}
+		}
+		if isErr(err, worm.ErrEmpty) && chosen && ch.step < o.start {
+			return s.violation("read %v by client %d returned empty at [%d,%d], but %q was chosen at step %d", o.addr, o.client, o.start, o.end, ch.value, ch.step)
+		}
+	case "write", "unsafe":
+		if err == nil && (!chosen || !bytes.Equal(ch.value, o.value)) {
+			return s.violation("%s %v of %q by client %d succeeded; chosen: %v", o.kind, o.addr, o.value, o.client, fmtChosen(ch, chosen))
+		}
+		if v, ok := worm.WrittenValue(err); ok && (!chosen || !bytes.Equal(v, ch.value)) {
+			return s.violation("%s %v by client %d answered written(%q); chosen: %v", o.kind, o.addr, o.client, v, fmtChosen(ch, chosen))
+		}
+		if isErr(err, worm.ErrPreempted) && chosen && bytes.Equal(ch.value, o.value) {
+			return s.violation("%s %v of %q by client %d answered preempted, but its value was chosen", o.kind, o.addr, o.value, o.client)
+		}
+	case "batch":
+		var be *worm.BatchError
+		for i, v := range o.values {
+			a := worm.Addr{Seg: o.addr.Seg, Off: o.addr.Off + uint32(i)}
+			ch, chosen := s.chosen[a]
+			var e error
+			if err != nil {
+				if asBatch(err, &be) {
+					e = be.Errs[i]
+				} else {
+					e = err
+				}
+			}
+			if e == nil && (!chosen || !bytes.Equal(ch.value, v)) {
+				return s.violation("batch register %v of %q by client %d succeeded; chosen: %v", a, v, o.client, fmtChosen(ch, chosen))
+			}
+			if isErr(e, worm.ErrPreempted) && chosen && bytes.Equal(ch.value, v) {
+				return s.violation("batch register %v of %q by client %d preempted, but chosen", a, v, o.client)
+			}
+		}
+	case "capture":
+		if err == nil && chosen && ch.step < o.start {
+			return s.violation("capture %v by client %d returned a token, but %q was chosen at step %d", o.addr, o.client, ch.value, ch.step)
+		}
+		if v, ok := worm.WrittenValue(err); ok && (!chosen || !bytes.Equal(v, ch.value)) {
+			return s.violation("capture %v by client %d answered written(%q); chosen: %v", o.addr, o.client, v, fmtChosen(ch, chosen))
+		}
+	case "capture-seg":
+		if err == nil {
+			for _, e := range o.res.Capture.Written {
+				a := worm.Addr{Seg: o.addr.Seg, Off: e.Off}
+				ch, chosen := s.chosen[a]
+				if !chosen || !bytes.Equal(ch.value, e.Value) {
+					return s.violation("capture-seg %d by client %d lists %v=%q; chosen: %v", o.addr.Seg, o.client, a, e.Value, fmtChosen(ch, chosen))
+				}
+			}
+		}
+	case "alloc":
+		if err == nil {
+			if !chosen {
+				return s.violation("alloc %d by client %d returned owner %q but nothing is chosen", o.addr.Seg, o.client, o.res.Info.Owner)
+			}
+			owner, _, _ := paxos.DecodeSegmentInfo(ch.value)
+			if owner != o.res.Info.Owner {
+				return s.violation("alloc %d by client %d: owner %q, chosen owner %q", o.addr.Seg, o.client, o.res.Info.Owner, owner)
+			}
+			if o.res.Info.Won != (owner == fmt.Sprintf("client-%d", o.client)) {
+				return s.violation("alloc %d by client %d: Won=%v with owner %q", o.addr.Seg, o.client, o.res.Info.Won, owner)
+			}
+		}
+	}
+	return nil
+}
+
+func fmtChosen(c chosenAt, ok bool) string {
+	if !ok {
+		return "nothing"
+	}
+	return fmt.Sprintf("%q at step %d", c.value, c.step)
+}
+
+// ---------------------------------------------------------------------------
+// helpers
+
+func cloneReq(r paxos.Request) paxos.Request {
+	c := r
+	if r.Values != nil {
+		c.Values = make([][]byte, len(r.Values))
+		for i, v := range r.Values {
+			c.Values[i] = bytes.Clone(v)
+		}
+	}
+	return c
+}
+
+// cloneResp deep-copies a response: the acceptor's slices alias its state.
+func cloneResp(r *paxos.Response) paxos.Response {
+	c := *r
+	c.Reg.Value = bytes.Clone(r.Reg.Value)
+	if r.Regs != nil {
+		c.Regs = make([]paxos.RegState, len(r.Regs))
+		for i, g := range r.Regs {
+			g.Value = bytes.Clone(g.Value)
+			c.Regs[i] = g
+		}
+	}
+	if r.Contended != nil {
+		c.Contended = append([]uint32(nil), r.Contended...)
+	}
+	if r.Results != nil {
+		c.Results = make([]paxos.RegResult, len(r.Results))
+		for i, g := range r.Results {
+			g.Value = bytes.Clone(g.Value)
+			c.Results[i] = g
+		}
+	}
+	return c
+}
+
+func describe(r paxos.Result) string {
+	if r.Err != nil {
+		return r.Err.Error()
+	}
+	if r.Value != nil {
+		return fmt.Sprintf("value %q", r.Value)
+	}
+	return "ok token " + r.Token.String()
+}
