@@ -342,7 +342,11 @@ func (m *acceptM) step(from int, tag uint64, resp *Response) {
 			case StatusNack:
 				m.nack[i]++
 				m.hint = m.hint.Max(r.Promised)
-				if r.HasValue && r.Accepted == m.ballot {
+				// A nacking acceptor that holds a value may hold ours
+				// (from this attempt or an identical earlier one that
+				// someone's capture finished): not a definite preemption,
+				// the write resolves it by reading.
+				if r.HasValue {
 					m.maybeOurs[i] = true
 				}
 			case StatusTrimmed:
