@@ -140,7 +140,10 @@ func (o *Op) Step(from int, tag uint64, resp *Response) {
 }
 
 // Fail tells the Op that acceptor from will not answer its outstanding
-// requests (its connection broke or cannot be made).
+// requests (its connection broke or cannot be made). It applies to the
+// requests sent so far: a driver must call Fail for every request it takes
+// from the outbox and cannot send, right after taking it, and for the
+// outstanding requests to an acceptor whose connection breaks.
 func (o *Op) Fail(from int) {
 	if o.done || from < 0 || from >= o.p.n {
 		return

@@ -1,0 +1,59 @@
+# WormSpace. Two commands do everything on a fresh machine:
+#   make test     install what the tests need, then run every test
+#   make compare  the main job (the OS-stack comparison; see README.md)
+# Everything else is a building block of those two.
+
+GO        ?= go
+export GOFLAGS ?= -mod=mod
+GOTESTFLAGS ?= -timeout 30m
+BIN       := build/bin
+
+.PHONY: all build test test-short deps deps-go deps-apt vet fmt-check sim fuzz clean
+
+all: build
+
+build: deps-go
+	@mkdir -p $(BIN)
+	CGO_ENABLED=0 $(GO) build -trimpath -o $(BIN)/ ./cmd/...
+
+# deps installs what the build and the tests use: Go modules, and from
+# Debian QEMU, e2fsprogs (data disks for VMs), iproute2 (namespaces) and
+# dpkg-dev (apt-get download / dpkg-deb for the guest kernel).
+deps: deps-go deps-apt
+
+deps-go:
+	$(GO) mod download
+
+APT_PKGS := qemu-system-x86 qemu-utils e2fsprogs iproute2 dpkg-dev
+deps-apt:
+	@missing=""; for p in $(APT_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "deps: installing$$missing"; \
+		if [ "$$(id -u)" = 0 ]; then SUDO=""; else SUDO=sudo; fi; \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing; \
+	else echo "deps: apt packages present"; fi
+
+vet:
+	$(GO) vet ./...
+
+fmt-check:
+	@bad=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$bad" ]; then echo "gofmt wants to rewrite:"; echo "$$bad"; exit 1; fi
+
+# test runs every package's tests. Tests that need root, TAP devices,
+# namespaces or QEMU run when the machine has them (CI is root) and skip
+# with a reason where it truly lacks them.
+test: deps fmt-check vet
+	$(GO) test $(GOTESTFLAGS) ./...
+
+test-short: deps-go
+	$(GO) test -short ./...
+
+# sim runs the deterministic simulation over many more seeds.
+SEEDS ?= 5000
+sim:
+	WORM_SIM_SEEDS=$(SEEDS) $(GO) test -count=1 -v -run 'TestSimulation|TestCleanRuns' ./worm/sim
+
+clean:
+	rm -rf build
+
+-include images/image.mk
