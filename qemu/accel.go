@@ -54,19 +54,19 @@ var ErrNoKVM = errors.New("qemu: KVM is not usable")
 func ProbeKVM() error {
 	f, err := os.OpenFile(kvmDevice, os.O_RDWR|unix.O_CLOEXEC, 0)
 	if err != nil {
-		return fmt.Errorf("%w: %v", ErrNoKVM, err)
+		return fmt.Errorf("%w: %w", ErrNoKVM, err)
 	}
 	defer f.Close()
 	sc, err := f.SyscallConn()
 	if err != nil {
-		return fmt.Errorf("%w: %v", ErrNoKVM, err)
+		return fmt.Errorf("%w: %w", ErrNoKVM, err)
 	}
 	var v uintptr
 	var errno unix.Errno
 	if err := sc.Control(func(fd uintptr) {
 		v, _, errno = unix.Syscall(unix.SYS_IOCTL, fd, kvmGetAPIVersion, 0)
 	}); err != nil {
-		return fmt.Errorf("%w: %v", ErrNoKVM, err)
+		return fmt.Errorf("%w: %w", ErrNoKVM, err)
 	}
 	if errno != 0 {
 		return fmt.Errorf("%w: KVM_GET_API_VERSION on %s: %v", ErrNoKVM, kvmDevice, errno)
