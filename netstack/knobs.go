@@ -77,60 +77,82 @@ type Knobs struct {
 	RXChecksumOffload bool `json:"rx_checksum_offload"`
 	// TXChecksumOffload skips computing outbound checksums.
 	TXChecksumOffload bool `json:"tx_checksum_offload"`
+	// SocketBuffer > 0 sets the AF_PACKET socket's kernel receive and send
+	// buffers (SO_RCVBUFFORCE/SO_SNDBUFFORCE, bytes); 0 keeps the kernel
+	// default (net.core.rmem_default, about 208 KiB). Frames that arrive
+	// while the buffer is full are dropped before netstack sees them.
+	SocketBuffer int `json:"socket_buffer"`
 	// Processors is the number of goroutines handling inbound frames per
 	// link fd (0: GOMAXPROCS).
 	Processors int `json:"processors"`
 }
 
 // DefaultKnobs returns the settings used unless WithKnobs is given. Figures
-// quoted are from `go test -bench . ./netstack` and netecho on a 2-core
-// Debian 12 machine (see the package report in doc.go).
+// quoted are from `WORM_NETSTACK_KNOBS=... go test -bench
+// 'Echo64|Bulk' ./netstack` on a 2-core Debian 12 machine (kernel client in
+// a namespace, netstack server on a TAP or on AF_PACKET over veth; "into"
+// = kernel to netstack, "out of" = netstack to kernel). Run-to-run noise
+// on that machine is about ±20%, so only larger differences decided.
 func DefaultKnobs() Knobs {
 	return Knobs{
-		// SACK on: without it one lost frame in a bulk window costs a
-		// retransmission timeout or go-back-N. netstack defaults to off.
+		// SACK on (netstack defaults to off): without it bulk into
+		// netstack over veth fell from ~600 to 7 MB/s, every loss in a
+		// large window costing a timeout.
 		SACK: true,
 		// RACK on (netstack default): time-based loss detection recovers
 		// tail losses without an RTO, which matters for short request /
 		// response exchanges where there are no dupacks to count.
 		RACK: true,
-		// Reno: on a sub-millisecond RTT link the window is never limited
-		// by the congestion-avoidance growth curve, so cubic's extra work
-		// per ACK buys nothing; measured equal or slightly better
-		// (see doc.go). netstack's default is also reno.
+		// Reno (netstack's default): cubic measured the same within
+		// noise on every path (3 runs each; e.g. AF_PACKET into netstack
+		// 628 vs 664 MB/s, out of it 116 vs 114 MB/s). On a sub-ms RTT
+		// the window is not limited by the growth curve; reno does less
+		// per ACK, which counts in a TCG guest.
 		CongestionControl: "reno",
-		// Moderation on: lets a bulk receiver grow its window beyond the
-		// 1 MiB default up to ReceiveBuffer.Max instead of pinning it.
+		// Moderation on: off, bulk into netstack on TAP fell from ~170 to
+		// 117 MB/s (the window stays at the 1 MiB default).
 		ModerateReceiveBuffer: true,
-		// 1 MiB start, 4 MiB ceiling (netstack's own values). Larger
-		// ceilings did not raise throughput on TAP or veth: the bottleneck
-		// is per-frame CPU, not the window.
+		// 1 MiB start, 4 MiB ceiling (netstack's own values). 4 MiB
+		// start / 8 MiB ceiling gave no consistent gain (TAP into 206,
+		// out of 98 MB/s vs ~170/125): the limit is per-frame CPU, not
+		// the window.
 		SendBuffer:    BufferRange{Min: 4 << 10, Default: 1 << 20, Max: 4 << 20},
 		ReceiveBuffer: BufferRange{Min: 4 << 10, Default: 1 << 20, Max: 4 << 20},
 		// Nagle off: WormSpace sends small requests and waits for the
 		// reply; Nagle plus delayed ACKs would add up to 40 ms per round
 		// trip.
 		Nagle: false,
-		// recvmmsg for AF_PACKET: one syscall reads a burst of frames
-		// during bulk transfers; costs nothing for single-frame echoes.
-		// PACKET_MMAP ring slots are MTU-sized, so any oversized frame is
-		// truncated, and it measured no faster (see doc.go).
+		// recvmmsg for AF_PACKET: one syscall reads a burst of frames,
+		// and syscalls are what costs most in a TCG guest. On veth all
+		// three modes measured alike within noise (into netstack: readv
+		// 604, recvmmsg 628, mmap 651 MB/s; echo p50 38-55 us each).
+		// PACKET_MMAP was not chosen: gVisor's ring has only 32 slots
+		// (64 KiB each), so a burst of more than 32 MTU-sized frames is
+		// dropped, whereas recvmmsg is backed by the socket buffer.
 		Dispatch: DispatchRecvMMsg,
-		// GSO off: see doc.go for the measurement.
+		// GSO off: software GSO of 64 KiB gave nothing (AF_PACKET out of
+		// netstack 111 vs 110 MB/s, into 481 vs 544 MB/s).
 		GSOMaxSize: 0,
-		// GRO off: see doc.go for the measurement.
+		// netstack GRO off: on, echo p50 on TAP doubled (86 vs 35-50 us)
+		// and AF_PACKET out of netstack fell to 79 MB/s.
 		GRO: false,
 		// Trust the link. Over virtio-net (QEMU TAP with offloads) and
 		// veth, frames from the kernel carry unfinished (CHECKSUM_PARTIAL)
-		// TCP checksums; netstack would drop every one of them and all
-		// connections time out (boot-notes). The link is a local wire or
+		// TCP checksums; netstack drops every one of them and all
+		// connections time out (boot-notes; on veth, verified here: every
+		// AF_PACKET test fails with this off). The link is a local wire or
 		// a hypervisor queue, with nothing to corrupt frames.
 		RXChecksumOffload: true,
 		// Outbound checksums must be complete: the kernel on the other side
 		// of a TAP without a virtio-net header has no way to learn that a
 		// checksum is pending and would drop the frames.
 		TXChecksumOffload: false,
-		Processors:        0,
+		// Kernel default: 4 MiB socket buffers measured into netstack
+		// 681 vs 597 MB/s but out of it 86 vs 107 MB/s on veth; worth
+		// re-measuring inside the TCG guest.
+		SocketBuffer: 0,
+		// One processor goroutine per core (fdbased's default).
+		Processors: 0,
 	}
 }
 

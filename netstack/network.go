@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"time"
 )
 
 // Network is a TCP provider: the host kernel's TCP/IP (Kernel) or a gVisor
@@ -98,10 +97,4 @@ func setNoDelay(c net.Conn) {
 	if tc, ok := c.(*net.TCPConn); ok {
 		_ = tc.SetNoDelay(true)
 	}
-}
-
-// deadlineOf returns the context's deadline or the zero time.
-func deadlineOf(ctx context.Context) time.Time {
-	d, _ := ctx.Deadline()
-	return d
 }

@@ -2,7 +2,9 @@ package netstack_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"net"
 	"net/netip"
 	"testing"
 
@@ -53,4 +55,50 @@ func TestTAP(t *testing.T) {
 func TestPacketSocket(t *testing.T) {
 	e, st := vethEnv(t)
 	pathTest(t, nsKernel{e}, vethKern, st)
+}
+
+// TestOpenTAPDevice builds the stack the way wormd and netecho do, from a
+// Config naming a TAP device, and checks that the device it created goes
+// away with the stack.
+func TestOpenTAPDevice(t *testing.T) {
+	e := newNS(t)
+	name := ifname("nsdev")
+	var n netstack.Network
+	if err := e.do(func() error {
+		var err error
+		n, err = netstack.Open(netstack.Config{Stack: "netstack", TAP: name, TAPFD: -1, Addr: tapStack})
+		if err != nil {
+			return err
+		}
+		return addrUp(name, tapKernel)
+	}); err != nil {
+		t.Fatal(err)
+	}
+	startServer(t, n, ":7400")
+	c := dial(t, nsKernel{e}, fmt.Sprintf("%v:7400", tapStack.Addr()))
+	if _, err := netperf.EchoRun(context.Background(), c, 64, 200, netperf.Config{}); err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+	if err := n.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.do(func() error {
+		if _, err := net.InterfaceByName(name); err == nil {
+			return fmt.Errorf("TAP %s still exists after Close", name)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestOpenKernel(t *testing.T) {
+	n, err := netstack.Open(netstack.Config{TAPFD: -1})
+	if err != nil || n.String() != "kernel" {
+		t.Fatalf("Open kernel: %v %v", n, err)
+	}
+	if _, err := netstack.Open(netstack.Config{Stack: "netstack", TAPFD: -1, Addr: tapStack}); !errors.Is(err, netstack.ErrBadOption) {
+		t.Fatalf("Open netstack without link: %v", err)
+	}
 }

@@ -154,12 +154,10 @@ func main() {
 }
 
 func openNetwork(kind, tap string, tapFD int, iface string, prepare bool, addr, gw string, mtu uint32, knobsJSON string, log *slog.Logger) (netstack.Network, *netstack.Knobs, error) {
-	switch kind {
-	case "kernel":
-		return netstack.Kernel(), nil, nil
-	case "netstack":
-	default:
-		return nil, nil, fmt.Errorf("unknown -stack %q (kernel or netstack)", kind)
+	c := netstack.Config{Stack: kind, Iface: iface, TAP: tap, TAPFD: tapFD, PrepareIface: prepare, MTU: mtu, Logger: log}
+	if kind != "netstack" {
+		n, err := netstack.Open(c)
+		return n, nil, err
 	}
 	k := netstack.DefaultKnobs()
 	if knobsJSON != "" {
@@ -167,41 +165,21 @@ func openNetwork(kind, tap string, tapFD int, iface string, prepare bool, addr, 
 			return nil, nil, fmt.Errorf("-knobs: %w", err)
 		}
 	}
-	p, err := netip.ParsePrefix(addr)
-	if err != nil {
+	c.Knobs = &k
+	var err error
+	if c.Addr, err = netip.ParsePrefix(addr); err != nil {
 		return nil, nil, fmt.Errorf("-addr: %w", err)
 	}
-	opts := []netstack.Option{netstack.WithAddress(p), netstack.WithKnobs(k), netstack.WithLogger(log)}
 	if gw != "" {
-		g, err := netip.ParseAddr(gw)
-		if err != nil {
+		if c.Gateway, err = netip.ParseAddr(gw); err != nil {
 			return nil, nil, fmt.Errorf("-gw: %w", err)
 		}
-		opts = append(opts, netstack.WithGateway(g))
 	}
-	if mtu != 0 {
-		opts = append(opts, netstack.WithMTU(mtu))
-	}
-	switch {
-	case tap != "":
-		opts = append(opts, netstack.TAPDevice(tap))
-	case tapFD >= 0:
-		opts = append(opts, netstack.TAP(tapFD))
-	case iface != "":
-		if prepare {
-			if err := netstack.PrepareNIC(iface); err != nil {
-				return nil, nil, err
-			}
-		}
-		opts = append(opts, netstack.PacketSocket(iface))
-	default:
-		return nil, nil, errors.New("-stack netstack needs -tap, -tap-fd or -iface")
-	}
-	st, err := netstack.New(opts...)
+	n, err := netstack.Open(c)
 	if err != nil {
 		return nil, nil, err
 	}
-	return st, &k, nil
+	return n, &k, nil
 }
 
 func parseSize(s string) (int64, error) {

@@ -1,0 +1,81 @@
+// Package netstack provides the TCP used by wormd and the worm client: either
+// the host kernel's TCP/IP or gVisor's user-space netstack
+// (gvisor.dev/gvisor/pkg/tcpip), behind one small interface, Network.
+//
+// # Choosing a provider
+//
+// Code that listens or dials takes a Network and never asks which one it
+// got:
+//
+//	var n netstack.Network = netstack.Kernel() // kernel TCP, TCP_NODELAY on
+//	l, err := n.Listen(ctx, "tcp", ":7070")
+//	c, err := n.DialContext(ctx, "tcp", "10.77.0.12:7070")
+//
+// A *Stack is the netstack provider: one gVisor stack with a single NIC,
+// ARP, IPv4 and TCP, a static address and an optional default gateway. New
+// takes exactly one link option and the address:
+//
+//	// Inside the guest (wormd -stack netstack -iface eth0):
+//	if err := netstack.PrepareNIC("eth0"); err != nil { ... } // no kernel address, IPv6 and GRO off
+//	st, err := netstack.New(
+//		netstack.PacketSocket("eth0"),
+//		netstack.WithAddress(netip.MustParsePrefix("10.77.0.11/24")),
+//		netstack.WithGateway(netip.MustParseAddr("10.77.0.1")), // optional
+//	)
+//	defer st.Close()
+//	l, err := st.Listen(ctx, "tcp", ":7070")
+//
+//	// On the host, serving a TAP device the process owns:
+//	st, err := netstack.New(netstack.TAPDevice("wtap0"), netstack.WithAddress(p))
+//	// or an fd opened elsewhere (the Stack takes ownership):
+//	st, err := netstack.New(netstack.TAP(fd), netstack.WithAddress(p))
+//
+//	// Two stacks joined in memory (tests, no privileges):
+//	la, lb := netstack.Pipe()
+//	a, _ := netstack.New(la, netstack.WithAddress(pa))
+//	b, _ := netstack.New(lb, netstack.WithAddress(pb))
+//
+// WithMAC and WithMTU override the link defaults (the interface's own MAC
+// and MTU for PacketSocket; a random locally administered MAC and 1500
+// otherwise).
+//
+// Both providers report expected failures the same way: a refused dial
+// satisfies errors.Is(err, syscall.ECONNREFUSED), a busy port
+// syscall.EADDRINUSE, and Accept on a closed listener net.ErrClosed.
+//
+// # The AF_PACKET contract
+//
+// netstack and the kernel share the NIC. The kernel must believe it has no
+// business on it: no IPv4 address and IPv6 disabled, or it answers SYNs
+// addressed to netstack with resets. The kernel NIC's GRO must be off or it
+// hands AF_PACKET coalesced super-frames and bulk transfers stall.
+// PrepareNIC does all of this; the socket ignores outgoing frames
+// (PACKET_IGNORE_OUTGOING) so netstack never sees its own transmissions.
+//
+// # Knobs
+//
+// Every setting that changes performance is in Knobs, explicit and
+// printable as JSON (Stack.Knobs, Knobs.String) so the comparison harness
+// can record what produced a figure. DefaultKnobs documents the reason for
+// each value. KnobsFromEnv reads overrides from WORM_NETSTACK_KNOBS for
+// measurement sweeps; the netecho command takes the same JSON in -knobs.
+//
+// # Measuring
+//
+// Package netperf (echo round trips and checksummed bulk transfers) and the
+// netecho command measure a path:
+//
+//	go test -run XXX -bench . -benchtime 2s ./netstack/
+//	netecho -mode server -stack netstack -tap wtap0 -addr 10.0.0.2/24 -listen :7000
+//	netecho -mode client -stack kernel -connect 10.0.0.2:7000
+//
+// Tests that need root create their own network namespace (TAP, veth) and
+// skip with the reason when not root or /dev/net/tun is missing. The soak
+// test runs 20 s, WORM_SOAK=5m runs longer.
+//
+// # Imports
+//
+// This package is transport plumbing only. It must never import the
+// WormSpace protocol packages (github.com/wormspace/wormspace/worm/...);
+// they import it.
+package netstack
