@@ -548,6 +548,20 @@ func testCaptureSegment(e *env) {
 	e.mustWrite(e.c[1], worm.Addr{Seg: s, Off: 7}, sc2.Token, []byte("s7"))
 	e.wantValue(worm.Addr{Seg: s, Off: 7}, []byte("s7"))
 	e.wantValue(b, []byte("reg"))
+	// A segment capture preempts an older per-register capture: the
+	// register's effective capture is the higher of the two.
+	r8 := worm.Addr{Seg: s, Off: 8}
+	t8 := e.mustCapture(e.c[0], r8)
+	sc3, err := e.c[1].CaptureSegment(e.ctx, s)
+	if err != nil {
+		e.t.Fatalf("third CaptureSegment: %v", err)
+	}
+	if slices.Contains(sc3.Contended, 8) {
+		e.t.Fatalf("register 8 contended by an older capture: %v", sc3.Contended)
+	}
+	wantErr(e.t, "per-register token after a later segment capture", e.c[0].Write(e.ctx, r8, t8, []byte("old")), worm.ErrPreempted)
+	e.mustWrite(e.c[1], r8, sc3.Token, []byte("s8"))
+	e.wantValue(r8, []byte("s8"))
 }
 
 func testWriteBatch(e *env) {
