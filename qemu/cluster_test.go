@@ -3,6 +3,8 @@ package qemu
 import (
 	"context"
 	"errors"
+	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -64,7 +66,18 @@ func dialVM(ctx context.Context, c *Cluster, v *VM, d time.Duration) error {
 	if err != nil {
 		return err
 	}
-	return conn.Close()
+	defer conn.Close()
+	// QEMU's user networking accepts a forwarded connection before it
+	// knows whether the guest listens, then closes it. A live server
+	// keeps the connection open (silent, or sending a greeting), so a
+	// read that times out or returns data means a server is there.
+	conn.SetReadDeadline(time.Now().Add(300 * time.Millisecond))
+	n, err := conn.Read(make([]byte, 1))
+	var ne net.Error
+	if n > 0 || errors.As(err, &ne) && ne.Timeout() {
+		return nil
+	}
+	return fmt.Errorf("connection to %s closed at once (no server behind it): %v", v.Server(), err)
 }
 
 // TestClusterEndToEnd boots three VMs under TCG, connects to every wormd
@@ -241,5 +254,33 @@ func BenchmarkBoot(b *testing.B) {
 			b.ReportMetric(float64(uptime.Milliseconds())/runs, "ms-guest-uptime/vm")
 			b.ReportMetric(float64(worst.Milliseconds()), "ms-worst")
 		})
+	}
+}
+
+// TestClusterUserNet boots one VM with QEMU user networking (the fallback
+// without CAP_NET_ADMIN), connects through the 127.0.0.1 forward, and
+// stops it with Stop (guest power-off, or SIGTERM after the stop timeout).
+func TestClusterUserNet(t *testing.T) {
+	cfg := testConfig(t, 1)
+	cfg.Net = NetUser
+	ctx := context.Background()
+	c, err := Up(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	v := c.VMs()[0]
+	if c.Net() != NetUser || c.Netns() != "" || !strings.HasPrefix(v.Server(), "127.0.0.1:") {
+		t.Fatalf("net %s netns %q server %s", c.Net(), c.Netns(), v.Server())
+	}
+	t.Logf("server %s, boot-to-ready %v", v.Server(), v.Ready().BootToReady)
+	if err := dialVM(ctx, c, v, 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if err := v.Stop(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if v.Running() {
+		t.Fatal("running after Stop")
 	}
 }
