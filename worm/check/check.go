@@ -21,8 +21,10 @@ type Result struct {
 	// (after expanding batches and segment captures); Dropped the number
 	// of recorded operations that told the model nothing (failed reads,
 	// preempted writes, trimmed segments, ...); Pending the number of
-	// writes checked as "may or may not have taken effect".
-	Checked, Dropped, Pending int
+	// writes checked as "may or may not have taken effect"; Elided the
+	// number of ambiguous writes left out because they cannot matter (see
+	// Operations).
+	Checked, Dropped, Pending, Elided int
 	// Registers is the number of partitions (distinct registers).
 	Registers int
 	// Elapsed is the time porcupine took.
@@ -37,8 +39,8 @@ type Result struct {
 }
 
 func (r *Result) String() string {
-	s := fmt.Sprintf("linearizability %s: %d ops (%d pending writes, %d dropped) on %d registers in %v",
-		r.Outcome, r.Checked, r.Pending, r.Dropped, r.Registers, r.Elapsed.Round(time.Millisecond))
+	s := fmt.Sprintf("linearizability %s: %d ops (%d pending writes, %d elided, %d dropped) on %d registers in %v",
+		r.Outcome, r.Checked, r.Pending, r.Elided, r.Dropped, r.Registers, r.Elapsed.Round(time.Millisecond))
 	if r.Visualization != "" {
 		s += "; visualization: " + r.Visualization
 	}
@@ -61,9 +63,15 @@ func VisualizationDir() string {
 	return os.TempDir()
 }
 
+// Stats counts what Operations did with a history.
+type Stats struct {
+	Dropped int // recorded operations that told the model nothing
+	Pending int // ambiguous writes kept, with Return = Pending
+	Elided  int // ambiguous writes left out because they cannot matter
+}
+
 // Operations converts a recorded history to porcupine operations on single
-// registers, as Check does, and reports how many recorded operations were
-// dropped and how many writes are pending.
+// registers, as Check does.
 //
 // Conversion rules:
 //   - Reads and Checks that failed with anything but ErrEmpty or
@@ -81,7 +89,29 @@ func VisualizationDir() string {
 //     Contended), a capture that found it empty.
 //   - Operations on a segment are not related to Trim: ErrTrimmed results
 //     are dropped, values read before the trim are still checked.
-func Operations(history []Op) (ops []porcupine.Operation, dropped, pending int) {
+//
+// Ambiguous writes are what makes checking expensive: porcupine tries
+// every subset of them, and an illegal history with a few dozen on one
+// register would not be decided in any reasonable time. Two reductions
+// keep the check exact (they change no verdict) and fast:
+//   - An ambiguous write whose value no completed operation on that
+//     register ever shows (as a value read, a *WrittenError value, a
+//     capture's found value, an allocation record, or the value of a
+//     successful write) is elided: had it taken effect, only other
+//     ambiguous operations could follow it, and those are equally legal on
+//     the state without it.
+//   - Of several ambiguous writes of one value to one register, only the
+//     one called earliest is kept: it can take effect at any point the
+//     others could.
+//
+// A correct history thus keeps at most one ambiguous write per register.
+func Operations(history []Op) ([]porcupine.Operation, Stats) {
+	ops, st := convert(history)
+	return reduce(ops, &st), st
+}
+
+// convert is Operations without the reduction.
+func convert(history []Op) (ops []porcupine.Operation, st Stats) {
 	history = slices.Clone(history)
 	slices.SortStableFunc(history, func(a, b Op) int {
 		switch {
@@ -126,7 +156,7 @@ func Operations(history []Op) (ops []porcupine.Operation, dropped, pending int) 
 		}
 		if op.Kind == KindCaptureSegment {
 			if op.Err != nil || op.Return == Pending {
-				dropped++
+				st.Dropped++
 				continue
 			}
 			skip := map[uint32]bool{}
@@ -153,7 +183,7 @@ func Operations(history []Op) (ops []porcupine.Operation, dropped, pending int) 
 		}
 		out, keep, pend := classify(op)
 		if !keep {
-			dropped++
+			st.Dropped++
 			continue
 		}
 		in := input{Kind: op.Kind, Addr: op.Addr, Value: string(op.Value), Client: op.Client}
@@ -162,12 +192,49 @@ func Operations(history []Op) (ops []porcupine.Operation, dropped, pending int) 
 		}
 		ret := op.Return
 		if pend {
-			pending++
 			ret = Pending
 		}
 		add(op, in, out, ret)
 	}
-	return ops, dropped, pending
+	return ops, st
+}
+
+// reduce elides the ambiguous writes that cannot matter (see Operations)
+// and counts the pending ones that remain.
+func reduce(ops []porcupine.Operation, st *Stats) []porcupine.Operation {
+	type key struct {
+		a worm.Addr
+		v string
+	}
+	observed := map[key]bool{}
+	for _, op := range ops {
+		in, out := op.Input.(input), op.Output.(output)
+		switch out.Out {
+		case outOK:
+			observed[key{in.Addr, out.Value}] = true
+			if in.Kind == KindWrite || in.Kind == KindWriteUnsafe || in.Kind == KindAlloc {
+				observed[key{in.Addr, in.Value}] = true
+			}
+		case outWritten:
+			observed[key{in.Addr, out.Value}] = true
+		}
+	}
+	kept := map[key]bool{} // ops are in call order: the first is the earliest
+	res := ops[:0]
+	for _, op := range ops {
+		in, out := op.Input.(input), op.Output.(output)
+		if out.Out == outMaybe {
+			k := key{in.Addr, in.Value}
+			if !observed[k] || kept[k] {
+				st.Elided++
+				continue
+			}
+			kept[k] = true
+			st.Pending++
+		}
+		res = append(res, op)
+	}
+	return res
 }
 
 // Check checks that history is linearizable against the atomic register
@@ -177,8 +244,8 @@ func Operations(history []Op) (ops []porcupine.Operation, dropped, pending int) 
 // they see fit. On a violation Check writes an HTML visualization into
 // VisualizationDir() and reports its path in the Result.
 func Check(history []Op, timeout time.Duration) (ok bool, res *Result) {
-	ops, dropped, pending := Operations(history)
-	res = &Result{Checked: len(ops), Dropped: dropped, Pending: pending}
+	ops, st := Operations(history)
+	res = &Result{Checked: len(ops), Dropped: st.Dropped, Pending: st.Pending, Elided: st.Elided}
 	regs := map[worm.Addr]bool{}
 	for _, op := range ops {
 		regs[op.Input.(input).Addr] = true
