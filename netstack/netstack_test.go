@@ -214,6 +214,23 @@ func TestStackClose(t *testing.T) {
 	if err := b.Close(); !errors.Is(err, net.ErrClosed) {
 		t.Fatalf("second Close: %v", err)
 	}
+	// A listener of a closed stack reports net.ErrClosed.
+	l, err := a.Listen(context.Background(), "tcp", ":7004")
+	if err != nil {
+		t.Fatal(err)
+	}
+	errc := make(chan error, 1)
+	go func() { _, err := l.Accept(); errc <- err }()
+	time.Sleep(20 * time.Millisecond)
+	a.Close()
+	select {
+	case err := <-errc:
+		if !errors.Is(err, net.ErrClosed) {
+			t.Fatalf("Accept after stack Close: %v", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Accept did not return after stack Close")
+	}
 	if _, err := b.DialContext(context.Background(), "tcp", srv); !errors.Is(err, netstack.ErrClosed) {
 		t.Fatalf("dial on closed stack: %v", err)
 	}

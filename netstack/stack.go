@@ -291,14 +291,15 @@ func (st *Stack) Listen(ctx context.Context, network, address string) (net.Liste
 		ep.Close()
 		return nil, &net.OpError{Op: "listen", Net: network, Addr: toTCPAddr(fa), Err: os.NewSyscallError("listen", errnoOf(e))}
 	}
-	return &listener{l: gonet.NewTCPListener(st.s, &wq, ep)}, nil
+	return &listener{l: gonet.NewTCPListener(st.s, &wq, ep), st: st}, nil
 }
 
 // listener adds net.ErrClosed semantics to gonet's listener: Accept on (or
-// blocked in, when) a closed listener returns an error matching
-// net.ErrClosed, as the kernel's does.
+// blocked in, when) a closed listener, or a listener of a closed Stack,
+// returns an error matching net.ErrClosed, as the kernel's does.
 type listener struct {
 	l      *gonet.TCPListener
+	st     *Stack
 	mu     sync.Mutex
 	closed bool
 }
@@ -309,7 +310,7 @@ func (l *listener) Accept() (net.Conn, error) {
 		l.mu.Lock()
 		closed := l.closed
 		l.mu.Unlock()
-		if closed {
+		if closed || l.st.isClosed() {
 			return nil, &net.OpError{Op: "accept", Net: "tcp", Addr: l.Addr(), Err: net.ErrClosed}
 		}
 		return nil, err
