@@ -73,6 +73,20 @@
 // skip with the reason when not root or /dev/net/tun is missing. The soak
 // test runs 20 s, WORM_SOAK=5m runs longer.
 //
+// Figures with DefaultKnobs on a 2-core Debian 12 machine (go test -bench
+// . -benchtime 2s -count 3; kernel client in a test namespace, netstack
+// server; "into"/"out of" netstack):
+//
+//	path                          echo64 p50/p99   bulk into / out of
+//	kernel loopback               17 / 57 us       2500-2900 MB/s
+//	netstack <-> netstack (Pipe)  17 / 79 us       160-198 MB/s
+//	kernel -> netstack on TAP     50 / 170 us      170-181 / 124-142 MB/s
+//	kernel -> netstack AF_PACKET  54 / 190 us      610-664 / 121-124 MB/s
+//
+// Into netstack over veth is fast because the kernel side sends TSO
+// super-frames that AF_PACKET passes whole; a virtio-net guest with GRO off
+// sees MTU-sized frames instead.
+//
 // # Imports
 //
 // This package is transport plumbing only. It must never import the
