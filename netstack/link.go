@@ -175,7 +175,9 @@ func dupFile(f *os.File) (int, error) {
 // OpenTAP opens /dev/net/tun and attaches to (or creates) the TAP
 // interface name with IFF_TAP|IFF_NO_PI, no virtio-net header: frames are
 // plain Ethernet and the kernel finishes its checksums before handing them
-// over. The returned file is in blocking mode; pass f.Fd() (or a dup) to
+// over. IFF_VNET_HDR is deliberately not used: gVisor's fd link only adds
+// and strips virtio-net headers on sockets, so on a TAP fd every frame
+// would be misparsed. The returned file is in blocking mode; pass f.Fd() (or a dup) to
 // TAP.
 func OpenTAP(name string) (*os.File, error) {
 	if len(name) >= unix.IFNAMSIZ {

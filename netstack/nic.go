@@ -38,10 +38,16 @@ func PrepareNIC(ifname string) error {
 			return fmt.Errorf("netstack: prepare %s: delete %v: %w", ifname, a.IPNet, err)
 		}
 	}
-	p := "/proc/sys/net/ipv6/conf/" + ifname + "/disable_ipv6"
-	if err := os.WriteFile(p, []byte("1\n"), 0o644); err != nil && !errors.Is(err, os.ErrNotExist) {
-		// ENOENT: the kernel has no IPv6 at all, which is what we want.
-		return fmt.Errorf("netstack: prepare %s: disable IPv6: %w", ifname, err)
+	if _, err := os.Stat("/proc/sys/net"); err != nil {
+		return fmt.Errorf("netstack: prepare %s: /proc/sys/net unavailable (is /proc mounted?): %w", ifname, err)
+	}
+	// No /proc/sys/net/ipv6: the kernel has no IPv6 at all, which is
+	// what we want.
+	if _, err := os.Stat("/proc/sys/net/ipv6"); err == nil {
+		p := "/proc/sys/net/ipv6/conf/" + ifname + "/disable_ipv6"
+		if err := os.WriteFile(p, []byte("1\n"), 0o644); err != nil {
+			return fmt.Errorf("netstack: prepare %s: disable IPv6: %w", ifname, err)
+		}
 	}
 	if err := SetNICOffload(ifname, OffloadGRO, false); err != nil && !errors.Is(err, unix.EOPNOTSUPP) {
 		return err

@@ -6,7 +6,11 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
+	"strings"
 	"testing"
+
+	"github.com/vishvananda/netlink"
 
 	"github.com/wormspace/wormspace/netstack"
 	"github.com/wormspace/wormspace/netstack/netperf"
@@ -100,5 +104,44 @@ func TestOpenKernel(t *testing.T) {
 	}
 	if _, err := netstack.Open(netstack.Config{Stack: "netstack", TAPFD: -1, Addr: tapStack}); !errors.Is(err, netstack.ErrBadOption) {
 		t.Fatalf("Open netstack without link: %v", err)
+	}
+}
+
+// TestPrepareNIC checks that PrepareNIC leaves the kernel no foothold on
+// the interface: no addresses, IPv6 disabled, link up.
+func TestPrepareNIC(t *testing.T) {
+	e := newNS(t)
+	if err := e.do(func() error {
+		a, b := ifname("nspa"), ifname("nspb")
+		if err := netlink.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: a}, PeerName: b}); err != nil {
+			return err
+		}
+		if err := addrUp(b, vethStack); err != nil { // the kernel holds an address...
+			return err
+		}
+		if err := netstack.PrepareNIC(b); err != nil {
+			return err
+		}
+		l, err := netlink.LinkByName(b)
+		if err != nil {
+			return err
+		}
+		addrs, err := netlink.AddrList(l, netlink.FAMILY_ALL)
+		if err != nil {
+			return err
+		}
+		if len(addrs) != 0 {
+			return fmt.Errorf("addresses left on %s: %v", b, addrs)
+		}
+		v, err := os.ReadFile("/proc/sys/net/ipv6/conf/" + b + "/disable_ipv6")
+		if err == nil && strings.TrimSpace(string(v)) != "1" {
+			return fmt.Errorf("IPv6 still enabled on %s", b)
+		}
+		if l.Attrs().Flags&net.FlagUp == 0 {
+			return fmt.Errorf("%s not up", b)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
 	}
 }
