@@ -40,7 +40,12 @@ func (l *gateLog) Append(recs []paxos.Record) (uint64, error) {
 	return uint64(len(l.recs)), nil
 }
 
+// Sync makes durable what was appended when it started (a real log swaps
+// its buffer at that moment); appends during the sync wait for the next.
 func (l *gateLog) Sync() (uint64, error) {
+	l.mu.Lock()
+	n := uint64(len(l.recs))
+	l.mu.Unlock()
 	l.entered <- struct{}{}
 	<-l.gate
 	l.mu.Lock()
@@ -49,7 +54,7 @@ func (l *gateLog) Sync() (uint64, error) {
 	if l.syncErr != nil {
 		return 0, l.syncErr
 	}
-	l.durable = uint64(len(l.recs))
+	l.durable = n
 	return l.durable, nil
 }
 
