@@ -215,3 +215,33 @@ func itoa(v uint64) string {
 		}
 	}
 }
+
+// Clone returns a deep copy of r whose slices alias nothing (the acceptor's
+// responses alias its state and scratch space).
+func (r *Response) Clone() *Response {
+	c := new(Response)
+	*c = *r
+	if r.Reg.Value != nil {
+		c.Reg.Value = append([]byte(nil), r.Reg.Value...)
+	}
+	if r.Regs != nil {
+		c.Regs = make([]RegState, len(r.Regs))
+		for i, g := range r.Regs {
+			g.Value = append([]byte(nil), g.Value...)
+			c.Regs[i] = g
+		}
+	}
+	if r.Contended != nil {
+		c.Contended = append([]uint32(nil), r.Contended...)
+	}
+	if r.Results != nil {
+		c.Results = make([]RegResult, len(r.Results))
+		for i, g := range r.Results {
+			if g.Value != nil {
+				g.Value = append([]byte(nil), g.Value...)
+			}
+			c.Results[i] = g
+		}
+	}
+	return c
+}

@@ -161,7 +161,7 @@ func (e *Engine) Handle(req *paxos.Request, reply Reply) {
 		respPool.Put(resp)
 		return
 	}
-	e.waiting = append(e.waiting, pending{need: need, resp: detach(resp), reply: reply})
+	e.waiting = append(e.waiting, pending{need: need, resp: resp.Clone(), reply: reply})
 	e.mu.Unlock()
 	respPool.Put(resp)
 	select {
@@ -272,33 +272,3 @@ func (e *Engine) Close() error {
 }
 
 var respPool = sync.Pool{New: func() any { return new(paxos.Response) }}
-
-// detach copies the slices of a response that alias acceptor state or
-// scratch space, so that it can wait for a sync.
-func detach(r *paxos.Response) *paxos.Response {
-	c := new(paxos.Response)
-	*c = *r
-	if r.Reg.Value != nil {
-		c.Reg.Value = append([]byte(nil), r.Reg.Value...)
-	}
-	if r.Regs != nil {
-		c.Regs = make([]paxos.RegState, len(r.Regs))
-		for i, g := range r.Regs {
-			g.Value = append([]byte(nil), g.Value...)
-			c.Regs[i] = g
-		}
-	}
-	if r.Contended != nil {
-		c.Contended = append([]uint32(nil), r.Contended...)
-	}
-	if r.Results != nil {
-		c.Results = make([]paxos.RegResult, len(r.Results))
-		for i, g := range r.Results {
-			if g.Value != nil {
-				g.Value = append([]byte(nil), g.Value...)
-			}
-			c.Results[i] = g
-		}
-	}
-	return c
-}

@@ -68,7 +68,7 @@ func newReplies() *replies { return &replies{ch: make(chan struct{}, 100)} }
 
 func (r *replies) reply(resp *paxos.Response) {
 	r.mu.Lock()
-	r.got = append(r.got, *detach(resp))
+	r.got = append(r.got, *resp.Clone())
 	r.mu.Unlock()
 	r.ch <- struct{}{}
 }

@@ -471,7 +471,7 @@ func (s *Sim) deliver(m *message) error {
 		if m.tag == 0 {
 			return nil
 		}
-		s.net = append(s.net, &message{acceptor: m.acceptor, client: m.client, op: m.op, tag: m.tag, resp: cloneResp(&resp)})
+		s.net = append(s.net, &message{acceptor: m.acceptor, client: m.client, op: m.op, tag: m.tag, resp: *resp.Clone()})
 		return nil
 	}
 	o := m.op
@@ -717,30 +717,6 @@ func cloneReq(r paxos.Request) paxos.Request {
 		c.Values = make([][]byte, len(r.Values))
 		for i, v := range r.Values {
 			c.Values[i] = bytes.Clone(v)
-		}
-	}
-	return c
-}
-
-// cloneResp deep-copies a response: the acceptor's slices alias its state.
-func cloneResp(r *paxos.Response) paxos.Response {
-	c := *r
-	c.Reg.Value = bytes.Clone(r.Reg.Value)
-	if r.Regs != nil {
-		c.Regs = make([]paxos.RegState, len(r.Regs))
-		for i, g := range r.Regs {
-			g.Value = bytes.Clone(g.Value)
-			c.Regs[i] = g
-		}
-	}
-	if r.Contended != nil {
-		c.Contended = append([]uint32(nil), r.Contended...)
-	}
-	if r.Results != nil {
-		c.Results = make([]paxos.RegResult, len(r.Results))
-		for i, g := range r.Results {
-			g.Value = bytes.Clone(g.Value)
-			c.Results[i] = g
 		}
 	}
 	return c
