@@ -114,11 +114,9 @@ func (p packetSock) open(c *config) (stack.LinkEndpoint, string, func() error, e
 		return nil, "", nil, err
 	}
 	if b := c.knobs.SocketBuffer; b > 0 {
-		for _, opt := range []int{unix.SO_RCVBUFFORCE, unix.SO_SNDBUFFORCE} {
-			if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, opt, b); err != nil {
-				unix.Close(fd)
-				return nil, "", nil, fmt.Errorf("netstack: AF_PACKET socket buffer %d: %w", b, err)
-			}
+		if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, b); err != nil {
+			unix.Close(fd)
+			return nil, "", nil, fmt.Errorf("netstack: AF_PACKET receive buffer %d: %w", b, err)
 		}
 	}
 	ep, err := fdEndpoint(c, fd, true)

@@ -184,6 +184,15 @@ func vethEnv(tb testing.TB) (*nsEnv, *netstack.Stack) {
 		if err := addrUp(a, vethKern); err != nil {
 			return err
 		}
+		if os.Getenv("WORM_VETH_NO_TSO") != "" {
+			// Measurement aid: make the kernel side send MTU-sized
+			// frames, as a virtio-net guest with GRO off receives them.
+			for _, o := range []netstack.Offload{netstack.OffloadTSO, netstack.OffloadGSO} {
+				if err := netstack.SetNICOffload(a, o, false); err != nil {
+					return err
+				}
+			}
+		}
 		if err := netstack.PrepareNIC(b); err != nil {
 			return err
 		}
