@@ -81,8 +81,8 @@
 //	kernel loopback               17 / 57 us       2500-2900 MB/s
 //	netstack <-> netstack (Pipe)  17 / 79 us       160-198 MB/s
 //	kernel -> netstack on TAP     50 / 170 us      170-181 / 124-142 MB/s
-//	kernel -> netstack AF_PACKET  54 / 190 us      610-664 / 121-124 MB/s
-//	  same, kernel TSO/GSO off    55 / 195 us      166-176 / 113-131 MB/s
+//	kernel -> netstack AF_PACKET  55 / 191 us      705-710 / 111-126 MB/s
+//	  same, kernel TSO/GSO off    54 / 183 us      171-179 / 99-116 MB/s
 //
 // Into netstack over veth is fast when the kernel side sends TSO
 // super-frames, which AF_PACKET passes whole; a virtio-net guest with GRO
