@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net"
 	"net/netip"
+	"runtime"
 	"sync"
 	"syscall"
 	"testing"
@@ -264,5 +265,47 @@ func TestOptions(t *testing.T) {
 	}
 	if _, err := s.Listen(context.Background(), "udp", ":1"); !errors.Is(err, netstack.ErrUnsupportedNetwork) {
 		t.Errorf("udp listen: %v", err)
+	}
+}
+
+// TestCloseReleasesGoroutines checks that closing stacks stops their
+// protocol and link goroutines: wormd may rebuild a stack after errors.
+func TestCloseReleasesGoroutines(t *testing.T) {
+	before := runtime.NumGoroutine()
+	for i := 0; i < 3; i++ {
+		la, lb := netstack.Pipe()
+		a, err := netstack.New(la, netstack.WithAddress(addrA))
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, err := netstack.New(lb, netstack.WithAddress(addrB))
+		if err != nil {
+			t.Fatal(err)
+		}
+		l, err := a.Listen(context.Background(), "tcp", ":7500")
+		if err != nil {
+			t.Fatal(err)
+		}
+		done := make(chan struct{})
+		go func() { netperf.Serve(context.Background(), l, nil); close(done) }()
+		c, err := b.DialContext(context.Background(), "tcp", "192.168.77.1:7500")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := netperf.EchoRun(context.Background(), c, 64, 50, netperf.Config{}); err != nil {
+			t.Fatal(err)
+		}
+		c.Close()
+		a.Close()
+		b.Close()
+		<-done
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for runtime.NumGoroutine() > before+2 {
+		if time.Now().After(deadline) {
+			buf := make([]byte, 1<<16)
+			t.Fatalf("%d goroutines before, %d after closing:\n%s", before, runtime.NumGoroutine(), buf[:runtime.Stack(buf, true)])
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }
