@@ -95,9 +95,9 @@ func TestReadModInfoELF(t *testing.T) {
 func TestModuleNameFromPath(t *testing.T) {
 	for in, want := range map[string]string{
 		"lib/modules/6.1/kernel/drivers/char/hw_random/virtio-rng.ko": "virtio_rng",
-		"kernel/fs/ext4/ext4.ko":                                     "ext4",
-		"x/virtio_net.ko.xz":                                         "virtio_net",
-		"x/failover.ko.zst":                                          "failover",
+		"kernel/fs/ext4/ext4.ko": "ext4",
+		"x/virtio_net.ko.xz":     "virtio_net",
+		"x/failover.ko.zst":      "failover",
 	} {
 		if got := ModuleNameFromPath(in); got != want {
 			t.Errorf("%s: %q, want %q", in, got, want)
