@@ -1,0 +1,279 @@
+package guest
+
+import (
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net/netip"
+	"strconv"
+	"strings"
+)
+
+// Stacks wormd can serve TCP with (worm.stack).
+const (
+	// StackNetstack: gVisor netstack on eth0 over AF_PACKET; the kernel
+	// keeps no address on eth0. The default.
+	StackNetstack = "netstack"
+	// StackKernel: init gives eth0 the address; wormd uses kernel TCP.
+	StackKernel = "kernel"
+)
+
+// Defaults for optional parameters.
+const (
+	DefaultID   = 1
+	DefaultPort = 7070
+	// Iface is the guest NIC (the first virtio-net device).
+	Iface = "eth0"
+	// DataDir is where the data disk (or a tmpfs) is mounted.
+	DataDir = "/data"
+	// WormdData is wormd's -data directory on it.
+	WormdData = DataDir + "/wormd"
+	// WormdPath is the server binary init starts.
+	WormdPath = "/bin/wormd"
+)
+
+// Errors for a command line init cannot boot from.
+var (
+	// ErrNoAddr: worm.addr is missing (the only required parameter).
+	ErrNoAddr = errors.New("guest: worm.addr is required")
+	// ErrBadParam: a known worm.* parameter has an invalid value; the
+	// error is a *ParamError.
+	ErrBadParam = errors.New("guest: bad parameter")
+)
+
+// ParamError reports a worm.* parameter with an invalid value.
+type ParamError struct {
+	Param, Value string
+	Reason       string
+}
+
+func (e *ParamError) Error() string {
+	return fmt.Sprintf("guest: bad parameter %s=%q: %s", e.Param, e.Value, e.Reason)
+}
+
+// Unwrap makes errors.Is(err, ErrBadParam) true.
+func (e *ParamError) Unwrap() error { return ErrBadParam }
+
+// Warning is a non-fatal finding about the command line, printed on the
+// console: an unknown worm.* parameter, a repeated one, a gateway off the
+// subnet, no data disk.
+type Warning struct {
+	Param string
+	Msg   string
+}
+
+func (w Warning) String() string { return w.Param + ": " + w.Msg }
+
+// Config is what the kernel command line asks of the guest (see the
+// guest contract in the package doc).
+type Config struct {
+	ID      int          // worm.id, default 1
+	Addr    netip.Prefix // worm.addr, required: eth0's IPv4 address
+	Gateway netip.Addr   // worm.gw, optional default route
+	Stack   string       // worm.stack: StackNetstack (default) or StackKernel
+	Port    int          // worm.port, default 7070
+	// Data is the block device holding the ext4 data filesystem
+	// (worm.data); empty means a tmpfs (nothing survives a reboot).
+	Data        string
+	Volatile    bool   // worm.volatile=1: wormd -volatile
+	Key         string // worm.key: cluster key, hex
+	SegmentSize int    // worm.segsize, 0 = wormd's default
+	Debug       bool   // worm.debug=1: a shell instead of power-off on failure
+}
+
+// ListenAddr is the address wormd listens on: eth0's address and the port.
+func (c Config) ListenAddr() netip.AddrPort {
+	return netip.AddrPortFrom(c.Addr.Addr(), uint16(c.Port))
+}
+
+// WormdArgs is the argument vector init starts wormd with (the contract's
+// flag list), without the program name. The ready pipe is fd 3.
+func (c Config) WormdArgs() []string {
+	a := []string{
+		"-id", strconv.Itoa(c.ID),
+		"-data", WormdData,
+		"-listen", c.ListenAddr().String(),
+		"-stack", c.Stack,
+	}
+	if c.Stack == StackNetstack {
+		a = append(a, "-iface", Iface, "-addr", c.Addr.String())
+		if c.Gateway.IsValid() {
+			a = append(a, "-gw", c.Gateway.String())
+		}
+	}
+	if c.Volatile {
+		a = append(a, "-volatile")
+	}
+	if c.Key != "" {
+		a = append(a, "-key-hex", c.Key)
+	}
+	if c.SegmentSize > 0 {
+		a = append(a, "-segment-size", strconv.Itoa(c.SegmentSize))
+	}
+	return append(a, "-ready-fd", "3")
+}
+
+// Cmdline renders c as worm.* kernel parameters; ParseCmdline of the
+// result gives c back.
+func (c Config) Cmdline() string {
+	p := []string{
+		"worm.id=" + strconv.Itoa(c.ID),
+		"worm.addr=" + c.Addr.String(),
+		"worm.stack=" + c.Stack,
+		"worm.port=" + strconv.Itoa(c.Port),
+	}
+	if c.Gateway.IsValid() {
+		p = append(p, "worm.gw="+c.Gateway.String())
+	}
+	if c.Data != "" {
+		p = append(p, "worm.data="+c.Data)
+	}
+	if c.Volatile {
+		p = append(p, "worm.volatile=1")
+	}
+	if c.Key != "" {
+		p = append(p, "worm.key="+c.Key)
+	}
+	if c.SegmentSize > 0 {
+		p = append(p, "worm.segsize="+strconv.Itoa(c.SegmentSize))
+	}
+	if c.Debug {
+		p = append(p, "worm.debug=1")
+	}
+	return strings.Join(p, " ")
+}
+
+// SplitCmdline splits a kernel command line the way the kernel does:
+// on whitespace, with double quotes grouping (and removed from) a value.
+func SplitCmdline(s string) []string {
+	var out []string
+	var cur strings.Builder
+	in, quoted := false, false
+	for _, r := range s {
+		switch {
+		case r == '"':
+			quoted = !quoted
+			in = true
+		case !quoted && (r == ' ' || r == '\t' || r == '\n' || r == '\r'):
+			if in {
+				out = append(out, cur.String())
+				cur.Reset()
+				in = false
+			}
+		default:
+			cur.WriteRune(r)
+			in = true
+		}
+	}
+	if in {
+		out = append(out, cur.String())
+	}
+	return out
+}
+
+// ParseCmdline reads the worm.* parameters of a kernel command line
+// (/proc/cmdline) into a Config with defaults applied. Other parameters
+// are ignored. It returns warnings for unknown or repeated worm.*
+// parameters and other non-fatal findings, and an error (ErrNoAddr or a
+// *ParamError) when init cannot start wormd from it.
+func ParseCmdline(s string) (Config, []Warning, error) {
+	c := Config{ID: DefaultID, Stack: StackNetstack, Port: DefaultPort}
+	var warns []Warning
+	seen := map[string]bool{}
+	for _, tok := range SplitCmdline(s) {
+		key, val, hasVal := strings.Cut(tok, "=")
+		if !strings.HasPrefix(key, "worm.") {
+			continue
+		}
+		if seen[key] {
+			warns = append(warns, Warning{key, "given more than once; the last one counts"})
+		}
+		seen[key] = true
+		bad := func(reason string) error { return &ParamError{Param: key, Value: val, Reason: reason} }
+		switch key {
+		case "worm.id":
+			n, err := strconv.Atoi(val)
+			if err != nil || n < 0 || n > 1<<31-1 {
+				return Config{}, warns, bad("want a non-negative integer")
+			}
+			c.ID = n
+		case "worm.addr":
+			p, err := netip.ParsePrefix(val)
+			if err != nil || !p.Addr().Is4() || p.Bits() < 1 || p.Bits() > 30 {
+				return Config{}, warns, bad("want an IPv4 address with a prefix length of 1 to 30, e.g. 10.77.0.11/24")
+			}
+			c.Addr = p
+		case "worm.gw":
+			a, err := netip.ParseAddr(val)
+			if err != nil || !a.Is4() {
+				return Config{}, warns, bad("want an IPv4 address")
+			}
+			c.Gateway = a
+		case "worm.stack":
+			if val != StackNetstack && val != StackKernel {
+				return Config{}, warns, bad("want netstack or kernel")
+			}
+			c.Stack = val
+		case "worm.port":
+			n, err := strconv.Atoi(val)
+			if err != nil || n < 1 || n > 65535 {
+				return Config{}, warns, bad("want a port number 1-65535")
+			}
+			c.Port = n
+		case "worm.data":
+			if !strings.HasPrefix(val, "/dev/") || len(val) <= len("/dev/") || strings.ContainsAny(val, " \t") {
+				return Config{}, warns, bad("want a block device path like /dev/vda")
+			}
+			c.Data = val
+		case "worm.volatile", "worm.debug":
+			b, ok := parseBool(val, hasVal)
+			if !ok {
+				return Config{}, warns, bad("want 1 or 0")
+			}
+			if key == "worm.volatile" {
+				c.Volatile = b
+			} else {
+				c.Debug = b
+			}
+		case "worm.key":
+			if _, err := hex.DecodeString(val); err != nil || val == "" {
+				return Config{}, warns, bad("want hex digits")
+			}
+			c.Key = strings.ToLower(val)
+		case "worm.segsize":
+			n, err := strconv.Atoi(val)
+			if err != nil || n < 1 {
+				return Config{}, warns, bad("want a positive integer")
+			}
+			c.SegmentSize = n
+		default:
+			warns = append(warns, Warning{key, "unknown parameter, ignored"})
+		}
+	}
+	if !c.Addr.IsValid() {
+		return Config{}, warns, ErrNoAddr
+	}
+	if c.Gateway.IsValid() && !c.Addr.Masked().Contains(c.Gateway) {
+		warns = append(warns, Warning{"worm.gw", fmt.Sprintf("%v is not inside %v; the default route may not work", c.Gateway, c.Addr)})
+	}
+	if c.Gateway.IsValid() && c.Gateway == c.Addr.Addr() {
+		return Config{}, warns, &ParamError{Param: "worm.gw", Value: c.Gateway.String(), Reason: "the gateway is the VM's own address"}
+	}
+	if c.Data == "" {
+		warns = append(warns, Warning{"worm.data", "no data disk: " + DataDir + " is a tmpfs and nothing survives a reboot"})
+	}
+	return c, warns, nil
+}
+
+func parseBool(v string, hasVal bool) (bool, bool) {
+	if !hasVal {
+		return true, true // a bare "worm.debug" switches it on
+	}
+	switch strings.ToLower(v) {
+	case "1", "y", "yes", "true", "on":
+		return true, true
+	case "0", "n", "no", "false", "off":
+		return false, true
+	}
+	return false, false
+}

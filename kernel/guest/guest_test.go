@@ -1,0 +1,184 @@
+package guest
+
+import (
+	"errors"
+	"net/netip"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestParseCmdlineFull(t *testing.T) {
+	line := `BOOT_IMAGE=/vmlinuz console=ttyS0 panic=-1 quiet cryptomgr.notests worm.id=3 worm.addr=10.77.0.13/24 worm.gw=10.77.0.1 worm.stack=kernel worm.port=7171 worm.data=/dev/vda worm.volatile=1 worm.key=00FFab worm.segsize=4096 worm.debug=1` + "\n"
+	c, warns, err := ParseCmdline(line)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := Config{ID: 3, Addr: netip.MustParsePrefix("10.77.0.13/24"), Gateway: netip.MustParseAddr("10.77.0.1"),
+		Stack: StackKernel, Port: 7171, Data: "/dev/vda", Volatile: true, Key: "00ffab", SegmentSize: 4096, Debug: true}
+	if c != want {
+		t.Fatalf("got  %+v\nwant %+v", c, want)
+	}
+	if len(warns) != 0 {
+		t.Errorf("warnings: %v", warns)
+	}
+	args := strings.Join(c.WormdArgs(), " ")
+	if args != "-id 3 -data /data/wormd -listen 10.77.0.13:7171 -stack kernel -volatile -key-hex 00ffab -segment-size 4096 -ready-fd 3" {
+		t.Errorf("args: %s", args)
+	}
+}
+
+func TestParseCmdlineDefaults(t *testing.T) {
+	c, warns, err := ParseCmdline("console=ttyS0 worm.addr=10.0.2.15/24 worm.gw=10.0.2.2 worm.color=blue")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.ID != 1 || c.Stack != StackNetstack || c.Port != 7070 || c.Data != "" || c.Volatile || c.Debug {
+		t.Errorf("defaults: %+v", c)
+	}
+	var params []string
+	for _, w := range warns {
+		params = append(params, w.Param)
+	}
+	if !slices.Equal(params, []string{"worm.color", "worm.data"}) {
+		t.Errorf("warnings %v", warns)
+	}
+	args := strings.Join(c.WormdArgs(), " ")
+	if args != "-id 1 -data /data/wormd -listen 10.0.2.15:7070 -stack netstack -iface eth0 -addr 10.0.2.15/24 -gw 10.0.2.2 -ready-fd 3" {
+		t.Errorf("args: %s", args)
+	}
+}
+
+func TestParseCmdlineErrors(t *testing.T) {
+	for _, line := range []string{
+		"worm.addr=10.0.0.1/24 worm.id=x",
+		"worm.addr=10.0.0.1",
+		"worm.addr=fd00::1/64",
+		"worm.addr=10.0.0.1/32",
+		"worm.addr=10.0.0.1/24 worm.stack=dpdk",
+		"worm.addr=10.0.0.1/24 worm.port=0",
+		"worm.addr=10.0.0.1/24 worm.port=70000",
+		"worm.addr=10.0.0.1/24 worm.data=vda",
+		"worm.addr=10.0.0.1/24 worm.key=xyz",
+		"worm.addr=10.0.0.1/24 worm.volatile=maybe",
+		"worm.addr=10.0.0.1/24 worm.segsize=-1",
+		"worm.addr=10.0.0.1/24 worm.gw=10.0.0.1",
+		"worm.addr=10.0.0.1/24 worm.gw=::1",
+	} {
+		if _, _, err := ParseCmdline(line); !errors.Is(err, ErrBadParam) {
+			t.Errorf("%q: err = %v, want ErrBadParam", line, err)
+		}
+	}
+	if _, _, err := ParseCmdline("console=ttyS0 worm.id=2"); !errors.Is(err, ErrNoAddr) {
+		t.Errorf("no addr: %v", err)
+	}
+}
+
+func TestParseCmdlineQuotesAndRepeats(t *testing.T) {
+	c, warns, err := ParseCmdline(`dyndbg="file x.c +p" worm.addr=10.0.0.9/8 worm.port=1 worm.port="2" worm.debug`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Port != 2 || !c.Debug || c.Addr.Bits() != 8 {
+		t.Errorf("%+v", c)
+	}
+	if len(warns) != 2 || warns[0].Param != "worm.port" {
+		t.Errorf("warnings %v", warns)
+	}
+	if got := SplitCmdline(` a  "b c"d  e="f g" `); !slices.Equal(got, []string{"a", "b cd", "e=f g"}) {
+		t.Errorf("split %q", got)
+	}
+}
+
+func TestGatewayOffSubnetWarns(t *testing.T) {
+	_, warns, err := ParseCmdline("worm.addr=10.0.0.5/24 worm.gw=10.9.0.1 worm.data=/dev/vdb")
+	if err != nil || len(warns) != 1 || warns[0].Param != "worm.gw" {
+		t.Errorf("warns %v err %v", warns, err)
+	}
+}
+
+// FuzzParseCmdline: never panics; an accepted line gives a valid config
+// that survives a Cmdline round trip.
+func FuzzParseCmdline(f *testing.F) {
+	for _, s := range []string{
+		"console=ttyS0 panic=-1 quiet worm.id=1 worm.addr=10.77.0.11/24 worm.stack=netstack worm.port=7070 worm.data=/dev/vda",
+		"worm.addr=10.0.2.15/24 worm.gw=10.0.2.2 worm.stack=kernel worm.volatile=1 worm.key=00ff worm.segsize=4096 worm.debug=1",
+		`worm.addr="10.0.0.1/8" worm.x=1 worm.id=`,
+		"worm.addr=10.0.0.1/24 worm.id=99999999999999999999",
+		"",
+	} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		c, _, err := ParseCmdline(s)
+		if err != nil {
+			return
+		}
+		if !c.Addr.IsValid() || !c.Addr.Addr().Is4() || c.Port < 1 || c.Port > 65535 || c.ID < 0 ||
+			(c.Stack != StackKernel && c.Stack != StackNetstack) {
+			t.Fatalf("accepted invalid config %+v from %q", c, s)
+		}
+		if c.Data != "" && !strings.HasPrefix(c.Data, "/dev/") {
+			t.Fatalf("data %q", c.Data)
+		}
+		c2, _, err := ParseCmdline(c.Cmdline())
+		if err != nil {
+			t.Fatalf("round trip of %q: %v", c.Cmdline(), err)
+		}
+		if c2 != c {
+			t.Fatalf("round trip: %+v != %+v", c2, c)
+		}
+		if a := c.WormdArgs(); a[len(a)-1] != "3" || a[len(a)-2] != "-ready-fd" {
+			t.Fatalf("args %q", a)
+		}
+	})
+}
+
+func TestRestarter(t *testing.T) {
+	p := RestartPolicy{Initial: 100 * time.Millisecond, Max: time.Second, StableAfter: 10 * time.Second, MaxFailures: 6}
+	r := NewRestarter(p)
+	var delays []time.Duration
+	for {
+		d, giveUp := r.Exited(time.Millisecond)
+		if giveUp {
+			break
+		}
+		delays = append(delays, d)
+	}
+	want := []time.Duration{100, 200, 400, 800, 1000, 1000}
+	for i := range want {
+		want[i] *= time.Millisecond
+	}
+	if !slices.Equal(delays, want) {
+		t.Fatalf("delays %v, want %v", delays, want)
+	}
+	// A healthy run resets the count.
+	r = NewRestarter(p)
+	r.Exited(0)
+	r.Exited(0)
+	if d, _ := r.Exited(time.Minute); d != p.Initial || r.Failures() != 1 {
+		t.Errorf("after a stable run: delay %v failures %d", d, r.Failures())
+	}
+	// The default policy gives up eventually and never waits more than Max.
+	r = NewRestarter(DefaultRestartPolicy)
+	for i := 0; ; i++ {
+		d, giveUp := r.Exited(0)
+		if giveUp {
+			if i != DefaultRestartPolicy.MaxFailures {
+				t.Errorf("gave up after %d failures", i)
+			}
+			break
+		}
+		if d > DefaultRestartPolicy.Max {
+			t.Errorf("delay %v", d)
+		}
+	}
+}
+
+func TestParseOrder(t *testing.T) {
+	got := ParseOrder("virtio_ring.ko\n# comment\n\n virtio.ko  # trailing\n../../etc/passwd\nsub/x.ko\nvirtio_net.ko")
+	if want := []string{"virtio_ring.ko", "virtio.ko", "virtio_net.ko"}; !slices.Equal(got, want) {
+		t.Errorf("got %q want %q", got, want)
+	}
+}

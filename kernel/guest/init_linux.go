@@ -1,0 +1,350 @@
+package guest
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"os/signal"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// Bounds on waiting for devices the kernel probes asynchronously.
+const (
+	deviceWait = 10 * time.Second // virtio probing under TCG can take a second or two
+	stopWait   = 10 * time.Second // wormd's flush on SIGTERM before SIGKILL
+)
+
+// console is where init writes; /dev/console once devtmpfs is mounted.
+var console io.Writer = os.Stderr
+
+// Main is the guest init: PID 1 of a WormSpace VM. It never returns: it
+// ends by powering the VM off (or, with worm.debug=1 after a failure, in a
+// shell on the console and then powering off).
+func Main() {
+	start := time.Now()
+	defer func() {
+		if r := recover(); r != nil {
+			fmt.Fprintf(console, "WORMSPACE-ERROR init panic: %v\n", r)
+			powerOff()
+		}
+	}()
+	mountEarly()
+	if f, err := os.OpenFile("/dev/console", os.O_WRONLY|unix.O_NOCTTY, 0); err == nil {
+		console = f
+	}
+	log := slog.New(slog.NewTextHandler(&prefixWriter{w: console, prefix: "init: "}, nil))
+	slog.SetDefault(log)
+	log.Info("starting", "pid", os.Getpid())
+
+	loadModules(log)
+
+	raw, err := os.ReadFile("/proc/cmdline")
+	if err != nil {
+		fail(log, Config{}, fmt.Errorf("read /proc/cmdline: %w", err))
+	}
+	cfg, warns, err := ParseCmdline(string(raw))
+	for _, w := range warns {
+		log.Warn("cmdline", "param", w.Param, "msg", w.Msg)
+	}
+	if err != nil {
+		fail(log, cfg, err)
+	}
+	log.Info("config", "id", cfg.ID, "addr", cfg.Addr, "gw", cfg.Gateway, "stack", cfg.Stack, "port", cfg.Port, "data", cfg.Data)
+
+	if err := setupNetwork(log, cfg); err != nil {
+		fail(log, cfg, err)
+	}
+	if err := mountData(log, cfg); err != nil {
+		fail(log, cfg, err)
+	}
+	log.Info("system ready", "ms", time.Since(start).Milliseconds())
+
+	sigs := make(chan os.Signal, 4)
+	signal.Notify(sigs, unix.SIGTERM, unix.SIGINT, unix.SIGPWR)
+	if err := supervise(log, cfg, sigs); err != nil {
+		fail(log, cfg, err)
+	}
+	shutdown(log, cfg)
+}
+
+// mountEarly mounts the pseudo filesystems. Failures are reported later
+// through the errors of whatever needs them.
+func mountEarly() {
+	for _, m := range []struct {
+		src, dst, fs string
+		flags        uintptr
+		data         string
+	}{
+		{"proc", "/proc", "proc", unix.MS_NOSUID | unix.MS_NODEV | unix.MS_NOEXEC, ""},
+		{"sysfs", "/sys", "sysfs", unix.MS_NOSUID | unix.MS_NODEV | unix.MS_NOEXEC, ""},
+		{"devtmpfs", "/dev", "devtmpfs", unix.MS_NOSUID, "mode=0755"},
+		{"tmpfs", "/run", "tmpfs", unix.MS_NOSUID | unix.MS_NODEV, "mode=0755"},
+		{"tmpfs", "/tmp", "tmpfs", unix.MS_NOSUID | unix.MS_NODEV, "mode=1777"},
+	} {
+		os.MkdirAll(m.dst, 0o755)
+		if err := unix.Mount(m.src, m.dst, m.fs, m.flags, m.data); err != nil && !errors.Is(err, unix.EBUSY) {
+			fmt.Fprintf(console, "init: mount %s: %v\n", m.dst, err)
+		}
+	}
+}
+
+// loadModules loads /lib/modules/order with finit_module. A module that
+// fails is logged; what needed it fails later with a clearer error.
+func loadModules(log *slog.Logger) {
+	data, err := os.ReadFile(OrderFile)
+	if err != nil {
+		log.Warn("no module order", "err", err)
+		return
+	}
+	t := time.Now()
+	n := 0
+	for _, name := range ParseOrder(string(data)) {
+		f, err := os.Open(ModulesDir + "/" + name)
+		if err != nil {
+			log.Error("module", "name", name, "err", err)
+			continue
+		}
+		err = unix.FinitModule(int(f.Fd()), "", 0)
+		f.Close()
+		if err != nil && !errors.Is(err, unix.EEXIST) {
+			log.Error("module", "name", name, "err", err)
+			continue
+		}
+		n++
+	}
+	log.Info("modules loaded", "n", n, "ms", time.Since(t).Milliseconds())
+}
+
+// mountData mounts the data disk (ext4) or a tmpfs at /data and creates
+// wormd's directory.
+func mountData(log *slog.Logger, cfg Config) error {
+	os.MkdirAll(DataDir, 0o755)
+	if cfg.Data == "" {
+		if err := unix.Mount("tmpfs", DataDir, "tmpfs", unix.MS_NOSUID|unix.MS_NODEV, "mode=0755"); err != nil {
+			return fmt.Errorf("mount tmpfs on %s: %w", DataDir, err)
+		}
+	} else {
+		if err := waitFor(cfg.Data, deviceWait); err != nil {
+			return err
+		}
+		if err := unix.Mount(cfg.Data, DataDir, "ext4", unix.MS_NOATIME, ""); err != nil {
+			return fmt.Errorf("mount %s (ext4) on %s: %w", cfg.Data, DataDir, err)
+		}
+		log.Info("data disk mounted", "dev", cfg.Data, "dir", DataDir)
+	}
+	return os.MkdirAll(WormdData, 0o755)
+}
+
+// waitFor polls until path exists or limit passes: devtmpfs creates the
+// node when the driver's asynchronous probe finishes.
+func waitFor(path string, limit time.Duration) error {
+	deadline := time.Now().Add(limit)
+	for {
+		if _, err := os.Stat(path); err == nil {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%s did not appear within %v", path, limit)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// exitEvent is one wormd exit.
+type exitEvent struct {
+	err    error
+	ranFor time.Duration
+}
+
+// supervise starts wormd, prints WORMSPACE-READY when it reports ready,
+// and restarts it with backoff until a shutdown signal (nil) or the
+// restart policy gives up (an error).
+func supervise(log *slog.Logger, cfg Config, sigs <-chan os.Signal) error {
+	r := NewRestarter(DefaultRestartPolicy)
+	for {
+		cmd, exited, err := startWormd(log, cfg)
+		if err != nil {
+			return err
+		}
+		select {
+		case s := <-sigs:
+			log.Info("signal; stopping wormd", "signal", s)
+			stopWormd(log, cmd, exited)
+			return nil
+		case ev := <-exited:
+			log.Error("wormd exited", "err", ev.err, "ran", ev.ranFor.Round(time.Millisecond))
+			delay, giveUp := r.Exited(ev.ranFor)
+			if giveUp {
+				return fmt.Errorf("wormd failed %d times in a row; giving up (last: %v)", r.Failures(), ev.err)
+			}
+			log.Info("restarting wormd", "in", delay, "failures", r.Failures())
+			select {
+			case s := <-sigs:
+				log.Info("signal during backoff", "signal", s)
+				return nil
+			case <-time.After(delay):
+			}
+		}
+	}
+}
+
+func startWormd(log *slog.Logger, cfg Config) (*exec.Cmd, <-chan exitEvent, error) {
+	pr, pw, err := os.Pipe()
+	if err != nil {
+		return nil, nil, fmt.Errorf("ready pipe: %w", err)
+	}
+	cmd := exec.Command(WormdPath, cfg.WormdArgs()...)
+	cmd.Stdout, cmd.Stderr = console, console
+	cmd.ExtraFiles = []*os.File{pw} // fd 3
+	cmd.Env = []string{"PATH=/bin", "HOME=/", "TMPDIR=/tmp"}
+	log.Info("starting wormd", "args", strings.Join(cmd.Args, " "))
+	started := time.Now()
+	if err := cmd.Start(); err != nil {
+		pr.Close()
+		pw.Close()
+		return nil, nil, fmt.Errorf("start %s: %w", WormdPath, err)
+	}
+	pw.Close()
+	exited := make(chan exitEvent, 1)
+	var once sync.Once
+	go func() {
+		defer pr.Close()
+		line, err := bufio.NewReader(pr).ReadString('\n')
+		if err != nil {
+			return // wormd exited before it was ready; Wait reports it
+		}
+		once.Do(func() { printReady(cfg, line) })
+	}()
+	go func() {
+		err := cmd.Wait()
+		exited <- exitEvent{err: err, ranFor: time.Since(started)}
+	}()
+	return cmd, exited, nil
+}
+
+// printReady writes the contract's readiness line to the console.
+func printReady(cfg Config, line string) {
+	addr := cfg.ListenAddr().String()
+	if f := strings.Fields(line); len(f) == 2 && f[0] == "ready" {
+		addr = f[1]
+	}
+	fmt.Fprintf(console, "WORMSPACE-READY id=%d addr=%s stack=%s uptime_ms=%d\n", cfg.ID, addr, cfg.Stack, uptimeMillis())
+}
+
+// uptimeMillis reads guest uptime from /proc/uptime (-1 if unreadable).
+func uptimeMillis() int64 {
+	b, err := os.ReadFile("/proc/uptime")
+	if err != nil {
+		return -1
+	}
+	f := strings.Fields(string(b))
+	if len(f) == 0 {
+		return -1
+	}
+	s, err := strconv.ParseFloat(f[0], 64)
+	if err != nil {
+		return -1
+	}
+	return int64(s * 1000)
+}
+
+// stopWormd sends SIGTERM (wormd flushes) and SIGKILL after stopWait.
+func stopWormd(log *slog.Logger, cmd *exec.Cmd, exited <-chan exitEvent) {
+	cmd.Process.Signal(unix.SIGTERM)
+	select {
+	case ev := <-exited:
+		log.Info("wormd stopped", "err", ev.err)
+	case <-time.After(stopWait):
+		log.Error("wormd ignored SIGTERM; killing")
+		cmd.Process.Kill()
+		<-exited
+	}
+}
+
+// shutdown syncs, unmounts /data and powers off.
+func shutdown(log *slog.Logger, cfg Config) {
+	unix.Sync()
+	if err := unix.Unmount(DataDir, 0); err != nil {
+		log.Error("unmount", "dir", DataDir, "err", err)
+		unix.Mount("", DataDir, "", unix.MS_REMOUNT|unix.MS_RDONLY, "")
+	}
+	unix.Sync()
+	log.Info("power off")
+	powerOff()
+}
+
+// fail reports a fatal error on the console and powers off, or with
+// worm.debug=1 runs a shell on the console first.
+func fail(log *slog.Logger, cfg Config, err error) {
+	fmt.Fprintf(console, "WORMSPACE-ERROR %s\n", strings.ReplaceAll(err.Error(), "\n", " "))
+	if cfg.Debug {
+		debugShell(log)
+	}
+	unix.Sync()
+	unix.Unmount(DataDir, 0)
+	powerOff()
+}
+
+// debugShell runs the image's shell on the console until it exits.
+func debugShell(log *slog.Logger) {
+	for _, sh := range []string{"/bin/sh", "/bin/gosh"} {
+		if _, err := os.Stat(sh); err != nil {
+			continue
+		}
+		c, err := os.OpenFile("/dev/console", os.O_RDWR, 0)
+		if err != nil {
+			log.Error("debug shell: console", "err", err)
+			return
+		}
+		cmd := exec.CommandContext(context.Background(), sh)
+		cmd.Stdin, cmd.Stdout, cmd.Stderr = c, c, c
+		cmd.Env = []string{"PATH=/bin", "HOME=/", "TERM=vt100"}
+		cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Setctty: true, Ctty: 0}
+		log.Info("worm.debug: starting a shell on the console; exit it to power off", "shell", sh)
+		if err := cmd.Run(); err != nil {
+			log.Error("debug shell", "err", err)
+		}
+		c.Close()
+		return
+	}
+	log.Error("worm.debug: no shell in the image")
+}
+
+// powerOff restarts the machine, which QEMU's -no-reboot turns into a
+// clean exit with status 0 (boot-notes: more dependable under TCG than
+// ACPI power-off). PID 1 must never return, so it then sleeps forever
+// (never a bare select{}, which the runtime can call a deadlock).
+func powerOff() {
+	unix.Sync()
+	unix.Reboot(unix.LINUX_REBOOT_CMD_RESTART)
+	for {
+		time.Sleep(time.Hour)
+	}
+}
+
+// prefixWriter prefixes every write (slog writes one line per call).
+type prefixWriter struct {
+	mu     sync.Mutex
+	w      io.Writer
+	prefix string
+}
+
+func (p *prefixWriter) Write(b []byte) (int, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if _, err := io.WriteString(p.w, p.prefix+string(b)); err != nil {
+		return 0, err
+	}
+	return len(b), nil
+}
