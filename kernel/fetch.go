@@ -8,6 +8,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -15,6 +16,7 @@ import (
 	"os/exec"
 	"path"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 
@@ -22,10 +24,12 @@ import (
 )
 
 // DefaultModules is what a WormSpace guest needs: the virtio PCI transport,
-// the NIC, the data disk, the entropy source, ext4 for the data disk and
-// AF_PACKET for netstack. Names the kernel has built in (ext4 and
-// af_packet in Debian's cloud kernel) are satisfied without loading.
-var DefaultModules = []string{"virtio_pci", "virtio_net", "virtio_blk", "virtio_rng", "ext4", "af_packet"}
+// the NIC, the data disk, the entropy source, ext4 for the data disk,
+// AF_PACKET for netstack, and the ACPI power button with evdev so that the
+// guest init sees a host's system_powerdown (QMP) as a KEY_POWER event.
+// Names the kernel has built in (ext4 and af_packet in Debian's cloud
+// kernel) are satisfied without loading.
+var DefaultModules = []string{"virtio_pci", "virtio_net", "virtio_blk", "virtio_rng", "ext4", "af_packet", "button", "evdev"}
 
 // Options configures Fetch.
 type Options struct {
@@ -63,6 +67,10 @@ type Kernel struct {
 	Modules []Module `json:"modules"`
 	// Builtin lists wanted names (and dependencies) compiled into the kernel.
 	Builtin []string `json:"builtin"`
+	// Want is the wanted module list this extraction was made for.
+	Want []string `json:"want"`
+	// VmlinuzSize is the size of the kernel image in bytes.
+	VmlinuzSize int64 `json:"vmlinuz_size"`
 }
 
 // modEntry is one module found in the package.
@@ -86,6 +94,10 @@ func Fetch(ctx context.Context, o Options) (*Kernel, error) {
 	if want == nil {
 		want = DefaultModules
 	}
+	if k, ok := loadExtracted(o.OutDir, o.Pin, want); ok {
+		progress("kernel: reusing " + filepath.Join(o.OutDir, stampFile) + " (" + o.Pin.Spec() + ")")
+		return k, nil
+	}
 	deb, err := ensureDeb(ctx, o.Pin, o.CacheDir, progress)
 	if err != nil {
 		return nil, err
@@ -104,7 +116,8 @@ func Fetch(ctx context.Context, o Options) (*Kernel, error) {
 		case strings.HasPrefix(name, "boot/vmlinuz-"):
 			k.Release = strings.TrimPrefix(name, "boot/vmlinuz-")
 			k.Vmlinuz = filepath.Join(o.OutDir, "vmlinuz")
-			_, err := writeFrom(k.Vmlinuz, r)
+			n, err := writeFrom(k.Vmlinuz, r)
+			k.VmlinuzSize = n
 			return err
 		case strings.HasPrefix(name, "boot/config-"):
 			k.Config = filepath.Join(o.OutDir, "config")
@@ -197,7 +210,45 @@ func Fetch(ctx context.Context, o Options) (*Kernel, error) {
 		}
 		k.Modules = append(k.Modules, m)
 	}
+	k.Want = slices.Clone(want)
+	b, err := json.MarshalIndent(k, "", "  ")
+	if err != nil {
+		return nil, err
+	}
+	if err := writeFileAtomic(filepath.Join(o.OutDir, stampFile), append(b, '\n'), 0o644); err != nil {
+		return nil, err
+	}
 	return k, nil
+}
+
+// stampFile records in OutDir what Fetch extracted, so that a later Fetch
+// with the same pin and wanted modules reuses it.
+const stampFile = "kernel.json"
+
+// loadExtracted returns the Kernel recorded in outDir if it was extracted
+// from the same pin for the same wanted modules and its files are intact.
+func loadExtracted(outDir string, p Pin, want []string) (*Kernel, bool) {
+	b, err := os.ReadFile(filepath.Join(outDir, stampFile))
+	if err != nil {
+		return nil, false
+	}
+	var k Kernel
+	if json.Unmarshal(b, &k) != nil || k.Pin != p || !slices.Equal(k.Want, want) {
+		return nil, false
+	}
+	k.Vmlinuz = filepath.Join(outDir, "vmlinuz")
+	k.Config = filepath.Join(outDir, "config")
+	if st, err := os.Stat(k.Vmlinuz); err != nil || st.Size() != k.VmlinuzSize {
+		return nil, false
+	}
+	for i, m := range k.Modules {
+		m.File = filepath.Join(outDir, "modules", m.Name+".ko")
+		if sum, err := fileSHA256(m.File); err != nil || sum != m.SHA256 {
+			return nil, false
+		}
+		k.Modules[i] = m
+	}
+	return &k, true
 }
 
 func isModule(name string) bool {

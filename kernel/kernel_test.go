@@ -251,6 +251,25 @@ func TestFetchRealPackage(t *testing.T) {
 		t.Errorf("vmlinuz: %v", err)
 	}
 	t.Logf("release %s modules %q builtin %q", k.Release, names, k.Builtin)
+
+	// A second Fetch into the same directory reuses the extraction...
+	var msgs []string
+	k2, err := Fetch(context.Background(), Options{Pin: p, CacheDir: cache, OutDir: out, Progress: func(s string) { msgs = append(msgs, s) }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(msgs) != 1 || !bytes.Contains([]byte(msgs[0]), []byte("reusing")) || len(k2.Modules) != len(k.Modules) || k2.Modules[0].File != k.Modules[0].File {
+		t.Errorf("second fetch did not reuse: %q %+v", msgs, k2.Modules)
+	}
+	// ...unless a file changed.
+	os.WriteFile(k.Modules[0].File, []byte("corrupt"), 0o644)
+	msgs = nil
+	if _, err := Fetch(context.Background(), Options{Pin: p, CacheDir: cache, OutDir: out, Progress: func(s string) { msgs = append(msgs, s) }}); err != nil {
+		t.Fatal(err)
+	}
+	if len(msgs) < 2 {
+		t.Errorf("corrupted extraction reused: %q", msgs)
+	}
 }
 
 func mustOpen(t *testing.T, p string) *os.File {

@@ -72,6 +72,11 @@ func Main() {
 
 	sigs := make(chan os.Signal, 4)
 	signal.Notify(sigs, unix.SIGTERM, unix.SIGINT, unix.SIGPWR)
+	// Ctrl-Alt-Del then sends SIGINT to init instead of an immediate reboot.
+	if err := unix.Reboot(unix.LINUX_REBOOT_CMD_CAD_OFF); err != nil {
+		log.Warn("ctrl-alt-del off", "err", err)
+	}
+	go watchPowerButton(log, sigs)
 	if err := supervise(log, cfg, sigs); err != nil {
 		fail(log, cfg, err)
 	}
