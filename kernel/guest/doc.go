@@ -30,9 +30,11 @@
 // which the host launcher (package qemu) waits for. Fatal problems print
 // WORMSPACE-ERROR and one line. If wormd exits, init restarts it with
 // backoff (RestartPolicy); after too many quick failures it gives up. On
-// SIGTERM, SIGINT or SIGPWR init stops wormd with SIGTERM, syncs, unmounts
-// /data and restarts the machine, which QEMU's -no-reboot turns into a
-// clean exit. With worm.debug=1 a failure drops to the image's shell on
+// SIGTERM, SIGINT (also Ctrl-Alt-Del) or SIGPWR, or the ACPI power button
+// (QEMU's system_powerdown over QMP, read as KEY_POWER from
+// /dev/input/event*, which needs the button and evdev modules), init stops
+// wormd with SIGTERM, syncs, unmounts /data and restarts the machine,
+// which QEMU's -no-reboot turns into a clean exit. With worm.debug=1 a failure drops to the image's shell on
 // the console first. init logs to the console with an "init:" prefix.
 //
 // # Kernel command line

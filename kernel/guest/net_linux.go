@@ -81,7 +81,7 @@ func setupNetwork(log *slog.Logger, cfg Config) error {
 	default:
 		return fmt.Errorf("unknown stack %q", cfg.Stack)
 	}
-	log.Info("network up", "iface", Iface, "stack", cfg.Stack, "mac", eth.Attrs().HardwareAddr, "ms", time.Since(t).Milliseconds())
+	log.Info("network up", "iface", Iface, "stack", cfg.Stack, "mac", eth.Attrs().HardwareAddr.String(), "ms", time.Since(t).Milliseconds())
 	return nil
 }
 
