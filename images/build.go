@@ -63,6 +63,10 @@ type Options struct {
 	WormdPkg string
 	// Commands selects the debugging commands (default CommandsBusybox).
 	Commands Commands
+	// StackDefault, when set (netstack or kernel), is baked into the image
+	// as /etc/worm/cmdline "worm.stack=S": the stack used when the kernel
+	// command line names none. Empty keeps the guest's default (netstack).
+	StackDefault string
 	// Modules overrides kernel.DefaultModules.
 	Modules []string
 	// Progress receives one line per step; nil discards.
@@ -102,6 +106,11 @@ func (o *Options) defaults() error {
 	default:
 		return fmt.Errorf("images: commands %q: want busybox, separate or none", o.Commands)
 	}
+	switch o.StackDefault {
+	case "", "netstack", "kernel":
+	default:
+		return fmt.Errorf("images: stack default %q: want netstack or kernel", o.StackDefault)
+	}
 	if o.Modules == nil {
 		o.Modules = kernel.DefaultModules
 	}
@@ -127,17 +136,21 @@ type Manifest struct {
 	// Builtin lists wanted modules the kernel has built in.
 	Builtin []string `json:"builtin"`
 	// Parts breaks the initramfs size down (bytes of file contents).
-	Parts       map[string]int64 `json:"parts"`
-	WormdPkg    string           `json:"wormd_package"`
-	Commands    Commands         `json:"commands"`
-	GoVersion   string           `json:"go_version"`
-	GOAMD64     string           `json:"goamd64"`
-	BuildMillis int64            `json:"build_ms"`
+	Parts    map[string]int64 `json:"parts"`
+	WormdPkg string           `json:"wormd_package"`
+	Commands Commands         `json:"commands"`
+	// StackDefault is the worm.stack baked into /etc/worm/cmdline, if any.
+	StackDefault string `json:"stack_default,omitempty"`
+	GoVersion    string `json:"go_version"`
+	GOAMD64      string `json:"goamd64"`
+	BuildMillis  int64  `json:"build_ms"`
+	// OutDir is where the image was written (not serialised).
+	OutDir string `json:"-"`
 	// Steps are the durations of the build steps in milliseconds.
 	Steps []Step `json:"steps"`
 }
 
-// File is one output file.
+// File is one output file; Path is its name in the output directory.
 type File struct {
 	Path   string `json:"path"`
 	Size   int64  `json:"size"`
@@ -156,7 +169,7 @@ func Build(ctx context.Context, o Options) (*Manifest, error) {
 		return nil, err
 	}
 	start := time.Now()
-	m := &Manifest{WormdPkg: o.WormdPkg, Commands: o.Commands, GOAMD64: GOAMD64, Parts: map[string]int64{}}
+	m := &Manifest{OutDir: o.OutDir, WormdPkg: o.WormdPkg, Commands: o.Commands, StackDefault: o.StackDefault, GOAMD64: GOAMD64, Parts: map[string]int64{}}
 	work := filepath.Join(o.CacheDir, "work")
 	if err := os.MkdirAll(work, 0o755); err != nil {
 		return nil, err
@@ -220,7 +233,7 @@ func Build(ctx context.Context, o Options) (*Manifest, error) {
 	}
 	cpioPath := filepath.Join(o.OutDir, "initramfs.cpio")
 	if err := step("write cpio", func() error {
-		parts, err := writeInitramfs(cpioPath, layout{wormd: wormd, modules: k.Modules, commands: cmds})
+		parts, err := writeInitramfs(cpioPath, layout{wormd: wormd, modules: k.Modules, commands: cmds, stackDefault: o.StackDefault})
 		m.Parts = parts
 		return err
 	}); err != nil {
@@ -396,7 +409,9 @@ func describe(path string) (File, error) {
 	if err != nil {
 		return File{}, err
 	}
-	return File{Path: path, Size: n, SHA256: hex.EncodeToString(h.Sum(nil))}, nil
+	// The name only: the manifest lives next to the files and stays valid
+	// when the directory moves.
+	return File{Path: filepath.Base(path), Size: n, SHA256: hex.EncodeToString(h.Sum(nil))}, nil
 }
 
 func copyFile(dst, src string) error {

@@ -81,7 +81,7 @@ func TestBuildReproducible(t *testing.T) {
 
 func checkLayout(t *testing.T, m *Manifest) {
 	t.Helper()
-	f, err := os.Open(m.Initramfs.Path)
+	f, err := os.Open(filepath.Join(m.OutDir, m.Initramfs.Path))
 	if err != nil {
 		t.Fatal(err)
 	}

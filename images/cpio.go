@@ -16,6 +16,8 @@ type layout struct {
 	wormd    string          // host path of the wormd binary
 	modules  []kernel.Module // in load order
 	commands []cmdFile
+	// stackDefault, if set, becomes /etc/worm/cmdline (see guest.DefaultsFile).
+	stackDefault string
 }
 
 // mountPoints are empty directories the guest init mounts on.
@@ -77,6 +79,11 @@ func writeInitramfs(dst string, l layout) (map[string]int64, error) {
 		fmt.Fprintln(&order, name)
 	}
 	recs = append(recs, cpio.StaticFile("lib/modules/order", order.String(), 0o644))
+
+	if l.stackDefault != "" {
+		recs = append(recs, cpio.Directory("etc", 0o755), cpio.Directory("etc/worm", 0o755),
+			cpio.StaticFile("etc/worm/cmdline", "worm.stack="+l.stackDefault+"\n", 0o644))
+	}
 
 	cmds := append([]cmdFile(nil), l.commands...)
 	sort.Slice(cmds, func(i, j int) bool { return cmds[i].name < cmds[j].name })

@@ -277,3 +277,30 @@ func parseBool(v string, hasVal bool) (bool, bool) {
 	}
 	return false, false
 }
+
+// DefaultsFile holds worm.* parameters baked into the image (for example
+// worm.stack=kernel from `worm image build -stack-default kernel`). The
+// kernel command line overrides them (MergeCmdline).
+const DefaultsFile = "/etc/worm/cmdline"
+
+// MergeCmdline returns the kernel command line with the worm.* parameters
+// of defaults that it does not set itself placed in front, so that the
+// command line always wins and no parameter appears twice.
+func MergeCmdline(defaults, cmdline string) string {
+	set := map[string]bool{}
+	for _, tok := range SplitCmdline(cmdline) {
+		k, _, _ := strings.Cut(tok, "=")
+		set[k] = true
+	}
+	var keep []string
+	for _, tok := range SplitCmdline(defaults) {
+		k, _, _ := strings.Cut(tok, "=")
+		if strings.HasPrefix(k, "worm.") && !set[k] && !strings.ContainsAny(tok, " \t\"") {
+			keep = append(keep, tok)
+		}
+	}
+	if len(keep) == 0 {
+		return cmdline
+	}
+	return strings.Join(keep, " ") + " " + cmdline
+}

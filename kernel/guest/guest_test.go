@@ -182,3 +182,22 @@ func TestParseOrder(t *testing.T) {
 		t.Errorf("got %q want %q", got, want)
 	}
 }
+
+func TestMergeCmdline(t *testing.T) {
+	got := MergeCmdline("worm.stack=kernel worm.port=7000 quiet\n", "console=ttyS0 worm.addr=10.0.0.2/24 worm.port=7070")
+	if got != "worm.stack=kernel console=ttyS0 worm.addr=10.0.0.2/24 worm.port=7070" {
+		t.Fatalf("merged %q", got)
+	}
+	c, warns, err := ParseCmdline(got)
+	if err != nil || c.Stack != StackKernel || c.Port != 7070 {
+		t.Fatalf("%+v %v", c, err)
+	}
+	for _, w := range warns {
+		if strings.Contains(w.Msg, "more than once") {
+			t.Errorf("duplicate after merge: %v", w)
+		}
+	}
+	if got := MergeCmdline("", "a b"); got != "a b" {
+		t.Errorf("empty defaults: %q", got)
+	}
+}

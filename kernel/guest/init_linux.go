@@ -53,7 +53,11 @@ func Main() {
 	if err != nil {
 		fail(log, Config{}, fmt.Errorf("read /proc/cmdline: %w", err))
 	}
-	cfg, warns, err := ParseCmdline(string(raw))
+	line := string(raw)
+	if defaults, err := os.ReadFile(DefaultsFile); err == nil {
+		line = MergeCmdline(string(defaults), line)
+	}
+	cfg, warns, err := ParseCmdline(line)
 	for _, w := range warns {
 		log.Warn("cmdline", "param", w.Param, "msg", w.Msg)
 	}
