@@ -39,6 +39,12 @@ var DebugCommands = []string{
 	"github.com/u-root/u-root/cmds/core/cat",
 }
 
+// commandTags are the build tags of the debugging commands: goshsmall
+// gives the u-root shell a plain line reader instead of a full-screen line
+// editor, which on a serial console waits for terminal replies that never
+// come (and is 3 MB smaller).
+const commandTags = "goshsmall"
+
 // GOAMD64 is the fixed microarchitecture level of image binaries: v1 runs
 // on every x86-64 CPU model, including QEMU's default qemu64.
 const GOAMD64 = "v1"
@@ -339,7 +345,7 @@ func buildCommands(ctx context.Context, o Options, goVersion string) ([]cmdFile,
 		}
 		h.Write(b)
 	}
-	fmt.Fprintf(h, "%s %s %s %s", goVersion, GOAMD64, o.Commands, strings.Join(DebugCommands, " "))
+	fmt.Fprintf(h, "%s %s %s %s %s", goVersion, GOAMD64, o.Commands, commandTags, strings.Join(DebugCommands, " "))
 	key := hex.EncodeToString(h.Sum(nil))[:16]
 	dir := filepath.Join(o.CacheDir, "ucmds", string(o.Commands)+"-"+key)
 	names := make([]string, len(DebugCommands))
@@ -374,7 +380,7 @@ func buildCommands(ctx context.Context, o Options, goVersion string) ([]cmdFile,
 		if _, err := goOutput(ctx, modDir, nil, "build", "-o", makebb, "github.com/u-root/gobusybox/src/cmd/makebb"); err != nil {
 			return nil, err
 		}
-		cmd := exec.CommandContext(ctx, makebb, append([]string{"-o", filepath.Join(tmp, "bb")}, DebugCommands...)...)
+		cmd := exec.CommandContext(ctx, makebb, append([]string{"-o", filepath.Join(tmp, "bb"), "-go-build-tags", commandTags}, DebugCommands...)...)
 		cmd.Dir = modDir
 		// makebb strips, trims paths and empties the build ID itself
 		// (reproducible by default).
@@ -384,7 +390,7 @@ func buildCommands(ctx context.Context, o Options, goVersion string) ([]cmdFile,
 		}
 		os.Remove(makebb)
 	case CommandsSeparate:
-		if err := goBuild(ctx, modDir, tmp+"/", DebugCommands...); err != nil {
+		if err := goBuild(ctx, modDir, tmp+"/", append([]string{"-tags", commandTags}, DebugCommands...)...); err != nil {
 			return nil, err
 		}
 	}

@@ -304,3 +304,16 @@ func MergeCmdline(defaults, cmdline string) string {
 	}
 	return strings.Join(keep, " ") + " " + cmdline
 }
+
+// WantsDebug reports whether a command line asks for worm.debug, even
+// one that ParseCmdline rejects: init then offers a shell after the error.
+func WantsDebug(cmdline string) bool {
+	on := false
+	for _, tok := range SplitCmdline(cmdline) {
+		k, v, hasVal := strings.Cut(tok, "=")
+		if k == "worm.debug" {
+			on, _ = parseBool(v, hasVal)
+		}
+	}
+	return on
+}

@@ -201,3 +201,17 @@ func TestMergeCmdline(t *testing.T) {
 		t.Errorf("empty defaults: %q", got)
 	}
 }
+
+func TestWantsDebug(t *testing.T) {
+	for line, want := range map[string]bool{
+		"worm.debug=1 worm.port=0":  true,
+		"worm.debug":                true,
+		"worm.debug=1 worm.debug=0": false,
+		"worm.debugx=1":             false,
+		"":                          false,
+	} {
+		if got := WantsDebug(line); got != want {
+			t.Errorf("%q: %v", line, got)
+		}
+	}
+}

@@ -62,6 +62,7 @@ func Main() {
 		log.Warn("cmdline", "param", w.Param, "msg", w.Msg)
 	}
 	if err != nil {
+		cfg.Debug = WantsDebug(line) // a shell even when the rest is unusable
 		fail(log, cfg, err)
 	}
 	log.Info("config", "id", cfg.ID, "addr", cfg.Addr, "gw", cfg.Gateway, "stack", cfg.Stack, "port", cfg.Port, "data", cfg.Data)
