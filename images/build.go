@@ -49,6 +49,9 @@ const commandTags = "goshsmall"
 // on every x86-64 CPU model, including QEMU's default qemu64.
 const GOAMD64 = "v1"
 
+// ErrNoWormd: the wormd package (Options.WormdPkg) has no Go files yet.
+var ErrNoWormd = errors.New("images: wormd package has no Go files")
+
 // ErrNotModuleRoot: Options.Root has no go.mod.
 var ErrNotModuleRoot = errors.New("images: not the repository root (no go.mod)")
 
@@ -122,6 +125,11 @@ func (o *Options) defaults() error {
 	}
 	if o.Progress == nil {
 		o.Progress = func(string) {}
+	}
+	if strings.HasPrefix(o.WormdPkg, ".") {
+		if gos, _ := filepath.Glob(filepath.Join(o.Root, o.WormdPkg, "*.go")); len(gos) == 0 {
+			return fmt.Errorf("%w: %s (until cmd/wormd exists, build with the test stand-in: -wormd ./images/internal/standin)", ErrNoWormd, o.WormdPkg)
+		}
 	}
 	return nil
 }
