@@ -1,7 +1,6 @@
 package guest
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -10,7 +9,6 @@ import (
 	"os"
 	"os/exec"
 	"os/signal"
-	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -82,7 +80,8 @@ func Main() {
 		log.Warn("ctrl-alt-del off", "err", err)
 	}
 	go watchPowerButton(log, sigs)
-	if err := supervise(log, cfg, sigs); err != nil {
+	sup := &supervisor{log: log, cfg: cfg, path: WormdPath, out: console, policy: DefaultRestartPolicy, stopWait: stopWait}
+	if err := sup.run(sigs); err != nil {
 		fail(log, cfg, err)
 	}
 	shutdown(log, cfg)
@@ -168,117 +167,6 @@ func waitFor(path string, limit time.Duration) error {
 			return fmt.Errorf("%s did not appear within %v", path, limit)
 		}
 		time.Sleep(10 * time.Millisecond)
-	}
-}
-
-// exitEvent is one wormd exit.
-type exitEvent struct {
-	err    error
-	ranFor time.Duration
-}
-
-// supervise starts wormd, prints WORMSPACE-READY when it reports ready,
-// and restarts it with backoff until a shutdown signal (nil) or the
-// restart policy gives up (an error).
-func supervise(log *slog.Logger, cfg Config, sigs <-chan os.Signal) error {
-	r := NewRestarter(DefaultRestartPolicy)
-	for {
-		cmd, exited, err := startWormd(log, cfg)
-		if err != nil {
-			return err
-		}
-		select {
-		case s := <-sigs:
-			log.Info("signal; stopping wormd", "signal", s)
-			stopWormd(log, cmd, exited)
-			return nil
-		case ev := <-exited:
-			log.Error("wormd exited", "err", ev.err, "ran", ev.ranFor.Round(time.Millisecond))
-			delay, giveUp := r.Exited(ev.ranFor)
-			if giveUp {
-				return fmt.Errorf("wormd failed %d times in a row; giving up (last: %v)", r.Failures(), ev.err)
-			}
-			log.Info("restarting wormd", "in", delay, "failures", r.Failures())
-			select {
-			case s := <-sigs:
-				log.Info("signal during backoff", "signal", s)
-				return nil
-			case <-time.After(delay):
-			}
-		}
-	}
-}
-
-func startWormd(log *slog.Logger, cfg Config) (*exec.Cmd, <-chan exitEvent, error) {
-	pr, pw, err := os.Pipe()
-	if err != nil {
-		return nil, nil, fmt.Errorf("ready pipe: %w", err)
-	}
-	cmd := exec.Command(WormdPath, cfg.WormdArgs()...)
-	cmd.Stdout, cmd.Stderr = console, console
-	cmd.ExtraFiles = []*os.File{pw} // fd 3
-	cmd.Env = []string{"PATH=/bin", "HOME=/", "TMPDIR=/tmp"}
-	log.Info("starting wormd", "args", strings.Join(cmd.Args, " "))
-	started := time.Now()
-	if err := cmd.Start(); err != nil {
-		pr.Close()
-		pw.Close()
-		return nil, nil, fmt.Errorf("start %s: %w", WormdPath, err)
-	}
-	pw.Close()
-	exited := make(chan exitEvent, 1)
-	var once sync.Once
-	go func() {
-		defer pr.Close()
-		line, err := bufio.NewReader(pr).ReadString('\n')
-		if err != nil {
-			return // wormd exited before it was ready; Wait reports it
-		}
-		once.Do(func() { printReady(cfg, line) })
-	}()
-	go func() {
-		err := cmd.Wait()
-		exited <- exitEvent{err: err, ranFor: time.Since(started)}
-	}()
-	return cmd, exited, nil
-}
-
-// printReady writes the contract's readiness line to the console.
-func printReady(cfg Config, line string) {
-	addr := cfg.ListenAddr().String()
-	if f := strings.Fields(line); len(f) == 2 && f[0] == "ready" {
-		addr = f[1]
-	}
-	fmt.Fprintf(console, "WORMSPACE-READY id=%d addr=%s stack=%s uptime_ms=%d\n", cfg.ID, addr, cfg.Stack, uptimeMillis())
-}
-
-// uptimeMillis reads guest uptime from /proc/uptime (-1 if unreadable).
-func uptimeMillis() int64 {
-	b, err := os.ReadFile("/proc/uptime")
-	if err != nil {
-		return -1
-	}
-	f := strings.Fields(string(b))
-	if len(f) == 0 {
-		return -1
-	}
-	s, err := strconv.ParseFloat(f[0], 64)
-	if err != nil {
-		return -1
-	}
-	return int64(s * 1000)
-}
-
-// stopWormd sends SIGTERM (wormd flushes) and SIGKILL after stopWait.
-func stopWormd(log *slog.Logger, cmd *exec.Cmd, exited <-chan exitEvent) {
-	cmd.Process.Signal(unix.SIGTERM)
-	select {
-	case ev := <-exited:
-		log.Info("wormd stopped", "err", ev.err)
-	case <-time.After(stopWait):
-		log.Error("wormd ignored SIGTERM; killing")
-		cmd.Process.Kill()
-		<-exited
 	}
 }
 
