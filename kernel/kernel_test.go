@@ -2,6 +2,7 @@ package kernel
 
 import (
 	"bytes"
+	"compress/gzip"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -9,6 +10,8 @@ import (
 	"path/filepath"
 	"slices"
 	"testing"
+
+	"github.com/ulikunitz/xz"
 )
 
 // elfWithModinfo builds a minimal ELF64 little-endian relocatable object
@@ -279,4 +282,40 @@ func mustOpen(t *testing.T, p string) *os.File {
 	}
 	t.Cleanup(func() { f.Close() })
 	return f
+}
+
+// Compressed modules are decompressed before their .modinfo is read, so
+// the image always holds plain .ko files.
+func TestReadModuleCompressed(t *testing.T) {
+	obj := elfWithModinfo(t, []byte("name=virtio_blk\x00depends=virtio,virtio_ring\x00"))
+	var xzb bytes.Buffer
+	w, err := xz.NewWriter(&xzb)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.Write(obj)
+	w.Close()
+	var gzb bytes.Buffer
+	gw := gzip.NewWriter(&gzb)
+	gw.Write(obj)
+	gw.Close()
+	for name, data := range map[string][]byte{"m/virtio_blk.ko": obj, "m/virtio_blk.ko.xz": xzb.Bytes(), "m/virtio_blk.ko.gz": gzb.Bytes()} {
+		if !isModule("lib/modules/6.1/kernel/" + name) {
+			t.Errorf("%s not recognised as a module", name)
+		}
+		plain, err := readModule(context.Background(), name, bytes.NewReader(data))
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		if !bytes.Equal(plain, obj) {
+			t.Fatalf("%s: decompressed contents differ", name)
+		}
+		mi, err := ReadModInfo(bytes.NewReader(plain))
+		if err != nil || mi.Name != "virtio_blk" || !slices.Equal(mi.Depends, []string{"virtio", "virtio_ring"}) {
+			t.Errorf("%s: %+v %v", name, mi, err)
+		}
+	}
+	if _, err := readModule(context.Background(), "x.ko.xz", bytes.NewReader(obj)); err == nil {
+		t.Error("plain data accepted as xz")
+	}
 }
