@@ -44,8 +44,17 @@ func Main() {
 	log := slog.New(slog.NewTextHandler(&prefixWriter{w: console, prefix: "init: "}, nil))
 	slog.SetDefault(log)
 	log.Info("starting", "pid", os.Getpid())
+	// Signals are caught from here on (PID 1 ignores those it has no
+	// handler for); one that arrives during setup stops wormd at once.
+	sigs := make(chan os.Signal, 4)
+	signal.Notify(sigs, unix.SIGTERM, unix.SIGINT, unix.SIGPWR)
+	// Ctrl-Alt-Del then sends SIGINT to init instead of an immediate reboot.
+	if err := unix.Reboot(unix.LINUX_REBOOT_CMD_CAD_OFF); err != nil {
+		log.Warn("ctrl-alt-del off", "err", err)
+	}
 
 	loadModules(log)
+	go watchPowerButton(log, sigs)
 
 	raw, err := os.ReadFile("/proc/cmdline")
 	if err != nil {
@@ -73,13 +82,6 @@ func Main() {
 	}
 	log.Info("system ready", "ms", time.Since(start).Milliseconds())
 
-	sigs := make(chan os.Signal, 4)
-	signal.Notify(sigs, unix.SIGTERM, unix.SIGINT, unix.SIGPWR)
-	// Ctrl-Alt-Del then sends SIGINT to init instead of an immediate reboot.
-	if err := unix.Reboot(unix.LINUX_REBOOT_CMD_CAD_OFF); err != nil {
-		log.Warn("ctrl-alt-del off", "err", err)
-	}
-	go watchPowerButton(log, sigs)
 	sup := &supervisor{log: log, cfg: cfg, path: WormdPath, out: console, policy: DefaultRestartPolicy, stopWait: stopWait}
 	if err := sup.run(sigs); err != nil {
 		fail(log, cfg, err)
