@@ -7,8 +7,10 @@ import (
 	"encoding/binary"
 	"errors"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/ulikunitz/xz"
@@ -318,4 +320,33 @@ func TestReadModuleCompressed(t *testing.T) {
 	if _, err := readModule(context.Background(), "x.ko.xz", bytes.NewReader(obj)); err == nil {
 		t.Error("plain data accepted as xz")
 	}
+}
+
+// TestRepin resolves the current cloud kernel through apt-cache (no
+// apt-get update: the machine's package lists as they are) and checks the
+// pin it would write. The .deb lands in the shared cache.
+func TestRepin(t *testing.T) {
+	if testing.Short() {
+		t.Skip("may download a kernel package")
+	}
+	for _, tool := range []string{"apt-cache", "apt-get"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Skipf("%s not found: %v", tool, err)
+		}
+	}
+	if out, err := exec.Command("apt-cache", "policy", DefaultMeta).Output(); err != nil || !bytes.Contains(out, []byte("Candidate:")) || bytes.Contains(out, []byte("Candidate: (none)")) {
+		t.Skipf("apt lists know no %s (apt-get update has never run): %v", DefaultMeta, err)
+	}
+	cache := filepath.Join("..", "build", "cache", "kernel")
+	p, err := Repin(context.Background(), RepinOptions{CacheDir: cache, Progress: func(s string) { t.Log(s) }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Validate(); err != nil || p.Meta != DefaultMeta || !strings.HasPrefix(p.Package, "linux-image-") || !strings.HasSuffix(p.Package, "-cloud-amd64") {
+		t.Fatalf("pin %+v: %v", p, err)
+	}
+	if err := verifySHA256(filepath.Join(cache, p.DebName()), p.SHA256); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("current: %s", p)
 }

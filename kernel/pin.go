@@ -143,16 +143,25 @@ func ensureDeb(ctx context.Context, p Pin, cacheDir string, progress func(string
 	return path, nil
 }
 
+// aptDownload downloads the pinned package into dir. apt-get writes into a
+// private temporary directory and the finished file is renamed into dir,
+// so concurrent builds sharing a cache never see a partial .deb.
 func aptDownload(ctx context.Context, p Pin, dir string) (string, error) {
-	cmd := exec.CommandContext(ctx, "apt-get", "download", "-q", p.Spec())
-	cmd.Dir = dir
-	out, err := cmd.CombinedOutput()
-	if err == nil {
-		if _, serr := os.Stat(filepath.Join(dir, p.DebName())); serr != nil {
-			return string(out), fmt.Errorf("apt-get download did not produce %s", p.DebName())
-		}
+	tmp, err := os.MkdirTemp(dir, ".download-")
+	if err != nil {
+		return "", err
 	}
-	return string(out), err
+	defer os.RemoveAll(tmp)
+	cmd := exec.CommandContext(ctx, "apt-get", "download", "-q", p.Spec())
+	cmd.Dir = tmp
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		return string(out), err
+	}
+	if err := os.Rename(filepath.Join(tmp, p.DebName()), filepath.Join(dir, p.DebName())); err != nil {
+		return string(out), fmt.Errorf("apt-get download did not produce %s: %w", p.DebName(), err)
+	}
+	return string(out), nil
 }
 
 // RepinOptions configures Repin.
