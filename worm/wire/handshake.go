@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"time"
 )
 
@@ -305,37 +306,38 @@ func (d *decoder) u16() uint16 {
 
 // deadline applies ctx to conn for the duration of a handshake: its
 // deadline, and its cancellation (which moves the deadline into the past).
-// done must be called at the end; it clears the deadline and reports
-// ctx's error if ctx ended at any point, in which case the handshake
-// fails (the connection's deadline may have been disturbed).
-func deadline(ctx context.Context, conn net.Conn) (done func() error, err error) {
+// The returned done must be called with the handshake's result; it clears
+// the deadline and returns the result, wrapped with ctx's error when ctx
+// ended (a handshake during which ctx ended fails, since the connection's
+// deadline may have been moved).
+func deadline(ctx context.Context, conn net.Conn) (done func(error) error, err error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	dl, _ := ctx.Deadline()
+	dl, hasDL := ctx.Deadline()
 	if err := conn.SetDeadline(dl); err != nil {
 		return nil, err
 	}
 	stop := context.AfterFunc(ctx, func() { conn.SetDeadline(time.Unix(1, 0)) })
-	return func() error {
-		if !stop() && ctx.Err() != nil {
-			return ctx.Err()
+	return func(err error) error {
+		stopped := stop()
+		// An error here means the connection is already closed, which the
+		// next read or write reports.
+		conn.SetDeadline(time.Time{})
+		cerr := ctx.Err()
+		if cerr == nil && hasDL && errors.Is(err, os.ErrDeadlineExceeded) && !time.Now().Before(dl) {
+			// The connection's deadline fired a moment before ctx's timer.
+			cerr = context.DeadlineExceeded
 		}
-		return conn.SetDeadline(time.Time{})
+		switch {
+		case cerr == nil && stopped:
+			return err
+		case err == nil:
+			return fmt.Errorf("wire: handshake: %w", cerr)
+		default:
+			return fmt.Errorf("wire: handshake: %w (%w)", cerr, err)
+		}
 	}, nil
-}
-
-// finishHS wraps the handshake's result with ctx's error when ctx ended.
-func finishHS(done func() error, err error) error {
-	if derr := done(); derr != nil {
-		if err == nil {
-			return fmt.Errorf("wire: handshake: %w", derr)
-		}
-		if errors.Is(derr, context.Canceled) || errors.Is(derr, context.DeadlineExceeded) {
-			return fmt.Errorf("wire: handshake: %w (%w)", derr, err)
-		}
-	}
-	return err
 }
 
 // sendError writes a handshake error message, best effort and bounded in
@@ -365,7 +367,10 @@ func ClientHandshake(ctx context.Context, conn net.Conn, hello ClientHello, key 
 		return ServerHello{}, fmt.Errorf("wire: handshake: %w", err)
 	}
 	sh, err := clientHandshake(conn, hello, key)
-	return sh, finishHS(done, err)
+	if err = done(err); err != nil {
+		return ServerHello{}, err
+	}
+	return sh, nil
 }
 
 func clientHandshake(conn net.Conn, hello ClientHello, key []byte) (ServerHello, error) {
@@ -443,7 +448,10 @@ func ServerHandshake(ctx context.Context, conn net.Conn, hello ServerHello, key 
 		return ClientHello{}, fmt.Errorf("wire: handshake: %w", err)
 	}
 	ch, err := serverHandshake(conn, hello, key)
-	return ch, finishHS(done, err)
+	if err = done(err); err != nil {
+		return ClientHello{}, err
+	}
+	return ch, nil
 }
 
 func serverHandshake(conn net.Conn, hello ServerHello, key []byte) (ClientHello, error) {
