@@ -1,0 +1,394 @@
+package client
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/wormspace/wormspace/worm/paxos"
+	"github.com/wormspace/wormspace/worm/wire"
+)
+
+// responder receives what a connection learns about the requests it sent
+// for someone: a response, or the news that none will come.
+//
+// deliver and failed are called from a connection's reader goroutine (or
+// from whoever tears the connection down) without any connection lock
+// held; resp and its slices are valid only during the call.
+type responder interface {
+	deliver(from int, tag uint64, resp *paxos.Response)
+	failed(from int)
+}
+
+// conn is the client's connection to one wormserver, redialed in the
+// background for the life of the Client.
+type conn struct {
+	cl   *Client
+	idx  int
+	addr string
+	log  *slog.Logger
+	wake chan struct{} // capacity 1: "out has bytes"
+
+	mu      sync.Mutex
+	nc      net.Conn // nil while down
+	stop    chan struct{}
+	out     []byte // encoded requests not yet handed to the socket
+	pending map[uint64]responder
+	hello   wire.ServerHello
+	lastErr error
+	fatal   bool
+}
+
+func newConn(cl *Client, idx int, addr string) *conn {
+	return &conn{cl: cl, idx: idx, addr: addr, log: cl.log.With("server", addr),
+		wake: make(chan struct{}, 1), pending: map[uint64]responder{}}
+}
+
+// up reports whether the connection is established.
+func (cn *conn) up() bool {
+	cn.mu.Lock()
+	defer cn.mu.Unlock()
+	return cn.nc != nil
+}
+
+// send queues req for the server and registers r for its response (tag 0:
+// no response expected). It reports false, queueing nothing, when the
+// connection is down or the server has not read MaxPendingBytes already
+// queued: the caller treats the request as failed.
+func (cn *conn) send(r responder, tag uint64, req *paxos.Request) bool {
+	cn.mu.Lock()
+	if cn.nc == nil || len(cn.out) > cn.cl.cfg.MaxPendingBytes {
+		cn.mu.Unlock()
+		return false
+	}
+	if tag != 0 && r != nil {
+		cn.pending[tag] = r
+	}
+	cn.out = wire.AppendRequest(cn.out, tag, req)
+	cn.mu.Unlock()
+	select {
+	case cn.wake <- struct{}{}:
+	default:
+	}
+	return true
+}
+
+// forget drops the registration of tag if it still belongs to r.
+func (cn *conn) forget(r responder, tag uint64) {
+	cn.mu.Lock()
+	if cn.pending[tag] == r {
+		delete(cn.pending, tag)
+	}
+	cn.mu.Unlock()
+}
+
+// shutdown closes the current connection; run then sees the client closed
+// and returns.
+func (cn *conn) shutdown() {
+	cn.mu.Lock()
+	nc := cn.nc
+	cn.mu.Unlock()
+	if nc != nil {
+		nc.Close()
+	}
+}
+
+func (cl *Client) isClosed() bool {
+	select {
+	case <-cl.closed:
+		return true
+	default:
+		return false
+	}
+}
+
+// fatalDial reports whether a dial error means the server refused this
+// client (retrying will not help soon), as opposed to being unreachable.
+func fatalDial(err error) bool {
+	return errors.Is(err, wire.ErrAuth) || errors.Is(err, wire.ErrVersion) || errors.Is(err, ErrConfig)
+}
+
+// run dials, serves and redials the connection until the client closes.
+func (cn *conn) run(ready chan<- readyEvent) {
+	defer cn.cl.wg.Done()
+	const minBackoff, maxBackoff = 25 * time.Millisecond, 2 * time.Second
+	backoff := minBackoff
+	wasUp := false
+	for !cn.cl.isClosed() {
+		nc, h, err := cn.dial()
+		if err != nil {
+			fatal := fatalDial(err)
+			cn.mu.Lock()
+			cn.lastErr, cn.fatal = err, fatal
+			cn.mu.Unlock()
+			select {
+			case ready <- readyEvent{err: err, fatal: fatal}:
+			default:
+			}
+			if wasUp || fatal {
+				cn.log.Warn("wormserver unreachable", "err", err)
+				wasUp = false
+			}
+			// Jittered, capped exponential backoff.
+			d := backoff/2 + rand.N(backoff/2+1)
+			select {
+			case <-time.After(d):
+			case <-cn.cl.closed:
+				return
+			}
+			backoff = min(2*backoff, maxBackoff)
+			continue
+		}
+		backoff = minBackoff
+		stop := make(chan struct{})
+		cn.mu.Lock()
+		cn.nc, cn.stop, cn.hello, cn.out = nc, stop, h, cn.out[:0]
+		cn.lastErr, cn.fatal = nil, false
+		cn.mu.Unlock()
+		if cn.cl.isClosed() {
+			cn.down(errClosed)
+			return
+		}
+		if !wasUp {
+			cn.log.Debug("connected", "acceptor", h.AcceptorID)
+		}
+		wasUp = true
+		select {
+		case ready <- readyEvent{}:
+		default:
+			// Dial has returned; nobody counts any more.
+		}
+		cn.cl.resubscribe(cn)
+		writerDone := make(chan struct{})
+		go cn.writer(nc, stop, writerDone)
+		err = cn.reader(nc, h)
+		if !cn.cl.isClosed() {
+			cn.log.Warn("connection lost", "err", err)
+		}
+		cn.down(err)
+		<-writerDone
+	}
+}
+
+// dial connects and runs the handshake.
+func (cn *conn) dial() (net.Conn, wire.ServerHello, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), cn.cl.cfg.DialTimeout)
+	defer cancel()
+	go func() {
+		select {
+		case <-cn.cl.closed:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	nc, err := cn.cl.cfg.Dialer.DialContext(ctx, "tcp", cn.addr)
+	if err != nil {
+		return nil, wire.ServerHello{}, err
+	}
+	h, err := wire.ClientHandshake(ctx, nc, wire.ClientHello{ID: cn.cl.cfg.ID}, cn.cl.cfg.Key)
+	if err != nil {
+		nc.Close()
+		return nil, wire.ServerHello{}, fmt.Errorf("handshake with %s: %w", cn.addr, err)
+	}
+	if err := cn.cl.admit(cn.idx, h); err != nil {
+		nc.Close()
+		return nil, wire.ServerHello{}, err
+	}
+	return nc, h, nil
+}
+
+// down tears the connection down and fails every request outstanding on
+// it.
+func (cn *conn) down(err error) {
+	cn.mu.Lock()
+	nc := cn.nc
+	if nc == nil {
+		cn.mu.Unlock()
+		return
+	}
+	cn.nc = nil
+	close(cn.stop)
+	cn.out = cn.out[:0]
+	cn.lastErr = err
+	var failed []responder
+	seen := make(map[responder]struct{}, len(cn.pending))
+	for _, r := range cn.pending {
+		if _, ok := seen[r]; !ok {
+			seen[r] = struct{}{}
+			failed = append(failed, r)
+		}
+	}
+	clear(cn.pending)
+	cn.mu.Unlock()
+	nc.Close()
+	for _, r := range failed {
+		r.failed(cn.idx)
+	}
+	cn.cl.lostAll()
+}
+
+// writer hands queued requests to the socket: everything queued while the
+// previous write ran leaves in the next single write.
+func (cn *conn) writer(nc net.Conn, stop <-chan struct{}, done chan<- struct{}) {
+	defer close(done)
+	var spare []byte
+	for {
+		select {
+		case <-cn.wake:
+		case <-stop:
+			return
+		}
+		cn.mu.Lock()
+		if cn.nc != nc {
+			cn.mu.Unlock()
+			return
+		}
+		buf := cn.out
+		cn.out = spare[:0]
+		cn.mu.Unlock()
+		if len(buf) == 0 {
+			spare = buf
+			continue
+		}
+		if _, err := nc.Write(buf); err != nil {
+			nc.Close() // the reader sees it and tears down
+			return
+		}
+		if cap(buf) > 1<<20 {
+			buf = nil // do not keep a burst's buffer forever
+		}
+		spare = buf
+	}
+}
+
+// reader decodes frames until the connection fails, stepping each response
+// into the operation waiting for it.
+func (cn *conn) reader(nc net.Conn, h wire.ServerHello) error {
+	r := wire.NewReader(nc, int(h.MaxFrame))
+	var resp paxos.Response
+	for {
+		f, err := r.Next()
+		if err != nil {
+			return err
+		}
+		switch f.Type {
+		case wire.FrameResponse:
+			if err := wire.DecodeResponse(f.Payload, int(h.MaxValue), &resp); err != nil {
+				return fmt.Errorf("malformed response from the server: %w", err)
+			}
+			cn.mu.Lock()
+			rs := cn.pending[f.ID]
+			delete(cn.pending, f.ID)
+			cn.mu.Unlock()
+			if rs != nil {
+				rs.deliver(cn.idx, f.ID, &resp)
+			}
+		case wire.FramePush:
+			if err := wire.DecodeResponse(f.Payload, int(h.MaxValue), &resp); err != nil {
+				return fmt.Errorf("malformed push from the server: %w", err)
+			}
+			if resp.Kind == paxos.KindNotify {
+				cn.cl.notify(&resp)
+			}
+		case wire.FrameErr:
+			re, err := wire.DecodeError(f.Payload)
+			if err != nil {
+				return err
+			}
+			return re
+		default:
+			return fmt.Errorf("unexpected %v frame from the server", f.Type)
+		}
+	}
+}
+
+// call drives one paxos.Op: it is the responder for every request the Op
+// sends.
+type call struct {
+	cl   *Client
+	done chan struct{} // closed when the Op finishes (not on Expire)
+
+	mu       sync.Mutex
+	op       *paxos.Op
+	sent     []sentTag
+	finished bool
+}
+
+type sentTag struct {
+	idx int
+	tag uint64
+}
+
+func (c *call) deliver(from int, tag uint64, resp *paxos.Response) {
+	c.mu.Lock()
+	if !c.finished {
+		c.op.Step(from, tag, resp)
+		c.pumpLocked()
+	}
+	c.mu.Unlock()
+}
+
+func (c *call) failed(from int) {
+	c.mu.Lock()
+	if !c.finished {
+		c.op.Fail(from)
+		c.pumpLocked()
+	}
+	c.mu.Unlock()
+}
+
+// pumpLocked sends whatever the Op asks for, reporting requests that cannot
+// be sent as failed right away, until the outbox stays empty.
+func (c *call) pumpLocked() {
+	conns := c.cl.conns
+	for {
+		outs := c.op.TakeOutbox()
+		if len(outs) == 0 {
+			break
+		}
+		var failed uint64
+		for i := range outs {
+			o := &outs[i]
+			lo, hi := o.To, o.To+1
+			if o.To == paxos.All {
+				lo, hi = 0, len(conns)
+			}
+			for j := lo; j < hi; j++ {
+				switch {
+				case conns[j].send(c, o.Tag, &o.Req):
+					if o.Tag != 0 {
+						c.sent = append(c.sent, sentTag{j, o.Tag})
+					}
+				case o.Tag != 0:
+					failed |= 1 << j
+				}
+			}
+		}
+		// outs is invalid from here on: Fail may refill the outbox.
+		for j := range conns {
+			if failed&(1<<j) != 0 {
+				c.op.Fail(j)
+			}
+		}
+	}
+	if c.op.Done() && !c.finished {
+		c.finished = true
+		close(c.done)
+	}
+}
+
+// cleanup drops the registrations of requests that were never answered.
+func (c *call) cleanup() {
+	c.mu.Lock()
+	sent := c.sent
+	c.sent = nil
+	c.mu.Unlock()
+	for _, s := range sent {
+		c.cl.conns[s.idx].forget(c, s.tag)
+	}
+}

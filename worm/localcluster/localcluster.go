@@ -1,0 +1,452 @@
+// Package localcluster runs a WormSpace cluster of real wormd processes on
+// this machine's loopback interface: what `worm cluster up`, the
+// integration tests, the fault harness and the benchmarks start.
+//
+//	cl, err := localcluster.Start(ctx, localcluster.Config{N: 3, Dir: dir, Wormd: "build/bin/wormd"})
+//	defer cl.Stop()
+//	fmt.Println(cl.ServersEnv()) // WORM_SERVERS=127.0.0.1:41001,...
+//	cl.Kill(1)                   // SIGKILL: a crash
+//	cl.Restart(ctx, 1)           // same data directory, same port
+//
+// Each wormd has its own data directory (Dir/wormd-N) and port, and logs to
+// Dir/wormd-N.log. The cluster key is generated on first start into
+// Dir/cluster.key (unless Insecure) and reused afterwards, so a cluster
+// restarted on the same directory keeps its data and its key. Start waits
+// until every wormd reports ready on its ready pipe.
+//
+// This package starts processes and must never import worm/server or
+// worm/storage: it knows wormd only by its command line.
+package localcluster
+
+import (
+	"bufio"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+)
+
+// Config describes a local cluster.
+type Config struct {
+	// N is the number of wormds (default 3).
+	N int
+	// Dir holds data directories, logs and the key. Required.
+	Dir string
+	// Wormd is the wormd binary. Default: Find().
+	Wormd string
+	// Ports, when set, are the ports to listen on (len N); default: free
+	// ports chosen at first start and reused by Restart.
+	Ports []int
+	// Volatile starts every wormd with -volatile (no fsync).
+	Volatile bool
+	// Insecure runs without a cluster key.
+	Insecure bool
+	// SegmentSize for new data directories (0: wormd's default).
+	SegmentSize int
+	// Args are extra wormd flags.
+	Args []string
+	// ReadyTimeout bounds the wait for one wormd to serve (default 20s).
+	ReadyTimeout time.Duration
+}
+
+// Node is one wormd of the cluster.
+type Node struct {
+	ID   int
+	Addr string
+	Data string
+	Log  string
+
+	mu   sync.Mutex
+	cmd  *exec.Cmd
+	exit chan struct{} // closed when cmd has been waited for
+	err  error
+}
+
+// Cluster is a running local cluster.
+type Cluster struct {
+	cfg     Config
+	Nodes   []*Node
+	KeyFile string // empty when Insecure
+}
+
+// Find locates the wormd binary: $WORMD, next to the running executable,
+// build/bin/wormd under the current directory or its parents, then $PATH.
+func Find() (string, error) {
+	if p := os.Getenv("WORMD"); p != "" {
+		return p, nil
+	}
+	if exe, err := os.Executable(); err == nil {
+		p := filepath.Join(filepath.Dir(exe), "wormd")
+		if st, err := os.Stat(p); err == nil && !st.IsDir() {
+			return p, nil
+		}
+	}
+	if wd, err := os.Getwd(); err == nil {
+		for d := wd; ; d = filepath.Dir(d) {
+			p := filepath.Join(d, "build", "bin", "wormd")
+			if st, err := os.Stat(p); err == nil && !st.IsDir() {
+				return p, nil
+			}
+			if filepath.Dir(d) == d {
+				break
+			}
+		}
+	}
+	if p, err := exec.LookPath("wormd"); err == nil {
+		return p, nil
+	}
+	return "", errors.New("localcluster: wormd not found: run `make build` (it goes to build/bin/wormd), or set $WORMD")
+}
+
+// freePorts picks n free loopback ports.
+func freePorts(n int) ([]int, error) {
+	var ls []net.Listener
+	defer func() {
+		for _, l := range ls {
+			l.Close()
+		}
+	}()
+	var ports []int
+	for i := 0; i < n; i++ {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return nil, err
+		}
+		ls = append(ls, l)
+		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
+	}
+	return ports, nil
+}
+
+// Start starts (or restarts, on an existing Dir) the cluster and waits
+// until every wormd serves.
+func Start(ctx context.Context, cfg Config) (*Cluster, error) {
+	if cfg.N <= 0 {
+		cfg.N = 3
+	}
+	if cfg.Dir == "" {
+		return nil, errors.New("localcluster: Dir is required")
+	}
+	if cfg.ReadyTimeout <= 0 {
+		cfg.ReadyTimeout = 20 * time.Second
+	}
+	if cfg.Wormd == "" {
+		w, err := Find()
+		if err != nil {
+			return nil, err
+		}
+		cfg.Wormd = w
+	}
+	if abs, err := filepath.Abs(cfg.Dir); err == nil {
+		cfg.Dir = abs
+	}
+	if err := os.MkdirAll(cfg.Dir, 0o755); err != nil {
+		return nil, err
+	}
+	c := &Cluster{cfg: cfg}
+	if !cfg.Insecure {
+		c.KeyFile = filepath.Join(cfg.Dir, "cluster.key")
+		if _, err := os.Stat(c.KeyFile); errors.Is(err, os.ErrNotExist) {
+			var k [32]byte
+			if _, err := rand.Read(k[:]); err != nil {
+				return nil, err
+			}
+			if err := os.WriteFile(c.KeyFile, []byte(hex.EncodeToString(k[:])+"\n"), 0o600); err != nil {
+				return nil, err
+			}
+		}
+	}
+	ports := cfg.Ports
+	if ports == nil {
+		// Reuse the ports of an earlier run on this directory, so that
+		// clients' WORM_SERVERS stays valid.
+		if b, err := os.ReadFile(filepath.Join(cfg.Dir, "ports")); err == nil {
+			for _, f := range strings.Fields(string(b)) {
+				p, err := strconv.Atoi(f)
+				if err == nil {
+					ports = append(ports, p)
+				}
+			}
+			if len(ports) != cfg.N {
+				ports = nil
+			}
+		}
+	}
+	if ports == nil {
+		p, err := freePorts(cfg.N)
+		if err != nil {
+			return nil, err
+		}
+		ports = p
+	}
+	if len(ports) != cfg.N {
+		return nil, fmt.Errorf("localcluster: %d ports for %d nodes", len(ports), cfg.N)
+	}
+	var pl []string
+	for _, p := range ports {
+		pl = append(pl, strconv.Itoa(p))
+	}
+	if err := os.WriteFile(filepath.Join(cfg.Dir, "ports"), []byte(strings.Join(pl, " ")+"\n"), 0o644); err != nil {
+		return nil, err
+	}
+	for i := 0; i < cfg.N; i++ {
+		n := &Node{
+			ID:   i + 1,
+			Addr: net.JoinHostPort("127.0.0.1", strconv.Itoa(ports[i])),
+			Data: filepath.Join(cfg.Dir, fmt.Sprintf("wormd-%d", i+1)),
+			Log:  filepath.Join(cfg.Dir, fmt.Sprintf("wormd-%d.log", i+1)),
+		}
+		c.Nodes = append(c.Nodes, n)
+	}
+	errs := make(chan error, cfg.N)
+	for _, n := range c.Nodes {
+		go func(n *Node) { errs <- c.start(ctx, n) }(n)
+	}
+	var first error
+	for range c.Nodes {
+		if err := <-errs; err != nil && first == nil {
+			first = err
+		}
+	}
+	if first != nil {
+		c.Stop()
+		return nil, first
+	}
+	return c, nil
+}
+
+// Servers returns the wormds' addresses.
+func (c *Cluster) Servers() []string {
+	var s []string
+	for _, n := range c.Nodes {
+		s = append(s, n.Addr)
+	}
+	return s
+}
+
+// ServersEnv returns "WORM_SERVERS=a,b,c".
+func (c *Cluster) ServersEnv() string { return "WORM_SERVERS=" + strings.Join(c.Servers(), ",") }
+
+// Key returns the cluster key (nil when Insecure).
+func (c *Cluster) Key() ([]byte, error) {
+	if c.KeyFile == "" {
+		return nil, nil
+	}
+	b, err := os.ReadFile(c.KeyFile)
+	if err != nil {
+		return nil, err
+	}
+	return hex.DecodeString(strings.TrimSpace(string(b)))
+}
+
+func (c *Cluster) args(n *Node) []string {
+	a := []string{"-id", strconv.Itoa(n.ID), "-data", n.Data, "-listen", n.Addr, "-ready-fd", "3"}
+	if c.cfg.Volatile {
+		a = append(a, "-volatile")
+	}
+	if c.KeyFile != "" {
+		a = append(a, "-key-file", c.KeyFile)
+	}
+	if c.cfg.SegmentSize > 0 {
+		a = append(a, "-segment-size", strconv.Itoa(c.cfg.SegmentSize))
+	}
+	return append(a, c.cfg.Args...)
+}
+
+// start launches n's wormd and waits for its ready line.
+func (c *Cluster) start(ctx context.Context, n *Node) error {
+	logf, err := os.OpenFile(n.Log, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return err
+	}
+	defer logf.Close()
+	pr, pw, err := os.Pipe()
+	if err != nil {
+		return err
+	}
+	defer pr.Close()
+	cmd := exec.Command(c.cfg.Wormd, c.args(n)...)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.ExtraFiles = []*os.File{pw}
+	cmd.Env = append(os.Environ(), "WORM_KEY=", "WORM_KEY_FILE=")
+	// Its own process group: a Ctrl-C at the terminal reaches `worm
+	// cluster up`, which stops the wormds gracefully itself.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		pw.Close()
+		return fmt.Errorf("start wormd %d: %w", n.ID, err)
+	}
+	pw.Close()
+	exit := make(chan struct{})
+	n.mu.Lock()
+	n.cmd, n.exit, n.err = cmd, exit, nil
+	n.mu.Unlock()
+	go func() {
+		err := cmd.Wait()
+		n.mu.Lock()
+		n.err = err
+		n.mu.Unlock()
+		close(exit)
+	}()
+	line := make(chan string, 1)
+	go func() {
+		s, _ := bufio.NewReader(pr).ReadString('\n')
+		line <- s
+	}()
+	timer := time.NewTimer(c.cfg.ReadyTimeout)
+	defer timer.Stop()
+	select {
+	case s := <-line:
+		if strings.HasPrefix(s, "ready ") {
+			return nil
+		}
+		<-exit
+		return fmt.Errorf("wormd %d exited before serving (%v); its log %s ends:\n%s", n.ID, n.exitErr(), n.Log, tail(n.Log, 10))
+	case <-timer.C:
+		_ = cmd.Process.Kill()
+		return fmt.Errorf("wormd %d not ready after %v; log %s", n.ID, c.cfg.ReadyTimeout, n.Log)
+	case <-ctx.Done():
+		_ = cmd.Process.Kill()
+		return ctx.Err()
+	}
+}
+
+func (n *Node) exitErr() error {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.err
+}
+
+// Running reports whether n's wormd process is alive.
+func (n *Node) Running() bool {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.exit == nil {
+		return false
+	}
+	select {
+	case <-n.exit:
+		return false
+	default:
+		return true
+	}
+}
+
+// Pid returns the wormd's process id (0 when not running).
+func (n *Node) Pid() int {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.cmd == nil || n.cmd.Process == nil {
+		return 0
+	}
+	return n.cmd.Process.Pid
+}
+
+func tail(path string, lines int) string {
+	b, _ := os.ReadFile(path)
+	ls := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+	if len(ls) > lines {
+		ls = ls[len(ls)-lines:]
+	}
+	return strings.Join(ls, "\n")
+}
+
+func (c *Cluster) node(i int) (*Node, error) {
+	if i < 0 || i >= len(c.Nodes) {
+		return nil, fmt.Errorf("localcluster: no node %d", i)
+	}
+	return c.Nodes[i], nil
+}
+
+// signal sends sig to node i's wormd.
+func (c *Cluster) signal(i int, sig syscall.Signal) error {
+	n, err := c.node(i)
+	if err != nil {
+		return err
+	}
+	pid := n.Pid()
+	if pid == 0 || !n.Running() {
+		return fmt.Errorf("localcluster: wormd %d is not running", n.ID)
+	}
+	return syscall.Kill(pid, sig)
+}
+
+// Kill crashes node i (index into Nodes) with SIGKILL and waits for it to
+// be gone.
+func (c *Cluster) Kill(i int) error {
+	if err := c.signal(i, syscall.SIGCONT); err != nil {
+		return err
+	}
+	if err := c.signal(i, syscall.SIGKILL); err != nil {
+		return err
+	}
+	<-c.Nodes[i].exit
+	return nil
+}
+
+// Pause stops node i with SIGSTOP (its connections stay open); Resume
+// continues it.
+func (c *Cluster) Pause(i int) error  { return c.signal(i, syscall.SIGSTOP) }
+func (c *Cluster) Resume(i int) error { return c.signal(i, syscall.SIGCONT) }
+
+// Terminate stops node i gracefully (SIGTERM) and waits up to timeout,
+// then kills it.
+func (c *Cluster) Terminate(i int, timeout time.Duration) error {
+	n, err := c.node(i)
+	if err != nil {
+		return err
+	}
+	if !n.Running() {
+		return nil
+	}
+	_ = c.signal(i, syscall.SIGCONT)
+	_ = c.signal(i, syscall.SIGTERM)
+	select {
+	case <-n.exit:
+		return nil
+	case <-time.After(timeout):
+		_ = c.signal(i, syscall.SIGKILL)
+		<-n.exit
+		return fmt.Errorf("localcluster: wormd %d ignored SIGTERM for %v; killed", n.ID, timeout)
+	}
+}
+
+// Restart starts node i again on its data directory and port (after Kill
+// or Terminate; a running node is killed first).
+func (c *Cluster) Restart(ctx context.Context, i int) error {
+	n, err := c.node(i)
+	if err != nil {
+		return err
+	}
+	if n.Running() {
+		if err := c.Kill(i); err != nil {
+			return err
+		}
+	}
+	return c.start(ctx, n)
+}
+
+// Stop terminates every wormd gracefully (SIGTERM, then SIGKILL after 10s).
+func (c *Cluster) Stop() error {
+	var wg sync.WaitGroup
+	errs := make([]error, len(c.Nodes))
+	for i := range c.Nodes {
+		wg.Add(1)
+		go func(i int) {
+			defer wg.Done()
+			errs[i] = c.Terminate(i, 10*time.Second)
+		}(i)
+	}
+	wg.Wait()
+	return errors.Join(errs...)
+}
