@@ -1,13 +1,3 @@
-// Package server is the wormserver: one process is one Paxos acceptor for
-// the whole space, persistent in its data directory.
-//
-// The Engine is its heart and knows nothing of sockets: it serialises
-// requests into the pure acceptor (worm/paxos), hands the resulting records
-// to a durable Log, and releases each reply only once the Log is durable up
-// to the records that reply depends on. Concurrent requests share one
-// fsync (group commit): while one sync runs, the next batch accumulates.
-//
-// This package must never import worm/client.
 package server
 
 import (
@@ -15,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"time"
 
 	"github.com/wormspace/wormspace/worm/paxos"
 )
@@ -33,54 +24,96 @@ type Log interface {
 	Sync() (durable uint64, err error)
 }
 
-// Reply is called with the response to a request, from the engine's sync
-// goroutine or the caller's goroutine, possibly with the engine's lock
-// held: it must not block (encode into the connection's send buffer and
-// wake its writer). resp and its slices are valid only during the call.
-type Reply func(resp *paxos.Response)
+// StatsLog is optionally implemented by a Log that reports statistics
+// (segment files, bytes, compactions...). Stats must be safe to call
+// concurrently with Append and Sync; its result is rendered as JSON in the
+// server's status document.
+type StatsLog interface {
+	Stats() any
+}
+
+// Replier receives the engine's responses. One Replier usually stands for
+// one client connection; tag is the opaque value the caller passed to
+// Handle (the server uses it as a slot number that remembers the wire
+// request id), so that no per-request closure is needed.
+//
+// Ordering and context: Reply and Abandon are called exactly once per
+// Handle (never for KindDecide), from the caller's goroutine or the
+// engine's sync goroutine, possibly with the engine's lock held: they must
+// not block and must not call back into the Engine. resp and its slices
+// are valid only during the call (encode, do not keep).
+//
+// Failure contract: Abandon(tag) means the response will never be sent
+// because the storage failed before it was durable; the client is left to
+// time out, which is the truth (the outcome is unknown).
+type Replier interface {
+	Reply(tag uint64, resp *paxos.Response)
+	Abandon(tag uint64)
+}
 
 // Engine serialises requests into the acceptor and releases replies after
 // durability.
 type Engine struct {
-	log     Log
-	logger  *slog.Logger
-	onWrite func(seg uint64, off, count uint32) // notification hook, may be nil
+	log    Log
+	logger *slog.Logger
 
-	mu      sync.Mutex
-	acc     *paxos.Acceptor
-	recs    []paxos.Record
-	end     uint64 // log position after the last appended record
-	waiting []pending
-	failed  error
-	synced  uint64 // log position known durable
-	syncs   uint64
+	// fsync measures the duration of every Log.Sync (seconds).
+	fsync histogram
+
+	mu       sync.Mutex
+	acc      *paxos.Acceptor
+	onWrite  func(seg uint64, off, count uint32) // notification hook, may be nil
+	recs     []paxos.Record
+	end      uint64 // log position after the last appended record
+	waiting  []pending
+	failed   error
+	closed   bool
+	synced   uint64 // log position known durable
+	syncs    uint64
+	released []pending // sync goroutine's scratch: replies being released
 
 	kick chan struct{}
 	done chan struct{}
 	wg   sync.WaitGroup
 }
 
+// pending is a reply (to != nil) or a write notification (to == nil)
+// waiting for the log to be durable up to need.
 type pending struct {
 	need  uint64
-	resp  *paxos.Response
-	reply Reply
+	to    Replier
+	tag   uint64
+	resp  *respBuf
+	seg   uint64
+	off   uint32
+	count uint32
 }
 
-// ErrStopped is returned for requests after Close or after a storage
-// failure.
+// ErrStopped is the reason given (StatusError) for requests after Close.
 var ErrStopped = errors.New("server: engine stopped")
 
 // NewEngine starts an engine over acc (already recovered from log).
-// onWrite, if not nil, is called (under the engine lock; it must not block)
-// for every run of registers that accepted a value.
+// onWrite, if not nil, is called for every run of registers that accepted
+// a value, once the records of that write are durable, in log order and
+// after the reply to the accept was released (see SetOnWrite).
 func NewEngine(acc *paxos.Acceptor, log Log, logger *slog.Logger, onWrite func(seg uint64, off, count uint32)) *Engine {
 	if logger == nil {
 		logger = slog.Default()
 	}
 	e := &Engine{acc: acc, log: log, logger: logger, onWrite: onWrite, kick: make(chan struct{}, 1), done: make(chan struct{})}
+	e.fsync.init(fsyncBuckets)
 	e.wg.Add(1)
 	go e.syncLoop()
 	return e
+}
+
+// SetOnWrite replaces the write notification hook (the Server installs its
+// own). fn is called from the sync goroutine or with the engine lock held;
+// it must not block and must not call back into the Engine.
+func (e *Engine) SetOnWrite(fn func(seg uint64, off, count uint32)) {
+	e.mu.Lock()
+	e.onWrite = fn
+	e.mu.Unlock()
 }
 
 // mutating reports whether a request kind can change acceptor state.
@@ -104,73 +137,99 @@ func estimate(req *paxos.Request) int {
 	return n
 }
 
-// Handle applies req and arranges for reply to be called once the response
-// may leave the server. req is only read during the call. A request whose
+// Handle applies req and arranges for to.Reply(tag, resp) to be called
+// once the response may leave the server: after the Log is durable up to
+// every record appended before the response was computed (this request's
+// and any earlier one's, since the response may reveal them). KindDecide
+// is never answered. req is only read during the call. A request whose
 // records cannot be stored is answered StatusError at once with state
-// unchanged.
-func (e *Engine) Handle(req *paxos.Request, reply Reply) {
-	resp := respPool.Get().(*paxos.Response)
+// unchanged; after Close or a storage failure every request is answered
+// StatusError.
+//
+// Handle does not allocate in steady state.
+func (e *Engine) Handle(req *paxos.Request, to Replier, tag uint64) {
+	resp := respPool.Get().(*respBuf)
+	defer respPool.Put(resp)
+	r := &resp.resp
 	e.mu.Lock()
-	if e.failed != nil {
+	if e.failed != nil || e.closed {
+		reason := ErrStopped
+		if e.failed != nil {
+			reason = e.failed
+		}
 		e.mu.Unlock()
-		*resp = paxos.Response{Kind: req.Kind, Status: paxos.StatusError, Text: e.failed.Error()}
-		reply(resp)
-		respPool.Put(resp)
+		if req.Kind != paxos.KindDecide {
+			*r = paxos.Response{Kind: req.Kind, Status: paxos.StatusError, Text: reason.Error()}
+			to.Reply(tag, r)
+		}
 		return
 	}
 	if mutating(req.Kind) {
 		if err := e.log.Reserve(estimate(req)); err != nil {
 			e.mu.Unlock()
-			*resp = paxos.Response{Kind: req.Kind, Status: paxos.StatusError, Text: "storage: " + err.Error()}
-			reply(resp)
-			respPool.Put(resp)
+			if req.Kind != paxos.KindDecide {
+				*r = paxos.Response{Kind: req.Kind, Status: paxos.StatusError, Text: "storage: " + err.Error()}
+				to.Reply(tag, r)
+			}
 			return
 		}
 	}
-	e.recs = e.acc.Handle(req, resp, e.recs[:0])
+	e.recs = e.acc.Handle(req, r, e.recs[:0])
+	notify := false
 	if len(e.recs) > 0 {
 		end, err := e.log.Append(e.recs)
 		if err != nil {
 			e.failLocked(fmt.Errorf("storage append: %w", err))
+			text := e.failed.Error()
 			e.mu.Unlock()
-			*resp = paxos.Response{Kind: req.Kind, Status: paxos.StatusError, Text: e.failed.Error()}
-			reply(resp)
-			respPool.Put(resp)
+			if req.Kind != paxos.KindDecide {
+				*r = paxos.Response{Kind: req.Kind, Status: paxos.StatusError, Text: text}
+				to.Reply(tag, r)
+			}
 			return
 		}
 		e.end = end
-		if e.onWrite != nil && req.Kind == paxos.KindAccept {
-			e.notifyAccepted(req, resp)
-		}
-	}
-	if req.Kind == paxos.KindDecide {
-		// No reply; decides are made durable with the next sync.
-		e.mu.Unlock()
-		respPool.Put(resp)
-		return
+		notify = e.onWrite != nil && req.Kind == paxos.KindAccept
 	}
 	need := e.end
-	// The response may reveal state changed by earlier, not yet durable
-	// requests as well as by this one: it waits for everything appended so
-	// far. Detach it from the acceptor's scratch space first.
-	if len(e.waiting) == 0 && e.durableLocked() >= need {
-		// resp aliases the acceptor's scratch space: reply before the
-		// next request may overwrite it.
-		reply(resp)
+	if len(e.waiting) == 0 && e.synced >= need {
+		// Nothing to wait for. r aliases the acceptor's scratch space:
+		// reply before the next request may overwrite it.
+		if req.Kind != paxos.KindDecide {
+			to.Reply(tag, r)
+		}
+		if notify {
+			e.notifyAccepted(req, r, need, false)
+		}
 		e.mu.Unlock()
-		respPool.Put(resp)
 		return
 	}
-	e.waiting = append(e.waiting, pending{need: need, resp: resp.Clone(), reply: reply})
+	if req.Kind != paxos.KindDecide {
+		// Detach the response from the acceptor's scratch space.
+		p := respPool.Get().(*respBuf)
+		p.copyFrom(r)
+		e.waiting = append(e.waiting, pending{need: need, to: to, tag: tag, resp: p})
+	}
+	if notify {
+		e.notifyAccepted(req, r, need, true)
+	}
 	e.mu.Unlock()
-	respPool.Put(resp)
 	select {
 	case e.kick <- struct{}{}:
 	default:
 	}
 }
 
-func (e *Engine) notifyAccepted(req *paxos.Request, resp *paxos.Response) {
+// notifyAccepted reports the runs of registers of an accept that took a
+// value: at once, or queued behind the reply when queue is set.
+func (e *Engine) notifyAccepted(req *paxos.Request, resp *paxos.Response, need uint64, queue bool) {
+	emit := func(off, count uint32) {
+		if queue {
+			e.waiting = append(e.waiting, pending{need: need, seg: req.Seg, off: off, count: count})
+		} else {
+			e.onWrite(req.Seg, off, count)
+		}
+	}
 	start := -1
 	for i, r := range resp.Results {
 		if r.Status == paxos.StatusOK {
@@ -180,17 +239,14 @@ func (e *Engine) notifyAccepted(req *paxos.Request, resp *paxos.Response) {
 			continue
 		}
 		if start >= 0 {
-			e.onWrite(req.Seg, req.Off+uint32(start), uint32(i-start))
+			emit(req.Off+uint32(start), uint32(i-start))
 			start = -1
 		}
 	}
 	if start >= 0 {
-		e.onWrite(req.Seg, req.Off+uint32(start), uint32(len(resp.Results)-start))
+		emit(req.Off+uint32(start), uint32(len(resp.Results)-start))
 	}
 }
-
-// durable is tracked by the sync loop.
-func (e *Engine) durableLocked() uint64 { return e.synced }
 
 func (e *Engine) failLocked(err error) {
 	if e.failed == nil {
@@ -202,73 +258,207 @@ func (e *Engine) failLocked(err error) {
 func (e *Engine) syncLoop() {
 	defer e.wg.Done()
 	for {
+		stop := false
 		select {
 		case <-e.kick:
 		case <-e.done:
+			// Close: flush what is waiting, then stop.
+			stop = true
+		}
+		for e.syncOnce() {
+		}
+		if stop {
 			return
 		}
-		for {
-			e.mu.Lock()
-			if len(e.waiting) == 0 || e.failed != nil {
-				e.mu.Unlock()
-				break
-			}
-			e.mu.Unlock()
-			durable, err := e.log.Sync()
-			e.mu.Lock()
-			if err != nil {
-				e.failLocked(fmt.Errorf("storage sync: %w", err))
-				// Replies that were waiting must never be sent: their
-				// records may not be durable. Their clients see timeouts
-				// (unknown outcome), which is the truth.
-				e.waiting = nil
-				e.mu.Unlock()
-				break
-			}
-			if durable > e.synced {
-				e.synced = durable
-			}
-			ready := e.waiting
-			i := 0
-			for i < len(ready) && ready[i].need <= e.synced {
-				i++
-			}
-			release := ready[:i:i]
-			e.waiting = append([]pending(nil), ready[i:]...)
-			e.syncs++
-			e.mu.Unlock()
-			for _, p := range release {
-				p.reply(p.resp)
-			}
-		}
 	}
 }
 
-// Stats returns counters for metrics.
-func (e *Engine) Stats() (syncs uint64, durable uint64) {
+// syncOnce runs one Sync if anything is waiting and releases what it
+// covers. It reports whether it did anything.
+func (e *Engine) syncOnce() bool {
+	e.mu.Lock()
+	if len(e.waiting) == 0 || e.failed != nil {
+		e.mu.Unlock()
+		return false
+	}
+	e.mu.Unlock()
+	t0 := time.Now()
+	durable, err := e.log.Sync()
+	e.fsync.observe(time.Since(t0))
+	e.mu.Lock()
+	if err != nil {
+		e.failLocked(fmt.Errorf("storage sync: %w", err))
+		// Replies that were waiting must never be sent: their records may
+		// not be durable. Their clients see timeouts (unknown outcome),
+		// which is the truth.
+		e.released = append(e.released[:0], e.waiting...)
+		clear(e.waiting)
+		e.waiting = e.waiting[:0]
+		e.mu.Unlock()
+		for i := range e.released {
+			p := &e.released[i]
+			if p.to != nil {
+				p.to.Abandon(p.tag)
+				respPool.Put(p.resp)
+			}
+		}
+		clear(e.released)
+		return false
+	}
+	if durable > e.synced {
+		e.synced = durable
+	}
+	i := 0
+	for i < len(e.waiting) && e.waiting[i].need <= e.synced {
+		i++
+	}
+	e.released = append(e.released[:0], e.waiting[:i]...)
+	n := copy(e.waiting, e.waiting[i:])
+	clear(e.waiting[n:])
+	e.waiting = e.waiting[:n]
+	e.syncs++
+	onWrite := e.onWrite
+	e.mu.Unlock()
+	for j := range e.released {
+		p := &e.released[j]
+		if p.to != nil {
+			p.to.Reply(p.tag, &p.resp.resp)
+			respPool.Put(p.resp)
+		} else if onWrite != nil {
+			onWrite(p.seg, p.off, p.count)
+		}
+	}
+	clear(e.released)
+	return true
+}
+
+// EngineStats is a snapshot of the engine's counters.
+type EngineStats struct {
+	Syncs           uint64 `json:"syncs"`            // completed Log.Sync calls
+	Durable         uint64 `json:"durable"`          // log position known durable
+	Appended        uint64 `json:"appended"`         // log position after the last append
+	Waiting         int    `json:"waiting"`          // replies and notifications waiting for a sync
+	LiveBytes       int64  `json:"live_bytes"`       // approximate size of the live acceptor state
+	LiveSegments    int    `json:"live_segments"`    // segments holding state
+	TrimmedSegments int    `json:"trimmed_segments"` // segments trimmed
+	Failed          string `json:"failed,omitempty"` // the storage failure, if any
+}
+
+// Stats returns a snapshot of the engine's counters.
+func (e *Engine) Stats() EngineStats {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	return e.syncs, e.synced
+	s := EngineStats{Syncs: e.syncs, Durable: e.synced, Appended: e.end, Waiting: len(e.waiting), LiveBytes: e.acc.LiveBytes()}
+	s.LiveSegments, s.TrimmedSegments = e.acc.Segments()
+	if e.failed != nil {
+		s.Failed = e.failed.Error()
+	}
+	return s
 }
 
-// Close stops the sync loop after flushing waiting replies.
+// LogStats returns the Log's own statistics when it implements StatsLog,
+// else nil.
+func (e *Engine) LogStats() any {
+	if sl, ok := e.log.(StatsLog); ok {
+		return sl.Stats()
+	}
+	return nil
+}
+
+// SegmentSize returns the acceptor's number of data registers per segment.
+func (e *Engine) SegmentSize() uint32 {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.acc.SegmentSize()
+}
+
+// IsTrimmed reports whether seg is trimmed.
+func (e *Engine) IsTrimmed(seg uint64) bool {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.acc.IsTrimmed(seg)
+}
+
+// Failed returns the storage failure that stopped the engine, or nil.
+func (e *Engine) Failed() error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.failed
+}
+
+// Close refuses further requests (StatusError), flushes the replies that
+// are waiting (one last Sync; they are abandoned if it fails) and stops
+// the sync goroutine. It is idempotent.
 func (e *Engine) Close() error {
 	e.mu.Lock()
-	waiting := len(e.waiting) > 0 && e.failed == nil
-	e.mu.Unlock()
-	if waiting {
-		if _, err := e.log.Sync(); err == nil {
-			e.mu.Lock()
-			for _, p := range e.waiting {
-				p.reply(p.resp)
-			}
-			e.waiting = nil
-			e.mu.Unlock()
-		}
+	if e.closed {
+		e.mu.Unlock()
+		e.wg.Wait()
+		return nil
 	}
+	e.closed = true
+	e.mu.Unlock()
 	close(e.done)
 	e.wg.Wait()
 	return nil
 }
 
-var respPool = sync.Pool{New: func() any { return new(paxos.Response) }}
+// respBuf is a Response together with the storage its slices point into,
+// so that a response waiting for durability owns its bytes without
+// allocating in steady state.
+type respBuf struct {
+	resp      paxos.Response
+	vals      []byte
+	regs      []paxos.RegState
+	contended []uint32
+	results   []paxos.RegResult
+}
+
+// maxPooledValues bounds the value storage a pooled respBuf keeps.
+const maxPooledValues = 1 << 20
+
+var respPool = sync.Pool{New: func() any { return new(respBuf) }}
+
+// copyFrom makes b.resp a deep copy of r that aliases nothing of r,
+// reusing b's storage. nil and non-nil empty values are preserved.
+func (b *respBuf) copyFrom(r *paxos.Response) {
+	n := len(r.Reg.Value)
+	for i := range r.Regs {
+		n += len(r.Regs[i].Value)
+	}
+	for i := range r.Results {
+		n += len(r.Results[i].Value)
+	}
+	if cap(b.vals) < n || b.vals == nil || cap(b.vals) > maxPooledValues && n < maxPooledValues {
+		b.vals = make([]byte, 0, max(n, 64))
+	}
+	vals := b.vals[:0]
+	dup := func(v []byte) []byte {
+		if v == nil {
+			return nil
+		}
+		start := len(vals)
+		vals = append(vals, v...)
+		return vals[start:len(vals):len(vals)]
+	}
+	b.resp = *r
+	b.resp.Reg.Value = dup(r.Reg.Value)
+	if r.Regs != nil {
+		b.regs = append(b.regs[:0], r.Regs...)
+		for i := range b.regs {
+			b.regs[i].Value = dup(b.regs[i].Value)
+		}
+		b.resp.Regs = b.regs
+	}
+	if r.Contended != nil {
+		b.contended = append(b.contended[:0], r.Contended...)
+		b.resp.Contended = b.contended
+	}
+	if r.Results != nil {
+		b.results = append(b.results[:0], r.Results...)
+		for i := range b.results {
+			b.results[i].Value = dup(b.results[i].Value)
+		}
+		b.resp.Results = b.results
+	}
+}

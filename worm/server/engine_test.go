@@ -58,19 +58,30 @@ func (l *gateLog) Sync() (uint64, error) {
 	return l.durable, nil
 }
 
+// replies is a Replier that records what it is given, in order, with
+// the tags.
 type replies struct {
-	mu  sync.Mutex
-	got []paxos.Response
-	ch  chan struct{}
+	mu        sync.Mutex
+	got       []paxos.Response
+	tags      []uint64
+	abandoned []uint64
+	ch        chan struct{}
 }
 
 func newReplies() *replies { return &replies{ch: make(chan struct{}, 100)} }
 
-func (r *replies) reply(resp *paxos.Response) {
+func (r *replies) Reply(tag uint64, resp *paxos.Response) {
 	r.mu.Lock()
 	r.got = append(r.got, *resp.Clone())
+	r.tags = append(r.tags, tag)
 	r.mu.Unlock()
 	r.ch <- struct{}{}
+}
+
+func (r *replies) Abandon(tag uint64) {
+	r.mu.Lock()
+	r.abandoned = append(r.abandoned, tag)
+	r.mu.Unlock()
 }
 
 func (r *replies) n() int { r.mu.Lock(); defer r.mu.Unlock(); return len(r.got) }
@@ -97,10 +108,10 @@ func TestRepliesWaitForDurability(t *testing.T) {
 	e := NewEngine(paxos.NewAcceptor(8), log, nil, nil)
 	defer func() { close(log.gate); e.Close() }()
 	r := newReplies()
-	e.Handle(prepare(0, 1), r.reply)
+	e.Handle(prepare(0, 1), r, 0)
 	<-log.entered // the first sync is running
 	for i := uint32(1); i <= 5; i++ {
-		e.Handle(prepare(i, 1), r.reply)
+		e.Handle(prepare(i, 1), r, 0)
 	}
 	time.Sleep(20 * time.Millisecond)
 	if r.n() != 0 {
@@ -128,9 +139,9 @@ func TestReadWaitsForEarlierChanges(t *testing.T) {
 	e := NewEngine(paxos.NewAcceptor(8), log, nil, nil)
 	defer func() { close(log.gate); e.Close() }()
 	r := newReplies()
-	e.Handle(&paxos.Request{Kind: paxos.KindAccept, Seg: 1, Off: 0, Ballot: worm.Ballot{Round: 1, Node: 1}, Values: [][]byte{[]byte("v")}}, r.reply)
+	e.Handle(&paxos.Request{Kind: paxos.KindAccept, Seg: 1, Off: 0, Ballot: worm.Ballot{Round: 1, Node: 1}, Values: [][]byte{[]byte("v")}}, r, 0)
 	<-log.entered
-	e.Handle(&paxos.Request{Kind: paxos.KindRead, Seg: 1, Off: 0}, r.reply)
+	e.Handle(&paxos.Request{Kind: paxos.KindRead, Seg: 1, Off: 0}, r, 0)
 	time.Sleep(20 * time.Millisecond)
 	if r.n() != 0 {
 		t.Fatal("a read revealed a value before it was durable")
@@ -150,7 +161,7 @@ func TestFullDiskChangesNothing(t *testing.T) {
 	e := NewEngine(acc, log, nil, nil)
 	defer func() { close(log.gate); e.Close() }()
 	r := newReplies()
-	e.Handle(&paxos.Request{Kind: paxos.KindAccept, Seg: 1, Off: 0, Ballot: worm.Ballot{Round: 1, Node: 1}, Values: [][]byte{[]byte("v")}}, r.reply)
+	e.Handle(&paxos.Request{Kind: paxos.KindAccept, Seg: 1, Off: 0, Ballot: worm.Ballot{Round: 1, Node: 1}, Values: [][]byte{[]byte("v")}}, r, 0)
 	r.wait(t, 1)
 	if r.got[0].Status != paxos.StatusError {
 		t.Fatalf("accept on a full disk: %+v", r.got[0])
@@ -160,7 +171,7 @@ func TestFullDiskChangesNothing(t *testing.T) {
 	}
 	// Space comes back: the same request succeeds.
 	log.full = false
-	e.Handle(&paxos.Request{Kind: paxos.KindAccept, Seg: 1, Off: 0, Ballot: worm.Ballot{Round: 1, Node: 1}, Values: [][]byte{[]byte("v")}}, r.reply)
+	e.Handle(&paxos.Request{Kind: paxos.KindAccept, Seg: 1, Off: 0, Ballot: worm.Ballot{Round: 1, Node: 1}, Values: [][]byte{[]byte("v")}}, r, 0)
 	<-log.entered
 	log.gate <- struct{}{}
 	r.wait(t, 2)
@@ -177,14 +188,14 @@ func TestSyncFailureStopsAcknowledging(t *testing.T) {
 	e := NewEngine(paxos.NewAcceptor(8), log, nil, nil)
 	defer func() { close(log.gate); e.Close() }()
 	r := newReplies()
-	e.Handle(prepare(0, 1), r.reply)
+	e.Handle(prepare(0, 1), r, 0)
 	<-log.entered
 	log.gate <- struct{}{}
 	time.Sleep(20 * time.Millisecond)
 	if r.n() != 0 {
 		t.Fatal("a reply was acknowledged although its sync failed")
 	}
-	e.Handle(prepare(1, 1), r.reply)
+	e.Handle(prepare(1, 1), r, 0)
 	r.wait(t, 1)
 	if r.got[0].Status != paxos.StatusError {
 		t.Fatalf("request after sync failure: %+v", r.got[0])

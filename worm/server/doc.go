@@ -1,0 +1,2 @@
+// Package server is the wormserver.
+package server

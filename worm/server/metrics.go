@@ -1,0 +1,235 @@
+package server
+
+import (
+	"bufio"
+	"net/http"
+	"strconv"
+	"sync/atomic"
+	"time"
+
+	"github.com/wormspace/wormspace/worm/paxos"
+)
+
+// Bucket upper bounds, in seconds.
+var (
+	requestBuckets = []float64{50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 5e-3, 10e-3, 25e-3, 50e-3, 100e-3, 250e-3, 500e-3, 1, 2.5, 10}
+	fsyncBuckets   = []float64{10e-6, 50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 5e-3, 10e-3, 25e-3, 50e-3, 100e-3, 250e-3, 1, 10}
+)
+
+// histogram is a Prometheus histogram with fixed buckets whose counters
+// are atomics: observe does not allocate or lock.
+type histogram struct {
+	bounds []time.Duration // upper bounds; an implicit +Inf follows
+	le     []float64       // the same bounds in seconds, for exposition
+	counts []atomic.Uint64 // len(bounds)+1, not cumulative
+	sum    atomic.Int64    // nanoseconds
+	count  atomic.Uint64
+}
+
+func (h *histogram) init(le []float64) {
+	h.le = le
+	h.bounds = make([]time.Duration, len(le))
+	for i, s := range le {
+		h.bounds[i] = time.Duration(s * float64(time.Second))
+	}
+	h.counts = make([]atomic.Uint64, len(le)+1)
+}
+
+func (h *histogram) observe(d time.Duration) {
+	i := 0
+	for i < len(h.bounds) && d > h.bounds[i] {
+		i++
+	}
+	h.counts[i].Add(1)
+	h.sum.Add(int64(d))
+	h.count.Add(1)
+}
+
+// Number of request kinds and statuses counted (paxos's valid values).
+const (
+	numKinds  = int(paxos.KindStatus) + 1
+	numStatus = int(paxos.StatusError) + 2 // the last one is "dropped"
+	// statusDropped counts requests whose reply was never sent (storage
+	// failure, or the connection closed before the reply was ready).
+	statusDropped = numStatus - 1
+)
+
+func statusName(i int) string {
+	if i == statusDropped {
+		return "dropped"
+	}
+	return paxos.Status(i).String()
+}
+
+// Handshake failure reasons (worm_handshake_failures_total{reason}).
+const (
+	hsTimeout = iota
+	hsAuth
+	hsVersion
+	hsMalformed
+	hsIO
+	hsRefused // over MaxConns
+	numHSReasons
+)
+
+var hsReasonNames = [numHSReasons]string{"timeout", "auth", "version", "malformed", "io", "max_conns"}
+
+// Bad-input reasons (worm_bad_input_total{reason}): connections closed
+// with an error frame after the handshake.
+const (
+	badMalformed = iota
+	badTooLarge
+	badFrameType
+	numBadReasons
+)
+
+var badReasonNames = [numBadReasons]string{"malformed", "too_large", "frame_type"}
+
+// metrics holds the server's counters. Everything on the request path is
+// an atomic.
+type metrics struct {
+	requests   [numKinds][numStatus]atomic.Uint64
+	latency    [numKinds]histogram
+	handshake  [numHSReasons]atomic.Uint64
+	badInput   [numBadReasons]atomic.Uint64
+	accepted   atomic.Uint64 // connections that completed the handshake
+	notifySent atomic.Uint64
+	notifyLost atomic.Uint64
+}
+
+func (m *metrics) init() {
+	for i := range m.latency {
+		m.latency[i].init(requestBuckets)
+	}
+}
+
+func (m *metrics) request(kind paxos.Kind, status int, d time.Duration) {
+	k := int(kind)
+	if k >= numKinds {
+		k = 0
+	}
+	if status < 0 || status >= numStatus {
+		status = int(paxos.StatusError)
+	}
+	m.requests[k][status].Add(1)
+	m.latency[k].observe(d)
+}
+
+// Metrics returns an http.Handler that serves the server's metrics in the
+// Prometheus text exposition format (version 0.0.4):
+//
+//	worm_requests_total{kind,status}       counter
+//	worm_request_seconds{kind}             histogram: from the request being read to its reply being released (fsync wait included)
+//	worm_fsync_seconds                     histogram of Log.Sync durations
+//	worm_connections                       gauge: open connections (handshaking included)
+//	worm_live_bytes                        gauge: approximate live acceptor state
+//	worm_segments{state="live|trimmed"}    gauge
+//	worm_handshake_failures_total{reason}  counter: timeout, auth, version, malformed, io, max_conns
+//	worm_bad_input_total{reason}           counter: connections closed for malformed, too_large or frame_type input
+//	worm_notifications_total{result}       counter: sent, lost
+//	worm_engine_syncs_total, worm_durable_position, worm_storage_failed
+func (s *Server) Metrics() http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+		bw := bufio.NewWriter(w)
+		s.writeMetrics(bw)
+		bw.Flush()
+	})
+}
+
+type promWriter struct {
+	w   *bufio.Writer
+	buf []byte
+}
+
+func (p *promWriter) header(name, typ, help string) {
+	p.w.WriteString("# HELP " + name + " " + help + "\n# TYPE " + name + " " + typ + "\n")
+}
+
+// sample writes name{labels} value; labels are alternating names and
+// values (values are escaped).
+func (p *promWriter) sample(name string, value float64, labels ...string) {
+	b := append(p.buf[:0], name...)
+	if len(labels) > 0 {
+		b = append(b, '{')
+		for i := 0; i+1 < len(labels); i += 2 {
+			if i > 0 {
+				b = append(b, ',')
+			}
+			b = append(b, labels[i]...)
+			b = append(b, '=')
+			b = strconv.AppendQuote(b, labels[i+1])
+		}
+		b = append(b, '}')
+	}
+	b = append(b, ' ')
+	b = strconv.AppendFloat(b, value, 'g', -1, 64)
+	b = append(b, '\n')
+	p.buf = b
+	p.w.Write(b)
+}
+
+func (p *promWriter) histogram(name string, h *histogram, labels ...string) {
+	var cum uint64
+	for i := range h.counts {
+		cum += h.counts[i].Load()
+		le := "+Inf"
+		if i < len(h.le) {
+			le = strconv.FormatFloat(h.le[i], 'g', -1, 64)
+		}
+		p.sample(name+"_bucket", float64(cum), append(labels[:len(labels):len(labels)], "le", le)...)
+	}
+	p.sample(name+"_sum", time.Duration(h.sum.Load()).Seconds(), labels...)
+	p.sample(name+"_count", float64(h.count.Load()), labels...)
+}
+
+func (s *Server) writeMetrics(w *bufio.Writer) {
+	p := &promWriter{w: w}
+	m := &s.m
+	p.header("worm_requests_total", "counter", "Requests answered, by kind and status (dropped: no reply was ever sent).")
+	for k := 1; k < numKinds; k++ {
+		for st := 0; st < numStatus; st++ {
+			if v := m.requests[k][st].Load(); v > 0 {
+				p.sample("worm_requests_total", float64(v), "kind", paxos.Kind(k).String(), "status", statusName(st))
+			}
+		}
+	}
+	p.header("worm_request_seconds", "histogram", "Time from a request being read to its reply being released, fsync wait included.")
+	for k := 1; k < numKinds; k++ {
+		if paxos.Kind(k) == paxos.KindNotify {
+			continue
+		}
+		p.histogram("worm_request_seconds", &m.latency[k], "kind", paxos.Kind(k).String())
+	}
+	p.header("worm_fsync_seconds", "histogram", "Duration of each storage sync.")
+	p.histogram("worm_fsync_seconds", &s.eng.fsync)
+	st := s.eng.Stats()
+	p.header("worm_connections", "gauge", "Open client connections (including those still in the handshake).")
+	p.sample("worm_connections", float64(s.nconns.Load()))
+	p.header("worm_live_bytes", "gauge", "Approximate size of the live acceptor state.")
+	p.sample("worm_live_bytes", float64(st.LiveBytes))
+	p.header("worm_segments", "gauge", "Segments by state.")
+	p.sample("worm_segments", float64(st.LiveSegments), "state", "live")
+	p.sample("worm_segments", float64(st.TrimmedSegments), "state", "trimmed")
+	p.header("worm_handshake_failures_total", "counter", "Connections refused or failed before the handshake completed, by reason.")
+	for i := range m.handshake {
+		p.sample("worm_handshake_failures_total", float64(m.handshake[i].Load()), "reason", hsReasonNames[i])
+	}
+	p.header("worm_bad_input_total", "counter", "Connections closed with an error frame for bad input, by reason.")
+	for i := range m.badInput {
+		p.sample("worm_bad_input_total", float64(m.badInput[i].Load()), "reason", badReasonNames[i])
+	}
+	p.header("worm_notifications_total", "counter", "Write notifications pushed to listeners (sent) or dropped for a full connection (lost).")
+	p.sample("worm_notifications_total", float64(m.notifySent.Load()), "result", "sent")
+	p.sample("worm_notifications_total", float64(m.notifyLost.Load()), "result", "lost")
+	p.header("worm_engine_syncs_total", "counter", "Storage syncs completed by the engine (group commits).")
+	p.sample("worm_engine_syncs_total", float64(st.Syncs))
+	p.header("worm_durable_position", "gauge", "Log position known durable.")
+	p.sample("worm_durable_position", float64(st.Durable))
+	failed := 0.0
+	if st.Failed != "" {
+		failed = 1
+	}
+	p.header("worm_storage_failed", "gauge", "1 once storage failed and the server stopped acknowledging.")
+	p.sample("worm_storage_failed", failed)
+}
