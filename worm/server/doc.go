@@ -1,2 +1,92 @@
-// Package server is the wormserver.
+// Package server is the wormserver: one process is one Paxos acceptor for
+// the whole WormSpace, persistent in its data directory, serving the
+// worm/wire protocol to clients (proposers and learners).
+//
+// # Assembling a server
+//
+// A wormserver is built bottom-up, each layer owning the one below:
+//
+//	log := storage.Open(dir)                  // worm/storage: a durable Log (wormd does this)
+//	acc := paxos.NewAcceptor(segSize)         // replayed from log's records
+//	eng := server.NewEngine(acc, log, logger, nil)
+//	srv, err := server.New(server.Config{Engine: eng, AcceptorID: id, Cluster: name, Key: key})
+//	go srv.Serve(tcpListener)                 // any net.Listener: kernel TCP,
+//	go srv.Serve(netstackListener)            // gVisor netstack, net.Pipe
+//	http.Handle("/metrics", srv.Metrics())
+//	...
+//	srv.Shutdown(ctx)                         // then eng.Close(), then log.Close()
+//
+// The Engine knows nothing of sockets: it serialises requests into the
+// pure acceptor (worm/paxos), appends the records each request produces
+// to the Log, and releases each response through a Replier only once the
+// Log is durable up to every record appended before the response was
+// computed (a response may reveal earlier, not yet durable changes).
+// Concurrent requests share one Log.Sync (group commit): while one sync
+// runs, the next batch accumulates.
+//
+// The Server speaks the wire protocol over the Engine. Per connection, a
+// reader goroutine runs the handshake (bounded by HandshakeTimeout), then
+// decodes request frames into one reused paxos.Request and hands them to
+// the Engine tagged with a slot number that remembers the client's request
+// id; a writer goroutine sends the output buffer the replies are encoded
+// into, so that replies released together leave in one write. The request
+// path allocates nothing in steady state (see BenchmarkPipelinedRead).
+//
+// # Guarantees
+//
+//   - A reply leaves only after the sync that covers every record appended
+//     before it; a sync failure means the waiting replies are never sent
+//     (their clients time out: unknown outcome, the truth) and every later
+//     request is answered StatusError.
+//   - Replies carry the request's id and come back in whatever order they
+//     become ready. KindDecide is never answered.
+//   - KindListen(Seg) subscribes the connection to write notifications of
+//     Seg (StatusOK; StatusTrimmed for a trimmed segment); KindUnlisten
+//     ends it; closing the connection ends all of them. A notification is
+//     a FramePush carrying a KindNotify response (Seg, Off, Count): the
+//     registers [Off, Off+Count) accepted a value. It is emitted only once
+//     that value is durable and after the accept's reply was released. A
+//     notification is a hint: the listener reads to learn the value.
+//   - Lost marker: a push with Count == 0 (and Off == 0) means that
+//     notifications of Seg were dropped because the connection's output
+//     was over its cap; the listener should rescan the segment. It is sent
+//     once the connection's output has drained below half the cap.
+//   - KindStatus is answered StatusOK with a JSON document in Text (see
+//     Server.Status); Metrics serves Prometheus text format.
+//
+// # Limits, and what a client sees on bad input
+//
+// Each connection may have MaxInflight requests read but unanswered and
+// MaxPending bytes of queued output; over either, the server stops
+// reading that connection until its writes drain, so a client that does
+// not read its replies throttles only itself. A connection's memory is
+// bounded by about MaxPending + MaxInflight × (largest reply) plus the
+// wire Reader's 64 KiB buffer and one frame of MaxFrame. A write that
+// does not complete within WriteTimeout closes the connection.
+//
+//   - A frame that is malformed, of an unknown type, of a type a client may
+//     not send, longer than MaxFrame (judged from its length prefix), or
+//     carrying a value over MaxValue: the client receives a wire error
+//     frame (CodeMalformed or CodeFrameTooLarge) after the replies already
+//     queued, and the connection is closed; its requests still in flight
+//     are not answered. A stream that ends inside a frame is closed
+//     silently.
+//   - A handshake that is not WormSpace, of another version, without the
+//     cluster key when the server has one, with a wrong key or replayed:
+//     refused by worm/wire's handshake with its error message.
+//   - Over MaxConns: the connection is answered with a handshake error
+//     message (CodeOther, "too many connections") and closed, so the
+//     client's ClientHandshake returns a *wire.RemoteError.
+//   - A response too large for MaxFrame (a PrepareSeg of a segment holding
+//     more data than a frame): StatusError with an explanation.
+//   - Shutdown: after the replies in flight, a CodeShutdown error frame
+//     (wire.ErrShutdown), then the connection closes.
+//
+// Every other client keeps being served. Each such event is logged once
+// with slog, rate-limited (10 per second per kind, with a count of those
+// suppressed), and counted in the metrics.
+//
+// This package must never import worm/client (the server side knows only
+// worm/wire and worm/paxos) nor worm/storage (wormd glues storage in
+// through the Log interface).
 package server
