@@ -1,0 +1,77 @@
+package wormlog_test
+
+import (
+	"fmt"
+	"math/rand/v2"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/wormspace/wormspace/apps/wormlog/wormlogtest"
+	"github.com/wormspace/wormspace/worm"
+	"github.com/wormspace/wormspace/worm/spec"
+)
+
+// specNemesis injects spec faults: unknown outcomes applied or not, and
+// unavailability, on any operation or on writes only.
+type specNemesis struct {
+	st  *spec.Store
+	mu  sync.Mutex
+	ids map[string]bool
+}
+
+func (n *specNemesis) Inject(rng *rand.Rand, target worm.Space) {
+	n.mu.Lock()
+	n.ids[target.ID()] = true
+	n.mu.Unlock()
+	f := []spec.Fault{spec.FaultUnknownApplied, spec.FaultUnknownDropped, spec.FaultUnavailable}[rng.IntN(3)]
+	var ops []spec.Op
+	switch rng.IntN(3) {
+	case 0:
+		ops = []spec.Op{spec.OpWrite}
+	case 1:
+		ops = []spec.Op{spec.OpCapture, spec.OpCaptureSegment, spec.OpAlloc, spec.OpCheck}
+	}
+	n.st.InjectFault(target.ID(), f, 1+rng.IntN(2), ops...)
+}
+
+func (n *specNemesis) Heal() {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	for id := range n.ids {
+		n.st.InjectFault(id, spec.FaultNone, 0)
+	}
+}
+
+func openSpec(st *spec.Store) wormlogtest.Open {
+	return func(t *testing.T) []worm.Space {
+		var ss []worm.Space
+		for i := range 6 {
+			s := st.Client(fmt.Sprintf("c%d-%s", i, t.Name()))
+			t.Cleanup(func() { s.Close() })
+			ss = append(ss, s)
+		}
+		return ss
+	}
+}
+
+// TestSuiteSpec runs the invariant suite on the specification, fault-free.
+func TestSuiteSpec(t *testing.T) {
+	wormlogtest.Run(t, openSpec(spec.New(16)))
+}
+
+// TestSuiteSpecFaults runs it with spec fault injection and lost listener
+// notifications (a listen buffer of 2).
+func TestSuiteSpecFaults(t *testing.T) {
+	st := spec.New(32)
+	st.SetListenBuffer(2)
+	seeds := 24
+	if testing.Short() {
+		seeds = 6
+	}
+	wormlogtest.RunWith(t, openSpec(st), wormlogtest.Options{
+		Nemesis:  &specNemesis{st: st, ids: map[string]bool{}},
+		Seeds:    seeds,
+		Duration: 200 * time.Millisecond,
+	})
+}
