@@ -1,0 +1,557 @@
+package wormpaxos
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/wormspace/wormspace/worm"
+)
+
+// Replica is one replica of a replicated state machine whose log lives in
+// WormSpace. Create it with New, drive it with Run, and submit commands
+// with Propose and queries with Read from any number of goroutines.
+type Replica struct {
+	space worm.Space
+	cfg   Config
+	sm    StateMachine
+	size  uint64 // registers per segment
+	log   *slog.Logger
+	meta  []byte
+
+	mu       sync.Mutex
+	applied  uint64 // next log position to apply
+	sessions map[string]session
+	waiters  map[wkey][]chan outcome
+	known    map[uint64][]byte // chosen values at positions >= applied
+	hint     uint64            // one past the highest position known written
+	progress chan struct{}     // closed and replaced whenever applied moves
+	snapAt   uint64            // position of the last snapshot taken or restored
+	snapping bool
+
+	started atomic.Bool
+	stopped chan struct{}
+	wake    chan struct{}
+	queue   chan *request
+
+	pmu       sync.Mutex // proposer state
+	lease     *lease
+	leaseGen  uint64
+	nextFree  uint64 // Leaderless: next slot to try
+	allocated map[uint64]bool
+
+	smu        sync.Mutex // snapshot area state
+	snapLow    uint64     // lowest snapshot slot that may be live
+	snapNext   uint64     // first snapshot slot not known allocated
+	trimmedLog uint64     // log segments (relative) below this were trimmed
+}
+
+type wkey struct {
+	client string
+	seq    uint64
+}
+
+type outcome struct {
+	res []byte
+	err error
+}
+
+type request struct {
+	ctx context.Context
+	cmd Command
+}
+
+// lease is the right to write commands into a captured segment.
+type lease struct {
+	seg  uint64
+	tok  worm.Token
+	next uint32
+	gen  uint64
+}
+
+// slot is one register a proposer may write with tok.
+type slot struct {
+	pos  uint64
+	addr worm.Addr
+	tok  worm.Token
+	gen  uint64 // lease generation; 0 for a per-slot capture
+}
+
+// New returns a replica of the log described by cfg, applying commands to
+// sm. The replica takes ownership of sm. It does nothing until Run.
+func New(space worm.Space, sm StateMachine, cfg Config) (*Replica, error) {
+	if err := cfg.fill(); err != nil {
+		return nil, err
+	}
+	if space.SegmentSize() < 2 {
+		return nil, fmt.Errorf("%w: segment size %d", ErrConfig, space.SegmentSize())
+	}
+	r := &Replica{
+		space:     space,
+		cfg:       cfg,
+		sm:        sm,
+		size:      uint64(space.SegmentSize()),
+		log:       cfg.Logger.With("replica", space.ID(), "policy", cfg.Policy.String()),
+		meta:      []byte("wormpaxos " + cfg.Policy.String() + " " + space.ID()),
+		sessions:  map[string]session{},
+		waiters:   map[wkey][]chan outcome{},
+		known:     map[uint64][]byte{},
+		progress:  make(chan struct{}),
+		stopped:   make(chan struct{}),
+		wake:      make(chan struct{}, 1),
+		queue:     make(chan *request, 4096),
+		allocated: map[uint64]bool{},
+	}
+	return r, nil
+}
+
+// Applied returns the number of log positions this replica has applied.
+func (r *Replica) Applied() uint64 {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.applied
+}
+
+// ID is the replica's identity (its Space's ID).
+func (r *Replica) ID() string { return r.space.ID() }
+
+func (r *Replica) addr(pos uint64) worm.Addr {
+	return worm.Addr{Seg: r.cfg.LogBase + pos/r.size, Off: uint32(pos % r.size)}
+}
+
+func (r *Replica) pos(seg uint64, off uint32) uint64 { return (seg-r.cfg.LogBase)*r.size + uint64(off) }
+
+func (r *Replica) segOf(pos uint64) uint64 { return r.cfg.LogBase + pos/r.size }
+
+func (r *Replica) owns(seg uint64) bool {
+	return int((seg-r.cfg.LogBase)%uint64(r.cfg.Replicas)) == r.cfg.Index
+}
+
+func (r *Replica) kick() {
+	select {
+	case r.wake <- struct{}{}:
+	default:
+	}
+}
+
+// learnedAt records that position pos holds the chosen value v.
+func (r *Replica) learnedAt(pos uint64, v []byte) {
+	r.mu.Lock()
+	if pos >= r.applied {
+		if _, ok := r.known[pos]; !ok {
+			r.known[pos] = v
+		}
+	}
+	r.hint = max(r.hint, pos+1)
+	r.mu.Unlock()
+	r.kick()
+}
+
+// noteWritten records that pos holds some value (a Listen hint).
+func (r *Replica) noteWritten(pos uint64) {
+	r.mu.Lock()
+	r.hint = max(r.hint, pos+1)
+	r.mu.Unlock()
+	r.kick()
+}
+
+// frontier is the first position not known to be written.
+func (r *Replica) frontier() uint64 {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return max(r.applied, r.hint)
+}
+
+func empty(err error) bool {
+	return errors.Is(err, worm.ErrEmpty) || errors.Is(err, worm.ErrUnallocated)
+}
+
+// Propose submits cmd and returns its result once the command is applied
+// at this replica. A retried (Client, Seq) returns the cached result
+// without being applied again; a (Client, Seq) older than the client's
+// latest returns ErrStale. When ctx ends first, the command may still be
+// applied later (at most once): retry it with the same (Client, Seq) to
+// learn its result.
+func (r *Replica) Propose(ctx context.Context, cmd Command) ([]byte, error) {
+	if cmd.Client == "" || cmd.Seq == 0 {
+		return nil, fmt.Errorf("%w: client %q seq %d", ErrInvalid, cmd.Client, cmd.Seq)
+	}
+	k := wkey{cmd.Client, cmd.Seq}
+	ch := make(chan outcome, 1)
+	r.mu.Lock()
+	if s, ok := r.sessions[cmd.Client]; ok && s.Seq >= cmd.Seq {
+		o := outcomeOf(s, cmd.Seq)
+		r.mu.Unlock()
+		return o.res, o.err
+	}
+	r.waiters[k] = append(r.waiters[k], ch)
+	r.mu.Unlock()
+	defer func() {
+		r.mu.Lock()
+		ws := slices.DeleteFunc(r.waiters[k], func(c chan outcome) bool { return c == ch })
+		if len(ws) == 0 {
+			delete(r.waiters, k)
+		} else {
+			r.waiters[k] = ws
+		}
+		r.mu.Unlock()
+	}()
+	cmd.Op = slices.Clone(cmd.Op)
+	select {
+	case r.queue <- &request{ctx: ctx, cmd: cmd}:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	case <-r.stopped:
+		return nil, ErrStopped
+	}
+	select {
+	case o := <-ch:
+		return o.res, o.err
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	case <-r.stopped:
+		return nil, ErrStopped
+	}
+}
+
+func outcomeOf(s session, seq uint64) outcome {
+	if s.Seq == seq {
+		return outcome{res: slices.Clone(s.Result)}
+	}
+	return outcome{err: fmt.Errorf("%w: %d, client is at %d", ErrStale, seq, s.Seq)}
+}
+
+// resolveLocked answers the waiters of (client, seq) from the session
+// table. Caller holds r.mu.
+func (r *Replica) resolveLocked(k wkey) {
+	ws := r.waiters[k]
+	if len(ws) == 0 {
+		return
+	}
+	s, ok := r.sessions[k.client]
+	if !ok || s.Seq < k.seq {
+		return
+	}
+	for _, w := range ws {
+		select {
+		case w <- outcomeOf(s, k.seq):
+		default:
+		}
+	}
+	delete(r.waiters, k)
+}
+
+// done reports whether cmd has been applied (or superseded).
+func (r *Replica) done(cmd Command) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	s, ok := r.sessions[cmd.Client]
+	return ok && s.Seq >= cmd.Seq
+}
+
+// Read answers query against a state that reflects every command
+// acknowledged (by any replica) before Read was called: it reads the log
+// from its applied position up to the first empty register (every
+// acknowledged command lies below it, because a command is acknowledged
+// only after every position up to it is chosen), waits until the local
+// state has applied that prefix, and then queries it.
+func (r *Replica) Read(ctx context.Context, query []byte) ([]byte, error) {
+	j := uint64(0)
+	for {
+		r.mu.Lock()
+		j = max(j, r.applied)
+		_, ok := r.known[j]
+		r.mu.Unlock()
+		if ok {
+			j++
+			continue
+		}
+		v, err := r.space.Read(ctx, r.addr(j))
+		switch {
+		case err == nil:
+			r.learnedAt(j, v)
+			j++
+			continue
+		case empty(err):
+		case errors.Is(err, worm.ErrTrimmed):
+			// Behind a snapshot: let the learner restore, then rescan.
+			if err := r.waitApplied(ctx, j+1); err != nil {
+				return nil, err
+			}
+			continue
+		default:
+			return nil, fmt.Errorf("wormpaxos: read barrier at %d: %w", j, err)
+		}
+		break
+	}
+	if err := r.waitApplied(ctx, j); err != nil {
+		return nil, err
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return slices.Clone(r.sm.Query(query)), nil
+}
+
+func (r *Replica) waitApplied(ctx context.Context, n uint64) error {
+	for {
+		r.mu.Lock()
+		a, p := r.applied, r.progress
+		r.mu.Unlock()
+		if a >= n {
+			return nil
+		}
+		select {
+		case <-p:
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-r.stopped:
+			return ErrStopped
+		}
+	}
+}
+
+// apply applies the chosen value v at position pos.
+func (r *Replica) apply(pos uint64, v []byte) error {
+	cmds, err := decodeEntry(v)
+	if err != nil {
+		return fmt.Errorf("log position %d (%v): %w", pos, r.addr(pos), err)
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if pos != r.applied {
+		return nil // a snapshot restore moved past pos
+	}
+	for _, c := range cmds {
+		s, ok := r.sessions[c.Client]
+		a := Applied{Index: pos, Cmd: c}
+		if ok && c.Seq <= s.Seq {
+			a.Dup = true
+		} else {
+			a.Result = r.sm.Apply(c.Op)
+			r.sessions[c.Client] = session{Seq: c.Seq, Result: a.Result}
+		}
+		if r.cfg.OnApply != nil {
+			r.cfg.OnApply(a)
+		}
+		r.resolveLocked(wkey{c.Client, c.Seq})
+	}
+	delete(r.known, pos)
+	r.applied++
+	r.hint = max(r.hint, r.applied)
+	close(r.progress)
+	r.progress = make(chan struct{})
+	return nil
+}
+
+// Run is the replica's learner loop: it restores the newest snapshot,
+// starts the proposer workers, and applies the log in order, tailing it
+// with Listen and falling back to polling reads. It fills holes (empty
+// registers below a written one) with no-ops after HoleTimeout, takes
+// snapshots and trims. Run returns ctx's error when ctx ends, or an error
+// the replica cannot recover from (ErrCorrupt, a failed Restore). After
+// Run returns, Propose and Read return ErrStopped; a replica runs once
+// (create a new one to restart: it catches up from WormSpace).
+func (r *Replica) Run(ctx context.Context) error {
+	if !r.started.CompareAndSwap(false, true) {
+		return ErrRunning
+	}
+	defer close(r.stopped)
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+
+	if _, err := r.restoreLatest(ctx); err != nil && errors.Is(err, ErrCorrupt) {
+		return err
+	}
+	for range r.cfg.Pipeline {
+		wg.Go(func() { r.worker(ctx) })
+	}
+	ls := &listens{r: r, segs: map[uint64]context.CancelFunc{}}
+	defer ls.close()
+	return r.learn(ctx, ls, &wg)
+}
+
+func (r *Replica) learn(ctx context.Context, ls *listens, wg *sync.WaitGroup) error {
+	var stall, lastProbe time.Time
+	var probed uint64 // evidence from probes: one past a position beyond which something exists
+	failures := 0
+	for {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		r.mu.Lock()
+		j := r.applied
+		v, ok := r.known[j]
+		r.mu.Unlock()
+		ls.track(ctx, r.segOf(j))
+		var err error
+		if !ok {
+			v, err = r.space.Read(ctx, r.addr(j))
+		}
+		switch {
+		case err == nil:
+			if err := r.apply(j, v); err != nil {
+				return err
+			}
+			stall, failures = time.Time{}, 0
+			r.maybeSnapshot(ctx, wg)
+			continue
+		case ctx.Err() != nil:
+			return ctx.Err()
+		case empty(err):
+			failures = 0
+			now := time.Now()
+			if stall.IsZero() {
+				stall = now
+			}
+			r.mu.Lock()
+			evidence := max(r.hint, probed)
+			r.mu.Unlock()
+			s := r.segOf(j)
+			beyond := evidence > r.pos(s+1, 0)
+			if r.cfg.Policy == Rotating && r.owns(s) && beyond {
+				did, err := r.closeOwn(ctx, s)
+				if err != nil {
+					r.log.Debug("skip own segment", "seg", s, "err", err)
+				}
+				if did {
+					continue
+				}
+			}
+			if evidence > j+1 && now.Sub(stall) >= r.cfg.HoleTimeout {
+				if err := r.fillHole(ctx, j, evidence); err != nil {
+					r.log.Debug("fill hole", "pos", j, "err", err)
+				} else {
+					stall = time.Time{}
+					continue
+				}
+			} else if evidence <= j+1 && now.Sub(stall) >= r.cfg.HoleTimeout && now.Sub(lastProbe) >= r.cfg.HoleTimeout {
+				lastProbe = now
+				if p := r.probe(ctx, j); p > probed {
+					probed = p
+					continue
+				}
+			}
+			select {
+			case <-r.wake:
+			case <-time.After(r.cfg.PollInterval):
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		case errors.Is(err, worm.ErrTrimmed):
+			ok, err := r.restoreLatest(ctx)
+			if err != nil && errors.Is(err, ErrCorrupt) {
+				return err
+			}
+			if !ok {
+				if err != nil {
+					r.log.Debug("restore snapshot", "pos", j, "err", err)
+				} else {
+					r.log.Warn("log trimmed, no newer snapshot", "pos", j)
+				}
+				if err := sleep(ctx, r.cfg.HoleTimeout); err != nil {
+					return err
+				}
+			}
+		default:
+			failures++
+			r.log.Debug("learn", "pos", j, "err", err)
+			if err := sleep(ctx, backoff(failures)); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+// probe looks past an empty position j for signs that the log continues:
+// the next registers of j's segment and the allocation of the following
+// segments. It returns one past a position known to exist beyond j, or 0.
+func (r *Replica) probe(ctx context.Context, j uint64) uint64 {
+	s := r.segOf(j)
+	for i := j + 1; i < r.pos(s+1, 0) && i <= j+8; i++ {
+		if v, err := r.space.Read(ctx, r.addr(i)); err == nil {
+			r.learnedAt(i, v)
+			return i + 1
+		}
+	}
+	for k := uint64(1); k <= uint64(r.window()); k++ {
+		if _, err := r.space.Check(ctx, s+k); err == nil || errors.Is(err, worm.ErrTrimmed) {
+			return r.pos(s+k, 0) + 1
+		}
+	}
+	return 0
+}
+
+// window is how many segments past the learner's we listen to and probe.
+func (r *Replica) window() int {
+	if r.cfg.Policy == Rotating {
+		return r.cfg.Replicas + 1
+	}
+	return 2
+}
+
+// listens keeps Listen channels on the learner's segment and the next
+// window() segments.
+type listens struct {
+	r    *Replica
+	base uint64
+	mu   sync.Mutex
+	segs map[uint64]context.CancelFunc // nil value: Listen failed, do not retry
+	init bool
+}
+
+func (l *listens) track(ctx context.Context, base uint64) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.init && base == l.base && len(l.segs) == l.r.window()+1 {
+		return
+	}
+	l.init, l.base = true, base
+	for s, cancel := range l.segs {
+		if s < base || s > base+uint64(l.r.window()) {
+			if cancel != nil {
+				cancel()
+			}
+			delete(l.segs, s)
+		}
+	}
+	for s := base; s <= base+uint64(l.r.window()); s++ {
+		if _, ok := l.segs[s]; ok {
+			continue
+		}
+		lctx, cancel := context.WithCancel(ctx)
+		ch, err := l.r.space.Listen(lctx, s)
+		if err != nil {
+			cancel()
+			l.segs[s] = nil
+			continue
+		}
+		l.segs[s] = cancel
+		go func(s uint64) {
+			for n := range ch {
+				if n.Lost {
+					l.r.kick()
+				} else {
+					l.r.noteWritten(l.r.pos(s, n.Off))
+				}
+			}
+		}(s)
+	}
+}
+
+func (l *listens) close() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for s, cancel := range l.segs {
+		if cancel != nil {
+			cancel()
+		}
+		delete(l.segs, s)
+	}
+}
