@@ -1,0 +1,280 @@
+package wormtx
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+
+	"github.com/wormspace/wormspace/worm"
+)
+
+// TM is the transaction interface shared by WormTX's Coordinator and the
+// two-phase-commit baseline (apps/wormtx/twopc), so one harness drives
+// both and compares them.
+type TM interface {
+	// Begin starts a transaction among participants (names) with an
+	// application payload, and returns once every participant has been
+	// asked to prepare. The transaction then reaches an outcome whether or
+	// not the caller survives (WormTX) or only if the coordinator survives
+	// (2PC).
+	Begin(ctx context.Context, participants []string, payload []byte) (TxID, error)
+	// Await blocks until the transaction's outcome is known to the caller
+	// or ctx ends.
+	Await(ctx context.Context, tx TxID) (Outcome, error)
+}
+
+// Resource is the application state a participant guards: it prepares
+// (locks, validates) and later applies the outcome. Both WormTX's
+// Participant and the 2PC baseline drive it.
+type Resource interface {
+	// Prepare validates the transaction and returns the participant's
+	// vote. A yes vote must make Apply(Commit) certain to succeed (hold
+	// locks). Prepare must return the same vote for the same transaction
+	// on every call, across restarts: record the vote durably before
+	// returning it. (A participant is the only ballot-0 writer of its vote
+	// register, and ballot 0 may carry one value only.)
+	Prepare(ctx context.Context, tx TxID, d Descriptor) (yes bool, err error)
+	// Apply applies the outcome (commit: make the prepared changes and
+	// release; abort: release). It is idempotent, and must accept a
+	// transaction Prepare never saw (an abort after a crash before
+	// voting).
+	Apply(ctx context.Context, tx TxID, o Outcome) error
+}
+
+// CrashPoint names a place where a demonstration or test makes a process
+// stop as if it crashed.
+type CrashPoint uint8
+
+const (
+	// CoordinatorAfterAlloc: the segment is allocated, no participant told.
+	CoordinatorAfterAlloc CrashPoint = iota + 1
+	// CoordinatorAfterPost: after telling some participants (the hook's
+	// count says how many so far; Begin posts one by one when Crash is set).
+	CoordinatorAfterPost
+	// CoordinatorBeforeAwait: Begin completed; the coordinator dies before
+	// learning the outcome (after some or all votes were cast).
+	CoordinatorBeforeAwait
+	// ParticipantBeforeVote: prepared (resources locked), vote not written.
+	ParticipantBeforeVote
+	// ParticipantAfterVote: vote written, outcome not applied.
+	ParticipantAfterVote
+)
+
+var crashNames = [...]string{"", "coordinator-after-alloc", "coordinator-after-post", "coordinator-before-await", "participant-before-vote", "participant-after-vote"}
+
+func (c CrashPoint) String() string {
+	if int(c) < len(crashNames) && c != 0 {
+		return crashNames[c]
+	}
+	return fmt.Sprintf("CrashPoint(%d)", uint8(c))
+}
+
+// CoordinatorConfig configures a Coordinator.
+type CoordinatorConfig struct {
+	// FirstSeg is the first candidate transaction segment. Begin allocates
+	// FirstSeg, FirstSeg+1, ... and skips segments someone else won, so
+	// coordinators may share a range; giving each its own range avoids
+	// the skipped Allocs.
+	FirstSeg uint64
+	// Directory locates participants' inboxes. Nil: Begin posts nothing,
+	// and the caller tells participants the TxID itself.
+	Directory Directory
+	// Policy is Await's recovery policy. Its Notify defaults to Directory.
+	Policy Policy
+	// Crash, when set, is asked at each coordinator crash point (count:
+	// participants told so far); returning true makes the call stop there
+	// with ErrCrashed. For demonstrations and tests.
+	Crash func(p CrashPoint, count int) bool
+	// Logger; nil means slog.Default().
+	Logger *slog.Logger
+}
+
+// Coordinator begins transactions: it allocates each transaction's segment
+// with the descriptor as metadata and posts the transaction to every
+// participant's inbox. It decides nothing: the outcome is a function of
+// the votes, which anyone can compute. Safe for concurrent use.
+type Coordinator struct {
+	sp   worm.Space
+	cfg  CoordinatorConfig
+	next atomic.Uint64
+	cur  cursors
+	mu   sync.Mutex
+	txs  map[TxID]Tx // begun and not yet awaited
+}
+
+var _ TM = (*Coordinator)(nil)
+
+// NewCoordinator returns a coordinator working on sp.
+func NewCoordinator(sp worm.Space, cfg CoordinatorConfig) *Coordinator {
+	if cfg.Policy.Notify == nil {
+		cfg.Policy.Notify = cfg.Directory
+	}
+	if cfg.Policy.Logger == nil {
+		cfg.Policy.Logger = cfg.Logger
+	}
+	c := &Coordinator{sp: sp, cfg: cfg, txs: map[TxID]Tx{}}
+	c.next.Store(cfg.FirstSeg)
+	return c
+}
+
+func (c *Coordinator) crash(p CrashPoint, n int) bool {
+	return c.cfg.Crash != nil && c.cfg.Crash(p, n)
+}
+
+// Begin allocates a transaction segment whose metadata is the descriptor
+// (participants, payload) and posts the transaction to each participant's
+// inbox (concurrently). Errors: ErrInvalid, ErrCrashed, and Space errors
+// once ctx ends. A Begin that fails after allocating leaves a transaction
+// that anyone can resolve (to abort, since not every participant was told).
+func (c *Coordinator) Begin(ctx context.Context, participants []string, payload []byte) (TxID, error) {
+	d := Descriptor{Participants: append([]string(nil), participants...), Payload: bytes.Clone(payload)}
+	if err := d.validate(c.sp.SegmentSize()); err != nil {
+		return 0, err
+	}
+	if c.cfg.Directory != nil {
+		for _, p := range d.Participants {
+			if _, err := c.cfg.Directory(p); err != nil {
+				return 0, err
+			}
+		}
+	}
+	meta := MarshalDescriptor(d)
+	id, err := c.alloc(ctx, meta)
+	if err != nil {
+		return 0, err
+	}
+	t := Tx{ID: id, Descriptor: d}
+	c.mu.Lock()
+	c.txs[id] = t
+	c.mu.Unlock()
+	if c.crash(CoordinatorAfterAlloc, 0) {
+		return id, ErrCrashed
+	}
+	if c.cfg.Directory == nil {
+		return id, nil
+	}
+	if c.cfg.Crash != nil {
+		// One by one, so crash points fall between posts.
+		for i, p := range d.Participants {
+			if err := postTo(ctx, c.sp, c.cfg.Directory, &c.cur, p, t); err != nil {
+				return id, err
+			}
+			if c.crash(CoordinatorAfterPost, i+1) {
+				return id, ErrCrashed
+			}
+		}
+		return id, nil
+	}
+	errs := make([]error, len(d.Participants))
+	var wg sync.WaitGroup
+	for i, p := range d.Participants {
+		wg.Go(func() { errs[i] = postTo(ctx, c.sp, c.cfg.Directory, &c.cur, p, t) })
+	}
+	wg.Wait()
+	return id, errors.Join(errs...)
+}
+
+// alloc allocates the next free transaction segment with meta.
+func (c *Coordinator) alloc(ctx context.Context, meta []byte) (TxID, error) {
+	seg := c.next.Add(1) - 1
+	var b backoff
+	for {
+		info, err := c.sp.Alloc(ctx, seg, meta)
+		switch {
+		case err == nil && info.Won && bytes.Equal(info.Meta, meta):
+			return TxID(seg), nil
+		case err == nil || errors.Is(err, worm.ErrTrimmed):
+			seg = c.next.Add(1) - 1 // someone else's segment
+		case transient(ctx, err):
+			// The Alloc may have taken effect: retrying the same segment
+			// tells (the record then names us, with our meta).
+			if werr := b.wait(ctx); werr != nil {
+				return 0, fmt.Errorf("wormtx: alloc: %w", err)
+			}
+		default:
+			return 0, fmt.Errorf("wormtx: alloc segment %d: %w", seg, err)
+		}
+	}
+}
+
+// Await resolves the transaction with the coordinator's Policy (after
+// RecoverAfter it recovers missing votes itself), then records what it
+// learned in the coordinator ack register and trims the segment if every
+// participant has acknowledged. Errors: as (Tx).Resolve; ErrCrashed.
+func (c *Coordinator) Await(ctx context.Context, id TxID) (Outcome, error) {
+	c.mu.Lock()
+	t, ok := c.txs[id]
+	c.mu.Unlock()
+	if !ok {
+		var err error
+		if t, err = Open(ctx, c.sp, id); err != nil {
+			return Pending, err
+		}
+	}
+	if c.crash(CoordinatorBeforeAwait, len(t.Participants)) {
+		return Pending, ErrCrashed
+	}
+	o, err := t.Resolve(ctx, c.sp, c.cfg.Policy)
+	if err != nil {
+		return o, err
+	}
+	c.mu.Lock()
+	delete(c.txs, id)
+	c.mu.Unlock()
+	if _, err := writeOwn(ctx, c.sp, t.coordAckAddr(), outcomeValue(o), valAbandon); err != nil && !errors.Is(err, worm.ErrTrimmed) {
+		c.logger().Warn("wormtx: coordinator ack", "tx", id, "err", err)
+		return o, nil
+	}
+	if err := t.collect(ctx, c.sp); err != nil {
+		c.logger().Warn("wormtx: collect", "tx", id, "err", err)
+	}
+	return o, nil
+}
+
+func (c *Coordinator) logger() *slog.Logger {
+	if c.cfg.Logger == nil {
+		return slog.Default()
+	}
+	return c.cfg.Logger
+}
+
+// collect trims the segment when every ack register (participants' and
+// coordinator's) is written. Every acker calls it right after writing its
+// own ack; since registers are linearizable, the last acker to write sees
+// all the others' acks, so some acker always trims.
+func (t Tx) collect(ctx context.Context, sp worm.Space) error {
+	done, err := t.acked(ctx, sp)
+	if err != nil || !done {
+		return err
+	}
+	if err := sp.Trim(ctx, uint64(t.ID)); err != nil && !errors.Is(err, worm.ErrTrimmed) {
+		return fmt.Errorf("wormtx: %v: trim: %w", t.ID, err)
+	}
+	return nil
+}
+
+// acked reports whether every ack register is written (false, nil when the
+// segment is already trimmed: someone else collected it).
+func (t Tx) acked(ctx context.Context, sp worm.Space) (bool, error) {
+	addrs := []worm.Addr{t.coordAckAddr()}
+	for i := range t.Participants {
+		addrs = append(addrs, t.ackAddr(i))
+	}
+	vals, err := readAll(ctx, sp, addrs)
+	if errors.Is(err, worm.ErrTrimmed) {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	for _, v := range vals {
+		if v == nil {
+			return false, nil
+		}
+	}
+	return true, nil
+}

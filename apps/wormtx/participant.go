@@ -1,0 +1,362 @@
+package wormtx
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/wormspace/wormspace/worm"
+)
+
+// ParticipantConfig configures a Participant.
+type ParticipantConfig struct {
+	// Inbox is the first segment of the participant's inbox (see
+	// Directory). Only Run uses it.
+	Inbox uint64
+	// Policy is how the participant waits for outcomes after voting: after
+	// RecoverAfter it recovers missing votes itself, so a crashed
+	// coordinator or participant never blocks it. Notify (other
+	// participants' inboxes) lets it tell participants it voted for.
+	Policy Policy
+	// AbandonAfter is how long a participant that has acknowledged waits
+	// for the coordinator's ack before writing "abandoned" into it so the
+	// segment can be trimmed. Zero means one minute; negative: never.
+	AbandonAfter time.Duration
+	// Crash, when set, is asked at each participant crash point; true
+	// makes Handle stop there with ErrCrashed, and Run return ErrCrashed
+	// (the whole process dies). For demonstrations and tests.
+	Crash func(p CrashPoint, tx TxID) bool
+	// Logger; nil means slog.Default().
+	Logger *slog.Logger
+}
+
+// Participant is one named participant of transactions on a Space: it
+// votes, learns outcomes and acknowledges them. Safe for concurrent use.
+type Participant struct {
+	sp   worm.Space
+	name string
+	cfg  ParticipantConfig
+	log  *slog.Logger
+}
+
+// NewParticipant returns participant name working on sp.
+func NewParticipant(sp worm.Space, name string, cfg ParticipantConfig) *Participant {
+	log := cfg.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	if cfg.Policy.Logger == nil {
+		cfg.Policy.Logger = log
+	}
+	if cfg.AbandonAfter == 0 {
+		cfg.AbandonAfter = time.Minute
+	}
+	return &Participant{sp: sp, name: name, cfg: cfg, log: log.With("participant", name)}
+}
+
+// Name is the participant's name.
+func (p *Participant) Name() string { return p.name }
+
+func (p *Participant) index(t Tx) (int, error) {
+	i := t.Index(p.name)
+	if i < 0 {
+		return -1, fmt.Errorf("%w: %q in %v", ErrNotParticipant, p.name, t.ID)
+	}
+	return i, nil
+}
+
+// Vote writes the participant's vote with WriteUnsafe (ballot 0: it is the
+// only ballot-0 writer of its register) and returns the vote that was
+// chosen: the one cast, or VoteTimedOut when a recoverer captured the
+// register first. For a given transaction, always vote the same way (see
+// Resource.Prepare). Errors: ErrNotParticipant, worm.ErrTrimmed, Space
+// errors once ctx ends.
+func (p *Participant) Vote(ctx context.Context, t Tx, yes bool) (Vote, error) {
+	i, err := p.index(t)
+	if err != nil {
+		return VoteMissing, err
+	}
+	v, err := writeOwn(ctx, p.sp, t.voteAddr(i), voteValue(yes), valTimedOut)
+	if err != nil {
+		return VoteMissing, fmt.Errorf("wormtx: %v: vote of %q: %w", t.ID, p.name, err)
+	}
+	return parseVote(v)
+}
+
+// Ack records that the participant applied outcome o, then trims the
+// segment if every ack is in, or, when only the coordinator's is missing,
+// waits AbandonAfter for it (listening) and then fills it with
+// "abandoned" and trims. Errors: ErrNotParticipant, ErrInconsistent (the
+// ack register holds another outcome), Space errors once ctx ends. An
+// already trimmed segment is success.
+func (p *Participant) Ack(ctx context.Context, t Tx, o Outcome) error {
+	i, err := p.index(t)
+	if err != nil {
+		return err
+	}
+	v, err := writeOwn(ctx, p.sp, t.ackAddr(i), outcomeValue(o), outcomeValue(o))
+	if errors.Is(err, worm.ErrTrimmed) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("wormtx: %v: ack of %q: %w", t.ID, p.name, err)
+	}
+	if got, err := parseOutcome(v); err != nil || got != o {
+		return fmt.Errorf("%w: %v: ack of %q holds %q, applied %v", ErrInconsistent, t.ID, p.name, v, o)
+	}
+	if err := t.collect(ctx, p.sp); err != nil || p.cfg.AbandonAfter < 0 {
+		return err
+	}
+	return p.abandonCoordinator(ctx, t)
+}
+
+// abandonCoordinator waits for the coordinator's ack when every
+// participant has acked, and gives up on it after AbandonAfter.
+func (p *Participant) abandonCoordinator(ctx context.Context, t Tx) error {
+	// Only a participant that sees every participant ack waits; the
+	// others leave it to the last one.
+	addrs := make([]worm.Addr, 0, len(t.Participants)+1)
+	for i := range t.Participants {
+		addrs = append(addrs, t.ackAddr(i))
+	}
+	addrs = append(addrs, t.coordAckAddr())
+	vals, err := readAll(ctx, p.sp, addrs)
+	if errors.Is(err, worm.ErrTrimmed) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	for _, v := range vals[:len(t.Participants)] {
+		if v == nil {
+			return nil
+		}
+	}
+	if vals[len(t.Participants)] == nil {
+		lctx, cancel := context.WithTimeout(ctx, p.cfg.AbandonAfter)
+		notes, err := p.sp.Listen(lctx, uint64(t.ID))
+		if err == nil {
+		wait:
+			for {
+				select {
+				case _, ok := <-notes:
+					if !ok {
+						break wait
+					}
+					v, err := readOpt(lctx, p.sp, t.coordAckAddr())
+					if err != nil || v != nil {
+						break wait
+					}
+				case <-lctx.Done():
+					break wait
+				}
+			}
+		} else {
+			<-lctx.Done()
+		}
+		cancel()
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		v, filled, err := settle(ctx, p.sp, t.coordAckAddr(), valAbandon)
+		if errors.Is(err, worm.ErrTrimmed) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		if filled {
+			p.log.Info("wormtx: coordinator never acknowledged; abandoned it", "tx", t.ID, "after", p.cfg.AbandonAfter)
+		}
+		_ = v
+	}
+	return t.collect(ctx, p.sp)
+}
+
+// Handle runs the participant's whole part in transaction t: Prepare on
+// res, vote, resolve the outcome (recovering missing votes after
+// Policy.RecoverAfter), Apply on res, acknowledge. It returns the outcome.
+// If the participant has already acknowledged t (a rescan after a
+// restart), it returns that outcome without calling res. Errors:
+// ErrCrashed at a crash point, ErrNotParticipant, errors from res, Space
+// errors once ctx ends; worm.ErrTrimmed means every participant,
+// this one included, has applied t.
+func (p *Participant) Handle(ctx context.Context, t Tx, res Resource) (Outcome, error) {
+	i, err := p.index(t)
+	if err != nil {
+		return Pending, err
+	}
+	// Acked already, or collected: done before (this is a rescan).
+	if v, err := readOpt(ctx, p.sp, t.ackAddr(i)); err != nil {
+		return Pending, fmt.Errorf("wormtx: %v: %w", t.ID, err)
+	} else if v != nil {
+		return parseOutcome(v)
+	}
+	// A recoverer may have voted for us already: no need to prepare.
+	mine, err := readOpt(ctx, p.sp, t.voteAddr(i))
+	if err != nil {
+		return Pending, fmt.Errorf("wormtx: %v: %w", t.ID, err)
+	}
+	if mine == nil {
+		yes, err := res.Prepare(ctx, t.ID, t.Descriptor)
+		if err != nil {
+			return Pending, fmt.Errorf("wormtx: %v: prepare: %w", t.ID, err)
+		}
+		if p.cfg.Crash != nil && p.cfg.Crash(ParticipantBeforeVote, t.ID) {
+			return Pending, ErrCrashed
+		}
+		v, err := p.Vote(ctx, t, yes)
+		if err != nil {
+			return Pending, err
+		}
+		p.log.Debug("wormtx: voted", "tx", t.ID, "yes", yes, "chosen", v)
+		if p.cfg.Crash != nil && p.cfg.Crash(ParticipantAfterVote, t.ID) {
+			return Pending, ErrCrashed
+		}
+	}
+	o, err := t.Resolve(ctx, p.sp, p.cfg.Policy)
+	if err != nil {
+		return Pending, err
+	}
+	if err := res.Apply(ctx, t.ID, o); err != nil {
+		return o, fmt.Errorf("wormtx: %v: apply %v: %w", t.ID, o, err)
+	}
+	return o, p.Ack(ctx, t, o)
+}
+
+// Run serves the participant's inbox until ctx ends or a crash point
+// fires: it reads entries in order (listening for new ones; notifications
+// are hints, and a Poll tick rescans), handles each transaction in its own
+// goroutine (Handle), and trims an inbox segment once it is full and every
+// transaction in it is handled. After a restart it starts again at the
+// first untrimmed inbox segment; Handle skips what was acknowledged.
+// It returns ErrCrashed, or ctx's error.
+func (p *Participant) Run(ctx context.Context, res Resource) error {
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	size := p.sp.SegmentSize()
+	seg := p.cfg.Inbox
+	// Skip collected inbox segments.
+	for {
+		_, err := p.sp.Check(ctx, seg)
+		if errors.Is(err, worm.ErrTrimmed) {
+			seg++
+			continue
+		}
+		if err != nil && !errors.Is(err, worm.ErrUnallocated) {
+			if transient(ctx, err) {
+				var b backoff
+				if b.wait(ctx) == nil {
+					continue
+				}
+			}
+			if ctx.Err() != nil {
+				return context.Cause(ctx)
+			}
+			return fmt.Errorf("wormtx: %q inbox: %w", p.name, err)
+		}
+		break
+	}
+	seen := map[TxID]bool{}
+	for {
+		if err := p.serveInboxSegment(ctx, cancel, &wg, res, seg, size, seen); err != nil {
+			if ctx.Err() != nil {
+				return context.Cause(ctx)
+			}
+			return err
+		}
+		seg++
+	}
+}
+
+// serveInboxSegment reads every entry of inbox segment seg, dispatching
+// each transaction, and arranges for seg to be trimmed once they are done.
+func (p *Participant) serveInboxSegment(ctx context.Context, cancel context.CancelCauseFunc, wg *sync.WaitGroup, res Resource, seg uint64, size uint32, seen map[TxID]bool) error {
+	lctx, lcancel := context.WithCancel(ctx)
+	defer lcancel()
+	notes, err := p.sp.Listen(lctx, seg)
+	if errors.Is(err, worm.ErrTrimmed) {
+		return nil
+	}
+	if err != nil {
+		notes = nil
+	}
+	var segWG sync.WaitGroup
+	var failed sync.Map // TxID -> error: keep the inbox segment for a rescan
+	for off := uint32(0); off < size; {
+		v, err := p.sp.Read(ctx, worm.Addr{Seg: seg, Off: off})
+		switch {
+		case err == nil:
+			off++
+			t, err := unmarshalEntry(v)
+			if err != nil {
+				p.log.Warn("wormtx: skipping bad inbox entry", "seg", seg, "off", off-1, "err", err)
+				continue
+			}
+			if seen[t.ID] {
+				continue // posted twice (by a recoverer too)
+			}
+			seen[t.ID] = true
+			wg.Add(1)
+			segWG.Add(1)
+			go func() {
+				defer wg.Done()
+				defer segWG.Done()
+				o, err := p.Handle(ctx, t, res)
+				switch {
+				case errors.Is(err, ErrCrashed):
+					p.log.Info("wormtx: simulated crash", "tx", t.ID)
+					cancel(ErrCrashed)
+				case errors.Is(err, worm.ErrTrimmed):
+				case err != nil && ctx.Err() == nil:
+					failed.Store(t.ID, err)
+					p.log.Error("wormtx: transaction failed", "tx", t.ID, "err", err)
+				case err == nil:
+					p.log.Debug("wormtx: applied", "tx", t.ID, "outcome", o)
+				}
+			}()
+			continue
+		case errors.Is(err, worm.ErrTrimmed):
+			return nil
+		case errors.Is(err, worm.ErrEmpty), errors.Is(err, worm.ErrUnallocated), transient(ctx, err):
+		default:
+			return fmt.Errorf("wormtx: %q inbox %d/%d: %w", p.name, seg, off, err)
+		}
+		poll := time.NewTimer(p.cfg.Policy.poll())
+		select {
+		case _, ok := <-notes:
+			if !ok {
+				notes = nil
+			}
+		case <-poll.C:
+		case <-ctx.Done():
+			poll.Stop()
+			return ctx.Err()
+		}
+		poll.Stop()
+	}
+	// Full: trim once every transaction in it is handled.
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		segWG.Wait()
+		if ctx.Err() != nil {
+			return
+		}
+		keep := false
+		failed.Range(func(any, any) bool { keep = true; return false })
+		if keep {
+			p.log.Warn("wormtx: keeping inbox segment: some transactions failed; a restart retries them", "seg", seg)
+			return
+		}
+		if err := p.sp.Trim(ctx, seg); err != nil && ctx.Err() == nil {
+			p.log.Warn("wormtx: trim inbox", "seg", seg, "err", err)
+		}
+	}()
+	return nil
+}

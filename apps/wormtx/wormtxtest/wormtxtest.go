@@ -1,0 +1,628 @@
+package wormtxtest
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"slices"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/wormspace/wormspace/apps/wormtx"
+	"github.com/wormspace/wormspace/worm"
+)
+
+// OpTimeout bounds each subtest.
+var OpTimeout = 2 * time.Minute
+
+// Open returns at least two fresh clients sharing one space.
+type Open func(t *testing.T) []worm.Space
+
+// Nemesis disturbs a space while the randomized subtest runs.
+type Nemesis interface {
+	// Disturb is called every few milliseconds with the clients' IDs.
+	Disturb(rng *rand.Rand, ids []string)
+	// Calm undoes every disturbance before the final checks.
+	Calm(ids []string)
+}
+
+// Options tune RunWith.
+type Options struct {
+	Nemesis Nemesis
+	// NemesisWindow is how long the nemesis disturbs each seed (default
+	// 200ms); the workload then finishes in calm.
+	NemesisWindow time.Duration
+	// Seeds is the number of randomized seeds (default 8).
+	Seeds int
+	// TxPerSeed is the number of concurrent transactions per seed
+	// (default 12).
+	TxPerSeed int
+}
+
+func (o Options) nemesisWindow() time.Duration {
+	if o.NemesisWindow <= 0 {
+		return 200 * time.Millisecond
+	}
+	return o.NemesisWindow
+}
+
+// Run runs the suite with default options.
+func Run(t *testing.T, open Open) { RunWith(t, open, Options{}) }
+
+// segment numbering: a random base per process, 1<<24 segments per
+// subtest environment, handed out in ranges of 1<<12.
+var (
+	segBase = (rand.Uint64N(1<<28) + 1<<20) << 24
+	segNext atomic.Uint64
+)
+
+// RunWith runs the suite.
+func RunWith(t *testing.T, open Open, opts Options) {
+	if opts.Seeds <= 0 {
+		opts.Seeds = 8
+	}
+	if opts.TxPerSeed <= 0 {
+		opts.TxPerSeed = 12
+	}
+	for _, c := range []struct {
+		name string
+		f    func(*env)
+	}{
+		{"CommitAllYes", testCommitAllYes},
+		{"AbortOnNo", testAbortOnNo},
+		{"RecoverMissingVote", testRecoverMissingVote},
+		{"CarryOverYes", testCarryOverYes},
+		{"ConcurrentRecoverers", testConcurrentRecoverers},
+		{"InboxCommitAndCollect", testInboxCommitAndCollect},
+		{"CoordinatorCrashBeforeAwait", testCoordinatorCrashBeforeAwait},
+		{"CoordinatorCrashMidPost", testCoordinatorCrashMidPost},
+		{"ParticipantCrashRestart", testParticipantCrashRestart},
+		{"ConcurrentTransactions", testConcurrentTransactions},
+	} {
+		t.Run(c.name, func(t *testing.T) { c.f(setup(t, open)) })
+	}
+	t.Run("Randomized", func(t *testing.T) { testRandomized(t, open, opts) })
+}
+
+type env struct {
+	t    *testing.T
+	ctx  context.Context
+	c    []worm.Space
+	base uint64
+	next uint64
+}
+
+func setup(t *testing.T, open Open) *env {
+	t.Helper()
+	c := open(t)
+	if len(c) < 2 {
+		t.Fatalf("open returned %d clients; the suite needs at least 2", len(c))
+	}
+	if s := c[0].SegmentSize(); s < 16 {
+		t.Fatalf("segment size %d; the suite needs at least 16", s)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), OpTimeout)
+	t.Cleanup(cancel)
+	return &env{t: t, ctx: ctx, c: c, base: segBase + segNext.Add(1)<<24}
+}
+
+// client returns client i modulo the number of clients.
+func (e *env) client(i int) worm.Space { return e.c[i%len(e.c)] }
+
+// fast is the policy tests use: poll often, recover after d.
+func fast(d time.Duration) wormtx.Policy {
+	return wormtx.Policy{RecoverAfter: d, Poll: 5 * time.Millisecond}
+}
+
+// coordinator returns a coordinator on client i with its own segment
+// range and, when dir is set, inbox posting.
+func (e *env) coordinator(i int, dir wormtx.Directory, pol wormtx.Policy) *wormtx.Coordinator {
+	e.next += 1 << 12
+	return wormtx.NewCoordinator(e.client(i), wormtx.CoordinatorConfig{FirstSeg: e.base + e.next, Directory: dir, Policy: pol})
+}
+
+// directory assigns inboxes to names.
+func (e *env) directory(names ...string) (wormtx.Directory, map[string]uint64) {
+	m := map[string]uint64{}
+	for _, n := range names {
+		e.next += 1 << 12
+		m[n] = e.base + e.next
+	}
+	return wormtx.StaticDirectory(m), m
+}
+
+func names(n int) []string {
+	var s []string
+	for i := range n {
+		s = append(s, "p"+strconv.Itoa(i))
+	}
+	return s
+}
+
+func (e *env) begin(co *wormtx.Coordinator, parts []string) wormtx.Tx {
+	e.t.Helper()
+	id, err := co.Begin(e.ctx, parts, []byte("payload"))
+	if err != nil {
+		e.t.Fatalf("Begin: %v", err)
+	}
+	return wormtx.Tx{ID: id, Descriptor: wormtx.Descriptor{Participants: parts, Payload: []byte("payload")}}
+}
+
+func (e *env) vote(i int, tx wormtx.Tx, yes bool) wormtx.Vote {
+	e.t.Helper()
+	p := wormtx.NewParticipant(e.client(i), tx.Participants[i], wormtx.ParticipantConfig{})
+	v, err := p.Vote(e.ctx, tx, yes)
+	if err != nil {
+		e.t.Fatalf("%s: Vote: %v", tx.Participants[i], err)
+	}
+	return v
+}
+
+// resolveAll resolves tx from every client and requires want.
+func (e *env) resolveAll(tx wormtx.Tx, pol wormtx.Policy, want wormtx.Outcome) {
+	e.t.Helper()
+	for _, c := range e.c {
+		o, err := wormtx.Resolve(e.ctx, c, tx.ID, pol)
+		if err != nil || o != want {
+			e.t.Fatalf("%s: Resolve(%v) = %v, %v; want %v", c.ID(), tx.ID, o, err, want)
+		}
+	}
+}
+
+func (e *env) status(tx wormtx.Tx) wormtx.Status {
+	e.t.Helper()
+	st, err := tx.Status(e.ctx, e.c[0])
+	if err != nil {
+		e.t.Fatalf("Status(%v): %v", tx.ID, err)
+	}
+	return st
+}
+
+func testCommitAllYes(e *env) {
+	co := e.coordinator(0, nil, fast(-1))
+	tx := e.begin(co, names(3))
+	if st := e.status(tx); st.Outcome != wormtx.Pending {
+		e.t.Fatalf("before any vote: %+v, want pending", st)
+	}
+	for i := range 3 {
+		if v := e.vote(i, tx, true); v != wormtx.VoteYes {
+			e.t.Fatalf("vote %d chosen %v, want yes", i, v)
+		}
+	}
+	o, err := co.Await(e.ctx, tx.ID)
+	if err != nil || o != wormtx.Commit {
+		e.t.Fatalf("Await = %v, %v; want commit", o, err)
+	}
+	// Recovery never turns a cast yes into no.
+	e.resolveAll(tx, fast(0), wormtx.Commit)
+	st := e.status(tx)
+	if !slices.Equal(st.Votes, []wormtx.Vote{wormtx.VoteYes, wormtx.VoteYes, wormtx.VoteYes}) || st.Outcome != wormtx.Commit {
+		e.t.Fatalf("status %+v", st)
+	}
+	if st.CoordinatorAck != wormtx.Commit {
+		e.t.Fatalf("coordinator ack %v, want commit", st.CoordinatorAck)
+	}
+}
+
+func testAbortOnNo(e *env) {
+	co := e.coordinator(0, nil, fast(-1))
+	tx := e.begin(co, names(3))
+	e.vote(0, tx, true)
+	e.vote(1, tx, false)
+	// One no decides, even with a vote missing and no recovery.
+	e.resolveAll(tx, fast(-1), wormtx.Abort)
+	if v := e.vote(2, tx, true); v != wormtx.VoteYes {
+		e.t.Fatalf("late yes chosen as %v", v)
+	}
+	e.resolveAll(tx, fast(-1), wormtx.Abort)
+	if o, err := co.Await(e.ctx, tx.ID); err != nil || o != wormtx.Abort {
+		e.t.Fatalf("Await = %v, %v; want abort", o, err)
+	}
+}
+
+func testRecoverMissingVote(e *env) {
+	co := e.coordinator(0, nil, fast(-1))
+	tx := e.begin(co, names(3))
+	e.vote(0, tx, true)
+	e.vote(1, tx, true)
+	// Without recovery the outcome is not decided: a bounded wait fails.
+	ctx, cancel := context.WithTimeout(e.ctx, 30*time.Millisecond)
+	o, err := wormtx.Resolve(ctx, e.client(1), tx.ID, fast(-1))
+	cancel()
+	if err == nil || !errors.Is(err, context.DeadlineExceeded) {
+		e.t.Fatalf("Resolve without recovery = %v, %v; want deadline exceeded", o, err)
+	}
+	// With recovery, the missing vote becomes no.
+	e.resolveAll(tx, fast(10*time.Millisecond), wormtx.Abort)
+	st := e.status(tx)
+	if st.Votes[2] != wormtx.VoteTimedOut || st.Decision != wormtx.Abort {
+		e.t.Fatalf("status %+v; want vote 2 timed out and decision abort", st)
+	}
+	// The late participant learns its vote was taken.
+	if v := e.vote(2, tx, true); v != wormtx.VoteTimedOut {
+		e.t.Fatalf("late vote chosen as %v, want timed-out", v)
+	}
+}
+
+func testCarryOverYes(e *env) {
+	co := e.coordinator(0, nil, fast(-1))
+	tx := e.begin(co, names(2))
+	e.vote(0, tx, true)
+	e.vote(1, tx, true)
+	// A recoverer that runs at once captures nothing new: both yes votes
+	// are chosen, whoever captures them.
+	e.resolveAll(tx, fast(0), wormtx.Commit)
+	if st := e.status(tx); st.Decision != wormtx.Pending && st.Decision != wormtx.Commit {
+		e.t.Fatalf("decision %v", st.Decision)
+	}
+}
+
+func testConcurrentRecoverers(e *env) {
+	seed := uint64(time.Now().UnixNano())
+	e.t.Logf("seed %d", seed)
+	rng := rand.New(rand.NewPCG(seed, 1))
+	for round := range 20 {
+		co := e.coordinator(round, nil, fast(-1))
+		tx := e.begin(co, names(3))
+		intent := []bool{rng.IntN(4) != 0, rng.IntN(4) != 0, rng.IntN(4) != 0}
+		delay := []time.Duration{time.Duration(rng.IntN(3000)) * time.Microsecond, time.Duration(rng.IntN(3000)) * time.Microsecond, time.Duration(rng.IntN(3000)) * time.Microsecond}
+		var wg sync.WaitGroup
+		chosen := make([]wormtx.Vote, 3)
+		outs := make([]wormtx.Outcome, 8)
+		errs := make([]error, 8+3)
+		for i := range 3 {
+			wg.Go(func() {
+				time.Sleep(delay[i])
+				p := wormtx.NewParticipant(e.client(i), tx.Participants[i], wormtx.ParticipantConfig{})
+				chosen[i], errs[8+i] = p.Vote(e.ctx, tx, intent[i])
+			})
+		}
+		for r := range 8 {
+			wg.Go(func() {
+				outs[r], errs[r] = wormtx.Resolve(e.ctx, e.client(r), tx.ID, fast(time.Duration(r)*300*time.Microsecond))
+			})
+		}
+		wg.Wait()
+		if err := errors.Join(errs...); err != nil {
+			e.t.Fatalf("round %d: %v", round, err)
+		}
+		st := e.status(tx)
+		for r, o := range outs {
+			if o != outs[0] {
+				e.t.Fatalf("round %d: recoverer %d saw %v, recoverer 0 saw %v", round, r, o, outs[0])
+			}
+		}
+		for i := range 3 {
+			if chosen[i] != st.Votes[i] {
+				e.t.Fatalf("round %d: participant %d was told %v, register holds %v", round, i, chosen[i], st.Votes[i])
+			}
+			if chosen[i] == wormtx.VoteYes && !intent[i] || chosen[i] == wormtx.VoteNo && intent[i] {
+				e.t.Fatalf("round %d: participant %d intended yes=%v, chosen %v", round, i, intent[i], chosen[i])
+			}
+		}
+		if want := wormtx.OutcomeOf(st.Votes); outs[0] != want {
+			e.t.Fatalf("round %d: outcome %v, votes %v say %v", round, outs[0], st.Votes, want)
+		}
+		if outs[0] == wormtx.Commit && slices.Contains(intent, false) {
+			e.t.Fatalf("round %d: commit with a no intent %v", round, intent)
+		}
+	}
+}
+
+// ----- inbox-driven tests (Participant.Run with a recording Resource) -----
+
+// Recorder is a Resource that records votes and applied outcomes and
+// checks that a transaction is never applied with two outcomes. It is
+// exported for tests of applications built on WormTX.
+type Recorder struct {
+	Name string
+	// VoteFn decides the vote of a transaction Prepare has not seen; nil
+	// votes yes.
+	VoteFn func(wormtx.TxID) bool
+
+	mu       sync.Mutex
+	votes    map[wormtx.TxID]bool
+	applied  map[wormtx.TxID]wormtx.Outcome
+	problems []string
+}
+
+// Prepare implements wormtx.Resource.
+func (r *Recorder) Prepare(_ context.Context, tx wormtx.TxID, d wormtx.Descriptor) (bool, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.votes == nil {
+		r.votes = map[wormtx.TxID]bool{}
+	}
+	if v, ok := r.votes[tx]; ok {
+		return v, nil
+	}
+	if d.Index(r.Name) < 0 {
+		r.problems = append(r.problems, fmt.Sprintf("%s: asked to prepare %v, which does not name it", r.Name, tx))
+	}
+	v := r.VoteFn == nil || r.VoteFn(tx)
+	r.votes[tx] = v
+	return v, nil
+}
+
+// Apply implements wormtx.Resource.
+func (r *Recorder) Apply(_ context.Context, tx wormtx.TxID, o wormtx.Outcome) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.applied == nil {
+		r.applied = map[wormtx.TxID]wormtx.Outcome{}
+	}
+	if old, ok := r.applied[tx]; ok && old != o {
+		r.problems = append(r.problems, fmt.Sprintf("%s: %v applied as %v and as %v", r.Name, tx, old, o))
+	}
+	if v, ok := r.votes[tx]; o == wormtx.Commit && (!ok || !v) {
+		r.problems = append(r.problems, fmt.Sprintf("%s: %v committed without a yes vote here", r.Name, tx))
+	}
+	r.applied[tx] = o
+	return nil
+}
+
+// Applied returns the outcome applied for tx (false when not applied).
+func (r *Recorder) Applied(tx wormtx.TxID) (wormtx.Outcome, bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	o, ok := r.applied[tx]
+	return o, ok
+}
+
+// Problems returns the violations seen.
+func (r *Recorder) Problems() []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return slices.Clone(r.problems)
+}
+
+// cluster is a set of running participants.
+type cluster struct {
+	e      *env
+	dir    wormtx.Directory
+	rec    map[string]*Recorder
+	cfg    map[string]wormtx.ParticipantConfig
+	cancel map[string]context.CancelFunc
+	done   map[string]chan error
+	idx    map[string]int
+}
+
+func (e *env) cluster(parts []string, cfg func(name string) wormtx.ParticipantConfig) *cluster {
+	dir, inbox := e.directory(parts...)
+	c := &cluster{e: e, dir: dir, rec: map[string]*Recorder{}, cfg: map[string]wormtx.ParticipantConfig{},
+		cancel: map[string]context.CancelFunc{}, done: map[string]chan error{}, idx: map[string]int{}}
+	for i, p := range parts {
+		c.idx[p] = i
+		pc := wormtx.ParticipantConfig{Policy: fast(20 * time.Millisecond), AbandonAfter: 50 * time.Millisecond}
+		if cfg != nil {
+			pc = cfg(p)
+		}
+		pc.Inbox = inbox[p]
+		pc.Policy.Notify = dir
+		c.cfg[p] = pc
+		c.rec[p] = &Recorder{Name: p}
+		c.start(p)
+	}
+	e.t.Cleanup(c.stop)
+	return c
+}
+
+func (c *cluster) start(p string) {
+	ctx, cancel := context.WithCancel(c.e.ctx)
+	done := make(chan error, 1)
+	c.cancel[p], c.done[p] = cancel, done
+	part := wormtx.NewParticipant(c.e.client(c.idx[p]+1), p, c.cfg[p])
+	rec := c.rec[p]
+	go func() { done <- part.Run(ctx, rec) }()
+}
+
+func (c *cluster) stop() {
+	for p, cancel := range c.cancel {
+		cancel()
+		<-c.done[p]
+		delete(c.cancel, p)
+	}
+}
+
+// waitApplied waits until every participant of tx applied it and returns
+// the common outcome.
+func (c *cluster) waitApplied(tx wormtx.Tx) wormtx.Outcome {
+	c.e.t.Helper()
+	for {
+		var outs []wormtx.Outcome
+		for _, p := range tx.Participants {
+			if o, ok := c.rec[p].Applied(tx.ID); ok {
+				outs = append(outs, o)
+			}
+		}
+		if len(outs) == len(tx.Participants) {
+			for _, o := range outs {
+				if o != outs[0] {
+					c.e.t.Fatalf("%v applied with different outcomes %v", tx.ID, outs)
+				}
+			}
+			return outs[0]
+		}
+		select {
+		case <-c.e.ctx.Done():
+			c.e.t.Fatalf("%v: only %d of %d participants applied it", tx.ID, len(outs), len(tx.Participants))
+		case <-time.After(2 * time.Millisecond):
+		}
+	}
+}
+
+// waitTrimmed waits until tx's segment is collected.
+func (c *cluster) waitTrimmed(tx wormtx.Tx) {
+	c.e.t.Helper()
+	for {
+		_, err := tx.Status(c.e.ctx, c.e.c[0])
+		if errors.Is(err, worm.ErrTrimmed) {
+			return
+		}
+		select {
+		case <-c.e.ctx.Done():
+			c.e.t.Fatalf("%v never trimmed (last: %v)", tx.ID, err)
+		case <-time.After(2 * time.Millisecond):
+		}
+	}
+}
+
+func (c *cluster) checkProblems() {
+	c.e.t.Helper()
+	for _, r := range c.rec {
+		for _, p := range r.Problems() {
+			c.e.t.Error(p)
+		}
+	}
+}
+
+func testInboxCommitAndCollect(e *env) {
+	parts := names(3)
+	cl := e.cluster(parts, nil)
+	co := e.coordinator(0, cl.dir, fast(time.Second))
+	for range 3 {
+		tx := e.begin(co, parts)
+		o, err := co.Await(e.ctx, tx.ID)
+		if err != nil || o != wormtx.Commit {
+			e.t.Fatalf("Await = %v, %v", o, err)
+		}
+		if got := cl.waitApplied(tx); got != wormtx.Commit {
+			e.t.Fatalf("applied %v", got)
+		}
+		cl.waitTrimmed(tx)
+	}
+	cl.checkProblems()
+}
+
+func testCoordinatorCrashBeforeAwait(e *env) {
+	parts := names(3)
+	cl := e.cluster(parts, nil)
+	co := wormtx.NewCoordinator(e.c[0], wormtx.CoordinatorConfig{FirstSeg: e.base + 1, Directory: cl.dir, Policy: fast(-1),
+		Crash: func(p wormtx.CrashPoint, _ int) bool { return p == wormtx.CoordinatorBeforeAwait }})
+	tx := e.begin(co, parts)
+	if _, err := co.Await(e.ctx, tx.ID); !errors.Is(err, wormtx.ErrCrashed) {
+		e.t.Fatalf("Await: %v, want the simulated crash", err)
+	}
+	if o := cl.waitApplied(tx); o != wormtx.Commit {
+		e.t.Fatalf("applied %v, want commit (every participant voted yes)", o)
+	}
+	// The participants abandon the dead coordinator's ack and collect.
+	cl.waitTrimmed(tx)
+	cl.checkProblems()
+}
+
+func testCoordinatorCrashMidPost(e *env) {
+	parts := names(3)
+	cl := e.cluster(parts, nil)
+	co := wormtx.NewCoordinator(e.c[0], wormtx.CoordinatorConfig{FirstSeg: e.base + 1, Directory: cl.dir, Policy: fast(-1),
+		Crash: func(p wormtx.CrashPoint, n int) bool { return p == wormtx.CoordinatorAfterPost && n == 1 }})
+	id, err := co.Begin(e.ctx, parts, nil)
+	if !errors.Is(err, wormtx.ErrCrashed) {
+		e.t.Fatalf("Begin: %v, want the simulated crash", err)
+	}
+	tx := wormtx.Tx{ID: id, Descriptor: wormtx.Descriptor{Participants: parts}}
+	// p0 was told; it votes, times out on p1 and p2, recovers them (abort)
+	// and tells them through their inboxes, so everyone applies abort.
+	if o := cl.waitApplied(tx); o != wormtx.Abort {
+		e.t.Fatalf("applied %v, want abort", o)
+	}
+	st, err := tx.Status(e.ctx, e.c[0])
+	if err == nil && (st.Votes[1] != wormtx.VoteTimedOut || st.Votes[2] != wormtx.VoteTimedOut) {
+		e.t.Fatalf("votes %v; want p1 and p2 timed out", st.Votes)
+	}
+	cl.waitTrimmed(tx)
+	cl.checkProblems()
+}
+
+func testParticipantCrashRestart(e *env) {
+	parts := names(3)
+	var crashed atomic.Bool
+	cl := e.cluster(parts, func(name string) wormtx.ParticipantConfig {
+		pc := wormtx.ParticipantConfig{Policy: fast(20 * time.Millisecond), AbandonAfter: 50 * time.Millisecond}
+		if name == "p2" {
+			pc.Crash = func(p wormtx.CrashPoint, _ wormtx.TxID) bool {
+				return p == wormtx.ParticipantBeforeVote && crashed.CompareAndSwap(false, true)
+			}
+		}
+		return pc
+	})
+	co := e.coordinator(0, cl.dir, fast(time.Second))
+	tx := e.begin(co, parts)
+	o, err := co.Await(e.ctx, tx.ID)
+	if err != nil || o != wormtx.Abort {
+		e.t.Fatalf("Await = %v, %v; want abort (p2 crashed before voting)", o, err)
+	}
+	if err := <-cl.done["p2"]; !errors.Is(err, wormtx.ErrCrashed) {
+		e.t.Fatalf("p2 Run = %v, want crash", err)
+	}
+	delete(cl.cancel, "p2")
+	if _, ok := cl.rec["p2"].Applied(tx.ID); ok {
+		e.t.Fatal("p2 applied before restarting")
+	}
+	cl.start("p2") // restart: the rescan finds the transaction
+	if o := cl.waitApplied(tx); o != wormtx.Abort {
+		e.t.Fatalf("applied %v", o)
+	}
+	cl.waitTrimmed(tx)
+	cl.checkProblems()
+}
+
+func testConcurrentTransactions(e *env) {
+	parts := names(4)
+	// Generous recovery: the expected outcomes assume nobody times out.
+	cl := e.cluster(parts, func(string) wormtx.ParticipantConfig {
+		return wormtx.ParticipantConfig{Policy: fast(5 * time.Second), AbandonAfter: 50 * time.Millisecond}
+	})
+	for _, r := range cl.rec {
+		r.VoteFn = func(tx wormtx.TxID) bool { return tx%5 != 0 }
+	}
+	const n = 16
+	txs := make([]wormtx.Tx, n)
+	outs := make([]wormtx.Outcome, n)
+	errs := make([]error, n)
+	var wg sync.WaitGroup
+	for k := range n {
+		wg.Go(func() {
+			// Coordinators sharing a client identity must not share a
+			// segment range (Alloc tells winners apart by identity).
+			co := wormtx.NewCoordinator(e.client(k), wormtx.CoordinatorConfig{FirstSeg: e.base + 1 + uint64(k)*200, Directory: cl.dir, Policy: fast(time.Second)})
+			ps := []string{parts[k%4], parts[(k+1)%4], parts[(k+2)%4]}
+			id, err := co.Begin(e.ctx, ps, nil)
+			if err != nil {
+				errs[k] = err
+				return
+			}
+			txs[k] = wormtx.Tx{ID: id, Descriptor: wormtx.Descriptor{Participants: ps}}
+			outs[k], errs[k] = co.Await(e.ctx, id)
+		})
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		e.t.Fatal(err)
+	}
+	ids := map[wormtx.TxID]bool{}
+	for k, tx := range txs {
+		if ids[tx.ID] {
+			e.t.Fatalf("two transactions share segment %v", tx.ID)
+		}
+		ids[tx.ID] = true
+		want := wormtx.Commit
+		if tx.ID%5 == 0 {
+			want = wormtx.Abort
+		}
+		if outs[k] != want {
+			e.t.Errorf("%v: outcome %v, want %v", tx.ID, outs[k], want)
+		}
+		if got := cl.waitApplied(tx); got != outs[k] {
+			e.t.Errorf("%v: applied %v, coordinator saw %v", tx.ID, got, outs[k])
+		}
+	}
+	for _, tx := range txs {
+		cl.waitTrimmed(tx)
+	}
+	cl.checkProblems()
+}
