@@ -6,7 +6,9 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"log/slog"
 	"math/rand/v2"
+	"os"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -87,6 +89,9 @@ func RunWith(t *testing.T, open Open, opts Options) {
 		{"Follow", testFollow},
 		{"Foreign", testForeign},
 		{"RivalSequencers", testRivalSequencers},
+		{"StaleGrantIdenticalValue", testStaleGrantIdenticalValue},
+		{"IdleFollowerNeverFills", testIdleFollowerNeverFills},
+		{"FollowWithoutSequencer", testFollowWithoutSequencer},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) { tc.fn(setup(t, open, opts)) })
@@ -115,6 +120,10 @@ var (
 	logBase = rand.Uint64N(1<<30)<<20 + 1<<30
 	logNext atomic.Uint64
 )
+
+// quiet logs warnings and errors only: recoveries and recaptures are
+// routine in the suite.
+var quiet = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 
 type env struct {
 	t       *testing.T
@@ -158,6 +167,7 @@ func (e *env) newConfig(name string) Config {
 		Name:        fmt.Sprintf("%s-%d", name, logNext.Add(1)),
 		FirstSeg:    logBase + logNext.Add(1)<<16,
 		HoleTimeout: 20 * time.Millisecond,
+		Logger:      quiet,
 	}
 }
 
@@ -606,6 +616,10 @@ func testForeign(e *env) {
 // appenders: every append must still land at its own position, and both
 // sides must make progress.
 func testRivalSequencers(e *env) {
+	// Without recapture one side would retry forever: bound it.
+	ctx, cancel := context.WithTimeout(e.ctx, 30*time.Second)
+	defer cancel()
+	e.ctx = ctx
 	seqs := []*wormlog.Sequencer{e.sequencer(0, e.cfg), e.sequencer(1, e.cfg)}
 	const perSide, workers = 40, 3
 	var mu sync.Mutex
@@ -638,5 +652,104 @@ func testRivalSequencers(e *env) {
 	r := wormlog.NewClient(e.space(2), e.cfg, nil)
 	for pos, v := range acked {
 		e.wantRecord(r, pos, v)
+	}
+}
+
+// fixedFirst hands out one given grant first, then defers to src.
+type fixedFirst struct {
+	wormlog.TokenSource
+	first *wormlog.Grant
+	mu    sync.Mutex
+}
+
+func (f *fixedFirst) NextN(ctx context.Context, n int) (wormlog.Grant, error) {
+	f.mu.Lock()
+	g := f.first
+	f.first = nil
+	f.mu.Unlock()
+	if g != nil {
+		return *g, nil
+	}
+	return f.TokenSource.NextN(ctx, n)
+}
+
+// testStaleGrantIdenticalValue: an appender holding a grant of a dead
+// sequencer appends the same bytes another appender already appended at
+// that (re-granted) position. Writing identical bytes is idempotent in
+// WormSpace, so only the per-append nonce keeps the stale appender from
+// being acknowledged at the same position.
+func testStaleGrantIdenticalValue(e *env) {
+	seq := e.sequencer(0, e.cfg)
+	stale, err := seq.NextN(e.ctx, 1)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	seq.Close()
+	seq2 := e.sequencer(1, e.cfg)
+	b := wormlog.NewClient(e.space(2), e.cfg, seq2)
+	pb := e.mustAppend(b, []byte("same"))
+	if pb != stale.Pos {
+		e.t.Fatalf("new sequencer granted %d first, want the unwritten %d again", pb, stale.Pos)
+	}
+	a := wormlog.NewClient(e.space(3), e.cfg, &fixedFirst{TokenSource: seq2, first: &stale})
+	pa := e.mustAppend(a, []byte("same"))
+	if pa == pb {
+		e.t.Fatalf("two appends acknowledged at position %d", pa)
+	}
+	e.wantRecord(a, pa, []byte("same"))
+	e.wantRecord(a, pb, []byte("same"))
+}
+
+// testIdleFollowerNeverFills: a follower waiting at the tail of an idle
+// log must not fill the tail position (the next append goes there).
+func testIdleFollowerNeverFills(e *env) {
+	seq := e.sequencer(0, e.cfg)
+	c := wormlog.NewClient(e.space(1), e.cfg, seq)
+	e.mustAppend(c, []byte("a"))
+	for _, src := range []wormlog.TokenSource{seq, nil} {
+		ctx, cancel := context.WithTimeout(e.ctx, 10*e.cfg.HoleTimeout)
+		f := wormlog.NewClient(e.space(2), e.cfg, src)
+		var got []wormlog.Record
+		for rec, err := range f.Follow(ctx, 0) {
+			if err != nil {
+				e.t.Fatalf("Follow: %v", err)
+			}
+			got = append(got, rec)
+		}
+		cancel()
+		if len(got) != 1 || string(got[0].Value) != "a" {
+			e.t.Fatalf("idle follower (source %T) delivered %+v, want only position 0", src, got)
+		}
+	}
+	if pos := e.mustAppend(c, []byte("b")); pos != 1 {
+		e.t.Fatalf("append after idle following at %d, want 1 (was the tail filled?)", pos)
+	}
+}
+
+// testFollowWithoutSequencer: a follower with no sequencer learns that a
+// stuck position was handed out from later writes (notifications or
+// probing reads) and fills it.
+func testFollowWithoutSequencer(e *env) {
+	seq := e.sequencer(0, e.cfg)
+	c := wormlog.NewClient(e.space(1), e.cfg, seq)
+	e.mustAppend(c, []byte("a"))
+	if _, err := seq.NextN(e.ctx, 1); err != nil { // position 1: abandoned
+		e.t.Fatal(err)
+	}
+	e.mustAppend(c, []byte("c"))
+	f := wormlog.NewClient(e.space(2), e.cfg, nil)
+	ctx, cancel := context.WithTimeout(e.ctx, 10*time.Second)
+	defer cancel()
+	var got []wormlog.Record
+	for rec, err := range f.Follow(ctx, 0) {
+		if err != nil {
+			e.t.Fatalf("Follow: %v", err)
+		}
+		if got = append(got, rec); len(got) == 3 {
+			break
+		}
+	}
+	if len(got) != 3 || got[0].Hole || !got[1].Hole || got[2].Hole || string(got[2].Value) != "c" {
+		e.t.Fatalf("follower without sequencer delivered %+v, want a, hole, c", got)
 	}
 }
