@@ -74,7 +74,7 @@ func (c *Client) Append(ctx context.Context, value []byte) (uint64, error) {
 			}
 			return 0, fmt.Errorf("wormlog: append: %w", err)
 		}
-		ours, err := c.writeAt(ctx, g.Pos, g.Token, rec)
+		ours, err := c.writeAt(ctx, g.Pos, g.Token, rec, false)
 		if err != nil {
 			return 0, err
 		}
@@ -88,10 +88,10 @@ func (c *Client) Append(ctx context.Context, value []byte) (uint64, error) {
 
 // writeAt writes rec at pos with tok until the position is decided. It
 // returns true when rec is the position's value, false when the position
-// certainly does not hold rec (and never will).
-func (c *Client) writeAt(ctx context.Context, pos uint64, tok worm.Token, rec []byte) (bool, error) {
+// certainly does not hold rec (and never will). ambiguous says that an
+// earlier attempt may still take effect.
+func (c *Client) writeAt(ctx context.Context, pos uint64, tok worm.Token, rec []byte, ambiguous bool) (bool, error) {
 	addr := c.lay.addr(pos)
-	ambiguous := false // an earlier attempt may still take effect
 	var b backoff
 	for {
 		err := c.space.Write(ctx, addr, tok, rec)
@@ -139,6 +139,90 @@ func (c *Client) writeAt(ctx context.Context, pos uint64, tok worm.Token, rec []
 			return false, fmt.Errorf("wormlog: append at %d: %w", pos, werr)
 		}
 	}
+}
+
+// AppendBatch appends values and returns their positions (positions[i]
+// holds values[i]). It asks the sequencer for a run of positions (NextN)
+// and writes as many values as the run holds with one WriteBatch; values
+// whose position was taken are appended again at new positions, so the
+// positions ascend with i only when nothing was taken. Each value gets
+// Append's guarantees. On error, the values before the first one without
+// a position may or may not have been appended: positions holds what is
+// known (0 with an unknown outcome).
+func (c *Client) AppendBatch(ctx context.Context, values [][]byte) ([]uint64, error) {
+	if c.src == nil {
+		return nil, ErrNoSequencer
+	}
+	recs := make([][]byte, len(values))
+	for i, v := range values {
+		recs[i] = encodeRecord(rand.Uint64(), v)
+	}
+	positions := make([]uint64, len(values))
+	pending := make([]int, len(values))
+	for i := range pending {
+		pending[i] = i
+	}
+	var b backoff
+	for len(pending) > 0 {
+		g, err := c.src.NextN(ctx, len(pending))
+		if err != nil {
+			if errors.Is(err, worm.ErrUnavailable) && ctx.Err() == nil {
+				if werr := b.wait(ctx, err); werr != nil {
+					return positions, werr
+				}
+				continue
+			}
+			return positions, fmt.Errorf("wormlog: append: %w", err)
+		}
+		batch := pending[:g.N]
+		vals := make([][]byte, len(batch))
+		for j, i := range batch {
+			vals[j] = recs[i]
+		}
+		a := c.lay.addr(g.Pos)
+		err = c.space.WriteBatch(ctx, a.Seg, a.Off, g.Token, vals)
+		var be *worm.BatchError
+		if err != nil && !errors.As(err, &be) && !transient(err) && !errors.Is(err, worm.ErrTrimmed) {
+			return positions, fmt.Errorf("wormlog: append batch at %d: %w", g.Pos, err)
+		}
+		var redo []int
+		fenced, fencedAt := false, uint64(0)
+		for j, i := range batch {
+			pos := g.Pos + uint64(j)
+			werr := err
+			if be != nil {
+				werr = be.Errs[j]
+			}
+			var ours bool
+			switch v, written := worm.WrittenValue(werr); {
+			case werr == nil:
+				ours = true
+			case written:
+				ours = bytes.Equal(v, vals[j])
+			case errors.Is(werr, worm.ErrPreempted), errors.Is(werr, worm.ErrTrimmed):
+				ours = false
+			default: // unknown or unavailable: settle this one position
+				var serr error
+				ours, serr = c.writeAt(ctx, pos, g.Token, vals[j], errors.Is(werr, worm.ErrUnknownOutcome))
+				if serr != nil {
+					return positions, serr
+				}
+			}
+			if ours {
+				positions[i] = pos
+			} else {
+				redo = append(redo, i)
+				if !fenced {
+					fenced, fencedAt = true, pos
+				}
+			}
+		}
+		if fenced {
+			_ = c.src.Fenced(ctx, g, fencedAt)
+		}
+		pending = append(redo, pending[g.N:]...)
+	}
+	return positions, nil
 }
 
 func (c *Client) unknown(pos uint64, err error) error {

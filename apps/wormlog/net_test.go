@@ -6,7 +6,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
+	"os"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -64,9 +66,11 @@ func (pipeAddr) String() string  { return "pipe" }
 
 var logSeq atomic.Uint64
 
+var quiet = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+
 func testConfig() wormlog.Config {
 	n := logSeq.Add(1)
-	return wormlog.Config{Name: fmt.Sprint("t", n), FirstSeg: n << 20, HoleTimeout: 20 * time.Millisecond}
+	return wormlog.Config{Name: fmt.Sprint("t", n), FirstSeg: n << 20, HoleTimeout: 20 * time.Millisecond, Logger: quiet}
 }
 
 // serve starts a sequencer server on l and returns a Remote dialing dial.

@@ -162,31 +162,56 @@ func random(e *env, seed uint64) {
 		spawn(func(r *rand.Rand) {
 			c := wormlog.NewClient(e.space(a), cfg, src)
 			for i := 0; work.Err() == nil; i++ {
-				v := fmt.Sprintf("s%d-a%d-%d", seed, a, i)
+				// One append, or a batch of up to 5.
+				k := 1
+				if r.IntN(4) == 0 {
+					k = 1 + r.IntN(5)
+				}
+				vs := make([][]byte, k)
 				h.mu.Lock()
-				h.appended[v] = true
+				for j := range vs {
+					vs[j] = fmt.Appendf(nil, "s%d-a%d-%d.%d", seed, a, i, j)
+					h.appended[string(vs[j])] = true
+				}
 				h.mu.Unlock()
 				// A generous per-append deadline, independent of the
 				// workload's end, so appends finish definitely.
 				actx, cancel := context.WithTimeout(e.ctx, 20*time.Second)
-				pos, err := c.Append(actx, []byte(v))
+				var positions []uint64
+				var err error
+				if k == 1 {
+					var pos uint64
+					pos, err = c.Append(actx, vs[0])
+					positions = []uint64{pos}
+				} else {
+					positions, err = c.AppendBatch(actx, vs)
+				}
 				cancel()
 				h.mu.Lock()
-				switch {
-				case err == nil:
-					if old, dup := h.acked[pos]; dup {
-						h.fail("position %d acknowledged twice: %q and %q", pos, old, v)
+				for j, v := range vs {
+					switch {
+					case err == nil:
+						pos := positions[j]
+						if old, dup := h.acked[pos]; dup {
+							h.fail("position %d acknowledged twice: %q and %q", pos, old, v)
+						}
+						h.acked[pos], h.ackedBy[string(v)] = string(v), pos
+					case errors.Is(err, worm.ErrUnknownOutcome) || k > 1:
+						h.maybe[string(v)] = true
+					default:
+						h.failed[string(v)] = true
 					}
-					h.acked[pos], h.ackedBy[v] = v, pos
-				case errors.Is(err, worm.ErrUnknownOutcome):
-					h.maybe[v] = true
-				default:
-					h.failed[v] = true
-					h.fail("append %q failed: %v", v, err)
+				}
+				if err != nil {
+					// With a 20s deadline and faults that last a few
+					// operations, an append must not fail.
+					h.fail("append of %d values failed: %v", k, err)
 				}
 				h.mu.Unlock()
 				if err == nil {
-					h.observe(c.Addr(pos).String()+" appender", wormlog.Record{Pos: pos, Value: []byte(v)})
+					for j, v := range vs {
+						h.observe("appender", wormlog.Record{Pos: positions[j], Value: v})
+					}
 				}
 				if r.IntN(4) == 0 {
 					time.Sleep(time.Duration(r.IntN(300)) * time.Microsecond)

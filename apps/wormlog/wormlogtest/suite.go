@@ -79,6 +79,7 @@ func RunWith(t *testing.T, open Open, opts Options) {
 	}{
 		{"AppendRead", testAppendRead},
 		{"ConcurrentAppends", testConcurrentAppends},
+		{"AppendBatch", testAppendBatch},
 		{"FillHole", testFillHole},
 		{"AppendRetriesAfterFill", testAppendRetriesAfterFill},
 		{"RecoverEmpty", testRecoverEmpty},
@@ -751,5 +752,45 @@ func testFollowWithoutSequencer(e *env) {
 	}
 	if len(got) != 3 || got[0].Hole || !got[1].Hole || got[2].Hole || string(got[2].Value) != "c" {
 		e.t.Fatalf("follower without sequencer delivered %+v, want a, hole, c", got)
+	}
+}
+
+func testAppendBatch(e *env) {
+	seq := e.sequencer(0, e.cfg)
+	c := wormlog.NewClient(e.space(1), e.cfg, seq)
+	n := int(e.size)*2 + 5 // several grants: a run never crosses a segment
+	values := make([][]byte, n)
+	for i := range values {
+		values[i] = fmt.Appendf(nil, "b%d", i)
+	}
+	positions, err := c.AppendBatch(e.ctx, values)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	for i, pos := range positions {
+		if pos != uint64(i) {
+			e.t.Fatalf("value %d at %d, want %d (fault-free batches are dense)", i, pos, i)
+		}
+		e.wantRecord(c, pos, values[i])
+	}
+	// A taken position inside a run: that value goes elsewhere, the
+	// others stay.
+	src := &stealing{TokenSource: seq, filler: wormlog.NewClient(e.space(2), e.cfg, nil)}
+	c2 := wormlog.NewClient(e.space(1), e.cfg, src)
+	positions, err = c2.AppendBatch(e.ctx, values[:4])
+	if err != nil || src.err != nil {
+		e.t.Fatal(err, src.err)
+	}
+	stolen := src.stolen.Load()
+	seen := map[uint64]bool{}
+	for i, pos := range positions {
+		if pos == stolen || seen[pos] {
+			e.t.Fatalf("batch positions %v (stolen %d)", positions, stolen)
+		}
+		seen[pos] = true
+		e.wantRecord(c2, pos, values[i])
+	}
+	if rec, err := c2.Read(e.ctx, stolen); err != nil || !rec.Hole {
+		e.t.Fatalf("stolen position %d = %+v, %v; want a hole", stolen, rec, err)
 	}
 }
