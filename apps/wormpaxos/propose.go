@@ -75,8 +75,10 @@ func (r *Replica) place(ctx context.Context, val []byte, alive func() bool) {
 		}
 		ok, err := r.writeSlot(ctx, sl, val, alive)
 		if ok {
+			r.stats.writes.Add(1)
 			return
 		}
+		r.stats.retries.Add(1)
 		if sl.gen != 0 && (errors.Is(err, worm.ErrPreempted) || errors.Is(err, worm.ErrWritten) || errors.Is(err, worm.ErrTrimmed)) {
 			// Another replica (or a hole filler) took the segment: learn
 			// and re-acquire.
@@ -222,6 +224,7 @@ func (r *Replica) acquire(ctx context.Context) error {
 		}
 		if own && uint64(hi) < r.size {
 			r.leaseGen++
+			r.stats.leases.Add(1)
 			r.lease = &lease{seg: s, tok: sc.Token, next: hi, gen: r.leaseGen}
 			r.log.Debug("lease", "seg", s, "next", hi)
 			return nil

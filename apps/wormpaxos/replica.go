@@ -45,6 +45,10 @@ type Replica struct {
 	nextFree  uint64 // Leaderless: next slot to try
 	allocated map[uint64]bool
 
+	stats struct {
+		applied, commands, dups, noops, writes, retries, leases, fills, skips, snapshots, restores atomic.Uint64
+	}
+
 	smu        sync.Mutex // snapshot area state
 	snapLow    uint64     // lowest snapshot slot that may be live
 	snapNext   uint64     // first snapshot slot not known allocated
@@ -115,6 +119,16 @@ func (r *Replica) Applied() uint64 {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return r.applied
+}
+
+// Stats returns the replica's counters.
+func (r *Replica) Stats() Stats {
+	s := &r.stats
+	return Stats{
+		Applied: s.applied.Load(), Commands: s.commands.Load(), Dups: s.dups.Load(), Noops: s.noops.Load(),
+		Writes: s.writes.Load(), Retries: s.retries.Load(), Leases: s.leases.Load(), Fills: s.fills.Load(),
+		Skips: s.skips.Load(), Snapshots: s.snapshots.Load(), Restores: s.restores.Load(),
+	}
 }
 
 // ID is the replica's identity (its Space's ID).
@@ -331,7 +345,9 @@ func (r *Replica) apply(pos uint64, v []byte) error {
 		a := Applied{Index: pos, Cmd: c}
 		if ok && c.Seq <= s.Seq {
 			a.Dup = true
+			r.stats.dups.Add(1)
 		} else {
+			r.stats.commands.Add(1)
 			a.Result = r.sm.Apply(c.Op)
 			r.sessions[c.Client] = session{Seq: c.Seq, Result: a.Result}
 		}
@@ -340,6 +356,10 @@ func (r *Replica) apply(pos uint64, v []byte) error {
 		}
 		r.resolveLocked(wkey{c.Client, c.Seq})
 	}
+	if cmds == nil {
+		r.stats.noops.Add(1)
+	}
+	r.stats.applied.Add(1)
 	delete(r.known, pos)
 	r.applied++
 	r.hint = max(r.hint, r.applied)
@@ -421,6 +441,7 @@ func (r *Replica) learn(ctx context.Context, ls *listens, wg *sync.WaitGroup) er
 					r.log.Debug("skip own segment", "seg", s, "err", err)
 				}
 				if did {
+					r.stats.skips.Add(1)
 					continue
 				}
 			}
@@ -428,6 +449,7 @@ func (r *Replica) learn(ctx context.Context, ls *listens, wg *sync.WaitGroup) er
 				if err := r.fillHole(ctx, j, evidence); err != nil {
 					r.log.Debug("fill hole", "pos", j, "err", err)
 				} else {
+					r.stats.fills.Add(1)
 					stall = time.Time{}
 					continue
 				}

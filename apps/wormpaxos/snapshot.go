@@ -97,6 +97,7 @@ func (r *Replica) writeSnapshot(ctx context.Context, index uint64, data []byte) 
 		if err := retryWrite(ctx, func() error { return r.space.Write(ctx, worm.Addr{Seg: s, Off: 0}, sc.Token, h) }); err != nil {
 			return fmt.Errorf("write snapshot header: %w", err)
 		}
+		r.stats.snapshots.Add(1)
 		r.log.Debug("snapshot stored", "index", index, "slot", k, "bytes", len(data))
 		r.trimBelow(ctx, index, k)
 		return nil
@@ -256,6 +257,7 @@ func (r *Replica) restoreLatest(ctx context.Context) (bool, error) {
 	}
 	close(r.progress)
 	r.progress = make(chan struct{})
+	r.stats.restores.Add(1)
 	r.log.Debug("restored snapshot", "index", snap.Index, "seg", bestSeg)
 	return true, nil
 }

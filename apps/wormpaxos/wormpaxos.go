@@ -95,6 +95,21 @@ type Applied struct {
 	Result []byte // Apply's result (nil when Dup)
 }
 
+// Stats counts what a replica did since New. Fields are cumulative.
+type Stats struct {
+	Applied   uint64 // log positions applied (commands and no-ops)
+	Commands  uint64 // commands applied
+	Dups      uint64 // commands skipped as duplicates of an applied (client, seq)
+	Noops     uint64 // no-op positions applied
+	Writes    uint64 // batch writes that were chosen
+	Retries   uint64 // batch placements that had to move to another slot
+	Leases    uint64 // segments captured for writing (Sticky, Rotating)
+	Fills     uint64 // holes captured and filled after HoleTimeout
+	Skips     uint64 // Rotating: own segments closed early with no-ops
+	Snapshots uint64 // snapshots stored in WormSpace
+	Restores  uint64 // snapshots installed
+}
+
 // Config configures a Replica. Zero values take the documented defaults.
 type Config struct {
 	// Policy: Sticky, Rotating or Leaderless. Required.

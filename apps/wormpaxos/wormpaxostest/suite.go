@@ -111,6 +111,7 @@ func RunOptions(t *testing.T, open Open, o Options) {
 		t.Run(p.String(), func(t *testing.T) {
 			t.Run("Basic", func(t *testing.T) { testBasic(t, open, p, o) })
 			t.Run("Concurrent", func(t *testing.T) { testConcurrent(t, open, p, o) })
+			t.Run("Costs", func(t *testing.T) { testCosts(t, open, p, o) })
 			t.Run("Failover", func(t *testing.T) { testFailover(t, open, p, o) })
 			t.Run("Snapshot", func(t *testing.T) { testSnapshot(t, open, p, o) })
 			t.Run("Randomized", func(t *testing.T) { testRandomized(t, open, p, o) })
@@ -297,10 +298,13 @@ func (n *node) kill() {
 	if err := <-done; err != nil && !errors.Is(err, context.Canceled) {
 		n.h.t.Errorf("replica %s Run: %v", n.space.ID(), err)
 	}
+	n.h.add(r.Stats())
 }
 
 type harness struct {
-	t     *testing.T
+	tmu    sync.Mutex
+	totals wormpaxos.Stats
+	t      *testing.T
 	ctx   context.Context
 	cfg   wormpaxos.Config
 	check *Checker
@@ -344,6 +348,23 @@ func newHarness(t *testing.T, open Open, p wormpaxos.Policy, o Options, tune fun
 		}
 	})
 	return h
+}
+
+func (h *harness) add(s wormpaxos.Stats) {
+	h.tmu.Lock()
+	defer h.tmu.Unlock()
+	t := &h.totals
+	t.Applied += s.Applied
+	t.Commands += s.Commands
+	t.Dups += s.Dups
+	t.Noops += s.Noops
+	t.Writes += s.Writes
+	t.Retries += s.Retries
+	t.Leases += s.Leases
+	t.Fills += s.Fills
+	t.Skips += s.Skips
+	t.Snapshots += s.Snapshots
+	t.Restores += s.Restores
 }
 
 func (h *harness) startAll() {
@@ -491,7 +512,93 @@ func testFailover(t *testing.T, open Open, p wormpaxos.Policy, o Options) {
 		t.Fatalf("restarted replica Get(k) = %q, %v, %v", v, ok, err)
 	}
 	h.converge()
-	t.Logf("%v: failover write took %v", p, took)
+	var fills, leases uint64
+	for _, n := range h.nodes[1:] {
+		s := n.cur().Stats()
+		fills, leases = fills+s.Fills, leases+s.Leases
+	}
+	switch p {
+	case wormpaxos.Rotating:
+		// The dead owner's segments were captured and filled by others.
+		if fills == 0 {
+			t.Errorf("rotating: no hole was filled after the owner died")
+		}
+	case wormpaxos.Sticky:
+		if leases == 0 {
+			t.Errorf("sticky: no surviving replica took the lead")
+		}
+	}
+	t.Logf("%v: failover write took %v; survivors filled %d holes, took %d leases", p, took, fills, leases)
+}
+
+// counting counts the Space calls of one replica.
+type counting struct {
+	worm.Space
+	writes, batches, captures, segCaptures atomic.Int64
+}
+
+func (c *counting) Write(ctx context.Context, a worm.Addr, tok worm.Token, v []byte) error {
+	c.writes.Add(1)
+	return c.Space.Write(ctx, a, tok, v)
+}
+
+func (c *counting) WriteBatch(ctx context.Context, seg uint64, off uint32, tok worm.Token, vs [][]byte) error {
+	c.batches.Add(1)
+	return c.Space.WriteBatch(ctx, seg, off, tok, vs)
+}
+
+func (c *counting) Capture(ctx context.Context, a worm.Addr) (worm.Token, error) {
+	c.captures.Add(1)
+	return c.Space.Capture(ctx, a)
+}
+
+func (c *counting) CaptureSegment(ctx context.Context, seg uint64) (worm.SegmentCapture, error) {
+	c.segCaptures.Add(1)
+	return c.Space.CaptureSegment(ctx, seg)
+}
+
+// testCosts checks the failure-free cost of each policy: sequential
+// commands from one replica need one Write each (Sticky, Rotating: the
+// segment is captured once) or one Capture and one Write (Leaderless), and
+// no command waits for a hole timeout (Rotating: idle owners skip their
+// segments as soon as they see the log move on).
+func testCosts(t *testing.T, open Open, p wormpaxos.Policy, o Options) {
+	h := newHarness(t, open, p, o, func(c *wormpaxos.Config) { c.HoleTimeout = 3 * time.Second; c.MaxBatch = 1; c.Pipeline = 1 })
+	cnt := &counting{Space: h.nodes[1].space}
+	h.nodes[1].space = cnt
+	h.startAll()
+	size := int(cnt.SegmentSize())
+	n := 3*size + 3
+	c := kv.NewClient("cost", h.nodes[1])
+	start := time.Now()
+	for j := range n {
+		if err := c.Put(h.ctx, "k", strconv.Itoa(j)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	took := time.Since(start)
+	if took >= h.cfg.HoleTimeout {
+		t.Errorf("%d commands took %v: something waited for the hole timeout", n, took)
+	}
+	w, b, cp, sc := cnt.writes.Load(), cnt.batches.Load(), cnt.captures.Load(), cnt.segCaptures.Load()
+	t.Logf("%v: %d commands in %v: %d Write, %d WriteBatch, %d Capture, %d CaptureSegment", p, n, took, w, b, cp, sc)
+	if w != int64(n) {
+		t.Errorf("%d Writes for %d commands; want one each", w, n)
+	}
+	switch p {
+	case wormpaxos.Leaderless:
+		if cp != int64(n) {
+			t.Errorf("%d Captures for %d commands; want one each", cp, n)
+		}
+	default:
+		if cp != 0 {
+			t.Errorf("%d per-register Captures; want none", cp)
+		}
+		if max := int64(n/size + 2); sc > max {
+			t.Errorf("%d CaptureSegments for %d commands in segments of %d; want at most %d", sc, n, size, max)
+		}
+	}
+	h.converge()
 }
 
 func testSnapshot(t *testing.T, open Open, p wormpaxos.Policy, o Options) {
@@ -521,6 +628,9 @@ func testSnapshot(t *testing.T, open Open, p wormpaxos.Policy, o Options) {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
+	if s := h.nodes[0].cur().Stats(); s.Snapshots == 0 {
+		t.Fatalf("no snapshot stored: %+v", s)
+	}
 	// A new replica restores from the snapshot and replays the rest.
 	h.nodes[2].start()
 	for j := range 7 {
@@ -539,6 +649,9 @@ func testSnapshot(t *testing.T, open Open, p wormpaxos.Policy, o Options) {
 	}
 	if v, _, _ := kv.NewClient("", h.nodes[2]).Get(ctx, "k0"); v == "dup" {
 		t.Fatal("a retried command was applied again")
+	}
+	if s := h.nodes[2].cur().Stats(); s.Restores == 0 {
+		t.Fatalf("the new replica did not restore a snapshot: %+v", s)
 	}
 }
 
@@ -660,5 +773,9 @@ func randomized(t *testing.T, open Open, p wormpaxos.Policy, o Options, seed uin
 	if err := h.check.Err(); err != nil {
 		t.Fatal(err)
 	}
-	t.Logf("%d ops (%d completed), %d log positions, porcupine %v", len(ops), known, h.check.Positions(), res)
+	for _, n := range h.nodes {
+		n.kill()
+	}
+	t.Logf("%d ops (%d completed), %d log positions with commands, porcupine %v", len(ops), known, h.check.Positions(), res)
+	t.Logf("replica totals over all incarnations: %+v", h.totals)
 }
