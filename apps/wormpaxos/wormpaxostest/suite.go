@@ -305,10 +305,10 @@ type harness struct {
 	tmu    sync.Mutex
 	totals wormpaxos.Stats
 	t      *testing.T
-	ctx   context.Context
-	cfg   wormpaxos.Config
-	check *Checker
-	nodes []*node
+	ctx    context.Context
+	cfg    wormpaxos.Config
+	check  *Checker
+	nodes  []*node
 }
 
 func newHarness(t *testing.T, open Open, p wormpaxos.Policy, o Options, tune func(*wormpaxos.Config)) *harness {
