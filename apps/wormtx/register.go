@@ -186,3 +186,22 @@ func Open(ctx context.Context, sp worm.Space, id TxID) (Tx, error) {
 		}
 	}
 }
+
+// Settle is the capture+write idiom for a register anyone may fill: it
+// returns the register's chosen value, writing fill first when it is
+// empty. Concurrent callers with different fills agree on one value; a
+// value that reached some acceptors is carried over. Errors: non-transient
+// Space errors (worm.ErrTrimmed, worm.ErrUnallocated, ...), or the last
+// error once ctx ends.
+func Settle(ctx context.Context, sp worm.Space, addr worm.Addr, fill []byte) ([]byte, error) {
+	v, _, err := settle(ctx, sp, addr, fill)
+	return v, err
+}
+
+// WriteOwn writes value at ballot 0 into a register the caller is the only
+// ballot-0 writer of (and always with the same value), resolving ambiguous
+// outcomes by reading, and returns the chosen value. If a capture preempts
+// it, the register is settled with fill (see Settle). Errors as Settle.
+func WriteOwn(ctx context.Context, sp worm.Space, addr worm.Addr, value, fill []byte) ([]byte, error) {
+	return writeOwn(ctx, sp, addr, value, fill)
+}
