@@ -1,0 +1,128 @@
+// Package wormpaxos is state machine replication over WormSpace: a
+// replicated log whose position i is write-once register i, replicas that
+// learn by reading the registers in order and applying them to a
+// StateMachine, and proposers that write the next free register. It is
+// written against worm.Space alone, so it runs unchanged on the atomic
+// specification (worm/spec) and on the distributed client (worm/client).
+//
+// # Usage
+//
+// Every replica of one log gets the same Config apart from Index, its own
+// worm.Space client (distinct IDs) and its own StateMachine:
+//
+//	rep, err := wormpaxos.New(space, kv.NewStore(), wormpaxos.Config{
+//		Policy:   wormpaxos.Sticky,
+//		LogBase:  1000,   // log position i lives at FlatAddr(1000*SegmentSize + i)
+//		Replicas: 3,
+//		Index:    0,
+//		SnapshotEvery: 10000,
+//	})
+//	go rep.Run(ctx)                       // learner loop; returns when ctx ends
+//	res, err := rep.Propose(ctx, wormpaxos.Command{Client: "c1", Seq: 1, Op: op})
+//	val, err := rep.Read(ctx, query)      // linearizable query
+//
+// Propose returns after the command is applied at this replica, with the
+// result of StateMachine.Apply. apps/wormpaxos/kv is a key-value store on
+// top, with a network front.
+//
+// # Design
+//
+// Register values are encoded batches of commands (client, sequence, op)
+// or a no-op filler. A replica's learner (Run) reads position applied,
+// applies it and moves on; at an empty register it waits for a Listen
+// notification (it listens to its segment and the next few) or a polling
+// timeout. Values the replica wrote itself, or saw in a capture, are
+// applied without reading them again. A hole — an empty register below a
+// written one — is left alone for HoleTimeout (a proposer may still be
+// writing it); after that the learner captures the hole's segment
+// (CaptureSegment) and fills its empty registers with no-ops, up to the
+// highest written one, or to the segment's end when the log already
+// continues in a later segment. Capture finishes any value that may
+// already be chosen, so a fill never overwrites a command.
+//
+// Proposing is the same code path for every Policy: commands queue; Pipeline
+// workers each take up to MaxBatch of them, encode one register value and
+// place it. Placement asks the policy for a slot (a register and a token),
+// writes it, and on ErrPreempted or *WrittenError (someone else took the
+// register) learns what is there and places the batch again elsewhere.
+// ErrUnavailable is retried at the same slot (nothing happened, and
+// abandoning the slot would leave a hole); ErrUnknownOutcome is resolved
+// by reading the register, and when that is inconclusive by retrying the
+// identical write. A batch may thus end up in two registers; see
+// exactly-once below.
+//
+// # Policies
+//
+//   - Sticky: one leader writes commands with one Write each. A replica
+//     asked to propose that holds no lease takes the lead: it Allocs the
+//     segment at the log's frontier (the Alloc metadata records the
+//     leader), captures it in one round, fills the holes below its highest
+//     written register with no-ops, and writes from there. A segment whose
+//     Alloc another replica won is captured and filled to its end, which
+//     fences that leader; the new leader writes only into segments it
+//     allocated. A preempted leader learns and re-acquires. Leadership
+//     moves on demand (there is no forwarding between replicas): clients
+//     that stick to one replica keep one leader; clients spread over
+//     replicas make the lead move, each move costing a segment of no-ops.
+//   - Rotating (Mencius): replica r owns the log segments with
+//     (seg - LogBase) mod Replicas == r and writes commands only there,
+//     capturing each of its segments once. An owner whose learner sees the
+//     log continue past its segment fills the unused rest with no-ops at
+//     once (skip ahead); a dead owner's segment is captured and filled by
+//     the other replicas' learners after HoleTimeout.
+//   - Leaderless: every batch is a Capture and a Write of the next free
+//     register. Two round trips, no leader, no fencing.
+//
+// # Exactly-once
+//
+// A command carries (Client, Seq). The replica wraps the state machine
+// with a session table (client → last applied sequence and its result),
+// part of the replicated state: a command whose Seq is not newer than its
+// client's last is skipped as a duplicate, wherever in the log it lands,
+// and a Propose of an already applied (Client, Seq) returns the cached
+// result. So a batch chosen twice, or a client retrying at another replica
+// after a timeout, applies each command once. Clients must number their
+// commands increasingly and keep one outstanding at a time; the table
+// keeps one entry per client forever (no expiry).
+//
+// # Snapshots and trim
+//
+// With SnapshotEvery set, the learner snapshots the state machine and the
+// session table every SnapshotEvery positions and stores the snapshot in
+// WormSpace, in its own area (segments from SnapshotBase): one segment per
+// snapshot, allocated in order (the Alloc metadata records the snapshot's
+// log position), chunks in registers 1..n, then a header (position, size,
+// checksum) in register 0, so a header implies a complete snapshot. Once
+// its snapshot is complete, the replica trims the log segments wholly
+// below the snapshot position and the snapshot segments of older
+// positions: the newest snapshot is never trimmed, and the log is trimmed
+// only below a durable snapshot. A replica that starts, or reads a trimmed
+// register, restores the newest snapshot and replays the log from there.
+//
+// # Reads
+//
+// Read is a read-index barrier: it reads registers from the applied
+// position up to the first empty one, waits until the local state machine
+// has applied that prefix and then queries it. A command is acknowledged
+// only after every position up to its own is chosen, so every command
+// acknowledged before Read started lies below that empty register. Reads
+// write nothing to the log.
+//
+// # Invariants and how they are tested
+//
+// Replicas' applied prefixes are identical, and no acknowledged command is
+// lost or applied twice (reference, section 4). apps/wormpaxos/wormpaxostest
+// checks them against any worm.Space: every replica reports each applied
+// command (Config.OnApply) to a checker that compares positions across
+// replicas and incarnations, rejects a second non-duplicate application of
+// a (client, sequence), and matches each acknowledged command to its
+// application and result. Key-value histories are checked for
+// linearizability with porcupine. The randomized runs combine clients that
+// retry across replicas, replica crashes and restarts, snapshots, and
+// fault injection; this package's tests run the suite on worm/spec with
+// Store.InjectFault.
+//
+// This package imports the standard library and package worm. It must
+// never import worm/paxos, worm/wire, worm/server, worm/client or
+// worm/storage (its tests may import worm/spec and worm/check).
+package wormpaxos
