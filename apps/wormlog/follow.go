@@ -112,7 +112,9 @@ func (f *follower) next(ctx context.Context) (Record, error) {
 			return rec, nil
 		case errors.Is(err, ErrUnwritten):
 			// wait below
-		case errors.Is(err, worm.ErrUnavailable) && ctx.Err() == nil:
+		case transient(err) && ctx.Err() == nil:
+			// Unavailable, or a read that had to repair a register and
+			// met contention.
 			if werr := b.wait(ctx, err); werr != nil {
 				return Record{}, werr
 			}

@@ -15,9 +15,11 @@ import (
 // specNemesis injects spec faults: unknown outcomes applied or not, and
 // unavailability, on any operation or on writes only.
 type specNemesis struct {
-	st  *spec.Store
-	mu  sync.Mutex
-	ids map[string]bool
+	st       *spec.Store
+	mu       sync.Mutex
+	ids      map[string]bool
+	injected int // faults planned
+	unfired  int // faults still pending when healed
 }
 
 func (n *specNemesis) Inject(rng *rand.Rand, target worm.Space) {
@@ -32,13 +34,18 @@ func (n *specNemesis) Inject(rng *rand.Rand, target worm.Space) {
 	case 1:
 		ops = []spec.Op{spec.OpCapture, spec.OpCaptureSegment, spec.OpAlloc, spec.OpCheck}
 	}
-	n.st.InjectFault(target.ID(), f, 1+rng.IntN(2), ops...)
+	k := 1 + rng.IntN(2)
+	n.mu.Lock()
+	n.injected += k
+	n.mu.Unlock()
+	n.st.InjectFault(target.ID(), f, k, ops...)
 }
 
 func (n *specNemesis) Heal() {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	for id := range n.ids {
+		n.unfired += n.st.PendingFaults(id)
 		n.st.InjectFault(id, spec.FaultNone, 0)
 	}
 }
@@ -69,9 +76,15 @@ func TestSuiteSpecFaults(t *testing.T) {
 	if testing.Short() {
 		seeds = 6
 	}
+	nem := &specNemesis{st: st, ids: map[string]bool{}}
 	wormlogtest.RunWith(t, openSpec(st), wormlogtest.Options{
-		Nemesis:  &specNemesis{st: st, ids: map[string]bool{}},
+		Nemesis:  nem,
 		Seeds:    seeds,
 		Duration: 200 * time.Millisecond,
 	})
+	fired := nem.injected - nem.unfired
+	t.Logf("faults: %d injected, %d fired", nem.injected, fired)
+	if fired < seeds {
+		t.Errorf("only %d faults fired over %d seeds: the nemesis is not reaching the workload", fired, seeds)
+	}
 }
