@@ -226,6 +226,8 @@ func (r *Replica) acquire(ctx context.Context) error {
 			r.leaseGen++
 			r.stats.leases.Add(1)
 			r.lease = &lease{seg: s, tok: sc.Token, next: hi, gen: r.leaseGen}
+			r.leased[s] = true
+			r.setLeader(r.space.ID(), s)
 			r.log.Debug("lease", "seg", s, "next", hi)
 			return nil
 		}
@@ -308,8 +310,15 @@ func (r *Replica) closeOwn(ctx context.Context, s uint64) (bool, error) {
 		}
 		return true, nil
 	}
-	if r.lease != nil && r.lease.seg > s {
-		return false, nil // we moved on; the timeout path fills leftovers
+	for k := range r.leased {
+		if k < s {
+			delete(r.leased, k)
+		}
+	}
+	if r.leased[s] {
+		// We wrote here and moved on: what is empty may be our own writes
+		// in flight; the timeout path fills what they leave.
+		return false, nil
 	}
 	if _, err := r.space.Alloc(ctx, s, r.meta); err != nil {
 		return false, err

@@ -44,10 +44,16 @@ type Replica struct {
 	leaseGen  uint64
 	nextFree  uint64 // Leaderless: next slot to try
 	allocated map[uint64]bool
+	leased    map[uint64]bool // segments this replica held a lease on
 
 	stats struct {
 		applied, commands, dups, noops, writes, retries, leases, fills, skips, snapshots, restores atomic.Uint64
 	}
+
+	lmu          sync.Mutex // leader knowledge (Sticky forwarding)
+	leader       string
+	leaderSeg    uint64
+	suspectUntil time.Time
 
 	smu        sync.Mutex // snapshot area state
 	snapLow    uint64     // lowest snapshot slot that may be live
@@ -110,6 +116,7 @@ func New(space worm.Space, sm StateMachine, cfg Config) (*Replica, error) {
 		wake:      make(chan struct{}, 1),
 		queue:     make(chan *request, 4096),
 		allocated: map[uint64]bool{},
+		leased:    map[uint64]bool{},
 	}
 	return r, nil
 }
@@ -119,6 +126,68 @@ func (r *Replica) Applied() uint64 {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return r.applied
+}
+
+// Leader returns the replica this one believes leads (Sticky with
+// Config.Forward set; empty otherwise or when unknown).
+func (r *Replica) Leader() string {
+	r.lmu.Lock()
+	defer r.lmu.Unlock()
+	return r.leader
+}
+
+func (r *Replica) forwardTarget(forward bool) string {
+	if !forward || r.cfg.Policy != Sticky || r.cfg.Forward == nil {
+		return ""
+	}
+	r.lmu.Lock()
+	defer r.lmu.Unlock()
+	if r.leader == "" || r.leader == r.space.ID() || time.Now().Before(r.suspectUntil) {
+		return ""
+	}
+	return r.leader
+}
+
+// suspect stops forwarding to leader until another leader is learned or
+// a while has passed.
+func (r *Replica) suspect(leader string) {
+	r.lmu.Lock()
+	defer r.lmu.Unlock()
+	if r.leader == leader {
+		r.suspectUntil = time.Now().Add(4 * r.cfg.HoleTimeout)
+	}
+}
+
+// setLeader records that id leads from segment seg on.
+func (r *Replica) setLeader(id string, seg uint64) {
+	r.lmu.Lock()
+	defer r.lmu.Unlock()
+	if seg < r.leaderSeg {
+		return
+	}
+	if id != r.leader {
+		r.suspectUntil = time.Time{}
+	}
+	r.leader, r.leaderSeg = id, seg
+}
+
+// learnLeader (Sticky with forwarding) learns the leader from the Alloc
+// record of a segment that holds commands: leaders write commands only
+// into segments they allocated.
+func (r *Replica) learnLeader(ctx context.Context, seg uint64) {
+	r.lmu.Lock()
+	known := seg == r.leaderSeg && r.leader != ""
+	r.lmu.Unlock()
+	if known {
+		return
+	}
+	info, err := r.space.Check(ctx, seg)
+	if err != nil {
+		return
+	}
+	if string(info.Meta) == "wormpaxos sticky "+info.Owner {
+		r.setLeader(info.Owner, seg)
+	}
 }
 
 // Stats returns the replica's counters.
@@ -191,7 +260,23 @@ func empty(err error) bool {
 // latest returns ErrStale. When ctx ends first, the command may still be
 // applied later (at most once): retry it with the same (Client, Seq) to
 // learn its result.
+//
+// Under Sticky with Config.Forward set, a replica that knows another
+// leader forwards cmd there (the leader runs ProposeLocal) and then waits
+// for the local application; when forwarding fails, it takes the lead
+// itself.
 func (r *Replica) Propose(ctx context.Context, cmd Command) ([]byte, error) {
+	return r.propose(ctx, cmd, true)
+}
+
+// ProposeLocal is Propose without forwarding: this replica places the
+// command itself (under Sticky it takes the lead if it does not hold it).
+// The receiving end of Config.Forward calls it.
+func (r *Replica) ProposeLocal(ctx context.Context, cmd Command) ([]byte, error) {
+	return r.propose(ctx, cmd, false)
+}
+
+func (r *Replica) propose(ctx context.Context, cmd Command, forward bool) ([]byte, error) {
 	if cmd.Client == "" || cmd.Seq == 0 {
 		return nil, fmt.Errorf("%w: client %q seq %d", ErrInvalid, cmd.Client, cmd.Seq)
 	}
@@ -215,6 +300,27 @@ func (r *Replica) Propose(ctx context.Context, cmd Command) ([]byte, error) {
 		}
 		r.mu.Unlock()
 	}()
+	if leader := r.forwardTarget(forward); leader != "" {
+		_, err := r.cfg.Forward(ctx, leader, cmd)
+		switch {
+		case err == nil:
+			// Chosen and applied at the leader: wait for it here.
+			select {
+			case o := <-ch:
+				return o.res, o.err
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			case <-r.stopped:
+				return nil, ErrStopped
+			}
+		case errors.Is(err, ErrStale):
+			return nil, err
+		case ctx.Err() != nil:
+			return nil, ctx.Err()
+		}
+		r.suspect(leader)
+		r.log.Debug("forward failed; taking the lead", "leader", leader, "err", err)
+	}
 	cmd.Op = slices.Clone(cmd.Op)
 	select {
 	case r.queue <- &request{ctx: ctx, cmd: cmd}:
@@ -330,15 +436,16 @@ func (r *Replica) waitApplied(ctx context.Context, n uint64) error {
 }
 
 // apply applies the chosen value v at position pos.
-func (r *Replica) apply(pos uint64, v []byte) error {
+// It reports whether the register held commands.
+func (r *Replica) apply(pos uint64, v []byte) (bool, error) {
 	cmds, err := decodeEntry(v)
 	if err != nil {
-		return fmt.Errorf("log position %d (%v): %w", pos, r.addr(pos), err)
+		return false, fmt.Errorf("log position %d (%v): %w", pos, r.addr(pos), err)
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if pos != r.applied {
-		return nil // a snapshot restore moved past pos
+		return false, nil // a snapshot restore moved past pos
 	}
 	for _, c := range cmds {
 		s, ok := r.sessions[c.Client]
@@ -365,7 +472,7 @@ func (r *Replica) apply(pos uint64, v []byte) error {
 	r.hint = max(r.hint, r.applied)
 	close(r.progress)
 	r.progress = make(chan struct{})
-	return nil
+	return len(cmds) > 0, nil
 }
 
 // Run is the replica's learner loop: it restores the newest snapshot,
@@ -416,8 +523,12 @@ func (r *Replica) learn(ctx context.Context, ls *listens, wg *sync.WaitGroup) er
 		}
 		switch {
 		case err == nil:
-			if err := r.apply(j, v); err != nil {
+			cmds, err := r.apply(j, v)
+			if err != nil {
 				return err
+			}
+			if cmds && r.cfg.Policy == Sticky && r.cfg.Forward != nil {
+				r.learnLeader(ctx, r.segOf(j))
 			}
 			stall, failures = time.Time{}, 0
 			r.maybeSnapshot(ctx, wg)

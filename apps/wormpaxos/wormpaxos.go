@@ -147,6 +147,11 @@ type Config struct {
 	ChunkSize int
 	// Logger receives diagnostics. Default slog.Default().
 	Logger *slog.Logger
+	// Forward (Sticky), when set, sends a command to the replica whose ID
+	// is leader; the receiving end must call that replica's ProposeLocal.
+	// When it fails, the proposing replica takes the lead itself. Without
+	// Forward, every replica asked to propose takes the lead.
+	Forward func(ctx context.Context, leader string, cmd Command) ([]byte, error)
 	// OnApply, when set, observes every command in log order, under the
 	// replica's lock (it must not call the Replica). For tests and
 	// metrics.

@@ -35,7 +35,7 @@
 // # Wire protocol
 //
 // Each frame is a 4-byte big-endian length and a payload. A request is
-// kind ('P' propose, 'R' read), uvarint-prefixed client id, uvarint
+// kind ('P' propose, 'L' propose without forwarding, 'R' read), uvarint-prefixed client id, uvarint
 // sequence, then the encoded operation. A response is a status byte (0 ok,
 // 1 failed: try another replica, 2 stale sequence) and the encoded result
 // or an error message. One request is outstanding per connection.

@@ -104,6 +104,14 @@ func handle(ctx context.Context, rep Backend, req []byte) []byte {
 	switch kind {
 	case 'P':
 		res, err = rep.Propose(ctx, wormpaxos.Command{Client: client, Seq: seq, Op: op})
+	case 'L':
+		if l, ok := rep.(interface {
+			ProposeLocal(context.Context, wormpaxos.Command) ([]byte, error)
+		}); ok {
+			res, err = l.ProposeLocal(ctx, wormpaxos.Command{Client: client, Seq: seq, Op: op})
+		} else {
+			res, err = rep.Propose(ctx, wormpaxos.Command{Client: client, Seq: seq, Op: op})
+		}
 	case 'R':
 		res, err = rep.Read(ctx, op)
 	default:
@@ -139,6 +147,29 @@ func Dial(ctx context.Context, d Dialer, addrs ...string) (*Client, error) {
 		bs[i] = &remote{d: d, addr: a}
 	}
 	return NewClient("", bs...), nil
+}
+
+// Forwarder returns a wormpaxos.Config.Forward function that sends a
+// command to the leader's Serve front, found by replica ID in addrs; the
+// leader proposes it without forwarding it again (ProposeLocal).
+func Forwarder(d Dialer, addrs map[string]string) func(context.Context, string, wormpaxos.Command) ([]byte, error) {
+	var mu sync.Mutex
+	conns := map[string]*remote{}
+	return func(ctx context.Context, leader string, cmd wormpaxos.Command) ([]byte, error) {
+		mu.Lock()
+		r := conns[leader]
+		if r == nil {
+			a, ok := addrs[leader]
+			if !ok {
+				mu.Unlock()
+				return nil, fmt.Errorf("kv: no address for replica %q", leader)
+			}
+			r = &remote{d: d, addr: a}
+			conns[leader] = r
+		}
+		mu.Unlock()
+		return r.call(ctx, 'L', cmd.Client, cmd.Seq, cmd.Op)
+	}
 }
 
 // remote is a Backend over one connection to Serve.

@@ -112,6 +112,9 @@ func RunOptions(t *testing.T, open Open, o Options) {
 			t.Run("Basic", func(t *testing.T) { testBasic(t, open, p, o) })
 			t.Run("Concurrent", func(t *testing.T) { testConcurrent(t, open, p, o) })
 			t.Run("Costs", func(t *testing.T) { testCosts(t, open, p, o) })
+			if p == wormpaxos.Sticky {
+				t.Run("Forward", func(t *testing.T) { testForward(t, open, o) })
+			}
 			t.Run("Failover", func(t *testing.T) { testFailover(t, open, p, o) })
 			t.Run("Snapshot", func(t *testing.T) { testSnapshot(t, open, p, o) })
 			t.Run("Randomized", func(t *testing.T) { testRandomized(t, open, p, o) })
@@ -367,6 +370,20 @@ func (h *harness) add(s wormpaxos.Stats) {
 	t.Restores += s.Restores
 }
 
+// forward makes Sticky replicas forward to the leader in process.
+func (h *harness) forward() {
+	h.cfg.Forward = func(ctx context.Context, leader string, cmd wormpaxos.Command) ([]byte, error) {
+		for _, n := range h.nodes {
+			if n.space.ID() == leader {
+				if r := n.cur(); r != nil {
+					return r.ProposeLocal(ctx, cmd)
+				}
+			}
+		}
+		return nil, errDown
+	}
+}
+
 func (h *harness) startAll() {
 	for _, n := range h.nodes {
 		n.start()
@@ -479,6 +496,61 @@ func testConcurrent(t *testing.T, open Open, p wormpaxos.Policy, o Options) {
 	if n := h.check.Positions(); n == 0 {
 		t.Fatal("no positions observed")
 	}
+}
+
+// testForward: with forwarding, clients spread over all replicas keep one
+// leader (no lead moves per command); when the leader dies, forwarding
+// fails and another replica takes the lead.
+func testForward(t *testing.T, open Open, o Options) {
+	h := newHarness(t, open, wormpaxos.Sticky, o, nil)
+	h.forward()
+	h.startAll()
+	size := int(h.nodes[0].space.SegmentSize())
+	if err := kv.NewClient("w", h.nodes[0]).Put(h.ctx, "warm", "up"); err != nil {
+		t.Fatal(err)
+	}
+	h.converge()
+	const clients = 6
+	ops := 2 * size
+	run := func(tag string) {
+		var wg sync.WaitGroup
+		for i := range clients {
+			wg.Go(func() {
+				c := kv.NewClient(fmt.Sprintf("%s%d", tag, i), h.nodes[i%3], h.nodes[(i+1)%3], h.nodes[(i+2)%3])
+				c.AttemptTimeout = time.Second
+				for j := range ops {
+					if err := c.Put(h.ctx, fmt.Sprintf("k%d", i), strconv.Itoa(j)); err != nil {
+						t.Errorf("client %d: %v", i, err)
+						return
+					}
+				}
+			})
+		}
+		wg.Wait()
+	}
+	run("a")
+	var leases uint64
+	for _, n := range h.nodes {
+		leases += n.cur().Stats().Leases
+	}
+	// One leader: one lease per segment it fills, plus slack for the
+	// first contention.
+	if max := uint64(clients*ops/size + 6); leases > max {
+		t.Errorf("%d leases for %d commands in segments of %d: the lead moved around (want at most %d)", leases, clients*ops, size, max)
+	}
+	h.converge()
+	leader := h.nodes[1].cur().Leader()
+	if leader == "" {
+		t.Fatal("replica 1 knows no leader")
+	}
+	t.Logf("leader %s after %d commands, %d leases", leader, clients*ops, leases)
+	for _, n := range h.nodes {
+		if n.space.ID() == leader {
+			n.kill()
+		}
+	}
+	run("b")
+	h.converge()
 }
 
 func testFailover(t *testing.T, open Open, p wormpaxos.Policy, o Options) {
@@ -683,12 +755,16 @@ func randomized(t *testing.T, open Open, p wormpaxos.Policy, o Options, seed uin
 	rng := rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15))
 	batch := []int{1, 4, 16}[rng.IntN(3)]
 	snapEvery := []uint64{0, 16, 40}[rng.IntN(3)]
+	fwd := p == wormpaxos.Sticky && rng.IntN(2) == 0
 	h := newHarness(t, open, p, o, func(c *wormpaxos.Config) {
 		c.MaxBatch = batch
 		c.SnapshotEvery = snapEvery
 		c.Pipeline = 1 + rng.IntN(3)
 	})
-	t.Logf("batch %d, snapshot every %d, pipeline %d", batch, snapEvery, h.cfg.Pipeline)
+	if fwd {
+		h.forward()
+	}
+	t.Logf("batch %d, snapshot every %d, pipeline %d, forwarding %v", batch, snapEvery, h.cfg.Pipeline, fwd)
 	h.startAll()
 	hist := NewKVHistory()
 	ctx, cancel := context.WithTimeout(h.ctx, o.Duration)
