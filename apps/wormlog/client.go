@@ -93,6 +93,7 @@ func (c *Client) Append(ctx context.Context, value []byte) (uint64, error) {
 func (c *Client) writeAt(ctx context.Context, pos uint64, tok worm.Token, rec []byte, ambiguous bool) (bool, error) {
 	addr := c.lay.addr(pos)
 	var b backoff
+	unknowns := 0
 	for {
 		err := c.space.Write(ctx, addr, tok, rec)
 		if v, ok := worm.WrittenValue(err); ok {
@@ -100,22 +101,28 @@ func (c *Client) writeAt(ctx context.Context, pos uint64, tok worm.Token, rec []
 			// value).
 			return bytes.Equal(v, rec), nil
 		}
+		if errors.Is(err, worm.ErrUnknownOutcome) {
+			ambiguous = true
+			unknowns++
+		}
 		switch {
 		case err == nil:
 			return true, nil
-		case errors.Is(err, worm.ErrPreempted):
-			if !ambiguous {
-				return false, nil // certainly no effect
-			}
-			// An earlier attempt may have reached some acceptors: decide
-			// the register ourselves.
+		case errors.Is(err, worm.ErrPreempted) && !ambiguous:
+			return false, nil // certainly no effect
+		case errors.Is(err, worm.ErrPreempted), unknowns >= maxUnknownRetries:
+			// An earlier attempt may have reached some acceptors, and
+			// retrying does not settle it (a Paxos write preempted after
+			// reaching some acceptors keeps ending in an unknown
+			// outcome): decide the register ourselves.
 			v, err := c.fill(ctx, addr)
 			if err != nil {
 				return false, c.unknown(pos, err)
 			}
 			return bytes.Equal(v, rec), nil
 		case errors.Is(err, worm.ErrUnknownOutcome):
-			ambiguous = true
+			// Retry the identical write: idempotent, and usually it
+			// settles.
 		case errors.Is(err, worm.ErrUnavailable):
 			// No effect from this attempt; the token is still good.
 		case errors.Is(err, worm.ErrTrimmed):
@@ -224,6 +231,10 @@ func (c *Client) AppendBatch(ctx context.Context, values [][]byte) ([]uint64, er
 	}
 	return positions, nil
 }
+
+// maxUnknownRetries is how many unknown outcomes in a row an appender
+// sees at one position before it settles the position by filling it.
+const maxUnknownRetries = 3
 
 func (c *Client) unknown(pos uint64, err error) error {
 	return fmt.Errorf("wormlog: append at %d: %w (%w)", pos, worm.ErrUnknownOutcome, err)

@@ -304,6 +304,11 @@ func random(e *env, seed uint64) {
 			if upto == 0 {
 				continue
 			}
+			// Positions below h.trimmed may be trimmed: mark them before
+			// trimming, as a cancelled Trim may have trimmed some.
+			h.mu.Lock()
+			h.trimmed = max(h.trimmed, upto)
+			h.mu.Unlock()
 			if err := c.Trim(work, upto); err != nil {
 				if work.Err() == nil {
 					h.mu.Lock()
@@ -312,9 +317,6 @@ func random(e *env, seed uint64) {
 				}
 				return
 			}
-			h.mu.Lock()
-			h.trimmed = max(h.trimmed, upto)
-			h.mu.Unlock()
 		}
 	})
 	if e.opts.Nemesis != nil {
