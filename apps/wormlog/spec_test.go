@@ -1,12 +1,14 @@
 package wormlog_test
 
 import (
+	"context"
 	"fmt"
 	"math/rand/v2"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/wormspace/wormspace/apps/wormlog"
 	"github.com/wormspace/wormspace/apps/wormlog/wormlogtest"
 	"github.com/wormspace/wormspace/worm"
 	"github.com/wormspace/wormspace/worm/spec"
@@ -86,5 +88,48 @@ func TestSuiteSpecFaults(t *testing.T) {
 	t.Logf("faults: %d injected, %d fired", nem.injected, fired)
 	if fired < seeds {
 		t.Errorf("only %d faults fired over %d seeds: the nemesis is not reaching the workload", fired, seeds)
+	}
+}
+
+// TestAmbiguousWrites drives Append through unknown outcomes on the spec:
+// applied ones must end at the first position (the fill finds the record),
+// dropped ones must leave a hole there and append elsewhere.
+func TestAmbiguousWrites(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	for _, tc := range []struct {
+		fault   spec.Fault
+		wantPos uint64
+	}{
+		{spec.FaultUnknownApplied, 0},
+		{spec.FaultUnknownDropped, 1},
+	} {
+		t.Run(tc.fault.String(), func(t *testing.T) {
+			st := spec.New(16)
+			cfg := testConfig()
+			seq := wormlog.NewSequencer(st.Client("seq"), cfg)
+			defer seq.Close()
+			c := wormlog.NewClient(st.Client("app"), cfg, seq)
+			// More unknown outcomes than an appender retries: it must
+			// settle the position by filling it.
+			st.InjectFault("app", tc.fault, 5, spec.OpWrite)
+			pos, err := c.Append(ctx, []byte("v"))
+			if err != nil || pos != tc.wantPos {
+				t.Fatalf("Append = %d, %v; want %d", pos, err, tc.wantPos)
+			}
+			rec, err := c.Read(ctx, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if tc.wantPos == 1 && !rec.Hole {
+				t.Fatalf("position 0 = %+v, want the hole the appender left", rec)
+			}
+			if rec2, err := c.Read(ctx, pos); err != nil || string(rec2.Value) != "v" {
+				t.Fatalf("Read(%d) = %+v, %v", pos, rec2, err)
+			}
+			if n := st.PendingFaults("app"); n >= 5 {
+				t.Fatalf("%d faults still pending: the writes never met them", n)
+			}
+		})
 	}
 }
