@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sync"
 	"time"
 
@@ -224,7 +225,46 @@ func (p *Participant) Handle(ctx context.Context, t Tx, res Resource) (Outcome, 
 	if err := res.Apply(ctx, t.ID, o); err != nil {
 		return o, fmt.Errorf("wormtx: %v: apply %v: %w", t.ID, o, err)
 	}
-	return o, p.Ack(ctx, t, o)
+	if err := p.Ack(ctx, t, o); err != nil {
+		return o, err
+	}
+	if o == Abort {
+		// A no decided before every vote was in: a participant the
+		// coordinator never told would never learn of t, never ack, and
+		// t would never be collected. Fill missing votes after the
+		// recovery timeout and tell their participants.
+		return o, p.completeVotes(ctx, t)
+	}
+	return o, nil
+}
+
+// completeVotes waits Policy.RecoverAfter, then settles every vote still
+// missing with VoteTimedOut and notifies its participant (Policy.Notify).
+func (p *Participant) completeVotes(ctx context.Context, t Tx) error {
+	if p.cfg.Policy.RecoverAfter < 0 {
+		return nil
+	}
+	votes := make([]Vote, t.n())
+	if _, err := t.scan(ctx, p.sp, votes); err != nil {
+		if errors.Is(err, worm.ErrTrimmed) {
+			return nil
+		}
+		return err
+	}
+	if !slices.Contains(votes, VoteMissing) {
+		return nil
+	}
+	tm := time.NewTimer(p.cfg.Policy.RecoverAfter)
+	defer tm.Stop()
+	select {
+	case <-tm.C:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	if err := t.recover(ctx, p.sp, votes, p.cfg.Policy); err != nil && !errors.Is(err, worm.ErrTrimmed) {
+		return err
+	}
+	return nil
 }
 
 // Run serves the participant's inbox until ctx ends or a crash point

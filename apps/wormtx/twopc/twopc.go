@@ -398,7 +398,6 @@ func (p *Participant) Await(ctx context.Context, tx wormtx.TxID) (wormtx.Outcome
 	for {
 		p.mu.Lock()
 		o, ok := p.outcome[tx]
-		_, doubt := p.coord[tx]
 		ch := p.changed
 		p.mu.Unlock()
 		if ok {
@@ -407,6 +406,9 @@ func (p *Participant) Await(ctx context.Context, tx wormtx.TxID) (wormtx.Outcome
 		select {
 		case <-ch:
 		case <-ctx.Done():
+			p.mu.Lock()
+			_, doubt := p.coord[tx]
+			p.mu.Unlock()
 			if doubt {
 				return wormtx.Pending, fmt.Errorf("twopc: %v: %w (%w)", tx, ErrInDoubt, ctx.Err())
 			}
