@@ -33,6 +33,7 @@ const (
 	statusClosed      = 2
 	statusFailed      = 3 // the sequencer failed (ErrForeign, ...)
 	statusInvalid     = 4
+	statusForeign     = 5 // the sequencer stopped on ErrForeign
 
 	frameLen = 29
 	maxMsg   = 1024
@@ -207,6 +208,8 @@ func (s *Server) handle(req [frameLen]byte) response {
 		return response{g: out}
 	case errors.Is(err, ErrClosed):
 		return response{status: statusClosed, msg: err.Error()}
+	case errors.Is(err, ErrForeign):
+		return response{status: statusForeign, msg: err.Error()}
 	case errors.Is(err, worm.ErrUnavailable):
 		return response{status: statusUnavailable, msg: err.Error()}
 	default:
@@ -318,6 +321,8 @@ func (r *Remote) call(ctx context.Context, op byte, n int, g Grant) (Grant, erro
 		return Grant{}, fmt.Errorf("%w: remote: %s", ErrClosed, msg)
 	case statusInvalid:
 		return Grant{}, fmt.Errorf("wormlog: sequencer: %w: %s", worm.ErrInvalid, msg)
+	case statusForeign:
+		return Grant{}, fmt.Errorf("%w: remote: %s", ErrForeign, msg)
 	default:
 		return Grant{}, fmt.Errorf("wormlog: sequencer failed: %s", msg)
 	}

@@ -283,9 +283,21 @@ func TestServerProtocol(t *testing.T) {
 	if resp[0] == 0 || len(msg) == 0 {
 		t.Fatalf("bad op answered with status %d %q", resp[0], msg)
 	}
-	seq.Close()
 	r := wormlog.NewRemote(l.Dial)
 	defer r.Close()
+	// A sequencer that stopped on ErrForeign says so over the network.
+	cfg := testConfig()
+	if _, err := st.Client("other").Alloc(ctx, cfg.FirstSeg, []byte("not a wormlog")); err != nil {
+		t.Fatal(err)
+	}
+	foreign := wormlog.NewSequencer(st.Client("seq2"), cfg)
+	defer foreign.Close()
+	lf := newPipeListener()
+	rf := serve(t, foreign, lf, lf.Dial)
+	if _, err := rf.NextN(ctx, 1); !errors.Is(err, wormlog.ErrForeign) {
+		t.Fatalf("NextN of a sequencer over a foreign segment: %v, want ErrForeign", err)
+	}
+	seq.Close()
 	if _, err := r.NextN(ctx, 1); !errors.Is(err, wormlog.ErrClosed) {
 		t.Fatalf("NextN on a closed sequencer over the network: %v, want ErrClosed", err)
 	}

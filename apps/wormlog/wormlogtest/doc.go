@@ -38,10 +38,12 @@
 // prefix, fencing of every token the old sequencer handed out), trim,
 // Follow, ErrForeign, and rival sequencers.
 //
-// Random runs a seeded workload: appenders, readers, followers and hole
-// fillers, sequencer crashes and restarts (the old object is closed before
-// or after its successor starts, so rivals overlap), and the nemesis. It
-// records every observation and checks over the whole history:
+// Random runs a seeded workload: appenders (single and batched), readers,
+// followers and hole fillers, a trimmer that trims whole segments behind
+// the slowest follower, sequencer crashes and restarts (the old object is
+// closed before or after its successor starts, so rivals overlap), and
+// the nemesis. It records every observation and checks over the whole
+// history:
 //
 //   - no two acknowledged appends share a position;
 //   - every observation of a position (reads, fills, follows, a final
