@@ -150,7 +150,9 @@ func (w *world) checkLedgers(wantTotal int64) {
 	}
 }
 
-func fast(d time.Duration) wormtx.Policy { return wormtx.Policy{RecoverAfter: d, Poll: 5 * time.Millisecond} }
+func fast(d time.Duration) wormtx.Policy {
+	return wormtx.Policy{RecoverAfter: d, Poll: 5 * time.Millisecond}
+}
 
 func TestTransfer(t *testing.T) {
 	w := newWorld(t, spec.New(64), 2, fast(time.Second))
