@@ -56,7 +56,8 @@ func (c *Client) Addr(pos uint64) worm.Addr { return c.lay.addr(pos) }
 // space's limit), ErrNoSequencer, ErrClosed, ErrForeign, and when ctx
 // ends, ctx's error wrapped in worm.ErrUnavailable (nothing was appended)
 // or worm.ErrUnknownOutcome (the value may be at the position the error
-// names, and nowhere else).
+// names, and nowhere else). An unknown-outcome error also wraps its cause
+// (ErrUnavailable, ErrTrimmed): test for worm.ErrUnknownOutcome first.
 func (c *Client) Append(ctx context.Context, value []byte) (uint64, error) {
 	if c.src == nil {
 		return 0, ErrNoSequencer
