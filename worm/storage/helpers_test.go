@@ -50,8 +50,8 @@ func mustOpen(t testing.TB, dir string, opts Options) (*Log, *paxos.Acceptor) {
 type workload struct {
 	rng  *rand.Rand
 	acc  *paxos.Acceptor
-	segs uint64 // registers are written in segments [lo, lo+segs)
-	lo   uint64 // segments below lo are trimmed
+	segs uint64         // registers are written in segments [lo, lo+segs)
+	lo   uint64         // segments below lo are trimmed
 	recs []paxos.Record // deep copies of every record emitted, in order
 	tmp  []paxos.Record
 }
@@ -158,6 +158,17 @@ func modelAfter(recs []paxos.Record) []string {
 		out = append(out, canon(acc))
 	}
 	return out
+}
+
+// replay returns an acceptor that applied recs.
+func replay(recs []paxos.Record) *paxos.Acceptor {
+	acc := paxos.NewAcceptor(testSegSize)
+	for _, r := range recs {
+		if err := acc.Apply(r); err != nil {
+			panic(err)
+		}
+	}
+	return acc
 }
 
 // sameReads checks that a and b answer a Read of every register of the
