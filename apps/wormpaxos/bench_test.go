@@ -11,31 +11,76 @@ import (
 
 	"github.com/wormspace/wormspace/apps/wormpaxos"
 	"github.com/wormspace/wormspace/apps/wormpaxos/kv"
+	"github.com/wormspace/wormspace/worm"
 	"github.com/wormspace/wormspace/worm/spec"
 )
 
-// BenchmarkPropose measures commands/s on the specification (no network:
-// this is the replication layer's own cost) with three running replicas
-// and all proposers at replica 0, per policy, unbatched (MaxBatch 1) and
-// batched (MaxBatch 64), with 1 and 64 concurrent proposers.
+// BenchmarkPropose measures commands/s on the specification with three
+// running replicas and all proposers at replica 0, per policy, unbatched
+// (MaxBatch 1) and batched (MaxBatch 64), with 1 and 64 concurrent
+// proposers. rtt=0 is the replication layer's own CPU cost; rtt=1ms
+// delays every Space call of every replica by 1ms (time.Sleep; finer
+// sleeps round up to about that on a loaded machine), standing in for a
+// quorum round trip, to show what batching and pipelining buy.
 func BenchmarkPropose(b *testing.B) {
-	for _, p := range []wormpaxos.Policy{wormpaxos.Sticky, wormpaxos.Rotating, wormpaxos.Leaderless} {
-		for _, batch := range []int{1, 64} {
-			for _, procs := range []int{1, 64} {
-				name := fmt.Sprintf("%v/batch=%d/proposers=%d", p, batch, procs)
-				b.Run(name, func(b *testing.B) { benchPropose(b, p, batch, procs) })
+	for _, rtt := range []time.Duration{0, time.Millisecond} {
+		for _, p := range []wormpaxos.Policy{wormpaxos.Sticky, wormpaxos.Rotating, wormpaxos.Leaderless} {
+			for _, batch := range []int{1, 64} {
+				for _, procs := range []int{1, 64} {
+					name := fmt.Sprintf("rtt=%v/%v/batch=%d/proposers=%d", rtt, p, batch, procs)
+					b.Run(name, func(b *testing.B) { benchPropose(b, p, batch, procs, rtt) })
+				}
 			}
 		}
 	}
 }
 
-func benchPropose(b *testing.B, p wormpaxos.Policy, batch, procs int) {
+// delayed adds a fixed delay to every call, like a network round trip.
+type delayed struct {
+	worm.Space
+	d time.Duration
+}
+
+func (s delayed) Write(ctx context.Context, a worm.Addr, tok worm.Token, v []byte) error {
+	time.Sleep(s.d)
+	return s.Space.Write(ctx, a, tok, v)
+}
+
+func (s delayed) WriteBatch(ctx context.Context, seg uint64, off uint32, tok worm.Token, vs [][]byte) error {
+	time.Sleep(s.d)
+	return s.Space.WriteBatch(ctx, seg, off, tok, vs)
+}
+
+func (s delayed) Read(ctx context.Context, a worm.Addr) ([]byte, error) {
+	time.Sleep(s.d)
+	return s.Space.Read(ctx, a)
+}
+
+func (s delayed) Capture(ctx context.Context, a worm.Addr) (worm.Token, error) {
+	time.Sleep(s.d)
+	return s.Space.Capture(ctx, a)
+}
+
+func (s delayed) CaptureSegment(ctx context.Context, seg uint64) (worm.SegmentCapture, error) {
+	time.Sleep(s.d)
+	return s.Space.CaptureSegment(ctx, seg)
+}
+
+func (s delayed) Alloc(ctx context.Context, seg uint64, meta []byte) (worm.SegmentInfo, error) {
+	time.Sleep(s.d)
+	return s.Space.Alloc(ctx, seg, meta)
+}
+
+func benchPropose(b *testing.B, p wormpaxos.Policy, batch, procs int, rtt time.Duration) {
 	ctx, cancel := context.WithCancel(context.Background())
 	st := spec.New(1024)
 	var wg sync.WaitGroup
 	var reps []*wormpaxos.Replica
 	for i := range 3 {
-		sp := st.Client("r" + strconv.Itoa(i))
+		var sp worm.Space = st.Client("r" + strconv.Itoa(i))
+		if rtt > 0 {
+			sp = delayed{Space: sp, d: rtt}
+		}
 		r, err := wormpaxos.New(sp, kv.NewStore(), wormpaxos.Config{Policy: p, LogBase: 1, Replicas: 3, Index: i,
 			MaxBatch: batch, Pipeline: 4, HoleTimeout: 50 * time.Millisecond, PollInterval: 5 * time.Millisecond})
 		if err != nil {

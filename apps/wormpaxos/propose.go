@@ -73,7 +73,16 @@ func (r *Replica) place(ctx context.Context, val []byte, alive func() bool) {
 			r.log.Debug("acquire slot", "err", err)
 			continue
 		}
+		r.mu.Lock()
+		r.inflight[sl.pos]++
+		r.mu.Unlock()
 		ok, err := r.writeSlot(ctx, sl, val, alive)
+		r.mu.Lock()
+		if r.inflight[sl.pos]--; r.inflight[sl.pos] <= 0 {
+			delete(r.inflight, sl.pos)
+		}
+		r.mu.Unlock()
+		r.kick()
 		if ok {
 			r.stats.writes.Add(1)
 			return

@@ -29,6 +29,7 @@ type Replica struct {
 	sessions map[string]session
 	waiters  map[wkey][]chan outcome
 	known    map[uint64][]byte // chosen values at positions >= applied
+	inflight map[uint64]int    // positions this replica is writing
 	hint     uint64            // one past the highest position known written
 	progress chan struct{}     // closed and replaced whenever applied moves
 	snapAt   uint64            // position of the last snapshot taken or restored
@@ -111,6 +112,7 @@ func New(space worm.Space, sm StateMachine, cfg Config) (*Replica, error) {
 		sessions:  map[string]session{},
 		waiters:   map[wkey][]chan outcome{},
 		known:     map[uint64][]byte{},
+		inflight:  map[uint64]int{},
 		progress:  make(chan struct{}),
 		stopped:   make(chan struct{}),
 		wake:      make(chan struct{}, 1),
@@ -515,10 +517,17 @@ func (r *Replica) learn(ctx context.Context, ls *listens, wg *sync.WaitGroup) er
 		r.mu.Lock()
 		j := r.applied
 		v, ok := r.known[j]
+		mine := r.inflight[j] > 0
 		r.mu.Unlock()
 		ls.track(ctx, r.segOf(j))
 		var err error
-		if !ok {
+		switch {
+		case ok:
+		case mine && (stall.IsZero() || time.Since(stall) < r.cfg.PollInterval):
+			// Our own write is on its way: its outcome wakes us, a read
+			// would only race it.
+			err = worm.ErrEmpty
+		default:
 			v, err = r.space.Read(ctx, r.addr(j))
 		}
 		switch {

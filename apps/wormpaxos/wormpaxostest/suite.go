@@ -35,7 +35,8 @@
 // snapshots) and injected faults, are checked for linearizability with
 // porcupine (KVModel, partitioned by key).
 //
-// Randomized subtests print their seed; set WORMPAXOS_SEED to replay one.
+// Randomized subtests print their seed; set WORMPAXOS_SEED to replay one,
+// or WORMPAXOS_SEEDS to run more seeds.
 //
 // This package imports the standard library, porcupine, package worm,
 // apps/wormpaxos and apps/wormpaxos/kv. It must never import worm/client,
@@ -727,8 +728,14 @@ func testSnapshot(t *testing.T, open Open, p wormpaxos.Policy, o Options) {
 	}
 }
 
-// Seed returns the seeds to run: WORMPAXOS_SEED, or n fresh ones.
+// seeds returns the seeds to run: WORMPAXOS_SEED, or n fresh ones
+// (WORMPAXOS_SEEDS overrides n).
 func seeds(n int) []uint64 {
+	if s := os.Getenv("WORMPAXOS_SEEDS"); s != "" {
+		if v, err := strconv.Atoi(s); err == nil && v > 0 {
+			n = v
+		}
+	}
 	if s := os.Getenv("WORMPAXOS_SEED"); s != "" {
 		v, err := strconv.ParseUint(s, 10, 64)
 		if err == nil {
