@@ -56,7 +56,7 @@ func (s *swap) Fenced(ctx context.Context, g wormlog.Grant, pos uint64) error {
 }
 
 // crash replaces the sequencer with one over space.
-func (s *swap) crash(space worm.Space, cfg Config, closeFirst bool) {
+func (s *swap) crash(space worm.Space, cfg wormlog.Config, closeFirst bool) {
 	s.mu.Lock()
 	old := s.cur
 	s.mu.Unlock()

@@ -132,12 +132,9 @@ type env struct {
 	ss      []worm.Space
 	size    uint32
 	opts    Options
-	cfg     Config
+	cfg     wormlog.Config
 	cleanup []func()
 }
-
-// Config is wormlog.Config; aliased to keep the test helpers short.
-type Config = wormlog.Config
 
 func setup(t *testing.T, open Open, opts Options) *env {
 	t.Helper()
@@ -163,8 +160,8 @@ func setup(t *testing.T, open Open, opts Options) *env {
 	return e
 }
 
-func (e *env) newConfig(name string) Config {
-	return Config{
+func (e *env) newConfig(name string) wormlog.Config {
+	return wormlog.Config{
 		Name:        fmt.Sprintf("%s-%d", name, logNext.Add(1)),
 		FirstSeg:    logBase + logNext.Add(1)<<16,
 		HoleTimeout: 20 * time.Millisecond,
@@ -174,7 +171,7 @@ func (e *env) newConfig(name string) Config {
 
 func (e *env) space(i int) worm.Space { return e.ss[i%len(e.ss)] }
 
-func (e *env) sequencer(i int, cfg Config) *wormlog.Sequencer {
+func (e *env) sequencer(i int, cfg wormlog.Config) *wormlog.Sequencer {
 	s := wormlog.NewSequencer(e.space(i), cfg)
 	e.t.Cleanup(func() { s.Close() })
 	return s
