@@ -87,6 +87,7 @@ func RunWith(t *testing.T, open Open, opts Options) {
 		{"RecoverPrefetched", testRecoverPrefetched},
 		{"RecoverTrimmed", testRecoverTrimmed},
 		{"Trim", testTrim},
+		{"TrimPastTail", testTrimPastTail},
 		{"Follow", testFollow},
 		{"Foreign", testForeign},
 		{"RivalSequencers", testRivalSequencers},
@@ -789,5 +790,25 @@ func testAppendBatch(e *env) {
 	}
 	if rec, err := c2.Read(e.ctx, stolen); err != nil || !rec.Hole {
 		e.t.Fatalf("stolen position %d = %+v, %v; want a hole", stolen, rec, err)
+	}
+}
+
+// testTrimPastTail trims beyond the tail under a live sequencer, including
+// its current and prefetched segments: appends must move past the trim.
+func testTrimPastTail(e *env) {
+	seq := e.sequencer(0, e.cfg)
+	c := wormlog.NewClient(e.space(1), e.cfg, seq)
+	e.mustAppend(c, []byte("a"))
+	upto := uint64(e.size) * 3
+	if err := c.Trim(e.ctx, upto); err != nil {
+		e.t.Fatal(err)
+	}
+	for i := range 5 {
+		v := fmt.Appendf(nil, "after-%d", i)
+		pos := e.mustAppend(c, v)
+		if pos < upto {
+			e.t.Fatalf("append at trimmed position %d (trimmed below %d)", pos, upto)
+		}
+		e.wantRecord(c, pos, v)
 	}
 }
