@@ -129,8 +129,10 @@ func ParseToken(s string) (Token, error) {
 var (
 	// ErrEmpty: Read found no value, and none can have been chosen yet.
 	ErrEmpty = errors.New("worm: register is empty")
-	// ErrPreempted: a higher capture reached the acceptors first; the write
-	// certainly had no effect.
+	// ErrPreempted: a higher capture reached the acceptors first; this
+	// call certainly had no effect. (An identical retry with the same
+	// token is not certain to fail: it may reach an acceptor this call
+	// could not. Capture again instead.)
 	ErrPreempted = errors.New("worm: preempted by a higher capture")
 	// ErrWritten: the register already holds another value. The error is a
 	// *WrittenError carrying that value.

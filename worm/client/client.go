@@ -155,10 +155,24 @@ func Dial(ctx context.Context, cfg Config) (*Client, error) {
 		go cn.run(ready)
 	}
 	quorum := len(cfg.Servers)/2 + 1
+	// Wait for a quorum, and give the others until the first attempt of
+	// every server settled (bounded by DialTimeout), so that a
+	// misconfigured member is reported here rather than logged later.
+	var grace <-chan time.Time
+wait:
 	for {
 		up, refused, lastErr := cl.census()
+		if err := cl.misconfigured(); err != nil {
+			cl.Close()
+			return nil, err
+		}
 		if up >= quorum {
-			break
+			if cl.settled() {
+				break
+			}
+			if grace == nil {
+				grace = time.After(cfg.DialTimeout)
+			}
 		}
 		if refused > len(cfg.Servers)-quorum {
 			cl.Close()
@@ -166,7 +180,13 @@ func Dial(ctx context.Context, cfg Config) (*Client, error) {
 		}
 		select {
 		case <-ready:
+			continue
+		case <-grace:
+			break wait
 		case <-ctx.Done():
+			if up >= quorum {
+				break wait
+			}
 			cl.Close()
 			if lastErr != nil {
 				return nil, fmt.Errorf("client: %d of %d servers reachable (need %d): %w: %w (last error: %v)", up, len(cfg.Servers), quorum, worm.ErrUnavailable, ctx.Err(), lastErr)
@@ -204,6 +224,34 @@ func (cl *Client) census() (up, refused int, lastErr error) {
 		cn.mu.Unlock()
 	}
 	return up, refused, lastErr
+}
+
+// settled reports whether every server has been reached or has failed
+// at least once.
+func (cl *Client) settled() bool {
+	for _, cn := range cl.conns {
+		cn.mu.Lock()
+		s := cn.nc != nil || cn.lastErr != nil
+		cn.mu.Unlock()
+		if !s {
+			return false
+		}
+	}
+	return true
+}
+
+// misconfigured returns the first configuration error a server reported
+// (another cluster, another segment size, an acceptor listed twice).
+func (cl *Client) misconfigured() error {
+	for _, cn := range cl.conns {
+		cn.mu.Lock()
+		err := cn.lastErr
+		cn.mu.Unlock()
+		if errors.Is(err, ErrConfig) {
+			return err
+		}
+	}
+	return nil
 }
 
 type readyEvent struct {

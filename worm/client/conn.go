@@ -316,6 +316,7 @@ type call struct {
 	mu       sync.Mutex
 	op       *paxos.Op
 	sent     []sentTag
+	unsent   []sentTag // scratch for pumpLocked
 	finished bool
 }
 
@@ -351,7 +352,7 @@ func (c *call) pumpLocked() {
 		if len(outs) == 0 {
 			break
 		}
-		var failed uint64
+		c.unsent = c.unsent[:0]
 		for i := range outs {
 			o := &outs[i]
 			lo, hi := o.To, o.To+1
@@ -365,15 +366,13 @@ func (c *call) pumpLocked() {
 						c.sent = append(c.sent, sentTag{j, o.Tag})
 					}
 				case o.Tag != 0:
-					failed |= 1 << j
+					c.unsent = append(c.unsent, sentTag{j, o.Tag})
 				}
 			}
 		}
-		// outs is invalid from here on: Fail may refill the outbox.
-		for j := range conns {
-			if failed&(1<<j) != 0 {
-				c.op.Fail(j)
-			}
+		// outs is invalid from here on: Unsent may refill the outbox.
+		for _, u := range c.unsent {
+			c.op.Unsent(u.idx, u.tag)
 		}
 	}
 	if c.op.Done() && !c.finished {

@@ -164,6 +164,7 @@ func (cl *Client) Listen(ctx context.Context, seg uint64) (<-chan worm.Notificat
 		for _, r := range resps {
 			switch {
 			case r.err != nil:
+			case r.resp == nil:
 			case r.resp.Status == paxos.StatusOK:
 				ok++
 			case r.resp.Status == paxos.StatusTrimmed:

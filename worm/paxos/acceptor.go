@@ -267,7 +267,17 @@ func (a *Acceptor) accept(seg uint64, off uint32, b Ballot, v []byte, recs []Rec
 		return recs, RegResult{Status: StatusDecided, Value: r.value, Accepted: r.accepted, HasValue: true}
 	}
 	eff := effective(s, r)
-	if b.Less(eff) || (b.IsZero() && r != nil && r.hasValue && !r.accepted.IsZero()) {
+	// Accept only at exactly the register's effective promise. Paxos lets
+	// an acceptor accept any ballot at or above its promise because a
+	// correct proposer sends phase 2 at b only after phase 1 at b reached a
+	// quorum for this register. WormSpace tokens travel (a sequencer hands
+	// them to appenders, a user types one into `worm write -token`), so the
+	// acceptor cannot trust that: a token captured for another register, or
+	// made up, would otherwise run phase 2 without phase 1 and could change
+	// a chosen value. A capture's prepare makes its ballot the promise of
+	// every acceptor that answered; one that missed the prepare refuses
+	// (a nack carrying its lower promise), which costs only liveness.
+	if b != eff || (b.IsZero() && r != nil && r.hasValue && !r.accepted.IsZero()) {
 		res := RegResult{Status: StatusNack, Promised: eff}
 		if r != nil && r.hasValue {
 			res.Accepted, res.HasValue = r.accepted, true

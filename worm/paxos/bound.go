@@ -72,6 +72,28 @@ func (bs *bindings) bind(addr worm.Addr, b Ballot, v []byte, finished bool) {
 	bs.m[k] = binding{value: v, finished: finished}
 }
 
+// has reports whether (addr, b) is bound to some value.
+func (bs *bindings) has(addr worm.Addr, b Ballot) bool {
+	bs.mu.Lock()
+	defer bs.mu.Unlock()
+	_, ok := bs.m[bindKey{addr, b}]
+	return ok
+}
+
+// unbind forgets (addr, b) (its ring slot is reused lazily).
+func (bs *bindings) unbind(addr worm.Addr, b Ballot) {
+	bs.mu.Lock()
+	defer bs.mu.Unlock()
+	delete(bs.m, bindKey{addr, b})
+}
+
+// value returns the value (addr, b) is bound to (nil when none).
+func (bs *bindings) value(addr worm.Addr, b Ballot) []byte {
+	bs.mu.Lock()
+	defer bs.mu.Unlock()
+	return bs.m[bindKey{addr, b}].value
+}
+
 // conflict returns the error for writing v to addr at b, or nil.
 func (bs *bindings) conflict(addr worm.Addr, b Ballot, v []byte) error {
 	bs.mu.Lock()

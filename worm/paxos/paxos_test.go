@@ -11,9 +11,12 @@ import (
 // cluster routes an Op's requests synchronously to chosen acceptors, so a
 // test decides exactly which acceptor sees which message.
 type cluster struct {
-	t    *testing.T
-	accs []*Acceptor
-	recs [][]Record
+	// unsent: report requests to acceptors out of reach with Unsent (the
+	// connection is known down) instead of Fail.
+	unsent bool
+	t      *testing.T
+	accs   []*Acceptor
+	recs   [][]Record
 }
 
 func newCluster(t *testing.T, n int) *cluster {
@@ -53,7 +56,11 @@ func (c *cluster) run(op *Op, reach ...int) Result {
 				// reported with Fail at once.
 				for i := range c.accs {
 					if !in[i] && (out.To == All || out.To == i) {
-						op.Fail(i)
+						if c.unsent {
+							op.Unsent(i, out.Tag)
+						} else {
+							op.Fail(i)
+						}
 					}
 				}
 			}
@@ -335,5 +342,62 @@ func TestOutOfRange(t *testing.T) {
 	}
 	if r := c.run(a.Write(1, 6, worm.Token{Round: 1, Node: 1}, [][]byte{vA, vA, vA}), 0, 1, 2); !errors.Is(r.Err, worm.ErrOutOfRange) {
 		t.Fatalf("batch past the segment: %v", r.Err)
+	}
+}
+
+// A token captured for one register must not write another: the acceptor
+// accepts only at a register's exact promise, so phase 2 never runs
+// without phase 1, and a chosen value cannot be replaced by a higher
+// ballot that never captured it.
+func TestTokenOfAnotherRegisterCannotOverwrite(t *testing.T) {
+	c := newCluster(t, 3)
+	a, b := proposers(c)
+	alloc(t, c, a)
+	y := worm.Addr{Seg: 1, Off: 5}
+	// A chooses vA at y through acceptors 0 and 1 only.
+	ty := c.run(a.Capture(y), 0, 1, 2).Token
+	if r := c.run(a.Write(y.Seg, y.Off, ty, [][]byte{vA}), 0, 1); r.Err != nil {
+		t.Fatalf("A's write: %v", r.Err)
+	}
+	// B captures x (a higher ballot than ty) and misuses the token on y.
+	var tx Ballot
+	for i := 0; i < 5 && !ty.Less(tx); i++ {
+		tx = c.run(b.Capture(x), 0, 1, 2).Token
+	}
+	if !ty.Less(tx) {
+		t.Fatalf("B's token %v not above A's %v", tx, ty)
+	}
+	r := c.run(b.Write(y.Seg, y.Off, tx, [][]byte{vB}), 0, 1, 2)
+	if r.Err == nil {
+		t.Fatal("a token captured for another register wrote y")
+	}
+	if v := c.run(b.Read(y), 1, 2); v.Err != nil || !bytes.Equal(v.Value, vA) {
+		t.Fatalf("read of y: %q %v, want %q", v.Value, v.Err, vA)
+	}
+	if v := c.run(b.Read(y), 0, 2); v.Err != nil || !bytes.Equal(v.Value, vA) {
+		t.Fatalf("read of y through the other quorum: %q %v, want %q", v.Value, v.Err, vA)
+	}
+}
+
+// With one acceptor known down (its requests unsent), a write that both
+// live acceptors refuse is a definite ErrPreempted, not an unknown
+// outcome: the down acceptor never saw it, and a read finds nothing.
+func TestPreemptedWithMinorityDown(t *testing.T) {
+	c := newCluster(t, 3)
+	c.unsent = true
+	a, b := proposers(c)
+	alloc(t, c, a)
+	ta := c.run(a.Capture(x), 0, 1).Token
+	c.run(b.Capture(x), 0, 1)
+	if r := c.run(a.Write(x.Seg, x.Off, ta, [][]byte{vA}), 0, 1); !errors.Is(r.Err, worm.ErrPreempted) {
+		t.Fatalf("refused write with acceptor 2 down: %v, want ErrPreempted", r.Err)
+	}
+	// Control: reported as lost (Fail) rather than unsent, the same write
+	// is ambiguous, since acceptor 2 might have taken it.
+	c.unsent = false
+	tb := c.run(b.Capture(x), 0, 1).Token
+	c.run(a.Capture(x), 0, 1)
+	if r := c.run(b.Write(x.Seg, x.Off, tb, [][]byte{vB}), 0, 1); !errors.Is(r.Err, worm.ErrUnknownOutcome) {
+		t.Fatalf("refused write with acceptor 2 lost: %v, want ErrUnknownOutcome", r.Err)
 	}
 }

@@ -3,6 +3,7 @@ package paxos
 import (
 	"bytes"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"sort"
 	"sync"
@@ -151,6 +152,22 @@ func (o *Op) Fail(from int) {
 	o.root.fail(from)
 }
 
+// Unsent tells the Op that the request with tag it just took from the
+// outbox for acceptor from could not be sent at all (no connection): the
+// acceptor certainly never saw it. It implies Fail(from), and lets a write
+// that every other acceptor refused report a definite ErrPreempted instead
+// of ErrUnknownOutcome while a minority is down. Drivers that cannot tell
+// an unsent request from a lost one call Fail.
+func (o *Op) Unsent(from int, tag uint64) {
+	if o.done || from < 0 || from >= o.p.n {
+		return
+	}
+	if ph := o.root.current(); ph != nil && ph.tag == tag && ph.answered&(1<<from) == 0 && ph.gaveUp&(1<<from) == 0 {
+		ph.unsent |= 1 << from
+	}
+	o.root.fail(from)
+}
+
 // Nudge tells the Op to stop waiting for acceptors that have not answered
 // yet when it already holds a quorum of answers (stragglers count as failed
 // for the current phase). Drivers call it after a grace period.
@@ -216,6 +233,9 @@ type phase struct {
 	req      Request
 	answered uint64 // bitmask of acceptors that answered
 	gaveUp   uint64 // bitmask of acceptors that failed or were nudged away
+	// unsent: acceptors the driver could not send this phase's request to
+	// at all (a subset of gaveUp). They certainly never saw it.
+	unsent uint64
 }
 
 func (o *Op) broadcast(ph *phase, req Request) {
@@ -428,6 +448,16 @@ func (m *acceptM) check(final bool) {
 	}
 }
 
+// refusedOnly reports, for an ambiguous register i, that this attempt had
+// certainly no effect: every acceptor that received it refused it (a nack
+// without any value) and the others never received it at all (Unsent). The
+// register may still hold our value from an earlier write with the same
+// token, so the caller confirms with a read before calling it preempted.
+func (m *acceptM) refusedOnly(i int) bool {
+	return m.ok[i] == 0 && m.nack[i] > 0 && m.errs[i] == 0 && !m.maybeOurs[i] &&
+		m.ph.unsent != 0 && m.ph.gaveUp&^m.ph.unsent == 0 && !m.ballot.IsZero()
+}
+
 // okRuns emits KindDecide for the runs of registers resolved outOK.
 func (m *acceptM) decide() {
 	start := -1
@@ -460,8 +490,12 @@ type readM struct {
 	// per-ballot tallies of the answers so far
 	tally    []ballotTally
 	anyValue bool
-	child    machine
-	done     func(value []byte, err error)
+	// observe: never repair. A write resolving its own ambiguous outcome
+	// only looks: repairing would finish its value at a higher ballot and
+	// let a write whose token a later capture preempted succeed.
+	observe bool
+	child   machine
+	done    func(value []byte, err error)
 }
 
 type ballotTally struct {
@@ -557,8 +591,16 @@ func (m *readM) check() {
 	if answered < p.quorum || pending > 0 {
 		return // wait for more answers (or a nudge)
 	}
+	if m.observe {
+		m.finish(nil, errUndecided)
+		return
+	}
 	m.repair()
 }
+
+// errUndecided ends an observing read that found a value on a minority:
+// it neither repairs nor reports empty.
+var errUndecided = errors.New("paxos: register undecided")
 
 // repair: a minority holds a value. Capture and finish the highest one.
 func (m *readM) repair() {
@@ -701,6 +743,14 @@ func (m *captureM) step(from int, tag uint64, resp *Response) {
 func (m *captureM) check() {
 	p := m.o.p
 	if m.ok >= p.quorum {
+		if m.ph.nPending(p.n) > 0 {
+			// Wait for every live acceptor (a nudge ends the wait): once
+			// the capture returns, every acceptor that answers has
+			// promised, so an older token's write is refused everywhere
+			// instead of slipping into an acceptor the prepare had not
+			// reached yet (which makes that write ambiguous).
+			return
+		}
 		if !m.hasBest {
 			m.finish(m.ballot, nil, nil)
 			return
@@ -771,8 +821,14 @@ func (m *captureM) fail(from int) {
 func (m *captureM) nudge() {
 	if m.finishM != nil {
 		m.finishM.nudge()
+		return
 	}
-	// Phase 1 never needs stragglers: a quorum of promises decides.
+	// A quorum of promises decides; stragglers are waited for only
+	// until the nudge.
+	if m.ok >= m.o.p.quorum {
+		m.ph.giveUpAll(m.o.p.n)
+		m.check()
+	}
 }
 
 func (m *captureM) expire() {
@@ -871,6 +927,9 @@ func (m *captureSegM) step(from int, tag uint64, resp *Response) {
 func (m *captureSegM) check() {
 	p := m.o.p
 	if m.ok >= p.quorum {
+		if m.ph.nPending(p.n) > 0 {
+			return // wait for every live acceptor, as captureM.check does
+		}
 		m.planFinish()
 		return
 	}
@@ -996,6 +1055,11 @@ func (m *captureSegM) fail(from int) {
 func (m *captureSegM) nudge() {
 	if m.finishM != nil {
 		m.finishM.nudge()
+		return
+	}
+	if m.ok >= m.o.p.quorum {
+		m.ph.giveUpAll(m.o.p.n)
+		m.check()
 	}
 }
 
@@ -1018,7 +1082,8 @@ type writeM struct {
 	values  [][]byte
 	acc     *acceptM
 	errs    []error
-	resolve []int // indices still to resolve by reading
+	resolve []int  // indices still to resolve by reading
+	refused []bool // per index: refusedOnly held (see acceptM.refusedOnly)
 	child   machine
 	done    func(errs []error)
 }
@@ -1048,6 +1113,14 @@ func (m *writeM) accepted(a *acceptM) {
 			m.errs[i] = worm.ErrUnavailable
 		default:
 			m.errs[i] = worm.ErrUnknownOutcome
+			if a.refusedOnly(i) && !m.o.p.bound.has(addr, m.ballot) {
+				// No earlier ambiguous attempt of ours: an empty read
+				// proves nothing with this token is there to be chosen.
+				if m.refused == nil {
+					m.refused = make([]bool, len(m.values))
+				}
+				m.refused[i] = true
+			}
 			m.o.p.bound.bind(addr, m.ballot, m.values[i], false)
 			if !m.o.exp {
 				m.resolve = append(m.resolve, i)
@@ -1071,7 +1144,7 @@ func (m *writeM) nextResolve() {
 	i := m.resolve[0]
 	m.resolve = m.resolve[1:]
 	addr := worm.Addr{Seg: m.seg, Off: m.off + uint32(i)}
-	r := &readM{o: m.o, addr: addr}
+	r := &readM{o: m.o, addr: addr, observe: true}
 	r.done = func(v []byte, err error) {
 		switch {
 		case err == nil && bytes.Equal(v, m.values[i]):
@@ -1080,6 +1153,11 @@ func (m *writeM) nextResolve() {
 			m.errs[i] = &worm.WrittenError{Addr: addr, Value: v}
 		case err == worm.ErrTrimmed:
 			m.errs[i] = worm.ErrTrimmed
+		case err == worm.ErrEmpty && m.refused != nil && m.refused[i]:
+			// The attempt reached no acceptor that took it, and a quorum
+			// holds no value: it had no effect.
+			m.errs[i] = worm.ErrPreempted
+			m.o.p.bound.unbind(addr, m.ballot)
 		}
 		m.nextResolve()
 	}
@@ -1346,35 +1424,39 @@ func (p *Proposer) Write(seg uint64, off uint32, tok Ballot, values [][]byte) *O
 	if uint64(off)+uint64(len(values)) > uint64(p.segSize) {
 		return p.failed(worm.ErrOutOfRange)
 	}
+	// Registers whose (register, token) is already bound to another value
+	// are answered locally; the batch still carries the bound value for
+	// them (one value per ballot stays true), so the others proceed.
+	var local []error
 	if !tok.IsZero() {
-		var errs []error
 		for i, v := range values {
 			addr := worm.Addr{Seg: seg, Off: off + uint32(i)}
-			if err := p.bound.conflict(addr, tok, v); err != nil {
-				if errs == nil {
-					errs = make([]error, len(values))
-				}
-				if err == errBound {
-					err = fmt.Errorf("%w: token %v already carries another value for %v whose outcome is unknown; read the register (only the identical write may be retried)", worm.ErrInvalid, tok, addr)
-				}
-				errs[i] = err
+			err := p.bound.conflict(addr, tok, v)
+			if err == nil {
+				continue
 			}
+			if local == nil {
+				local = make([]error, len(values))
+				values = append([][]byte(nil), values...)
+			}
+			if err == errBound {
+				err = fmt.Errorf("%w: token %v already carries another value for %v whose outcome is unknown; read the register (only the identical write may be retried)", worm.ErrInvalid, tok, addr)
+			}
+			local[i] = err
+			values[i] = p.bound.value(addr, tok)
 		}
-		if errs != nil {
-			if len(values) == 1 {
-				return p.failed(errs[0])
-			}
-			for i := range errs {
-				if errs[i] == nil {
-					errs[i] = fmt.Errorf("%w: batch not attempted: another register of it conflicts", worm.ErrInvalid)
-				}
-			}
-			return p.failed(&worm.BatchError{Seg: seg, Off: off, Errs: errs})
+		if len(values) == 1 && local != nil {
+			return p.failed(local[0])
 		}
 	}
 	o := p.newOp()
 	w := &writeM{o: o, seg: seg, off: off, ballot: tok, values: values}
 	w.done = func(errs []error) {
+		for i, e := range local {
+			if e != nil {
+				errs[i] = e
+			}
+		}
 		if len(errs) == 1 {
 			o.finish(Result{Err: errs[0]})
 			return
