@@ -508,6 +508,7 @@ func (r *Replica) Run(ctx context.Context) error {
 
 func (r *Replica) learn(ctx context.Context, ls *listens, wg *sync.WaitGroup) error {
 	var stall, lastProbe time.Time
+	probeGap := r.cfg.HoleTimeout // doubles while probes find nothing
 	var probed uint64 // evidence from probes: one past a position beyond which something exists
 	failures := 0
 	for {
@@ -539,7 +540,7 @@ func (r *Replica) learn(ctx context.Context, ls *listens, wg *sync.WaitGroup) er
 			if cmds && r.cfg.Policy == Sticky && r.cfg.Forward != nil {
 				r.learnLeader(ctx, r.segOf(j))
 			}
-			stall, failures = time.Time{}, 0
+			stall, failures, probeGap = time.Time{}, 0, r.cfg.HoleTimeout
 			r.maybeSnapshot(ctx, wg)
 			continue
 		case ctx.Err() != nil:
@@ -573,12 +574,13 @@ func (r *Replica) learn(ctx context.Context, ls *listens, wg *sync.WaitGroup) er
 					stall = time.Time{}
 					continue
 				}
-			} else if evidence <= j+1 && now.Sub(stall) >= r.cfg.HoleTimeout && now.Sub(lastProbe) >= r.cfg.HoleTimeout {
+			} else if evidence <= j+1 && now.Sub(stall) >= r.cfg.HoleTimeout && now.Sub(lastProbe) >= probeGap {
 				lastProbe = now
 				if p := r.probe(ctx, j); p > probed {
 					probed = p
 					continue
 				}
+				probeGap = min(2*probeGap, 16*r.cfg.HoleTimeout)
 			}
 			select {
 			case <-r.wake:

@@ -67,7 +67,11 @@ func (r *Replica) writeSnapshot(ctx context.Context, index uint64, data []byte) 
 	meta := binary.AppendUvarint([]byte("wormpaxos snapshot "), index)
 	r.smu.Lock()
 	defer r.smu.Unlock()
-	for k := r.snapNext; ; k++ {
+	end, err := r.snapEnd(ctx)
+	if err != nil {
+		return err
+	}
+	for k := end; ; k++ {
 		s := r.cfg.SnapshotBase + k
 		info, err := r.space.Alloc(ctx, s, meta)
 		if errors.Is(err, worm.ErrTrimmed) {
@@ -153,30 +157,71 @@ func (r *Replica) trimBelow(ctx context.Context, index, k uint64) {
 		}
 		r.trimmedLog = s + 1
 	}
-	low := true
-	for j := r.snapLow; j < k; j++ {
+	// Older slots, scanning down until a run of trimmed ones.
+	run := 0
+	for j := k; j > r.snapLow && run < 16; {
+		j--
 		s := r.cfg.SnapshotBase + j
 		info, err := r.space.Check(ctx, s)
-		if errors.Is(err, worm.ErrTrimmed) {
-			if low {
-				r.snapLow = j + 1
-			}
-			continue
-		}
-		if err != nil {
-			low = false
-			continue
-		}
-		if idx, ok := snapMetaIndex(info.Meta); ok && idx < index {
-			if err := r.space.Trim(ctx, s); err == nil {
-				if low {
-					r.snapLow = j + 1
+		if err == nil {
+			if idx, ok := snapMetaIndex(info.Meta); ok && idx < index {
+				err = r.space.Trim(ctx, s)
+				if err == nil {
+					err = worm.ErrTrimmed
 				}
-				continue
 			}
 		}
-		low = false
+		if !errors.Is(err, worm.ErrTrimmed) {
+			run = 0
+			continue
+		}
+		if run++; run == 16 {
+			r.snapLow = max(r.snapLow, j)
+		}
 	}
+}
+
+// snapEnd returns the first unallocated snapshot slot (slots are
+// allocated in order), by galloping and bisecting from snapNext. Caller
+// holds r.smu.
+func (r *Replica) snapEnd(ctx context.Context) (uint64, error) {
+	used := func(k uint64) (bool, error) {
+		_, err := r.space.Check(ctx, r.cfg.SnapshotBase+k)
+		switch {
+		case err == nil, errors.Is(err, worm.ErrTrimmed):
+			return true, nil
+		case errors.Is(err, worm.ErrUnallocated):
+			return false, nil
+		}
+		return false, fmt.Errorf("check snapshot slot %d: %w", k, err)
+	}
+	lo := r.snapNext
+	ok, err := used(lo)
+	if err != nil || !ok {
+		return lo, err
+	}
+	hi := lo + 1
+	for step := uint64(1); ; step *= 2 {
+		if ok, err = used(hi); err != nil {
+			return 0, err
+		}
+		if !ok {
+			break
+		}
+		lo, hi = hi, hi+step
+	}
+	for hi-lo > 1 { // used(lo), !used(hi)
+		mid := lo + (hi-lo)/2
+		if ok, err = used(mid); err != nil {
+			return 0, err
+		}
+		if ok {
+			lo = mid
+		} else {
+			hi = mid
+		}
+	}
+	return hi, nil
 }
 
 // restoreLatest installs the newest complete snapshot if it is ahead of
@@ -184,25 +229,31 @@ func (r *Replica) trimBelow(ctx context.Context, index, k uint64) {
 func (r *Replica) restoreLatest(ctx context.Context) (bool, error) {
 	r.smu.Lock()
 	defer r.smu.Unlock()
+	end, err := r.snapEnd(ctx)
+	if err != nil {
+		return false, err
+	}
+	r.snapNext = max(r.snapNext, end)
+	// Scan down from the newest slot: positions grow with slots, older
+	// slots are trimmed once a newer snapshot is complete, and the
+	// snapshot with the highest position is never trimmed. Stop at a run
+	// of trimmed slots or after a few complete snapshots.
 	var best snapHeader
 	var bestSeg uint64
 	found := false
-	k := r.snapLow
-	low := true
-	for ; ; k++ {
+	trimmed, complete := 0, 0
+	for k := end; k > r.snapLow && trimmed < 16 && complete < 8; {
+		k--
 		s := r.cfg.SnapshotBase + k
 		v, err := r.space.Read(ctx, worm.Addr{Seg: s, Off: 0})
-		if errors.Is(err, worm.ErrUnallocated) {
-			break
-		}
 		if errors.Is(err, worm.ErrTrimmed) {
-			if low {
-				r.snapLow = k + 1
+			if trimmed++; trimmed == 16 {
+				r.snapLow = max(r.snapLow, k)
 			}
 			continue
 		}
-		low = false
-		if errors.Is(err, worm.ErrEmpty) {
+		trimmed = 0
+		if empty(err) {
 			continue // being written, or abandoned
 		}
 		if err != nil {
@@ -212,11 +263,11 @@ func (r *Replica) restoreLatest(ctx context.Context) (bool, error) {
 		if err != nil {
 			return false, fmt.Errorf("snapshot slot %d: %w", k, err)
 		}
+		complete++
 		if !found || h.Index > best.Index {
 			best, bestSeg, found = h, s, true
 		}
 	}
-	r.snapNext = max(r.snapNext, k)
 	if !found || best.Index <= r.Applied() {
 		return false, nil
 	}
