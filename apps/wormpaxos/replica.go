@@ -509,7 +509,7 @@ func (r *Replica) Run(ctx context.Context) error {
 func (r *Replica) learn(ctx context.Context, ls *listens, wg *sync.WaitGroup) error {
 	var stall, lastProbe time.Time
 	probeGap := r.cfg.HoleTimeout // doubles while probes find nothing
-	var probed uint64 // evidence from probes: one past a position beyond which something exists
+	var probed uint64             // evidence from probes: one past a position beyond which something exists
 	failures := 0
 	for {
 		if err := ctx.Err(); err != nil {
