@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/wormspace/wormspace/worm"
 )
@@ -36,7 +37,10 @@ type Resource interface {
 	// locks). Prepare must return the same vote for the same transaction
 	// on every call, across restarts: record the vote durably before
 	// returning it. (A participant is the only ballot-0 writer of its vote
-	// register, and ballot 0 may carry one value only.)
+	// register, and ballot 0 may carry one value only.) Prepare may be
+	// called again after Apply for the same transaction (a duplicate
+	// inbox entry seen after a restart): it must then return the recorded
+	// vote and take nothing again.
 	Prepare(ctx context.Context, tx TxID, d Descriptor) (yes bool, err error)
 	// Apply applies the outcome (commit: make the prepared changes and
 	// release; abort: release). It is idempotent, and must accept a
@@ -89,6 +93,8 @@ type CoordinatorConfig struct {
 	// participants told so far); returning true makes the call stop there
 	// with ErrCrashed. For demonstrations and tests.
 	Crash func(p CrashPoint, count int) bool
+	// AckTimeout bounds Await's background acknowledgement (0: 30s).
+	AckTimeout time.Duration
 	// Logger; nil means slog.Default().
 	Logger *slog.Logger
 }
@@ -102,6 +108,7 @@ type Coordinator struct {
 	cfg  CoordinatorConfig
 	next atomic.Uint64
 	cur  cursors
+	bg   sync.WaitGroup // background acks
 	mu   sync.Mutex
 	txs  map[TxID]Tx // begun and not yet awaited
 }
@@ -143,7 +150,24 @@ func (c *Coordinator) Begin(ctx context.Context, participants []string, payload 
 		}
 	}
 	meta := MarshalDescriptor(d)
+	// Allocate the segment and capture an inbox position per participant
+	// at once: the entries can only be written once the segment is ours,
+	// but the captures do not depend on it, so a post then costs one
+	// write.
+	var claims []*claim
+	var cwg sync.WaitGroup
+	if c.cfg.Directory != nil {
+		claims = make([]*claim, len(d.Participants))
+		for i, p := range d.Participants {
+			cwg.Go(func() {
+				if cl, err := claimInbox(ctx, c.sp, c.cfg.Directory, &c.cur, p); err == nil {
+					claims[i] = &cl
+				}
+			})
+		}
+	}
 	id, err := c.alloc(ctx, meta)
+	cwg.Wait()
 	if err != nil {
 		return 0, err
 	}
@@ -160,7 +184,7 @@ func (c *Coordinator) Begin(ctx context.Context, participants []string, payload 
 	if c.cfg.Crash != nil {
 		// One by one, so crash points fall between posts.
 		for i, p := range d.Participants {
-			if err := postTo(ctx, c.sp, c.cfg.Directory, &c.cur, p, t); err != nil {
+			if err := postTo(ctx, c.sp, c.cfg.Directory, &c.cur, p, t, claims[i]); err != nil {
 				return id, err
 			}
 			if c.crash(CoordinatorAfterPost, i+1) {
@@ -172,7 +196,7 @@ func (c *Coordinator) Begin(ctx context.Context, participants []string, payload 
 	errs := make([]error, len(d.Participants))
 	var wg sync.WaitGroup
 	for i, p := range d.Participants {
-		wg.Go(func() { errs[i] = postTo(ctx, c.sp, c.cfg.Directory, &c.cur, p, t) })
+		wg.Go(func() { errs[i] = postTo(ctx, c.sp, c.cfg.Directory, &c.cur, p, t, claims[i]) })
 	}
 	wg.Wait()
 	return id, errors.Join(errs...)
@@ -202,9 +226,11 @@ func (c *Coordinator) alloc(ctx context.Context, meta []byte) (TxID, error) {
 }
 
 // Await resolves the transaction with the coordinator's Policy (after
-// RecoverAfter it recovers missing votes itself), then records what it
-// learned in the coordinator ack register and trims the segment if every
-// participant has acknowledged. Errors: as (Tx).Resolve; ErrCrashed.
+// RecoverAfter it recovers missing votes itself) and returns the outcome.
+// In the background it then records what it learned in the coordinator
+// ack register and trims the segment if every participant has
+// acknowledged (bounded by AckTimeout; Close waits for it). Errors: as
+// (Tx).Resolve; ErrCrashed.
 func (c *Coordinator) Await(ctx context.Context, id TxID) (Outcome, error) {
 	c.mu.Lock()
 	t, ok := c.txs[id]
@@ -225,14 +251,34 @@ func (c *Coordinator) Await(ctx context.Context, id TxID) (Outcome, error) {
 	c.mu.Lock()
 	delete(c.txs, id)
 	c.mu.Unlock()
-	if _, err := writeOwn(ctx, c.sp, t.coordAckAddr(), outcomeValue(o), valAbandon); err != nil && !errors.Is(err, worm.ErrTrimmed) {
-		c.logger().Warn("wormtx: coordinator ack", "tx", id, "err", err)
-		return o, nil
-	}
-	if err := t.collect(ctx, c.sp); err != nil {
-		c.logger().Warn("wormtx: collect", "tx", id, "err", err)
-	}
+	actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.ackTimeout())
+	c.bg.Go(func() {
+		defer cancel()
+		if _, err := writeOwn(actx, c.sp, t.coordAckAddr(), outcomeValue(o), valAbandon); err != nil {
+			if !errors.Is(err, worm.ErrTrimmed) {
+				c.logger().Warn("wormtx: coordinator ack", "tx", id, "err", err)
+			}
+			return
+		}
+		if err := t.collect(actx, c.sp); err != nil {
+			c.logger().Warn("wormtx: collect", "tx", id, "err", err)
+		}
+	})
 	return o, nil
+}
+
+func (c *Coordinator) ackTimeout() time.Duration {
+	if c.cfg.AckTimeout <= 0 {
+		return 30 * time.Second
+	}
+	return c.cfg.AckTimeout
+}
+
+// Close waits for the background acknowledgements of Await. It does not
+// close the Space.
+func (c *Coordinator) Close() error {
+	c.bg.Wait()
+	return nil
 }
 
 func (c *Coordinator) logger() *slog.Logger {

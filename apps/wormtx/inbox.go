@@ -53,27 +53,20 @@ func (c *cursors) get(base uint64) *inboxCursor {
 	return v.(*inboxCursor)
 }
 
-// postTo appends t to participant p's inbox (capture+write at the first
-// free position).
-func postTo(ctx context.Context, sp worm.Space, dir Directory, cs *cursors, p string, t Tx) error {
-	base, err := dir(p)
-	if err != nil {
-		return err
-	}
-	entry := marshalEntry(t)
-	cur := cs.get(base)
-	cur.mu.Lock()
-	k, off := cur.k, cur.off
-	cur.mu.Unlock()
+// claim is a captured inbox position, ready for one Write.
+type claim struct {
+	base uint64
+	k    uint64
+	off  uint32
+	tok  worm.Token
+}
+
+// claimFrom captures the first position at or after (k, off) of the inbox
+// at base that is not written. If it meets entry (an earlier ambiguous
+// write of ours landed) it returns mine=true instead. entry may be nil.
+func claimFrom(ctx context.Context, sp worm.Space, base uint64, p string, k uint64, off uint32, entry []byte) (c claim, mine bool, err error) {
 	size := sp.SegmentSize()
 	var b backoff
-	wait := func(err error) error {
-		if werr := b.wait(ctx); werr != nil {
-			return fmt.Errorf("wormtx: post %v to %q: %w", t.ID, p, err)
-		}
-		return nil
-	}
-loop:
 	for {
 		if off >= size {
 			k, off = k+1, 0
@@ -81,43 +74,93 @@ loop:
 		addr := worm.Addr{Seg: base + k, Off: off}
 		tok, err := sp.Capture(ctx, addr)
 		if w, ok := worm.WrittenValue(err); ok {
-			if bytes.Equal(w, entry) {
-				break loop // an earlier ambiguous attempt of ours landed
+			if entry != nil && bytes.Equal(w, entry) {
+				return claim{base: base, k: k, off: off}, true, nil
 			}
 			off++
 			continue
 		}
 		switch {
 		case err == nil:
+			return claim{base: base, k: k, off: off, tok: tok}, false, nil
 		case errors.Is(err, worm.ErrUnallocated):
 			if _, err := sp.Alloc(ctx, base+k, []byte(inboxMagic+p)); err != nil && !transient(ctx, err) && !errors.Is(err, worm.ErrTrimmed) {
-				return fmt.Errorf("wormtx: post %v to %q: alloc inbox: %w", t.ID, p, err)
+				return claim{}, false, fmt.Errorf("alloc inbox: %w", err)
 			}
-			continue
 		case errors.Is(err, worm.ErrTrimmed):
 			k, off = k+1, 0
-			continue
 		case transient(ctx, err):
-			if err := wait(err); err != nil {
-				return err
+			if werr := b.wait(ctx); werr != nil {
+				return claim{}, false, err
 			}
-			continue
 		default:
-			return fmt.Errorf("wormtx: post %v to %q: %w", t.ID, p, err)
+			return claim{}, false, err
 		}
-		err = sp.Write(ctx, addr, tok, entry)
+	}
+}
+
+// claimInbox captures participant p's first free inbox position (from the
+// poster's hint), so that a post after Alloc costs one Write.
+func claimInbox(ctx context.Context, sp worm.Space, dir Directory, cs *cursors, p string) (claim, error) {
+	base, err := dir(p)
+	if err != nil {
+		return claim{}, err
+	}
+	cur := cs.get(base)
+	cur.mu.Lock()
+	k, off := cur.k, cur.off
+	cur.mu.Unlock()
+	c, _, err := claimFrom(ctx, sp, base, p, k, off, nil)
+	if err != nil {
+		return claim{}, fmt.Errorf("wormtx: claim inbox of %q: %w", p, err)
+	}
+	return c, nil
+}
+
+// postTo appends t to participant p's inbox (capture+write at the first
+// free position; with pre, first a write with pre's token).
+func postTo(ctx context.Context, sp worm.Space, dir Directory, cs *cursors, p string, t Tx, pre *claim) error {
+	base, err := dir(p)
+	if err != nil {
+		return err
+	}
+	entry := marshalEntry(t)
+	cur := cs.get(base)
+	var c claim
+	if pre != nil && pre.base == base {
+		c = *pre
+	} else {
+		cur.mu.Lock()
+		c = claim{base: base, k: cur.k, off: cur.off}
+		cur.mu.Unlock()
+	}
+	var b backoff
+	for {
+		if c.tok.IsZero() {
+			var mine bool
+			c, mine, err = claimFrom(ctx, sp, base, p, c.k, c.off, entry)
+			if err != nil {
+				return fmt.Errorf("wormtx: post %v to %q: %w", t.ID, p, err)
+			}
+			if mine {
+				break
+			}
+		}
+		addr := worm.Addr{Seg: base + c.k, Off: c.off}
+		err = sp.Write(ctx, addr, c.tok, entry)
+		c.tok = worm.Token{}
 		if err == nil {
-			break loop
+			break
 		}
 		if w, ok := worm.WrittenValue(err); ok {
 			if bytes.Equal(w, entry) {
-				break loop
+				break
 			}
-			off++
+			c.off++
 			continue
 		}
 		if errors.Is(err, worm.ErrTrimmed) {
-			k, off = k+1, 0
+			c.k, c.off = c.k+1, 0
 			continue
 		}
 		if !transient(ctx, err) {
@@ -126,20 +169,22 @@ loop:
 		if errors.Is(err, worm.ErrUnknownOutcome) {
 			v, rerr := readOpt(ctx, sp, addr)
 			if rerr == nil && bytes.Equal(v, entry) {
-				break loop
+				break
 			}
 			if rerr == nil && v != nil {
-				off++
+				c.off++
 				continue
 			}
 		}
-		if err := wait(err); err != nil {
-			return err
+		// Preempted, unavailable, or unknown and still empty: capture
+		// the same position again (claimFrom tells if ours landed).
+		if werr := b.wait(ctx); werr != nil {
+			return fmt.Errorf("wormtx: post %v to %q: %w", t.ID, p, err)
 		}
 	}
 	cur.mu.Lock()
-	if k > cur.k || (k == cur.k && off+1 > cur.off) {
-		cur.k, cur.off = k, off+1
+	if c.k > cur.k || (c.k == cur.k && c.off+1 > cur.off) {
+		cur.k, cur.off = c.k, c.off+1
 	}
 	cur.mu.Unlock()
 	return nil

@@ -180,13 +180,31 @@ func (t Tx) Resolve(ctx context.Context, sp worm.Space, pol Policy) (Outcome, er
 	n := t.n()
 	lctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	notes, err := sp.Listen(lctx, uint64(t.ID))
-	if err != nil {
-		if errors.Is(err, worm.ErrTrimmed) {
-			return Pending, fmt.Errorf("wormtx: %v: %w", t.ID, err)
-		}
-		notes = nil // fall back on polling
+	// Subscribe and scan at once (one round trip, not two); if the first
+	// scan is inconclusive, scan again once subscribed, so no write falls
+	// between the two unseen.
+	type listening struct {
+		ch  <-chan worm.Notification
+		err error
 	}
+	ready := make(chan listening, 1)
+	go func() {
+		ch, err := sp.Listen(lctx, uint64(t.ID))
+		ready <- listening{ch, err}
+	}()
+	var notes <-chan worm.Notification
+	subscribe := func() error {
+		l := <-ready
+		if l.err != nil {
+			if errors.Is(l.err, worm.ErrTrimmed) {
+				return fmt.Errorf("wormtx: %v: %w", t.ID, l.err)
+			}
+			return nil // fall back on polling
+		}
+		notes = l.ch
+		return nil
+	}
+	subscribed := false
 	votes := make([]Vote, n)
 	var recoverAt <-chan time.Time
 	if pol.RecoverAfter >= 0 {
@@ -208,6 +226,13 @@ func (t Tx) Resolve(ctx context.Context, sp worm.Space, pol Policy) (Outcome, er
 				}
 			}
 			return o, nil
+		}
+		if !subscribed {
+			subscribed = true
+			if err := subscribe(); err != nil {
+				return Pending, err
+			}
+			continue // rescan: writes before the subscription are seen
 		}
 		if recovered {
 			// Every vote was settled by the recovery round; only a
@@ -334,7 +359,7 @@ func (t Tx) recover(ctx context.Context, sp worm.Space, votes []Vote, pol Policy
 			}
 			log.Debug("wormtx: recovered vote", "tx", t.ID, "participant", t.Participants[i], "vote", votes[i], "filled", filled)
 			if filled && pol.Notify != nil {
-				if err := postTo(ctx, sp, pol.Notify, nil, t.Participants[i], t); err != nil {
+				if err := postTo(ctx, sp, pol.Notify, nil, t.Participants[i], t, nil); err != nil {
 					log.Warn("wormtx: could not notify participant after recovery", "tx", t.ID, "participant", t.Participants[i], "err", err)
 				}
 			}

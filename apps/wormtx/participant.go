@@ -186,20 +186,37 @@ func (p *Participant) abandonCoordinator(ctx context.Context, t Tx) error {
 // errors once ctx ends; worm.ErrTrimmed means every participant,
 // this one included, has applied t.
 func (p *Participant) Handle(ctx context.Context, t Tx, res Resource) (Outcome, error) {
+	return p.handle(ctx, t, res, false)
+}
+
+// handle is Handle; fresh means the inbox entry was written while this
+// process was waiting for it, so no earlier incarnation can have handled
+// it (or, for a duplicate entry, Prepare returns the recorded vote), and
+// the round trip that checks the ack and vote registers is skipped.
+func (p *Participant) handle(ctx context.Context, t Tx, res Resource, fresh bool) (Outcome, error) {
 	i, err := p.index(t)
 	if err != nil {
 		return Pending, err
 	}
-	// Acked already, or collected: done before (this is a rescan).
-	if v, err := readOpt(ctx, p.sp, t.ackAddr(i)); err != nil {
-		return Pending, fmt.Errorf("wormtx: %v: %w", t.ID, err)
-	} else if v != nil {
-		return parseOutcome(v)
-	}
-	// A recoverer may have voted for us already: no need to prepare.
-	mine, err := readOpt(ctx, p.sp, t.voteAddr(i))
-	if err != nil {
-		return Pending, fmt.Errorf("wormtx: %v: %w", t.ID, err)
+	var mine []byte
+	if !fresh {
+		// Acked already, or collected: done before (this is a rescan).
+		// A recoverer may have voted for us already: no need to
+		// prepare. Both registers in one round trip.
+		vals, err := readAll(ctx, p.sp, []worm.Addr{t.ackAddr(i), t.voteAddr(i)})
+		if err != nil {
+			return Pending, fmt.Errorf("wormtx: %v: %w", t.ID, err)
+		}
+		if vals[0] != nil {
+			o, err := parseOutcome(vals[0])
+			if err == nil && o == Abort {
+				// The previous incarnation may have died before
+				// completing the missing votes.
+				err = p.completeVotes(ctx, t)
+			}
+			return o, err
+		}
+		mine = vals[1]
 	}
 	if mine == nil {
 		yes, err := res.Prepare(ctx, t.ID, t.Descriptor)
@@ -328,11 +345,14 @@ func (p *Participant) serveInboxSegment(ctx context.Context, cancel context.Canc
 	}
 	var segWG sync.WaitGroup
 	var failed sync.Map // TxID -> error: keep the inbox segment for a rescan
+	waited := false     // we saw position off empty: its entry will be fresh
 	for off := uint32(0); off < size; {
 		v, err := p.sp.Read(ctx, worm.Addr{Seg: seg, Off: off})
 		switch {
 		case err == nil:
 			off++
+			fresh := waited
+			waited = false
 			t, err := unmarshalEntry(v)
 			if err != nil {
 				p.log.Warn("wormtx: skipping bad inbox entry", "seg", seg, "off", off-1, "err", err)
@@ -347,7 +367,7 @@ func (p *Participant) serveInboxSegment(ctx context.Context, cancel context.Canc
 			go func() {
 				defer wg.Done()
 				defer segWG.Done()
-				o, err := p.Handle(ctx, t, res)
+				o, err := p.handle(ctx, t, res, fresh)
 				switch {
 				case errors.Is(err, ErrCrashed):
 					p.log.Info("wormtx: simulated crash", "tx", t.ID)
@@ -363,7 +383,9 @@ func (p *Participant) serveInboxSegment(ctx context.Context, cancel context.Canc
 			continue
 		case errors.Is(err, worm.ErrTrimmed):
 			return nil
-		case errors.Is(err, worm.ErrEmpty), errors.Is(err, worm.ErrUnallocated), transient(ctx, err):
+		case errors.Is(err, worm.ErrEmpty), errors.Is(err, worm.ErrUnallocated):
+			waited = true
+		case transient(ctx, err):
 		default:
 			return fmt.Errorf("wormtx: %q inbox %d/%d: %w", p.name, seg, off, err)
 		}
