@@ -83,6 +83,8 @@ type Log struct {
 	lockf   *os.File
 	maxRecV int // largest value a record frame can carry
 
+	hookSyncIO func() // tests: called by Sync before its write and fsync
+
 	syncMu sync.Mutex // serialises Sync: one write+fsync at a time
 
 	mu        sync.Mutex
@@ -479,6 +481,9 @@ func (l *Log) Sync() (uint64, error) {
 	l.buf, l.spare = l.spare[:0], nil
 	l.mu.Unlock()
 
+	if l.hookSyncIO != nil {
+		l.hookSyncIO()
+	}
 	start := time.Now()
 	var err error
 	if len(buf) > 0 {

@@ -8,6 +8,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/wormspace/wormspace/worm/paxos"
 )
@@ -352,5 +353,93 @@ func TestNoSpaceQuota(t *testing.T) {
 	defer l2.Close()
 	if got := canon(acc2); got != canon(replay(w.recs)) || got == "" {
 		t.Fatal("state after a full quota differs")
+	}
+}
+
+// TestAppendDuringSync holds a Sync between taking its batch and its
+// write+fsync: Appends meanwhile return at once, are not covered by that
+// Sync, and are covered by the next.
+func TestAppendDuringSync(t *testing.T) {
+	w := newWorkload(seed(t), 4)
+	l, _ := mustOpen(t, t.TempDir(), testOpts())
+	defer l.Close()
+	end1, err := l.Append(w.step())
+	if err != nil {
+		t.Fatal(err)
+	}
+	entered, release := make(chan struct{}), make(chan struct{})
+	l.hookSyncIO = func() {
+		entered <- struct{}{}
+		<-release
+	}
+	type res struct {
+		d   uint64
+		err error
+	}
+	first := make(chan res, 1)
+	go func() { d, err := l.Sync(); first <- res{d, err} }()
+	<-entered
+	appended := make(chan uint64, 1)
+	go func() {
+		end, err := l.Append(w.step())
+		if err != nil {
+			t.Error(err)
+		}
+		appended <- end
+	}()
+	var end2 uint64
+	select {
+	case end2 = <-appended:
+	case <-time.After(10 * time.Second):
+		t.Fatal("Append waited for a running Sync")
+	}
+	l.hookSyncIO = nil // read by the second Sync only after the first released syncMu
+	close(release)
+	r := <-first
+	if r.err != nil || r.d < end1 || r.d >= end2 {
+		t.Fatalf("first sync returned %d, %v: want >= %d and < %d (the later append)", r.d, r.err, end1, end2)
+	}
+	d, err := l.Sync()
+	if err != nil || d < end2 {
+		t.Fatalf("second sync returned %d, %v: want >= %d", d, err, end2)
+	}
+}
+
+// TestSyncFailure: once a Sync fails, the log refuses everything, and a
+// reopen recovers what the last successful Sync covered.
+func TestSyncFailure(t *testing.T) {
+	w := newWorkload(seed(t), 4)
+	dir := t.TempDir()
+	l, _ := mustOpen(t, dir, testOpts())
+	for range 20 {
+		if _, err := l.Append(w.step()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := l.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	synced := len(w.recs)
+	if _, err := l.Append(w.step()); err != nil {
+		t.Fatal(err)
+	}
+	l.cur.f.Close() // the disk goes away
+	if _, err := l.Sync(); !errors.Is(err, ErrFailed) {
+		t.Fatalf("sync on a closed file: %v", err)
+	}
+	if _, err := l.Append(w.step()); !errors.Is(err, ErrFailed) {
+		t.Fatalf("append after a failed sync: %v", err)
+	}
+	if err := l.Reserve(10); !errors.Is(err, ErrFailed) {
+		t.Fatalf("reserve after a failed sync: %v", err)
+	}
+	if _, err := l.Sync(); !errors.Is(err, ErrFailed) {
+		t.Fatalf("second sync after a failed sync: %v", err)
+	}
+	l.Close()
+	l2, acc2 := mustOpen(t, dir, testOpts())
+	defer l2.Close()
+	if canon(acc2) != canon(replay(w.recs[:synced])) {
+		t.Fatal("state after a failed sync is not the synced state")
 	}
 }
