@@ -126,17 +126,17 @@ func (b *built) checkPrefix(t *testing.T, dir string, atLeast int, what string) 
 	return l
 }
 
-// TestCrashAtEveryOffset cuts the log at every offset of its first 1.5 KiB,
+// TestCrashAtEveryOffset cuts the log at every offset of its first KiB,
 // at every sync boundary (±1) and at a seeded sample of the others, both
 // as a short file and as one whose rest reads zero (preallocated space):
 // the recovered state is the state after a prefix of the appended records
 // holding everything synced before the cut, and the log keeps working.
 func TestCrashAtEveryOffset(t *testing.T) {
 	sd := seed(t)
-	b := buildLog(t, sd, 300, 5)
+	b := buildLog(t, sd, 250, 5)
 	rng := rand.New(rand.NewPCG(sd, 11))
 	offs := map[int64]bool{}
-	for o := int64(0); o < min(1536, b.tail+1); o++ {
+	for o := int64(0); o < min(1024, b.tail+1); o++ {
 		offs[o] = true
 	}
 	for _, e := range b.batches {
@@ -146,7 +146,7 @@ func TestCrashAtEveryOffset(t *testing.T) {
 			}
 		}
 	}
-	for range 600 {
+	for range 300 {
 		offs[rng.Int64N(b.tail+1)] = true
 	}
 	sorted := make([]int64, 0, len(offs))
