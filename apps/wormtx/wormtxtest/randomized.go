@@ -57,7 +57,7 @@ func testRandomized(t *testing.T, open Open, opts Options) {
 	for _, seed := range seeds(t, opts.Seeds) {
 		t.Run(fmt.Sprint(seed), func(t *testing.T) {
 			t.Logf("seed %d (replay: WORMTX_SEED=%d go test -run 'Randomized/%d')", seed, seed, seed)
-			e := setup(t, open)
+			e := setup(t, open, opts)
 			randomizedSeed(e, seed, opts)
 		})
 	}
@@ -161,7 +161,7 @@ func randomizedSeed(e *env, seed uint64, opts Options) {
 		r := &txRun{behave: p.behave, intent: make([]bool, len(p.parts)), voted: make([]bool, len(p.parts)),
 			chosen: make([]wormtx.Vote, len(p.parts)), coordDead: p.coordCrash}
 		runs[k] = r
-		co := wormtx.NewCoordinator(e.client(k), wormtx.CoordinatorConfig{FirstSeg: e.base + 1 + uint64(k)*16, Policy: fast(20 * time.Millisecond)})
+		co := wormtx.NewCoordinator(e.client(k), wormtx.CoordinatorConfig{FirstSeg: e.base + 1 + uint64(k)*16, Policy: fast(e.recovery)})
 		id, err := co.Begin(ctx, p.parts, []byte(strconv.Itoa(k)))
 		if err != nil {
 			e.t.Fatalf("seed %d: Begin %d: %v", seed, k, err)

@@ -36,11 +36,23 @@ type Options struct {
 	// NemesisWindow is how long the nemesis disturbs each seed (default
 	// 200ms); the workload then finishes in calm.
 	NemesisWindow time.Duration
+	// Recovery is RecoverAfter in the subtests that need recovery to
+	// happen (default 20ms); subtests that expect commits use a
+	// recovery timeout far above any fault-free latency. Raise it for
+	// slow clusters.
+	Recovery time.Duration
 	// Seeds is the number of randomized seeds (default 8).
 	Seeds int
 	// TxPerSeed is the number of concurrent transactions per seed
 	// (default 12).
 	TxPerSeed int
+}
+
+func (o Options) recovery() time.Duration {
+	if o.Recovery <= 0 {
+		return 20 * time.Millisecond
+	}
+	return o.Recovery
 }
 
 func (o Options) nemesisWindow() time.Duration {
@@ -83,20 +95,22 @@ func RunWith(t *testing.T, open Open, opts Options) {
 		{"ParticipantCrashRestart", testParticipantCrashRestart},
 		{"ConcurrentTransactions", testConcurrentTransactions},
 	} {
-		t.Run(c.name, func(t *testing.T) { c.f(setup(t, open)) })
+		t.Run(c.name, func(t *testing.T) { c.f(setup(t, open, opts)) })
 	}
 	t.Run("Randomized", func(t *testing.T) { testRandomized(t, open, opts) })
 }
 
 type env struct {
-	t    *testing.T
-	ctx  context.Context
-	c    []worm.Space
-	base uint64
-	next uint64
+	// recovery is RecoverAfter where a test needs recovery to happen.
+	recovery time.Duration
+	t        *testing.T
+	ctx      context.Context
+	c        []worm.Space
+	base     uint64
+	next     uint64
 }
 
-func setup(t *testing.T, open Open) *env {
+func setup(t *testing.T, open Open, opts Options) *env {
 	t.Helper()
 	c := open(t)
 	if len(c) < 2 {
@@ -107,7 +121,7 @@ func setup(t *testing.T, open Open) *env {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), OpTimeout)
 	t.Cleanup(cancel)
-	return &env{t: t, ctx: ctx, c: c, base: segBase + segNext.Add(1)<<24}
+	return &env{t: t, ctx: ctx, c: c, base: segBase + segNext.Add(1)<<24, recovery: opts.recovery()}
 }
 
 // client returns client i modulo the number of clients.
@@ -398,7 +412,7 @@ func (e *env) cluster(parts []string, cfg func(name string) wormtx.ParticipantCo
 		cancel: map[string]context.CancelFunc{}, done: map[string]chan error{}, idx: map[string]int{}}
 	for i, p := range parts {
 		c.idx[p] = i
-		pc := wormtx.ParticipantConfig{Policy: fast(20 * time.Millisecond), AbandonAfter: 50 * time.Millisecond}
+		pc := wormtx.ParticipantConfig{Policy: fast(e.recovery), AbandonAfter: 50 * time.Millisecond}
 		if cfg != nil {
 			pc = cfg(p)
 		}
@@ -481,9 +495,14 @@ func (c *cluster) checkProblems() {
 	}
 }
 
+// patient: participants that never time out in a fault-free run.
+func patient(string) wormtx.ParticipantConfig {
+	return wormtx.ParticipantConfig{Policy: fast(10 * time.Second), AbandonAfter: 50 * time.Millisecond}
+}
+
 func testInboxCommitAndCollect(e *env) {
 	parts := names(3)
-	cl := e.cluster(parts, nil)
+	cl := e.cluster(parts, patient)
 	co := e.coordinator(0, cl.dir, fast(time.Second))
 	for range 3 {
 		tx := e.begin(co, parts)
@@ -501,7 +520,8 @@ func testInboxCommitAndCollect(e *env) {
 
 func testCoordinatorCrashBeforeAwait(e *env) {
 	parts := names(3)
-	cl := e.cluster(parts, nil)
+	// No recovery is needed: every participant was told and votes yes.
+	cl := e.cluster(parts, patient)
 	co := wormtx.NewCoordinator(e.c[0], wormtx.CoordinatorConfig{FirstSeg: e.base + 1, Directory: cl.dir, Policy: fast(-1),
 		Crash: func(p wormtx.CrashPoint, _ int) bool { return p == wormtx.CoordinatorBeforeAwait }})
 	tx := e.begin(co, parts)
@@ -543,7 +563,7 @@ func testParticipantCrashRestart(e *env) {
 	parts := names(3)
 	var crashed atomic.Bool
 	cl := e.cluster(parts, func(name string) wormtx.ParticipantConfig {
-		pc := wormtx.ParticipantConfig{Policy: fast(20 * time.Millisecond), AbandonAfter: 50 * time.Millisecond}
+		pc := wormtx.ParticipantConfig{Policy: fast(e.recovery), AbandonAfter: 50 * time.Millisecond}
 		if name == "p2" {
 			pc.Crash = func(p wormtx.CrashPoint, _ wormtx.TxID) bool {
 				return p == wormtx.ParticipantBeforeVote && crashed.CompareAndSwap(false, true)
@@ -574,10 +594,8 @@ func testParticipantCrashRestart(e *env) {
 
 func testConcurrentTransactions(e *env) {
 	parts := names(4)
-	// Generous recovery: the expected outcomes assume nobody times out.
-	cl := e.cluster(parts, func(string) wormtx.ParticipantConfig {
-		return wormtx.ParticipantConfig{Policy: fast(5 * time.Second), AbandonAfter: 50 * time.Millisecond}
-	})
+	// The expected outcomes assume nobody times out.
+	cl := e.cluster(parts, patient)
 	for _, r := range cl.rec {
 		r.VoteFn = func(tx wormtx.TxID) bool { return tx%5 != 0 }
 	}

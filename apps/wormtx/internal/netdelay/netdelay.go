@@ -112,7 +112,7 @@ func (s *Space) Listen(ctx context.Context, seg uint64) (<-chan worm.Notificatio
 		n  worm.Notification
 		at time.Time
 	}
-	q := make(chan timed, 4096)
+	q := make(chan timed, 256)
 	go func() {
 		defer close(q)
 		for n := range in {
