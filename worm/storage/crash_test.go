@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strconv"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -276,7 +277,8 @@ func TestBitFlips(t *testing.T) {
 const killChildEnv = "WORM_STORAGE_KILL_CHILD"
 
 // TestKillChild is the child of TestKill9: it writes register i of
-// segment base+i/16 with "value-i", syncs, and prints i once durable.
+// segment base+i/16 with "value-i", syncs, and prints i and the durable
+// position once durable.
 func TestKillChild(t *testing.T) {
 	dir := os.Getenv(killChildEnv)
 	if dir == "" {
@@ -295,22 +297,24 @@ func TestKillChild(t *testing.T) {
 			t.Fatal(err)
 		}
 		if i%3 == 2 {
-			if _, err := l.Sync(); err != nil {
+			d, err := l.Sync()
+			if err != nil {
 				t.Fatal(err)
 			}
-			fmt.Printf("%d\n", i)
+			fmt.Printf("%d %d\n", i, d)
 		}
 	}
 }
 
 // TestKill9 kills a child that appends and syncs with SIGKILL at a random
 // moment, three times over: every register the child reported durable is
-// there after the reopen.
+// there after the reopen, and the log reaches every position it reported.
 func TestKill9(t *testing.T) {
 	sd := seed(t)
 	rng := rand.New(rand.NewPCG(sd, 19))
 	dir := t.TempDir()
 	reported := map[uint64]int{} // base -> highest i reported
+	var maxPos atomic.Uint64     // highest durable position reported
 	for round := range 3 {
 		base := uint64(round) * 1000
 		cmd := exec.Command(os.Args[0], "-test.run=^TestKillChild$", "-test.count=1")
@@ -327,8 +331,11 @@ func TestKill9(t *testing.T) {
 			defer close(lines)
 			sc := bufio.NewScanner(out)
 			for sc.Scan() {
-				if i, err := strconv.Atoi(sc.Text()); err == nil {
+				var i int
+				var pos uint64
+				if _, err := fmt.Sscanf(sc.Text(), "%d %d", &i, &pos); err == nil {
 					lines <- i
+					maxPos.Store(max(maxPos.Load(), pos))
 				}
 			}
 		}()
@@ -355,6 +362,9 @@ func TestKill9(t *testing.T) {
 		cmd.Wait()
 
 		l, acc := mustOpen(t, dir, testOpts())
+		if end := l.Stats().End; end < maxPos.Load() {
+			t.Fatalf("round %d: recovered log ends at %d, the child reported %d durable", round, end, maxPos.Load())
+		}
 		for b, last := range reported {
 			for i := 0; i <= last; i++ {
 				req := paxos.Request{Kind: paxos.KindRead, Seg: b + uint64(i/testSegSize), Off: uint32(i % testSegSize)}

@@ -81,6 +81,7 @@ type Log struct {
 	logger  *slog.Logger
 	chunk   int64
 	lockf   *os.File
+	id      Identity
 	maxRecV int // largest value a record frame can carry
 
 	hookSyncIO func() // tests: called by Sync before its write and fsync
@@ -209,6 +210,7 @@ func (l *Log) open() (*paxos.Acceptor, error) {
 			return nil, fmt.Errorf("%w: %s belongs to cluster %q with segment size %d, not cluster %q with segment size %d",
 				ErrForeign, l.dir, id.Cluster, id.SegmentSize, l.opts.Cluster, l.opts.SegmentSize)
 		}
+		l.id = id
 		if len(gens) == 0 {
 			return nil, corrupt(identityName, 0, "the directory has an identity but no generation file: its log was removed")
 		}
@@ -347,7 +349,7 @@ func (l *Log) initDir() (*paxos.Acceptor, error) {
 		return nil, fmt.Errorf("storage: initialise %s: %w", l.dir, err)
 	}
 	g.tail, g.written, g.batch = int64(len(b)), int64(len(b)), 1
-	l.cur = g
+	l.cur, l.id = g, id
 	l.durable = uint64(g.tail)
 	l.logger.Info("storage: initialised", "cluster", l.opts.Cluster, "segment_size", l.opts.SegmentSize)
 	return paxos.NewAcceptor(l.opts.SegmentSize), nil
@@ -642,6 +644,9 @@ func (l *Log) Stats() Stats {
 	}
 	return s
 }
+
+// Identity returns what the directory's IDENTITY file records.
+func (l *Log) Identity() Identity { return l.id }
 
 // Dir returns the data directory.
 func (l *Log) Dir() string { return l.dir }
