@@ -124,6 +124,7 @@ func NewCoordinator(sp worm.Space, cfg CoordinatorConfig) *Coordinator {
 		cfg.Policy.Logger = cfg.Logger
 	}
 	c := &Coordinator{sp: sp, cfg: cfg, txs: map[TxID]Tx{}}
+	c.cfg.Policy.hints = &c.cur
 	c.next.Store(cfg.FirstSeg)
 	return c
 }

@@ -33,6 +33,8 @@ type Policy struct {
 	Notify Directory
 	// Logger receives recovery events; nil means slog.Default().
 	Logger *slog.Logger
+
+	hints *cursors // inbox position hints for Notify (shared by copies)
 }
 
 // DefaultPolicy recovers missing votes after two seconds.
@@ -359,7 +361,7 @@ func (t Tx) recover(ctx context.Context, sp worm.Space, votes []Vote, pol Policy
 			}
 			log.Debug("wormtx: recovered vote", "tx", t.ID, "participant", t.Participants[i], "vote", votes[i], "filled", filled)
 			if filled && pol.Notify != nil {
-				if err := postTo(ctx, sp, pol.Notify, nil, t.Participants[i], t, nil); err != nil {
+				if err := postTo(ctx, sp, pol.Notify, pol.hints, t.Participants[i], t, nil); err != nil {
 					log.Warn("wormtx: could not notify participant after recovery", "tx", t.ID, "participant", t.Participants[i], "err", err)
 				}
 			}

@@ -55,6 +55,9 @@ func NewParticipant(sp worm.Space, name string, cfg ParticipantConfig) *Particip
 	if cfg.AbandonAfter == 0 {
 		cfg.AbandonAfter = time.Minute
 	}
+	if cfg.Policy.hints == nil {
+		cfg.Policy.hints = &cursors{}
+	}
 	return &Participant{sp: sp, name: name, cfg: cfg, log: log.With("participant", name)}
 }
 
@@ -319,9 +322,8 @@ func (p *Participant) Run(ctx context.Context, res Resource) error {
 		}
 		break
 	}
-	seen := map[TxID]bool{}
 	for {
-		if err := p.serveInboxSegment(ctx, cancel, &wg, res, seg, size, seen); err != nil {
+		if err := p.serveInboxSegment(ctx, cancel, &wg, res, seg, size); err != nil {
 			if ctx.Err() != nil {
 				return context.Cause(ctx)
 			}
@@ -333,7 +335,13 @@ func (p *Participant) Run(ctx context.Context, res Resource) error {
 
 // serveInboxSegment reads every entry of inbox segment seg, dispatching
 // each transaction, and arranges for seg to be trimmed once they are done.
-func (p *Participant) serveInboxSegment(ctx context.Context, cancel context.CancelCauseFunc, wg *sync.WaitGroup, res Resource, seg uint64, size uint32, seen map[TxID]bool) error {
+//
+// Duplicate entries (a transaction posted by its coordinator and by a
+// recoverer) are skipped within one inbox segment; across segments they
+// are harmless: Prepare returns the recorded vote, the vote write is
+// idempotent, and the outcome is the same.
+func (p *Participant) serveInboxSegment(ctx context.Context, cancel context.CancelCauseFunc, wg *sync.WaitGroup, res Resource, seg uint64, size uint32) error {
+	seen := map[TxID]bool{}
 	lctx, lcancel := context.WithCancel(ctx)
 	defer lcancel()
 	notes, err := p.sp.Listen(lctx, seg)
