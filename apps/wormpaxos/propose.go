@@ -175,6 +175,15 @@ func (r *Replica) captureSlot(ctx context.Context) (slot, error) {
 			r.pmu.Unlock()
 		}
 		tok, err := r.space.Capture(ctx, a)
+		for k := 0; k < 3 && errors.Is(err, worm.ErrPreempted); k++ {
+			// Another capture of the same register: its owner will
+			// probably write it (then we learn the value), or it was a
+			// filler. Retry here before leaving a hole behind.
+			if sleep(ctx, backoff(k)) != nil {
+				break
+			}
+			tok, err = r.space.Capture(ctx, a)
+		}
 		if err == nil {
 			return slot{pos: i, addr: a, tok: tok}, nil
 		}

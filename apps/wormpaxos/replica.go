@@ -384,6 +384,7 @@ func (r *Replica) done(cmd Command) bool {
 // state has applied that prefix, and then queries it.
 func (r *Replica) Read(ctx context.Context, query []byte) ([]byte, error) {
 	j := uint64(0)
+	failures := 0
 	for {
 		r.mu.Lock()
 		j = max(j, r.applied)
@@ -398,11 +399,19 @@ func (r *Replica) Read(ctx context.Context, query []byte) ([]byte, error) {
 		case err == nil:
 			r.learnedAt(j, v)
 			j++
+			failures = 0
 			continue
 		case empty(err):
 		case errors.Is(err, worm.ErrTrimmed):
 			// Behind a snapshot: let the learner restore, then rescan.
 			if err := r.waitApplied(ctx, j+1); err != nil {
+				return nil, err
+			}
+			continue
+		case errors.Is(err, worm.ErrUnavailable) && ctx.Err() == nil && failures < 5:
+			// One register out of many: retry it before giving up.
+			failures++
+			if err := sleep(ctx, backoff(failures)); err != nil {
 				return nil, err
 			}
 			continue
@@ -501,7 +510,7 @@ func (r *Replica) Run(ctx context.Context) error {
 	for range r.cfg.Pipeline {
 		wg.Go(func() { r.worker(ctx) })
 	}
-	ls := &listens{r: r, segs: map[uint64]context.CancelFunc{}}
+	ls := &listens{r: r, segs: map[uint64]*listen{}}
 	defer ls.close()
 	return r.learn(ctx, ls, &wg)
 }
@@ -521,6 +530,11 @@ func (r *Replica) learn(ctx context.Context, ls *listens, wg *sync.WaitGroup) er
 		mine := r.inflight[j] > 0
 		r.mu.Unlock()
 		ls.track(ctx, r.segOf(j))
+		for _, s := range ls.unnoticed() {
+			if p := r.look(ctx, s, j); p > probed {
+				probed = p
+			}
+		}
 		var err error
 		switch {
 		case ok:
@@ -632,6 +646,20 @@ func (r *Replica) probe(ctx context.Context, j uint64) uint64 {
 	return 0
 }
 
+// look checks a segment s past j's, just listened to, for writes made
+// before the Listen (which notified nobody): an allocated segment counts
+// as evidence that the log continues, as in probe. j's own segment is
+// covered by polling j. It returns evidence, or 0.
+func (r *Replica) look(ctx context.Context, s, j uint64) uint64 {
+	if s <= r.segOf(j) {
+		return 0
+	}
+	if _, err := r.space.Check(ctx, s); err == nil || errors.Is(err, worm.ErrTrimmed) {
+		return r.pos(s, 0) + 1
+	}
+	return 0
+}
+
 // window is how many segments past the learner's we listen to and probe.
 func (r *Replica) window() int {
 	if r.cfg.Policy == Rotating {
@@ -641,60 +669,95 @@ func (r *Replica) window() int {
 }
 
 // listens keeps Listen channels on the learner's segment and the next
-// window() segments.
+// window() segments. A Listen that fails, or whose channel closes early
+// (a lost connection), is retried after PollInterval.
 type listens struct {
-	r    *Replica
-	base uint64
-	mu   sync.Mutex
-	segs map[uint64]context.CancelFunc // nil value: Listen failed, do not retry
-	init bool
+	r     *Replica
+	mu    sync.Mutex
+	base  uint64
+	segs  map[uint64]*listen
+	fresh []uint64 // segments whose writes before now may have gone unnoticed
+}
+
+// unnoticed returns and clears the segments listened to since the last
+// call (or that reported lost notifications): writes to them before the
+// Listen produced no notification, so the learner checks them once.
+func (l *listens) unnoticed() []uint64 {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	f := l.fresh
+	l.fresh = nil
+	return f
+}
+
+type listen struct {
+	cancel context.CancelFunc // nil: not listening
+	failed time.Time
 }
 
 func (l *listens) track(ctx context.Context, base uint64) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if l.init && base == l.base && len(l.segs) == l.r.window()+1 {
-		return
-	}
-	l.init, l.base = true, base
-	for s, cancel := range l.segs {
-		if s < base || s > base+uint64(l.r.window()) {
-			if cancel != nil {
-				cancel()
+	w := uint64(l.r.window())
+	now := time.Now()
+	if base != l.base || len(l.segs) == 0 {
+		l.base = base
+		for s, x := range l.segs {
+			if s < base || s > base+w {
+				if x.cancel != nil {
+					x.cancel()
+				}
+				delete(l.segs, s)
 			}
-			delete(l.segs, s)
 		}
 	}
-	for s := base; s <= base+uint64(l.r.window()); s++ {
-		if _, ok := l.segs[s]; ok {
+	for s := base; s <= base+w; s++ {
+		x := l.segs[s]
+		if x == nil {
+			x = &listen{}
+			l.segs[s] = x
+		}
+		if x.cancel != nil || now.Sub(x.failed) < l.r.cfg.PollInterval {
 			continue
 		}
 		lctx, cancel := context.WithCancel(ctx)
 		ch, err := l.r.space.Listen(lctx, s)
 		if err != nil {
 			cancel()
-			l.segs[s] = nil
+			x.failed = now
 			continue
 		}
-		l.segs[s] = cancel
-		go func(s uint64) {
+		x.cancel = cancel
+		l.fresh = append(l.fresh, s)
+		go func(s uint64, x *listen) {
 			for n := range ch {
 				if n.Lost {
+					l.mu.Lock()
+					l.fresh = append(l.fresh, s)
+					l.mu.Unlock()
 					l.r.kick()
 				} else {
 					l.r.noteWritten(l.r.pos(s, n.Off))
 				}
 			}
-		}(s)
+			l.mu.Lock()
+			if l.segs[s] == x && x.cancel != nil {
+				// Closed under us (trim, lost connection): retry later.
+				x.cancel()
+				x.cancel, x.failed = nil, time.Now()
+			}
+			l.mu.Unlock()
+			l.r.kick()
+		}(s, x)
 	}
 }
 
 func (l *listens) close() {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	for s, cancel := range l.segs {
-		if cancel != nil {
-			cancel()
+	for s, x := range l.segs {
+		if x.cancel != nil {
+			x.cancel()
 		}
 		delete(l.segs, s)
 	}

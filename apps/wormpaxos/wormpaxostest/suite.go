@@ -655,19 +655,22 @@ func testCosts(t *testing.T, open Open, p wormpaxos.Policy, o Options) {
 	}
 	w, b, cp, sc := cnt.writes.Load(), cnt.batches.Load(), cnt.captures.Load(), cnt.segCaptures.Load()
 	t.Logf("%v: %d commands in %v: %d Write, %d WriteBatch, %d Capture, %d CaptureSegment", p, n, took, w, b, cp, sc)
-	if w != int64(n) {
+	// A distributed Space may report an ambiguous outcome that costs a
+	// retry; allow a few.
+	slack := int64(n/8 + 2)
+	if w < int64(n) || w > int64(n)+slack {
 		t.Errorf("%d Writes for %d commands; want one each", w, n)
 	}
 	switch p {
 	case wormpaxos.Leaderless:
-		if cp != int64(n) {
+		if cp < int64(n) || cp > int64(n)+slack {
 			t.Errorf("%d Captures for %d commands; want one each", cp, n)
 		}
 	default:
 		if cp != 0 {
 			t.Errorf("%d per-register Captures; want none", cp)
 		}
-		if max := int64(n/size + 2); sc > max {
+		if max := int64(n/size + 4); sc > max {
 			t.Errorf("%d CaptureSegments for %d commands in segments of %d; want at most %d", sc, n, size, max)
 		}
 	}
