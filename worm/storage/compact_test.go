@@ -33,6 +33,9 @@ func TestCompaction(t *testing.T) {
 	opts.ChunkSize = 16 << 10
 	opts.CompactSlack = 16 << 10
 	l, _ := mustOpen(t, dir, opts)
+	if l.ShouldCompact(0) {
+		t.Fatal("ShouldCompact on an empty log")
+	}
 	var last uint64
 	app := func(n int) {
 		for range n {
