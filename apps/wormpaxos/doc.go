@@ -30,9 +30,12 @@
 // Register values are encoded batches of commands (client, sequence, op)
 // or a no-op filler. A replica's learner (Run) reads position applied,
 // applies it and moves on; at an empty register it waits for a Listen
-// notification (it listens to its segment and the next few) or a polling
-// timeout. Values the replica wrote itself, or saw in a capture, are
-// applied without reading them again. A hole — an empty register below a
+// notification (it listens to its segment and the next few, re-listening
+// when a channel fails or closes, and checks a newly listened segment once
+// for writes made before) or a polling timeout (PollInterval). Values the
+// replica wrote itself, or saw in a capture, are applied without reading
+// them again, and the learner does not read a register its own write is
+// still filling, so a command costs its proposer one write. A hole — an empty register below a
 // written one — is left alone for HoleTimeout (a proposer may still be
 // writing it); after that the learner captures the hole's segment
 // (CaptureSegment) and fills its empty registers with no-ops, up to the
@@ -60,10 +63,15 @@
 //     written register with no-ops, and writes from there. A segment whose
 //     Alloc another replica won is captured and filled to its end, which
 //     fences that leader; the new leader writes only into segments it
-//     allocated. A preempted leader learns and re-acquires. Leadership
-//     moves on demand (there is no forwarding between replicas): clients
-//     that stick to one replica keep one leader; clients spread over
-//     replicas make the lead move, each move costing a segment of no-ops.
+//     allocated. A preempted leader learns and re-acquires. With
+//     Config.Forward set, a replica forwards commands to the leader it
+//     learned (the Alloc owner of the newest segment holding commands;
+//     the receiving replica calls ProposeLocal) and takes the lead only
+//     when forwarding fails, so failover needs no timer: the first
+//     proposal after the leader's death moves the lead. Without Forward,
+//     the lead moves on demand to whichever replica is asked to propose:
+//     clients that stick to one replica keep one leader; clients spread
+//     over replicas make it move, each move costing a segment of no-ops.
 //   - Rotating (Mencius): replica r owns the log segments with
 //     (seg - LogBase) mod Replicas == r and writes commands only there,
 //     capturing each of its segments once. An owner whose learner sees the

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"strconv"
 	"sync"
 	"testing"
 	"time"
@@ -77,14 +78,18 @@ func TestStore(t *testing.T) {
 }
 
 // cluster starts n replicas over a spec store.
-func cluster(t *testing.T, ctx context.Context, n int) []*wormpaxos.Replica {
+func cluster(t *testing.T, ctx context.Context, n int, tune ...func(*wormpaxos.Config)) []*wormpaxos.Replica {
 	st := spec.New(16)
 	var reps []*wormpaxos.Replica
 	for i := range n {
 		sp := st.Client(fmt.Sprintf("r%d", i))
 		t.Cleanup(func() { sp.Close() })
-		r, err := wormpaxos.New(sp, NewStore(), wormpaxos.Config{Policy: wormpaxos.Sticky, LogBase: 10, Replicas: n, Index: i,
-			HoleTimeout: 20 * time.Millisecond, PollInterval: 5 * time.Millisecond})
+		cfg := wormpaxos.Config{Policy: wormpaxos.Sticky, LogBase: 10, Replicas: n, Index: i,
+			HoleTimeout: 20 * time.Millisecond, PollInterval: 5 * time.Millisecond}
+		for _, f := range tune {
+			f(&cfg)
+		}
+		r, err := wormpaxos.New(sp, NewStore(), cfg)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -277,4 +282,85 @@ func TestFrameLimit(t *testing.T) {
 	if _, err := readFrame(b); err == nil {
 		t.Fatal("readFrame accepted a frame above MaxFrame")
 	}
+}
+
+// TestForwarder: replicas forward to the leader over the wire, so clients
+// spread over all replicas keep one leader; when the leader's process
+// dies, forwarding fails and another replica takes over.
+func TestForwarder(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	var lns []net.Listener
+	addrs := map[string]string{}
+	for i := range 3 {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		lns = append(lns, ln)
+		addrs[fmt.Sprintf("r%d", i)] = ln.Addr().String()
+	}
+	d := &net.Dialer{}
+	reps := cluster(t, ctx, 3, func(c *wormpaxos.Config) { c.Forward = Forwarder(d, addrs) })
+	var srv []*served
+	for i, r := range reps {
+		srv = append(srv, serve(t, ctx, r, lns[i]))
+	}
+	put := func(tag string, ops int, live []int) {
+		var wg sync.WaitGroup
+		for _, i := range live {
+			wg.Go(func() {
+				c, err := Dial(ctx, d, srv[i].addr)
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				defer c.Close()
+				for j := range ops {
+					if err := c.Put(ctx, tag+strconv.Itoa(i), strconv.Itoa(j)); err != nil {
+						t.Errorf("client at r%d: %v", i, err)
+						return
+					}
+				}
+			})
+		}
+		wg.Wait()
+	}
+	put("a", 40, []int{0, 1, 2})
+	var leases uint64
+	for _, r := range reps {
+		leases += r.Stats().Leases
+	}
+	if leases > 120/16+4 {
+		t.Errorf("%d leases for 120 commands in segments of 16: the lead moved instead of being forwarded to", leases)
+	}
+	leader := reps[2].Leader()
+	if leader == "" || leader != reps[0].Leader() {
+		t.Fatalf("replicas disagree on the leader: %q vs %q", reps[0].Leader(), leader)
+	}
+	dead := -1
+	for i, r := range reps {
+		if r.ID() == leader {
+			dead = i
+			srv[i].kill()
+		}
+	}
+	var live []int
+	for i := range reps {
+		if i != dead {
+			live = append(live, i)
+		}
+	}
+	put("b", 20, live)
+	c, err := Dial(ctx, d, srv[live[0]].addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	for _, i := range live {
+		if v, ok, err := c.Get(ctx, "b"+strconv.Itoa(i)); err != nil || !ok || v != "19" {
+			t.Fatalf("b%d = %q, %v, %v", i, v, ok, err)
+		}
+	}
+	t.Logf("leader %s, %d leases before failover; new leader %s", leader, leases, reps[live[0]].Leader())
 }
