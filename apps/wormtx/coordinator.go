@@ -15,7 +15,9 @@ import (
 
 // TM is the transaction interface shared by WormTX's Coordinator and the
 // two-phase-commit baseline (apps/wormtx/twopc), so one harness drives
-// both and compares them.
+// both and compares them. Implementations are safe for concurrent use;
+// they copy participants and payload (the caller keeps ownership). Await
+// may be called by the process that called Begin, once or more.
 type TM interface {
 	// Begin starts a transaction among participants (names) with an
 	// application payload, and returns once every participant has been
@@ -31,6 +33,15 @@ type TM interface {
 // Resource is the application state a participant guards: it prepares
 // (locks, validates) and later applies the outcome. Both WormTX's
 // Participant and the 2PC baseline drive it.
+//
+// Calls for different transactions come concurrently, from several
+// goroutines. For one transaction, Prepare (if called) happens before
+// Apply, and the Outcome given to Apply is the same on every call. The
+// Descriptor belongs to the caller: keep a copy of what is needed. An
+// error from Prepare is reported and the transaction left to time out
+// (WormTX) or voted no (2PC); an error from Apply stops the participant's
+// handling of that transaction before it is acknowledged, so it is
+// retried after a restart.
 type Resource interface {
 	// Prepare validates the transaction and returns the participant's
 	// vote. A yes vote must make Apply(Commit) certain to succeed (hold
