@@ -90,6 +90,17 @@ type Config struct {
 	Breaks  int // connection breaks: client c loses its traffic with acceptor i and gets Op.Fail(i)
 	Crashes int // acceptor crashes (a minority down at a time); restarts are unbounded
 
+	// SkipDecides drops every KindDecide at its sender: acceptors never
+	// mark a register decided. A reduction (decides multiply the
+	// interleavings) that loses the behaviours where a decided mark
+	// matters; off by default.
+	SkipDecides bool
+
+	// Exact turns off the reductions that rely on how an Op treats its
+	// inputs (package doc, "Reductions"): client states are then told
+	// apart by their exact input sequences. For cross-checking.
+	Exact bool
+
 	// MaxAttempts is every proposer's paxos.Proposer.MaxAttempts
 	// (default 2: one retry after a preempted phase 1).
 	MaxAttempts int

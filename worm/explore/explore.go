@@ -66,6 +66,11 @@ type clientNode struct {
 	log    []*input
 	digest uint64
 	flags  startFlags
+	// The canonical form of log (see the package doc, "Reductions"):
+	// canon chains the closed segments; open holds the quiet responses
+	// of the segment in progress, sorted.
+	canon [16]byte
+	open  []string
 }
 
 type budget struct{ reorders, drops, dups, nudges, expires, breaks, crashes int }
@@ -421,7 +426,7 @@ func (e *explorer) deliver(m *msg) {
 		return
 	}
 	e.effect("acc%d answers %s", i, h.text)
-	if c := e.clients[m.client]; c.opSeq == m.opSeq && c.live() {
+	if c := e.clients[m.client]; c.opSeq == m.opSeq && c.live() && (e.cfg.Exact || expected(c.op.Pending(), m)) {
 		e.cur.net = append(e.cur.net, newMsg(&e.cfg, &msg{acc: i, client: m.client, opSeq: m.opSeq, tag: m.tag, resp: out, text: h.text}))
 	}
 }
@@ -493,6 +498,7 @@ func (e *explorer) handle(i int, pre accNode, m *msg) handled {
 // flight, and requests to a crashed acceptor fail at once (Op.Fail, one
 // input each), as a driver must do.
 func (e *explorer) feed(c *client, in *input) {
+	before, n := c.digest, len(c.log)
 	c.apply(in)
 	c.settle(e)
 	for len(e.fails) > 0 {
@@ -504,11 +510,80 @@ func (e *explorer) feed(c *client, in *input) {
 		c.apply(&input{kind: inFail, opSeq: c.opSeq, from: f.acc})
 		c.settle(e)
 	}
+	cn := &e.cur.clients[c.idx]
+	if e.cfg.Exact {
+		cn.canon = c.lastHash()
+	} else if in.kind == inStep && c.digest == before && len(c.log) == n+1 {
+		// A quiet response: the op answered nothing yet.
+		cn.open = addSorted(cn.open, inputText(in))
+	} else {
+		// The segment closes: its responses as a set (the last one,
+		// which made the op act, included), then whatever else the
+		// op was given, in order.
+		set, rest := cn.open, c.log[n:]
+		if in.kind == inStep {
+			set, rest = addSorted(set, inputText(in)), c.log[n+1:]
+		}
+		var b []byte
+		b = append(b, cn.canon[:]...)
+		for _, t := range set {
+			b = append(b, t...)
+			b = append(b, 0)
+		}
+		for _, x := range rest {
+			b = append(b, 1)
+			b = append(b, inputText(x)...)
+		}
+		sum := sha256.Sum256(b)
+		copy(cn.canon[:], sum[:16])
+		cn.open = nil
+	}
+	if !e.cfg.Exact {
+		e.reap(c)
+	}
+}
+
+func inputText(in *input) string {
+	var b []byte
+	b = append(b, byte('0'+in.kind))
+	b = strconv.AppendInt(b, int64(in.opSeq), 10)
+	b = append(b, '/')
+	b = strconv.AppendInt(b, int64(in.from), 10)
+	b = append(b, '#')
+	b = strconv.AppendUint(b, in.tag, 10)
+	b = append(b, ' ')
+	b = append(b, in.text...)
+	return string(b)
+}
+
+// reap drops the responses in flight to c that its op can no longer
+// take: an Op takes a response only for an outstanding request of its
+// current phase (Op.Pending); it ignores the others, now and later.
+func (e *explorer) reap(c *client) {
+	var pend []paxos.Out
+	if c.live() {
+		pend = c.op.Pending()
+	}
+	if slices.ContainsFunc(e.cur.net, func(m *msg) bool { return !m.toAcc && m.client == c.idx && !expected(pend, m) }) {
+		e.cut(func(m *msg) bool { return !m.toAcc && m.client == c.idx && !expected(pend, m) })
+	}
+}
+
+func expected(pend []paxos.Out, m *msg) bool {
+	for _, o := range pend {
+		if o.To == m.acc && o.Tag == m.tag {
+			return true
+		}
+	}
+	return false
 }
 
 // hooks
 
 func (e *explorer) emit(c *client, out *paxos.Out) {
+	if e.cfg.SkipDecides && out.Req.Kind == paxos.KindDecide {
+		return
+	}
 	req := out.Req
 	if req.Values != nil {
 		req.Values = make([][]byte, len(out.Req.Values))
@@ -582,9 +657,12 @@ func (e *explorer) fingerprint(n *node) [16]byte {
 		b = append(b, '\n')
 	}
 	for _, c := range n.clients {
-		b = binary.AppendUvarint(b, uint64(len(c.log)))
-		lh := lastHash(c.log)
-		b = append(b, lh[:]...)
+		b = append(b, c.canon[:]...)
+		for _, t := range c.open {
+			b = append(b, t...)
+			b = append(b, 0)
+		}
+		b = binary.AppendUvarint(b, c.digest)
 		if c.flags.chosen {
 			b = append(b, 'c')
 		}
