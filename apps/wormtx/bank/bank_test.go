@@ -295,7 +295,7 @@ func TestRandomizedBank(t *testing.T) {
 		seeds = append(seeds, v)
 	} else {
 		base := uint64(time.Now().UnixNano())
-		for i := range 6 {
+		for i := range 10 {
 			seeds = append(seeds, base+uint64(i))
 		}
 	}
@@ -330,7 +330,8 @@ func randomizedBank(t *testing.T, seed uint64) {
 			}
 		}()
 	}
-	// Faults on the coordinators' clients during the first 100ms.
+	// Faults on the coordinators' and participants' clients during the
+	// first 100ms.
 	stop := make(chan struct{})
 	var nwg sync.WaitGroup
 	frng := rand.New(rand.NewPCG(seed, 9))
@@ -344,6 +345,9 @@ func randomizedBank(t *testing.T, seed uint64) {
 				return
 			case <-time.After(time.Millisecond):
 				id := "coord" + strconv.Itoa(frng.IntN(4))
+				if frng.IntN(2) == 0 {
+					id = "p" + strconv.Itoa(frng.IntN(3))
+				}
 				if st.PendingFaults(id) == 0 {
 					st.InjectFault(id, []spec.Fault{spec.FaultUnknownApplied, spec.FaultUnknownDropped, spec.FaultUnavailable}[frng.IntN(3)], 1)
 				}
@@ -395,7 +399,9 @@ func randomizedBank(t *testing.T, seed uint64) {
 	wg.Wait()
 	close(stop)
 	nwg.Wait()
-	st.InjectFault("coord0", spec.FaultNone, 0)
+	for _, id := range []string{"coord0", "coord1", "coord2", "coord3", "p0", "p1", "p2"} {
+		st.InjectFault(id, spec.FaultNone, 0)
+	}
 	checker := st.Client("checker")
 	defer checker.Close()
 	for k, r := range results {
