@@ -7,6 +7,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"os/signal"
 	"strconv"
@@ -103,7 +104,13 @@ func (f *spaceFlags) dial(ctx context.Context) (*client.Client, error) {
 			servers = append(servers, s)
 		}
 	}
-	cl, err := client.Dial(ctx, client.Config{Servers: servers, Key: key, ID: f.id})
+	// Connection trouble is reported by the command's own error line;
+	// WORM_DEBUG=1 shows the client's log as well.
+	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
+	if os.Getenv("WORM_DEBUG") != "" {
+		logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
+	cl, err := client.Dial(ctx, client.Config{Servers: servers, Key: key, ID: f.id, Logger: logger})
 	if err != nil {
 		return nil, classify(err)
 	}

@@ -33,6 +33,9 @@ type conn struct {
 	addr string
 	log  *slog.Logger
 	wake chan struct{} // capacity 1: "out has bytes"
+	// redial (capacity 1) cuts a redial backoff short: an operation found
+	// the connection down, so someone is waiting for this server.
+	redial chan struct{}
 
 	mu      sync.Mutex
 	nc      net.Conn // nil while down
@@ -46,7 +49,7 @@ type conn struct {
 
 func newConn(cl *Client, idx int, addr string) *conn {
 	return &conn{cl: cl, idx: idx, addr: addr, log: cl.log.With("server", addr),
-		wake: make(chan struct{}, 1), pending: map[uint64]responder{}}
+		wake: make(chan struct{}, 1), redial: make(chan struct{}, 1), pending: map[uint64]responder{}}
 }
 
 // up reports whether the connection is established.
@@ -63,7 +66,14 @@ func (cn *conn) up() bool {
 func (cn *conn) send(r responder, tag uint64, req *paxos.Request) bool {
 	cn.mu.Lock()
 	if cn.nc == nil || len(cn.out) > cn.cl.cfg.MaxPendingBytes {
+		down := cn.nc == nil
 		cn.mu.Unlock()
+		if down {
+			select {
+			case cn.redial <- struct{}{}:
+			default:
+			}
+		}
 		return false
 	}
 	if tag != 0 && r != nil {
@@ -116,7 +126,10 @@ func fatalDial(err error) bool {
 // run dials, serves and redials the connection until the client closes.
 func (cn *conn) run(ready chan<- readyEvent) {
 	defer cn.cl.wg.Done()
-	const minBackoff, maxBackoff = 25 * time.Millisecond, 2 * time.Second
+	// Redials back off exponentially while nobody needs the server, up to
+	// maxBackoff; an operation that finds the connection down cuts the
+	// wait short, but attempts stay at least minBackoff apart.
+	const minBackoff, maxBackoff = 25 * time.Millisecond, time.Second
 	backoff := minBackoff
 	wasUp := false
 	for !cn.cl.isClosed() {
@@ -136,9 +149,18 @@ func (cn *conn) run(ready chan<- readyEvent) {
 			}
 			// Jittered, capped exponential backoff.
 			d := backoff/2 + rand.N(backoff/2+1)
+			t := time.NewTimer(d)
 			select {
-			case <-time.After(d):
+			case <-t.C:
+			case <-cn.redial:
+				t.Stop()
+				select {
+				case <-time.After(minBackoff):
+				case <-cn.cl.closed:
+					return
+				}
 			case <-cn.cl.closed:
+				t.Stop()
 				return
 			}
 			backoff = min(2*backoff, maxBackoff)
