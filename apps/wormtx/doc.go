@@ -159,6 +159,24 @@
 // conservation and per-transaction agreement of the ledgers under random
 // crashes and faults, and shows 2PC blocking where WormTX completes.
 //
+// # Limitations
+//
+//   - A coordinator that dies between Alloc and its first inbox post
+//     leaves a transaction nobody knows of. It harms nobody (no
+//     participant prepared), but its segment stays allocated until someone
+//     resolves it with Policy.Notify set (recovery then tells the
+//     participants, who acknowledge, and it is collected).
+//   - A participant that never comes back blocks the collection of its
+//     transactions (their outcome is decided without it; only the trim
+//     waits for its ack).
+//   - Coordinators sharing a segment range must have distinct Space
+//     identities: Alloc tells winners apart by identity (and metadata).
+//   - A poster without a position hint (a new coordinator, a recoverer)
+//     finds an inbox's tail from its first segment: one call per trimmed
+//     inbox segment, one capture per written position of the current one.
+//   - Begin remembers each descriptor until Await (or forever, for
+//     transactions never awaited); use Open/Resolve for fire-and-forget.
+//
 // # Imports
 //
 // This package imports the standard library and package worm only. It
