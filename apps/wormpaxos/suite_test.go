@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"os"
+	"strconv"
 	"sync"
 	"testing"
 
@@ -106,7 +108,10 @@ func TestSuitePaxosLike(t *testing.T) {
 	}
 	st := spec.New(16)
 	seed := rand.Uint64()
-	t.Logf("paxos-like seed %d", seed)
+	if v, err := strconv.ParseUint(os.Getenv("WORMPAXOS_PAXOSLIKE_SEED"), 10, 64); err == nil {
+		seed = v
+	}
+	t.Logf("paxos-like seed %d (replay: WORMPAXOS_PAXOSLIKE_SEED=%d; scheduling is not replayed)", seed, seed)
 	wormpaxostest.RunOptions(t, func(t *testing.T) []worm.Space {
 		var cs []worm.Space
 		for i, id := range []string{"a", "b", "c"} {
