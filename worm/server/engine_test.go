@@ -99,6 +99,17 @@ func (r *replies) wait(t *testing.T, n int) {
 	}
 }
 
+// waitSync waits for a Sync to start (bounded: a test whose request never
+// reaches the log fails instead of hanging).
+func waitSync(t *testing.T, entered <-chan struct{}) {
+	t.Helper()
+	select {
+	case <-entered:
+	case <-time.After(5 * time.Second):
+		t.Fatal("no sync started")
+	}
+}
+
 func prepare(off uint32, round uint64) *paxos.Request {
 	return &paxos.Request{Kind: paxos.KindPrepare, Seg: 1, Off: off, Ballot: worm.Ballot{Round: round, Node: 1}}
 }
@@ -111,7 +122,7 @@ func TestRepliesWaitForDurability(t *testing.T) {
 	defer func() { close(log.gate); e.Close() }()
 	r := newReplies()
 	e.Handle(prepare(0, 1), r, 0)
-	<-log.entered // the first sync is running
+	waitSync(t, log.entered) // the first sync is running
 	for i := uint32(1); i <= 5; i++ {
 		e.Handle(prepare(i, 1), r, 0)
 	}
@@ -121,7 +132,7 @@ func TestRepliesWaitForDurability(t *testing.T) {
 	}
 	log.gate <- struct{}{} // finish sync 1: covers request 0 only
 	r.wait(t, 1)
-	<-log.entered
+	waitSync(t, log.entered)
 	log.gate <- struct{}{} // sync 2 covers the five that waited
 	r.wait(t, 6)
 	if log.syncs != 2 {
@@ -141,8 +152,8 @@ func TestReadWaitsForEarlierChanges(t *testing.T) {
 	e := NewEngine(paxos.NewAcceptor(8), log, nil, nil)
 	defer func() { close(log.gate); e.Close() }()
 	r := newReplies()
-	e.Handle(&paxos.Request{Kind: paxos.KindAccept, Seg: 1, Off: 0, Ballot: worm.Ballot{Round: 1, Node: 1}, Values: [][]byte{[]byte("v")}}, r, 0)
-	<-log.entered
+	e.Handle(&paxos.Request{Kind: paxos.KindAccept, Seg: 1, Off: 0, Values: [][]byte{[]byte("v")}}, r, 0)
+	waitSync(t, log.entered)
 	e.Handle(&paxos.Request{Kind: paxos.KindRead, Seg: 1, Off: 0}, r, 0)
 	time.Sleep(20 * time.Millisecond)
 	if r.n() != 0 {
@@ -163,7 +174,7 @@ func TestFullDiskChangesNothing(t *testing.T) {
 	e := NewEngine(acc, log, nil, nil)
 	defer func() { close(log.gate); e.Close() }()
 	r := newReplies()
-	e.Handle(&paxos.Request{Kind: paxos.KindAccept, Seg: 1, Off: 0, Ballot: worm.Ballot{Round: 1, Node: 1}, Values: [][]byte{[]byte("v")}}, r, 0)
+	e.Handle(&paxos.Request{Kind: paxos.KindAccept, Seg: 1, Off: 0, Values: [][]byte{[]byte("v")}}, r, 0)
 	r.wait(t, 1)
 	if r.got[0].Status != paxos.StatusError {
 		t.Fatalf("accept on a full disk: %+v", r.got[0])
@@ -173,8 +184,8 @@ func TestFullDiskChangesNothing(t *testing.T) {
 	}
 	// Space comes back: the same request succeeds.
 	log.full = false
-	e.Handle(&paxos.Request{Kind: paxos.KindAccept, Seg: 1, Off: 0, Ballot: worm.Ballot{Round: 1, Node: 1}, Values: [][]byte{[]byte("v")}}, r, 0)
-	<-log.entered
+	e.Handle(&paxos.Request{Kind: paxos.KindAccept, Seg: 1, Off: 0, Values: [][]byte{[]byte("v")}}, r, 0)
+	waitSync(t, log.entered)
 	log.gate <- struct{}{}
 	r.wait(t, 2)
 	if r.got[1].Status != paxos.StatusOK {
@@ -191,7 +202,7 @@ func TestSyncFailureStopsAcknowledging(t *testing.T) {
 	defer func() { close(log.gate); e.Close() }()
 	r := newReplies()
 	e.Handle(prepare(0, 1), r, 0)
-	<-log.entered
+	waitSync(t, log.entered)
 	log.gate <- struct{}{}
 	time.Sleep(20 * time.Millisecond)
 	if r.n() != 0 {
@@ -243,11 +254,11 @@ func TestNotificationsFollowDurability(t *testing.T) {
 	defer func() { close(log.gate); e.Close() }()
 	// Register 2 is promised higher: the batch 0..4 splits into 0+2, 3+2.
 	e.Handle(&paxos.Request{Kind: paxos.KindPrepare, Seg: 1, Off: 2, Ballot: worm.Ballot{Round: 9, Node: 1}}, n, 1)
-	<-log.entered
+	waitSync(t, log.entered)
 	log.gate <- struct{}{}
 	v := []byte("v")
-	e.Handle(&paxos.Request{Kind: paxos.KindAccept, Seg: 1, Off: 0, Ballot: worm.Ballot{Round: 1, Node: 1}, Values: [][]byte{v, v, v, v, v}}, n, 2)
-	<-log.entered
+	e.Handle(&paxos.Request{Kind: paxos.KindAccept, Seg: 1, Off: 0, Values: [][]byte{v, v, v, v, v}}, n, 2)
+	waitSync(t, log.entered)
 	time.Sleep(20 * time.Millisecond)
 	if got := n.get(); len(got) != 1 {
 		t.Fatalf("before the sync: %v", got)
@@ -272,7 +283,7 @@ func TestDecideUnansweredAndAbandon(t *testing.T) {
 	defer func() { close(log.gate); e.Close() }()
 	e.Handle(&paxos.Request{Kind: paxos.KindDecide, Seg: 1, Off: 0, Count: 1, Ballot: worm.Ballot{Round: 1, Node: 1}}, n, 1)
 	e.Handle(prepare(0, 1), n, 2)
-	<-log.entered
+	waitSync(t, log.entered)
 	e.Handle(prepare(1, 1), n, 3)
 	log.syncErr = errors.New("EIO")
 	log.gate <- struct{}{}
@@ -318,19 +329,18 @@ func TestWaitingReplyOwnsItsValues(t *testing.T) {
 	e := NewEngine(paxos.NewAcceptor(16), log, nil, nil)
 	defer func() { close(log.gate); e.Close() }()
 	r := newReplies()
-	b := worm.Ballot{Round: 1, Node: 1}
-	e.Handle(&paxos.Request{Kind: paxos.KindAccept, Seg: 1, Off: 0, Ballot: b, Values: [][]byte{[]byte("one"), []byte("two"), {}}}, r, 0)
-	e.Handle(&paxos.Request{Kind: paxos.KindAccept, Seg: 2, Off: 0, Ballot: b, Values: [][]byte{[]byte("XXX")}}, r, 1)
-	<-log.entered
+	e.Handle(&paxos.Request{Kind: paxos.KindAccept, Seg: 1, Off: 0, Values: [][]byte{[]byte("one"), []byte("two"), {}}}, r, 0)
+	e.Handle(&paxos.Request{Kind: paxos.KindAccept, Seg: 2, Off: 0, Values: [][]byte{[]byte("XXX")}}, r, 1)
+	waitSync(t, log.entered)
 	log.gate <- struct{}{}
 	r.wait(t, 2)
 	e.Handle(&paxos.Request{Kind: paxos.KindPrepareSeg, Seg: 1, Ballot: worm.Ballot{Round: 2, Node: 1}}, r, 2)
 	e.Handle(&paxos.Request{Kind: paxos.KindPrepareSeg, Seg: 2, Ballot: worm.Ballot{Round: 2, Node: 1}}, r, 3)
-	<-log.entered
+	waitSync(t, log.entered)
 	log.gate <- struct{}{}
 	r.wait(t, 3)
 	if r.n() < 4 {
-		<-log.entered
+		waitSync(t, log.entered)
 		log.gate <- struct{}{}
 		r.wait(t, 4)
 	}
@@ -357,7 +367,7 @@ func TestHandleDoesNotAllocate(t *testing.T) {
 	e := NewEngine(paxos.NewAcceptor(16), &nopLog{}, nil, nil)
 	defer e.Close()
 	var to Replier = nopReplier{}
-	e.Handle(&paxos.Request{Kind: paxos.KindAccept, Seg: 1, Off: 0, Ballot: worm.Ballot{Round: 1, Node: 1}, Values: [][]byte{make([]byte, 64)}}, to, 0)
+	e.Handle(&paxos.Request{Kind: paxos.KindAccept, Seg: 1, Off: 0, Values: [][]byte{make([]byte, 64)}}, to, 0)
 	for e.Stats().Waiting > 0 {
 		time.Sleep(time.Millisecond)
 	}

@@ -386,8 +386,10 @@ func (c *testClient) works() {
 
 func ballot(round uint64) worm.Ballot { return worm.Ballot{Round: round, Node: 42} }
 
+// accept is an unsafe write (ballot 0): one record, no capture needed
+// (an accept at any other ballot needs the register's exact promise).
 func accept(seg uint64, off uint32, values ...[]byte) *paxos.Request {
-	return &paxos.Request{Kind: paxos.KindAccept, Seg: seg, Off: off, Ballot: ballot(1), Values: values}
+	return &paxos.Request{Kind: paxos.KindAccept, Seg: seg, Off: off, Values: values}
 }
 
 // eventually polls cond for up to 5 s.

@@ -139,6 +139,7 @@ func TestMetricsExposition(t *testing.T) {
 	if _, err := ts.dialKey(make([]byte, 40)); err == nil {
 		t.Fatal("a keyed client was accepted by a server without a key")
 	}
+	eventually(t, "the refused connection to be closed", func() bool { return ts.srv.nconns.Load() == 1 })
 	samples := scrape(t, ts.srv)
 	want := func(v float64, name string, labels ...string) {
 		t.Helper()

@@ -155,7 +155,7 @@ func TestSyncGateAndFailure(t *testing.T) {
 	ts := startServer(t, log, false, nil)
 	c := ts.dial()
 	c.do(1, accept(1, 0, []byte("a")))
-	<-log.entered
+	waitSync(t, log.entered)
 	if f, err := c.next(50 * time.Millisecond); err == nil {
 		t.Fatalf("got %v %+v before the sync finished", f.typ, f.resp)
 	}
@@ -167,7 +167,7 @@ func TestSyncGateAndFailure(t *testing.T) {
 
 	log.setSyncErr(errors.New("input/output error"))
 	c.do(2, accept(1, 1, []byte("b")))
-	<-log.entered
+	waitSync(t, log.entered)
 	log.gate <- struct{}{}
 	if f, err := c.next(100 * time.Millisecond); err == nil {
 		t.Fatalf("a reply (%+v) left although its sync failed", f.resp)
@@ -193,7 +193,7 @@ func TestListenNotify(t *testing.T) {
 		t.Fatalf("listen: %+v", r)
 	}
 	wr.do(10, accept(5, 3, []byte("a"), []byte("b"), []byte("c")))
-	<-log.entered
+	waitSync(t, log.entered)
 	if f, err := lis.next(50 * time.Millisecond); err == nil {
 		t.Fatalf("notification %+v before the write was durable", f.resp)
 	}
