@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"reflect"
 	"sync"
 	"time"
 
@@ -25,9 +26,11 @@ type Log interface {
 }
 
 // StatsLog is optionally implemented by a Log that reports statistics
-// (segment files, bytes, compactions...). Stats must be safe to call
-// concurrently with Append and Sync; its result is rendered as JSON in the
-// server's status document.
+// (files, bytes, syncs...). Stats must be safe to call concurrently with
+// Append and Sync; its result is rendered as JSON in the server's status
+// document. A Log whose Stats method returns a concrete type instead of
+// any (worm/storage's Stats() Stats) is accepted too (see
+// Engine.LogStats).
 type StatsLog interface {
 	Stats() any
 }
@@ -356,13 +359,18 @@ func (e *Engine) Stats() EngineStats {
 	return s
 }
 
-// LogStats returns the Log's own statistics when it implements StatsLog,
-// else nil.
+// LogStats returns the Log's own statistics: the result of its Stats
+// method when it has one taking no argument and returning one value
+// (StatsLog, or any concrete result type), else nil.
 func (e *Engine) LogStats() any {
 	if sl, ok := e.log.(StatsLog); ok {
 		return sl.Stats()
 	}
-	return nil
+	m := reflect.ValueOf(e.log).MethodByName("Stats")
+	if !m.IsValid() || m.Type().NumIn() != 0 || m.Type().NumOut() != 1 {
+		return nil
+	}
+	return m.Call(nil)[0].Interface()
 }
 
 // SegmentSize returns the acceptor's number of data registers per segment.

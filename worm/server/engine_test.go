@@ -421,3 +421,28 @@ func TestRespBufCopy(t *testing.T) {
 		t.Fatalf("copyFrom into a used buffer allocates %v times", a)
 	}
 }
+
+// typedStatsLog has a Stats method with a concrete result, like
+// worm/storage's Log.
+type typedStatsLog struct{ gateLog }
+
+type typedStats struct{ Files int }
+
+func (*typedStatsLog) Stats() typedStats { return typedStats{Files: 3} }
+
+func TestLogStats(t *testing.T) {
+	for _, tc := range []struct {
+		log  Log
+		want string
+	}{
+		{newMemLog(), "map[durable:0 records:0]"},
+		{&typedStatsLog{}, "{3}"},
+		{newGateLog(), "<nil>"},
+	} {
+		e := NewEngine(paxos.NewAcceptor(8), tc.log, nil, nil)
+		if got := fmt.Sprint(e.LogStats()); got != tc.want {
+			t.Errorf("%T: LogStats = %s, want %s", tc.log, got, tc.want)
+		}
+		e.Close()
+	}
+}
