@@ -1,0 +1,183 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"net"
+	"os"
+	"os/signal"
+	"strconv"
+	"strings"
+	"syscall"
+	"text/tabwriter"
+	"time"
+
+	"github.com/wormspace/wormspace/worm"
+	"github.com/wormspace/wormspace/worm/bench"
+	"github.com/wormspace/wormspace/worm/localcluster"
+)
+
+func init() {
+	register(&command{
+		name:    "bench",
+		summary: "closed-loop benchmark of a cluster (write, batch, capture-write, read) against the raw TCP round trip",
+		run:     cmdBench,
+	})
+}
+
+const benchUsage = `usage: worm bench [-local 3 [-volatile] | -servers a,b,c] [flags]
+
+Measures closed-loop clients against a WormSpace cluster and, in the same
+run, the raw TCP round trip to an echo server on loopback, so that latencies
+read as ratios to the physical floor. With -local N it starts N wormds on
+loopback for the run (in a temporary directory) and stops them afterwards.`
+
+// BenchReport is what -json writes.
+type BenchReport struct {
+	Time     time.Time      `json:"time"`
+	Servers  []string       `json:"servers"`
+	Local    int            `json:"local,omitempty"`
+	Volatile bool           `json:"volatile"`
+	RawRTT   bench.Result   `json:"raw_rtt"`
+	Results  []bench.Result `json:"results"`
+}
+
+func parseInts(s string) ([]int, error) {
+	var out []int
+	for _, f := range strings.Split(s, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(f))
+		if err != nil || n <= 0 {
+			return nil, fmt.Errorf("bad count %q", f)
+		}
+		out = append(out, n)
+	}
+	return out, nil
+}
+
+func cmdBench(args []string) error {
+	var sf spaceFlags
+	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
+	sf.add(fs)
+	local := fs.Int("local", 0, "start N wormds on loopback for the run instead of using -servers")
+	volatile := fs.Bool("volatile", false, "with -local: wormds skip fsync (the throughput of the protocol, not of the disk)")
+	workloads := fs.String("workloads", "write,batch,capture-write,read", "workloads to run, comma separated")
+	clientsF := fs.String("clients", "1,16,64", "closed-loop client counts to sweep")
+	duration := fs.Duration("duration", 5*time.Second, "measured time per run")
+	warmup := fs.Duration("warmup", time.Second, "unmeasured time before each run")
+	batch := fs.Int("batch", 16, "values per WriteBatch (batch workload)")
+	valueSize := fs.Int("value", 64, "bytes per value")
+	conns := fs.Int("conns", 1, "client library instances the clients share (each has one connection per server)")
+	jsonOut := fs.String("json", "", "also write the report as JSON to this file")
+	quick := fs.Bool("quick", false, "short runs (1s, 200ms warm-up)")
+	fs.Usage = func() { fmt.Fprintln(fs.Output(), benchUsage); fs.PrintDefaults() }
+	if _, err := parseArgs(fs, args, 0, "bench [flags]"); err != nil {
+		return err
+	}
+	if *quick {
+		*duration, *warmup = time.Second, 200*time.Millisecond
+	}
+	var wls []bench.Workload
+	for _, w := range strings.Split(*workloads, ",") {
+		wl, err := bench.ParseWorkload(strings.TrimSpace(w))
+		if err != nil {
+			return &exitError{code: exitFailure, msg: err.Error()}
+		}
+		wls = append(wls, wl)
+	}
+	counts, err := parseInts(*clientsF)
+	if err != nil {
+		return &exitError{code: exitFailure, msg: "-clients: " + err.Error()}
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+
+	if *local > 0 {
+		dir, err := os.MkdirTemp("", "worm-bench-")
+		if err != nil {
+			return err
+		}
+		defer os.RemoveAll(dir)
+		mode := "durable (fsync)"
+		if *volatile {
+			mode = "volatile (no fsync)"
+		}
+		fmt.Fprintf(os.Stderr, "bench: starting %d local wormds, %s ...\n", *local, mode)
+		lc, err := localcluster.Start(ctx, localcluster.Config{N: *local, Dir: dir, Volatile: *volatile})
+		if err != nil {
+			return err
+		}
+		defer lc.Stop()
+		sf.servers = strings.Join(lc.Servers(), ",")
+		sf.keyFile, sf.keyHex = lc.KeyFile, ""
+	}
+
+	var spaces []worm.Space
+	for i := 0; i < *conns; i++ {
+		dctx, cancel := context.WithTimeout(ctx, sf.timeout)
+		cl, err := sf.dial(dctx)
+		cancel()
+		if err != nil {
+			return err
+		}
+		defer cl.Close()
+		spaces = append(spaces, cl)
+	}
+
+	// The floor: a raw 64-byte echo round trip over kernel loopback TCP,
+	// measured in this run.
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return err
+	}
+	defer l.Close()
+	go bench.EchoServer(l)
+	fmt.Fprintf(os.Stderr, "bench: raw TCP round trip (loopback echo, %d bytes) ...\n", *valueSize)
+	raw, err := bench.RawRTT(ctx, &net.Dialer{}, l.Addr().String(), 1, *valueSize, *duration)
+	if err != nil {
+		return err
+	}
+	report := BenchReport{Time: time.Now().UTC(), Servers: strings.Split(sf.servers, ","), Local: *local, Volatile: *volatile, RawRTT: raw}
+	for _, wl := range wls {
+		for _, c := range counts {
+			fmt.Fprintf(os.Stderr, "bench: %s with %d client(s) for %v ...\n", wl, c, *duration)
+			r, err := bench.Run(ctx, bench.Config{Spaces: spaces, Workload: wl, Clients: c, Duration: *duration,
+				Warmup: *warmup, ValueSize: *valueSize, Batch: *batch})
+			if err != nil {
+				return err
+			}
+			report.Results = append(report.Results, r)
+			fmt.Fprintf(os.Stderr, "bench:   %v\n", r)
+		}
+	}
+	printBench(os.Stdout, report)
+	if *jsonOut != "" {
+		b, _ := json.MarshalIndent(report, "", "  ")
+		if err := os.WriteFile(*jsonOut, append(b, '\n'), 0o644); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func us(d time.Duration) string { return strconv.FormatFloat(float64(d)/1e3, 'f', 1, 64) }
+
+func printBench(w *os.File, r BenchReport) {
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "workload\tclients\tops/s\twrites/s\tp50 µs\tp99 µs\tp50/raw\terrors\t")
+	fmt.Fprintf(tw, "raw-rtt\t%d\t%.0f\t-\t%s\t%s\t1.0\t%d\t\n", r.RawRTT.Clients, r.RawRTT.OpsPerSec, us(r.RawRTT.Latency.P50), us(r.RawRTT.Latency.P99), r.RawRTT.Errors)
+	for _, x := range r.Results {
+		writes := "-"
+		switch x.Workload {
+		case bench.Batch:
+			writes = fmt.Sprintf("%.0f", x.WritesPerSec)
+		case bench.Write, bench.CaptureWrite:
+			writes = fmt.Sprintf("%.0f", x.OpsPerSec)
+		}
+		ratio := float64(x.Latency.P50) / float64(r.RawRTT.Latency.P50)
+		fmt.Fprintf(tw, "%s\t%d\t%.0f\t%s\t%s\t%s\t%.1f\t%d\t\n", x.Workload, x.Clients, x.OpsPerSec, writes, us(x.Latency.P50), us(x.Latency.P99), ratio, x.Errors)
+	}
+	tw.Flush()
+}
+

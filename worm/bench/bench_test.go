@@ -1,0 +1,87 @@
+package bench_test
+
+import (
+	"context"
+	"net"
+	"testing"
+	"time"
+
+	"github.com/wormspace/wormspace/worm"
+	"github.com/wormspace/wormspace/worm/bench"
+	"github.com/wormspace/wormspace/worm/spec"
+)
+
+// Every workload runs against the spec and produces samples, writes where
+// it should, and no errors.
+func TestWorkloadsOnSpec(t *testing.T) {
+	st := spec.New(64)
+	a, b := st.Client("a"), st.Client("b")
+	defer a.Close()
+	defer b.Close()
+	for _, w := range bench.Workloads {
+		r, err := bench.Run(context.Background(), bench.Config{Spaces: []worm.Space{a, b}, Workload: w, Clients: 4,
+			Duration: 100 * time.Millisecond, Warmup: 20 * time.Millisecond, Batch: 8})
+		if err != nil {
+			t.Fatalf("%s: %v", w, err)
+		}
+		if r.Ops == 0 || r.Errors != 0 || r.Latency.P50 <= 0 || r.Latency.P50 > r.Latency.P99 {
+			t.Fatalf("%s: %+v", w, r)
+		}
+		wantWrites := int64(0)
+		switch w {
+		case bench.Write, bench.CaptureWrite:
+			wantWrites = r.Ops
+		case bench.Batch:
+			wantWrites = 8 * r.Ops
+		}
+		if r.Writes != wantWrites {
+			t.Fatalf("%s: %d writes for %d ops", w, r.Writes, r.Ops)
+		}
+		t.Log(r)
+	}
+}
+
+// The written registers really hold the values: a Write run leaves its
+// registers readable.
+func TestWritesLand(t *testing.T) {
+	st := spec.New(16)
+	c := st.Client("w")
+	r, err := bench.Run(context.Background(), bench.Config{Spaces: []worm.Space{c}, Workload: bench.Write,
+		Duration: 20 * time.Millisecond, Warmup: -1, SegBase: 1000})
+	if err != nil || r.Ops < 20 {
+		t.Fatalf("%+v %v", r, err)
+	}
+	// More than one segment was used: 1000 and 1001 are both full.
+	for _, seg := range []uint64{1000, 1001} {
+		for off := uint32(0); off < 16; off++ {
+			if _, err := c.Read(context.Background(), worm.Addr{Seg: seg, Off: off}); err != nil {
+				t.Fatalf("register %d/%d after the run: %v", seg, off, err)
+			}
+		}
+	}
+}
+
+func TestRawRTT(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	go bench.EchoServer(l)
+	r, err := bench.RawRTT(context.Background(), &net.Dialer{}, l.Addr().String(), 2, 64, 100*time.Millisecond)
+	if err != nil || r.Ops == 0 || r.Latency.P50 <= 0 {
+		t.Fatalf("%+v %v", r, err)
+	}
+	t.Log(r)
+}
+
+func TestSummarize(t *testing.T) {
+	var s []time.Duration
+	for i := 100; i >= 1; i-- {
+		s = append(s, time.Duration(i))
+	}
+	l := bench.Summarize(s)
+	if l.P50 != 50 || l.P99 != 99 || l.Max != 100 || l.Mean != 50 {
+		t.Fatalf("%+v", l)
+	}
+}
