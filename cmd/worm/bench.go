@@ -180,4 +180,3 @@ func printBench(w *os.File, r BenchReport) {
 	}
 	tw.Flush()
 }
-
