@@ -49,8 +49,9 @@ var ErrConfig = errors.New("server: invalid config")
 // Config configures a Server. Zero values mean the defaults.
 type Config struct {
 	// Engine is the acceptor engine the server feeds (required). The
-	// Server installs its notification hook on it (Engine.SetOnWrite); the
-	// caller keeps ownership and closes it after Shutdown.
+	// Server installs its notification hook on it (Engine.SetOnWrite), so
+	// one Engine serves one Server; the caller keeps ownership and closes
+	// it after Shutdown.
 	Engine *Engine
 	// AcceptorID and Cluster are announced in the server hello.
 	AcceptorID uint32
@@ -58,9 +59,9 @@ type Config struct {
 	// SegmentSize, when set, must equal the acceptor's (it is announced).
 	SegmentSize uint32
 	// MaxValue and MaxFrame are the limits announced to clients and
-	// enforced on their requests (0: wire.DefaultMaxValue and
-	// wire.DefaultMaxFrame). MaxFrame must leave room for a read of a
-	// MaxValue value.
+	// enforced on their requests (0: wire.DefaultMaxValue, and the larger
+	// of wire.DefaultMaxFrame and MaxValue + 64 KiB). MaxFrame must leave
+	// room for a read of a MaxValue value.
 	MaxValue, MaxFrame uint32
 	// Key is the pre-shared cluster key (at least wire.MinKeySize bytes);
 	// nil: no authentication.
@@ -155,7 +156,7 @@ func New(cfg Config) (*Server, error) {
 		key:          cfg.Key,
 		start:        time.Now(),
 		maxValue:     orDefault(int(cfg.MaxValue), wire.DefaultMaxValue),
-		maxFrame:     orDefault(int(cfg.MaxFrame), wire.DefaultMaxFrame),
+		maxFrame:     int(cfg.MaxFrame),
 		hsTimeout:    cfg.HandshakeTimeout,
 		maxConns:     orDefault(cfg.MaxConns, DefaultMaxConns),
 		maxPending:   orDefault(cfg.MaxPending, DefaultMaxPending),
@@ -167,6 +168,9 @@ func New(cfg Config) (*Server, error) {
 		subs:         make(map[uint64]map[*conn]struct{}),
 		refusing:     make(chan struct{}, maxRefusing),
 		version:      buildVersion(),
+	}
+	if s.maxFrame == 0 {
+		s.maxFrame = max(wire.DefaultMaxFrame, s.maxValue+64<<10)
 	}
 	if s.maxFrame < s.maxValue+1024 {
 		return nil, fmt.Errorf("%w: MaxFrame %d leaves no room for a reply carrying a value of MaxValue %d bytes", ErrConfig, s.maxFrame, s.maxValue)

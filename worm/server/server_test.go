@@ -422,6 +422,7 @@ func TestConfigValidation(t *testing.T) {
 		{Engine: eng, Key: []byte("short")},
 		{Engine: eng, SegmentSize: 8},
 		{Engine: eng, MaxValue: 1 << 20, MaxFrame: 1 << 20},
+		{Engine: eng, MaxValue: 1 << 10, MaxFrame: 1 << 10},
 		{Engine: eng, Cluster: string(bytes.Repeat([]byte("c"), 300))},
 	} {
 		if _, err := New(cfg); !errors.Is(err, ErrConfig) {
@@ -430,5 +431,63 @@ func TestConfigValidation(t *testing.T) {
 	}
 	if _, err := New(Config{Engine: eng, SegmentSize: 16}); err != nil {
 		t.Fatal(err)
+	}
+	// A large MaxValue alone raises the frame limit with it.
+	s, err := New(Config{Engine: eng, MaxValue: 8 << 20})
+	if err != nil || s.hello.MaxFrame < 8<<20+1024 {
+		t.Fatalf("MaxValue 8 MiB: %v, frame limit %d", err, s.hello.MaxFrame)
+	}
+}
+
+// One Server serves several listeners at once; Close ends every Serve.
+func TestServeSeveralListeners(t *testing.T) {
+	ts := startServer(t, nil, false, nil)
+	pl := newPipeListener()
+	served := make(chan error, 1)
+	go func() { served <- ts.srv.Serve(pl) }()
+	viaTCP := ts.dial()
+	nc, err := pl.dial()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	sh, err := wire.ClientHandshake(ctx, nc, wire.ClientHello{ID: "pipe"}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	viaPipe := &testClient{t: t, nc: nc, r: wire.NewReader(nc, int(sh.MaxFrame)), w: wire.NewWriter(nc, int(sh.MaxFrame), int(sh.MaxValue)), hello: sh}
+	viaTCP.roundTrip(1, accept(1, 0, []byte("shared")))
+	if r := viaPipe.roundTrip(2, &paxos.Request{Kind: paxos.KindRead, Seg: 1, Off: 0}); string(r.Reg.Value) != "shared" {
+		t.Fatalf("read through the other listener: %+v", r)
+	}
+	ts.srv.Close()
+	if err := <-served; !errors.Is(err, ErrServerClosed) {
+		t.Fatalf("Serve on the pipe listener returned %v", err)
+	}
+	if err := ts.srv.Serve(newPipeListener()); !errors.Is(err, ErrServerClosed) {
+		t.Fatalf("Serve after Close: %v", err)
+	}
+}
+
+// A connection may listen to at most MaxSubscriptions segments.
+func TestMaxSubscriptions(t *testing.T) {
+	ts := startServer(t, nil, true, func(c *Config) { c.MaxSubscriptions = 2 })
+	c := ts.dial()
+	for _, tc := range []struct {
+		seg  uint64
+		want paxos.Status
+	}{{1, paxos.StatusOK}, {2, paxos.StatusOK}, {3, paxos.StatusError}} {
+		if r := c.roundTrip(tc.seg, &paxos.Request{Kind: paxos.KindListen, Seg: tc.seg}); r.Status != tc.want {
+			t.Fatalf("listen %d: %+v, want %v", tc.seg, r, tc.want)
+		}
+	}
+	// Listening again to a subscribed segment is not a new subscription.
+	if r := c.roundTrip(9, &paxos.Request{Kind: paxos.KindListen, Seg: 1}); r.Status != paxos.StatusOK {
+		t.Fatalf("repeated listen: %+v", r)
+	}
+	c.roundTrip(10, &paxos.Request{Kind: paxos.KindUnlisten, Seg: 2})
+	if r := c.roundTrip(11, &paxos.Request{Kind: paxos.KindListen, Seg: 3}); r.Status != paxos.StatusOK {
+		t.Fatalf("listen after unlisten: %+v", r)
 	}
 }
