@@ -450,3 +450,16 @@ func (c *Cluster) Stop() error {
 	wg.Wait()
 	return errors.Join(errs...)
 }
+
+// Build compiles cmd/wormd (and cmd/worm) from this module into dir with
+// the go command, for tests that run real processes; it returns the wormd
+// path. It must run inside the module's source tree.
+func Build(dir string) (string, error) {
+	cmd := exec.Command("go", "build", "-o", dir+string(filepath.Separator),
+		"github.com/wormspace/wormspace/cmd/wormd", "github.com/wormspace/wormspace/cmd/worm")
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("localcluster: building wormd: %v\n%s", err, out)
+	}
+	return filepath.Join(dir, "wormd"), nil
+}
