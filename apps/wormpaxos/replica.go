@@ -528,7 +528,15 @@ func (r *Replica) learn(ctx context.Context, ls *listens, wg *sync.WaitGroup) er
 		j := r.applied
 		v, ok := r.known[j]
 		mine := r.inflight[j] > 0
+		hint := r.hint
 		r.mu.Unlock()
+		if !ok && !mine && hint > j+1 && r.cfg.ReadAhead > 1 {
+			// Behind: fetch the next registers concurrently.
+			r.readAhead(ctx, j, min(hint, j+uint64(r.cfg.ReadAhead)))
+			r.mu.Lock()
+			v, ok = r.known[j]
+			r.mu.Unlock()
+		}
 		ls.track(ctx, r.segOf(j))
 		for _, s := range ls.unnoticed() {
 			if p := r.look(ctx, s, j); p > probed {
@@ -625,6 +633,26 @@ func (r *Replica) learn(ctx context.Context, ls *listens, wg *sync.WaitGroup) er
 			}
 		}
 	}
+}
+
+// readAhead reads the registers of [from, to) not yet known, concurrently,
+// and records their values.
+func (r *Replica) readAhead(ctx context.Context, from, to uint64) {
+	var wg sync.WaitGroup
+	for p := from; p < to; p++ {
+		r.mu.Lock()
+		_, ok := r.known[p]
+		r.mu.Unlock()
+		if ok {
+			continue
+		}
+		wg.Go(func() {
+			if v, err := r.space.Read(ctx, r.addr(p)); err == nil {
+				r.learnedAt(p, v)
+			}
+		})
+	}
+	wg.Wait()
 }
 
 // probe looks past an empty position j for signs that the log continues:

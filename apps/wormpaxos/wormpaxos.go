@@ -128,6 +128,9 @@ type Config struct {
 	MaxBatch int
 	// Pipeline is the number of writes a replica keeps in flight. Default 4.
 	Pipeline int
+	// ReadAhead is how many registers a learner that is behind (a later
+	// register is known written) reads concurrently. Default 32.
+	ReadAhead int
 	// HoleTimeout is how long a learner waits at an empty register while a
 	// later one is known written before it captures the hole and fills it
 	// with a no-op. Default 250ms.
@@ -175,6 +178,9 @@ func (c *Config) fill() error {
 	}
 	if c.Pipeline <= 0 {
 		c.Pipeline = 4
+	}
+	if c.ReadAhead <= 0 {
+		c.ReadAhead = 32
 	}
 	if c.HoleTimeout <= 0 {
 		c.HoleTimeout = 250 * time.Millisecond
