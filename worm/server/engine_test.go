@@ -322,6 +322,22 @@ func TestCloseFlushesWaiting(t *testing.T) {
 	e.Close() // idempotent
 }
 
+// pump lets syncs through the gate until r holds n replies (however the
+// requests were grouped into syncs).
+func pump(t *testing.T, log *gateLog, r *replies, n int) {
+	t.Helper()
+	timeout := time.After(5 * time.Second)
+	for r.n() < n {
+		select {
+		case <-log.entered:
+			log.gate <- struct{}{}
+		case <-r.ch:
+		case <-timeout:
+			t.Fatalf("got %d replies, want %d", r.n(), n)
+		}
+	}
+}
+
 // A reply that waits owns its bytes: later requests reuse the acceptor's
 // scratch space without changing it.
 func TestWaitingReplyOwnsItsValues(t *testing.T) {
@@ -331,19 +347,10 @@ func TestWaitingReplyOwnsItsValues(t *testing.T) {
 	r := newReplies()
 	e.Handle(&paxos.Request{Kind: paxos.KindAccept, Seg: 1, Off: 0, Values: [][]byte{[]byte("one"), []byte("two"), {}}}, r, 0)
 	e.Handle(&paxos.Request{Kind: paxos.KindAccept, Seg: 2, Off: 0, Values: [][]byte{[]byte("XXX")}}, r, 1)
-	waitSync(t, log.entered)
-	log.gate <- struct{}{}
-	r.wait(t, 2)
+	pump(t, log, r, 2)
 	e.Handle(&paxos.Request{Kind: paxos.KindPrepareSeg, Seg: 1, Ballot: worm.Ballot{Round: 2, Node: 1}}, r, 2)
 	e.Handle(&paxos.Request{Kind: paxos.KindPrepareSeg, Seg: 2, Ballot: worm.Ballot{Round: 2, Node: 1}}, r, 3)
-	waitSync(t, log.entered)
-	log.gate <- struct{}{}
-	r.wait(t, 3)
-	if r.n() < 4 {
-		waitSync(t, log.entered)
-		log.gate <- struct{}{}
-		r.wait(t, 4)
-	}
+	pump(t, log, r, 4)
 	g := r.got[2]
 	if len(g.Regs) != 3 || string(g.Regs[0].Value) != "one" || string(g.Regs[1].Value) != "two" || len(g.Regs[2].Value) != 0 {
 		t.Fatalf("segment 1 capture: %+v", g.Regs)
