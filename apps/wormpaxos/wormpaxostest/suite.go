@@ -675,6 +675,13 @@ func testCosts(t *testing.T, open Open, p wormpaxos.Policy, o Options) {
 		}
 	}
 	h.converge()
+	if p == wormpaxos.Rotating {
+		// The idle owners skipped their segments themselves.
+		skips := h.nodes[0].cur().Stats().Skips + h.nodes[2].cur().Stats().Skips
+		if skips == 0 {
+			t.Errorf("rotating: idle owners never skipped their segments")
+		}
+	}
 }
 
 func testSnapshot(t *testing.T, open Open, p wormpaxos.Policy, o Options) {
