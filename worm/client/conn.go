@@ -37,10 +37,16 @@ type conn struct {
 	// the connection down, so someone is waiting for this server.
 	redial chan struct{}
 
-	mu      sync.Mutex
-	nc      net.Conn // nil while down
-	stop    chan struct{}
-	out     []byte // encoded requests not yet handed to the socket
+	mu    sync.Mutex
+	nc    net.Conn // nil while down
+	stop  chan struct{}
+	out   []byte // encoded requests not yet handed to the socket
+	spare []byte // the other buffer of the double-buffered out
+	// lazyArmed: a flushLazy timer is pending.
+	lazyArmed bool
+	// writing: flush holds the socket (one writer at a time, so frames
+	// never interleave).
+	writing bool
 	pending map[uint64]responder
 	hello   wire.ServerHello
 	lastErr error
@@ -86,6 +92,71 @@ func (cn *conn) send(r responder, tag uint64, req *paxos.Request) bool {
 	default:
 	}
 	return true
+}
+
+// flush writes what is queued, unless someone else is writing (they drain
+// it); only the writer goroutine calls it today.
+func (cn *conn) flush() {
+	cn.mu.Lock()
+	nc := cn.nc
+	if cn.writing || nc == nil || len(cn.out) == 0 {
+		cn.mu.Unlock()
+		return
+	}
+	cn.writing = true
+	for len(cn.out) > 0 && cn.nc == nc {
+		buf := cn.out
+		cn.out = cn.spare[:0]
+		cn.spare = nil
+		cn.mu.Unlock()
+		_, err := nc.Write(buf)
+		cn.mu.Lock()
+		if cap(buf) <= 1<<20 {
+			cn.spare = buf[:0]
+		}
+		if err != nil {
+			nc.Close() // the reader sees it and tears down
+			break
+		}
+	}
+	cn.writing = false
+	cn.mu.Unlock()
+}
+
+// lazyDelay bounds how long a request that needs no answer (a Decide)
+// waits for company before it is sent on its own.
+const lazyDelay = time.Millisecond
+
+// sendLazy queues req, which expects no response (a Decide: a hint that
+// lets later reads take the fast path), without waking the writer: it
+// leaves with the next request to this server, or after lazyDelay. On the
+// hot path this halves the frames and system calls per write.
+func (cn *conn) sendLazy(req *paxos.Request) {
+	cn.mu.Lock()
+	if cn.nc == nil || len(cn.out) > cn.cl.cfg.MaxPendingBytes {
+		cn.mu.Unlock()
+		return // a hint: dropping it costs only a slower read later
+	}
+	cn.out = wire.AppendRequest(cn.out, 0, req)
+	arm := !cn.lazyArmed
+	cn.lazyArmed = true
+	cn.mu.Unlock()
+	if arm {
+		time.AfterFunc(lazyDelay, cn.flushLazy)
+	}
+}
+
+func (cn *conn) flushLazy() {
+	cn.mu.Lock()
+	cn.lazyArmed = false
+	pending := len(cn.out) > 0
+	cn.mu.Unlock()
+	if pending {
+		select {
+		case cn.wake <- struct{}{}:
+		default:
+		}
+	}
 }
 
 // forget drops the registration of tag if it still belongs to r.
@@ -258,33 +329,19 @@ func (cn *conn) down(err error) {
 // previous write ran leaves in the next single write.
 func (cn *conn) writer(nc net.Conn, stop <-chan struct{}, done chan<- struct{}) {
 	defer close(done)
-	var spare []byte
 	for {
 		select {
 		case <-cn.wake:
 		case <-stop:
 			return
 		}
+		cn.flush()
 		cn.mu.Lock()
-		if cn.nc != nc {
-			cn.mu.Unlock()
-			return
-		}
-		buf := cn.out
-		cn.out = spare[:0]
+		gone := cn.nc != nc
 		cn.mu.Unlock()
-		if len(buf) == 0 {
-			spare = buf
-			continue
-		}
-		if _, err := nc.Write(buf); err != nil {
-			nc.Close() // the reader sees it and tears down
+		if gone {
 			return
 		}
-		if cap(buf) > 1<<20 {
-			buf = nil // do not keep a burst's buffer forever
-		}
-		spare = buf
 	}
 }
 
@@ -382,6 +439,10 @@ func (c *call) pumpLocked() {
 				lo, hi = 0, len(conns)
 			}
 			for j := lo; j < hi; j++ {
+				if o.Tag == 0 {
+					conns[j].sendLazy(&o.Req)
+					continue
+				}
 				switch {
 				case conns[j].send(c, o.Tag, &o.Req):
 					if o.Tag != 0 {
@@ -397,6 +458,7 @@ func (c *call) pumpLocked() {
 			c.op.Unsent(u.idx, u.tag)
 		}
 	}
+
 	if c.op.Done() && !c.finished {
 		c.finished = true
 		close(c.done)
