@@ -36,7 +36,8 @@
 // porcupine (KVModel, partitioned by key).
 //
 // Randomized subtests print their seed; set WORMPAXOS_SEED to replay one,
-// or WORMPAXOS_SEEDS to run more seeds.
+// WORMPAXOS_SEEDS to run more seeds, WORMPAXOS_DURATION (a Go duration)
+// to run each longer.
 //
 // This package imports the standard library, porcupine, package worm,
 // apps/wormpaxos and apps/wormpaxos/kv. It must never import worm/client,
@@ -104,6 +105,9 @@ func RunOptions(t *testing.T, open Open, o Options) {
 	}
 	if o.Duration <= 0 {
 		o.Duration = time.Second
+	}
+	if d, err := time.ParseDuration(os.Getenv("WORMPAXOS_DURATION")); err == nil && d > 0 {
+		o.Duration = d
 	}
 	if o.Timeout <= 0 {
 		o.Timeout = 2 * time.Minute
