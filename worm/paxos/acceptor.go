@@ -135,9 +135,10 @@ func (a *Acceptor) Handle(req *Request, resp *Response, recs []Record) []Record 
 		} else {
 			if eff.Less(req.Ballot) {
 				s, r = a.reg(req.Seg, req.Off, true)
+				before := regBytes(r)
 				r.promised = req.Ballot
+				a.liveBytes += regBytes(r) - before
 				recs = append(recs, Record{Kind: RecordPromise, Seg: req.Seg, Off: req.Off, Ballot: req.Ballot})
-				a.liveBytes += recordOverhead
 			}
 			resp.Promised = req.Ballot
 		}
@@ -166,9 +167,11 @@ func (a *Acceptor) Handle(req *Request, resp *Response, recs []Record) []Record 
 				s = &segment{}
 				a.segs[req.Seg] = s
 			}
+			if s.promised.IsZero() {
+				a.liveBytes += recordOverhead
+			}
 			s.promised = req.Ballot
 			recs = append(recs, Record{Kind: RecordSegPromise, Seg: req.Seg, Ballot: req.Ballot})
-			a.liveBytes += recordOverhead
 		}
 		resp.Promised = req.Ballot
 		a.regs, a.contended = a.regs[:0], a.contended[:0]
@@ -293,35 +296,51 @@ func (a *Acceptor) accept(seg uint64, off uint32, b Ballot, v []byte, recs []Rec
 		return recs, RegResult{Status: StatusNack, Promised: eff, Accepted: r.accepted, HasValue: true}
 	}
 	s, r = a.reg(seg, off, true)
-	if r.hasValue {
-		a.liveBytes -= int64(len(r.value))
-	} else {
-		a.liveBytes += recordOverhead
-	}
-	a.liveBytes += int64(len(v))
+	before := regBytes(r)
 	if r.promised.Less(b) {
 		r.promised = b
 	}
 	r.accepted, r.hasValue = b, true
 	r.value = append(r.value[:0:0], v...)
+	a.liveBytes += regBytes(r) - before
 	recs = append(recs, Record{Kind: RecordAccept, Seg: seg, Off: off, Ballot: b, Value: r.value})
 	return recs, RegResult{Status: StatusOK}
 }
 
 func (a *Acceptor) trim(seg uint64) {
 	if s := a.segs[seg]; s != nil {
-		for i := range s.regs {
-			if s.regs[i].hasValue {
-				a.liveBytes -= int64(len(s.regs[i].value)) + recordOverhead
-			}
-		}
-		if s.meta.hasValue {
-			a.liveBytes -= int64(len(s.meta.value)) + recordOverhead
-		}
+		a.liveBytes -= segBytes(s)
 		delete(a.segs, seg)
 	}
-	a.trimmed[seg] = struct{}{}
-	a.liveBytes += 16
+	if _, ok := a.trimmed[seg]; !ok {
+		a.trimmed[seg] = struct{}{}
+		a.liveBytes += recordOverhead
+	}
+}
+
+// regBytes is what register r contributes to the live state: the records
+// a snapshot emits for it (an accept with its value, a promise above it).
+func regBytes(r *register) int64 {
+	var n int64
+	if r.hasValue {
+		n += recordOverhead + int64(len(r.value))
+	}
+	if r.accepted.Less(r.promised) {
+		n += recordOverhead
+	}
+	return n
+}
+
+// segBytes is what segment s contributes to the live state.
+func segBytes(s *segment) int64 {
+	n := regBytes(&s.meta)
+	if !s.promised.IsZero() {
+		n += recordOverhead
+	}
+	for i := range s.regs {
+		n += regBytes(&s.regs[i])
+	}
+	return n
 }
 
 func stateOf(off uint32, r *register) RegState {
@@ -345,30 +364,31 @@ func (a *Acceptor) Apply(rec Record) error {
 	switch rec.Kind {
 	case RecordPromise:
 		_, r := a.reg(rec.Seg, rec.Off, true)
+		before := regBytes(r)
 		r.promised = r.promised.Max(rec.Ballot)
+		a.liveBytes += regBytes(r) - before
 	case RecordSegPromise:
 		s := a.segs[rec.Seg]
 		if s == nil {
 			s = &segment{}
 			a.segs[rec.Seg] = s
 		}
+		if s.promised.IsZero() && !rec.Ballot.IsZero() {
+			a.liveBytes += recordOverhead
+		}
 		s.promised = s.promised.Max(rec.Ballot)
 	case RecordAccept:
 		_, r := a.reg(rec.Seg, rec.Off, true)
+		before := regBytes(r)
 		r.promised = r.promised.Max(rec.Ballot)
 		if !r.hasValue || !rec.Ballot.Less(r.accepted) {
-			if r.hasValue {
-				a.liveBytes -= int64(len(r.value))
-			} else {
-				a.liveBytes += recordOverhead
-			}
 			if !(r.hasValue && r.accepted == rec.Ballot) {
 				r.decided = false
 			}
 			r.accepted, r.hasValue = rec.Ballot, true
 			r.value = append(r.value[:0:0], rec.Value...)
-			a.liveBytes += int64(len(r.value))
 		}
+		a.liveBytes += regBytes(r) - before
 	case RecordDecide:
 		_, r := a.reg(rec.Seg, rec.Off, false)
 		if r != nil && r.hasValue && r.accepted == rec.Ballot {

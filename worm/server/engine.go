@@ -25,6 +25,22 @@ type Log interface {
 	Sync() (durable uint64, err error)
 }
 
+// Compactor is optionally implemented by a Log that can reclaim the space
+// of superseded records (worm/storage's Log does). The engine asks
+// ShouldCompact after every trim and every compactEvery mutations, with its
+// lock held and the acceptor's current live size; on yes it calls Compact
+// with the acceptor's Snapshot, still under its lock, so that no Append
+// interleaves. Compact errors are not fatal (the old records stay in
+// charge); the engine retries at the next check.
+type Compactor interface {
+	ShouldCompact(liveBytes int64) bool
+	Compact(snapshot func(emit func(paxos.Record) error) error) error
+}
+
+// compactEvery is how many mutating requests pass between two
+// ShouldCompact checks when no trim arrives.
+const compactEvery = 4096
+
 // StatsLog is optionally implemented by a Log that reports statistics
 // (files, bytes, syncs...). Stats must be safe to call concurrently with
 // Append and Sync; its result is rendered as JSON in the server's status
@@ -63,17 +79,23 @@ type Engine struct {
 	// fsync measures the duration of every Log.Sync (seconds).
 	fsync histogram
 
-	mu       sync.Mutex
-	acc      *paxos.Acceptor
-	onWrite  func(seg uint64, off, count uint32) // notification hook, may be nil
-	recs     []paxos.Record
-	end      uint64 // log position after the last appended record
-	waiting  []pending
-	failed   error
-	closed   bool
-	synced   uint64 // log position known durable
-	syncs    uint64
-	released []pending // sync goroutine's scratch: replies being released
+	mu      sync.Mutex
+	acc     *paxos.Acceptor
+	onWrite func(seg uint64, off, count uint32) // notification hook, may be nil
+	recs    []paxos.Record
+	end     uint64 // log position after the last appended record
+	waiting []pending
+	failed  error
+	closed  bool
+	synced  uint64 // log position known durable
+	// mutations counts mutating requests since the last compaction
+	// check; syncWanted asks the sync loop for a sync no reply waits for
+	// (after a compaction); compactions counts them.
+	mutations   int
+	syncWanted  bool
+	compactions uint64
+	syncs       uint64
+	released    []pending // sync goroutine's scratch: replies being released
 
 	kick chan struct{}
 	done chan struct{}
@@ -194,6 +216,12 @@ func (e *Engine) Handle(req *paxos.Request, to Replier, tag uint64) {
 		e.end = end
 		notify = e.onWrite != nil && req.Kind == paxos.KindAccept
 	}
+	if mutating(req.Kind) {
+		e.mutations++
+		if req.Kind == paxos.KindTrim || e.mutations >= compactEvery {
+			e.maybeCompactLocked()
+		}
+	}
 	need := e.end
 	if len(e.waiting) == 0 && e.synced >= need {
 		// Nothing to wait for. r aliases the acceptor's scratch space:
@@ -278,12 +306,37 @@ func (e *Engine) syncLoop() {
 
 // syncOnce runs one Sync if anything is waiting and releases what it
 // covers. It reports whether it did anything.
+// maybeCompactLocked compacts the log when it holds much more than the
+// live state. e.mu is held.
+func (e *Engine) maybeCompactLocked() {
+	e.mutations = 0
+	c, ok := e.log.(Compactor)
+	if !ok || !c.ShouldCompact(e.acc.LiveBytes()) {
+		return
+	}
+	t0 := time.Now()
+	if err := c.Compact(e.acc.Snapshot); err != nil {
+		e.logger.Warn("storage compaction failed; retrying later", "err", err)
+		return
+	}
+	e.compactions++
+	e.logger.Info("storage compacted", "live_bytes", e.acc.LiveBytes(), "took", time.Since(t0).Round(time.Microsecond))
+	// The snapshot becomes durable (and the old records removable) with
+	// the next sync, which must come even if no reply waits for it.
+	e.syncWanted = true
+	select {
+	case e.kick <- struct{}{}:
+	default:
+	}
+}
+
 func (e *Engine) syncOnce() bool {
 	e.mu.Lock()
-	if len(e.waiting) == 0 || e.failed != nil {
+	if (len(e.waiting) == 0 && !e.syncWanted) || e.failed != nil {
 		e.mu.Unlock()
 		return false
 	}
+	e.syncWanted = false
 	e.mu.Unlock()
 	t0 := time.Now()
 	durable, err := e.log.Sync()
@@ -344,6 +397,7 @@ type EngineStats struct {
 	LiveBytes       int64  `json:"live_bytes"`       // approximate size of the live acceptor state
 	LiveSegments    int    `json:"live_segments"`    // segments holding state
 	TrimmedSegments int    `json:"trimmed_segments"` // segments trimmed
+	Compactions     uint64 `json:"compactions"`      // storage compactions done
 	Failed          string `json:"failed,omitempty"` // the storage failure, if any
 }
 
@@ -351,7 +405,7 @@ type EngineStats struct {
 func (e *Engine) Stats() EngineStats {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	s := EngineStats{Syncs: e.syncs, Durable: e.synced, Appended: e.end, Waiting: len(e.waiting), LiveBytes: e.acc.LiveBytes()}
+	s := EngineStats{Syncs: e.syncs, Durable: e.synced, Appended: e.end, Waiting: len(e.waiting), LiveBytes: e.acc.LiveBytes(), Compactions: e.compactions}
 	s.LiveSegments, s.TrimmedSegments = e.acc.Segments()
 	if e.failed != nil {
 		s.Failed = e.failed.Error()
