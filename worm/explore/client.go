@@ -22,6 +22,7 @@ const (
 	inFail
 	inNudge
 	inExpire
+	inUnsent
 )
 
 // input is one call into a client's current Op. A client's whole state
@@ -138,6 +139,8 @@ func (c *client) call(in *input) {
 		c.op.Nudge()
 	case inExpire:
 		c.op.Expire()
+	case inUnsent:
+		c.op.Unsent(in.from, in.tag)
 	}
 }
 

@@ -84,11 +84,11 @@ type Config struct {
 	// any message in flight may be delivered next.
 	Reorders int
 	Drops    int // messages lost silently
-	Dups    int // messages delivered twice (the copy stays in flight)
-	Nudges  int // Op.Nudge calls (only while the op has stragglers)
-	Expires int // Op.Expire calls
-	Breaks  int // connection breaks: client c loses its traffic with acceptor i and gets Op.Fail(i)
-	Crashes int // acceptor crashes (a minority down at a time); restarts are unbounded
+	Dups     int // messages delivered twice (the copy stays in flight)
+	Nudges   int // Op.Nudge calls (only while the op has stragglers)
+	Expires  int // Op.Expire calls
+	Breaks   int // connection breaks: client c loses its traffic with acceptor i and gets Op.Fail(i)
+	Crashes  int // acceptor crashes (a minority down at a time); restarts are unbounded
 
 	// SkipDecides drops every KindDecide at its sender: acceptors never
 	// mark a register decided. A reduction (decides multiply the

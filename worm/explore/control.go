@@ -8,47 +8,51 @@ import (
 // that the explorer can fail: explored with them, the tiny configurations
 // reach a violation (the tests demand it) and the trace shows how.
 
-// ForgetfulAcceptor answers a prepare as the real acceptor would, promise
-// included, but then forgets the promise (it never becomes durable nor
-// binds later accepts). It breaks Paxos's phase-1 guarantee.
-func ForgetfulAcceptor(int) AcceptorModel { return &forgetful{inner: paxos.NewAcceptor(segSize)} }
+// AmnesiacAcceptor answers a prepare as if it had never accepted anything
+// (it keeps what it accepted, and still reports it to reads). It breaks
+// Paxos's phase-1 guarantee: a capture can miss a chosen value.
+func AmnesiacAcceptor(int) AcceptorModel { return &amnesiac{inner: paxos.NewAcceptor(segSize)} }
 
-type forgetful struct{ inner *paxos.Acceptor }
+type amnesiac struct{ inner *paxos.Acceptor }
 
-func (f *forgetful) Handle(req *paxos.Request, resp *paxos.Response, recs []paxos.Record) []paxos.Record {
-	if req.Kind != paxos.KindPrepare {
-		return f.inner.Handle(req, resp, recs)
+func (a *amnesiac) Handle(req *paxos.Request, resp *paxos.Response, recs []paxos.Record) []paxos.Record {
+	recs = a.inner.Handle(req, resp, recs)
+	if req.Kind == paxos.KindPrepare {
+		resp.Reg = paxos.RegState{Off: req.Off}
 	}
-	before := records(f.inner)
-	var r paxos.Response
-	f.inner.Handle(req, &r, nil)
-	*resp = *r.Clone()
-	f.inner = rebuilt(before)
 	return recs
 }
 
-func (f *forgetful) Apply(rec paxos.Record) error { return f.inner.Apply(rec) }
+func (a *amnesiac) Apply(rec paxos.Record) error { return a.inner.Apply(rec) }
 
-func (f *forgetful) Snapshot(emit func(paxos.Record) error) error { return f.inner.Snapshot(emit) }
+func (a *amnesiac) Snapshot(emit func(paxos.Record) error) error { return a.inner.Snapshot(emit) }
 
-// LaxAcceptor accepts a value below its promise (it still refuses one below
-// a ballot it accepted). It breaks Paxos's phase-2 rule.
+// LaxAcceptor accepts a value below its promise when it holds no value for
+// the register (the real acceptor accepts only at its exact promise). It
+// breaks Paxos's phase-2 rule.
 func LaxAcceptor(int) AcceptorModel { return &lax{inner: paxos.NewAcceptor(segSize)} }
 
 type lax struct{ inner *paxos.Acceptor }
 
 func (l *lax) Handle(req *paxos.Request, resp *paxos.Response, recs []paxos.Record) []paxos.Record {
-	if req.Kind != paxos.KindAccept {
+	if req.Kind != paxos.KindAccept || len(req.Values) != 1 {
 		return l.inner.Handle(req, resp, recs)
 	}
-	// Handle the accept on a copy without promises, then put them back.
+	// Forget the register's promises, promise exactly the request's
+	// ballot, accept, and put the promises back (they only grow).
 	var promises, rest []paxos.Record
 	for _, r := range records(l.inner) {
-		if r.Kind == paxos.RecordPromise || r.Kind == paxos.RecordSegPromise {
+		switch {
+		case r.Seg == req.Seg && r.Off == req.Off && r.Kind != paxos.RecordPromise:
+			return l.inner.Handle(req, resp, recs) // it holds a value: behave
+		case r.Kind == paxos.RecordPromise || r.Kind == paxos.RecordSegPromise:
 			promises = append(promises, r)
-		} else {
+		default:
 			rest = append(rest, r)
 		}
+	}
+	if !req.Ballot.IsZero() {
+		rest = append(rest, paxos.Record{Kind: paxos.RecordPromise, Seg: req.Seg, Off: req.Off, Ballot: req.Ballot})
 	}
 	l.inner = rebuilt(rest)
 	var r paxos.Response
@@ -73,7 +77,9 @@ func (l *lax) Snapshot(emit func(paxos.Record) error) error { return l.inner.Sna
 func records(a *paxos.Acceptor) []paxos.Record {
 	var recs []paxos.Record
 	_ = a.Snapshot(func(r paxos.Record) error {
-		r.Value = append([]byte(nil), r.Value...)
+		if r.Value != nil {
+			r.Value = append([]byte(nil), r.Value...)
+		}
 		recs = append(recs, r)
 		return nil
 	})

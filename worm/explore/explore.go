@@ -110,7 +110,10 @@ type explorer struct {
 	fails   []queuedFail
 }
 
-type queuedFail struct{ opSeq, acc int }
+type queuedFail struct {
+	opSeq, acc int
+	tag        uint64
+}
 
 func newExplorer(cfg Config) (*explorer, error) {
 	if err := cfg.normalize(); err != nil {
@@ -495,8 +498,8 @@ func (e *explorer) handle(i int, pre accNode, m *msg) handled {
 }
 
 // feed gives one input to a client, then lets it run: its requests go in
-// flight, and requests to a crashed acceptor fail at once (Op.Fail, one
-// input each), as a driver must do.
+// flight, and a request to a crashed acceptor is reported unsent at once
+// (Op.Unsent, one input each), as a driver must do.
 func (e *explorer) feed(c *client, in *input) {
 	before, n := c.digest, len(c.log)
 	c.apply(in)
@@ -507,7 +510,7 @@ func (e *explorer) feed(c *client, in *input) {
 		if f.opSeq != c.opSeq || !c.live() {
 			continue
 		}
-		c.apply(&input{kind: inFail, opSeq: c.opSeq, from: f.acc})
+		c.apply(&input{kind: inUnsent, opSeq: c.opSeq, from: f.acc, tag: f.tag})
 		c.settle(e)
 	}
 	cn := &e.cur.clients[c.idx]
@@ -596,8 +599,8 @@ func (e *explorer) emit(c *client, out *paxos.Out) {
 			continue
 		}
 		if !e.cur.accs[i].up {
-			if out.Tag != 0 && !slices.Contains(e.fails, queuedFail{c.opSeq, i}) {
-				e.fails = append(e.fails, queuedFail{c.opSeq, i})
+			if out.Tag != 0 && !slices.Contains(e.fails, queuedFail{c.opSeq, i, out.Tag}) {
+				e.fails = append(e.fails, queuedFail{c.opSeq, i, out.Tag})
 			}
 			continue
 		}
