@@ -95,3 +95,26 @@ func rebuilt(recs []paxos.Record) *paxos.Acceptor {
 	}
 	return a
 }
+
+// UndurableAcceptor keeps its promises in memory but never emits their
+// records: a restart would forget them. It breaks the durability contract
+// (records before answers), which the explorer checks on every request.
+func UndurableAcceptor(int) AcceptorModel { return &undurable{inner: paxos.NewAcceptor(segSize)} }
+
+type undurable struct{ inner *paxos.Acceptor }
+
+func (u *undurable) Handle(req *paxos.Request, resp *paxos.Response, recs []paxos.Record) []paxos.Record {
+	n := len(recs)
+	recs = u.inner.Handle(req, resp, recs)
+	kept := recs[:n]
+	for _, r := range recs[n:] {
+		if r.Kind != paxos.RecordPromise {
+			kept = append(kept, r)
+		}
+	}
+	return kept
+}
+
+func (u *undurable) Apply(rec paxos.Record) error { return u.inner.Apply(rec) }
+
+func (u *undurable) Snapshot(emit func(paxos.Record) error) error { return u.inner.Snapshot(emit) }

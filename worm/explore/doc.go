@@ -159,7 +159,9 @@
 //
 // # Controls
 //
-// AmnesiacAcceptor and LaxAcceptor are deliberately broken acceptors
+// AmnesiacAcceptor (its prepare answers hide what it accepted),
+// LaxAcceptor (it accepts below its promise) and UndurableAcceptor (its
+// promises never reach the durable log) are deliberately broken acceptors
 // (Config.NewAcceptor); two clients with the same Client.Node break the
 // proposers' uniqueness contract. The tests require the explorer to find a
 // violation with each, and the trace to replay.
