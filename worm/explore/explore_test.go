@@ -71,6 +71,17 @@ var tinies = []tiny{
 	},
 }
 
+func init() {
+	tinies = append(tinies,
+		tiny{
+			name:   "unsafe-vs-read",
+			cfg:    Config{SkipDecides: true, Clients: []Client{{Script: unsafeA}, {Script: []Action{{Op: Read}}}}},
+			want:   []string{`B step 1 read: value("a")`, `B step 1 read: empty`, `A step 1 write-unsafe("a"): ok`},
+			chosen: []string{"a"},
+		},
+		})
+}
+
 func TestTiny(t *testing.T) {
 	for _, tc := range tinies {
 		t.Run(tc.name, func(t *testing.T) {
@@ -281,6 +292,8 @@ func TestBig(t *testing.T) {
 		{"two-writers-expire-nudge", Config{SkipDecides: true, Expires: 1, Nudges: 1, Clients: []Client{{Script: capWrite("a")}, {Script: capWrite("b")}}}},
 		{"two-writers-reader", Config{SkipDecides: true, Clients: []Client{{Script: capWrite("a")}, {Script: capWrite("b")}, {Script: []Action{{Op: Read}}}}}},
 		{"retry-after-unknown", Config{SkipDecides: true, Drops: 1, Expires: 1, Clients: []Client{{Script: retry}, {Script: capWrite("b")}}}},
+		{"unsafe-retry-after-expire", Config{SkipDecides: true, Expires: 1, Clients: []Client{ // 2,638,021 states
+			{Script: []Action{{Op: WriteUnsafe, Value: "a", Retries: 1}}}, {Script: capOnly}}}},
 		{"crash", Config{SkipDecides: true, Crashes: 1, Clients: []Client{{Script: unsafeA}, {Script: capOnly}}}},
 		{"dup-reorder", Config{Dups: 1, Reorders: 1, Clients: []Client{{Script: capWrite("a")}, {Script: capOnly}}}},
 		{"break", Config{Breaks: 1, Clients: []Client{{Script: capWrite("a")}, {Script: capOnly}}}},
