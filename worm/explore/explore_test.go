@@ -78,7 +78,6 @@ func init() {
 			cfg:    Config{SkipDecides: true, Clients: []Client{{Script: unsafeA}, {Script: []Action{{Op: Read}}}}},
 			want:   []string{`B step 1 read: value("a")`, `B step 1 read: empty`, `A step 1 write-unsafe("a"): ok`},
 			chosen: []string{"a"},
-		},
 		})
 }
 
