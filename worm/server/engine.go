@@ -37,6 +37,15 @@ type Compactor interface {
 	Compact(snapshot func(emit func(paxos.Record) error) error) error
 }
 
+// CheapSyncer is optionally implemented by a Log whose Sync does not wait
+// for the device (worm/storage in volatile mode). With it, a request that
+// must wait for a sync and finds none running leads one on its own
+// goroutine, saving the hand-off to the sync goroutine and back; with a
+// Log that fsyncs, Handle never blocks on Sync.
+type CheapSyncer interface {
+	SyncIsCheap() bool
+}
+
 // compactEvery is how many mutating requests pass between two
 // ShouldCompact checks when no trim arrives.
 const compactEvery = 4096
@@ -91,8 +100,13 @@ type Engine struct {
 	// mutations counts mutating requests since the last compaction
 	// check; syncWanted asks the sync loop for a sync no reply waits for
 	// (after a compaction); compactions counts them.
-	mutations   int
-	syncWanted  bool
+	mutations  int
+	syncWanted bool
+	// inlineSync: the Log is a CheapSyncer that says so; then syncing
+	// tells whether a goroutine (a request's leader or the sync loop) is
+	// in or about to enter syncOnce, and new requests only queue.
+	inlineSync  bool
+	syncing     bool
 	compactions uint64
 	syncs       uint64
 	released    []pending // sync goroutine's scratch: replies being released
@@ -126,6 +140,9 @@ func NewEngine(acc *paxos.Acceptor, log Log, logger *slog.Logger, onWrite func(s
 		logger = slog.Default()
 	}
 	e := &Engine{acc: acc, log: log, logger: logger, onWrite: onWrite, kick: make(chan struct{}, 1), done: make(chan struct{})}
+	if c, ok := log.(CheapSyncer); ok && c.SyncIsCheap() {
+		e.inlineSync = true
+	}
 	e.fsync.init(fsyncBuckets)
 	e.wg.Add(1)
 	go e.syncLoop()
@@ -244,10 +261,39 @@ func (e *Engine) Handle(req *paxos.Request, to Replier, tag uint64) {
 	if notify {
 		e.notifyAccepted(req, r, need, true)
 	}
+	if !e.inlineSync {
+		e.mu.Unlock()
+		select {
+		case e.kick <- struct{}{}:
+		default:
+		}
+		return
+	}
+	if e.syncing {
+		// A sync is running or about to: it (or the one after it)
+		// covers this request.
+		e.mu.Unlock()
+		return
+	}
+	// Nobody is syncing: this goroutine leads one sync itself, which
+	// saves waking the sync goroutine (the common case with few
+	// clients). Requests that arrive meanwhile share it or the next one,
+	// which the sync goroutine runs, so a leader never syncs for others
+	// more than once and its own connection is not starved.
+	e.syncing = true
 	e.mu.Unlock()
-	select {
-	case e.kick <- struct{}{}:
-	default:
+	e.syncOnce()
+	e.mu.Lock()
+	more := len(e.waiting) > 0 || e.syncWanted
+	if !more {
+		e.syncing = false
+	}
+	e.mu.Unlock()
+	if more {
+		select {
+		case e.kick <- struct{}{}:
+		default:
+		}
 	}
 }
 
@@ -333,9 +379,11 @@ func (e *Engine) maybeCompactLocked() {
 func (e *Engine) syncOnce() bool {
 	e.mu.Lock()
 	if (len(e.waiting) == 0 && !e.syncWanted) || e.failed != nil {
+		e.syncing = false
 		e.mu.Unlock()
 		return false
 	}
+	e.syncing = true
 	e.syncWanted = false
 	e.mu.Unlock()
 	t0 := time.Now()

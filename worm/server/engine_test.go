@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"runtime"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -452,4 +453,108 @@ func TestLogStats(t *testing.T) {
 		}
 		e.Close()
 	}
+}
+
+// cheapLog is a Log whose Sync never waits for a device; it counts syncs
+// and checks that each reply's records were synced before it left.
+type cheapLog struct {
+	mu      sync.Mutex
+	end     uint64
+	durable uint64
+	syncs   int
+}
+
+func (l *cheapLog) Reserve(int) error { return nil }
+func (l *cheapLog) Append(recs []paxos.Record) (uint64, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.end += uint64(len(recs))
+	return l.end, nil
+}
+func (l *cheapLog) Sync() (uint64, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.durable = l.end
+	l.syncs++
+	return l.durable, nil
+}
+func (l *cheapLog) SyncIsCheap() bool { return true }
+
+// With a CheapSyncer log, requests lead syncs on their own goroutines:
+// from many goroutines at once every request is answered exactly once,
+// and only after a sync covered its records.
+func TestInlineSyncsAnswerEveryRequestOnce(t *testing.T) {
+	log := &cheapLog{}
+	e := NewEngine(paxos.NewAcceptor(1024), log, nil, nil)
+	defer e.Close()
+	r := newCountingReplier(log)
+	var wg sync.WaitGroup
+	const workers, each = 8, 200
+	for w := 0; w < workers; w++ {
+		wg.Add(1)
+		go func(w int) {
+			defer wg.Done()
+			for i := 0; i < each; i++ {
+				off := uint32(w*each + i)
+				log.mu.Lock()
+				r.before.Store(uint64(off), log.end)
+				log.mu.Unlock()
+				e.Handle(&paxos.Request{Kind: paxos.KindAccept, Seg: uint64(1 + off/1024), Off: off % 1024, Values: [][]byte{{byte(i)}}}, r, uint64(off))
+			}
+		}(w)
+	}
+	wg.Wait()
+	deadline := time.Now().Add(5 * time.Second)
+	for r.total() < workers*each && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+	}
+	if got := r.total(); got != workers*each {
+		t.Fatalf("%d replies for %d requests", got, workers*each)
+	}
+	if r.early.Load() != 0 {
+		t.Fatalf("%d replies left before their records were synced", r.early.Load())
+	}
+	if d := r.dups.Load(); d != 0 {
+		t.Fatalf("%d requests answered twice", d)
+	}
+	log.mu.Lock()
+	t.Logf("%d requests, %d syncs", workers*each, log.syncs)
+	log.mu.Unlock()
+}
+
+type countingReplier struct {
+	log *cheapLog
+	// before: the log's end before the request was handled; its reply
+	// may leave only once a sync went past it.
+	before sync.Map
+	mu     sync.Mutex
+	seen   map[uint64]bool
+	early  atomic.Int64
+	dups   atomic.Int64
+}
+
+func newCountingReplier(l *cheapLog) *countingReplier {
+	return &countingReplier{log: l, seen: map[uint64]bool{}}
+}
+
+func (c *countingReplier) Reply(tag uint64, resp *paxos.Response) {
+	b, _ := c.before.Load(tag)
+	c.log.mu.Lock()
+	synced := c.log.durable > b.(uint64)
+	c.log.mu.Unlock()
+	if !synced {
+		c.early.Add(1)
+	}
+	c.mu.Lock()
+	if c.seen[tag] {
+		c.dups.Add(1)
+	}
+	c.seen[tag] = true
+	c.mu.Unlock()
+}
+func (c *countingReplier) Abandon(uint64) {}
+func (c *countingReplier) total() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.seen)
 }

@@ -648,6 +648,11 @@ func (l *Log) Stats() Stats {
 // Identity returns what the directory's IDENTITY file records.
 func (l *Log) Identity() Identity { return l.id }
 
+// SyncIsCheap reports whether Sync returns without waiting for the device
+// (Volatile): the wormserver's engine then runs syncs on the requesting
+// goroutine instead of handing them to its sync goroutine.
+func (l *Log) SyncIsCheap() bool { return l.opts.Volatile }
+
 // Dir returns the data directory.
 func (l *Log) Dir() string { return l.dir }
 
