@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/wormspace/wormspace/apps/wormlog/wormlogtest"
+	"github.com/wormspace/wormspace/apps/wormpaxos/wormpaxostest"
 	"github.com/wormspace/wormspace/apps/wormtx/wormtxtest"
 	"github.com/wormspace/wormspace/worm"
 	"github.com/wormspace/wormspace/worm/client"
@@ -160,5 +161,18 @@ func TestWormTX(t *testing.T) {
 	c := startCluster(t)
 	k := newKiller(c)
 	wormtxtest.RunWith(t, c.open, wormtxtest.Options{Nemesis: txNemesis{k}, Seeds: 4, Recovery: 200 * time.Millisecond})
+	t.Logf("%d wormd kills", k.kills)
+}
+
+// TestWormPaxos: replicated state machine invariants (identical applied
+// prefixes, no acknowledged command lost or applied twice) and KV
+// linearizability, under every leader policy, over real wormds with
+// kill -9.
+func TestWormPaxos(t *testing.T) {
+	c := startCluster(t)
+	k := newKiller(c)
+	wormpaxostest.RunOptions(t, c.open, wormpaxostest.Options{Seeds: 1, Duration: 700 * time.Millisecond,
+		Nemesis: func(rng *rand.Rand, _ worm.Space) { k.step(rng) }})
+	k.heal()
 	t.Logf("%d wormd kills", k.kills)
 }
