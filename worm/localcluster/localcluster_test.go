@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	mrand "math/rand/v2"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -499,4 +500,90 @@ func TestTrimReclaimsStorage(t *testing.T) {
 	if _, err := cl2.Read(ctx, worm.Addr{Seg: 1, Off: 0}); !errors.Is(err, worm.ErrTrimmed) {
 		t.Fatalf("trimmed register after restart: %v, want ErrTrimmed", err)
 	}
+}
+
+// TestAppsCLI runs the applications' commands against a cluster: a log
+// append read back, a WormTX demo with a crashed coordinator, and a
+// three-replica KV store that survives kill -9 of a replica.
+func TestAppsCLI(t *testing.T) {
+	c := start(t, localcluster.Config{N: 3})
+	ports, err := freeLoopbackPorts(3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	env := append(os.Environ(), c.ServersEnv(), "WORM_KEY_FILE="+c.KeyFile, "WORM_KEY=", "WORM_SEQUENCER=",
+		"WORM_KV="+strings.Join(ports, ","))
+	worm := func(args ...string) (string, error) {
+		cmd := exec.Command(filepath.Join(bin, "worm"), args...)
+		cmd.Env = env
+		out, err := cmd.Output()
+		return strings.TrimSpace(string(out)), err
+	}
+	if out, err := worm("log", "append", "first record"); err != nil || out != "0" {
+		t.Fatalf("log append: %q %v", out, err)
+	}
+	if out, err := worm("log", "append", "second"); err != nil || out != "1" {
+		t.Fatalf("log append: %q %v", out, err)
+	}
+	if out, err := worm("log", "read", "0"); err != nil || out != "first record" {
+		t.Fatalf("log read: %q %v", out, err)
+	}
+	out, err := worm("tx", "-q", "-transfers", "3", "-crash-coordinator", "coordinator-before-await")
+	if err != nil || !strings.Contains(out, "invariants held") || !strings.Contains(out, "1 coordinator crash") {
+		t.Fatalf("tx: %q %v", out, err)
+	}
+	var replicas []*exec.Cmd
+	for i := range ports {
+		cmd := exec.Command(filepath.Join(bin, "worm"), "kv", "serve", "-index", strconv.Itoa(i))
+		cmd.Env = env
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		replicas = append(replicas, cmd)
+	}
+	defer func() {
+		for _, r := range replicas {
+			r.Process.Kill()
+			r.Wait()
+		}
+	}()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		if _, err := worm("kv", "put", "k", "v1"); err == nil {
+			break
+		} else if time.Now().After(deadline) {
+			t.Fatalf("kv put: %v", err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if out, err := worm("kv", "get", "k"); err != nil || out != "v1" {
+		t.Fatalf("kv get: %q %v", out, err)
+	}
+	replicas[0].Process.Kill() // the first leader, most likely
+	replicas[0].Wait()
+	if _, err := worm("kv", "put", "k", "v2"); err != nil {
+		t.Fatalf("kv put after killing replica 0: %v", err)
+	}
+	if out, err := worm("kv", "get", "k"); err != nil || out != "v2" {
+		t.Fatalf("kv get after killing replica 0: %q %v", out, err)
+	}
+}
+
+func freeLoopbackPorts(n int) ([]string, error) {
+	var out []string
+	var ls []net.Listener
+	defer func() {
+		for _, l := range ls {
+			l.Close()
+		}
+	}()
+	for i := 0; i < n; i++ {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return nil, err
+		}
+		ls = append(ls, l)
+		out = append(out, l.Addr().String())
+	}
+	return out, nil
 }
