@@ -53,6 +53,17 @@ SEEDS ?= 5000
 sim:
 	WORM_SIM_SEEDS=$(SEEDS) $(GO) test -count=1 -v -run 'TestSimulation|TestCleanRuns' ./worm/sim
 
+# fuzz runs every fuzz target of the module for FUZZTIME each (the checked-in
+# seeds also run as plain tests in make test).
+FUZZTIME ?= 10s
+fuzz: deps-go
+	@set -e; for pkg in $$($(GO) list ./...); do \
+		for f in $$($(GO) test -list '^Fuzz' $$pkg 2>/dev/null | grep '^Fuzz' || true); do \
+			echo "fuzz: $$pkg $$f ($(FUZZTIME))"; \
+			$(GO) test -run XXX -fuzz "^$$f$$" -fuzztime $(FUZZTIME) $$pkg; \
+		done; \
+	done
+
 clean:
 	rm -rf build
 
