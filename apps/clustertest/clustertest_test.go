@@ -108,9 +108,10 @@ func (k *killer) step(rng *rand.Rand) {
 		if k.c.lc.Kill(i) == nil {
 			k.down, k.since = i, time.Now()
 			k.kills++
+			// The restart comes on its own timer, so that a wormd killed
+			// at the end of a run does not stay down into the next.
+			time.AfterFunc(time.Duration(20+rng.IntN(80))*time.Millisecond, k.heal)
 		}
-	case k.down >= 0 && time.Since(k.since) > time.Duration(20+rng.IntN(80))*time.Millisecond:
-		k.restartLocked()
 	}
 }
 

@@ -468,9 +468,20 @@ func testBasic(t *testing.T, open Open, p wormpaxos.Policy, o Options) {
 	if res, _ := kv.DecodeResult(first); res.OK {
 		t.Fatalf("first put of r reported a previous value: %+v", res)
 	}
-	h.converge()
-	if a, b := h.nodes[0].cur().Applied(), h.nodes[2].cur().Applied(); a != b {
-		t.Fatalf("applied positions differ after convergence: %d vs %d", a, b)
+	// Replicas may keep applying no-ops others write after the barrier
+	// (Rotating owners skip idle segments), so agreement is awaited, not
+	// sampled once; the Checker verifies the prefixes are identical.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		h.converge()
+		a, b := h.nodes[0].cur().Applied(), h.nodes[2].cur().Applied()
+		if a == b {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("applied positions still differ 10s after the commands: %d vs %d", a, b)
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }
 
@@ -654,8 +665,14 @@ func testCosts(t *testing.T, open Open, p wormpaxos.Policy, o Options) {
 		}
 	}
 	took := time.Since(start)
-	if took >= h.cfg.HoleTimeout {
-		t.Errorf("%d commands took %v: something waited for the hole timeout", n, took)
+	// No command may have waited for the hole timeout: no replica filled a
+	// hole. (Counted, not timed: a loaded machine may be slow anyway.)
+	for _, nd := range h.nodes {
+		if r := nd.cur(); r != nil {
+			if f := r.Stats().Fills; f != 0 {
+				t.Errorf("%s filled %d holes after the hole timeout during %d fault-free commands", nd.space.ID(), f, n)
+			}
+		}
 	}
 	w, b, cp, sc := cnt.writes.Load(), cnt.batches.Load(), cnt.captures.Load(), cnt.segCaptures.Load()
 	t.Logf("%v: %d commands in %v: %d Write, %d WriteBatch, %d Capture, %d CaptureSegment", p, n, took, w, b, cp, sc)
