@@ -44,6 +44,7 @@ fmt-check:
 # with a reason where it truly lacks them.
 test: deps fmt-check vet
 	$(GO) test $(GOTESTFLAGS) ./...
+	$(MAKE) --no-print-directory fuzz FUZZTIME=$(TEST_FUZZTIME)
 
 test-short: deps-go
 	$(GO) test -short ./...
@@ -56,6 +57,8 @@ sim:
 # fuzz runs every fuzz target of the module for FUZZTIME each (the checked-in
 # seeds also run as plain tests in make test).
 FUZZTIME ?= 10s
+# make test fuzzes every target briefly, beyond its checked-in seeds.
+TEST_FUZZTIME ?= 3s
 fuzz: deps-go
 	@set -e; for pkg in $$($(GO) list ./...); do \
 		for f in $$($(GO) test -list '^Fuzz' $$pkg 2>/dev/null | grep '^Fuzz' || true); do \
