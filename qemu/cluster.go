@@ -37,7 +37,12 @@ type Config struct {
 	StateDir string
 	// Volatile passes worm.volatile=1: wormd skips fsync (benchmarks).
 	Volatile bool
-	// Key is the cluster key in hex (worm.key), optional.
+	// Key is the cluster key in hex (worm.key, at least 32 bytes). When
+	// empty, Up reuses StateDir/cluster.key if a previous cluster left one
+	// (so clients keep their key file across down and up) and otherwise
+	// generates 32 random bytes. wormd refuses non-loopback addresses
+	// without a key, so every cluster has one. It is recorded in the state
+	// file and written to StateDir/cluster.key (Cluster.KeyFile).
 	Key string
 	// SegmentSize is passed as worm.segsize when positive.
 	SegmentSize int
@@ -189,6 +194,13 @@ func Up(ctx context.Context, cfg Config) (*Cluster, error) {
 		unlock()
 		return nil, err
 	}
+	key, why, err := clusterKey(dir, cfg.Key)
+	if err != nil {
+		unlock()
+		return nil, err
+	}
+	cfg.Key = key
+	c.event(0, EventInfo, "cluster key "+why+": "+filepath.Join(dir, KeyFile))
 	suffix := randomHex(3)
 	c.st = State{
 		Version: stateVersion, Name: "worm-" + suffix, Created: time.Now(),
@@ -289,11 +301,62 @@ func (cfg *Config) defaults() error {
 		cfg.DiskMiB = 128
 	}
 	if cfg.Key != "" {
-		if _, err := hex.DecodeString(cfg.Key); err != nil {
-			return fmt.Errorf("%w: key is not hex", ErrConfig)
+		if err := checkKey(cfg.Key); err != nil {
+			return err
 		}
 	}
 	return nil
+}
+
+// KeyFile is the cluster key file in the state directory: the key in hex
+// and a newline, mode 0600, readable by `worm -key-file` and wormd
+// -key-file ($WORM_KEY_FILE).
+const KeyFile = "cluster.key"
+
+// KeyBytes is the size of a generated cluster key.
+const KeyBytes = 32
+
+func checkKey(k string) error {
+	b, err := hex.DecodeString(k)
+	if err != nil {
+		return fmt.Errorf("%w: key is not hex", ErrConfig)
+	}
+	if len(b) < KeyBytes {
+		return fmt.Errorf("%w: key of %d bytes (wormd wants at least %d)", ErrConfig, len(b), KeyBytes)
+	}
+	return nil
+}
+
+// clusterKey decides the cluster key: the one given, else the key file a
+// previous cluster left in dir, else a new random one. It writes the key
+// file and says where the key came from.
+func clusterKey(dir, given string) (key, why string, err error) {
+	path := filepath.Join(dir, KeyFile)
+	switch {
+	case given != "":
+		key, why = strings.ToLower(given), "given"
+	default:
+		if b, err := os.ReadFile(path); err == nil {
+			k := strings.ToLower(strings.TrimSpace(string(b)))
+			if checkKey(k) == nil {
+				return k, "reused", nil
+			}
+			return "", "", fmt.Errorf("%w: %s holds no usable key (want %d+ bytes in hex); delete it to generate a new one", ErrConfig, path, KeyBytes)
+		}
+		b := make([]byte, KeyBytes)
+		if _, err := rand.Read(b); err != nil {
+			return "", "", err
+		}
+		key, why = hex.EncodeToString(b), "generated"
+	}
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, []byte(key+"\n"), 0o600); err != nil {
+		return "", "", err
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		return "", "", err
+	}
+	return key, why, nil
 }
 
 // newVMState lays out VM id's addresses and files.
@@ -582,6 +645,14 @@ func (c *Cluster) Name() string { return c.st.Name }
 // Netns returns the network namespace name (empty with NetUser). The CLI
 // reaches the servers with `ip netns exec NAME worm ...`.
 func (c *Cluster) Netns() string { return c.st.Netns }
+
+// Key returns the cluster key in hex (every cluster has one; see
+// Config.Key).
+func (c *Cluster) Key() string { return c.st.Key }
+
+// KeyFile returns the path of the key file (StateDir/cluster.key): pass
+// it as WORM_KEY_FILE to the worm CLI.
+func (c *Cluster) KeyFile() string { return filepath.Join(c.dir, KeyFile) }
 
 // Accel returns the accelerator in use.
 func (c *Cluster) Accel() Accel { return c.st.Accel }

@@ -27,7 +27,7 @@ func init() {
 
 const vmUsage = `usage: worm vm SUBCOMMAND [flags]
 
-  up       boot a cluster and print WORM_SERVERS
+  up       boot a cluster and print WORM_SERVERS and WORM_KEY_FILE
   down     kill the cluster's VMs and delete its network namespace
   status   list the cluster's VMs
   kill ID  SIGKILL one VM's QEMU (a crash)
@@ -94,7 +94,7 @@ func vmUp(args []string) error {
 	image := fs.String("image", qemu.DefaultImageDir, "boot image directory (vmlinuz, initramfs.cpio), made by `make image`")
 	state := fs.String("state", defaultStateDir(), "state directory (state file, disks, console logs)")
 	volatile := fs.Bool("volatile", false, "run wormd with -volatile (no fsync; benchmarks only)")
-	key := fs.String("key", "", "cluster key in hex (worm.key)")
+	key := fs.String("key", "", "cluster key in hex, >= 32 bytes (worm.key); default: STATE/cluster.key if present, else a new random key")
 	segsize := fs.Int("segment-size", 0, "wormd segment size (worm.segsize); 0 = wormd's default")
 	mem := fs.Int("m", 256, "memory per VM in MiB")
 	disk := fs.Int("disk", 128, "data disk size per VM in MiB (created and formatted once, then reused)")
@@ -142,13 +142,16 @@ func vmUp(args []string) error {
 	return c.Shutdown(context.Background(), qemu.DownOptions{})
 }
 
-// printCluster prints the WORM_SERVERS line and how to reach it.
+// printCluster prints the WORM_SERVERS and WORM_KEY_FILE lines and how to
+// reach the servers.
 func printCluster(w io.Writer, c *qemu.Cluster) {
 	fmt.Fprintf(w, "WORM_SERVERS=%s\n", c.Servers())
+	fmt.Fprintf(w, "WORM_KEY_FILE=%s\n", c.KeyFile())
+	fmt.Fprintf(w, "# export WORM_SERVERS=%s WORM_KEY_FILE=%s\n", c.Servers(), c.KeyFile())
 	fmt.Fprintf(w, "# accel %s, stack %s, net %s, state %s\n", c.Accel(), c.Stack(), c.Net(), c.StateDir())
 	if ns := c.Netns(); ns != "" {
 		fmt.Fprintf(w, "WORM_NETNS=%s\n", ns)
-		fmt.Fprintf(w, "# the servers are in network namespace %s: ip netns exec %s worm ...\n", ns, ns)
+		fmt.Fprintf(w, "# the servers are in network namespace %s: ip netns exec %s worm status\n", ns, ns)
 	}
 	for _, v := range c.VMs() {
 		r := v.Ready()
@@ -191,6 +194,7 @@ func vmStatus(args []string) error {
 		fmt.Printf("namespace %s, bridge %s %s: ip netns exec %s worm ...\n", st.Netns, st.Bridge, st.HostAddr, st.Netns)
 	}
 	fmt.Printf("WORM_SERVERS=%s\n", c.Servers())
+	fmt.Printf("WORM_KEY_FILE=%s\n", c.KeyFile())
 	tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "ID\tSTATE\tPID\tSERVER\tBOOTS\tBOOT-TO-READY\tGUEST-UPTIME\tDISK\tCONSOLE")
 	for _, v := range c.VMs() {

@@ -113,6 +113,21 @@ func (c Config) WormdArgs() []string {
 	return append(a, "-ready-fd", "3")
 }
 
+// RedactArgs returns args with the value of -key-hex replaced, for logs:
+// the console is copied to files on the host that are not as private as
+// the key.
+func RedactArgs(args []string) []string {
+	out := append([]string(nil), args...)
+	for i := range out {
+		if out[i] == "-key-hex" && i+1 < len(out) {
+			out[i+1] = "<redacted>"
+		} else if strings.HasPrefix(out[i], "-key-hex=") {
+			out[i] = "-key-hex=<redacted>"
+		}
+	}
+	return out
+}
+
 // Cmdline renders c as worm.* kernel parameters; ParseCmdline of the
 // result gives c back.
 func (c Config) Cmdline() string {

@@ -72,7 +72,7 @@ func (s *supervisor) start() (*exec.Cmd, <-chan exitEvent, error) {
 	cmd.Stdout, cmd.Stderr = s.out, s.out
 	cmd.ExtraFiles = []*os.File{pw} // fd 3
 	cmd.Env = []string{"PATH=/bin", "HOME=/", "TMPDIR=/tmp"}
-	s.log.Info("starting wormd", "args", strings.Join(cmd.Args, " "))
+	s.log.Info("starting wormd", "args", strings.Join(RedactArgs(cmd.Args), " "))
 	started := time.Now()
 	if err := cmd.Start(); err != nil {
 		pr.Close()
