@@ -41,6 +41,12 @@ type Config struct {
 	MaxDown int
 	// Trim enables trim operations.
 	Trim bool
+	// Partition is the per-step probability that the network's partition
+	// changes: either every cut heals, or the links between one acceptor
+	// and a random subset of clients are cut, in one direction (requests
+	// or responses lost: one-way drops) or both. Messages crossing a cut
+	// are lost when they would be delivered.
+	Partition float64
 	// Trace, when set, receives one line per step.
 	Trace func(string)
 }
@@ -53,14 +59,14 @@ func DefaultConfig(seed uint64) Config {
 
 // Stats summarises a run.
 type Stats struct {
-	Steps, Delivered, Dropped, Duplicated, Crashes, Expired int
-	Ops                                                     map[string]int
-	Errors                                                  map[string]int
+	Steps, Delivered, Dropped, Duplicated, Crashes, Expired, Partitions, Cut int
+	Ops                                                                      map[string]int
+	Errors                                                                   map[string]int
 }
 
 func (s Stats) String() string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "steps=%d delivered=%d dropped=%d dup=%d crashes=%d expired=%d ops=", s.Steps, s.Delivered, s.Dropped, s.Duplicated, s.Crashes, s.Expired)
+	fmt.Fprintf(&b, "steps=%d delivered=%d dropped=%d dup=%d crashes=%d expired=%d partitions=%d cut=%d ops=", s.Steps, s.Delivered, s.Dropped, s.Duplicated, s.Crashes, s.Expired, s.Partitions, s.Cut)
 	keys := make([]string, 0, len(s.Ops))
 	for k := range s.Ops {
 		keys = append(keys, k)
@@ -116,6 +122,7 @@ type Sim struct {
 	accs    []*acceptorNode
 	clients []*clientState
 	net     []*message
+	cut     map[[2]int]uint8 // (client, acceptor) -> cut directions
 	step    int
 	ops     []*simOp
 	stats   Stats
@@ -383,9 +390,49 @@ func (s *Sim) flush(o *simOp) {
 // ---------------------------------------------------------------------------
 // Events
 
+// link directions a partition can cut.
+const (
+	cutRequests  = 1 << iota // client -> acceptor
+	cutResponses             // acceptor -> client
+)
+
+// repartition heals every cut, or cuts the links between one acceptor and
+// some clients.
+func (s *Sim) repartition() {
+	if len(s.cut) > 0 && s.rng.IntN(2) == 0 {
+		s.cut = nil
+		s.trace("partition healed")
+		return
+	}
+	if s.cut == nil {
+		s.cut = map[[2]int]uint8{}
+	}
+	a := s.rng.IntN(s.cfg.Acceptors)
+	dir := uint8(1 + s.rng.IntN(3))
+	for c := range s.clients {
+		if s.rng.IntN(2) == 0 {
+			s.cut[[2]int{c, a}] |= dir
+		}
+	}
+	s.stats.Partitions++
+	s.trace("partition: acceptor %d cut from some clients (directions %b): %v", a, dir, s.cut)
+}
+
+// severed reports whether m crosses a cut link.
+func (s *Sim) severed(m *message) bool {
+	d := s.cut[[2]int{m.client, m.acceptor}]
+	if m.toAcceptor {
+		return d&cutRequests != 0
+	}
+	return d&cutResponses != 0
+}
+
 func (s *Sim) event() error {
 	r := s.rng.Float64()
 	cfg := s.cfg
+	if cfg.Partition > 0 && s.rng.Float64() < cfg.Partition {
+		s.repartition()
+	}
 	switch {
 	case r < cfg.Crash:
 		s.crashOrRestart()
@@ -435,6 +482,10 @@ func (s *Sim) event() error {
 	m := s.net[i]
 	x := s.rng.Float64()
 	switch {
+	case s.severed(m):
+		s.stats.Cut++
+		s.remove(i)
+		return nil
 	case x < cfg.Drop:
 		s.stats.Dropped++
 		s.remove(i)

@@ -43,6 +43,11 @@ var configs = map[string]func(seed uint64) Config{
 		c.MaxDown, c.Crash = 2, 0.03
 		return c
 	},
+	"partitioned": func(seed uint64) Config {
+		c := DefaultConfig(seed)
+		c.Partition, c.Crash = 0.02, 0.005
+		return c
+	},
 	"clean": func(seed uint64) Config {
 		c := DefaultConfig(seed)
 		c.Drop, c.Dup, c.Crash, c.Nudge, c.Expire, c.Trim = 0, 0, 0, 0, 0, false
@@ -64,6 +69,12 @@ func TestSimulation(t *testing.T) {
 				}
 				total.Steps += st.Steps
 				total.Crashes += st.Crashes
+				total.Delivered += st.Delivered
+				total.Dropped += st.Dropped
+				total.Duplicated += st.Duplicated
+				total.Expired += st.Expired
+				total.Partitions += st.Partitions
+				total.Cut += st.Cut
 				for k, v := range st.Ops {
 					total.Ops[k] += v
 				}
@@ -72,6 +83,9 @@ func TestSimulation(t *testing.T) {
 				}
 			}
 			t.Logf("%s: %s errors=%v", name, total, total.Errors)
+			if name == "partitioned" && (total.Partitions == 0 || total.Cut == 0) {
+				t.Fatalf("the partitioned configuration cut nothing: %s", total)
+			}
 		})
 	}
 }
