@@ -3,7 +3,9 @@ package images
 import (
 	"bufio"
 	"context"
+	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -15,6 +17,9 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/wormspace/wormspace/worm"
+	"github.com/wormspace/wormspace/worm/client"
 )
 
 // bootImage is built once for all boot tests and benchmarks.
@@ -32,7 +37,7 @@ func sharedImage(tb testing.TB) string {
 			return
 		}
 		_, bootErr = Build(context.Background(), Options{
-			Root: filepath.Join(mustAbs(tb, "..")), OutDir: bootDir, WormdPkg: standinPkg,
+			Root: filepath.Join(mustAbs(tb, "..")), OutDir: bootDir, // the real wormd (./cmd/wormd)
 			Progress: func(s string) { tb.Log(s) },
 		})
 	})
@@ -109,11 +114,15 @@ func newDisk(tb testing.TB) string {
 // guest's port 7070 forwarded to a free port on 127.0.0.1.
 func bootVM(tb testing.TB, image, disk, stack string) *vm {
 	tb.Helper()
-	return startVM(tb, image, disk, "worm.id=1 worm.addr=10.0.2.15/24 worm.gw=10.0.2.2 worm.stack="+stack+" worm.data=/dev/vda")
+	return startQEMU(tb, image, disk, "worm.id=1 worm.addr=10.0.2.15/24 worm.gw=10.0.2.2 worm.stack="+stack+" worm.data=/dev/vda worm.key="+testKeyHex)
 }
 
-// startVM boots with the given worm.* parameters; disk may be empty.
-func startVM(tb testing.TB, image, disk, params string) *vm {
+// testKeyHex is the cluster key of the single-VM boot tests (wormd
+// refuses a non-loopback address without one).
+var testKeyHex = strings.Repeat("5a", 32)
+
+// startQEMU boots with the given worm.* parameters; disk may be empty.
+func startQEMU(tb testing.TB, image, disk, params string) *vm {
 	tb.Helper()
 	v := &vm{
 		port:   freePort(tb),
@@ -254,39 +263,38 @@ func qmp(sock, command string) error {
 	return nil
 }
 
-// talk connects through the forwarded port, checks the stand-in's
-// greeting and an echo, and returns the greeting.
-func talk(tb testing.TB, port int) string {
+// talk connects the real client to the wormd behind the forwarded port
+// (a one-acceptor cluster) and writes register 1/off unless it is
+// already written, then reads it back: the value must be want.
+func talk(tb testing.TB, port int, off uint32, want string) {
 	tb.Helper()
-	var c net.Conn
-	var err error
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		c, err = net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", port), 5*time.Second)
-		if err == nil {
-			break
-		}
-		if time.Now().After(deadline) {
-			tb.Fatalf("dial forwarded port: %v", err)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(20 * time.Second))
-	r := bufio.NewReader(c)
-	greeting, err := r.ReadString('\n')
+	key, _ := hex.DecodeString(testKeyHex)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	cl, err := client.Dial(ctx, client.Config{Servers: []string{fmt.Sprintf("127.0.0.1:%d", port)}, Key: key, OpTimeout: 20 * time.Second})
 	if err != nil {
-		tb.Fatalf("read greeting: %v", err)
+		tb.Fatalf("dial forwarded port: %v", err)
 	}
-	msg := "hello through QEMU user networking\n"
-	if _, err := io.WriteString(c, msg); err != nil {
-		tb.Fatal(err)
+	defer cl.Close()
+	if _, err := cl.Alloc(ctx, 1, nil); err != nil {
+		tb.Fatalf("alloc: %v", err)
 	}
-	echo, err := r.ReadString('\n')
-	if err != nil || echo != msg {
-		tb.Fatalf("echo %q, %v", echo, err)
+	a := worm.Addr{Seg: 1, Off: off}
+	tok, err := cl.Capture(ctx, a)
+	var we *worm.WrittenError
+	switch {
+	case errors.As(err, &we):
+	case err != nil:
+		tb.Fatalf("capture %v: %v", a, err)
+	default:
+		if err := cl.Write(ctx, a, tok, []byte(want)); err != nil {
+			tb.Fatalf("write %v: %v", a, err)
+		}
 	}
-	return strings.TrimSpace(greeting)
+	got, err := cl.Read(ctx, a)
+	if err != nil || string(got) != want {
+		tb.Fatalf("read %v = %q, %v; want %q", a, got, err, want)
+	}
 }
 
 func uptimeOf(ready string) int {
@@ -299,10 +307,11 @@ func uptimeOf(ready string) int {
 	return -1
 }
 
-// TestBoot boots the image under TCG for each stack, talks to the server
-// through the forwarded port, and powers the VM off over QMP. The kernel
-// stack also boots a second time on the same disk, which must remember
-// the first boot.
+// TestBoot boots the image under TCG for each stack with QEMU user
+// networking, writes and reads a register with the real client through the
+// forwarded port, and powers the VM off over QMP. The kernel stack also
+// boots a second time on the same disk, whose wormd must still hold the
+// register written in the first boot.
 func TestBoot(t *testing.T) {
 	if testing.Short() {
 		t.Skip("boots VMs")
@@ -319,9 +328,7 @@ func TestBoot(t *testing.T) {
 			if !strings.HasPrefix(ready, want) {
 				t.Errorf("ready line %q, want prefix %q", ready, want)
 			}
-			if g := talk(t, v.port); g != "standin id=1 stack="+stack+" boots=1" {
-				t.Errorf("greeting %q", g)
-			}
+			talk(t, v.port, 0, "first boot "+stack)
 			v.powerdown(t, 60*time.Second)
 			if log := v.log(); !strings.Contains(log, "init: ") || !strings.Contains(log, "power off") {
 				t.Errorf("no clean shutdown on the console:\n%s", log)
@@ -332,11 +339,12 @@ func TestBoot(t *testing.T) {
 			if stack != "kernel" {
 				return
 			}
+			// Second boot on the same disk: the register written in the
+			// first boot is still there (wormd recovered from ext4).
 			v = bootVM(t, image, disk, stack)
 			v.waitReady(t, 90*time.Second)
-			if g := talk(t, v.port); g != "standin id=1 stack=kernel boots=2" {
-				t.Errorf("second boot on the same disk: greeting %q", g)
-			}
+			talk(t, v.port, 0, "first boot "+stack)
+			talk(t, v.port, 1, "second boot "+stack)
 			v.powerdown(t, 60*time.Second)
 		})
 	}
@@ -376,7 +384,7 @@ func TestBootDebugShell(t *testing.T) {
 		t.Skip("boots a VM")
 	}
 	needQEMU(t)
-	v := startVM(t, sharedImage(t), "", "worm.debug=1")
+	v := startQEMU(t, sharedImage(t), "", "worm.debug=1")
 	select {
 	case l := <-v.failed:
 		if !strings.Contains(l, "worm.addr is required") {

@@ -128,7 +128,7 @@ func (o *Options) defaults() error {
 	}
 	if strings.HasPrefix(o.WormdPkg, ".") {
 		if gos, _ := filepath.Glob(filepath.Join(o.Root, o.WormdPkg, "*.go")); len(gos) == 0 {
-			return fmt.Errorf("%w: %s (until cmd/wormd exists, build with the test stand-in: -wormd ./images/internal/standin)", ErrNoWormd, o.WormdPkg)
+			return fmt.Errorf("%w: %s (give the package of a program with wormd's PID-1 hook and flags)", ErrNoWormd, o.WormdPkg)
 		}
 	}
 	return nil

@@ -23,10 +23,6 @@ func repoRoot(t *testing.T) string {
 	return r
 }
 
-// standinPkg is the stand-in wormd used until cmd/wormd has its PID-1
-// hook; tests never depend on the server.
-const standinPkg = "./images/internal/standin"
-
 // needTools skips when the build host lacks dpkg-deb or apt-get (the
 // kernel comes from a Debian package).
 func needTools(t *testing.T) {
@@ -45,7 +41,6 @@ func buildImage(t *testing.T, out, cache string, cmds Commands) *Manifest {
 		Root:     repoRoot(t),
 		OutDir:   out,
 		CacheDir: cache,
-		WormdPkg: standinPkg,
 		Commands: cmds,
 		Progress: func(s string) { t.Log(s) },
 	})

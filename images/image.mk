@@ -3,7 +3,7 @@
 #   make kernel-pin   re-pin kernel/pin.json to the current Debian cloud kernel
 #   make deps-image   install what image builds and boot tests need
 # IMAGE_FLAGS passes flags to `worm image build`, e.g.
-#   make image IMAGE_FLAGS='-wormd ./images/internal/standin -stack-default kernel'
+#   make image IMAGE_FLAGS='-commands none -stack-default kernel'
 
 GO          ?= go
 IMAGE_FLAGS ?=
