@@ -159,8 +159,9 @@
 // The whole default run takes 25 to 40 s. Exploration runs at 25,000 to
 // 50,000 states per second (BenchmarkExplore reports it) and keeps 16 bytes
 // per visited state plus the map's overhead. Each fault bound multiplies
-// the state space: two writers with one drop is 2.2M states (80 s), and
-// with decide messages the two writers exceed 2.5M. Bigger configurations
+// the state space: two writers with decide messages are 3.0M states
+// (2m20s), two writers with one drop 2.2M states (80 s); the other
+// configurations of TestBig pass 2.5M states. Bigger configurations
 // run with
 //
 //	go test ./worm/explore -run 'TestBig|TestExactCrossCheck' -explore.big -v -timeout 0
