@@ -57,7 +57,6 @@ func (bs *bindings) bind(addr worm.Addr, b Ballot, v []byte, finished bool) {
 			bs.limit = 1 << 16
 		}
 		bs.m = make(map[bindKey]binding)
-		bs.ring = make([]bindKey, 0, 1024)
 	}
 	k := bindKey{addr, b}
 	if _, ok := bs.m[k]; !ok {

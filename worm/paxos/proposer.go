@@ -133,6 +133,14 @@ func (o *Op) Done() bool { return o.done }
 func (o *Op) Result() Result { return o.res }
 
 // Step delivers acceptor from's response to the request with tag.
+//
+// Contract (the exhaustive explorer's reductions rely on it, and
+// worm/explore checks them against exact exploration): an Op takes a
+// response only if it answers one of the requests Pending reports (the
+// current phase's tag, from an acceptor that has not answered or been
+// given up on); it ignores every other response. Within one phase the
+// outcome depends on which acceptors answered what, not on the order of
+// their answers.
 func (o *Op) Step(from int, tag uint64, resp *Response) {
 	if o.done || from < 0 || from >= o.p.n {
 		return
