@@ -16,7 +16,22 @@
 //	if err != nil { ... }
 //	defer c.Close()
 //	servers := c.Servers() // WORM_SERVERS: "10.77.0.11:7070,10.77.0.12:7070,..."
-//	conn, err := c.DialContext(ctx, "tcp", c.VMs()[0].Server())
+//	key, _ := hex.DecodeString(c.Key()) // also in c.KeyFile(): WORM_KEY_FILE
+//	cl, err := client.Dial(ctx, client.Config{
+//		Servers: strings.Split(servers, ","), Key: key,
+//		Dialer: c, // DialContext dials from inside the cluster's namespace
+//	})
+//
+// # Cluster key
+//
+// wormd refuses non-loopback addresses without a cluster key, so every
+// cluster has one: Config.Key if given, else the key StateDir/cluster.key
+// left by a previous cluster (clients keep their key file across
+// `worm vm down` and `up`), else 32 random bytes. It goes to every guest
+// as worm.key (the kernel command line is visible to the host's root
+// only through the QEMU process), is recorded in the state file (0600)
+// and written to StateDir/cluster.key (0600), which `worm vm up` prints
+// as WORM_KEY_FILE. The guest init redacts it from its console log.
 //
 // Up boots the VMs in parallel and returns when every guest printed
 // WORMSPACE-READY on its serial console; VM.Ready reports the host-side
