@@ -28,10 +28,12 @@
 // cluster has one: Config.Key if given, else the key StateDir/cluster.key
 // left by a previous cluster (clients keep their key file across
 // `worm vm down` and `up`), else 32 random bytes. It goes to every guest
-// as worm.key (the kernel command line is visible to the host's root
-// only through the QEMU process), is recorded in the state file (0600)
+// as worm.key, is recorded in the state file (0600)
 // and written to StateDir/cluster.key (0600), which `worm vm up` prints
-// as WORM_KEY_FILE. The guest init redacts it from its console log.
+// as WORM_KEY_FILE. The guest init redacts it from its console log. Known
+// gap: worm.key is in QEMU's -append argument, so local users who can read
+// /proc/PID/cmdline (ps) see it; passing it through fw_cfg instead would
+// close that.
 //
 // Up boots the VMs in parallel and returns when every guest printed
 // WORMSPACE-READY on its serial console; VM.Ready reports the host-side
