@@ -1,10 +1,12 @@
 package images
 
 import (
+	"bytes"
 	"context"
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -242,4 +244,72 @@ func TestClusterKernelStack(t *testing.T) {
 	writeRegs(t, cl, seg, 10, 20, "L")
 	readRegs(t, cl, seg, 0, 10, "K")
 	readRegs(t, cl, seg, 10, 20, "L")
+}
+
+// TestGuestSoak is a bounded soak of bulk traffic through gVisor netstack
+// inside a TCG guest (a feasibility run once saw bulk transfers into a
+// netstack guest stall), with the guest kernel's TCP as the yardstick: a
+// one-VM cluster per stack, 256 KiB values written
+// (host to guest) and read back (guest to host) with the real client for
+// $WORM_GUEST_SOAK (default 10 s). Every operation must finish within 10 s
+// (a stall fails the test), and the throughput is logged.
+func TestGuestSoak(t *testing.T) {
+	for _, stack := range []string{qemu.StackNetstack, qemu.StackKernel} {
+		t.Run(stack, func(t *testing.T) { guestSoak(t, stack) })
+	}
+}
+
+func guestSoak(t *testing.T, stack string) {
+	dur := 10 * time.Second
+	if v := os.Getenv("WORM_GUEST_SOAK"); v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil {
+			t.Fatalf("WORM_GUEST_SOAK: %v", err)
+		}
+		dur = d
+	}
+	c := upCluster(t, 1, stack)
+	cl := dialCluster(t, c)
+	const seg, size = 5, 256 << 10
+	ctx := context.Background()
+	if _, err := cl.Alloc(ctx, seg, nil); err != nil {
+		t.Fatal(err)
+	}
+	value := func(off uint32) []byte {
+		b := make([]byte, size)
+		for i := range b {
+			b[i] = byte(off*7 + uint32(i)*13)
+		}
+		return b
+	}
+	start := time.Now()
+	var moved int64
+	var off uint32
+	var worst time.Duration
+	for time.Since(start) < dur && off < cl.SegmentSize() {
+		a := worm.Addr{Seg: seg, Off: off}
+		t0 := time.Now()
+		octx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		tok, err := cl.Capture(octx, a)
+		if err == nil {
+			err = cl.Write(octx, a, tok, value(off))
+		}
+		var got []byte
+		if err == nil {
+			got, err = cl.Read(octx, a)
+		}
+		cancel()
+		if err != nil {
+			t.Fatalf("register %v after %v of soak, %d MiB moved: %v (stall?)", a, time.Since(start).Round(time.Millisecond), moved>>20, err)
+		}
+		if !bytes.Equal(got, value(off)) {
+			t.Fatalf("register %v: read back %d bytes that differ from the %d written", a, len(got), size)
+		}
+		worst = max(worst, time.Since(t0))
+		moved += 2 * size
+		off++
+	}
+	el := time.Since(start)
+	t.Logf("%s soak %v: %d values of %d KiB written and read back, %.1f MiB each way, %.2f MB/s total, slowest write+read %v",
+		stack, el.Round(time.Millisecond), off, size>>10, float64(moved/2)/(1<<20), float64(moved)/el.Seconds()/1e6, worst.Round(time.Millisecond))
 }
