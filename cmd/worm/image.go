@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"syscall"
 
 	"github.com/wormspace/wormspace/images"
@@ -78,6 +79,7 @@ func imageBuild(ctx context.Context, args []string) error {
 	pin := fs.String("pin", kernel.DefaultPinFile, "kernel pin file")
 	wormd := fs.String("wormd", "./cmd/wormd", "Go package built as /init and /bin/wormd")
 	cmds := fs.String("commands", string(images.CommandsBusybox), "debugging commands: busybox (one binary), separate, or none")
+	modules := fs.String("modules", "", "extra kernel modules, comma-separated, added to the defaults with their dependencies (e.g. mlx5_core,ena for bare metal)")
 	stackDefault := fs.String("stack-default", "", "bake worm.stack=S (netstack or kernel) into the image as the default; the kernel command line still overrides it")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -89,9 +91,18 @@ func imageBuild(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
+	var mods []string
+	if *modules != "" {
+		mods = append(mods, kernel.DefaultModules...)
+		for _, m := range strings.Split(*modules, ",") {
+			if m = strings.TrimSpace(m); m != "" {
+				mods = append(mods, m)
+			}
+		}
+	}
 	m, err := images.Build(ctx, images.Options{
 		Root: root, OutDir: *out, CacheDir: *cache, PinFile: *pin, WormdPkg: *wormd,
-		Commands: images.Commands(*cmds), StackDefault: *stackDefault, Progress: progressLine,
+		Commands: images.Commands(*cmds), StackDefault: *stackDefault, Modules: mods, Progress: progressLine,
 	})
 	if errors.Is(err, kernel.ErrPinGone) {
 		return &exitError{code: 2, msg: err.Error()}
