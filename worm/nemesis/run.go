@@ -519,9 +519,10 @@ func (h *harness) diskPhase(ctx context.Context) error {
 		ok++
 	}
 	logged := strings.Contains(readFile(lc.Nodes[0].Log), "no space")
-	h.verdict("disk-refuse", refused != nil && !errors.Is(refused, worm.ErrWritten),
-		"full wormd 1 (+ wormd 2 down): %d large writes fit its preallocated log, then refused: %v; wormd log mentions no space: %v",
-		ok, kindOrNil(refused), logged)
+	alive := lc.Nodes[0].Running()
+	h.verdict("disk-refuse", refused != nil && !errors.Is(refused, worm.ErrWritten) && alive,
+		"full wormd 1 (+ wormd 2 down): %d large writes fit its preallocated log, then the write failed: %v; wormd 1 still running: %v; its log mentions no space: %v",
+		ok, kindOrNil(refused), alive, logged)
 	// Reads are still served, with the right values.
 	reads, bad, failed := 0, 0, 0
 	h.mu.Lock()
@@ -733,4 +734,3 @@ func logConfig() wormlog.Config {
 func kvConfig(i int) wormpaxos.Config {
 	return wormpaxos.Config{Policy: wormpaxos.Sticky, LogBase: kvSeg, Replicas: 3, Index: i, Logger: quiet()}
 }
-

@@ -37,17 +37,23 @@ func (h *harness) startWorkload(ctx context.Context, wg *sync.WaitGroup) error {
 				window := int(time.Since(began) / (25 * time.Millisecond))
 				a := worm.Addr{Seg: regSegs + uint64(rng.IntN(2)), Off: uint32((window + rng.IntN(4)) % segSize)}
 				octx, cancel := context.WithTimeout(ctx, opTimeout)
+				var err error
 				if rng.IntN(3) == 0 {
-					_, err := sp.Read(octx, a)
+					_, err = sp.Read(octx, a)
 					h.cnt.add("read", err)
 				} else {
-					tok, err := sp.Capture(octx, a)
+					var tok worm.Token
+					tok, err = sp.Capture(octx, a)
 					h.cnt.add("capture", err)
 					if err == nil {
-						h.cnt.add("write", sp.Write(octx, a, tok, []byte(fmt.Sprintf("r%d-%d", i, n))))
+						err = sp.Write(octx, a, tok, []byte(fmt.Sprintf("r%d-%d", i, n)))
+						h.cnt.add("write", err)
 					}
 				}
 				cancel()
+				if errors.Is(err, worm.ErrUnavailable) || errors.Is(err, worm.ErrUnknownOutcome) {
+					sleep(ctx, 10*time.Millisecond) // no quorum: do not spin
+				}
 			}
 		})
 	}
