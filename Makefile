@@ -76,3 +76,12 @@ clean:
 # loudly rather than pretend.
 compare:
 	@echo "make compare: the comparison harness is not built yet (issue #5); see README.md" >&2; exit 1
+
+# soak runs the fault harness (worm nemesis: kill -9, SIGSTOP, full disk,
+# power loss under register, WormLog and WormPaxos KV load, every history
+# checked) for SOAK_DURATION per seed over SOAK_SEEDS; a failing seed is
+# printed and replays with `worm nemesis -seed N`.
+SOAK_SEEDS ?= 1,2,3,4,5,6
+SOAK_DURATION ?= 60s
+soak: build
+	WORMD=$(BIN)/wormd $(BIN)/worm nemesis -seed $(SOAK_SEEDS) -duration $(SOAK_DURATION)
