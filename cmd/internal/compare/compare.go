@@ -1,0 +1,554 @@
+// Package compare is the OS-stack comparison harness behind `worm compare`
+// and `make compare`: the same wormd and the same workloads on a matrix of
+// configurations, each a 3-acceptor cluster,
+//
+//	host-kernel    wormd processes, kernel TCP over loopback (the reference)
+//	host-netstack  wormd processes on gVisor netstack, each on a TAP device
+//	               bridged in a private network namespace; clients on the
+//	               kernel stack reach them over the TAPs
+//	vm-kernel      VMs from the boot image (qemu package), guest kernel TCP
+//	vm-netstack    VMs from the boot image, netstack in the guest
+//
+// with two floors measured in the same run: a raw 64-byte TCP echo round
+// trip to another process over each host path (loopback; netstack on a
+// TAP), and the in-process specification (worm/spec, no network at all)
+// under the same workloads.
+//
+// Every configuration's cluster is started once and kept for the whole
+// run; repetitions are interleaved across configurations (rep 1 of every
+// configuration, then rep 2, ...) so that drift of a noisy machine hits all
+// alike. Each measurement is a closed-loop run from worm/bench (write,
+// read, capture-write) or a WormLog append loop, after a warm-up; the
+// cluster's CPU time (wormd or QEMU processes, from /proc/PID/stat) and
+// the harness's own (getrusage) are sampled around it. Rows report the
+// median over repetitions with min and max, and ratios to host-kernel.
+//
+// Run writes report.json, results.csv, a text table and SVG+PNG plots to
+// Options.Out, and removes every process, namespace, TAP and VM it made,
+// also when ctx is cancelled (Ctrl-C).
+package compare
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"slices"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/wormspace/wormspace/qemu"
+	"github.com/wormspace/wormspace/worm"
+	"github.com/wormspace/wormspace/worm/bench"
+	"github.com/wormspace/wormspace/worm/client"
+	"github.com/wormspace/wormspace/worm/spec"
+)
+
+var discardLogger = slog.New(slog.NewTextHandler(io.Discard, nil))
+
+// Spec is the pseudo-configuration of the in-process specification floor.
+const Spec = "spec"
+
+// Options describe a comparison run.
+type Options struct {
+	// Configs to run (default Configs); Spec is always added unless
+	// NoSpecFloor.
+	Configs []string
+	// Workloads (default Workloads) and closed-loop client counts
+	// (default 1,4,16,64).
+	Workloads []string
+	Clients   []int
+	// Duration of each measurement after Warmup; Reps repetitions.
+	Duration, Warmup time.Duration
+	Reps             int
+	// ValueSize in bytes (default 64); also the echo message size.
+	ValueSize int
+	// Volatile runs wormds without fsync (default in the CLI: the
+	// comparison is about the network stack, not the disk).
+	Volatile bool
+	// Out is the output directory (created).
+	Out string
+	// Wormd is the wormd binary; EchoCmd the command (binary and leading
+	// arguments) of the echo helper (`worm compare-echo`), which takes
+	// -stack, -tap, -addr and -listen and prints "ready ADDR".
+	Wormd   string
+	EchoCmd []string
+	// ImageDir and Accel for the VM configurations.
+	ImageDir string
+	Accel    qemu.Accel
+	// Pprof serves /debug/pprof from the host configurations' wormds and
+	// profiles acceptor 1 (CPU and allocations) under ProfileWorkload
+	// with ProfileClients for ProfileFor after the repetitions.
+	Pprof           bool
+	ProfileWorkload string
+	ProfileClients  int
+	ProfileFor      time.Duration
+	NoSpecFloor     bool
+	// Progress receives one line per step (nil: discarded).
+	Progress io.Writer
+}
+
+func (o *Options) defaults() error {
+	if len(o.Configs) == 0 {
+		o.Configs = slices.Clone(Configs)
+	}
+	for _, c := range o.Configs {
+		if !slices.Contains(Configs, c) {
+			return fmt.Errorf("compare: unknown configuration %q (want %s)", c, strings.Join(Configs, ", "))
+		}
+	}
+	if len(o.Workloads) == 0 {
+		o.Workloads = slices.Clone(Workloads)
+	}
+	for _, w := range o.Workloads {
+		if !slices.Contains(Workloads, w) {
+			return fmt.Errorf("compare: unknown workload %q (want %s)", w, strings.Join(Workloads, ", "))
+		}
+	}
+	if len(o.Clients) == 0 {
+		o.Clients = []int{1, 4, 16, 64}
+	}
+	if o.Duration <= 0 {
+		o.Duration = 3 * time.Second
+	}
+	if o.Warmup < 0 {
+		o.Warmup = 0
+	}
+	if o.Reps <= 0 {
+		o.Reps = 3
+	}
+	if o.ValueSize <= 0 {
+		o.ValueSize = 64
+	}
+	if o.Out == "" {
+		return errors.New("compare: Out is required")
+	}
+	if o.ImageDir == "" {
+		o.ImageDir = qemu.DefaultImageDir
+	}
+	if o.Accel == "" {
+		o.Accel = qemu.AccelAuto
+	}
+	if o.ProfileWorkload == "" {
+		o.ProfileWorkload = string(bench.Write)
+	}
+	if o.ProfileClients <= 0 {
+		o.ProfileClients = 16
+	}
+	if o.ProfileFor <= 0 {
+		o.ProfileFor = 5 * time.Second
+	}
+	if o.Progress == nil {
+		o.Progress = io.Discard
+	}
+	return nil
+}
+
+// Stat is a median with its spread over repetitions.
+type Stat struct {
+	Median float64 `json:"median"`
+	Min    float64 `json:"min"`
+	Max    float64 `json:"max"`
+}
+
+func statOf(xs []float64) Stat {
+	if len(xs) == 0 {
+		return Stat{}
+	}
+	s := slices.Clone(xs)
+	sort.Float64s(s)
+	m := s[len(s)/2]
+	if len(s)%2 == 0 {
+		m = (s[len(s)/2-1] + s[len(s)/2]) / 2
+	}
+	return Stat{Median: m, Min: s[0], Max: s[len(s)-1]}
+}
+
+// Sample is one measurement.
+type Sample struct {
+	Rep       int     `json:"rep"`
+	OpsPerSec float64 `json:"ops_per_sec"`
+	P50us     float64 `json:"p50_us"`
+	P99us     float64 `json:"p99_us"`
+	// ServerCPUus is the cluster processes' CPU time per operation (µs),
+	// ClientCPUus the harness's own.
+	ServerCPUus float64 `json:"server_cpu_us_per_op"`
+	ClientCPUus float64 `json:"client_cpu_us_per_op"`
+	Ops         int64   `json:"ops"`
+	Errors      int64   `json:"errors"`
+	FirstError  string  `json:"first_error,omitempty"`
+}
+
+// Row is one configuration × workload × client count.
+type Row struct {
+	Config   string `json:"config"`
+	Workload string `json:"workload"`
+	Clients  int    `json:"clients"`
+	// Floor marks the floors (echo, spec).
+	Floor     bool     `json:"floor,omitempty"`
+	Samples   []Sample `json:"samples"`
+	OpsPerSec Stat     `json:"ops_per_sec"`
+	P50us     Stat     `json:"p50_us"`
+	P99us     Stat     `json:"p99_us"`
+	ServerCPU Stat     `json:"server_cpu_us_per_op"`
+	ClientCPU Stat     `json:"client_cpu_us_per_op"`
+	Errors    int64    `json:"errors"`
+	// Ratios to the same workload and client count on host-kernel (0:
+	// not applicable): throughput, p50, p99 and server CPU per op.
+	TputRatio float64 `json:"throughput_ratio,omitempty"`
+	P50Ratio  float64 `json:"p50_ratio,omitempty"`
+	P99Ratio  float64 `json:"p99_ratio,omitempty"`
+	CPURatio  float64 `json:"server_cpu_ratio,omitempty"`
+}
+
+// ConfigStatus says whether a configuration ran.
+type ConfigStatus struct {
+	Name        string         `json:"name"`
+	Description string         `json:"description"`
+	Status      string         `json:"status"` // "ok", "skipped: ...", "failed: ..."
+	Info        map[string]any `json:"info,omitempty"`
+}
+
+// Report is everything a run produced.
+type Report struct {
+	Started  time.Time      `json:"started"`
+	Finished time.Time      `json:"finished"`
+	Env      Env            `json:"env"`
+	Settings map[string]any `json:"settings"`
+	Configs  []ConfigStatus `json:"configs"`
+	Rows     []Row          `json:"rows"`
+	Profiles []Profile      `json:"profiles,omitempty"`
+	Files    []string       `json:"files"`
+}
+
+// EchoWorkload names the raw echo floor rows.
+const EchoWorkload = "raw-echo"
+
+type runner struct {
+	o       *Options
+	rep     *Report
+	rows    map[string]*Row
+	order   []string
+	clients map[string]worm.Space
+	cls     map[string]cluster
+	step    int
+	steps   int
+	t0      time.Time
+}
+
+func (r *runner) progress(format string, a ...any) {
+	fmt.Fprintf(r.o.Progress, "compare %6.1fs  %s\n", time.Since(r.t0).Seconds(), fmt.Sprintf(format, a...))
+}
+
+func (r *runner) row(cfg, wl string, clients int, floor bool) *Row {
+	k := fmt.Sprintf("%s|%s|%d", cfg, wl, clients)
+	if x, ok := r.rows[k]; ok {
+		return x
+	}
+	x := &Row{Config: cfg, Workload: wl, Clients: clients, Floor: floor}
+	r.rows[k] = x
+	r.order = append(r.order, k)
+	return x
+}
+
+// Run runs the comparison and writes its report files into o.Out.
+func Run(ctx context.Context, o Options) (*Report, error) {
+	if err := o.defaults(); err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(o.Out, 0o755); err != nil {
+		return nil, err
+	}
+	r := &runner{o: &o, rows: map[string]*Row{}, clients: map[string]worm.Space{}, cls: map[string]cluster{}, t0: time.Now()}
+	r.rep = &Report{Started: time.Now().UTC(), Settings: map[string]any{
+		"workloads": o.Workloads, "clients": o.Clients, "duration_ms": o.Duration.Milliseconds(),
+		"warmup_ms": o.Warmup.Milliseconds(), "reps": o.Reps, "value_bytes": o.ValueSize, "volatile": o.Volatile,
+		"interleaving": "rep-major: every configuration's rep k before any rep k+1",
+	}}
+	defer func() {
+		for name, c := range r.cls {
+			r.progress("%s: stopping", name)
+			c.close()
+		}
+	}()
+
+	// Bring every configuration up once.
+	var active []string
+	if !o.NoSpecFloor {
+		r.clients[Spec] = spec.New(1024).Client("compare")
+		r.rep.Configs = append(r.rep.Configs, ConfigStatus{Name: Spec, Description: "floor: the in-process specification (worm/spec), no network", Status: "ok"})
+		active = append(active, Spec)
+	}
+	for _, cfg := range o.Configs {
+		st := ConfigStatus{Name: cfg, Description: Describe(cfg)}
+		if why := r.unavailable(cfg); why != "" {
+			st.Status = "skipped: " + why
+			r.progress("%s: %s", cfg, st.Status)
+			r.rep.Configs = append(r.rep.Configs, st)
+			continue
+		}
+		r.progress("%s: starting 3 acceptors (%s)", cfg, Describe(cfg))
+		c, err := r.start(ctx, cfg)
+		if err == nil {
+			var cl *client.Client
+			dctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+			cl, err = client.Dial(dctx, client.Config{Servers: c.servers(), Key: c.key(), Dialer: c.dialer(), Logger: discardLogger})
+			cancel()
+			if err != nil {
+				c.close()
+				err = fmt.Errorf("client: %w", err)
+			} else {
+				r.cls[cfg] = c
+				r.clients[cfg] = cl
+				defer cl.Close()
+			}
+		}
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		if err != nil {
+			st.Status = "failed: " + oneLine(err.Error())
+			r.progress("%s: %s", cfg, st.Status)
+		} else {
+			st.Status = "ok"
+			st.Info = c.info()
+			r.progress("%s: up, servers %s", cfg, strings.Join(c.servers(), ","))
+			active = append(active, cfg)
+		}
+		r.rep.Configs = append(r.rep.Configs, st)
+	}
+	r.rep.Env = captureEnv(&o, r.cls)
+
+	perRep := 0
+	for _, cfg := range active {
+		if c, ok := r.cls[cfg]; ok && c.echoAddr() != "" {
+			perRep++
+		}
+		perRep += len(o.Workloads) * len(o.Clients)
+	}
+	r.steps = perRep * o.Reps
+	for rep := 1; rep <= o.Reps; rep++ {
+		for _, cfg := range active {
+			if err := r.measureConfig(ctx, rep, cfg); err != nil {
+				return nil, err
+			}
+		}
+	}
+	if o.Pprof {
+		r.profile(ctx)
+	}
+	if ctx.Err() != nil {
+		return nil, ctx.Err()
+	}
+	r.rep.Finished = time.Now().UTC()
+	r.finish()
+	if err := writeOutputs(r.rep, o.Out); err != nil {
+		return r.rep, err
+	}
+	return r.rep, nil
+}
+
+func oneLine(s string) string {
+	s = strings.ReplaceAll(s, "\n", " | ")
+	if len(s) > 400 {
+		s = s[:400] + "..."
+	}
+	return s
+}
+
+// unavailable says why cfg cannot run on this machine ("" if it can).
+func (r *runner) unavailable(cfg string) string {
+	switch cfg {
+	case HostKernel:
+		if r.o.Wormd == "" {
+			return "no wormd binary"
+		}
+	case HostNetstack:
+		if r.o.Wormd == "" {
+			return "no wormd binary"
+		}
+		if os.Geteuid() != 0 {
+			return "needs root for a network namespace and TAP devices"
+		}
+		if _, err := os.Stat("/dev/net/tun"); err != nil {
+			return "no /dev/net/tun"
+		}
+	case VMKernel, VMNetstack:
+		if err := qemu.CanUseTAP(); err != nil {
+			return "VM clusters need TAP networking: " + err.Error()
+		}
+		for _, f := range []string{qemu.KernelFile, qemu.InitrdFile} {
+			if _, err := os.Stat(filepath.Join(r.o.ImageDir, f)); err != nil {
+				return fmt.Sprintf("no boot image in %s (run `make image`)", r.o.ImageDir)
+			}
+		}
+	}
+	return ""
+}
+
+func (r *runner) start(ctx context.Context, cfg string) (cluster, error) {
+	dir := filepath.Join(r.o.Out, "run", cfg)
+	switch cfg {
+	case HostKernel, HostNetstack:
+		return startHost(ctx, r.o, cfg, dir)
+	default:
+		return startVM(ctx, r.o, cfg, dir, func(s string) { r.progress("%s", s) })
+	}
+}
+
+// measureConfig runs one repetition of everything on cfg.
+func (r *runner) measureConfig(ctx context.Context, rep int, cfg string) error {
+	c := r.cls[cfg]
+	var pids []int
+	if c != nil {
+		pids = c.pids()
+		if a := c.echoAddr(); a != "" {
+			r.step++
+			res, err := bench.RawRTT(ctx, c.dialer(), a, 1, r.o.ValueSize, r.o.Duration)
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			row := r.row(cfg, EchoWorkload, 1, true)
+			s := Sample{Rep: rep}
+			if err != nil {
+				s.Errors, s.FirstError = 1, err.Error()
+			} else {
+				s = sampleOf(rep, res, 0, 0)
+			}
+			row.Samples = append(row.Samples, s)
+			r.progress("[%d/%d] rep %d %s %s: %s", r.step, r.steps, rep, cfg, EchoWorkload, sampleLine(s))
+		}
+	}
+	sp := r.clients[cfg]
+	for _, wl := range r.o.Workloads {
+		for _, n := range r.o.Clients {
+			r.step++
+			cpu0, cerr := cpuOf(pids)
+			self0 := selfCPU()
+			var res bench.Result
+			var err error
+			if wl == LogAppend {
+				res, err = runLog(ctx, sp, n, r.o.Warmup, r.o.Duration, r.o.ValueSize)
+			} else {
+				res, err = bench.Run(ctx, bench.Config{Spaces: []worm.Space{sp}, Workload: bench.Workload(wl), Clients: n,
+					Duration: r.o.Duration, Warmup: r.o.Warmup, ValueSize: r.o.ValueSize})
+			}
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			// CPU is sampled around warm-up and measurement alike, and
+			// divided by the operations of the whole window, estimated
+			// from the measured rate.
+			window := r.o.Warmup + r.o.Duration
+			selfD := selfCPU() - self0
+			var srvD time.Duration
+			if cpu1, err := cpuOf(pids); err == nil && cerr == nil {
+				srvD = cpu1 - cpu0
+			}
+			row := r.row(cfg, wl, n, cfg == Spec)
+			var s Sample
+			if err != nil {
+				s = Sample{Rep: rep, Errors: 1, FirstError: err.Error()}
+			} else {
+				opsWindow := res.OpsPerSec * window.Seconds()
+				s = sampleOf(rep, res, perOp(srvD, opsWindow), perOp(selfD, opsWindow))
+			}
+			row.Samples = append(row.Samples, s)
+			r.progress("[%d/%d] rep %d %s %s c=%d: %s", r.step, r.steps, rep, cfg, wl, n, sampleLine(s))
+		}
+	}
+	return nil
+}
+
+func perOp(d time.Duration, ops float64) float64 {
+	if ops <= 0 {
+		return 0
+	}
+	return float64(d.Microseconds()) / ops
+}
+
+func sampleOf(rep int, res bench.Result, srv, self float64) Sample {
+	return Sample{Rep: rep, OpsPerSec: res.OpsPerSec, P50us: us(res.Latency.P50), P99us: us(res.Latency.P99),
+		ServerCPUus: srv, ClientCPUus: self, Ops: res.Ops, Errors: res.Errors, FirstError: res.FirstError}
+}
+
+func us(d time.Duration) float64 { return float64(d.Nanoseconds()) / 1e3 }
+
+func sampleLine(s Sample) string {
+	if s.Ops == 0 && s.FirstError != "" {
+		return "FAILED: " + oneLine(s.FirstError)
+	}
+	l := fmt.Sprintf("%.0f ops/s p50=%.1fµs p99=%.1fµs", s.OpsPerSec, s.P50us, s.P99us)
+	if s.ServerCPUus > 0 {
+		l += fmt.Sprintf(" server-cpu=%.1fµs/op", s.ServerCPUus)
+	}
+	if s.Errors > 0 {
+		l += fmt.Sprintf(" errors=%d (%s)", s.Errors, oneLine(s.FirstError))
+	}
+	return l
+}
+
+// finish computes medians and ratios.
+func (r *runner) finish() {
+	for _, k := range r.order {
+		x := r.rows[k]
+		var tp, p50, p99, sc, cc []float64
+		for _, s := range x.Samples {
+			x.Errors += s.Errors
+			if s.Ops == 0 {
+				continue
+			}
+			tp = append(tp, s.OpsPerSec)
+			p50 = append(p50, s.P50us)
+			p99 = append(p99, s.P99us)
+			sc = append(sc, s.ServerCPUus)
+			cc = append(cc, s.ClientCPUus)
+		}
+		x.OpsPerSec, x.P50us, x.P99us, x.ServerCPU, x.ClientCPU = statOf(tp), statOf(p50), statOf(p99), statOf(sc), statOf(cc)
+	}
+	// Report order: by workload, clients, then configuration order.
+	cfgOrder := append([]string{Spec}, Configs...)
+	wlOrder := append([]string{EchoWorkload}, Workloads...)
+	var rows []Row
+	for _, k := range r.order {
+		rows = append(rows, *r.rows[k])
+	}
+	sort.SliceStable(rows, func(i, j int) bool {
+		a, b := rows[i], rows[j]
+		if a.Workload != b.Workload {
+			return slices.Index(wlOrder, a.Workload) < slices.Index(wlOrder, b.Workload)
+		}
+		if a.Clients != b.Clients {
+			return a.Clients < b.Clients
+		}
+		return slices.Index(cfgOrder, a.Config) < slices.Index(cfgOrder, b.Config)
+	})
+	ref := map[string]Row{}
+	for _, x := range rows {
+		if x.Config == HostKernel {
+			ref[fmt.Sprintf("%s|%d", x.Workload, x.Clients)] = x
+		}
+	}
+	div := func(a, b float64) float64 {
+		if a == 0 || b == 0 {
+			return 0
+		}
+		return a / b
+	}
+	for i := range rows {
+		x := &rows[i]
+		b, ok := ref[fmt.Sprintf("%s|%d", x.Workload, x.Clients)]
+		if !ok {
+			continue
+		}
+		x.TputRatio = div(x.OpsPerSec.Median, b.OpsPerSec.Median)
+		x.P50Ratio = div(x.P50us.Median, b.P50us.Median)
+		x.P99Ratio = div(x.P99us.Median, b.P99us.Median)
+		x.CPURatio = div(x.ServerCPU.Median, b.ServerCPU.Median)
+	}
+	r.rep.Rows = rows
+}

@@ -1,0 +1,206 @@
+package compare
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"time"
+
+	"github.com/wormspace/wormspace/netstack"
+	"github.com/wormspace/wormspace/qemu"
+	"github.com/wormspace/wormspace/worm"
+	"github.com/wormspace/wormspace/worm/bench"
+)
+
+// Env is the environment a run measured.
+type Env struct {
+	CPUModel string `json:"cpu_model"`
+	CPUs     int    `json:"cpus"`
+	// Accel is what VM configurations use (or would use): kvm or tcg.
+	Accel         string           `json:"accel"`
+	AccelWhy      string           `json:"accel_why"`
+	HostKernel    string           `json:"host_kernel"`
+	GuestKernel   string           `json:"guest_kernel,omitempty"`
+	ImageBytes    map[string]int64 `json:"image_bytes,omitempty"`
+	QEMU          string           `json:"qemu,omitempty"`
+	NetstackKnobs json.RawMessage  `json:"netstack_knobs"`
+	GoVersion     string           `json:"go_version"`
+	GitRevision   string           `json:"git_revision"`
+	Hostname      string           `json:"hostname"`
+	LoadAvg       string           `json:"loadavg_at_start"`
+}
+
+func captureEnv(o *Options, cls map[string]cluster) Env {
+	e := Env{CPUs: runtime.NumCPU(), GoVersion: runtime.Version()}
+	if b, err := os.ReadFile("/proc/cpuinfo"); err == nil {
+		for _, l := range strings.Split(string(b), "\n") {
+			if k, v, ok := strings.Cut(l, ":"); ok && strings.TrimSpace(k) == "model name" {
+				e.CPUModel = strings.TrimSpace(v)
+				break
+			}
+		}
+	}
+	if b, err := os.ReadFile("/proc/sys/kernel/osrelease"); err == nil {
+		e.HostKernel = strings.TrimSpace(string(b))
+	}
+	if b, err := os.ReadFile("/proc/loadavg"); err == nil {
+		e.LoadAvg = strings.TrimSpace(string(b))
+	}
+	e.Hostname, _ = os.Hostname()
+	a, why, err := qemu.ResolveAccel(o.Accel)
+	if err != nil {
+		e.Accel, e.AccelWhy = "none", err.Error()
+	} else {
+		e.Accel, e.AccelWhy = string(a), why
+	}
+	// wormd builds its netstack with DefaultKnobs (it takes no knob flags).
+	e.NetstackKnobs = json.RawMessage(netstack.DefaultKnobs().String())
+	if out, err := exec.Command("git", "rev-parse", "HEAD").Output(); err == nil {
+		e.GitRevision = strings.TrimSpace(string(out))
+		if st, err := exec.Command("git", "status", "--porcelain", "--untracked-files=no").Output(); err == nil && len(strings.TrimSpace(string(st))) > 0 {
+			e.GitRevision += "-dirty"
+		}
+	} else {
+		e.GitRevision = "unknown (no git checkout)"
+	}
+	vms := false
+	for name := range cls {
+		if name == VMKernel || name == VMNetstack {
+			vms = true
+		}
+	}
+	if _, err := os.Stat(filepath.Join(o.ImageDir, "manifest.json")); err == nil {
+		var m struct {
+			Kernel struct {
+				Release string `json:"release"`
+				Package string `json:"package"`
+				Version string `json:"version"`
+			} `json:"kernel"`
+		}
+		if b, err := os.ReadFile(filepath.Join(o.ImageDir, "manifest.json")); err == nil && json.Unmarshal(b, &m) == nil && vms {
+			e.GuestKernel = fmt.Sprintf("%s (%s %s)", m.Kernel.Release, m.Kernel.Package, m.Kernel.Version)
+		}
+	}
+	if vms {
+		e.ImageBytes = map[string]int64{}
+		for _, f := range []string{qemu.KernelFile, qemu.InitrdFile} {
+			if st, err := os.Stat(filepath.Join(o.ImageDir, f)); err == nil {
+				e.ImageBytes[f] = st.Size()
+			}
+		}
+		if out, err := exec.Command("qemu-system-x86_64", "--version").Output(); err == nil {
+			e.QEMU = strings.SplitN(strings.TrimSpace(string(out)), "\n", 2)[0]
+		}
+	}
+	return e
+}
+
+// Profile is a pprof capture of one acceptor under load.
+type Profile struct {
+	Config   string `json:"config"`
+	Workload string `json:"workload"`
+	Clients  int    `json:"clients"`
+	Kind     string `json:"kind"` // cpu, allocs
+	File     string `json:"file"`
+	Top      string `json:"top,omitempty"` // `go tool pprof -top` when go is available
+	Error    string `json:"error,omitempty"`
+}
+
+// profile captures CPU and allocation profiles of acceptor 1 of each host
+// configuration while ProfileWorkload runs.
+func (r *runner) profile(ctx context.Context) {
+	dir := filepath.Join(r.o.Out, "pprof")
+	os.MkdirAll(dir, 0o755)
+	for _, cfg := range []string{HostKernel, HostNetstack} {
+		c, ok := r.cls[cfg]
+		if !ok || c.pprofBase(0) == "" {
+			continue
+		}
+		hc := &http.Client{Transport: &http.Transport{DialContext: c.dialer().DialContext}}
+		secs := int(r.o.ProfileFor.Seconds())
+		if secs < 1 {
+			secs = 1
+		}
+		r.progress("%s: profiling acceptor 1 under %s c=%d for %ds", cfg, r.o.ProfileWorkload, r.o.ProfileClients, secs)
+		sp := r.clients[cfg]
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			d := time.Duration(secs)*time.Second + 2*time.Second
+			if r.o.ProfileWorkload == LogAppend {
+				runLog(ctx, sp, r.o.ProfileClients, 0, d, r.o.ValueSize)
+			} else {
+				bench.Run(ctx, bench.Config{Spaces: []worm.Space{sp}, Workload: bench.Workload(r.o.ProfileWorkload),
+					Clients: r.o.ProfileClients, Duration: d, Warmup: -1, ValueSize: r.o.ValueSize})
+			}
+		}()
+		sleepCtx(ctx, 500*time.Millisecond)
+		for _, kind := range []string{"cpu", "allocs"} {
+			url := fmt.Sprintf("%s/profile?seconds=%d", c.pprofBase(0), secs)
+			if kind == "allocs" {
+				url = c.pprofBase(0) + "/allocs"
+			}
+			p := Profile{Config: cfg, Workload: r.o.ProfileWorkload, Clients: r.o.ProfileClients, Kind: kind,
+				File: filepath.Join("pprof", fmt.Sprintf("%s-%s.pb.gz", cfg, kind))}
+			if err := fetch(ctx, hc, url, filepath.Join(r.o.Out, p.File)); err != nil {
+				p.Error = err.Error()
+			} else {
+				p.Top = pprofTop(filepath.Join(r.o.Out, p.File), kind)
+			}
+			r.rep.Profiles = append(r.rep.Profiles, p)
+		}
+		<-done
+	}
+}
+
+func fetch(ctx context.Context, hc *http.Client, url, file string) error {
+	req, err := http.NewRequestWithContext(ctx, "GET", url, nil)
+	if err != nil {
+		return err
+	}
+	resp, err := hc.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != 200 {
+		return fmt.Errorf("%s: %s", url, resp.Status)
+	}
+	f, err := os.Create(file)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(f, resp.Body); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
+}
+
+// pprofTop summarises a profile with `go tool pprof -top` if the go
+// command is at hand ("" otherwise).
+func pprofTop(file, kind string) string {
+	gobin, err := exec.LookPath("go")
+	if err != nil {
+		if _, err := os.Stat(filepath.Join(runtime.GOROOT(), "bin", "go")); err != nil {
+			return ""
+		}
+		gobin = filepath.Join(runtime.GOROOT(), "bin", "go")
+	}
+	args := []string{"tool", "pprof", "-top", "-nodecount=30"}
+	if kind == "allocs" {
+		args = append(args, "-sample_index=alloc_space")
+	}
+	out, err := exec.Command(gobin, append(args, file)...).Output()
+	if err != nil {
+		return ""
+	}
+	return string(out)
+}

@@ -1,0 +1,160 @@
+package compare
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/wormspace/wormspace/apps/wormlog"
+	"github.com/wormspace/wormspace/worm"
+	"github.com/wormspace/wormspace/worm/bench"
+)
+
+// LogAppend is the WormLog append workload: closed-loop appenders sharing
+// one in-process sequencer (a grant, then one write to a quorum).
+const LogAppend = "log-append"
+
+// Workloads lists every workload, in report order.
+var Workloads = []string{string(bench.Write), string(bench.Read), string(bench.CaptureWrite), LogAppend}
+
+// clkTck is USER_HZ, the unit of /proc/PID/stat times (100 on every
+// Linux architecture Go supports).
+const clkTck = 100
+
+// procCPU returns the user+system CPU time of pid so far.
+func procCPU(pid int) (time.Duration, error) {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return 0, err
+	}
+	s := string(b)
+	// The command name may hold spaces: fields start after the last ')'.
+	i := strings.LastIndexByte(s, ')')
+	if i < 0 {
+		return 0, fmt.Errorf("compare: odd /proc/%d/stat", pid)
+	}
+	f := strings.Fields(s[i+1:])
+	if len(f) < 13 {
+		return 0, fmt.Errorf("compare: short /proc/%d/stat", pid)
+	}
+	// f[0] is field 3 (state); utime and stime are fields 14 and 15.
+	ut, err1 := strconv.ParseInt(f[11], 10, 64)
+	st, err2 := strconv.ParseInt(f[12], 10, 64)
+	if err := errors.Join(err1, err2); err != nil {
+		return 0, err
+	}
+	return time.Duration(ut+st) * time.Second / clkTck, nil
+}
+
+// cpuOf sums procCPU over pids.
+func cpuOf(pids []int) (time.Duration, error) {
+	var t time.Duration
+	for _, p := range pids {
+		d, err := procCPU(p)
+		if err != nil {
+			return 0, err
+		}
+		t += d
+	}
+	return t, nil
+}
+
+// selfCPU is this process's CPU time (the clients' side).
+func selfCPU() time.Duration {
+	var ru syscall.Rusage
+	syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// runLog measures WormLog appends with clients closed-loop appenders.
+func runLog(ctx context.Context, sp worm.Space, clients int, warmup, duration time.Duration, valueSize int) (bench.Result, error) {
+	segBase := uint64(time.Now().UnixNano()/1000) << 8
+	cfg := wormlog.Config{Name: fmt.Sprintf("compare-%d", segBase), FirstSeg: segBase, Prefetch: 2, HoleTimeout: -1}
+	cfg.Logger = discardLogger
+	seq := wormlog.NewSequencer(sp, cfg)
+	defer seq.Close()
+	lg := wormlog.NewClient(sp, cfg, seq)
+	value := make([]byte, valueSize)
+	for i := range value {
+		value[i] = byte('a' + i%26)
+	}
+	// One untimed append proves the log works before timing starts.
+	pctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	_, err := lg.Append(pctx, value)
+	cancel()
+	if err != nil {
+		return bench.Result{}, fmt.Errorf("log-append: first append: %w", err)
+	}
+	return closedLoop(ctx, LogAppend, clients, warmup, duration, func(ctx context.Context) error {
+		_, err := lg.Append(ctx, value)
+		return err
+	})
+}
+
+// closedLoop runs op from clients goroutines, each issuing the next call
+// when the last returns, and measures after warmup for duration.
+func closedLoop(ctx context.Context, name string, clients int, warmup, duration time.Duration, op func(context.Context) error) (bench.Result, error) {
+	var measuring, stop atomic.Bool
+	var ops, nerr atomic.Int64
+	var firstErr atomic.Value
+	samples := make([][]time.Duration, clients)
+	var wg sync.WaitGroup
+	for i := range clients {
+		wg.Go(func() {
+			for !stop.Load() && ctx.Err() == nil {
+				octx, cancel := context.WithTimeout(ctx, 10*time.Second)
+				t := time.Now()
+				err := op(octx)
+				d := time.Since(t)
+				cancel()
+				if !measuring.Load() {
+					continue
+				}
+				if err != nil {
+					nerr.Add(1)
+					firstErr.CompareAndSwap(nil, err.Error())
+					continue
+				}
+				ops.Add(1)
+				samples[i] = append(samples[i], d)
+			}
+		})
+	}
+	sleepCtx(ctx, warmup)
+	measuring.Store(true)
+	t0 := time.Now()
+	sleepCtx(ctx, duration)
+	measuring.Store(false)
+	elapsed := time.Since(t0)
+	stop.Store(true)
+	wg.Wait()
+	if ctx.Err() != nil {
+		return bench.Result{}, ctx.Err()
+	}
+	var all []time.Duration
+	for _, s := range samples {
+		all = append(all, s...)
+	}
+	r := bench.Result{Workload: bench.Workload(name), Clients: clients, Duration: elapsed, Ops: ops.Load(), Writes: ops.Load(),
+		Errors: nerr.Load(), OpsPerSec: float64(ops.Load()) / elapsed.Seconds(), Latency: bench.Summarize(all)}
+	if s, ok := firstErr.Load().(string); ok {
+		r.FirstError = s
+	}
+	return r, nil
+}
+
+func sleepCtx(ctx context.Context, d time.Duration) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+	case <-ctx.Done():
+	}
+}

@@ -1,0 +1,359 @@
+package compare
+
+import (
+	"bytes"
+	"fmt"
+	"html"
+	"image"
+	"image/color"
+	"image/draw"
+	"image/png"
+	"math"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+
+	"golang.org/x/image/font"
+	"golang.org/x/image/font/basicfont"
+	"golang.org/x/image/math/fixed"
+)
+
+// canvas is what a chart draws on: an SVG document or a PNG image, so
+// both files show the same picture.
+type canvas interface {
+	line(x1, y1, x2, y2 float64, c color.RGBA, w float64, dashed bool)
+	rect(x, y, w, h float64, c color.RGBA)
+	circle(x, y, r float64, c color.RGBA)
+	// text draws s with its baseline at y; anchor is start, middle or end.
+	text(x, y float64, s, anchor string, c color.RGBA)
+}
+
+const chartW, chartH = 860, 520
+
+type svgCanvas struct{ b bytes.Buffer }
+
+func newSVG() *svgCanvas {
+	s := &svgCanvas{}
+	fmt.Fprintf(&s.b, `<svg xmlns="http://www.w3.org/2000/svg" width="%d" height="%d" viewBox="0 0 %d %d" font-family="monospace" font-size="12">`+"\n", chartW, chartH, chartW, chartH)
+	fmt.Fprintf(&s.b, `<rect x="0" y="0" width="%d" height="%d" fill="white"/>`+"\n", chartW, chartH)
+	return s
+}
+
+func hexc(c color.RGBA) string { return fmt.Sprintf("#%02x%02x%02x", c.R, c.G, c.B) }
+
+func (s *svgCanvas) line(x1, y1, x2, y2 float64, c color.RGBA, w float64, dashed bool) {
+	d := ""
+	if dashed {
+		d = ` stroke-dasharray="6,4"`
+	}
+	fmt.Fprintf(&s.b, `<line x1="%.1f" y1="%.1f" x2="%.1f" y2="%.1f" stroke="%s" stroke-width="%.1f"%s/>`+"\n", x1, y1, x2, y2, hexc(c), w, d)
+}
+func (s *svgCanvas) rect(x, y, w, h float64, c color.RGBA) {
+	fmt.Fprintf(&s.b, `<rect x="%.1f" y="%.1f" width="%.1f" height="%.1f" fill="%s"/>`+"\n", x, y, w, h, hexc(c))
+}
+func (s *svgCanvas) circle(x, y, r float64, c color.RGBA) {
+	fmt.Fprintf(&s.b, `<circle cx="%.1f" cy="%.1f" r="%.1f" fill="%s"/>`+"\n", x, y, r, hexc(c))
+}
+func (s *svgCanvas) text(x, y float64, t, anchor string, c color.RGBA) {
+	fmt.Fprintf(&s.b, `<text x="%.1f" y="%.1f" text-anchor="%s" fill="%s">%s</text>`+"\n", x, y, anchor, hexc(c), html.EscapeString(t))
+}
+func (s *svgCanvas) bytes() []byte { return append(s.b.Bytes(), "</svg>\n"...) }
+
+type pngCanvas struct{ img *image.RGBA }
+
+func newPNG() *pngCanvas {
+	p := &pngCanvas{img: image.NewRGBA(image.Rect(0, 0, chartW, chartH))}
+	draw.Draw(p.img, p.img.Bounds(), image.White, image.Point{}, draw.Src)
+	return p
+}
+
+func (p *pngCanvas) dot(x, y, w float64, c color.RGBA) {
+	h := w / 2
+	for yy := int(math.Round(y - h)); yy <= int(math.Round(y+h-0.5)); yy++ {
+		for xx := int(math.Round(x - h)); xx <= int(math.Round(x+h-0.5)); xx++ {
+			p.img.SetRGBA(xx, yy, c)
+		}
+	}
+}
+
+func (p *pngCanvas) line(x1, y1, x2, y2 float64, c color.RGBA, w float64, dashed bool) {
+	n := math.Hypot(x2-x1, y2-y1)
+	steps := int(n*2) + 1
+	for i := 0; i <= steps; i++ {
+		t := float64(i) / float64(steps)
+		if dashed && int(t*n)%10 >= 6 {
+			continue
+		}
+		p.dot(x1+(x2-x1)*t, y1+(y2-y1)*t, max(w, 1), c)
+	}
+}
+func (p *pngCanvas) rect(x, y, w, h float64, c color.RGBA) {
+	draw.Draw(p.img, image.Rect(int(math.Round(x)), int(math.Round(y)), int(math.Round(x+w)), int(math.Round(y+h))), image.NewUniform(c), image.Point{}, draw.Src)
+}
+func (p *pngCanvas) circle(x, y, r float64, c color.RGBA) {
+	for yy := int(y - r); yy <= int(y+r); yy++ {
+		for xx := int(x - r); xx <= int(x+r); xx++ {
+			if math.Hypot(float64(xx)-x, float64(yy)-y) <= r {
+				p.img.SetRGBA(xx, yy, c)
+			}
+		}
+	}
+}
+func (p *pngCanvas) text(x, y float64, t, anchor string, c color.RGBA) {
+	d := &font.Drawer{Dst: p.img, Src: image.NewUniform(c), Face: basicfont.Face7x13}
+	w := float64(d.MeasureString(t).Round())
+	switch anchor {
+	case "middle":
+		x -= w / 2
+	case "end":
+		x -= w
+	}
+	d.Dot = fixed.P(int(math.Round(x)), int(math.Round(y)))
+	d.DrawString(t)
+}
+func (p *pngCanvas) bytes() ([]byte, error) {
+	var b bytes.Buffer
+	err := png.Encode(&b, p.img)
+	return b.Bytes(), err
+}
+
+var (
+	black = color.RGBA{0, 0, 0, 255}
+	grey  = color.RGBA{200, 200, 200, 255}
+	dark  = color.RGBA{90, 90, 90, 255}
+)
+
+// palette per configuration.
+func colorOf(cfg string) color.RGBA {
+	switch cfg {
+	case HostKernel:
+		return color.RGBA{31, 119, 180, 255}
+	case HostNetstack:
+		return color.RGBA{255, 127, 14, 255}
+	case VMKernel:
+		return color.RGBA{44, 160, 44, 255}
+	case VMNetstack:
+		return color.RGBA{214, 39, 40, 255}
+	case Spec:
+		return color.RGBA{127, 127, 127, 255}
+	}
+	return black
+}
+
+const (
+	plotL, plotR, plotT, plotB = 80.0, chartW - 190.0, 50.0, chartH - 60.0
+)
+
+// logAxis maps values in [lo,hi] (rounded out to decades) to pixels.
+type logAxis struct{ lo, hi float64 }
+
+func newLogAxis(vals []float64) logAxis {
+	lo, hi := math.Inf(1), math.Inf(-1)
+	for _, v := range vals {
+		if v > 0 {
+			lo, hi = math.Min(lo, v), math.Max(hi, v)
+		}
+	}
+	if math.IsInf(lo, 1) {
+		lo, hi = 1, 10
+	}
+	return logAxis{math.Floor(math.Log10(lo)), math.Max(math.Ceil(math.Log10(hi)), math.Floor(math.Log10(lo))+1)}
+}
+
+func (a logAxis) frac(v float64) float64 { return (math.Log10(v) - a.lo) / (a.hi - a.lo) }
+
+func si(v float64) string {
+	switch {
+	case v >= 1e6:
+		return fmt.Sprintf("%gM", v/1e6)
+	case v >= 1e3:
+		return fmt.Sprintf("%gk", v/1e3)
+	}
+	return fmt.Sprintf("%g", v)
+}
+
+// curveChart draws p50 latency against throughput, one line per
+// configuration through its client counts, with the echo floors as
+// horizontal lines.
+func curveChart(c canvas, rep *Report, wl string) {
+	var xs, ys []float64
+	series := map[string][]Row{}
+	var cfgs []string
+	for _, x := range rep.Rows {
+		if x.Workload != wl || x.OpsPerSec.Median <= 0 {
+			continue
+		}
+		if !slices.Contains(cfgs, x.Config) {
+			cfgs = append(cfgs, x.Config)
+		}
+		series[x.Config] = append(series[x.Config], x)
+		xs = append(xs, x.OpsPerSec.Median)
+		ys = append(ys, x.P50us.Median)
+	}
+	var floors []Row
+	for _, x := range rep.Rows {
+		if x.Workload == EchoWorkload && x.P50us.Median > 0 {
+			floors = append(floors, x)
+			ys = append(ys, x.P50us.Median)
+		}
+	}
+	ax, ay := newLogAxis(xs), newLogAxis(ys)
+	px := func(v float64) float64 { return plotL + ax.frac(v)*(plotR-plotL) }
+	py := func(v float64) float64 { return plotB - ay.frac(v)*(plotB-plotT) }
+	c.text(chartW/2, 24, fmt.Sprintf("%s: p50 latency vs throughput (closed loop, clients swept; medians)", wl), "middle", black)
+	for d := ax.lo; d <= ax.hi; d++ {
+		v := math.Pow(10, d)
+		c.line(px(v), plotT, px(v), plotB, grey, 1, false)
+		c.text(px(v), plotB+18, si(v), "middle", dark)
+	}
+	for d := ay.lo; d <= ay.hi; d++ {
+		v := math.Pow(10, d)
+		c.line(plotL, py(v), plotR, py(v), grey, 1, false)
+		c.text(plotL-6, py(v)+4, si(v), "end", dark)
+	}
+	c.line(plotL, plotB, plotR, plotB, black, 1, false)
+	c.line(plotL, plotT, plotL, plotB, black, 1, false)
+	c.text((plotL+plotR)/2, plotB+40, "throughput, ops/s (log)", "middle", black)
+	c.text(plotL-6, plotT-10, "p50 µs (log)", "start", black)
+	for _, f := range floors {
+		col := colorOf(f.Config)
+		c.line(plotL, py(f.P50us.Median), plotR, py(f.P50us.Median), col, 1, true)
+		c.text(plotR-4, py(f.P50us.Median)-4, "echo floor "+f.Config, "end", col)
+	}
+	ly := plotT + 10
+	for _, cfg := range cfgs {
+		col := colorOf(cfg)
+		pts := series[cfg]
+		slices.SortFunc(pts, func(a, b Row) int { return a.Clients - b.Clients })
+		for i, p := range pts {
+			x, y := px(p.OpsPerSec.Median), py(p.P50us.Median)
+			if i > 0 {
+				q := pts[i-1]
+				c.line(px(q.OpsPerSec.Median), py(q.P50us.Median), x, y, col, 2, cfg == Spec)
+			}
+			c.circle(x, y, 4, col)
+			c.text(x+6, y-6, fmt.Sprintf("c%d", p.Clients), "start", dark)
+		}
+		c.line(plotR+15, ly-4, plotR+40, ly-4, col, 3, cfg == Spec)
+		c.text(plotR+46, ly, cfg, "start", black)
+		ly += 20
+	}
+}
+
+// barChart draws, per workload, one bar per configuration with value(x)
+// (a ratio to host-kernel); a line marks 1.0.
+func barChart(c canvas, rep *Report, title string, pick func(Row) bool, value func(Row) float64) {
+	var wls, cfgs []string
+	vals := map[string]map[string]float64{}
+	maxv := 1.0
+	for _, x := range rep.Rows {
+		if x.Floor || !pick(x) || value(x) <= 0 {
+			continue
+		}
+		if !slices.Contains(wls, x.Workload) {
+			wls = append(wls, x.Workload)
+		}
+		if !slices.Contains(cfgs, x.Config) {
+			cfgs = append(cfgs, x.Config)
+		}
+		if vals[x.Workload] == nil {
+			vals[x.Workload] = map[string]float64{}
+		}
+		vals[x.Workload][x.Config] = value(x)
+		maxv = math.Max(maxv, value(x))
+	}
+	slices.SortFunc(cfgs, func(a, b string) int { return slices.Index(Configs, a) - slices.Index(Configs, b) })
+	top := math.Ceil(maxv*1.1*2) / 2
+	py := func(v float64) float64 { return plotB - v/top*(plotB-plotT) }
+	c.text(chartW/2, 24, title, "middle", black)
+	step := 0.5
+	if top > 5 {
+		step = math.Ceil(top / 10)
+	}
+	for v := 0.0; v <= top+1e-9; v += step {
+		c.line(plotL, py(v), plotR, py(v), grey, 1, false)
+		c.text(plotL-6, py(v)+4, fmt.Sprintf("%.1f", v), "end", dark)
+	}
+	c.line(plotL, plotB, plotR, plotB, black, 1, false)
+	c.line(plotL, plotT, plotL, plotB, black, 1, false)
+	c.line(plotL, py(1), plotR, py(1), black, 1, true)
+	if len(wls) == 0 {
+		c.text(chartW/2, chartH/2, "no data", "middle", black)
+		return
+	}
+	gw := (plotR - plotL) / float64(len(wls))
+	bw := gw * 0.8 / float64(max(len(cfgs), 1))
+	for i, wl := range wls {
+		x0 := plotL + float64(i)*gw + gw*0.1
+		for j, cfg := range cfgs {
+			v, ok := vals[wl][cfg]
+			if !ok {
+				continue
+			}
+			x := x0 + float64(j)*bw
+			c.rect(x+1, py(v), bw-2, plotB-py(v), colorOf(cfg))
+			c.text(x+bw/2, py(v)-4, fmt.Sprintf("%.2f", v), "middle", dark)
+		}
+		c.text(plotL+float64(i)*gw+gw/2, plotB+18, wl, "middle", black)
+	}
+	ly := plotT + 10
+	for _, cfg := range cfgs {
+		c.rect(plotR+15, ly-10, 25, 10, colorOf(cfg))
+		c.text(plotR+46, ly, cfg, "start", black)
+		ly += 20
+	}
+}
+
+// writePlots writes every chart as SVG and PNG and returns the file names.
+func writePlots(rep *Report, dir string) ([]string, error) {
+	type chart struct {
+		name string
+		draw func(canvas)
+	}
+	var charts []chart
+	var wls []string
+	for _, x := range rep.Rows {
+		if x.Workload != EchoWorkload && !slices.Contains(wls, x.Workload) {
+			wls = append(wls, x.Workload)
+		}
+	}
+	for _, wl := range wls {
+		charts = append(charts, chart{"curve-" + wl, func(c canvas) { curveChart(c, rep, wl) }})
+	}
+	maxC, minC := 0, math.MaxInt
+	for _, x := range rep.Rows {
+		if !x.Floor {
+			maxC, minC = max(maxC, x.Clients), min(minC, x.Clients)
+		}
+	}
+	charts = append(charts,
+		chart{"overhead-throughput", func(c canvas) {
+			barChart(c, rep, fmt.Sprintf("throughput relative to host-kernel, %d clients (higher is better)", maxC),
+				func(x Row) bool { return x.Clients == maxC }, func(x Row) float64 { return x.TputRatio })
+		}},
+		chart{"overhead-latency", func(c canvas) {
+			barChart(c, rep, fmt.Sprintf("p50 latency relative to host-kernel, %d client(s) (lower is better)", minC),
+				func(x Row) bool { return x.Clients == minC }, func(x Row) float64 { return x.P50Ratio })
+		}},
+	)
+	var files []string
+	for _, ch := range charts {
+		s, p := newSVG(), newPNG()
+		ch.draw(s)
+		ch.draw(p)
+		name := strings.ReplaceAll(ch.name, "/", "_")
+		if err := os.WriteFile(filepath.Join(dir, name+".svg"), s.bytes(), 0o644); err != nil {
+			return nil, err
+		}
+		b, err := p.bytes()
+		if err != nil {
+			return nil, err
+		}
+		if err := os.WriteFile(filepath.Join(dir, name+".png"), b, 0o644); err != nil {
+			return nil, err
+		}
+		files = append(files, name+".svg", name+".png")
+	}
+	return files, nil
+}
