@@ -72,10 +72,18 @@ clean:
 
 -include images/image.mk
 
-# compare is the project's main job (issue #5): not built yet. It fails
-# loudly rather than pretend.
-compare:
-	@echo "make compare: the comparison harness is not built yet (issue #5); see README.md" >&2; exit 1
+# compare is the project's main job (issue #5): the OS-stack comparison.
+# It installs what it needs (deps), builds wormd and worm, builds the boot
+# image when a VM configuration is selected, then runs `worm compare`,
+# which writes its report to build/compare/<timestamp>. For example:
+#   make compare COMPARE_CONFIGS=host-kernel,host-netstack
+#   make compare COMPARE_FLAGS='-quick'
+#   make compare COMPARE_FLAGS='-reps 5 -clients 1,4,16,64 -pprof'
+COMPARE_CONFIGS ?= host-kernel,host-netstack,vm-kernel,vm-netstack
+COMPARE_FLAGS   ?=
+compare: deps build
+	@case "$(COMPARE_CONFIGS)" in *vm-*) $(MAKE) --no-print-directory image ;; esac
+	$(BIN)/worm compare -configs $(COMPARE_CONFIGS) $(COMPARE_FLAGS)
 
 # soak runs the fault harness (worm nemesis: kill -9, SIGSTOP, full disk,
 # power loss under register, WormLog and WormPaxos KV load, every history

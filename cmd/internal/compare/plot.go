@@ -101,6 +101,7 @@ func (p *pngCanvas) circle(x, y, r float64, c color.RGBA) {
 	}
 }
 func (p *pngCanvas) text(x, y float64, t, anchor string, c color.RGBA) {
+	t = strings.ReplaceAll(t, "µ", "u") // basicfont is ASCII only
 	d := &font.Drawer{Dst: p.img, Src: image.NewUniform(c), Face: basicfont.Face7x13}
 	w := float64(d.MeasureString(t).Round())
 	switch anchor {
