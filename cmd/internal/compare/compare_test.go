@@ -1,0 +1,266 @@
+package compare
+
+import (
+	"bytes"
+	"encoding/csv"
+	"encoding/json"
+	"encoding/xml"
+	"errors"
+	"image/png"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/wormspace/wormspace/qemu"
+	"github.com/wormspace/wormspace/worm/localcluster"
+)
+
+func TestStatOf(t *testing.T) {
+	s := statOf([]float64{5, 1, 3})
+	if s != (Stat{Median: 3, Min: 1, Max: 5}) {
+		t.Fatalf("odd: %+v", s)
+	}
+	s = statOf([]float64{4, 1, 3, 10})
+	if s != (Stat{Median: 3.5, Min: 1, Max: 10}) {
+		t.Fatalf("even: %+v", s)
+	}
+}
+
+// TestProcCPU checks /proc/PID/stat parsing against getrusage for this
+// process after burning some CPU.
+func TestProcCPU(t *testing.T) {
+	// Burn 200ms of CPU (however long that takes on a loaded machine).
+	base := selfCPU()
+	x := 0
+	for deadline := time.Now().Add(20 * time.Second); selfCPU()-base < 200*time.Millisecond && time.Now().Before(deadline); {
+		x++
+	}
+	got, err := procCPU(os.Getpid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := selfCPU()
+	// /proc counts in 10ms ticks, getrusage more finely.
+	if got < want-50*time.Millisecond || got > want+20*time.Millisecond || got < 150*time.Millisecond {
+		t.Fatalf("procCPU %v, getrusage %v (loop %d)", got, want, x)
+	}
+	if _, err := cpuOf([]int{os.Getpid(), 1 << 30}); err == nil {
+		t.Fatal("cpuOf of a missing process: no error")
+	}
+}
+
+// repoRoot finds the module root (for the boot image under build/image).
+func repoRoot(t *testing.T) string {
+	_, file, _, _ := runtime.Caller(0)
+	return filepath.Join(filepath.Dir(file), "..", "..", "..")
+}
+
+// e2eConfigs picks the configurations this machine can run: host-kernel
+// always; host-netstack with root and /dev/net/tun; the VM ones when
+// WORM_COMPARE_VM=1 and the image and TAP networking are there (they add
+// boot time and, under TCG, slow runs).
+func e2eConfigs(t *testing.T, imageDir string) []string {
+	cfgs := []string{HostKernel}
+	if os.Geteuid() != 0 {
+		t.Logf("host-netstack left out: not root (needs a network namespace and TAP devices)")
+	} else if _, err := os.Stat("/dev/net/tun"); err != nil {
+		t.Logf("host-netstack left out: %v", err)
+	} else {
+		cfgs = append(cfgs, HostNetstack)
+	}
+	if os.Getenv("WORM_COMPARE_VM") != "1" {
+		t.Logf("VM configurations left out (set WORM_COMPARE_VM=1 to include them)")
+		return cfgs
+	}
+	if err := qemu.CanUseTAP(); err != nil {
+		t.Logf("VM configurations left out: %v", err)
+		return cfgs
+	}
+	if _, err := os.Stat(filepath.Join(imageDir, qemu.InitrdFile)); err != nil {
+		t.Logf("VM configurations left out: no image in %s (make image)", imageDir)
+		return cfgs
+	}
+	return append(cfgs, VMKernel, VMNetstack)
+}
+
+// TestCompareQuickEndToEnd builds worm and wormd, runs `worm compare
+// -quick` on the configurations this machine supports, and checks that
+// every configuration produced figures for every workload and client
+// count, and that the JSON, CSV, SVG and PNG files parse.
+func TestCompareQuickEndToEnd(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds binaries and runs clusters")
+	}
+	bin := t.TempDir()
+	if _, err := localcluster.Build(bin); err != nil {
+		t.Fatal(err)
+	}
+	root := repoRoot(t)
+	imageDir := filepath.Join(root, "build", "image")
+	cfgs := e2eConfigs(t, imageDir)
+	out := filepath.Join(t.TempDir(), "report")
+	workloads := []string{"write", "read", "capture-write", "log-append"}
+	clients := []int{1, 4}
+	cmd := exec.Command(filepath.Join(bin, "worm"), "compare", "-quick",
+		"-configs", strings.Join(cfgs, ","), "-workloads", strings.Join(workloads, ","),
+		"-clients", "1,4", "-duration", "300ms", "-warmup", "100ms", "-reps", "2",
+		"-image", imageDir, "-out", out)
+	cmd.Env = append(os.Environ(), "WORMD="+filepath.Join(bin, "wormd"))
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	start := time.Now()
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("worm compare: %v\nstderr:\n%s\nstdout:\n%s", err, stderr.String(), stdout.String())
+	}
+	t.Logf("worm compare -quick (%s) took %v\n%s", strings.Join(cfgs, ","), time.Since(start).Round(time.Millisecond), stdout.String())
+	if !strings.Contains(stdout.String(), "host-kernel") || !strings.Contains(stderr.String(), "[1/") {
+		t.Fatalf("no table or no progress lines:\n%s\n%s", stdout.String(), stderr.String())
+	}
+
+	// report.json: every configuration ran and has figures everywhere.
+	b, err := os.ReadFile(filepath.Join(out, "report.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rep Report
+	if err := json.Unmarshal(b, &rep); err != nil {
+		t.Fatalf("report.json: %v", err)
+	}
+	if rep.Env.GoVersion == "" || rep.Env.CPUModel == "" || rep.Env.HostKernel == "" || rep.Env.Accel == "" || len(rep.Env.NetstackKnobs) == 0 {
+		t.Errorf("environment incomplete: %+v", rep.Env)
+	}
+	status := map[string]string{}
+	for _, c := range rep.Configs {
+		status[c.Name] = c.Status
+	}
+	for _, c := range append([]string{Spec}, cfgs...) {
+		if status[c] != "ok" {
+			t.Errorf("configuration %s: status %q", c, status[c])
+		}
+	}
+	type key struct {
+		cfg, wl string
+		n       int
+	}
+	rows := map[key]Row{}
+	for _, x := range rep.Rows {
+		rows[key{x.Config, x.Workload, x.Clients}] = x
+	}
+	for _, c := range append([]string{Spec}, cfgs...) {
+		for _, wl := range workloads {
+			for _, n := range clients {
+				x, ok := rows[key{c, wl, n}]
+				switch {
+				case !ok:
+					t.Errorf("%s %s c=%d: no row", c, wl, n)
+				case len(x.Samples) != 2:
+					t.Errorf("%s %s c=%d: %d samples, want 2 reps", c, wl, n, len(x.Samples))
+				case x.OpsPerSec.Median <= 0 || x.P50us.Median <= 0 || x.P99us.Median < x.P50us.Median:
+					t.Errorf("%s %s c=%d: no figures: %+v", c, wl, n, x)
+				case c != Spec && x.ServerCPU.Median <= 0:
+					t.Errorf("%s %s c=%d: no server CPU per op", c, wl, n)
+				case c == HostKernel && (x.TputRatio != 1 || x.P50Ratio != 1):
+					t.Errorf("%s %s c=%d: reference ratios %v %v", c, wl, n, x.TputRatio, x.P50Ratio)
+				case c != HostKernel && x.TputRatio <= 0:
+					t.Errorf("%s %s c=%d: no ratio to host-kernel", c, wl, n)
+				}
+				if ok && x.Errors > 0 {
+					t.Errorf("%s %s c=%d: %d errors (%s)", c, wl, n, x.Errors, x.Samples[0].FirstError)
+				}
+			}
+		}
+		if c == HostKernel || c == HostNetstack {
+			if x, ok := rows[key{c, EchoWorkload, 1}]; !ok || x.P50us.Median <= 0 {
+				t.Errorf("%s: no raw echo floor", c)
+			}
+		}
+	}
+
+	// results.csv: header and one well-formed line per row.
+	f, err := os.Open(filepath.Join(out, "results.csv"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	recs, err := csv.NewReader(f).ReadAll()
+	f.Close()
+	if err != nil {
+		t.Fatalf("results.csv: %v", err)
+	}
+	if len(recs) != len(rep.Rows)+1 || !slices.Equal(recs[0], CSVHeader) {
+		t.Fatalf("results.csv: %d records (want %d), header %v", len(recs), len(rep.Rows)+1, recs[0])
+	}
+	for _, r := range recs[1:] {
+		if len(r) != len(CSVHeader) {
+			t.Fatalf("csv row %v: %d columns", r, len(r))
+		}
+		if v, err := strconv.ParseFloat(r[5], 64); err != nil || v <= 0 {
+			t.Errorf("csv row %v: throughput %q", r, r[5])
+		}
+	}
+
+	// Plots: every SVG is XML, every PNG decodes, and both exist per chart.
+	var svgs, pngs int
+	for _, name := range rep.Files {
+		p := filepath.Join(out, name)
+		switch filepath.Ext(name) {
+		case ".svg":
+			svgs++
+			checkSVG(t, p)
+		case ".png":
+			pngs++
+			pf, err := os.Open(p)
+			if err != nil {
+				t.Fatal(err)
+			}
+			img, err := png.Decode(pf)
+			pf.Close()
+			if err != nil {
+				t.Fatalf("%s: %v", name, err)
+			}
+			if img.Bounds().Dx() < 100 {
+				t.Errorf("%s: %v", name, img.Bounds())
+			}
+		}
+	}
+	if svgs != len(workloads)+2 || pngs != svgs {
+		t.Errorf("%d SVG and %d PNG plots, want %d each", svgs, pngs, len(workloads)+2)
+	}
+	for _, name := range []string{"table.txt", "table.md"} {
+		if st, err := os.Stat(filepath.Join(out, name)); err != nil || st.Size() == 0 {
+			t.Errorf("%s: %v", name, err)
+		}
+	}
+}
+
+func checkSVG(t *testing.T, path string) {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	d := xml.NewDecoder(f)
+	root := ""
+	for {
+		tok, err := d.Token()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			t.Fatalf("%s: not XML: %v", path, err)
+		}
+		if se, ok := tok.(xml.StartElement); ok && root == "" {
+			root = se.Name.Local
+		}
+	}
+	if root != "svg" {
+		t.Fatalf("%s: root element %q", path, root)
+	}
+}
