@@ -60,7 +60,9 @@ type harness struct {
 	probe    worm.Space // recorded
 	probeOff atomic.Uint64
 	bigOff   atomic.Uint64
-	bigSpace worm.Space // recorded
+	// bigAllocated is the big area's allocated segment (0: none yet).
+	bigAllocated uint64
+	bigSpace     worm.Space // recorded
 
 	mu         sync.Mutex
 	violations []string
@@ -383,22 +385,30 @@ func (h *harness) probeUntil(ctx context.Context) error {
 	}
 }
 
-// bigWrite writes one large value to the next register of the big area.
+// bigWrite writes one large value to the next register of the big area
+// (called from the nemesis goroutine only).
 func (h *harness) bigWrite(ctx context.Context) error {
-	off := h.bigOff.Add(1) - 1
+	off := h.bigOff.Load()
 	a := worm.Addr{Seg: bigSeg + off/segSize, Off: uint32(off % segSize)}
 	octx, cancel := context.WithTimeout(ctx, 2*opTimeout)
 	defer cancel()
-	if a.Off == 0 {
-		if _, err := h.bigSpace.Alloc(octx, a.Seg, nil); err != nil && !errors.Is(err, worm.ErrWritten) {
+	if h.bigAllocated != a.Seg {
+		if _, err := h.bigSpace.Alloc(octx, a.Seg, nil); err != nil {
 			h.cnt.add("big-alloc", err)
+			return err
 		}
+		h.cnt.add("big-alloc", nil)
+		h.bigAllocated = a.Seg
 	}
 	tok, err := h.bigSpace.Capture(octx, a)
 	if err != nil {
 		h.cnt.add("big-capture", err)
+		if errors.Is(err, worm.ErrWritten) {
+			h.bigOff.Add(1)
+		}
 		return err
 	}
+	h.bigOff.Add(1)
 	v := bytes.Repeat([]byte{byte(off)}, bigValue)
 	copy(v, fmt.Sprintf("big-%d-", off))
 	err = h.bigSpace.Write(octx, a, tok, v)
