@@ -94,7 +94,7 @@ func runNemesis(args []string) error {
 		}
 	}
 	if failed > 0 {
-		return &exitError{code: 1, msg: fmt.Sprintf("worm nemesis: %d of %d seeds failed", failed, len(list))}
+		return &exitError{code: 1, msg: fmt.Sprintf("%d of %d seeds failed", failed, len(list))}
 	}
 	fmt.Printf("worm nemesis: %d seeds passed\n", len(list))
 	return nil
