@@ -362,15 +362,22 @@ type vmCluster struct {
 	k   []byte
 }
 
-func startVM(ctx context.Context, o *Options, cfg, dir string, progress func(string)) (*vmCluster, error) {
+func startVM(ctx context.Context, o *Options, accel qemu.Accel, cfg, dir string, progress func(string)) (*vmCluster, error) {
+	// A KVM guest is ready in seconds; a KVM that opens but cannot run
+	// the guest (seen under nested virtualisation) must not cost the
+	// default two minutes before the fallback to TCG.
+	ready := time.Duration(0)
+	if accel == qemu.AccelKVM {
+		ready = 45 * time.Second
+	}
 	stack := qemu.StackKernel
 	if cfg == VMNetstack {
 		stack = qemu.StackNetstack
 	}
 	qc, err := qemu.Up(ctx, qemu.Config{
-		N: 3, Stack: stack, Accel: o.Accel, Net: qemu.NetTAP, ImageDir: o.ImageDir, StateDir: dir,
+		N: 3, Stack: stack, Accel: accel, Net: qemu.NetTAP, ImageDir: o.ImageDir, StateDir: dir,
 		Volatile: o.Volatile, NoDisk: o.Volatile,
-		Options: qemu.Options{KillWithParent: true, Progress: func(e qemu.Event) {
+		Options: qemu.Options{KillWithParent: true, ReadyTimeout: ready, Progress: func(e qemu.Event) {
 			if e.Kind == qemu.EventInfo || e.Kind == qemu.EventError {
 				progress(fmt.Sprintf("%s: %s", cfg, e.Msg))
 			}

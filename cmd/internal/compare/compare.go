@@ -203,6 +203,11 @@ type Row struct {
 	P50Ratio  float64 `json:"p50_ratio,omitempty"`
 	P99Ratio  float64 `json:"p99_ratio,omitempty"`
 	CPURatio  float64 `json:"server_cpu_ratio,omitempty"`
+	// StackTputRatio and StackP50Ratio compare netstack with the kernel
+	// in the same place: host-netstack to host-kernel, vm-netstack to
+	// vm-kernel (the cost of the stack alone).
+	StackTputRatio float64 `json:"stack_throughput_ratio,omitempty"`
+	StackP50Ratio  float64 `json:"stack_p50_ratio,omitempty"`
 }
 
 // ConfigStatus says whether a configuration ran.
@@ -235,9 +240,13 @@ type runner struct {
 	order   []string
 	clients map[string]worm.Space
 	cls     map[string]cluster
-	step    int
-	steps   int
-	t0      time.Time
+	// vmAccel is the accelerator VM configurations use: o.Accel
+	// resolved, and TCG after a KVM that failed to boot a guest.
+	vmAccel    qemu.Accel
+	vmAccelWhy string
+	step       int
+	steps      int
+	t0         time.Time
 }
 
 func (r *runner) progress(format string, a ...any) {
@@ -322,6 +331,9 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 		r.rep.Configs = append(r.rep.Configs, st)
 	}
 	r.rep.Env = captureEnv(&o, r.cls)
+	if r.vmAccel != "" {
+		r.rep.Env.Accel, r.rep.Env.AccelWhy = string(r.vmAccel), r.vmAccelWhy
+	}
 
 	perRep := 0
 	for _, cfg := range active {
@@ -395,9 +407,26 @@ func (r *runner) start(ctx context.Context, cfg string) (cluster, error) {
 	switch cfg {
 	case HostKernel, HostNetstack:
 		return startHost(ctx, r.o, cfg, dir)
-	default:
-		return startVM(ctx, r.o, cfg, dir, func(s string) { r.progress("%s", s) })
 	}
+	if r.vmAccel == "" {
+		a, why, err := qemu.ResolveAccel(r.o.Accel)
+		if err != nil {
+			return nil, err
+		}
+		r.vmAccel, r.vmAccelWhy = a, why
+	}
+	progress := func(s string) { r.progress("%s", s) }
+	c, err := startVM(ctx, r.o, r.vmAccel, cfg, dir, progress)
+	if err != nil && ctx.Err() == nil && r.vmAccel == qemu.AccelKVM && r.o.Accel == qemu.AccelAuto {
+		r.progress("%s: KVM did not boot the guest (%s); falling back to TCG", cfg, oneLine(err.Error()))
+		r.vmAccel = qemu.AccelTCG
+		r.vmAccelWhy = "tcg (auto: /dev/kvm opens but a KVM guest did not become ready: " + oneLine(err.Error()) + ")"
+		c, err = startVM(ctx, r.o, r.vmAccel, cfg, dir, progress)
+	}
+	if err != nil {
+		return nil, err
+	}
+	return c, nil
 }
 
 // measureConfig runs one repetition of everything on cfg.
@@ -529,8 +558,8 @@ func (r *runner) finish() {
 	})
 	ref := map[string]Row{}
 	for _, x := range rows {
-		if x.Config == HostKernel {
-			ref[fmt.Sprintf("%s|%d", x.Workload, x.Clients)] = x
+		if x.Config == HostKernel || x.Config == VMKernel {
+			ref[fmt.Sprintf("%s|%s|%d", x.Config, x.Workload, x.Clients)] = x
 		}
 	}
 	div := func(a, b float64) float64 {
@@ -541,7 +570,12 @@ func (r *runner) finish() {
 	}
 	for i := range rows {
 		x := &rows[i]
-		b, ok := ref[fmt.Sprintf("%s|%d", x.Workload, x.Clients)]
+		kernelPeer := map[string]string{HostNetstack: HostKernel, VMNetstack: VMKernel}[x.Config]
+		if k, ok := ref[fmt.Sprintf("%s|%s|%d", kernelPeer, x.Workload, x.Clients)]; ok {
+			x.StackTputRatio = div(x.OpsPerSec.Median, k.OpsPerSec.Median)
+			x.StackP50Ratio = div(x.P50us.Median, k.P50us.Median)
+		}
+		b, ok := ref[fmt.Sprintf("%s|%s|%d", HostKernel, x.Workload, x.Clients)]
 		if !ok {
 			continue
 		}

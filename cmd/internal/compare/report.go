@@ -17,7 +17,8 @@ var CSVHeader = []string{"config", "workload", "clients", "floor", "reps",
 	"ops_per_sec_median", "ops_per_sec_min", "ops_per_sec_max",
 	"p50_us_median", "p50_us_min", "p50_us_max", "p99_us_median",
 	"server_cpu_us_per_op", "client_cpu_us_per_op",
-	"throughput_ratio", "p50_ratio", "p99_ratio", "server_cpu_ratio", "errors"}
+	"throughput_ratio", "p50_ratio", "p99_ratio", "server_cpu_ratio",
+	"stack_throughput_ratio", "stack_p50_ratio", "errors"}
 
 func f1(x float64) string { return strconv.FormatFloat(x, 'f', 1, 64) }
 func f2(x float64) string { return strconv.FormatFloat(x, 'f', 2, 64) }
@@ -32,7 +33,8 @@ func CSV(rep *Report) []byte {
 			f1(x.OpsPerSec.Median), f1(x.OpsPerSec.Min), f1(x.OpsPerSec.Max),
 			f1(x.P50us.Median), f1(x.P50us.Min), f1(x.P50us.Max), f1(x.P99us.Median),
 			f2(x.ServerCPU.Median), f2(x.ClientCPU.Median),
-			f2(x.TputRatio), f2(x.P50Ratio), f2(x.P99Ratio), f2(x.CPURatio), strconv.FormatInt(x.Errors, 10)})
+			f2(x.TputRatio), f2(x.P50Ratio), f2(x.P99Ratio), f2(x.CPURatio),
+			f2(x.StackTputRatio), f2(x.StackP50Ratio), strconv.FormatInt(x.Errors, 10)})
 	}
 	w.Flush()
 	return b.Bytes()
@@ -70,12 +72,12 @@ func Table(rep *Report) string {
 	}
 	b.WriteString("\n")
 	tw := tabwriter.NewWriter(&b, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "workload\tclients\tconfig\tops/s\t(min-max)\tp50 µs\tp99 µs\tsrv cpu µs/op\tcli cpu µs/op\ttput vs 1\tp50 vs 1\tcpu vs 1\terrors\t")
+	fmt.Fprintln(tw, "workload\tclients\tconfig\tops/s\t(min-max)\tp50 µs\tp99 µs\tsrv cpu µs/op\tcli cpu µs/op\ttput vs 1\tp50 vs 1\tcpu vs 1\tns/kernel tput\tns/kernel p50\terrors\t")
 	for _, x := range rep.Rows {
-		fmt.Fprintf(tw, "%s\t%d\t%s\t%.0f\t%.0f-%.0f\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t\n",
+		fmt.Fprintf(tw, "%s\t%d\t%s\t%.0f\t%.0f-%.0f\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t\n",
 			x.Workload, x.Clients, x.Config, x.OpsPerSec.Median, x.OpsPerSec.Min, x.OpsPerSec.Max,
 			f1(x.P50us.Median), f1(x.P99us.Median), dash(x.ServerCPU.Median), dash(x.ClientCPU.Median),
-			ratio(x.TputRatio), ratio(x.P50Ratio), ratio(x.CPURatio), x.Errors)
+			ratio(x.TputRatio), ratio(x.P50Ratio), ratio(x.CPURatio), ratio(x.StackTputRatio), ratio(x.StackP50Ratio), x.Errors)
 	}
 	tw.Flush()
 	return b.String()
@@ -101,12 +103,12 @@ func imageSize(m map[string]int64) string {
 // Markdown renders the main rows as a Markdown table (for README).
 func Markdown(rep *Report) string {
 	var b bytes.Buffer
-	b.WriteString("| workload | clients | config | ops/s (min–max) | p50 µs | p99 µs | server CPU µs/op | tput vs host-kernel | p50 vs host-kernel |\n")
-	b.WriteString("|---|---:|---|---:|---:|---:|---:|---:|---:|\n")
+	b.WriteString("| workload | clients | config | ops/s (min–max) | p50 µs | p99 µs | server CPU µs/op | tput vs host-kernel | p50 vs host-kernel | netstack/kernel tput | netstack/kernel p50 |\n")
+	b.WriteString("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|\n")
 	for _, x := range rep.Rows {
-		fmt.Fprintf(&b, "| %s | %d | %s | %.0f (%.0f–%.0f) | %s | %s | %s | %s | %s |\n", x.Workload, x.Clients, x.Config,
+		fmt.Fprintf(&b, "| %s | %d | %s | %.0f (%.0f–%.0f) | %s | %s | %s | %s | %s | %s | %s |\n", x.Workload, x.Clients, x.Config,
 			x.OpsPerSec.Median, x.OpsPerSec.Min, x.OpsPerSec.Max, f1(x.P50us.Median), f1(x.P99us.Median), dash(x.ServerCPU.Median),
-			ratio(x.TputRatio), ratio(x.P50Ratio))
+			ratio(x.TputRatio), ratio(x.P50Ratio), ratio(x.StackTputRatio), ratio(x.StackP50Ratio))
 	}
 	return b.String()
 }
