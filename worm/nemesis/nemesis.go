@@ -31,14 +31,20 @@
 //	           serving reads, and accept writes again once the filler is
 //	           removed (needs root and mount(2))
 //	powerloss  SIGKILL every wormd at once, restart them all
+//	partition  cut one wormd off the network (iptables on loopback: its
+//	           requests and replies dropped; connections stall, not reset)
+//	oneway     drop only one wormd's replies: it receives and acts on
+//	           requests, nobody hears the answers
 //
-// Not injected, and why (Report.Skipped says so too): network partitions,
-// one-way drops and netem loss/delay/duplication/reordering are not built
-// yet (they need the wormds in a network namespace the harness creates);
-// a clock jump is not injected because CLOCK_REALTIME is machine-wide
-// (other processes on a shared host would jump too) and time namespaces
-// offset only the monotonic and boot clocks, which cannot be changed for
-// a running process.
+// The network faults need the harness in a network namespace of its own
+// (InPrivateNetns; `worm nemesis` and the tests re-execute themselves in
+// one with Reexec) and iptables; without them they are skipped with the
+// reason in Report.Skipped. netem loss/delay/duplication/reordering is
+// not injected (the reason, e.g. a kernel without sch_netem, is in
+// Report.Skipped). A clock jump is not injected: CLOCK_REALTIME is
+// machine-wide (other processes on a shared host would jump too), and
+// time namespaces offset only the monotonic and boot clocks, which cannot
+// be changed for a running process.
 //
 // Run is what `worm nemesis` and the package's tests call. A failing run
 // names its seed; replaying the seed replays the fault schedule (the
@@ -65,7 +71,7 @@ import (
 )
 
 // Faults is every fault name Run knows, in the order Report lists them.
-var Faults = []string{"kill", "pause", "disk", "powerloss"}
+var Faults = []string{"kill", "pause", "disk", "powerloss", "partition", "oneway"}
 
 // Config configures a run.
 type Config struct {

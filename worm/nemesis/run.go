@@ -47,6 +47,7 @@ type harness struct {
 	lc   *localcluster.Cluster
 	key  []byte
 	disk *smallDisk
+	net  *netFaults
 	logf func(string, ...any)
 
 	rec    *check.Recorder
@@ -147,8 +148,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	rep := &Report{Seed: cfg.Seed, Dir: dir, Skipped: map[string]string{}}
 	h := &harness{cfg: cfg, rep: rep, logf: cfg.Logf, rec: check.NewRecorder(), kvHist: wormpaxostest.NewKVHistory(),
 		durable: map[worm.Addr][]byte{}, logAcked: map[uint64][]byte{}, faults: map[string]int{}}
-	rep.Skipped["partition"] = "network partitions and one-way drops are not built yet (they need the wormds in a network namespace)"
-	rep.Skipped["netem"] = "netem loss/delay/duplication/reordering is not built yet"
+	rep.Skipped["netem"] = netemWhy()
 	rep.Skipped["clock"] = "a clock jump would move CLOCK_REALTIME for the whole machine; time namespaces cannot shift a running process's clocks"
 	began := time.Now()
 	err = h.run(ctx, dir)
@@ -174,6 +174,20 @@ func (h *harness) run(ctx context.Context, dir string) (err error) {
 		} else {
 			h.disk = d
 			defer d.unmount()
+		}
+	}
+	if slices.Contains(faults, "partition") || slices.Contains(faults, "oneway") {
+		nf, nerr := newNetFaults()
+		if nerr != nil {
+			for _, f := range []string{"partition", "oneway"} {
+				if slices.Contains(faults, f) {
+					h.rep.Skipped[f] = nerr.Error()
+				}
+			}
+			faults = slices.DeleteFunc(faults, func(f string) bool { return f == "partition" || f == "oneway" })
+		} else {
+			h.net = nf
+			defer nf.heal()
 		}
 	}
 	sctx, scancel := context.WithTimeout(ctx, 60*time.Second)
@@ -307,6 +321,16 @@ func (h *harness) inject(ctx context.Context, rng *rand.Rand, f string, n int) e
 		}
 		sleep(ctx, d)
 		return h.disk.free()
+	case "partition", "oneway":
+		i := rng.IntN(3)
+		d := between(rng, 200*time.Millisecond, 1500*time.Millisecond)
+		h.logf("fault %d: %s of wormd %d for %v", n, f, i+1, d)
+		if err := h.net.cut(lc.Nodes[i].Addr, f == "oneway"); err != nil {
+			return err
+		}
+		h.fault(f)
+		sleep(ctx, d)
+		return h.net.heal()
 	case "powerloss":
 		d := between(rng, 20*time.Millisecond, 300*time.Millisecond)
 		h.logf("fault %d: power loss: kill -9 of every wormd at once, down %v", n, d)
@@ -459,6 +483,33 @@ func (h *harness) availability(ctx context.Context) error {
 		h.verdict("heal-kill", true, "service resumed %v after the restarts began", d.Round(time.Millisecond))
 	}
 
+	if h.net != nil {
+		h.logf("availability: partition wormd 3 away, then wormd 2 too")
+		if err := h.net.cut(lc.Nodes[2].Addr, false); err != nil {
+			return err
+		}
+		h.fault("partition")
+		err := retryUntil(ctx, 5*time.Second, h.probeWrite)
+		h.verdict("one-cut", err == nil, "write with wormd 3 of 3 partitioned away: %v", kindOrNil(err))
+		if err := h.net.cut(lc.Nodes[1].Addr, false); err != nil {
+			return err
+		}
+		h.fault("partition")
+		cerr := h.probeWrite(ctx)
+		h.verdict("two-cut", errors.Is(cerr, worm.ErrUnavailable), "write with 2 of 3 partitioned away: %v (want unavailable)", kindOrNil(cerr))
+		t0 := time.Now()
+		if err := h.net.heal(); err != nil {
+			return err
+		}
+		if err := h.probeUntil(ctx); err != nil {
+			h.verdict("heal-cut", false, "no write %v after the partition healed: %v", healWithin, err)
+		} else {
+			d := time.Since(t0)
+			h.recovered("2 of 3 partitioned: heal to first write", d)
+			h.verdict("heal-cut", true, "service resumed %v after the partition healed", d.Round(time.Millisecond))
+		}
+	}
+
 	h.logf("availability: SIGSTOP wormds 2 and 3")
 	if err := lc.Pause(1); err != nil {
 		return err
@@ -594,6 +645,11 @@ func readFile(p string) string {
 func (h *harness) healAll(ctx context.Context) error {
 	if h.disk != nil {
 		if err := h.disk.free(); err != nil {
+			return err
+		}
+	}
+	if h.net != nil {
+		if err := h.net.heal(); err != nil {
 			return err
 		}
 	}
