@@ -22,12 +22,14 @@ func init() {
 	})
 }
 
-const nemesisUsage = `usage: worm nemesis [-seed N[,N...]] [-duration D] [-faults kill,pause,disk,powerloss] [-dir DIR] [-wormd PATH] [-v]
+const nemesisUsage = `usage: worm nemesis [-seed N[,N...]] [-duration D] [-faults kill,pause,disk,powerloss,partition,oneway] [-dir DIR] [-wormd PATH] [-v]
 
 Starts three wormd processes on loopback, runs register capture/write/read,
 WormLog appends and WormPaxos KV operations against them while injecting the
 faults in an order fixed by the seed (kill -9 and restart, SIGSTOP/SIGCONT,
-a full disk for wormd 1 on a tmpfs it mounts (root), kill -9 of all three),
+a full disk for wormd 1 on a tmpfs it mounts (root), kill -9 of all three,
+partitions and one-way drops with iptables inside a network namespace of its
+own: as root, worm nemesis re-executes itself in one),
 then measures availability with one and two wormds down, heals everything,
 and checks every history (porcupine for registers and KV, log invariants,
 durability of acknowledged writes). Prints a summary per seed; exits 1 if any
@@ -52,6 +54,27 @@ func runNemesis(args []string) error {
 	fl, err := nemesis.ParseFaults(*faults)
 	if err != nil {
 		return err
+	}
+	// Network faults need a network namespace of our own: re-execute
+	// there (root only; otherwise they are skipped with the reason).
+	wantNet := false
+	for _, f := range fl {
+		wantNet = wantNet || f == "partition" || f == "oneway"
+	}
+	if wantNet && !nemesis.InPrivateNetns() && os.Geteuid() == 0 {
+		code, err := nemesis.Reexec(append([]string{"nemesis"}, args...))
+		if err != nil {
+			return err
+		}
+		if code != 0 {
+			return &exitError{code: code}
+		}
+		return nil
+	}
+	if nemesis.InPrivateNetns() {
+		if err := nemesis.SetupNetns(); err != nil {
+			return err
+		}
 	}
 	var list []uint64
 	if *seeds == "" {
