@@ -11,8 +11,14 @@ import (
 
 // tmpfsSize is the size of the tmpfs that holds wormd 1's data directory:
 // wormd preallocates its log in 4 MiB chunks, so it needs one chunk to
-// start and room to grow a few more before the filler takes the rest.
-const tmpfsSize = 32 << 20
+// start and room to grow during a long run (the big values of the disk
+// faults land on it too; bigBudget caps them) before the filler takes the
+// rest.
+const tmpfsSize = 128 << 20
+
+// bigBudget caps the bytes of large values the randomized disk faults
+// write, so that wormd 1's own data never fills its tmpfs.
+const bigBudget = 48 << 20
 
 // smallDisk is a tmpfs mounted on one wormd's data directory, and a filler
 // file that takes its free space.
