@@ -74,6 +74,11 @@ type Options struct {
 	// ReadyTimeout bounds each boot's wait for WORMSPACE-READY (default
 	// 2 minutes: TCG on a loaded 2-core CI machine is slow).
 	ReadyTimeout time.Duration
+	// KVMSilence is how long a KVM guest may stay silent on its console
+	// before its boot fails with ErrKVMSilent (default 30 s; a working
+	// KVM guest prints init's first line in about a second). Negative
+	// disables the check.
+	KVMSilence time.Duration
 	// StopTimeout is how long Stop waits for a guest power-off before
 	// signalling QEMU (default 10 s).
 	StopTimeout time.Duration
@@ -94,6 +99,9 @@ func (o *Options) defaults() {
 	}
 	if o.StopTimeout <= 0 {
 		o.StopTimeout = 10 * time.Second
+	}
+	if o.KVMSilence == 0 {
+		o.KVMSilence = 30 * time.Second
 	}
 	if o.Logger == nil {
 		o.Logger = slog.Default()
@@ -238,21 +246,22 @@ func Up(ctx context.Context, cfg Config) (*Cluster, error) {
 		return nil, err
 	}
 
-	c.event(0, EventInfo, fmt.Sprintf("booting %d VMs (stack %s, accel %s, net %s)", cfg.N, cfg.Stack, accel, mode))
 	t := time.Now()
-	bctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	errs := make([]error, len(c.vms))
-	var wg sync.WaitGroup
-	for i, v := range c.vms {
-		wg.Go(func() {
-			if errs[i] = v.boot(bctx); errs[i] != nil {
-				cancel() // one failure aborts the others
-			}
-		})
+	err = c.bootAll(ctx)
+	if err != nil && (cfg.Accel == "" || cfg.Accel == AccelAuto) && accel == AccelKVM && ctx.Err() == nil && errors.Is(err, ErrKVMSilent) {
+		// /dev/kvm answered the probe but runs no guest (nested
+		// virtualisation without support): what auto means is "the
+		// fastest accelerator that works", so boot again under TCG.
+		c.event(0, EventError, fmt.Sprintf("KVM guests printed nothing within %v (KVM present but unable to run a guest?): falling back to TCG", c.opts.KVMSilence))
+		accel = AccelTCG
+		c.mu.Lock()
+		c.st.Accel = accel
+		c.mu.Unlock()
+		if err = updateState(dir, func(s *State) error { s.Accel = accel; return nil }); err == nil {
+			err = c.bootAll(ctx)
+		}
 	}
-	wg.Wait()
-	if err := errors.Join(errs...); err != nil {
+	if err != nil {
 		if ctx.Err() != nil {
 			err = ctx.Err()
 		}
@@ -262,6 +271,24 @@ func Up(ctx context.Context, cfg Config) (*Cluster, error) {
 	c.event(0, EventInfo, fmt.Sprintf("%d VMs ready in %v (accel %s): WORM_SERVERS=%s",
 		cfg.N, time.Since(t).Round(time.Millisecond), accel, c.Servers()))
 	return c, nil
+}
+
+// bootAll boots every VM in parallel; one failure aborts the others.
+func (c *Cluster) bootAll(ctx context.Context) error {
+	c.event(0, EventInfo, fmt.Sprintf("booting %d VMs (stack %s, accel %s, net %s)", len(c.vms), c.st.Stack, c.st.Accel, c.st.Net))
+	bctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	errs := make([]error, len(c.vms))
+	var wg sync.WaitGroup
+	for i, v := range c.vms {
+		wg.Go(func() {
+			if errs[i] = v.boot(bctx); errs[i] != nil {
+				cancel()
+			}
+		})
+	}
+	wg.Wait()
+	return errors.Join(errs...)
 }
 
 func (cfg *Config) defaults() error {

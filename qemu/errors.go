@@ -21,6 +21,11 @@ var (
 	// ErrNotReady reports that a VM did not print WORMSPACE-READY within
 	// the ready timeout.
 	ErrNotReady = errors.New("qemu: VM not ready in time")
+	// ErrKVMSilent reports a KVM guest that printed nothing on its
+	// console within Options.KVMSilence: a sign of KVM that opens and
+	// answers the API probe but cannot run a guest (seen with nested
+	// virtualisation). Up with AccelAuto then falls back to TCG.
+	ErrKVMSilent = errors.New("qemu: KVM guest printed nothing")
 	// ErrClusterExists reports a state directory that already describes
 	// a cluster with live VMs.
 	ErrClusterExists = errors.New("qemu: a cluster is already running in this state directory")

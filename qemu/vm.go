@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 )
@@ -303,9 +304,27 @@ func (v *VM) boot(ctx context.Context) (err error) {
 
 	rctx, cancel := context.WithTimeout(ctx, c.opts.ReadyTimeout)
 	defer cancel()
+	// A KVM guest that prints nothing for KVMSilence is not slow but
+	// stuck (KVM that cannot run guests); say so early instead of
+	// waiting for the ready timeout.
+	var heard atomic.Bool
+	silent := func() bool { return false }
+	if c.st.Accel == AccelKVM && c.opts.KVMSilence > 0 {
+		kctx, kcancel := context.WithCancelCause(rctx)
+		defer kcancel(nil)
+		rctx = kctx
+		timer := time.AfterFunc(c.opts.KVMSilence, func() {
+			if !heard.Load() {
+				kcancel(ErrKVMSilent)
+			}
+		})
+		defer timer.Stop()
+		silent = func() bool { return errors.Is(context.Cause(kctx), ErrKVMSilent) }
+	}
 	var ready Ready
 	var perr error
 	_, ferr := followConsole(rctx, consolePath, off, done, func(line string) bool {
+		heard.Store(true)
 		c.event(v.id, EventConsole, line)
 		if strings.Contains(line, errorMarker) {
 			c.event(v.id, EventError, line)
@@ -325,6 +344,8 @@ func (v *VM) boot(ctx context.Context) (err error) {
 	switch {
 	case perr != nil:
 		return perr
+	case ferr != nil && silent():
+		return fmt.Errorf("%w: VM %d under KVM within %v; qemu log tail:\n%s", ErrKVMSilent, v.id, c.opts.KVMSilence, tailFile(filepath.Join(c.dir, st.QEMULog), 5))
 	case errors.Is(ferr, ErrExited):
 		v.mu.Lock()
 		werr := v.exitErr
