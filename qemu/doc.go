@@ -52,7 +52,12 @@
 //
 // AccelAuto picks KVM (-accel kvm -cpu host) when /dev/kvm opens and
 // answers KVM_GET_API_VERSION, and TCG (-accel tcg -cpu max) otherwise;
-// every progress report names the accelerator in use.
+// every progress report names the accelerator in use. Some machines have a
+// /dev/kvm that answers the probe but cannot run a guest (nested
+// virtualisation: the guest stops after the kernel's real-mode setup and
+// prints nothing). A KVM guest silent on its console for
+// Options.KVMSilence (30 s) fails with ErrKVMSilent, and Up with AccelAuto
+// then boots the whole cluster again under TCG.
 //
 // # Networking
 //
