@@ -17,14 +17,15 @@ build: deps-go
 	CGO_ENABLED=0 $(GO) build -trimpath -o $(BIN)/ ./cmd/...
 
 # deps installs what the build and the tests use: Go modules, and from
-# Debian QEMU, e2fsprogs (data disks for VMs), iproute2 (namespaces) and
-# dpkg-dev (apt-get download / dpkg-deb for the guest kernel).
+# Debian QEMU, e2fsprogs (data disks for VMs), iproute2 (namespaces),
+# dpkg-dev (apt-get download / dpkg-deb for the guest kernel) and iptables
+# (the fault harness's partitions and one-way drops).
 deps: deps-go deps-apt
 
 deps-go:
 	$(GO) mod download
 
-APT_PKGS := qemu-system-x86 qemu-utils e2fsprogs iproute2 dpkg-dev
+APT_PKGS := qemu-system-x86 qemu-utils e2fsprogs iproute2 dpkg-dev iptables
 deps-apt:
 	@missing=""; for p in $(APT_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
