@@ -264,3 +264,76 @@ func checkSVG(t *testing.T, path string) {
 		t.Fatalf("%s: root element %q", path, root)
 	}
 }
+
+// TestCompareInterruptCleansUp sends SIGINT to `worm compare` in the
+// middle of a measurement and checks that it exits saying so and that no
+// process it started (wormd, the echo helper) survives; their namespace
+// (unnamed) and TAPs go with them.
+func TestCompareInterruptCleansUp(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds binaries and runs clusters")
+	}
+	bin := t.TempDir()
+	if _, err := localcluster.Build(bin); err != nil {
+		t.Fatal(err)
+	}
+	cfgs := e2eConfigs(t, "/nonexistent")
+	cmd := exec.Command(filepath.Join(bin, "worm"), "compare", "-configs", strings.Join(cfgs, ","),
+		"-workloads", "write", "-clients", "4", "-duration", "30s", "-warmup", "100ms", "-reps", "1",
+		"-out", filepath.Join(t.TempDir(), "report"))
+	cmd.Env = append(os.Environ(), "WORMD="+filepath.Join(bin, "wormd"))
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	// Wait until the last configuration is measuring.
+	var log bytes.Buffer
+	buf := make([]byte, 4096)
+	last := cfgs[len(cfgs)-1]
+	for !strings.Contains(log.String(), last+": up") {
+		n, err := stderr.Read(buf)
+		log.Write(buf[:n])
+		if err != nil {
+			t.Fatalf("worm compare ended early: %v\n%s", err, log.String())
+		}
+	}
+	time.Sleep(time.Second)
+	if n := ourProcs(t, bin); n < 3 {
+		t.Fatalf("only %d processes of %s running before the interrupt", n, bin)
+	}
+	cmd.Process.Signal(os.Interrupt)
+	rest, _ := io.ReadAll(stderr)
+	log.Write(rest)
+	err = cmd.Wait()
+	if err == nil || !strings.Contains(log.String(), "interrupted") {
+		t.Fatalf("after SIGINT: %v\n%s", err, log.String())
+	}
+	if n := ourProcs(t, bin); n != 0 {
+		t.Fatalf("%d processes of %s left after the interrupt\n%s", n, bin, log.String())
+	}
+}
+
+// ourProcs counts processes whose executable lies in dir.
+func ourProcs(t *testing.T, dir string) int {
+	ents, err := os.ReadDir("/proc")
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, e := range ents {
+		if _, err := strconv.Atoi(e.Name()); err != nil {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
+		if err != nil {
+			continue
+		}
+		if strings.HasPrefix(string(b), dir+string(filepath.Separator)) {
+			n++
+		}
+	}
+	return n
+}
