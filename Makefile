@@ -40,10 +40,12 @@ vet:
 fmt-check:
 	@bad=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$bad" ]; then echo "gofmt wants to rewrite:"; echo "$$bad"; exit 1; fi
 
-# test runs every package's tests. Tests that need root, TAP devices,
+# test runs every package's tests, then a short fuzz pass. Tests that need root, TAP devices,
 # namespaces or QEMU run when the machine has them (CI is root) and skip
 # with a reason where it truly lacks them.
-test: deps fmt-check vet
+# The boot image is built first so that the VM launcher's tests boot it
+# (the image tests build their own).
+test: deps fmt-check vet image
 	$(GO) test $(GOTESTFLAGS) ./...
 	$(MAKE) --no-print-directory fuzz FUZZTIME=$(TEST_FUZZTIME)
 

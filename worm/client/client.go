@@ -341,6 +341,21 @@ func (cl *Client) run(ctx context.Context, op *paxos.Op) paxos.Result {
 	c.pumpLocked()
 	c.mu.Unlock()
 	defer c.cleanup()
+	res := cl.wait(ctx, c)
+	if res.Err != nil && errors.Is(res.Err, worm.ErrUnavailable) {
+		c.mu.Lock()
+		why := c.serverErr
+		c.mu.Unlock()
+		if why != "" {
+			res.Err = fmt.Errorf("%w (a server answered: %s)", res.Err, why)
+		}
+	}
+	return res
+}
+
+// wait drives c until its op ends, its context ends or the client closes.
+func (cl *Client) wait(ctx context.Context, c *call) paxos.Result {
+	op := c.op
 	var nudge *time.Timer
 	var nudgeC <-chan time.Time
 	for {

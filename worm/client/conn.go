@@ -397,6 +397,8 @@ type call struct {
 	sent     []sentTag
 	unsent   []sentTag // scratch for pumpLocked
 	finished bool
+	// serverErr is the text of the last StatusError a server answered.
+	serverErr string
 }
 
 type sentTag struct {
@@ -406,6 +408,11 @@ type sentTag struct {
 
 func (c *call) deliver(from int, tag uint64, resp *paxos.Response) {
 	c.mu.Lock()
+	if resp.Status == paxos.StatusError && resp.Text != "" {
+		// The core counts it as no answer; keep the reason (a full disk,
+		// a failed sync) for the error the caller sees.
+		c.serverErr = resp.Text
+	}
 	if !c.finished {
 		c.op.Step(from, tag, resp)
 		c.pumpLocked()

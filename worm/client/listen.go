@@ -257,7 +257,7 @@ func (r *rawCall) failed(from int) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.results[from].resp == nil && r.results[from].err == nil {
-		r.results[from].err = fmt.Errorf("%w: server unreachable", worm.ErrUnavailable)
+		r.results[from].err = errors.New("unreachable (no connection)")
 		r.settle()
 	}
 }

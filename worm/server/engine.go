@@ -108,8 +108,12 @@ type Engine struct {
 	inlineSync  bool
 	syncing     bool
 	compactions uint64
-	syncs       uint64
-	released    []pending // sync goroutine's scratch: replies being released
+	// refused counts requests refused because the log could not reserve
+	// room; refusedLogged rate-limits the warning.
+	refused       uint64
+	refusedLogged time.Time
+	syncs         uint64
+	released      []pending // sync goroutine's scratch: replies being released
 
 	kick chan struct{}
 	done chan struct{}
@@ -208,6 +212,11 @@ func (e *Engine) Handle(req *paxos.Request, to Replier, tag uint64) {
 	}
 	if mutating(req.Kind) {
 		if err := e.log.Reserve(estimate(req)); err != nil {
+			e.refused++
+			if now := time.Now(); now.Sub(e.refusedLogged) > 10*time.Second {
+				e.refusedLogged = now
+				e.logger.Warn("storage refuses new state (disk full?): answering writes with an error; reads are still served", "err", err, "refused_so_far", e.refused)
+			}
 			e.mu.Unlock()
 			if req.Kind != paxos.KindDecide {
 				*r = paxos.Response{Kind: req.Kind, Status: paxos.StatusError, Text: "storage: " + err.Error()}
@@ -446,6 +455,7 @@ type EngineStats struct {
 	LiveSegments    int    `json:"live_segments"`    // segments holding state
 	TrimmedSegments int    `json:"trimmed_segments"` // segments trimmed
 	Compactions     uint64 `json:"compactions"`      // storage compactions done
+	Refused         uint64 `json:"refused"`          // requests refused for lack of storage room
 	Failed          string `json:"failed,omitempty"` // the storage failure, if any
 }
 
@@ -453,7 +463,7 @@ type EngineStats struct {
 func (e *Engine) Stats() EngineStats {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	s := EngineStats{Syncs: e.syncs, Durable: e.synced, Appended: e.end, Waiting: len(e.waiting), LiveBytes: e.acc.LiveBytes(), Compactions: e.compactions}
+	s := EngineStats{Syncs: e.syncs, Durable: e.synced, Appended: e.end, Waiting: len(e.waiting), LiveBytes: e.acc.LiveBytes(), Compactions: e.compactions, Refused: e.refused}
 	s.LiveSegments, s.TrimmedSegments = e.acc.Segments()
 	if e.failed != nil {
 		s.Failed = e.failed.Error()
