@@ -150,7 +150,13 @@ func cmdCompareEcho(args []string) error {
 	if _, err := parseArgs(fs, args, 0, "compare-echo [flags]"); err != nil {
 		return err
 	}
-	cfg := netstack.Config{Stack: *stackF, TAP: *tap, TAPFD: -1}
+	// WORM_NETSTACK_KNOBS overrides the knobs (measurement sweeps of the
+	// floor; wormd itself always runs netstack.DefaultKnobs).
+	knobs, err := netstack.KnobsFromEnv()
+	if err != nil {
+		return err
+	}
+	cfg := netstack.Config{Stack: *stackF, TAP: *tap, TAPFD: -1, Knobs: &knobs}
 	if *stackF == "netstack" {
 		p, err := netip.ParsePrefix(*addr)
 		if err != nil {

@@ -31,10 +31,13 @@ type Env struct {
 	ImageBytes    map[string]int64 `json:"image_bytes,omitempty"`
 	QEMU          string           `json:"qemu,omitempty"`
 	NetstackKnobs json.RawMessage  `json:"netstack_knobs"`
-	GoVersion     string           `json:"go_version"`
-	GitRevision   string           `json:"git_revision"`
-	Hostname      string           `json:"hostname"`
-	LoadAvg       string           `json:"loadavg_at_start"`
+	// EchoKnobs is WORM_NETSTACK_KNOBS when set: the echo floor helper
+	// honours it, wormd does not.
+	EchoKnobs   string `json:"echo_knobs_override,omitempty"`
+	GoVersion   string `json:"go_version"`
+	GitRevision string `json:"git_revision"`
+	Hostname    string `json:"hostname"`
+	LoadAvg     string `json:"loadavg_at_start"`
 }
 
 func captureEnv(o *Options, cls map[string]cluster) Env {
@@ -62,6 +65,7 @@ func captureEnv(o *Options, cls map[string]cluster) Env {
 	}
 	// wormd builds its netstack with DefaultKnobs (it takes no knob flags).
 	e.NetstackKnobs = json.RawMessage(netstack.DefaultKnobs().String())
+	e.EchoKnobs = os.Getenv("WORM_NETSTACK_KNOBS")
 	if out, err := exec.Command("git", "rev-parse", "HEAD").Output(); err == nil {
 		e.GitRevision = strings.TrimSpace(string(out))
 		if st, err := exec.Command("git", "status", "--porcelain", "--untracked-files=no").Output(); err == nil && len(strings.TrimSpace(string(st))) > 0 {
