@@ -18,7 +18,8 @@
 // run; repetitions are interleaved across configurations (rep 1 of every
 // configuration, then rep 2, ...) so that drift of a noisy machine hits all
 // alike. Each measurement is a closed-loop run from worm/bench (write,
-// read, capture-write) or a WormLog append loop, after a warm-up; the
+// read, capture-write), a WormLog append loop or WormPaxos KV puts, after
+// a warm-up; the
 // cluster's CPU time (wormd or QEMU processes, from /proc/PID/stat) and
 // the harness's own (getrusage) are sampled around it. Rows report the
 // median over repetitions with min and max, and ratios to host-kernel.
@@ -460,9 +461,12 @@ func (r *runner) measureConfig(ctx context.Context, rep int, cfg string) error {
 			self0 := selfCPU()
 			var res bench.Result
 			var err error
-			if wl == LogAppend {
+			switch wl {
+			case LogAppend:
 				res, err = runLog(ctx, sp, n, r.o.Warmup, r.o.Duration, r.o.ValueSize)
-			} else {
+			case KVPut:
+				res, err = runKV(ctx, sp, n, r.o.Warmup, r.o.Duration, r.o.ValueSize)
+			default:
 				res, err = bench.Run(ctx, bench.Config{Spaces: []worm.Space{sp}, Workload: bench.Workload(wl), Clients: n,
 					Duration: r.o.Duration, Warmup: r.o.Warmup, ValueSize: r.o.ValueSize})
 			}

@@ -106,7 +106,7 @@ func TestCompareQuickEndToEnd(t *testing.T) {
 	imageDir := filepath.Join(root, "build", "image")
 	cfgs := e2eConfigs(t, imageDir)
 	out := filepath.Join(t.TempDir(), "report")
-	workloads := []string{"write", "read", "capture-write", "log-append"}
+	workloads := []string{"write", "read", "capture-write", "log-append", "kv-put"}
 	clients := []int{1, 4}
 	cmd := exec.Command(filepath.Join(bin, "worm"), "compare", "-quick",
 		"-configs", strings.Join(cfgs, ","), "-workloads", strings.Join(workloads, ","),

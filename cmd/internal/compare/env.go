@@ -138,9 +138,12 @@ func (r *runner) profile(ctx context.Context) {
 		go func() {
 			defer close(done)
 			d := time.Duration(secs)*time.Second + 2*time.Second
-			if r.o.ProfileWorkload == LogAppend {
+			switch r.o.ProfileWorkload {
+			case LogAppend:
 				runLog(ctx, sp, r.o.ProfileClients, 0, d, r.o.ValueSize)
-			} else {
+			case KVPut:
+				runKV(ctx, sp, r.o.ProfileClients, 0, d, r.o.ValueSize)
+			default:
 				bench.Run(ctx, bench.Config{Spaces: []worm.Space{sp}, Workload: bench.Workload(r.o.ProfileWorkload),
 					Clients: r.o.ProfileClients, Duration: d, Warmup: -1, ValueSize: r.o.ValueSize})
 			}

@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"github.com/wormspace/wormspace/apps/wormlog"
+	"github.com/wormspace/wormspace/apps/wormpaxos"
+	"github.com/wormspace/wormspace/apps/wormpaxos/kv"
 	"github.com/wormspace/wormspace/worm"
 	"github.com/wormspace/wormspace/worm/bench"
 )
@@ -21,8 +23,42 @@ import (
 // one in-process sequencer (a grant, then one write to a quorum).
 const LogAppend = "log-append"
 
+// KVPut is the WormPaxos key-value put workload: closed-loop kv clients
+// proposing through one in-process replica (sticky leader, batching and
+// pipelining as configured by default) on the configuration's cluster.
+const KVPut = "kv-put"
+
 // Workloads lists every workload, in report order.
-var Workloads = []string{string(bench.Write), string(bench.Read), string(bench.CaptureWrite), LogAppend}
+var Workloads = []string{string(bench.Write), string(bench.Read), string(bench.CaptureWrite), LogAppend, KVPut}
+
+// runKV measures WormPaxos KV puts with clients closed-loop kv clients.
+func runKV(ctx context.Context, sp worm.Space, clients int, warmup, duration time.Duration, valueSize int) (bench.Result, error) {
+	logBase := uint64(time.Now().UnixNano()/1000) << 8
+	rep, err := wormpaxos.New(sp, kv.NewStore(), wormpaxos.Config{Policy: wormpaxos.Sticky, LogBase: logBase, Logger: discardLogger})
+	if err != nil {
+		return bench.Result{}, err
+	}
+	rctx, stop := context.WithCancel(ctx)
+	runErr := make(chan error, 1)
+	go func() { runErr <- rep.Run(rctx) }()
+	defer func() { stop(); <-runErr }()
+	value := strings.Repeat("v", valueSize)
+	kcs := make([]*kv.Client, clients)
+	for i := range kcs {
+		kcs[i] = kv.NewClient(fmt.Sprintf("compare-%d-%d", logBase, i), rep)
+	}
+	pctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	err = kcs[0].Put(pctx, "first", value)
+	cancel()
+	if err != nil {
+		return bench.Result{}, fmt.Errorf("kv-put: first put: %w", err)
+	}
+	seq := make([]int, clients)
+	return closedLoop(ctx, KVPut, clients, warmup, duration, func(ctx context.Context, i int) error {
+		seq[i]++
+		return kcs[i].Put(ctx, fmt.Sprintf("k%d-%d", i, seq[i]%1000), value)
+	})
+}
 
 // clkTck is USER_HZ, the unit of /proc/PID/stat times (100 on every
 // Linux architecture Go supports).
@@ -92,7 +128,7 @@ func runLog(ctx context.Context, sp worm.Space, clients int, warmup, duration ti
 	if err != nil {
 		return bench.Result{}, fmt.Errorf("log-append: first append: %w", err)
 	}
-	return closedLoop(ctx, LogAppend, clients, warmup, duration, func(ctx context.Context) error {
+	return closedLoop(ctx, LogAppend, clients, warmup, duration, func(ctx context.Context, _ int) error {
 		_, err := lg.Append(ctx, value)
 		return err
 	})
@@ -100,7 +136,7 @@ func runLog(ctx context.Context, sp worm.Space, clients int, warmup, duration ti
 
 // closedLoop runs op from clients goroutines, each issuing the next call
 // when the last returns, and measures after warmup for duration.
-func closedLoop(ctx context.Context, name string, clients int, warmup, duration time.Duration, op func(context.Context) error) (bench.Result, error) {
+func closedLoop(ctx context.Context, name string, clients int, warmup, duration time.Duration, op func(ctx context.Context, worker int) error) (bench.Result, error) {
 	var measuring, stop atomic.Bool
 	var ops, nerr atomic.Int64
 	var firstErr atomic.Value
@@ -111,7 +147,7 @@ func closedLoop(ctx context.Context, name string, clients int, warmup, duration 
 			for !stop.Load() && ctx.Err() == nil {
 				octx, cancel := context.WithTimeout(ctx, 10*time.Second)
 				t := time.Now()
-				err := op(octx)
+				err := op(octx, i)
 				d := time.Since(t)
 				cancel()
 				if !measuring.Load() {
