@@ -50,6 +50,7 @@ func cmdCompare(args []string) error {
 	configs := fs.String("configs", strings.Join(compare.Configs, ","), "configurations, comma separated")
 	workloads := fs.String("workloads", strings.Join(compare.Workloads, ","), "workloads, comma separated")
 	clientsF := fs.String("clients", "1,4,16,64", "closed-loop client counts to sweep")
+	ratesF := fs.String("rates", "", "open-loop WormLog append rates (ops/s) for latency under load, e.g. 500,2000 (none by default)")
 	duration := fs.Duration("duration", 3*time.Second, "measured time per run")
 	warmup := fs.Duration("warmup", time.Second, "unmeasured warm-up before each run")
 	reps := fs.Int("reps", 3, "repetitions, interleaved across configurations")
@@ -87,6 +88,12 @@ func cmdCompare(args []string) error {
 	if err != nil {
 		return &exitError{code: exitFailure, msg: "-clients: " + err.Error()}
 	}
+	var rates []int
+	if *ratesF != "" {
+		if rates, err = parseInts(*ratesF); err != nil {
+			return &exitError{code: exitFailure, msg: "-rates: " + err.Error()}
+		}
+	}
 	accel, err := qemu.ParseAccel(*accelF)
 	if err != nil {
 		return &exitError{code: exitFailure, msg: err.Error()}
@@ -105,7 +112,7 @@ func cmdCompare(args []string) error {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	o := compare.Options{
-		Configs: splitList(*configs), Workloads: splitList(*workloads), Clients: counts,
+		Configs: splitList(*configs), Workloads: splitList(*workloads), Clients: counts, Rates: rates,
 		Duration: *duration, Warmup: *warmup, Reps: *reps, ValueSize: *value, Volatile: !*durable,
 		Out: *out, Wormd: wormd, EchoCmd: []string{exe, "compare-echo"},
 		ImageDir: *image, Accel: accel, Pprof: *pprofF, ProfileWorkload: *profWl, ProfileClients: *profC, ProfileFor: *profFor,

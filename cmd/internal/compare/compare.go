@@ -19,9 +19,9 @@
 // configuration, then rep 2, ...) so that drift of a noisy machine hits all
 // alike. Each measurement is a closed-loop run from worm/bench (write,
 // read, capture-write), a WormLog append loop or WormPaxos KV puts, after
-// a warm-up; the
-// cluster's CPU time (wormd or QEMU processes, from /proc/PID/stat) and
-// the harness's own (getrusage) are sampled around it. Rows report the
+// a warm-up; open-loop WormLog appends at fixed rates (Options.Rates) give
+// latency under load. The cluster's CPU time (wormd or QEMU processes,
+// from /proc/PID/stat) and the harness's own (getrusage) are sampled around it. Rows report the
 // median over repetitions with min and max, and ratios to host-kernel.
 //
 // Run writes report.json, results.csv, a text table and SVG+PNG plots to
@@ -63,6 +63,9 @@ type Options struct {
 	// (default 1,4,16,64).
 	Workloads []string
 	Clients   []int
+	// Rates are open-loop arrival rates (ops/s) of WormLog appends, each
+	// measured like a workload (none by default).
+	Rates []int
 	// Duration of each measurement after Warmup; Reps repetitions.
 	Duration, Warmup time.Duration
 	Reps             int
@@ -189,6 +192,8 @@ type Row struct {
 	Config   string `json:"config"`
 	Workload string `json:"workload"`
 	Clients  int    `json:"clients"`
+	// Rate is the open-loop arrival rate (OpenLoop rows; Clients is 0).
+	Rate int `json:"rate,omitempty"`
 	// Floor marks the floors (echo, spec).
 	Floor     bool     `json:"floor,omitempty"`
 	Samples   []Sample `json:"samples"`
@@ -260,6 +265,9 @@ func (r *runner) row(cfg, wl string, clients int, floor bool) *Row {
 		return x
 	}
 	x := &Row{Config: cfg, Workload: wl, Clients: clients, Floor: floor}
+	if clients < 0 { // open loop: the key carries the rate
+		x.Clients, x.Rate = 0, -clients
+	}
 	r.rows[k] = x
 	r.order = append(r.order, k)
 	return x
@@ -341,7 +349,7 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 		if c, ok := r.cls[cfg]; ok && c.echoAddr() != "" {
 			perRep++
 		}
-		perRep += len(o.Workloads) * len(o.Clients)
+		perRep += len(o.Workloads)*len(o.Clients) + len(o.Rates)
 	}
 	r.steps = perRep * o.Reps
 	for rep := 1; rep <= o.Reps; rep++ {
@@ -454,6 +462,27 @@ func (r *runner) measureConfig(ctx context.Context, rep int, cfg string) error {
 		}
 	}
 	sp := r.clients[cfg]
+	for _, rate := range r.o.Rates {
+		r.step++
+		cpu0, cerr := cpuOf(pids)
+		res, err := runOpenLog(ctx, sp, rate, r.o.Warmup, r.o.Duration, r.o.ValueSize)
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		var srvD time.Duration
+		if cpu1, err := cpuOf(pids); err == nil && cerr == nil {
+			srvD = cpu1 - cpu0
+		}
+		row := r.row(cfg, OpenLoop, -rate, cfg == Spec)
+		s := Sample{Rep: rep, Errors: 1}
+		if err != nil {
+			s.FirstError = err.Error()
+		} else {
+			s = sampleOf(rep, res, perOp(srvD, res.OpsPerSec*(r.o.Warmup+r.o.Duration).Seconds()), 0)
+		}
+		row.Samples = append(row.Samples, s)
+		r.progress("[%d/%d] rep %d %s %s @%d/s: %s", r.step, r.steps, rep, cfg, OpenLoop, rate, sampleLine(s))
+	}
 	for _, wl := range r.o.Workloads {
 		for _, n := range r.o.Clients {
 			r.step++
@@ -545,7 +574,7 @@ func (r *runner) finish() {
 	}
 	// Report order: by workload, clients, then configuration order.
 	cfgOrder := append([]string{Spec}, Configs...)
-	wlOrder := append([]string{EchoWorkload}, Workloads...)
+	wlOrder := append(append([]string{EchoWorkload}, Workloads...), OpenLoop)
 	var rows []Row
 	for _, k := range r.order {
 		rows = append(rows, *r.rows[k])
@@ -558,12 +587,15 @@ func (r *runner) finish() {
 		if a.Clients != b.Clients {
 			return a.Clients < b.Clients
 		}
+		if a.Rate != b.Rate {
+			return a.Rate < b.Rate
+		}
 		return slices.Index(cfgOrder, a.Config) < slices.Index(cfgOrder, b.Config)
 	})
 	ref := map[string]Row{}
 	for _, x := range rows {
 		if x.Config == HostKernel || x.Config == VMKernel {
-			ref[fmt.Sprintf("%s|%s|%d", x.Config, x.Workload, x.Clients)] = x
+			ref[fmt.Sprintf("%s|%s|%d|%d", x.Config, x.Workload, x.Clients, x.Rate)] = x
 		}
 	}
 	div := func(a, b float64) float64 {
@@ -575,11 +607,11 @@ func (r *runner) finish() {
 	for i := range rows {
 		x := &rows[i]
 		kernelPeer := map[string]string{HostNetstack: HostKernel, VMNetstack: VMKernel}[x.Config]
-		if k, ok := ref[fmt.Sprintf("%s|%s|%d", kernelPeer, x.Workload, x.Clients)]; ok {
+		if k, ok := ref[fmt.Sprintf("%s|%s|%d|%d", kernelPeer, x.Workload, x.Clients, x.Rate)]; ok {
 			x.StackTputRatio = div(x.OpsPerSec.Median, k.OpsPerSec.Median)
 			x.StackP50Ratio = div(x.P50us.Median, k.P50us.Median)
 		}
-		b, ok := ref[fmt.Sprintf("%s|%s|%d", HostKernel, x.Workload, x.Clients)]
+		b, ok := ref[fmt.Sprintf("%s|%s|%d|%d", HostKernel, x.Workload, x.Clients, x.Rate)]
 		if !ok {
 			continue
 		}

@@ -110,7 +110,7 @@ func TestCompareQuickEndToEnd(t *testing.T) {
 	clients := []int{1, 4}
 	cmd := exec.Command(filepath.Join(bin, "worm"), "compare", "-quick",
 		"-configs", strings.Join(cfgs, ","), "-workloads", strings.Join(workloads, ","),
-		"-clients", "1,4", "-duration", "300ms", "-warmup", "100ms", "-reps", "2",
+		"-clients", "1,4", "-rates", "300", "-duration", "300ms", "-warmup", "100ms", "-reps", "2",
 		"-image", imageDir, "-out", out)
 	cmd.Env = append(os.Environ(), "WORMD="+filepath.Join(bin, "wormd"))
 	var stdout, stderr bytes.Buffer
@@ -176,6 +176,9 @@ func TestCompareQuickEndToEnd(t *testing.T) {
 				}
 			}
 		}
+		if x, ok := rows[key{c, OpenLoop, 0}]; !ok || x.Rate != 300 || x.OpsPerSec.Median <= 0 || x.P50us.Median <= 0 {
+			t.Errorf("%s: no open-loop row at 300/s: %+v", c, x)
+		}
 		if c == HostKernel || c == HostNetstack {
 			if x, ok := rows[key{c, EchoWorkload, 1}]; !ok || x.P50us.Median <= 0 {
 				t.Errorf("%s: no raw echo floor", c)
@@ -200,8 +203,8 @@ func TestCompareQuickEndToEnd(t *testing.T) {
 		if len(r) != len(CSVHeader) {
 			t.Fatalf("csv row %v: %d columns", r, len(r))
 		}
-		if v, err := strconv.ParseFloat(r[5], 64); err != nil || v <= 0 {
-			t.Errorf("csv row %v: throughput %q", r, r[5])
+		if v, err := strconv.ParseFloat(r[6], 64); err != nil || v <= 0 {
+			t.Errorf("csv row %v: throughput %q", r, r[6])
 		}
 	}
 
@@ -229,8 +232,8 @@ func TestCompareQuickEndToEnd(t *testing.T) {
 			}
 		}
 	}
-	if svgs != len(workloads)+2 || pngs != svgs {
-		t.Errorf("%d SVG and %d PNG plots, want %d each", svgs, pngs, len(workloads)+2)
+	if svgs != len(workloads)+3 || pngs != svgs {
+		t.Errorf("%d SVG and %d PNG plots, want %d each", svgs, pngs, len(workloads)+3)
 	}
 	for _, name := range []string{"table.txt", "table.md"} {
 		if st, err := os.Stat(filepath.Join(out, name)); err != nil || st.Size() == 0 {

@@ -134,6 +134,84 @@ func runLog(ctx context.Context, sp worm.Space, clients int, warmup, duration ti
 	})
 }
 
+// OpenLoop names the open-loop rows: WormLog appends arriving at a fixed
+// rate whatever the latency, so queueing shows in the latency.
+const OpenLoop = "open-log-append"
+
+// runOpenLog issues appends at rate per second (evenly spaced, each in its
+// own goroutine, at most 4096 outstanding: arrivals beyond that count as
+// errors) and measures each from its scheduled start, so a stalled cluster
+// is not hidden by a generator that waits (no coordinated omission).
+func runOpenLog(ctx context.Context, sp worm.Space, rate int, warmup, duration time.Duration, valueSize int) (bench.Result, error) {
+	segBase := uint64(time.Now().UnixNano()/1000) << 8
+	cfg := wormlog.Config{Name: fmt.Sprintf("compare-open-%d", segBase), FirstSeg: segBase, Prefetch: 2, HoleTimeout: -1, Logger: discardLogger}
+	seq := wormlog.NewSequencer(sp, cfg)
+	defer seq.Close()
+	lg := wormlog.NewClient(sp, cfg, seq)
+	value := make([]byte, valueSize)
+	pctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	_, err := lg.Append(pctx, value)
+	cancel()
+	if err != nil {
+		return bench.Result{}, fmt.Errorf("open-log-append: first append: %w", err)
+	}
+	interval := time.Second / time.Duration(max(rate, 1))
+	var mu sync.Mutex
+	var samples []time.Duration
+	var nerr, outstanding atomic.Int64
+	var firstErr atomic.Value
+	var wg sync.WaitGroup
+	start := time.Now()
+	mStart, mEnd := start.Add(warmup), start.Add(warmup+duration)
+	for i := 0; ; i++ {
+		at := start.Add(time.Duration(i) * interval)
+		if !at.Before(mEnd) || ctx.Err() != nil {
+			break
+		}
+		if d := time.Until(at); d > 0 {
+			sleepCtx(ctx, d)
+		}
+		measured := !at.Before(mStart)
+		if outstanding.Load() >= 4096 {
+			if measured {
+				nerr.Add(1)
+				firstErr.CompareAndSwap(nil, "open loop: 4096 appends outstanding")
+			}
+			continue
+		}
+		outstanding.Add(1)
+		wg.Go(func() {
+			defer outstanding.Add(-1)
+			octx, cancel := context.WithTimeout(ctx, 10*time.Second)
+			_, err := lg.Append(octx, value)
+			cancel()
+			d := time.Since(at)
+			if !measured {
+				return
+			}
+			if err != nil {
+				nerr.Add(1)
+				firstErr.CompareAndSwap(nil, err.Error())
+				return
+			}
+			mu.Lock()
+			samples = append(samples, d)
+			mu.Unlock()
+		})
+	}
+	wg.Wait()
+	if ctx.Err() != nil {
+		return bench.Result{}, ctx.Err()
+	}
+	n := int64(len(samples))
+	r := bench.Result{Workload: bench.Workload(OpenLoop), Duration: duration, Ops: n, Writes: n, Errors: nerr.Load(),
+		OpsPerSec: float64(n) / duration.Seconds(), Latency: bench.Summarize(samples)}
+	if s, ok := firstErr.Load().(string); ok {
+		r.FirstError = s
+	}
+	return r, nil
+}
+
 // closedLoop runs op from clients goroutines, each issuing the next call
 // when the last returns, and measures after warmup for duration.
 func closedLoop(ctx context.Context, name string, clients int, warmup, duration time.Duration, op func(ctx context.Context, worker int) error) (bench.Result, error) {

@@ -226,7 +226,7 @@ func curveChart(c canvas, rep *Report, wl string) {
 	for _, cfg := range cfgs {
 		col := colorOf(cfg)
 		pts := series[cfg]
-		slices.SortFunc(pts, func(a, b Row) int { return a.Clients - b.Clients })
+		slices.SortFunc(pts, func(a, b Row) int { return a.Clients + a.Rate - b.Clients - b.Rate })
 		for i, p := range pts {
 			x, y := px(p.OpsPerSec.Median), py(p.P50us.Median)
 			if i > 0 {
@@ -234,7 +234,11 @@ func curveChart(c canvas, rep *Report, wl string) {
 				c.line(px(q.OpsPerSec.Median), py(q.P50us.Median), x, y, col, 2, cfg == Spec)
 			}
 			c.circle(x, y, 4, col)
-			c.text(x+6, y-6, fmt.Sprintf("c%d", p.Clients), "start", dark)
+			label := fmt.Sprintf("c%d", p.Clients)
+			if p.Rate > 0 {
+				label = fmt.Sprintf("@%s", si(float64(p.Rate)))
+			}
+			c.text(x+6, y-6, label, "start", dark)
 		}
 		c.line(plotR+15, ly-4, plotR+40, ly-4, col, 3, cfg == Spec)
 		c.text(plotR+46, ly, cfg, "start", black)
@@ -324,18 +328,18 @@ func writePlots(rep *Report, dir string) ([]string, error) {
 	}
 	maxC, minC := 0, math.MaxInt
 	for _, x := range rep.Rows {
-		if !x.Floor {
+		if !x.Floor && x.Rate == 0 && x.Workload != EchoWorkload {
 			maxC, minC = max(maxC, x.Clients), min(minC, x.Clients)
 		}
 	}
 	charts = append(charts,
 		chart{"overhead-throughput", func(c canvas) {
 			barChart(c, rep, fmt.Sprintf("throughput relative to host-kernel, %d clients (higher is better)", maxC),
-				func(x Row) bool { return x.Clients == maxC }, func(x Row) float64 { return x.TputRatio })
+				func(x Row) bool { return x.Clients == maxC && x.Rate == 0 }, func(x Row) float64 { return x.TputRatio })
 		}},
 		chart{"overhead-latency", func(c canvas) {
 			barChart(c, rep, fmt.Sprintf("p50 latency relative to host-kernel, %d client(s) (lower is better)", minC),
-				func(x Row) bool { return x.Clients == minC }, func(x Row) float64 { return x.P50Ratio })
+				func(x Row) bool { return x.Clients == minC && x.Rate == 0 }, func(x Row) float64 { return x.P50Ratio })
 		}},
 	)
 	var files []string

@@ -13,7 +13,7 @@ import (
 )
 
 // CSVHeader is the column list of results.csv.
-var CSVHeader = []string{"config", "workload", "clients", "floor", "reps",
+var CSVHeader = []string{"config", "workload", "clients", "rate", "floor", "reps",
 	"ops_per_sec_median", "ops_per_sec_min", "ops_per_sec_max",
 	"p50_us_median", "p50_us_min", "p50_us_max", "p99_us_median",
 	"server_cpu_us_per_op", "client_cpu_us_per_op",
@@ -29,7 +29,7 @@ func CSV(rep *Report) []byte {
 	w := csv.NewWriter(&b)
 	w.Write(CSVHeader)
 	for _, x := range rep.Rows {
-		w.Write([]string{x.Config, x.Workload, strconv.Itoa(x.Clients), strconv.FormatBool(x.Floor), strconv.Itoa(len(x.Samples)),
+		w.Write([]string{x.Config, x.Workload, strconv.Itoa(x.Clients), strconv.Itoa(x.Rate), strconv.FormatBool(x.Floor), strconv.Itoa(len(x.Samples)),
 			f1(x.OpsPerSec.Median), f1(x.OpsPerSec.Min), f1(x.OpsPerSec.Max),
 			f1(x.P50us.Median), f1(x.P50us.Min), f1(x.P50us.Max), f1(x.P99us.Median),
 			f2(x.ServerCPU.Median), f2(x.ClientCPU.Median),
@@ -74,13 +74,21 @@ func Table(rep *Report) string {
 	tw := tabwriter.NewWriter(&b, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(tw, "workload\tclients\tconfig\tops/s\t(min-max)\tp50 µs\tp99 µs\tsrv cpu µs/op\tcli cpu µs/op\ttput vs 1\tp50 vs 1\tcpu vs 1\tns/kernel tput\tns/kernel p50\terrors\t")
 	for _, x := range rep.Rows {
-		fmt.Fprintf(tw, "%s\t%d\t%s\t%.0f\t%.0f-%.0f\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t\n",
-			x.Workload, x.Clients, x.Config, x.OpsPerSec.Median, x.OpsPerSec.Min, x.OpsPerSec.Max,
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%.0f\t%.0f-%.0f\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t\n",
+			x.Workload, load(x), x.Config, x.OpsPerSec.Median, x.OpsPerSec.Min, x.OpsPerSec.Max,
 			f1(x.P50us.Median), f1(x.P99us.Median), dash(x.ServerCPU.Median), dash(x.ClientCPU.Median),
 			ratio(x.TputRatio), ratio(x.P50Ratio), ratio(x.CPURatio), ratio(x.StackTputRatio), ratio(x.StackP50Ratio), x.Errors)
 	}
 	tw.Flush()
 	return b.String()
+}
+
+// load is the clients column: the client count, or @RATE/s open loop.
+func load(x Row) string {
+	if x.Rate > 0 {
+		return "@" + strconv.Itoa(x.Rate) + "/s"
+	}
+	return strconv.Itoa(x.Clients)
 }
 
 func dash(x float64) string {
@@ -106,7 +114,7 @@ func Markdown(rep *Report) string {
 	b.WriteString("| workload | clients | config | ops/s (min–max) | p50 µs | p99 µs | server CPU µs/op | tput vs host-kernel | p50 vs host-kernel | netstack/kernel tput | netstack/kernel p50 |\n")
 	b.WriteString("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|\n")
 	for _, x := range rep.Rows {
-		fmt.Fprintf(&b, "| %s | %d | %s | %.0f (%.0f–%.0f) | %s | %s | %s | %s | %s | %s | %s |\n", x.Workload, x.Clients, x.Config,
+		fmt.Fprintf(&b, "| %s | %s | %s | %.0f (%.0f–%.0f) | %s | %s | %s | %s | %s | %s | %s |\n", x.Workload, load(x), x.Config,
 			x.OpsPerSec.Median, x.OpsPerSec.Min, x.OpsPerSec.Max, f1(x.P50us.Median), f1(x.P99us.Median), dash(x.ServerCPU.Median),
 			ratio(x.TputRatio), ratio(x.P50Ratio), ratio(x.StackTputRatio), ratio(x.StackP50Ratio))
 	}
