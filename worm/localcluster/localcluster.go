@@ -394,9 +394,33 @@ func (c *Cluster) Kill(i int) error {
 	return nil
 }
 
-// Pause stops node i with SIGSTOP (its connections stay open); Resume
-// continues it.
-func (c *Cluster) Pause(i int) error  { return c.signal(i, syscall.SIGSTOP) }
+// Pause stops node i with SIGSTOP (its connections stay open) and returns
+// once the process is stopped: the signal is asynchronous, and a wormd
+// that still answers after Pause returned would make "two of three
+// stopped" tests see a server answer. Resume continues it.
+func (c *Cluster) Pause(i int) error {
+	if err := c.signal(i, syscall.SIGSTOP); err != nil {
+		return err
+	}
+	pid := c.Nodes[i].Pid()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		if err != nil {
+			return fmt.Errorf("localcluster: pause wormd %d: %w", c.Nodes[i].ID, err)
+		}
+		// The state follows the parenthesised command name.
+		if j := strings.LastIndexByte(string(b), ')'); j >= 0 && j+2 < len(b) && (b[j+2] == 'T' || b[j+2] == 't') {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("localcluster: wormd %d not stopped 5s after SIGSTOP", c.Nodes[i].ID)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// Resume continues node i after Pause.
 func (c *Cluster) Resume(i int) error { return c.signal(i, syscall.SIGCONT) }
 
 // Terminate stops node i gracefully (SIGTERM) and waits up to timeout,
