@@ -111,7 +111,16 @@ func parseInts(s string) ([]int, error) {
 	return out, nil
 }
 
+// benchApps holds the application benchmarks, `worm bench NAME [flags]`
+// (kv, log, tx); each registers itself from its own file's init.
+var benchApps = map[string]func(args []string) error{}
+
 func cmdBench(args []string) error {
+	if len(args) > 0 {
+		if run, ok := benchApps[args[0]]; ok {
+			return run(args[1:])
+		}
+	}
 	var sf spaceFlags
 	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
 	sf.add(fs)
