@@ -26,10 +26,11 @@ import (
 // DefaultModules is what a WormSpace guest needs: the virtio PCI transport,
 // the NIC, the data disk, the entropy source, ext4 for the data disk,
 // AF_PACKET for netstack, and the ACPI power button with evdev so that the
-// guest init sees a host's system_powerdown (QMP) as a KEY_POWER event.
+// guest init sees a host's system_powerdown (QMP) as a KEY_POWER event,
+// and qemu_fw_cfg, through which QEMU hands over the cluster key.
 // Names the kernel has built in (ext4 and af_packet in Debian's cloud
 // kernel) are satisfied without loading.
-var DefaultModules = []string{"virtio_pci", "virtio_net", "virtio_blk", "virtio_rng", "ext4", "af_packet", "button", "evdev"}
+var DefaultModules = []string{"virtio_pci", "virtio_net", "virtio_blk", "virtio_rng", "ext4", "af_packet", "button", "evdev", "qemu_fw_cfg"}
 
 // Options configures Fetch.
 type Options struct {

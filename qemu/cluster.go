@@ -440,9 +440,12 @@ func (c *Cluster) spec(vs VMState) Spec {
 		Kernel: c.st.Kernel, Initrd: c.st.Initrd,
 		MemoryMiB: c.st.MemoryMiB, CPUs: c.st.CPUs,
 		ID: vs.ID, Stack: c.st.Stack, Port: c.st.Port,
-		Volatile: c.st.Volatile, Key: c.st.Key, SegmentSize: c.st.SegmentSize, Debug: c.st.Debug,
+		Volatile: c.st.Volatile, SegmentSize: c.st.SegmentSize, Debug: c.st.Debug,
 		Disk: vs.Disk, Net: c.st.Net, HostFwd: vs.HostFwd,
 		Console: vs.Console, QMP: vs.QMP,
+	}
+	if c.st.Key != "" {
+		s.KeyFile = c.KeyFile()
 	}
 	s.Addr, _ = netip.ParsePrefix(vs.GuestAddr)
 	s.Gateway, _ = netip.ParseAddr(vs.Gateway)

@@ -1,7 +1,6 @@
 package qemu
 
 import (
-	"encoding/hex"
 	"fmt"
 	"net"
 	"net/netip"
@@ -62,9 +61,16 @@ type Spec struct {
 	Stack       string       // worm.stack
 	Port        int          // worm.port
 	Volatile    bool         // worm.volatile=1
-	Key         string       // worm.key, hex, optional
 	SegmentSize int          // worm.segsize, optional
 	Debug       bool         // worm.debug=1
+
+	// KeyFile is a file holding the cluster key in hex, handed to the
+	// guest as the fw_cfg item FwCfgKey (read by the guest init from
+	// /sys/firmware/qemu_fw_cfg). Not the kernel command line: -append
+	// shows in every host user's ps and in the guest's /proc/cmdline,
+	// and the file= form keeps the key off QEMU's own argv too.
+	// Optional: without it the guest's wormd serves unauthenticated.
+	KeyFile string
 
 	// Disk is the raw data disk file; empty means no disk (the guest then
 	// keeps its data on tmpfs and warns).
@@ -90,6 +96,12 @@ type Spec struct {
 	QMP string
 }
 
+// FwCfgKey is the fw_cfg item carrying the cluster key to the guest.
+// Names under opt/ are reserved for users of QEMU; the vendor part keeps
+// it apart from anyone else's (QEMU's docs ask for an RFC 2606 style
+// prefix). The guest init reads it (kernel/guest.FwCfgKeyPath).
+const FwCfgKey = "opt/org.wormspace/key"
+
 // KernelCmdline returns the -append string for s.
 func (s *Spec) KernelCmdline() string {
 	p := []string{
@@ -113,9 +125,6 @@ func (s *Spec) KernelCmdline() string {
 	}
 	if s.Volatile {
 		p = append(p, "worm.volatile=1")
-	}
-	if s.Key != "" {
-		p = append(p, "worm.key="+s.Key)
 	}
 	if s.SegmentSize > 0 {
 		p = append(p, "worm.segsize="+strconv.Itoa(s.SegmentSize))
@@ -150,14 +159,7 @@ func (s *Spec) validate() error {
 	case s.Console == "" || s.QMP == "":
 		return fmt.Errorf("%w: console and QMP paths are required", ErrConfig)
 	}
-	if s.Key != "" {
-		// The key lands on the kernel command line: hex only, so it can
-		// neither split into extra parameters nor smuggle QEMU options.
-		if _, err := hex.DecodeString(s.Key); err != nil {
-			return fmt.Errorf("%w: key is not hex: %v", ErrConfig, err)
-		}
-	}
-	for _, f := range []string{s.Kernel, s.Initrd, s.Disk, s.Console, s.QMP} {
+	for _, f := range []string{s.Kernel, s.Initrd, s.Disk, s.Console, s.QMP, s.KeyFile} {
 		// QEMU option values are comma-separated; a comma in a path
 		// would need doubling, which nothing here needs to support.
 		if strings.Contains(f, ",") {
@@ -220,6 +222,11 @@ func (s *Spec) Args() ([]string, error) {
 		"-object", "rng-random,id=rng0,filename=/dev/urandom",
 		"-device", "virtio-rng-pci,rng=rng0",
 	)
+	if s.KeyFile != "" {
+		// QEMU reads the file when it starts; the guest sees it as
+		// /sys/firmware/qemu_fw_cfg/by_name/<FwCfgKey>/raw.
+		a = append(a, "-fw_cfg", "name="+FwCfgKey+",file="+s.KeyFile)
+	}
 	switch s.Net {
 	case NetTAP:
 		// vhost=off: vhost-net only helps KVM and needs /dev/vhost-net;

@@ -34,7 +34,7 @@ func flagValue(args []string, flag, prefix string) (string, bool) {
 
 func TestSpecArgsTAPNetstack(t *testing.T) {
 	s := baseSpec()
-	s.Volatile, s.Key, s.SegmentSize = true, "00ff", 4096
+	s.Volatile, s.KeyFile, s.SegmentSize = true, "/state/cluster.key", 4096
 	args, err := s.Args()
 	if err != nil {
 		t.Fatal(err)
@@ -47,6 +47,7 @@ func TestSpecArgsTAPNetstack(t *testing.T) {
 		{"-device", "virtio-blk-pci,drive=disk0"}, {"-device", "virtio-rng-pci,rng=rng0"},
 		{"-chardev", "file,id=con0,path=vm2.console,append=on"}, {"-serial", "chardev:con0"},
 		{"-qmp", "unix:vm2.qmp,server=on,wait=off"}, {"-display", "none"}, {"-monitor", "none"},
+		{"-fw_cfg", "name=opt/org.wormspace/key,file=/state/cluster.key"},
 	} {
 		if v, ok := flagValue(args, want[0], want[1]); !ok || v != want[1] {
 			t.Errorf("missing %s %s in %q", want[0], want[1], args)
@@ -67,9 +68,15 @@ func TestSpecArgsTAPNetstack(t *testing.T) {
 		}
 	}
 	app, _ := flagValue(args, "-append", "")
-	want := "console=ttyS0 panic=-1 quiet cryptomgr.notests worm.id=2 worm.addr=10.77.0.12/24 worm.stack=netstack worm.port=7070 worm.data=/dev/vda worm.volatile=1 worm.key=00ff worm.segsize=4096"
+	want := "console=ttyS0 panic=-1 quiet cryptomgr.notests worm.id=2 worm.addr=10.77.0.12/24 worm.stack=netstack worm.port=7070 worm.data=/dev/vda worm.volatile=1 worm.segsize=4096"
 	if app != want {
 		t.Errorf("append\n got %q\nwant %q", app, want)
+	}
+	// The key travels by fw_cfg only: never on an argument vector.
+	for _, a := range args {
+		if strings.Contains(a, "worm.key") {
+			t.Errorf("key on QEMU's command line: %q", a)
+		}
 	}
 }
 
@@ -121,7 +128,7 @@ func TestSpecArgsUserNet(t *testing.T) {
 func TestSpecValidate(t *testing.T) {
 	for name, mut := range map[string]func(*Spec){
 		"auto accel":   func(s *Spec) { s.Accel = AccelAuto },
-		"key not hex":  func(s *Spec) { s.Key = "00 worm.id=9" },
+		"comma key":    func(s *Spec) { s.KeyFile = "/a,b.key" },
 		"comma path":   func(s *Spec) { s.Disk = "a,b.img" },
 		"no tap fd":    func(s *Spec) { s.TAPFD = 0 },
 		"bad stack":    func(s *Spec) { s.Stack = "bsd" },

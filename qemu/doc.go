@@ -27,13 +27,12 @@
 // wormd refuses non-loopback addresses without a cluster key, so every
 // cluster has one: Config.Key if given, else the key StateDir/cluster.key
 // left by a previous cluster (clients keep their key file across
-// `worm vm down` and `up`), else 32 random bytes. It goes to every guest
-// as worm.key, is recorded in the state file (0600)
-// and written to StateDir/cluster.key (0600), which `worm vm up` prints
-// as WORM_KEY_FILE. The guest init redacts it from its console log. Known
-// gap: worm.key is in QEMU's -append argument, so local users who can read
-// /proc/PID/cmdline (ps) see it; passing it through fw_cfg instead would
-// close that.
+// `worm vm down` and `up`), else 32 random bytes. It is recorded in the
+// state file (0600) and written to StateDir/cluster.key (0600), which
+// `worm vm up` prints as WORM_KEY_FILE, and reaches every guest through
+// fw_cfg (-fw_cfg name=opt/org.wormspace/key,file=StateDir/cluster.key;
+// FwCfgKey), never on an argument vector: neither QEMU's -append nor its
+// own argv shows it in ps, and the guest's /proc/cmdline does not hold it.
 //
 // Up boots the VMs in parallel and returns when every guest printed
 // WORMSPACE-READY on its serial console; VM.Ready reports the host-side
@@ -80,7 +79,7 @@
 // The kernel command line carries worm.id, worm.addr, worm.stack,
 // worm.port, worm.data=/dev/vda (a raw ext4 disk made once with
 // `mkfs.ext4 -F -q` and kept across restarts), and optionally worm.gw,
-// worm.volatile=1, worm.key, worm.segsize, worm.debug=1. The guest prints
+// worm.volatile=1, worm.segsize, worm.debug=1 (the key goes by fw_cfg). The guest prints
 // `WORMSPACE-READY id=N addr=IP:PORT stack=S uptime_ms=T` when wormd
 // accepts connections and `WORMSPACE-ERROR ...` on failures, and powers off
 // (QEMU runs with -no-reboot and exits) on shutdown.

@@ -74,11 +74,15 @@ type Config struct {
 	Port    int          // worm.port, default 7070
 	// Data is the block device holding the ext4 data filesystem
 	// (worm.data); empty means a tmpfs (nothing survives a reboot).
-	Data        string
-	Volatile    bool   // worm.volatile=1: wormd -volatile
-	Key         string // worm.key: cluster key, hex
-	SegmentSize int    // worm.segsize, 0 = wormd's default
-	Debug       bool   // worm.debug=1: a shell instead of power-off on failure
+	Data     string
+	Volatile bool   // worm.volatile=1: wormd -volatile
+	Key      string // worm.key: cluster key, hex
+	// KeyFile is a file holding the cluster key, used when Key is empty.
+	// Not a command-line parameter: init sets it to FwCfgKeyPath when QEMU
+	// handed the key over by fw_cfg.
+	KeyFile     string
+	SegmentSize int  // worm.segsize, 0 = wormd's default
+	Debug       bool // worm.debug=1: a shell instead of power-off on failure
 }
 
 // ListenAddr is the address wormd listens on: eth0's address and the port.
@@ -106,6 +110,8 @@ func (c Config) WormdArgs() []string {
 	}
 	if c.Key != "" {
 		a = append(a, "-key-hex", c.Key)
+	} else if c.KeyFile != "" {
+		a = append(a, "-key-file", c.KeyFile)
 	}
 	if c.SegmentSize > 0 {
 		a = append(a, "-segment-size", strconv.Itoa(c.SegmentSize))

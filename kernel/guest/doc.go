@@ -46,11 +46,20 @@
 //	worm.port=N        default 7070
 //	worm.data=DEV      ext4 block device for /data; absent: tmpfs + warning
 //	worm.volatile=1    wormd -volatile
-//	worm.key=HEX       cluster key
+//	worm.key=HEX       cluster key (bare metal; under QEMU see below)
 //	worm.segsize=N     segment size
 //	worm.debug=1       a shell instead of power-off on failure
 //
 // Unknown worm.* parameters are warnings on the console, not errors.
+//
+// # The cluster key under QEMU
+//
+// The launcher (package qemu) does not put the key on the kernel command
+// line, where every host user could read it in ps and every guest process
+// in /proc/cmdline. It hands it over as the fw_cfg item
+// opt/org.wormspace/key (QEMU's -fw_cfg name=...,file=...); init loads
+// qemu_fw_cfg and, when worm.key is absent and FwCfgKeyPath exists, starts
+// wormd with -key-file FwCfgKeyPath (readable by root only).
 //
 // The pure parts (ParseCmdline, Restarter, ParseOrder) build and are
 // tested on any OS; Main is Linux only. This package must stay small and

@@ -3,6 +3,8 @@ package guest
 import (
 	"errors"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -213,5 +215,41 @@ func TestWantsDebug(t *testing.T) {
 		if got := WantsDebug(line); got != want {
 			t.Errorf("%q: %v", line, got)
 		}
+	}
+}
+
+// TestFwCfgKey: the key QEMU hands over by fw_cfg reaches wormd as
+// -key-file; an absent item is ErrNoFwCfgKey (wormd then runs without a
+// key), and an unusable one is an error init stops on.
+func TestFwCfgKey(t *testing.T) {
+	dir := t.TempDir()
+	if _, err := FwCfgKey(filepath.Join(dir, "absent")); !errors.Is(err, ErrNoFwCfgKey) {
+		t.Fatalf("absent item: %v, want ErrNoFwCfgKey", err)
+	}
+	for name, content := range map[string]string{"not hex": "zz" + strings.Repeat("ab", 32), "short": strings.Repeat("ab", 31)} {
+		p := filepath.Join(dir, strings.ReplaceAll(name, " ", "-"))
+		os.WriteFile(p, []byte(content+"\n"), 0o600)
+		if _, err := FwCfgKey(p); err == nil || errors.Is(err, ErrNoFwCfgKey) {
+			t.Errorf("%s key: %v, want a description", name, err)
+		}
+	}
+	good := filepath.Join(dir, "raw")
+	os.WriteFile(good, []byte(strings.Repeat("ab", 32)+"\n"), 0o600)
+	path, err := FwCfgKey(good)
+	if err != nil || path != good {
+		t.Fatalf("FwCfgKey(good) = %q, %v", path, err)
+	}
+	c, _, err := ParseCmdline("worm.addr=10.0.0.2/24")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.KeyFile = path
+	args := strings.Join(c.WormdArgs(), " ")
+	if !strings.Contains(args, "-key-file "+good) || strings.Contains(args, "-key-hex") {
+		t.Errorf("WormdArgs = %q, want -key-file %s", args, good)
+	}
+	c.Key = "00ff" // a key on the command line wins
+	if args := strings.Join(c.WormdArgs(), " "); strings.Contains(args, "-key-file") {
+		t.Errorf("WormdArgs with worm.key = %q", args)
 	}
 }

@@ -72,6 +72,18 @@ func Main() {
 		cfg.Debug = WantsDebug(line) // a shell even when the rest is unusable
 		fail(log, cfg, err)
 	}
+	if cfg.Key == "" {
+		switch path, err := FwCfgKey(FwCfgKeyPath); {
+		case err == nil:
+			cfg.KeyFile = path
+			log.Info("cluster key from fw_cfg", "file", path)
+		case errors.Is(err, ErrNoFwCfgKey):
+			// wormd then serves unauthenticated (with -insecure when the
+			// contract asks for it) and says so itself.
+		default:
+			fail(log, cfg, err)
+		}
+	}
 	log.Info("config", "id", cfg.ID, "addr", cfg.Addr, "gw", cfg.Gateway, "stack", cfg.Stack, "port", cfg.Port, "data", cfg.Data)
 
 	if err := setupNetwork(log, cfg); err != nil {
