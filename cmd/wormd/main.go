@@ -75,6 +75,7 @@ type options struct {
 	logLevel    string
 	logJSON     bool
 	shutdownFor time.Duration
+	echoListen  string
 }
 
 func parse(args []string) (*options, error) {
@@ -100,6 +101,7 @@ func parse(args []string) (*options, error) {
 	fs.BoolVar(&o.pprof, "pprof", false, "also serve /debug/pprof on the -metrics address")
 	fs.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.BoolVar(&o.logJSON, "log-json", false, "log JSON lines instead of text")
+	fs.StringVar(&o.echoListen, "echo-listen", "", "also serve a raw TCP echo on this address over the same stack (the round-trip floor worm compare measures against)")
 	fs.DurationVar(&o.shutdownFor, "shutdown-timeout", 10*time.Second, "how long a graceful shutdown waits for requests in flight")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
@@ -269,6 +271,13 @@ func run(args []string) error {
 	l, err := nw.Listen(ctx, "tcp", o.listen)
 	if err != nil {
 		return fmt.Errorf("listen %s on %s: %w", o.listen, nw, err)
+	}
+	if o.echoListen != "" {
+		el, err := serveEcho(ctx, nw, o.echoListen, log)
+		if err != nil {
+			return err
+		}
+		defer el.Close()
 	}
 
 	if o.metrics != "" {
