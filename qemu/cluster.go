@@ -51,6 +51,12 @@ type Config struct {
 	Debug bool
 	// Port is wormd's port in the guest (default 7070).
 	Port int
+	// EchoPort, when positive, has each guest's wormd also serve a raw TCP
+	// echo on this port over its own stack (worm.echo; wormd
+	// -echo-listen): the round-trip floor `worm compare` measures the VMs
+	// against. With user networking a second host port is forwarded to
+	// it. VM.Echo gives the address.
+	EchoPort int
 	// Subnet is the TAP network (default 10.77.0.0/24): the host side is
 	// .1 and VM i is .(10+i). Each cluster has its own namespace, so
 	// clusters may use the same subnet.
@@ -214,7 +220,7 @@ func Up(ctx context.Context, cfg Config) (*Cluster, error) {
 		Version: stateVersion, Name: "worm-" + suffix, Created: time.Now(),
 		Accel: accel, Net: mode,
 		QEMU: qemuBin, Kernel: kernel, Initrd: initrd,
-		Stack: cfg.Stack, Port: cfg.Port, MemoryMiB: cfg.MemoryMiB, CPUs: cfg.CPUs, DiskMiB: cfg.DiskMiB,
+		Stack: cfg.Stack, Port: cfg.Port, EchoPort: cfg.EchoPort, MemoryMiB: cfg.MemoryMiB, CPUs: cfg.CPUs, DiskMiB: cfg.DiskMiB,
 		Volatile: cfg.Volatile, Key: cfg.Key, SegmentSize: cfg.SegmentSize, Debug: cfg.Debug,
 	}
 	if mode == NetTAP {
@@ -406,6 +412,9 @@ func (c *Cluster) newVMState(cfg Config, id int, suffix string) (VMState, error)
 		ip := netip.AddrFrom4(a)
 		vs.GuestAddr = netip.PrefixFrom(ip, cfg.Subnet.Bits()).String()
 		vs.Server = netip.AddrPortFrom(ip, uint16(cfg.Port)).String()
+		if cfg.EchoPort > 0 {
+			vs.Echo = netip.AddrPortFrom(ip, uint16(cfg.EchoPort)).String()
+		}
 		vs.TAP = fmt.Sprintf("wt%d-%s", id, suffix)
 	case NetUser:
 		// QEMU's slirp defaults: guest 10.0.2.15, host/gateway 10.0.2.2.
@@ -417,6 +426,12 @@ func (c *Cluster) newVMState(cfg Config, id int, suffix string) (VMState, error)
 		}
 		vs.HostFwd = p
 		vs.Server = net.JoinHostPort("127.0.0.1", strconv.Itoa(p))
+		if cfg.EchoPort > 0 {
+			if vs.EchoFwd, err = freePort(); err != nil {
+				return vs, err
+			}
+			vs.Echo = net.JoinHostPort("127.0.0.1", strconv.Itoa(vs.EchoFwd))
+		}
 	}
 	return vs, nil
 }
@@ -442,6 +457,7 @@ func (c *Cluster) spec(vs VMState) Spec {
 		ID: vs.ID, Stack: c.st.Stack, Port: c.st.Port,
 		Volatile: c.st.Volatile, SegmentSize: c.st.SegmentSize, Debug: c.st.Debug,
 		Disk: vs.Disk, Net: c.st.Net, HostFwd: vs.HostFwd,
+		EchoPort: c.st.EchoPort, EchoFwd: vs.EchoFwd,
 		Console: vs.Console, QMP: vs.QMP,
 	}
 	if c.st.Key != "" {

@@ -60,6 +60,7 @@ type Spec struct {
 	Gateway     netip.Addr   // worm.gw, optional
 	Stack       string       // worm.stack
 	Port        int          // worm.port
+	EchoPort    int          // worm.echo, optional: wormd's echo floor
 	Volatile    bool         // worm.volatile=1
 	SegmentSize int          // worm.segsize, optional
 	Debug       bool         // worm.debug=1
@@ -86,6 +87,9 @@ type Spec struct {
 	// HostFwd is the 127.0.0.1 port forwarded to the guest's Port; used
 	// with NetUser.
 	HostFwd int
+	// EchoFwd is the 127.0.0.1 port forwarded to the guest's EchoPort
+	// (NetUser with EchoPort set).
+	EchoFwd int
 
 	// Console is the file receiving the serial console (appended to, so a
 	// restarted VM's log follows the previous boot's).
@@ -123,6 +127,9 @@ func (s *Spec) KernelCmdline() string {
 	if s.Disk != "" {
 		p = append(p, "worm.data="+guestDataDev)
 	}
+	if s.EchoPort > 0 {
+		p = append(p, "worm.echo="+strconv.Itoa(s.EchoPort))
+	}
 	if s.Volatile {
 		p = append(p, "worm.volatile=1")
 	}
@@ -154,6 +161,8 @@ func (s *Spec) validate() error {
 		return fmt.Errorf("%w: stack %q (want netstack or kernel)", ErrConfig, s.Stack)
 	case s.Port <= 0 || s.Port > 65535:
 		return fmt.Errorf("%w: port %d", ErrConfig, s.Port)
+	case s.EchoPort < 0 || s.EchoPort > 65535 || (s.EchoPort != 0 && s.EchoPort == s.Port):
+		return fmt.Errorf("%w: echo port %d (wormd on %d)", ErrConfig, s.EchoPort, s.Port)
 	case len(s.MAC) != 6:
 		return fmt.Errorf("%w: MAC %v", ErrConfig, s.MAC)
 	case s.Console == "" || s.QMP == "":
@@ -235,8 +244,12 @@ func (s *Spec) Args() ([]string, error) {
 	case NetUser:
 		// restrict=on isolates the guest (no traffic to the host or the
 		// outside world) except for the explicit forwarding rule.
-		a = append(a, "-netdev", fmt.Sprintf("user,id=net0,net=%s,restrict=on,hostfwd=tcp:127.0.0.1:%d-%s:%d",
-			s.Addr.Masked(), s.HostFwd, s.Addr.Addr(), s.Port))
+		nd := fmt.Sprintf("user,id=net0,net=%s,restrict=on,hostfwd=tcp:127.0.0.1:%d-%s:%d",
+			s.Addr.Masked(), s.HostFwd, s.Addr.Addr(), s.Port)
+		if s.EchoPort > 0 && s.EchoFwd > 0 {
+			nd += fmt.Sprintf(",hostfwd=tcp:127.0.0.1:%d-%s:%d", s.EchoFwd, s.Addr.Addr(), s.EchoPort)
+		}
+		a = append(a, "-netdev", nd)
 	}
 	a = append(a, "-device", s.nicDevice())
 	if s.Disk != "" {

@@ -123,6 +123,23 @@ func TestSpecArgsUserNet(t *testing.T) {
 	if !strings.Contains(s.KernelCmdline(), "worm.gw=10.0.2.2") {
 		t.Errorf("no gateway in %q", s.KernelCmdline())
 	}
+	// The echo floor gets its own forwarded port and worm.echo.
+	s.EchoPort, s.EchoFwd = 7071, 40124
+	args, err = s.Args()
+	if err != nil {
+		t.Fatal(err)
+	}
+	nd, _ = flagValue(args, "-netdev", "")
+	if !strings.HasSuffix(nd, ",hostfwd=tcp:127.0.0.1:40123-10.0.2.15:7070,hostfwd=tcp:127.0.0.1:40124-10.0.2.15:7071") {
+		t.Errorf("netdev with echo %q", nd)
+	}
+	if !strings.Contains(s.KernelCmdline(), " worm.echo=7071") {
+		t.Errorf("no worm.echo in %q", s.KernelCmdline())
+	}
+	s.EchoPort = s.Port
+	if _, err := s.Args(); !errors.Is(err, ErrConfig) {
+		t.Errorf("echo on wormd's port: %v", err)
+	}
 }
 
 func TestSpecValidate(t *testing.T) {

@@ -46,6 +46,7 @@ type State struct {
 	Initrd      string `json:"initrd"`
 	Stack       string `json:"stack"`
 	Port        int    `json:"port"`
+	EchoPort    int    `json:"echo_port,omitempty"`
 	MemoryMiB   int    `json:"memory_mib"`
 	CPUs        int    `json:"cpus"`
 	DiskMiB     int    `json:"disk_mib"`
@@ -69,6 +70,8 @@ type VMState struct {
 	MAC       string `json:"mac"`
 	TAP       string `json:"tap,omitempty"`
 	HostFwd   int    `json:"host_fwd,omitempty"`
+	Echo      string `json:"echo,omitempty"`     // the echo floor's address (Config.EchoPort)
+	EchoFwd   int    `json:"echo_fwd,omitempty"` // its forwarded host port (user networking)
 	Disk      string `json:"disk,omitempty"`
 	Console   string `json:"console"`
 	QMP       string `json:"qmp"`

@@ -47,6 +47,14 @@ func (v *VM) Server() string {
 	return v.st.Server
 }
 
+// Echo returns the address of the guest's raw TCP echo floor ("" unless
+// the cluster was made with Config.EchoPort), reachable like Server.
+func (v *VM) Echo() string {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return v.st.Echo
+}
+
 // Pid returns the QEMU process id, or 0 when the VM is not running.
 func (v *VM) Pid() int {
 	v.mu.Lock()

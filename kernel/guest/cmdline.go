@@ -72,6 +72,9 @@ type Config struct {
 	Gateway netip.Addr   // worm.gw, optional default route
 	Stack   string       // worm.stack: StackNetstack (default) or StackKernel
 	Port    int          // worm.port, default 7070
+	// EchoPort, when set (worm.echo), has wormd also serve a raw TCP echo
+	// on this port over its own stack: the benchmark floor.
+	EchoPort int
 	// Data is the block device holding the ext4 data filesystem
 	// (worm.data); empty means a tmpfs (nothing survives a reboot).
 	Data     string
@@ -104,6 +107,9 @@ func (c Config) WormdArgs() []string {
 		if c.Gateway.IsValid() {
 			a = append(a, "-gw", c.Gateway.String())
 		}
+	}
+	if c.EchoPort > 0 {
+		a = append(a, "-echo-listen", netip.AddrPortFrom(c.Addr.Addr(), uint16(c.EchoPort)).String())
 	}
 	if c.Volatile {
 		a = append(a, "-volatile")
@@ -148,6 +154,9 @@ func (c Config) Cmdline() string {
 	}
 	if c.Data != "" {
 		p = append(p, "worm.data="+c.Data)
+	}
+	if c.EchoPort > 0 {
+		p = append(p, "worm.echo="+strconv.Itoa(c.EchoPort))
 	}
 	if c.Volatile {
 		p = append(p, "worm.volatile=1")
@@ -241,6 +250,12 @@ func ParseCmdline(s string) (Config, []Warning, error) {
 				return Config{}, warns, bad("want a port number 1-65535")
 			}
 			c.Port = n
+		case "worm.echo":
+			n, err := strconv.Atoi(val)
+			if err != nil || n < 1 || n > 65535 {
+				return Config{}, warns, bad("want a port number 1-65535")
+			}
+			c.EchoPort = n
 		case "worm.data":
 			if !strings.HasPrefix(val, "/dev/") || len(val) <= len("/dev/") || strings.ContainsAny(val, " \t") {
 				return Config{}, warns, bad("want a block device path like /dev/vda")
@@ -279,6 +294,9 @@ func ParseCmdline(s string) (Config, []Warning, error) {
 	}
 	if c.Gateway.IsValid() && c.Gateway == c.Addr.Addr() {
 		return Config{}, warns, &ParamError{Param: "worm.gw", Value: c.Gateway.String(), Reason: "the gateway is the VM's own address"}
+	}
+	if c.EchoPort == c.Port {
+		return Config{}, warns, &ParamError{Param: "worm.echo", Value: strconv.Itoa(c.EchoPort), Reason: "the echo floor cannot share wormd's port"}
 	}
 	if c.Data == "" {
 		warns = append(warns, Warning{"worm.data", "no data disk: " + DataDir + " is a tmpfs and nothing survives a reboot"})

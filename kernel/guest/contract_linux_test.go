@@ -92,8 +92,22 @@ func TestWormdAcceptsWormdArgs(t *testing.T) {
 	case <-time.After(30 * time.Second):
 		t.Fatalf("no ready line within 30s\n%s", out.String())
 	}
+	// wormd's log reaches out through exec's copying goroutine, which may
+	// lag the ready line on the pipe: wait for it (bounded).
+	wants := []string{"segment_size=64", "auth=true", "VOLATILE"}
+	has := func(log string) bool {
+		for _, w := range wants {
+			if !strings.Contains(log, w) {
+				return false
+			}
+		}
+		return true
+	}
+	for end := time.Now().Add(10 * time.Second); !has(out.String()) && time.Now().Before(end); {
+		time.Sleep(20 * time.Millisecond)
+	}
 	log := out.String()
-	for _, want := range []string{"segment_size=64", "auth=true", "VOLATILE"} {
+	for _, want := range wants {
 		if !strings.Contains(log, want) {
 			t.Errorf("wormd log lacks %q (flag not applied?):\n%s", want, log)
 		}

@@ -44,6 +44,7 @@
 //	worm.gw=IP         default route (optional)
 //	worm.stack=S       netstack (default) or kernel
 //	worm.port=N        default 7070
+//	worm.echo=N        also a raw TCP echo on port N (wormd -echo-listen), the benchmark floor
 //	worm.data=DEV      ext4 block device for /data; absent: tmpfs + warning
 //	worm.volatile=1    wormd -volatile
 //	worm.key=HEX       cluster key (bare metal; under QEMU see below)

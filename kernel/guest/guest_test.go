@@ -12,13 +12,13 @@ import (
 )
 
 func TestParseCmdlineFull(t *testing.T) {
-	line := `BOOT_IMAGE=/vmlinuz console=ttyS0 panic=-1 quiet cryptomgr.notests worm.id=3 worm.addr=10.77.0.13/24 worm.gw=10.77.0.1 worm.stack=kernel worm.port=7171 worm.data=/dev/vda worm.volatile=1 worm.key=00FFab worm.segsize=4096 worm.debug=1` + "\n"
+	line := `BOOT_IMAGE=/vmlinuz console=ttyS0 panic=-1 quiet cryptomgr.notests worm.id=3 worm.addr=10.77.0.13/24 worm.gw=10.77.0.1 worm.stack=kernel worm.port=7171 worm.echo=7172 worm.data=/dev/vda worm.volatile=1 worm.key=00FFab worm.segsize=4096 worm.debug=1` + "\n"
 	c, warns, err := ParseCmdline(line)
 	if err != nil {
 		t.Fatal(err)
 	}
 	want := Config{ID: 3, Addr: netip.MustParsePrefix("10.77.0.13/24"), Gateway: netip.MustParseAddr("10.77.0.1"),
-		Stack: StackKernel, Port: 7171, Data: "/dev/vda", Volatile: true, Key: "00ffab", SegmentSize: 4096, Debug: true}
+		Stack: StackKernel, Port: 7171, EchoPort: 7172, Data: "/dev/vda", Volatile: true, Key: "00ffab", SegmentSize: 4096, Debug: true}
 	if c != want {
 		t.Fatalf("got  %+v\nwant %+v", c, want)
 	}
@@ -26,7 +26,7 @@ func TestParseCmdlineFull(t *testing.T) {
 		t.Errorf("warnings: %v", warns)
 	}
 	args := strings.Join(c.WormdArgs(), " ")
-	if args != "-id 3 -data /data/wormd -listen 10.77.0.13:7171 -stack kernel -volatile -key-hex 00ffab -segment-size 4096 -ready-fd 3" {
+	if args != "-id 3 -data /data/wormd -listen 10.77.0.13:7171 -stack kernel -echo-listen 10.77.0.13:7172 -volatile -key-hex 00ffab -segment-size 4096 -ready-fd 3" {
 		t.Errorf("args: %s", args)
 	}
 }
@@ -108,6 +108,8 @@ func FuzzParseCmdline(f *testing.F) {
 		"worm.addr=10.0.2.15/24 worm.gw=10.0.2.2 worm.stack=kernel worm.volatile=1 worm.key=00ff worm.segsize=4096 worm.debug=1",
 		`worm.addr="10.0.0.1/8" worm.x=1 worm.id=`,
 		"worm.addr=10.0.0.1/24 worm.id=99999999999999999999",
+		"worm.addr=10.0.0.1/24 worm.echo=7070",
+		"worm.addr=10.0.0.1/24 worm.echo=7071",
 		"",
 	} {
 		f.Add(s)

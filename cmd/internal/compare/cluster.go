@@ -355,6 +355,9 @@ func (c *hostCluster) close() error {
 	return nil
 }
 
+// vmEchoPort is the guest port of the VMs' echo floor (wormd is on 7070).
+const vmEchoPort = 7071
+
 // vmCluster is configuration 3 or 4.
 type vmCluster struct {
 	cfg string
@@ -377,6 +380,10 @@ func startVM(ctx context.Context, o *Options, accel qemu.Accel, cfg, dir string,
 	qc, err := qemu.Up(ctx, qemu.Config{
 		N: 3, Stack: stack, Accel: accel, Net: qemu.NetTAP, ImageDir: o.ImageDir, StateDir: dir,
 		Volatile: o.Volatile, NoDisk: o.Volatile,
+		// The raw echo floor into a VM: served by each guest's wormd on
+		// its own stack (with netstack in the guest, no other process
+		// could serve a round trip over the same path).
+		EchoPort: vmEchoPort,
 		Options: qemu.Options{KillWithParent: true, ReadyTimeout: ready, Progress: func(e qemu.Event) {
 			if e.Kind == qemu.EventInfo || e.Kind == qemu.EventError {
 				progress(fmt.Sprintf("%s: %s", cfg, e.Msg))
@@ -405,7 +412,7 @@ func (v *vmCluster) pids() []int {
 	}
 	return p
 }
-func (v *vmCluster) echoAddr() string     { return "" }
+func (v *vmCluster) echoAddr() string     { return v.c.VMs()[0].Echo() }
 func (v *vmCluster) pprofBase(int) string { return "" }
 func (v *vmCluster) info() map[string]any {
 	var boot, up []float64
