@@ -20,7 +20,11 @@ const (
 	// the request with the same ID.
 	FrameResponse
 	// FramePush: server to client, unsolicited; the payload is a
-	// paxos.Response of KindNotify; the ID is always 0.
+	// paxos.Response of KindNotify; the ID is always 0. Its notify section
+	// names the registers [Off, Off+Count) of Seg that accepted a value
+	// (Count 0: notifications were dropped), and its regs section carries
+	// the accepted ballot and value of those of them the server sends
+	// values for (the others are hints without value).
 	FramePush
 	// FrameErr: the error frame, either direction; the payload is a u8
 	// Code and the error text; the ID is always 0; the sender closes the
@@ -158,7 +162,8 @@ func AppendResponse(dst []byte, id uint64, r *paxos.Response) []byte {
 }
 
 // AppendPush appends a push frame (id 0) carrying r, which should be a
-// KindNotify response.
+// KindNotify response (Seg, Off, Count, and in Regs the accepted state of
+// the registers whose values it carries).
 func AppendPush(dst []byte, r *paxos.Response) []byte {
 	return appendResponse(dst, FramePush, 0, r)
 }

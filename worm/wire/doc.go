@@ -88,8 +88,11 @@
 // length counts the type, id and payload (9 + len(payload)). Types:
 // FrameRequest (1, payload: a paxos.Request), FrameResponse (2, a
 // paxos.Response to the request with the same id), FramePush (3, a
-// KindNotify response, id 0), FrameErr (4, u8 Code and text, id 0, the
-// sender closes the connection after it).
+// KindNotify response, id 0: the notify section names the run of
+// registers that accepted a value, count 0 meaning "notifications were
+// dropped", and the regs section the accepted ballot and value of those
+// registers of the run whose values the server sends), FrameErr (4, u8
+// Code and text, id 0, the sender closes the connection after it).
 //
 // Request payload (fixed 37 bytes, then the values):
 //
