@@ -289,9 +289,10 @@ func (c *conn) notePeakLocked() {
 	}
 }
 
-// push queues a write notification, or marks the subscription lost when
-// the connection's output is over its cap.
-func (c *conn) push(seg uint64, off, count uint32) {
+// push queues a write notification of seg (frame, an encoded push), or
+// marks the subscription lost when the connection's output is over its
+// cap.
+func (c *conn) push(seg uint64, frame []byte) {
 	c.mu.Lock()
 	lost, ok := c.subs[seg]
 	if !ok || c.dead || c.closing {
@@ -312,7 +313,7 @@ func (c *conn) push(seg uint64, off, count uint32) {
 		c.subs[seg] = false
 		c.nlost--
 	}
-	c.out = wire.AppendPush(c.out, &paxos.Response{Kind: paxos.KindNotify, Seg: seg, Off: off, Count: count})
+	c.out = append(c.out, frame...)
 	c.notePeakLocked()
 	c.wakeWriter()
 	c.mu.Unlock()

@@ -44,9 +44,13 @@
 //     Seg (StatusOK; StatusTrimmed for a trimmed segment); KindUnlisten
 //     ends it; closing the connection ends all of them. A notification is
 //     a FramePush carrying a KindNotify response (Seg, Off, Count): the
-//     registers [Off, Off+Count) accepted a value. It is emitted only once
-//     that value is durable and after the accept's reply was released. A
-//     notification is a hint: the listener reads to learn the value.
+//     registers [Off, Off+Count) accepted a value, and Regs holds the
+//     accepted ballot and value of each of them whose value is at most
+//     1 KiB (larger ones are announced without value). It is emitted only
+//     once that value is durable and after the accept's reply was
+//     released. One acceptor's notification says what it accepted, not
+//     what is chosen: a listener learns a value as chosen when a quorum
+//     reported it at one ballot (worm/client), or reads.
 //   - Lost marker: a push with Count == 0 (and Off == 0) means that
 //     notifications of Seg were dropped because the connection's output
 //     was over its cap; the listener should rescan the segment. It is sent

@@ -90,7 +90,7 @@ type Engine struct {
 
 	mu      sync.Mutex
 	acc     *paxos.Acceptor
-	onWrite func(seg uint64, off, count uint32) // notification hook, may be nil
+	onWrite WriteHook // notification hook, may be nil
 	recs    []paxos.Record
 	end     uint64 // log position after the last appended record
 	waiting []pending
@@ -123,13 +123,13 @@ type Engine struct {
 // pending is a reply (to != nil) or a write notification (to == nil)
 // waiting for the log to be durable up to need.
 type pending struct {
-	need  uint64
-	to    Replier
-	tag   uint64
-	resp  *respBuf
-	seg   uint64
-	off   uint32
-	count uint32
+	need uint64
+	to   Replier
+	tag  uint64
+	resp *respBuf
+	seg  uint64
+	off  uint32
+	note *writeNote
 }
 
 // ErrStopped is the reason given (StatusError) for requests after Close.
@@ -139,7 +139,7 @@ var ErrStopped = errors.New("server: engine stopped")
 // onWrite, if not nil, is called for every run of registers that accepted
 // a value, once the records of that write are durable, in log order and
 // after the reply to the accept was released (see SetOnWrite).
-func NewEngine(acc *paxos.Acceptor, log Log, logger *slog.Logger, onWrite func(seg uint64, off, count uint32)) *Engine {
+func NewEngine(acc *paxos.Acceptor, log Log, logger *slog.Logger, onWrite WriteHook) *Engine {
 	if logger == nil {
 		logger = slog.Default()
 	}
@@ -156,7 +156,7 @@ func NewEngine(acc *paxos.Acceptor, log Log, logger *slog.Logger, onWrite func(s
 // SetOnWrite replaces the write notification hook (the Server installs its
 // own). fn is called from the sync goroutine or with the engine lock held;
 // it must not block and must not call back into the Engine.
-func (e *Engine) SetOnWrite(fn func(seg uint64, off, count uint32)) {
+func (e *Engine) SetOnWrite(fn WriteHook) {
 	e.mu.Lock()
 	e.onWrite = fn
 	e.mu.Unlock()
@@ -310,10 +310,11 @@ func (e *Engine) Handle(req *paxos.Request, to Replier, tag uint64) {
 // value: at once, or queued behind the reply when queue is set.
 func (e *Engine) notifyAccepted(req *paxos.Request, resp *paxos.Response, need uint64, queue bool) {
 	emit := func(off, count uint32) {
+		vals := req.Values[off-req.Off : off-req.Off+count]
 		if queue {
-			e.waiting = append(e.waiting, pending{need: need, seg: req.Seg, off: off, count: count})
+			e.waiting = append(e.waiting, pending{need: need, seg: req.Seg, off: off, note: newWriteNote(req.Ballot, vals)})
 		} else {
-			e.onWrite(req.Seg, off, count)
+			e.onWrite(req.Seg, off, req.Ballot, vals)
 		}
 	}
 	start := -1
@@ -437,8 +438,11 @@ func (e *Engine) syncOnce() bool {
 		if p.to != nil {
 			p.to.Reply(p.tag, &p.resp.resp)
 			respPool.Put(p.resp)
-		} else if onWrite != nil {
-			onWrite(p.seg, p.off, p.count)
+		} else if p.note != nil {
+			if onWrite != nil {
+				onWrite(p.seg, p.off, p.note.ballot, p.note.vals)
+			}
+			p.note.release()
 		}
 	}
 	clear(e.released)

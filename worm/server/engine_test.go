@@ -234,10 +234,10 @@ func (n *notes) Abandon(tag uint64) {
 	n.events = append(n.events, fmt.Sprintf("abandon %d", tag))
 }
 
-func (n *notes) onWrite(seg uint64, off, count uint32) {
+func (n *notes) onWrite(seg uint64, off uint32, b paxos.Ballot, values [][]byte) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	n.events = append(n.events, fmt.Sprintf("write %d %d+%d", seg, off, count))
+	n.events = append(n.events, fmt.Sprintf("write %d %d+%d %v %q", seg, off, len(values), b, values))
 }
 
 func (n *notes) get() []string {
@@ -265,7 +265,7 @@ func TestNotificationsFollowDurability(t *testing.T) {
 		t.Fatalf("before the sync: %v", got)
 	}
 	log.gate <- struct{}{}
-	want := []string{"reply 1 ok", "reply 2 ok", "write 1 0+2", "write 1 3+2"}
+	want := []string{"reply 1 ok", "reply 2 ok", `write 1 0+2 0.0 ["v" "v"]`, `write 1 3+2 0.0 ["v" "v"]`}
 	deadline := time.Now().Add(5 * time.Second)
 	for len(n.get()) < len(want) && time.Now().Before(deadline) {
 		time.Sleep(time.Millisecond)

@@ -3,6 +3,7 @@ package server
 import (
 	"encoding/json"
 	"runtime/debug"
+	"sync"
 	"time"
 
 	"github.com/wormspace/wormspace/worm/paxos"
@@ -77,15 +78,109 @@ func (s *Server) unsubscribeAll(c *conn) {
 	}
 }
 
-// onWrite is the Engine's notification hook: called once the accepted
-// registers [off, off+count) of seg are durable, after the accept's
-// reply. It only encodes into output buffers.
-func (s *Server) onWrite(seg uint64, off, count uint32) {
-	s.subMu.RLock()
-	for c := range s.subs[seg] {
-		c.push(seg, off, count)
+// WriteHook is the Engine's write notification hook: registers [off,
+// off+len(values)) of seg accepted values[i] at ballot b, and the records
+// saying so are durable. values and their bytes are valid only during the
+// call. A nil values[i] means the value is not carried (it was larger
+// than notifyValueMax when the notification had to wait for a sync); an
+// empty value is non-nil.
+type WriteHook func(seg uint64, off uint32, b paxos.Ballot, values [][]byte)
+
+// notifyValueMax is the largest value a write notification carries; a
+// larger one is announced as a hint without value, and listeners read it.
+// Notifications carry values so that a listener learns a chosen value
+// from a quorum of them without reading (the classic Paxos learner, see
+// worm/client's Listen), which for small values (votes, log records,
+// commands) halves the latency of learning. The cap bounds what one write
+// costs the server beyond its own storage: the value is copied while the
+// notification waits for the write's sync and then into the output
+// buffer of every subscribed connection, so a large value would multiply
+// its bytes by the number of listeners and crowd out replies under the
+// per-connection output cap (whose overflow loses notifications). For
+// values above 1 KiB the transfer dominates the extra read anyway.
+const notifyValueMax = 1 << 10
+
+// writeNote is a write notification waiting for its write's sync: the
+// accepted ballot and copies of the values it will carry. Pooled: the
+// buffers are reused, so a steady stream of notifications does not
+// allocate.
+type writeNote struct {
+	ballot paxos.Ballot
+	buf    []byte   // the copied values, back to back
+	vals   [][]byte // slices of buf; nil for values over notifyValueMax
+}
+
+var notePool = sync.Pool{New: func() any { return &writeNote{buf: make([]byte, 0, 64)} }}
+
+// newWriteNote copies what a notification of values accepted at b needs.
+func newWriteNote(b paxos.Ballot, values [][]byte) *writeNote {
+	n := notePool.Get().(*writeNote)
+	n.ballot = b
+	size := 0
+	for _, v := range values {
+		if len(v) <= notifyValueMax {
+			size += len(v)
+		}
 	}
-	s.subMu.RUnlock()
+	if cap(n.buf) < size {
+		n.buf = make([]byte, 0, size)
+	}
+	buf := n.buf[:0] // non-nil, so an empty value stays non-nil
+	for _, v := range values {
+		if len(v) > notifyValueMax {
+			n.vals = append(n.vals, nil)
+			continue
+		}
+		start := len(buf)
+		buf = append(buf, v...)
+		n.vals = append(n.vals, buf[start:len(buf):len(buf)])
+	}
+	n.buf = buf
+	return n
+}
+
+func (n *writeNote) release() {
+	clear(n.vals)
+	n.vals, n.buf = n.vals[:0], n.buf[:0]
+	notePool.Put(n)
+}
+
+// pushBuf is the scratch space onWrite encodes one notification in.
+type pushBuf struct {
+	resp  paxos.Response
+	regs  []paxos.RegState
+	frame []byte
+}
+
+var pushPool = sync.Pool{New: func() any { return new(pushBuf) }}
+
+// onWrite is the Engine's notification hook (a WriteHook): called once the
+// accepted registers [off, off+len(values)) of seg are durable, after the
+// accept's reply. It encodes the push frame once, with the ballot and
+// every value of at most notifyValueMax bytes, and copies it into each
+// subscriber's output buffer; it never blocks.
+func (s *Server) onWrite(seg uint64, off uint32, b paxos.Ballot, values [][]byte) {
+	s.subMu.RLock()
+	defer s.subMu.RUnlock()
+	subs := s.subs[seg]
+	if len(subs) == 0 {
+		return
+	}
+	pb := pushPool.Get().(*pushBuf)
+	regs := pb.regs[:0]
+	for i, v := range values {
+		if v != nil && len(v) <= notifyValueMax {
+			regs = append(regs, paxos.RegState{Off: off + uint32(i), Accepted: b, HasValue: true, Value: v})
+		}
+	}
+	pb.resp = paxos.Response{Kind: paxos.KindNotify, Seg: seg, Off: off, Count: uint32(len(values)), Regs: regs}
+	pb.frame = wire.AppendPush(pb.frame[:0], &pb.resp)
+	for c := range subs {
+		c.push(seg, pb.frame)
+	}
+	clear(regs) // drop the references to values
+	pb.regs, pb.resp = regs[:0], paxos.Response{}
+	pushPool.Put(pb)
 }
 
 // statusDoc is the JSON document answering KindStatus.
