@@ -16,7 +16,12 @@ import (
 // Request, Response and wire buffers), so allocs/op is the server's
 // (plus what the acceptor keeps as state).
 func benchPipelined(b *testing.B, conns, window int, setup func(c *testClient), mk func(i int, req *paxos.Request)) {
-	ts := startServer(b, &nopLog{}, false, nil)
+	benchOn(b, &nopLog{}, conns, window, setup, mk)
+}
+
+// benchOn is benchPipelined over the given Log.
+func benchOn(b *testing.B, log Log, conns, window int, setup func(c *testClient), mk func(i int, req *paxos.Request)) {
+	ts := startServer(b, log, false, nil)
 	clients := make([]*testClient, conns)
 	for i := range clients {
 		clients[i] = ts.dial()
