@@ -125,6 +125,15 @@
 // Sync reported, a power failure may, and may leave damage Open reports
 // as corruption.
 //
+// # File system
+//
+// The log reaches its directory only through an FS (Options.FS): OSFS,
+// the default, is the operating system's (fdatasync, fallocate, flock);
+// worm/storage/simfs is a simulated disk that loses unsynced writes and
+// directory changes at a crash as a real one may, so that the simulator
+// (worm/sim) runs this very code through seeded power failures. FS states
+// the durability contract the argument above relies on.
+//
 // This package imports only the standard library, golang.org/x/sys/unix,
 // worm and worm/paxos. It must never import worm/server, worm/client or
 // worm/wire.

@@ -104,13 +104,13 @@ func parseIdentity(b []byte) (Identity, error) {
 // writeFileAtomic writes name in dir through a temporary file, fsync,
 // rename and directory fsync, so that a crash leaves either no file or
 // the whole file.
-func writeFileAtomic(dir, name, tmp string, data []byte) error {
+func writeFileAtomic(fsys FS, dir, name, tmp string, data []byte) error {
 	tp := filepath.Join(dir, tmp)
-	f, err := os.OpenFile(tp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	f, err := fsys.OpenFile(tp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC)
 	if err != nil {
 		return err
 	}
-	_, err = f.Write(data)
+	_, err = f.WriteAt(data, 0)
 	if err == nil {
 		err = f.Sync()
 	}
@@ -118,31 +118,19 @@ func writeFileAtomic(dir, name, tmp string, data []byte) error {
 		err = cerr
 	}
 	if err == nil {
-		err = os.Rename(tp, filepath.Join(dir, name))
+		err = fsys.Rename(tp, filepath.Join(dir, name))
 	}
 	if err == nil {
-		err = syncDir(dir)
+		err = fsys.SyncDir(dir)
 	}
 	if err != nil {
-		_ = os.Remove(tp)
+		_ = fsys.Remove(tp)
 	}
 	return err
 }
 
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	err = d.Sync()
-	if cerr := d.Close(); err == nil {
-		err = cerr
-	}
-	return err
-}
-
-func readIdentity(dir string) (Identity, bool, error) {
-	b, err := os.ReadFile(filepath.Join(dir, identityName))
+func readIdentity(fsys FS, dir string) (Identity, bool, error) {
+	b, err := readFile(fsys, filepath.Join(dir, identityName))
 	if errors.Is(err, os.ErrNotExist) {
 		return Identity{}, false, nil
 	}

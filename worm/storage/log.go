@@ -3,6 +3,7 @@ package storage
 import (
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -42,6 +43,14 @@ type Options struct {
 	// CompactSlack is the bytes of garbage tolerated on top of twice the
 	// live state before ShouldCompact says yes (default 8 MiB).
 	CompactSlack int64
+	// FS is the file system the directory lives in (default OSFS{}, the
+	// operating system's). The simulator passes a simulated disk
+	// (worm/storage/simfs) to crash the log's storage deterministically.
+	FS FS
+	// Now is the clock the directory's creation time is read from
+	// (default time.Now). The simulator fixes it so that the bytes a run
+	// writes are a function of its seed.
+	Now func() time.Time
 }
 
 // Stats are counters for metrics.
@@ -55,13 +64,14 @@ type Stats struct {
 	Generation  uint64        // current generation number
 	End         uint64        // log position after the last appended record
 	Durable     uint64        // log position known durable
+	TailCut     int64         // bytes of a torn tail Open cut (0: none)
+	Discarded   int           // incomplete generations Open discarded (a crash during compaction)
 }
 
 // gen is one generation file.
 type gen struct {
 	num     uint64
-	f       *os.File
-	fd      int
+	f       File
 	base    uint64 // log position of file offset 0
 	tail    int64  // file offset after everything appended (buffered included)
 	written int64  // file offset up to which bytes were handed to the OS
@@ -78,9 +88,10 @@ type gen struct {
 type Log struct {
 	dir     string
 	opts    Options
+	fs      FS
 	logger  *slog.Logger
 	chunk   int64
-	lockf   *os.File
+	lockf   io.Closer
 	id      Identity
 	maxRecV int // largest value a record frame can carry
 
@@ -100,6 +111,8 @@ type Log struct {
 	diskBytes int64
 	records   uint64
 	recovered int
+	tailCut   int64
+	discarded int
 	syncs     uint64
 	lastSync  time.Duration
 }
@@ -147,25 +160,27 @@ func Open(dir string, opts Options) (*Log, *paxos.Acceptor, error) {
 	if opts.CompactSlack <= 0 {
 		opts.CompactSlack = 8 << 20
 	}
+	if opts.FS == nil {
+		opts.FS = OSFS{}
+	}
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
 	l := &Log{
-		dir: dir, opts: opts, logger: opts.Logger.With("dir", dir),
+		dir: dir, opts: opts, fs: opts.FS, logger: opts.Logger.With("dir", dir),
 		chunk:   roundUp(opts.ChunkSize, 4096),
 		maxRecV: maxPayload - recordFixed,
 		buf:     make([]byte, 0, 64<<10),
 		spare:   make([]byte, 0, 64<<10),
 	}
-	if err := os.MkdirAll(dir, 0o700); err != nil {
+	if err := l.fs.MkdirAll(dir); err != nil {
 		return nil, nil, fmt.Errorf("storage: %w", err)
 	}
-	lockf, err := os.OpenFile(filepath.Join(dir, lockName), os.O_RDWR|os.O_CREATE, 0o600)
+	lockf, err := l.fs.Lock(filepath.Join(dir, lockName))
+	if errors.Is(err, ErrLocked) {
+		return nil, nil, fmt.Errorf("%w: %s is locked by another wormserver", ErrLocked, dir)
+	}
 	if err != nil {
-		return nil, nil, fmt.Errorf("storage: %w", err)
-	}
-	if err := unix.Flock(int(lockf.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
-		lockf.Close()
-		if errors.Is(err, unix.EWOULDBLOCK) {
-			return nil, nil, fmt.Errorf("%w: %s is locked by another wormserver", ErrLocked, dir)
-		}
 		return nil, nil, fmt.Errorf("storage: lock %s: %w", dir, err)
 	}
 	l.lockf = lockf
@@ -178,7 +193,7 @@ func Open(dir string, opts Options) (*Log, *paxos.Acceptor, error) {
 }
 
 func (l *Log) open() (*paxos.Acceptor, error) {
-	entries, err := os.ReadDir(l.dir)
+	entries, err := l.fs.ReadDir(l.dir)
 	if err != nil {
 		return nil, fmt.Errorf("storage: %w", err)
 	}
@@ -189,7 +204,7 @@ func (l *Log) open() (*paxos.Acceptor, error) {
 		case lockName, identityName:
 			continue
 		case identityTemp: // a crash while writing the identity
-			if err := os.Remove(filepath.Join(l.dir, name)); err != nil {
+			if err := l.fs.Remove(filepath.Join(l.dir, name)); err != nil {
 				return nil, fmt.Errorf("storage: %w", err)
 			}
 			continue
@@ -201,7 +216,7 @@ func (l *Log) open() (*paxos.Acceptor, error) {
 		return nil, fmt.Errorf("%w: %s holds %q, which this package did not write", ErrForeign, l.dir, name)
 	}
 	slices.Sort(gens)
-	id, hasID, err := readIdentity(l.dir)
+	id, hasID, err := readIdentity(l.fs, l.dir)
 	if err != nil {
 		return nil, err
 	}
@@ -220,12 +235,12 @@ func (l *Log) open() (*paxos.Acceptor, error) {
 			// generation 1 holding nothing but its empty snapshot is an
 			// interrupted initialisation; anything else is data whose
 			// identity was lost.
-			r, err := recoverGen(l.dir, gens[0], &l.opts)
+			r, err := recoverGen(l.fs, l.dir, gens[0], &l.opts)
 			if len(gens) != 1 || gens[0] != 1 || err != nil || r.records != 0 || r.batch > 1 {
 				return nil, corrupt(identityName, 0, "missing, but generation files are present")
 			}
 			l.logger.Warn("storage: finishing an interrupted initialisation")
-			if err := os.Remove(filepath.Join(l.dir, genName(1))); err != nil {
+			if err := l.fs.Remove(filepath.Join(l.dir, genName(1))); err != nil {
 				return nil, fmt.Errorf("storage: %w", err)
 			}
 		}
@@ -235,7 +250,7 @@ func (l *Log) open() (*paxos.Acceptor, error) {
 	var r *recovered
 	var chosen int
 	for i := len(gens) - 1; i >= 0; i-- {
-		g, err := recoverGen(l.dir, gens[i], &l.opts)
+		g, err := recoverGen(l.fs, l.dir, gens[i], &l.opts)
 		if err != nil {
 			return nil, err
 		}
@@ -246,21 +261,23 @@ func (l *Log) open() (*paxos.Acceptor, error) {
 		if i == 0 {
 			return nil, corrupt(genName(gens[i]), g.tail, "generation has no complete snapshot and no older generation exists")
 		}
+		l.discarded++
 		l.logger.Warn("storage: discarding an incomplete generation (crash during compaction)", "file", genName(gens[i]))
 	}
 	num := gens[chosen]
-	f, err := os.OpenFile(filepath.Join(l.dir, genName(num)), os.O_RDWR, 0)
+	f, err := l.fs.OpenFile(filepath.Join(l.dir, genName(num)), os.O_RDWR)
 	if err != nil {
 		return nil, fmt.Errorf("storage: %w", err)
 	}
-	g := &gen{num: num, f: f, fd: int(f.Fd()), base: r.hdr.base, tail: r.tail, written: r.tail, alloc: r.size, batch: r.batch}
+	g := &gen{num: num, f: f, base: r.hdr.base, tail: r.tail, written: r.tail, alloc: r.size, batch: r.batch}
 	l.cur = g
 	l.diskBytes = r.size
 	if r.garbage {
 		l.logger.Warn("storage: cutting a torn tail", "file", genName(num), "offset", r.tail, "reason", r.torn, "bytes", r.size-r.tail)
-		if err := unix.Ftruncate(g.fd, r.tail); err != nil {
+		if err := f.Truncate(r.tail); err != nil {
 			return nil, fmt.Errorf("storage: cut torn tail of %s: %w", genName(num), err)
 		}
+		l.tailCut = r.size - r.tail
 		g.alloc, l.diskBytes = r.tail, r.tail
 	}
 	if r.pending || r.garbage {
@@ -277,7 +294,7 @@ func (l *Log) open() (*paxos.Acceptor, error) {
 		g.tail += commitSize
 		g.written = g.tail
 		if !l.opts.Volatile {
-			if err := unix.Fdatasync(g.fd); err != nil {
+			if err := f.Sync(); err != nil {
 				return nil, fmt.Errorf("storage: fdatasync %s: %w", genName(num), err)
 			}
 		}
@@ -285,14 +302,14 @@ func (l *Log) open() (*paxos.Acceptor, error) {
 	removed := false
 	for i, n := range gens {
 		if i != chosen {
-			if err := os.Remove(filepath.Join(l.dir, genName(n))); err != nil {
+			if err := l.fs.Remove(filepath.Join(l.dir, genName(n))); err != nil {
 				return nil, fmt.Errorf("storage: %w", err)
 			}
 			removed = true
 		}
 	}
 	if removed && !l.opts.Volatile {
-		if err := syncDir(l.dir); err != nil {
+		if err := l.fs.SyncDir(l.dir); err != nil {
 			return nil, fmt.Errorf("storage: %w", err)
 		}
 	}
@@ -307,16 +324,16 @@ func (l *Log) open() (*paxos.Acceptor, error) {
 // createGen creates generation file num whose offset 0 is log position
 // base, preallocated with one chunk.
 func (l *Log) createGen(num, base uint64) (*gen, error) {
-	f, err := os.OpenFile(filepath.Join(l.dir, genName(num)), os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
+	f, err := l.fs.OpenFile(filepath.Join(l.dir, genName(num)), os.O_RDWR|os.O_CREATE|os.O_EXCL)
 	if err != nil {
 		return nil, fmt.Errorf("storage: %w", err)
 	}
-	return &gen{num: num, f: f, fd: int(f.Fd()), base: base}, nil
+	return &gen{num: num, f: f, base: base}, nil
 }
 
 func (l *Log) dropGen(g *gen) {
 	g.f.Close()
-	os.Remove(filepath.Join(l.dir, genName(g.num)))
+	l.fs.Remove(filepath.Join(l.dir, genName(g.num)))
 	l.mu.Lock()
 	l.diskBytes -= g.alloc
 	l.mu.Unlock()
@@ -335,14 +352,14 @@ func (l *Log) initDir() (*paxos.Acceptor, error) {
 	b = appendCommit(b, commit{flags: commitSnapshot, batch: 1, end: uint64(len(b) + commitSize)})
 	_, err = g.f.WriteAt(b, 0)
 	if err == nil {
-		err = unix.Fdatasync(g.fd)
+		err = g.f.Sync()
 	}
 	if err == nil {
-		err = syncDir(l.dir)
+		err = l.fs.SyncDir(l.dir)
 	}
-	id := Identity{Version: FormatVersion, Cluster: l.opts.Cluster, SegmentSize: l.opts.SegmentSize, Created: time.Now()}
+	id := Identity{Version: FormatVersion, Cluster: l.opts.Cluster, SegmentSize: l.opts.SegmentSize, Created: l.opts.Now()}
 	if err == nil {
-		err = writeFileAtomic(l.dir, identityName, identityTemp, id.encode())
+		err = writeFileAtomic(l.fs, l.dir, identityName, identityTemp, id.encode())
 	}
 	if err != nil {
 		l.dropGen(g)
@@ -365,37 +382,15 @@ func (l *Log) growLocked(g *gen, need int64) error {
 	if l.opts.MaxBytes > 0 && l.diskBytes+add > l.opts.MaxBytes {
 		return fmt.Errorf("%w: %d more bytes would exceed the quota of %d bytes (%d on disk)", ErrNoSpace, add, l.opts.MaxBytes, l.diskBytes)
 	}
-	if err := fallocate(g.fd, g.alloc, add); err != nil {
-		return err
+	if err := g.f.Allocate(g.alloc, add); err != nil {
+		if errors.Is(err, unix.ENOSPC) || errors.Is(err, unix.EDQUOT) {
+			return fmt.Errorf("%w: preallocating %d bytes: %v", ErrNoSpace, add, err)
+		}
+		return fmt.Errorf("storage: preallocate %d bytes: %w", add, err)
 	}
 	g.alloc = newAlloc
 	l.diskBytes += add
 	return nil
-}
-
-// fallocate allocates [off, off+n) of fd, extending its size, so that
-// later writes there cannot fail for lack of space. On failure the file
-// keeps its size.
-func fallocate(fd int, off, n int64) error {
-	err := unix.Fallocate(fd, 0, off, n)
-	if errors.Is(err, unix.EOPNOTSUPP) || errors.Is(err, unix.ENOSYS) {
-		// No fallocate here: write the zeros ourselves.
-		err = nil
-		for p := off; p < off+n && err == nil; {
-			k := min(int64(len(zeros)), off+n-p)
-			var w int
-			w, err = unix.Pwrite(fd, zeros[:k], p)
-			p += int64(w)
-		}
-	}
-	if err == nil {
-		return nil
-	}
-	_ = unix.Ftruncate(fd, off)
-	if errors.Is(err, unix.ENOSPC) || errors.Is(err, unix.EDQUOT) {
-		return fmt.Errorf("%w: preallocating %d bytes: %v", ErrNoSpace, n, err)
-	}
-	return fmt.Errorf("storage: preallocate %d bytes: %w", n, err)
 }
 
 func (l *Log) usableLocked() error {
@@ -492,9 +487,9 @@ func (l *Log) Sync() (uint64, error) {
 		_, err = g.f.WriteAt(buf, off)
 	}
 	if err == nil && !l.opts.Volatile {
-		err = unix.Fdatasync(g.fd)
+		err = g.f.Sync()
 		if err == nil && fresh {
-			err = syncDir(l.dir) // the new generation's name
+			err = l.fs.SyncDir(l.dir) // the new generation's name
 		}
 	}
 	took := time.Since(start)
@@ -638,6 +633,7 @@ func (l *Log) Stats() Stats {
 	s := Stats{
 		BytesOnDisk: l.diskBytes, Records: l.records, Recovered: l.recovered,
 		Syncs: l.syncs, LastSync: l.lastSync, Durable: l.durable,
+		TailCut: l.tailCut, Discarded: l.discarded,
 	}
 	if l.cur != nil {
 		s.LogBytes, s.Generation, s.End = l.cur.tail, l.cur.num, l.cur.base+uint64(l.cur.tail)

@@ -13,7 +13,7 @@ import (
 
 // scanner reads a generation file through a sliding window.
 type scanner struct {
-	f    *os.File
+	f    File
 	size int64
 	buf  []byte
 	off  int64 // file offset of buf[0]
@@ -118,18 +118,18 @@ type recovered struct {
 // recoverGen replays generation num of dir into a fresh acceptor. It
 // returns a *CorruptError when the file holds damage a crash cannot
 // explain; see the package documentation for the argument.
-func recoverGen(dir string, num uint64, opts *Options) (*recovered, error) {
+func recoverGen(fsys FS, dir string, num uint64, opts *Options) (*recovered, error) {
 	name := genName(num)
-	f, err := os.Open(filepath.Join(dir, name))
+	f, err := fsys.OpenFile(filepath.Join(dir, name), os.O_RDONLY)
 	if err != nil {
 		return nil, err
 	}
 	defer f.Close()
-	st, err := f.Stat()
+	size, err := f.Size()
 	if err != nil {
 		return nil, err
 	}
-	s := &scanner{f: f, size: st.Size()}
+	s := &scanner{f: f, size: size}
 	r := &recovered{acc: paxos.NewAcceptor(opts.SegmentSize), size: s.size}
 	var off int64
 	for {
