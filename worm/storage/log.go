@@ -272,6 +272,20 @@ func (l *Log) open() (*paxos.Acceptor, error) {
 	g := &gen{num: num, f: f, base: r.hdr.base, tail: r.tail, written: r.tail, alloc: r.size, batch: r.batch}
 	l.cur = g
 	l.diskBytes = r.size
+	// Make what was recovered durable before anything is written after it
+	// or depends on it, even when it needs no repair: after a process
+	// crash, the page cache may still hold writes that never reached the
+	// device (a Sync that died between its write and its fsync, or a
+	// compaction's new generation), and the acceptor is about to answer
+	// from them. Recovery's torn-tail argument needs it too: a repair
+	// commit written while the batches before it are not durable could
+	// survive a power failure without them, and pass for proof that they
+	// had been synced.
+	if !l.opts.Volatile {
+		if err := f.Sync(); err != nil {
+			return nil, fmt.Errorf("storage: fdatasync %s: %w", genName(num), err)
+		}
+	}
 	if r.garbage {
 		l.logger.Warn("storage: cutting a torn tail", "file", genName(num), "offset", r.tail, "reason", r.torn, "bytes", r.size-r.tail)
 		if err := f.Truncate(r.tail); err != nil {
@@ -281,8 +295,7 @@ func (l *Log) open() (*paxos.Acceptor, error) {
 		g.alloc, l.diskBytes = r.tail, r.tail
 	}
 	if r.pending || r.garbage {
-		// Commit what was recovered and make it durable: the acceptor
-		// will answer from it.
+		// Commit what was recovered: the acceptor will answer from it.
 		if err := l.growLocked(g, g.tail+commitSize); err != nil {
 			return nil, err
 		}
@@ -299,16 +312,18 @@ func (l *Log) open() (*paxos.Acceptor, error) {
 			}
 		}
 	}
-	removed := false
+	// Only now may older generations go: removing them while the chosen
+	// one is not durable would leave nothing complete after a power
+	// failure. The directory is synced even when nothing was removed,
+	// since the chosen generation's own name may not be durable yet.
 	for i, n := range gens {
 		if i != chosen {
 			if err := l.fs.Remove(filepath.Join(l.dir, genName(n))); err != nil {
 				return nil, fmt.Errorf("storage: %w", err)
 			}
-			removed = true
 		}
 	}
-	if removed && !l.opts.Volatile {
+	if !l.opts.Volatile {
 		if err := l.fs.SyncDir(l.dir); err != nil {
 			return nil, fmt.Errorf("storage: %w", err)
 		}
@@ -360,6 +375,10 @@ func (l *Log) initDir() (*paxos.Acceptor, error) {
 	id := Identity{Version: FormatVersion, Cluster: l.opts.Cluster, SegmentSize: l.opts.SegmentSize, Created: l.opts.Now()}
 	if err == nil {
 		err = writeFileAtomic(l.fs, l.dir, identityName, identityTemp, id.encode())
+	}
+	if err == nil {
+		// The directory's own name: Open may just have created it.
+		err = l.fs.SyncDir(filepath.Dir(l.dir))
 	}
 	if err != nil {
 		l.dropGen(g)
@@ -483,7 +502,15 @@ func (l *Log) Sync() (uint64, error) {
 	}
 	start := time.Now()
 	var err error
-	if len(buf) > 0 {
+	if fresh && len(buf) > 0 && !l.opts.Volatile {
+		// A compaction wrote this generation's snapshot (batch 1)
+		// without fsync. Recovery reads an intact commit of batch b+2 as
+		// proof that batch b+1 was synced, which holds only if no batch
+		// is written before the one it follows is durable: fsync the
+		// snapshot before writing the first batch after it.
+		err = g.f.Sync()
+	}
+	if err == nil && len(buf) > 0 {
 		_, err = g.f.WriteAt(buf, off)
 	}
 	if err == nil && !l.opts.Volatile {
