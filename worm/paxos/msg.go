@@ -70,10 +70,17 @@ const (
 	// StatusError: the server failed to process the request (for example
 	// its disk is full); nothing was changed. Text explains.
 	StatusError
+	// StatusSealed: the wormserver does not serve the configuration epoch
+	// the request was issued under (the epoch was sealed for a membership
+	// change, or the server is not yet a member of it); nothing was
+	// changed. Drivers report it to the Op as Unsent (the acceptor
+	// certainly did not act on the request) and run the operation again
+	// under the newer configuration. The acceptor core never produces it.
+	StatusSealed
 	statusCount
 )
 
-var statusNames = [...]string{"ok", "nack", "decided", "trimmed", "out-of-range", "invalid", "error"}
+var statusNames = [...]string{"ok", "nack", "decided", "trimmed", "out-of-range", "invalid", "error", "sealed"}
 
 func (s Status) String() string {
 	if int(s) < len(statusNames) {
