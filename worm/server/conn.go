@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/wormspace/wormspace/worm/paxos"
@@ -17,8 +18,14 @@ import (
 // requests and feeds the Engine, and a writer goroutine that drains the
 // output buffer the replies are encoded into.
 //
-// Lock order: Engine.mu → Server.subMu → conn.mu. Nothing holding conn.mu
-// calls into the Engine or takes subMu.
+// Memory: every byte held for the connection's replies (queued output, the
+// buffer being written, responses the Engine holds until a sync) is
+// counted in held and charged to the server's replyBudget; the reader
+// stops reading requests while held is over MaxPending or while the
+// server-wide budget has no room for one more reply.
+//
+// Lock order: Engine.mu → Server.subMu → conn.mu → replyBudget.mu. Nothing
+// holding conn.mu calls into the Engine or takes subMu.
 type conn struct {
 	s      *Server
 	nc     net.Conn
@@ -32,11 +39,24 @@ type conn struct {
 	writerDone chan struct{}
 	once       sync.Once
 
+	// wseq counts writes begun and ended: odd while one is in progress.
+	// The server's watchdog reads it (and flushing) to close a connection
+	// whose write stalls; wdSeq and wdSince are the watchdog's own.
+	wseq     atomic.Uint64
+	flushing atomic.Bool // an error frame is being flushed: shorter limit
+	wdSeq    uint64
+	wdSince  time.Time
+
 	mu            sync.Mutex
-	out           []byte // encoded frames not yet handed to the writer
-	spare         []byte // the writer's previous buffer, for reuse
-	writing       int    // bytes the writer is writing now
+	out           []byte // encoded frames not yet handed to a write
+	spare         []byte // the previous write's buffer, for reuse
+	busy          bool   // a write is in progress
+	writing       int    // bytes that write is writing
+	held          int    // bytes charged to the budget: len(out) + writing + held responses
+	resv          int    // the reader's unspent admission reservation
+	resvTag       uint32 // the slot the reservation is for (noTag: none)
 	peak          int    // highest out+writing seen (tests, status)
+	peakHeld      int    // highest held seen (tests)
 	slots         []slot
 	free          []uint32
 	inflight      int
@@ -50,11 +70,15 @@ type conn struct {
 	nlost         int // subscriptions marked lost
 }
 
+// noTag is resvTag when the reader holds no reservation.
+const noTag = ^uint32(0)
+
 // slot remembers a request in flight; its index is the Engine tag.
 type slot struct {
 	id    uint64
 	start time.Time
 	kind  paxos.Kind
+	hold  int // bytes charged for the response the Engine holds (Hold)
 }
 
 func newConn(s *Server, nc net.Conn) *conn {
@@ -67,6 +91,7 @@ func newConn(s *Server, nc net.Conn) *conn {
 		wake:       make(chan struct{}, 1),
 		room:       make(chan struct{}, 1),
 		writerDone: make(chan struct{}),
+		resvTag:    noTag,
 	}
 }
 
@@ -96,7 +121,7 @@ func (c *conn) readLoop() {
 	r := wire.NewReader(c.nc, c.s.maxFrame)
 	var req paxos.Request
 	for {
-		switch c.waitRoom() {
+		switch c.waitRoom(false) {
 		case roomOK:
 		case roomDrain:
 			c.finishReading(shutdownErr)
@@ -125,6 +150,14 @@ func (c *conn) readLoop() {
 				reason = badTooLarge
 			}
 			c.bad(reason, err)
+			return
+		}
+		switch c.waitRoom(true) {
+		case roomOK:
+		case roomDrain:
+			c.finishReading(shutdownErr)
+			return
+		default:
 			return
 		}
 		c.dispatch(f.ID, &req)
@@ -165,9 +198,13 @@ const (
 	roomStop
 )
 
-// waitRoom blocks while the connection is over its in-flight or output
-// cap (backpressure: the client's requests stay in its socket).
-func (c *conn) waitRoom() roomResult {
+// waitRoom blocks while the connection is over its in-flight cap or its
+// byte budget (MaxPending): backpressure, the client's requests stay in
+// its socket. With reserve (a request was read and is about to be
+// dispatched) it blocks instead until the server-wide budget has room for
+// the largest reply, and returns roomOK holding that reservation
+// (c.resv), which dispatch spends and gives back.
+func (c *conn) waitRoom(reserve bool) roomResult {
 	for {
 		c.mu.Lock()
 		switch {
@@ -177,16 +214,45 @@ func (c *conn) waitRoom() roomResult {
 		case c.draining:
 			c.mu.Unlock()
 			return roomDrain
-		case c.inflight < c.s.maxInflight && len(c.out)+c.writing < c.s.maxPending:
+		}
+		var reason int
+		var freed <-chan struct{}
+		switch {
+		case !reserve && c.inflight >= c.s.maxInflight:
+			reason = throttleInflight
+		case !reserve && c.held >= c.s.maxPending:
+			reason = throttleConn
+		case !reserve:
 			c.mu.Unlock()
 			return roomOK
+		case c.s.budget.tryReserve(int64(c.s.maxReply)):
+			c.resv = c.s.maxReply
+			c.mu.Unlock()
+			return roomOK
+		default:
+			reason = throttleServer
+			freed = c.s.budget.wait()
+			// Bytes released before the registration did not close freed.
+			if c.s.budget.tryReserve(int64(c.s.maxReply)) {
+				c.s.budget.unwait()
+				c.resv = c.s.maxReply
+				c.mu.Unlock()
+				return roomOK
+			}
 		}
+		// room also wakes a reader waiting for the server's budget when
+		// the connection is drained.
 		c.readerWaiting = true
 		c.mu.Unlock()
+		c.s.throttled(reason, 1)
 		select {
+		case <-freed:
 		case <-c.room:
 		case <-c.stop:
-			return roomStop
+		}
+		c.s.throttled(reason, -1)
+		if reason == throttleServer {
+			c.s.budget.unwait()
 		}
 	}
 }
@@ -209,6 +275,34 @@ func (c *conn) wakeWriter() {
 	}
 }
 
+// outputLocked wakes the writer for new output.
+func (c *conn) outputLocked() {
+	c.notePeakLocked()
+	c.wakeWriter()
+}
+
+// chargeLocked accounts delta more (or, negative, fewer) bytes held for
+// the connection's replies. Bytes belonging to the request being
+// dispatched (tag) come out of the reader's reservation, which admission
+// took within the server's budget; others are added to it or given back.
+func (c *conn) chargeLocked(tag uint32, delta int) {
+	c.held += delta
+	if c.held > c.peakHeld {
+		c.peakHeld = c.held
+	}
+	if delta > 0 && tag == c.resvTag && c.resv > 0 {
+		take := min(delta, c.resv)
+		c.resv -= take
+		delta -= take
+	}
+	switch {
+	case delta > 0:
+		c.s.budget.force(int64(delta))
+	case delta < 0:
+		c.s.budget.release(int64(-delta))
+	}
+}
+
 func (c *conn) dispatch(id uint64, req *paxos.Request) {
 	start := time.Now()
 	c.mu.Lock()
@@ -222,6 +316,7 @@ func (c *conn) dispatch(id uint64, req *paxos.Request) {
 	}
 	c.slots[tag] = slot{id: id, start: start, kind: req.Kind}
 	c.inflight++
+	c.resvTag = tag
 	c.mu.Unlock()
 	switch req.Kind {
 	case paxos.KindListen:
@@ -237,12 +332,17 @@ func (c *conn) dispatch(id uint64, req *paxos.Request) {
 		// Decide is never answered; the slot is free once handled.
 		c.s.eng.Handle(req, c, uint64(tag))
 		c.mu.Lock()
-		c.freeLocked(uint32(tag))
+		c.freeLocked(tag)
 		c.mu.Unlock()
 		c.s.m.request(paxos.KindDecide, int(paxos.StatusOK), time.Since(start))
 	default:
 		c.s.eng.Handle(req, c, uint64(tag))
 	}
+	c.mu.Lock()
+	r := c.resv
+	c.resv, c.resvTag = 0, noTag
+	c.mu.Unlock()
+	c.s.budget.release(int64(r))
 }
 
 func (c *conn) freeLocked(tag uint32) {
@@ -258,7 +358,9 @@ func (c *conn) freeLocked(tag uint32) {
 // blocking on the network) and wakes the writer.
 func (c *conn) Reply(tag uint64, resp *paxos.Response) {
 	c.mu.Lock()
-	sl := c.slots[tag]
+	sl := &c.slots[tag]
+	kind, start := sl.kind, sl.start
+	added := 0
 	if !c.dead && !c.closing {
 		n := len(c.out)
 		c.out = wire.AppendResponse(c.out, sl.id, resp)
@@ -266,21 +368,37 @@ func (c *conn) Reply(tag uint64, resp *paxos.Response) {
 			c.out = c.out[:n]
 			c.out = wire.AppendResponse(c.out, sl.id, &paxos.Response{Kind: resp.Kind, Status: paxos.StatusError, Text: "the response does not fit in the frame limit"})
 		}
-		c.notePeakLocked()
-		c.wakeWriter()
+		added = len(c.out) - n
+		c.outputLocked()
 	}
+	// The encoded reply replaces the held copy, if any.
+	c.chargeLocked(uint32(tag), added-sl.hold)
+	sl.hold = 0
 	c.freeLocked(uint32(tag))
 	c.mu.Unlock()
-	c.s.m.request(sl.kind, int(resp.Status), time.Since(sl.start))
+	c.s.m.request(kind, int(resp.Status), time.Since(start))
+}
+
+// Hold implements Holder: the Engine keeps a copy of the response to tag
+// until a sync; it is charged to the connection until Reply or Abandon.
+func (c *conn) Hold(tag uint64, resp *paxos.Response) {
+	n := replySize(resp)
+	c.mu.Lock()
+	c.slots[tag].hold = n
+	c.chargeLocked(uint32(tag), n)
+	c.mu.Unlock()
 }
 
 // Abandon implements Replier: the reply will never be sent.
 func (c *conn) Abandon(tag uint64) {
 	c.mu.Lock()
-	sl := c.slots[tag]
+	sl := &c.slots[tag]
+	kind, start := sl.kind, sl.start
+	c.chargeLocked(uint32(tag), -sl.hold)
+	sl.hold = 0
 	c.freeLocked(uint32(tag))
 	c.mu.Unlock()
-	c.s.m.request(sl.kind, statusDropped, time.Since(sl.start))
+	c.s.m.request(kind, statusDropped, time.Since(start))
 }
 
 func (c *conn) notePeakLocked() {
@@ -290,8 +408,8 @@ func (c *conn) notePeakLocked() {
 }
 
 // push queues a write notification of seg (frame, an encoded push), or
-// marks the subscription lost when the connection's output is over its
-// cap.
+// marks the subscription lost when the connection is over its byte budget
+// or the server-wide budget has no room for it.
 func (c *conn) push(seg uint64, frame []byte) {
 	c.mu.Lock()
 	lost, ok := c.subs[seg]
@@ -299,7 +417,11 @@ func (c *conn) push(seg uint64, frame []byte) {
 		c.mu.Unlock()
 		return
 	}
-	if len(c.out)+c.writing >= c.s.maxPending {
+	n := len(frame)
+	if lost {
+		n += lostMarkerSize
+	}
+	if c.held >= c.s.maxPending || !c.s.budget.tryReserve(int64(n)) {
 		if !lost {
 			c.subs[seg] = true
 			c.nlost++
@@ -308,21 +430,28 @@ func (c *conn) push(seg uint64, frame []byte) {
 		c.s.m.notifyLost.Add(1)
 		return
 	}
+	start := len(c.out)
 	if lost {
 		c.out = wire.AppendPush(c.out, &paxos.Response{Kind: paxos.KindNotify, Seg: seg})
 		c.subs[seg] = false
 		c.nlost--
 	}
 	c.out = append(c.out, frame...)
-	c.notePeakLocked()
-	c.wakeWriter()
+	// Reserved above: the budget already counts these bytes.
+	c.held += len(c.out) - start
+	c.outputLocked()
 	c.mu.Unlock()
 	c.s.m.notifySent.Add(1)
 }
 
+// lostMarkerSize is the encoded size of a lost marker (a push of Seg with
+// Count 0), which the Seg field sets.
+var lostMarkerSize = len(wire.AppendPush(nil, &paxos.Response{Kind: paxos.KindNotify, Seg: 1}))
+
 // appendLostLocked queues the lost markers (Count 0) of every
 // subscription that dropped notifications.
 func (c *conn) appendLostLocked() {
+	start := len(c.out)
 	for seg, lost := range c.subs {
 		if lost {
 			c.out = wire.AppendPush(c.out, &paxos.Response{Kind: paxos.KindNotify, Seg: seg})
@@ -330,77 +459,110 @@ func (c *conn) appendLostLocked() {
 		}
 	}
 	c.nlost = 0
+	// A few bytes per listened segment, at most MaxSubscriptions of them:
+	// not worth refusing.
+	c.chargeLocked(noTag, len(c.out)-start)
 	c.notePeakLocked()
 }
 
+// takeOutLocked hands the queued output to a write (the caller's).
+func (c *conn) takeOutLocked() []byte {
+	buf := c.out
+	c.out, c.spare = c.spare[:0], nil
+	c.busy, c.writing = true, len(buf)
+	c.notePeakLocked()
+	return buf
+}
+
+// write writes buf, counting the write for the watchdog.
+func (c *conn) write(buf []byte) error {
+	c.wseq.Add(1)
+	_, err := c.nc.Write(buf)
+	c.wseq.Add(1)
+	return err
+}
+
+// wroteLocked ends the write of buf: its bytes leave the budget and the
+// buffer is kept for reuse when small enough.
+func (c *conn) wroteLocked(buf []byte) {
+	c.chargeLocked(noTag, -c.writing)
+	c.busy, c.writing = false, 0
+	if cap(buf) <= maxKeptBuffer {
+		c.spare = buf[:0]
+	}
+	c.wakeReaderLocked()
+}
+
+func (c *conn) writeFailed(err error, closing bool) {
+	if !closing {
+		c.s.logger.Debug("connection write failed", "conn", c.id, "remote", c.remote, "err", err)
+	}
+	c.teardown()
+}
+
 // writeLoop hands the output buffer to the network whenever it holds
-// something: replies that became ready together leave in one write.
+// something: replies that became ready together leave in one write. It also sends the lost markers, the final
+// error frame, and closes the connection when everything has left.
 func (c *conn) writeLoop() {
 	defer close(c.writerDone)
+	c.mu.Lock()
 	for {
-		c.mu.Lock()
-		for len(c.out) == 0 || c.nlost > 0 && !c.closing && len(c.out) < c.s.maxPending/2 {
-			if c.dead {
-				c.mu.Unlock()
-				return
-			}
-			if c.nlost > 0 && !c.closing && len(c.out) < c.s.maxPending/2 {
-				c.appendLostLocked()
-				continue
-			}
-			if c.closing {
-				// The error frame has been written.
+		switch {
+		case c.dead:
+			c.mu.Unlock()
+			return
+		case c.nlost > 0 && !c.closing && len(c.out) < c.s.maxPending/2:
+			c.appendLostLocked()
+		case len(c.out) > 0:
+		case c.closing:
+			// The error frame has been written.
+			c.mu.Unlock()
+			c.teardown()
+			return
+		case c.readDone && c.inflight == 0:
+			if c.final == nil {
 				c.mu.Unlock()
 				c.teardown()
 				return
 			}
-			if c.readDone && c.inflight == 0 {
-				if c.final == nil {
-					c.mu.Unlock()
-					c.teardown()
-					return
-				}
-				c.out = wire.AppendErrorFrame(c.out, wire.CodeOf(c.final), c.final.Error())
-				c.closing = true
-				break
-			}
-			c.mu.Unlock()
-			select {
-			case <-c.wake:
-			case <-c.stop:
-			}
-			c.mu.Lock()
+			n := len(c.out)
+			c.out = wire.AppendErrorFrame(c.out, wire.CodeOf(c.final), c.final.Error())
+			c.chargeLocked(noTag, len(c.out)-n)
+			c.setClosingLocked()
+		default:
+			c.waitLocked()
+			continue
 		}
-		buf := c.out
-		c.out, c.spare = c.spare[:0], nil
-		c.writing = len(buf)
+		buf := c.takeOutLocked()
 		closing := c.closing
 		c.mu.Unlock()
-
-		timeout := c.s.writeTimeout
-		if closing && (timeout < 0 || timeout > errorFlushTimeout) {
-			timeout = errorFlushTimeout
-		}
-		if timeout > 0 {
-			c.nc.SetWriteDeadline(time.Now().Add(timeout))
-		}
-		_, err := c.nc.Write(buf)
-
+		err := c.write(buf)
 		c.mu.Lock()
-		c.writing = 0
-		if cap(buf) <= maxKeptBuffer {
-			c.spare = buf[:0]
-		}
-		c.wakeReaderLocked()
-		c.mu.Unlock()
+		c.wroteLocked(buf)
 		if err != nil {
-			if !closing {
-				c.s.logger.Debug("connection write failed", "conn", c.id, "remote", c.remote, "err", err)
-			}
-			c.teardown()
+			c.mu.Unlock()
+			c.writeFailed(err, closing)
 			return
 		}
 	}
+}
+
+// waitLocked waits (c.mu released meanwhile) until the writer is woken or
+// the connection torn down.
+func (c *conn) waitLocked() {
+	c.mu.Unlock()
+	select {
+	case <-c.wake:
+	case <-c.stop:
+	}
+	c.mu.Lock()
+}
+
+// setClosingLocked records that an error frame is queued: no more output,
+// and the watchdog bounds its flush by errorFlushTimeout.
+func (c *conn) setClosingLocked() {
+	c.closing = true
+	c.flushing.Store(true)
 }
 
 // finishReading records that no more requests will be read; the writer
@@ -421,8 +583,10 @@ func (c *conn) bad(reason int, err error) {
 	c.logBad("closing a connection after bad input", err)
 	c.mu.Lock()
 	if !c.dead && !c.closing {
+		n := len(c.out)
 		c.out = wire.AppendErrorFrame(c.out, wire.CodeOf(err), err.Error())
-		c.closing = true
+		c.chargeLocked(noTag, len(c.out)-n)
+		c.setClosingLocked()
 		c.readDone = true
 	}
 	c.mu.Unlock()
@@ -446,11 +610,14 @@ func (c *conn) drain() {
 	c.nc.SetReadDeadline(time.Unix(1, 0))
 }
 
-// teardown closes the connection at once. Idempotent.
+// teardown closes the connection at once: queued output is dropped (and
+// leaves the budget). Idempotent.
 func (c *conn) teardown() {
 	c.once.Do(func() {
 		c.mu.Lock()
 		c.dead = true
+		c.chargeLocked(noTag, -len(c.out))
+		c.out = c.out[:0]
 		c.mu.Unlock()
 		close(c.stop)
 		c.nc.Close()

@@ -61,12 +61,21 @@
 // # Limits, and what a client sees on bad input
 //
 // Each connection may have MaxInflight requests read but unanswered and
-// MaxPending bytes of queued output; over either, the server stops
-// reading that connection until its writes drain, so a client that does
-// not read its replies throttles only itself. A connection's memory is
-// bounded by about MaxPending + MaxInflight × (largest reply) plus the
+// MaxPending bytes held for its replies (queued output, and responses the
+// Engine holds until a sync); at either, the server stops reading that
+// connection until its writes drain (backpressure through TCP: the
+// connection stays open), so a client that does not read its replies
+// throttles only itself. All connections together hold at most
+// MaxPendingTotal bytes for replies: a reader that has read a request
+// waits for room for the largest reply before dispatching it. A
+// connection's memory is bounded by about MaxPending + one reply, plus the
 // wire Reader's 64 KiB buffer and one frame of MaxFrame. A write that
-// does not complete within WriteTimeout closes the connection.
+// makes no progress within WriteTimeout closes the connection (a watchdog
+// looks at the writes in flight; no deadline is armed per write); while
+// connections wait for room in MaxPendingTotal, the shorter
+// PressureTimeout applies, so that clients that stopped reading give
+// their bytes back. Throttling, the bytes held and these closes are in the
+// metrics; the closes and a full budget are logged.
 //
 //   - A frame that is malformed, of an unknown type, of a type a client may
 //     not send, longer than MaxFrame (judged from its length prefix), or

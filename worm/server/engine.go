@@ -266,6 +266,9 @@ func (e *Engine) Handle(req *paxos.Request, to Replier, tag uint64) {
 		p := respPool.Get().(*respBuf)
 		p.copyFrom(r)
 		e.waiting = append(e.waiting, pending{need: need, to: to, tag: tag, resp: p})
+		if h, ok := to.(Holder); ok {
+			h.Hold(tag, &p.resp)
+		}
 	}
 	if notify {
 		e.notifyAccepted(req, r, need, true)

@@ -85,16 +85,47 @@ const (
 
 var badReasonNames = [numBadReasons]string{"malformed", "too_large", "frame_type"}
 
+// Why a connection's reader stopped reading requests
+// (worm_connections_throttled{reason}, worm_throttled_total{reason}).
+const (
+	throttleInflight = iota // MaxInflight requests unanswered
+	throttleConn            // MaxPending bytes held for its replies
+	throttleServer          // no room in MaxPendingTotal
+	numThrottleReasons
+)
+
+var throttleReasonNames = [numThrottleReasons]string{"inflight", "connection_bytes", "server_bytes"}
+
 // metrics holds the server's counters. Everything on the request path is
 // an atomic.
 type metrics struct {
-	requests   [numKinds][numStatus]atomic.Uint64
-	latency    [numKinds]histogram
-	handshake  [numHSReasons]atomic.Uint64
-	badInput   [numBadReasons]atomic.Uint64
-	accepted   atomic.Uint64 // connections that completed the handshake
-	notifySent atomic.Uint64
-	notifyLost atomic.Uint64
+	requests      [numKinds][numStatus]atomic.Uint64
+	latency       [numKinds]histogram
+	handshake     [numHSReasons]atomic.Uint64
+	badInput      [numBadReasons]atomic.Uint64
+	accepted      atomic.Uint64 // connections that completed the handshake
+	notifySent    atomic.Uint64
+	notifyLost    atomic.Uint64
+	throttledNow  [numThrottleReasons]atomic.Int64  // readers waiting now
+	throttled     [numThrottleReasons]atomic.Uint64 // times a reader waited
+	writeTimeouts [numWDReasons]atomic.Uint64       // connections closed by the watchdog
+}
+
+// throttled records a reader that starts (delta 1) or stops (-1) waiting
+// for reason; the first wait for the server-wide budget in a while is
+// logged.
+func (s *Server) throttled(reason int, delta int64) {
+	s.m.throttledNow[reason].Add(delta)
+	if delta < 0 {
+		return
+	}
+	s.m.throttled[reason].Add(1)
+	if reason == throttleServer {
+		if ok, supp := s.budgetLog.allow(); ok {
+			s.logger.Warn("the server's reply budget is full: connections wait before reading more requests", "budget_used", s.budget.used.Load(), "budget", s.budget.limit,
+				"waiting", s.m.throttledNow[throttleServer].Load(), "suppressed", supp)
+		}
+	}
 }
 
 func (m *metrics) init() {
@@ -127,6 +158,12 @@ func (m *metrics) request(kind paxos.Kind, status int, d time.Duration) {
 //	worm_handshake_failures_total{reason}  counter: timeout, auth, version, malformed, io, max_conns
 //	worm_bad_input_total{reason}           counter: connections closed for malformed, too_large or frame_type input
 //	worm_notifications_total{result}       counter: sent, lost
+//	worm_reply_bytes                       gauge: bytes held for replies (queued output, responses held until a sync, readers' reservations)
+//	worm_reply_bytes_max                   gauge: the highest worm_reply_bytes since start
+//	worm_reply_bytes_limit                 gauge: MaxPendingTotal
+//	worm_connections_throttled{reason}     gauge: connections not read now, by reason: inflight, connection_bytes, server_bytes
+//	worm_throttled_total{reason}           counter: times a connection stopped being read, by reason
+//	worm_write_timeouts_total{reason}      counter: connections closed for a stalled write: write_timeout, budget_pressure
 //	worm_engine_syncs_total, worm_durable_position, worm_storage_failed
 func (s *Server) Metrics() http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -226,6 +263,24 @@ func (s *Server) writeMetrics(w *bufio.Writer) {
 	p.header("worm_notifications_total", "counter", "Write notifications pushed to listeners (sent) or dropped for a full connection (lost).")
 	p.sample("worm_notifications_total", float64(m.notifySent.Load()), "result", "sent")
 	p.sample("worm_notifications_total", float64(m.notifyLost.Load()), "result", "lost")
+	p.header("worm_reply_bytes", "gauge", "Bytes held for replies: queued output, responses held until a sync, and readers' reservations of one reply.")
+	p.sample("worm_reply_bytes", float64(s.budget.used.Load()))
+	p.header("worm_reply_bytes_max", "gauge", "The highest worm_reply_bytes since the server started.")
+	p.sample("worm_reply_bytes_max", float64(s.budget.peak.Load()))
+	p.header("worm_reply_bytes_limit", "gauge", "The server-wide budget for bytes held for replies (MaxPendingTotal).")
+	p.sample("worm_reply_bytes_limit", float64(s.budget.limit))
+	p.header("worm_connections_throttled", "gauge", "Connections whose requests are not read now (backpressure), by reason.")
+	for i := range m.throttledNow {
+		p.sample("worm_connections_throttled", float64(m.throttledNow[i].Load()), "reason", throttleReasonNames[i])
+	}
+	p.header("worm_throttled_total", "counter", "Times a connection's requests stopped being read (backpressure), by reason.")
+	for i := range m.throttled {
+		p.sample("worm_throttled_total", float64(m.throttled[i].Load()), "reason", throttleReasonNames[i])
+	}
+	p.header("worm_write_timeouts_total", "counter", "Connections closed because a write to them stalled, by the limit that applied.")
+	for i := range m.writeTimeouts {
+		p.sample("worm_write_timeouts_total", float64(m.writeTimeouts[i].Load()), "reason", wdReasonNames[i])
+	}
 	p.header("worm_engine_syncs_total", "counter", "Storage syncs completed by the engine (group commits).")
 	p.sample("worm_engine_syncs_total", float64(st.Syncs))
 	p.header("worm_durable_position", "gauge", "Log position known durable.")

@@ -20,10 +20,23 @@ import (
 const (
 	DefaultHandshakeTimeout = 10 * time.Second
 	DefaultMaxConns         = 4096
-	DefaultMaxPending       = 8 << 20
+	// DefaultMaxPending (per connection): four replies carrying a value
+	// of the default MaxValue (1 MiB) queued or waiting for a sync, which
+	// keeps a LAN or loopback link busy; 16 connections that stopped
+	// reading fill DefaultMaxPendingTotal.
+	DefaultMaxPending = 4 << 20
+	// DefaultMaxPendingTotal (all connections): sized for the boot
+	// image's 256 MiB VMs. The Go heap may grow to about twice what is
+	// live (GOGC=100), so replies take at most about half the guest's
+	// memory, leaving the rest to the acceptor state and the netstack.
+	DefaultMaxPendingTotal  = 64 << 20
 	DefaultMaxInflight      = 1024
 	DefaultMaxSubscriptions = 4096
 	DefaultWriteTimeout     = time.Minute
+	// DefaultPressureTimeout: under budget pressure a connection that has
+	// not taken a write for 5 s (its client reads nothing, or less than
+	// its backlog in 5 s) yields its bytes to connections that wait.
+	DefaultPressureTimeout = 5 * time.Second
 )
 
 const (
@@ -38,6 +51,14 @@ const (
 	// maxKeptBuffer: a connection keeps an output buffer up to this
 	// capacity between bursts; larger ones are dropped after use.
 	maxKeptBuffer = 1 << 20
+	// The watchdog looks at every connection's write once per
+	// watchdogDivisor-th of the shortest write limit, clamped to
+	// [minWatchdogTick, maxWatchdogTick]: a stalled write is closed between
+	// its limit and 1.5 times it, and an idle server wakes at most once a
+	// second.
+	watchdogDivisor = 4
+	minWatchdogTick = 5 * time.Millisecond
+	maxWatchdogTick = time.Second
 )
 
 // ErrServerClosed is returned by Serve after Shutdown or Close.
@@ -73,11 +94,24 @@ type Config struct {
 	// MaxConns caps open connections, handshaking ones included
 	// (DefaultMaxConns); an excess connection is refused.
 	MaxConns int
-	// MaxPending caps one connection's queued output in bytes
-	// (DefaultMaxPending): above it the server stops reading that
-	// connection's requests until its writes drain, and drops (marks
-	// lost) its notifications.
+	// MaxPending caps the bytes held for one connection's replies: its
+	// queued output and the responses the Engine holds for it until a
+	// sync (DefaultMaxPending). At or above it the server stops reading
+	// that connection's requests until its writes drain (backpressure
+	// through TCP: the connection is neither dropped nor closed), and
+	// drops (marks lost) its notifications. A connection may go over it by
+	// one reply.
 	MaxPending int
+	// MaxPendingTotal caps the bytes held for the replies of all
+	// connections together (DefaultMaxPendingTotal, raised to four times
+	// the largest reply, MaxFrame, when that is more). A connection
+	// reads a request only once the server has room for the largest
+	// reply, so the total stays within the cap (a response to a segment
+	// capture larger than a frame, answered with an error, and a few
+	// bytes of error frames and lost markers excepted). When it is full,
+	// every connection waits, and PressureTimeout frees the bytes of those
+	// that do not read. It must be at least twice MaxFrame.
+	MaxPendingTotal int
 	// MaxInflight caps one connection's requests read but not yet
 	// answered (DefaultMaxInflight); at the cap the server stops reading
 	// that connection.
@@ -86,8 +120,17 @@ type Config struct {
 	// (DefaultMaxSubscriptions); a Listen beyond it gets StatusError.
 	MaxSubscriptions int
 	// WriteTimeout closes a connection whose write makes no progress for
-	// this long (DefaultWriteTimeout; negative: never).
+	// this long (DefaultWriteTimeout; negative: never). A watchdog checks
+	// the writes in flight, so the connection is closed between
+	// WriteTimeout and 1.5 times it (no deadline is armed per write).
 	WriteTimeout time.Duration
+	// PressureTimeout is the write timeout that applies while a
+	// connection waits for room in MaxPendingTotal: a connection whose
+	// write makes no progress for this long is closed, giving its bytes
+	// back (DefaultPressureTimeout; negative: WriteTimeout applies). Only
+	// clients that read nothing for that long are affected; they would
+	// otherwise keep everyone else waiting until WriteTimeout.
+	PressureTimeout time.Duration
 }
 
 // Server serves the wire protocol over an Engine on any number of
@@ -106,6 +149,11 @@ type Server struct {
 	maxInflight        int
 	maxSubs            int
 	writeTimeout       time.Duration
+	pressureTimeout    time.Duration
+	// maxReply is the largest reply a request can produce (a frame of
+	// maxFrame); each reader reserves it in budget before it dispatches.
+	maxReply int
+	budget   replyBudget
 
 	base   context.Context // cancelled by Shutdown and Close
 	cancel context.CancelFunc
@@ -119,13 +167,24 @@ type Server struct {
 	nextConn  atomic.Uint64
 	refusing  chan struct{}
 
-	subMu sync.RWMutex
-	subs  map[uint64]map[*conn]struct{}
+	subMu  sync.RWMutex
+	subs   map[uint64]map[*conn]struct{}
+	recent recentWrites // notifications replayed to new subscribers (listen.go)
 
-	m       metrics
-	badLog  limiter
-	hsLog   limiter
-	version string
+	m         metrics
+	badLog    limiter
+	hsLog     limiter
+	budgetLog limiter
+	wdLog     limiter
+	version   string
+
+	// The write watchdog: started by the first Serve (wdStarted, under
+	// mu), stopped once Close or Shutdown saw every connection end.
+	wdStarted bool
+	wdStop    chan struct{}
+	wdEnded   sync.Once
+	wdWG      sync.WaitGroup
+	wdConns   []*conn // the watchdog's scratch
 }
 
 const (
@@ -151,23 +210,25 @@ func New(cfg Config) (*Server, error) {
 		return nil, fmt.Errorf("%w: SegmentSize %d differs from the acceptor's %d", ErrConfig, cfg.SegmentSize, segSize)
 	}
 	s := &Server{
-		eng:          cfg.Engine,
-		logger:       cfg.Logger,
-		key:          cfg.Key,
-		start:        time.Now(),
-		maxValue:     orDefault(int(cfg.MaxValue), wire.DefaultMaxValue),
-		maxFrame:     int(cfg.MaxFrame),
-		hsTimeout:    cfg.HandshakeTimeout,
-		maxConns:     orDefault(cfg.MaxConns, DefaultMaxConns),
-		maxPending:   orDefault(cfg.MaxPending, DefaultMaxPending),
-		maxInflight:  orDefault(cfg.MaxInflight, DefaultMaxInflight),
-		maxSubs:      orDefault(cfg.MaxSubscriptions, DefaultMaxSubscriptions),
-		writeTimeout: cfg.WriteTimeout,
-		listeners:    make(map[net.Listener]struct{}),
-		conns:        make(map[*conn]struct{}),
-		subs:         make(map[uint64]map[*conn]struct{}),
-		refusing:     make(chan struct{}, maxRefusing),
-		version:      buildVersion(),
+		eng:             cfg.Engine,
+		logger:          cfg.Logger,
+		key:             cfg.Key,
+		start:           time.Now(),
+		maxValue:        orDefault(int(cfg.MaxValue), wire.DefaultMaxValue),
+		maxFrame:        int(cfg.MaxFrame),
+		hsTimeout:       cfg.HandshakeTimeout,
+		maxConns:        orDefault(cfg.MaxConns, DefaultMaxConns),
+		maxPending:      orDefault(cfg.MaxPending, DefaultMaxPending),
+		maxInflight:     orDefault(cfg.MaxInflight, DefaultMaxInflight),
+		maxSubs:         orDefault(cfg.MaxSubscriptions, DefaultMaxSubscriptions),
+		writeTimeout:    cfg.WriteTimeout,
+		pressureTimeout: cfg.PressureTimeout,
+		listeners:       make(map[net.Listener]struct{}),
+		wdStop:          make(chan struct{}),
+		conns:           make(map[*conn]struct{}),
+		subs:            make(map[uint64]map[*conn]struct{}),
+		refusing:        make(chan struct{}, maxRefusing),
+		version:         buildVersion(),
 	}
 	if s.maxFrame == 0 {
 		s.maxFrame = max(wire.DefaultMaxFrame, s.maxValue+64<<10)
@@ -184,11 +245,25 @@ func New(cfg Config) (*Server, error) {
 	if s.writeTimeout == 0 {
 		s.writeTimeout = DefaultWriteTimeout
 	}
+	if s.pressureTimeout == 0 {
+		s.pressureTimeout = DefaultPressureTimeout
+	}
+	s.maxReply = s.maxFrame + 4
+	total := cfg.MaxPendingTotal
+	if total <= 0 {
+		total = max(DefaultMaxPendingTotal, 4*s.maxReply)
+	}
+	if total < 2*s.maxReply {
+		return nil, fmt.Errorf("%w: MaxPendingTotal %d is less than twice the largest reply (MaxFrame %d)", ErrConfig, total, s.maxFrame)
+	}
+	s.budget.init(int64(total))
 	s.hello = wire.ServerHello{AcceptorID: cfg.AcceptorID, Cluster: cfg.Cluster, SegmentSize: segSize, MaxValue: uint32(s.maxValue), MaxFrame: uint32(s.maxFrame)}
 	s.base, s.cancel = context.WithCancel(context.Background())
 	s.m.init()
 	s.badLog.init(10, time.Second)
 	s.hsLog.init(10, time.Second)
+	s.budgetLog.init(1, 10*time.Second)
+	s.wdLog.init(10, time.Second)
 	s.eng.SetOnWrite(s.onWrite)
 	return s, nil
 }
@@ -213,6 +288,11 @@ func (s *Server) Serve(l net.Listener) error {
 		return ErrServerClosed
 	}
 	s.listeners[l] = struct{}{}
+	if !s.wdStarted {
+		s.wdStarted = true
+		s.wdWG.Add(1)
+		go s.watchdog()
+	}
 	s.mu.Unlock()
 	defer func() {
 		s.mu.Lock()
@@ -329,6 +409,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	}()
 	select {
 	case <-done:
+		s.stopWatchdog()
 		return nil
 	case <-ctx.Done():
 		s.Close()
@@ -349,7 +430,15 @@ func (s *Server) Close() error {
 		c.teardown()
 	}
 	s.connWG.Wait()
+	s.stopWatchdog()
 	return nil
+}
+
+// stopWatchdog ends the watchdog once no connection is left to watch. The
+// state is no longer stateRunning, so no Serve starts it again.
+func (s *Server) stopWatchdog() {
+	s.wdEnded.Do(func() { close(s.wdStop) })
+	s.wdWG.Wait()
 }
 
 // stopLocked closes the listeners, cancels handshakes and returns the
