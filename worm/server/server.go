@@ -169,7 +169,6 @@ type Server struct {
 
 	subMu  sync.RWMutex
 	subs   map[uint64]map[*conn]struct{}
-	recent recentWrites // notifications replayed to new subscribers (listen.go)
 
 	m         metrics
 	badLog    limiter
