@@ -40,6 +40,12 @@ func (s *Server) listen(c *conn, tag uint64, seg uint64) {
 	}
 	set[c] = struct{}{}
 	c.Reply(tag, &paxos.Response{Kind: paxos.KindListen})
+	// Replay what seg accepted recently. Under subMu no notification is
+	// being pushed: every write is either in the replay or pushed to c
+	// after it (or, harmlessly, both).
+	if f := s.recent.frames(seg); len(f) > 0 {
+		c.push(seg, f)
+	}
 }
 
 func (s *Server) unlisten(c *conn, seg uint64) {
@@ -163,9 +169,6 @@ func (s *Server) onWrite(seg uint64, off uint32, b paxos.Ballot, values [][]byte
 	s.subMu.RLock()
 	defer s.subMu.RUnlock()
 	subs := s.subs[seg]
-	if len(subs) == 0 {
-		return
-	}
 	pb := pushPool.Get().(*pushBuf)
 	regs := pb.regs[:0]
 	for i, v := range values {
@@ -178,9 +181,109 @@ func (s *Server) onWrite(seg uint64, off uint32, b paxos.Ballot, values [][]byte
 	for c := range subs {
 		c.push(seg, pb.frame)
 	}
+	if len(pb.frame) <= recentFrameMax {
+		s.recent.record(seg, pb.frame)
+	}
 	clear(regs) // drop the references to values
 	pb.regs, pb.resp = regs[:0], paxos.Response{}
 	pushPool.Put(pb)
+}
+
+// Replay. A connection that subscribes to a segment is sent, after the
+// Listen reply, the notifications of the segment's recent writes, so that
+// a listener learns writes that raced with its subscription from the
+// notifications, like those that follow it, instead of reading them. This
+// is what makes a new learner of a register useful at once: in WormTX a
+// participant subscribes to a transaction's segment when it is asked to
+// vote, at the moment the other participants' votes arrive. The replay
+// is a cache (bounded, volatile, of small notifications only), so a listener
+// must still rescan after subscribing, as before; it only makes the
+// rescan unnecessary in the common case.
+const (
+	// recentSegMax bounds the notifications kept for one segment (a
+	// WormTX transaction writes about 2n+3 registers of a few bytes,
+	// under 1 KiB with n = 3); past it the segment's first ones are kept.
+	recentSegMax = 8 << 10
+	// recentMax bounds the bytes kept for all segments, and recentSegs
+	// the segments: past either, the segment recorded first is dropped.
+	recentMax  = 4 << 20
+	recentSegs = 4096
+	// recentFrameMax: only notifications of at most this many bytes are
+	// recorded (those of batches of small values are larger; a value
+	// over notifyValueMax is announced, and recorded, without it).
+	recentFrameMax = 4 << 10
+)
+
+// recentWrites keeps the encoded notifications of recent small writes per
+// segment, in the order they were pushed. The zero value is ready.
+type recentWrites struct {
+	mu    sync.Mutex
+	segs  map[uint64][]byte // segment -> concatenated push frames
+	order []uint64          // segments, first recorded first
+	head  int               // order[head:] are live
+	bytes int
+	spare [][]byte // buffers of dropped segments, for reuse
+}
+
+// record appends one encoded notification of seg.
+func (r *recentWrites) record(seg uint64, frame []byte) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.segs == nil {
+		r.segs = make(map[uint64][]byte)
+	}
+	b, ok := r.segs[seg]
+	if !ok {
+		for len(r.segs) >= recentSegs || r.bytes+len(frame) > recentMax {
+			if !r.dropOldest() {
+				break
+			}
+		}
+		if n := len(r.spare); n > 0 {
+			b, r.spare = r.spare[n-1][:0], r.spare[:n-1]
+		}
+		r.order = append(r.order, seg)
+	}
+	if len(b)+len(frame) > recentSegMax {
+		if !ok {
+			r.segs[seg] = b
+		}
+		return
+	}
+	r.segs[seg] = append(b, frame...)
+	r.bytes += len(frame)
+}
+
+// dropOldest forgets the segment recorded first.
+func (r *recentWrites) dropOldest() bool {
+	if r.head >= len(r.order) {
+		return false
+	}
+	seg := r.order[r.head]
+	r.head++
+	if r.head > len(r.order)/2 && r.head > 64 {
+		n := copy(r.order, r.order[r.head:])
+		r.order, r.head = r.order[:n], 0
+	}
+	if b, ok := r.segs[seg]; ok {
+		r.bytes -= len(b)
+		delete(r.segs, seg)
+		if cap(b) <= recentSegMax && len(r.spare) < 64 {
+			r.spare = append(r.spare, b)
+		}
+	}
+	return true
+}
+
+// frames returns a copy of seg's recorded notifications (nil if none).
+func (r *recentWrites) frames(seg uint64) []byte {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	b := r.segs[seg]
+	if len(b) == 0 {
+		return nil
+	}
+	return append([]byte(nil), b...)
 }
 
 // statusDoc is the JSON document answering KindStatus.

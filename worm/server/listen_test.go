@@ -71,15 +71,91 @@ func TestNotifyCarriesBallotAndValues(t *testing.T) {
 // Encoding a notification for subscribers reuses pooled buffers: a steady
 // stream of small writes does not allocate per notification in the hook.
 func TestOnWriteDoesNotAllocate(t *testing.T) {
+	if raceEnabled {
+		t.Skip("the race detector makes sync.Pool drop buffers at random")
+	}
 	ts := startServer(t, nil, true, nil)
 	vals := [][]byte{[]byte("yes"), []byte("no")}
-	// No subscriber: nothing to encode.
-	if n := testing.AllocsPerRun(100, func() { ts.srv.onWrite(77, 0, ballot(1), vals) }); n != 0 {
+	// No subscriber: encoded and recorded for replay (a segment's record
+	// stops growing at its cap).
+	if n := testing.AllocsPerRun(1000, func() { ts.srv.onWrite(77, 0, ballot(1), vals) }); n != 0 {
 		t.Fatalf("onWrite without subscribers: %v allocations", n)
 	}
 	note := newWriteNote(ballot(1), vals)
 	note.release()
 	if n := testing.AllocsPerRun(100, func() { newWriteNote(ballot(1), vals).release() }); n != 0 {
 		t.Fatalf("writeNote: %v allocations per notification", n)
+	}
+}
+
+// A new subscriber is sent the notifications of the segment's recent
+// writes after the Listen reply (a value over notifyValueMax as a hint),
+// then the live ones; a notification too large to keep is not replayed.
+func TestListenReplaysRecentWrites(t *testing.T) {
+	ts := startServer(t, nil, false, nil)
+	lis, wr := ts.dial(), ts.dial()
+	wr.roundTrip(1, accept(5, 0, []byte("yes")))
+	wr.roundTrip(2, accept(5, 1, []byte("no"), []byte("x")))
+	wr.roundTrip(3, accept(5, 7, bytes.Repeat([]byte("L"), notifyValueMax+1)))
+	batch := make([][]byte, 8)
+	for i := range batch {
+		batch[i] = bytes.Repeat([]byte("b"), notifyValueMax)
+	}
+	wr.roundTrip(4, accept(5, 20, batch...))
+	wr.roundTrip(5, accept(6, 0, []byte("other segment")))
+	lis.do(10, &paxos.Request{Kind: paxos.KindListen, Seg: 5})
+	if f := lis.must(); f.typ != wire.FrameResponse || f.id != 10 || f.resp.Status != paxos.StatusOK {
+		t.Fatalf("listen reply: %v %+v", f.typ, f.resp)
+	}
+	want := []struct {
+		off, count uint32
+		vals       []string
+	}{{0, 1, []string{"yes"}}, {1, 2, []string{"no", "x"}}, {7, 1, nil}}
+	for _, w := range want {
+		f := lis.must()
+		if f.typ != wire.FramePush || f.resp.Seg != 5 || f.resp.Off != w.off || f.resp.Count != w.count || len(f.resp.Regs) != len(w.vals) {
+			t.Fatalf("replayed %v %+v, want registers %d+%d", f.typ, f.resp, w.off, w.count)
+		}
+		for i, v := range w.vals {
+			if string(f.resp.Regs[i].Value) != v {
+				t.Fatalf("replayed %+v, want %q", f.resp.Regs, w.vals)
+			}
+		}
+	}
+	wr.roundTrip(6, accept(5, 9, []byte("live")))
+	if f := lis.must(); f.typ != wire.FramePush || f.resp.Off != 9 {
+		t.Fatalf("after the replay: %v %+v, want the live write of register 9", f.typ, f.resp)
+	}
+}
+
+// The replay cache stays within its bounds, dropping the segments
+// recorded first.
+func TestRecentWritesBounded(t *testing.T) {
+	var r recentWrites
+	frame := bytes.Repeat([]byte("f"), 100)
+	for seg := range uint64(3 * recentSegs) {
+		r.record(seg, frame)
+		if len(r.segs) > recentSegs || r.bytes > recentMax {
+			t.Fatalf("%d segments, %d bytes", len(r.segs), r.bytes)
+		}
+	}
+	if r.frames(0) != nil || len(r.frames(3*recentSegs-1)) != len(frame) {
+		t.Fatal("the oldest segment is kept, or the newest is not")
+	}
+	for range 2 * recentSegMax / len(frame) {
+		r.record(1<<40, frame)
+	}
+	if n := len(r.frames(1 << 40)); n > recentSegMax || n == 0 {
+		t.Fatalf("one segment keeps %d bytes (cap %d)", n, recentSegMax)
+	}
+	big := bytes.Repeat([]byte("B"), recentFrameMax)
+	for seg := range uint64(2 * recentMax / recentFrameMax) {
+		r.record(1<<41+seg, big)
+		if r.bytes > recentMax {
+			t.Fatalf("%d bytes kept, cap %d", r.bytes, recentMax)
+		}
+	}
+	if r.bytes < recentMax/2 {
+		t.Fatalf("%d bytes kept of a cap of %d", r.bytes, recentMax)
 	}
 }
