@@ -225,13 +225,31 @@ type SegmentCapture struct {
 	Contended []uint32
 }
 
-// Notification is a hint that register Off of a listened segment was
-// written. Listeners read the register to learn the value. Lost reports
-// that notifications may have been missed (a wormserver connection was
-// re-established) and the listener should rescan.
+// Notification reports a write to register Off of a listened segment.
+//
+// When Chosen is set, Value is the register's chosen value: every Read of
+// Off returns it from then on. The distributed implementation learns it
+// as a Paxos learner does, from a quorum of wormservers that accepted the
+// same value at the same ballot; the specification reports every write
+// this way. Value belongs to the receiver.
+//
+// Otherwise the notification is a hint and Value is nil: the register was
+// written, or a write reached some wormservers; read it to learn its value
+// (or whether one was chosen). Hints come when the value is too large to
+// travel in a notification, before a value is known to be chosen, and
+// when the listener heard from too few wormservers to tell.
+//
+// Lost reports that notifications may have been missed (a wormserver
+// connection was re-established, or the listener fell behind); the
+// listener should rescan. Off and Value are then meaningless.
+//
+// A register may be announced more than once (typically a hint, then its
+// chosen value).
 type Notification struct {
-	Off  uint32
-	Lost bool
+	Off    uint32
+	Chosen bool
+	Value  []byte
+	Lost   bool
 }
 
 // Space is WormSpace: an address space of write-once registers.
@@ -273,7 +291,10 @@ type Space interface {
 	// on seg return ErrTrimmed.
 	Trim(ctx context.Context, seg uint64) error
 	// Listen delivers write notifications for seg until ctx ends; the
-	// channel is then closed. Notifications are hints.
+	// channel is then closed. Every register written after Listen returns
+	// is announced at least once (with its chosen value, or as a hint),
+	// unless a Lost notification says that some were missed. See
+	// Notification.
 	Listen(ctx context.Context, seg uint64) (<-chan Notification, error)
 
 	// SegmentSize is the number of data registers per segment.

@@ -372,7 +372,7 @@ func (cn *conn) reader(nc net.Conn, h wire.ServerHello) error {
 				return fmt.Errorf("malformed push from the server: %w", err)
 			}
 			if resp.Kind == paxos.KindNotify {
-				cn.cl.notify(&resp)
+				cn.cl.notify(cn.idx, &resp)
 			}
 		case wire.FrameErr:
 			re, err := wire.DecodeError(f.Payload)

@@ -1,9 +1,11 @@
 package client
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"math/bits"
 	"sync"
 
 	"github.com/wormspace/wormspace/worm"
@@ -14,32 +16,125 @@ import (
 // not taken them; past it they are dropped for one Lost notification.
 const listenQueue = 4096
 
+// maxTallies bounds the registers one listener tallies reports for, and
+// maxChosen the registers it remembers as announced chosen. Past either,
+// the set is cleared: a register then announced again costs the listener
+// a redundant hint, never a wrong value (every register was hinted or
+// announced chosen at its first report).
+const (
+	maxTallies = 4096
+	maxChosen  = 4096
+)
+
 // listener queues notifications for one Listen call without ever blocking
 // a connection's reader: notify appends under mu, pump moves the queue to
 // the caller's channel.
+//
+// It is also the Paxos learner of the registers of its segment: each
+// wormserver reports the ballot and value it accepted (report), and a
+// value that a quorum of distinct wormservers reported at one ballot is
+// chosen. Reports are facts about the past (an acceptor did accept that
+// value at that ballot), so they stay valid across reconnections and
+// Lost, and counting them in any order is safe.
 type listener struct {
-	seg  uint64
-	out  chan worm.Notification
-	wake chan struct{} // capacity 1
+	seg    uint64
+	quorum int
+	out    chan worm.Notification
+	wake   chan struct{} // capacity 1
 
-	mu    sync.Mutex
-	queue []worm.Notification
-	lost  bool
+	mu      sync.Mutex
+	queue   []worm.Notification
+	lost    bool
+	tallies map[uint32]*tally
+	chosen  map[uint32]struct{}
 }
 
-func (l *listener) push(n worm.Notification) {
-	l.mu.Lock()
+// tally is what a listener heard about one register not yet known chosen.
+type tally struct {
+	hinted bool   // a hint was queued for it
+	cands  []cand // distinct (ballot, value) pairs reported
+}
+
+// cand is one (ballot, value) pair and the wormservers that reported it.
+type cand struct {
+	ballot paxos.Ballot
+	value  []byte // a copy; becomes the chosen notification's Value
+	from   uint64 // bit i: server i reported it
+}
+
+// enqueueLocked queues n, or turns the queue into one Lost notification
+// when the taker fell behind.
+func (l *listener) enqueueLocked(n worm.Notification) {
 	switch {
 	case n.Lost || len(l.queue) >= listenQueue:
 		// Whatever is queued is redundant with the rescan Lost asks for.
+		clear(l.queue)
 		l.queue, l.lost = l.queue[:0], true
 	case !l.lost:
 		l.queue = append(l.queue, n)
 	}
-	l.mu.Unlock()
+}
+
+func (l *listener) wakeUp() {
 	select {
 	case l.wake <- struct{}{}:
 	default:
+	}
+}
+
+func (l *listener) push(n worm.Notification) {
+	l.mu.Lock()
+	l.enqueueLocked(n)
+	l.mu.Unlock()
+	l.wakeUp()
+}
+
+// report records that server from accepted a value for register off: g
+// (ballot and value), or nil when the server announced the write without
+// its value. It queues the register's chosen value when this report
+// completes a quorum at one ballot (or the server says the register is
+// decided), else a hint for the first report of the register. g and its
+// value are only read during the call.
+func (l *listener) report(from int, off uint32, g *paxos.RegState) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if _, done := l.chosen[off]; done {
+		return
+	}
+	t := l.tallies[off]
+	if t == nil {
+		if len(l.tallies) >= maxTallies {
+			clear(l.tallies)
+		}
+		t = &tally{}
+		l.tallies[off] = t
+	}
+	if g != nil {
+		var c *cand
+		for i := range t.cands {
+			if t.cands[i].ballot == g.Accepted && bytes.Equal(t.cands[i].value, g.Value) {
+				c = &t.cands[i]
+				break
+			}
+		}
+		if c == nil {
+			t.cands = append(t.cands, cand{ballot: g.Accepted, value: append([]byte{}, g.Value...)})
+			c = &t.cands[len(t.cands)-1]
+		}
+		c.from |= 1 << uint(from)
+		if g.Decided || bits.OnesCount64(c.from) >= l.quorum {
+			delete(l.tallies, off)
+			if len(l.chosen) >= maxChosen {
+				clear(l.chosen)
+			}
+			l.chosen[off] = struct{}{}
+			l.enqueueLocked(worm.Notification{Off: off, Chosen: true, Value: c.value})
+			return
+		}
+	}
+	if !t.hinted {
+		t.hinted = true
+		l.enqueueLocked(worm.Notification{Off: off})
 	}
 }
 
@@ -58,6 +153,7 @@ func (l *listener) pump(ctx context.Context, closed <-chan struct{}, detach func
 		l.mu.Lock()
 		batch = append(batch[:0], l.queue...)
 		lost := l.lost
+		clear(l.queue)
 		l.queue, l.lost = l.queue[:0], false
 		l.mu.Unlock()
 		if lost {
@@ -72,12 +168,16 @@ func (l *listener) pump(ctx context.Context, closed <-chan struct{}, detach func
 				return
 			}
 		}
+		clear(batch)
 	}
 }
 
-// notify fans a server's KindNotify push out to the segment's listeners.
-// A push with Count 0 is the server's "notifications were dropped" marker.
-func (cl *Client) notify(resp *paxos.Response) {
+// notify fans server from's KindNotify push out to the segment's
+// listeners. A push with Count 0 is the server's "notifications were
+// dropped" marker. resp.Regs carries the accepted ballot and value of the
+// registers whose values the server sends (ascending offsets within
+// [Off, Off+Count)); the others are reported without value.
+func (cl *Client) notify(from int, resp *paxos.Response) {
 	cl.mu.Lock()
 	defer cl.mu.Unlock()
 	ls := cl.listeners[resp.Seg]
@@ -90,14 +190,25 @@ func (cl *Client) notify(resp *paxos.Response) {
 		}
 		return
 	}
+	j := 0
 	for i := uint32(0); i < resp.Count; i++ {
 		off := resp.Off + i
+		var g *paxos.RegState
+		for j < len(resp.Regs) && resp.Regs[j].Off < off {
+			j++
+		}
+		if j < len(resp.Regs) && resp.Regs[j].Off == off && resp.Regs[j].HasValue {
+			g = &resp.Regs[j]
+		}
 		if off == worm.MetaOffset {
 			continue
 		}
 		for l := range ls {
-			l.push(worm.Notification{Off: off})
+			l.report(from, off, g)
 		}
+	}
+	for l := range ls {
+		l.wakeUp()
 	}
 }
 
@@ -135,7 +246,8 @@ func (cl *Client) resubscribe(cn *conn) {
 // has subscribed, so every write chosen afterwards is announced by at
 // least one of them. Errors: worm.ErrTrimmed, worm.ErrUnavailable.
 func (cl *Client) Listen(ctx context.Context, seg uint64) (<-chan worm.Notification, error) {
-	l := &listener{seg: seg, out: make(chan worm.Notification, 64), wake: make(chan struct{}, 1)}
+	l := &listener{seg: seg, quorum: cl.quorum(), out: make(chan worm.Notification, 64), wake: make(chan struct{}, 1),
+		tallies: map[uint32]*tally{}, chosen: map[uint32]struct{}{}}
 	cl.mu.Lock()
 	ls := cl.listeners[seg]
 	if ls == nil {

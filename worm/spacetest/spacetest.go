@@ -710,6 +710,9 @@ func testListen(e *env) {
 			if !want[n.Off] {
 				e.t.Fatalf("notification for register %d, which was not written", n.Off)
 			}
+			if n.Chosen && !bytes.Equal(n.Value, []byte{byte(n.Off)}) {
+				e.t.Fatalf("notification for register %d carries %q as chosen, want %q", n.Off, n.Value, []byte{byte(n.Off)})
+			}
 			// A notification is a hint that the value is readable.
 			v, err := e.c[1].Read(e.ctx, worm.Addr{Seg: s, Off: n.Off})
 			if err != nil || !bytes.Equal(v, []byte{byte(n.Off)}) {

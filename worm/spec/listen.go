@@ -31,14 +31,16 @@ func newListener(max int) *listener {
 	}
 }
 
-func (l *listener) notify(off uint32) {
+// notify queues the news that register off was written with v, which is
+// chosen at once (the spec is atomic). v is copied.
+func (l *listener) notify(off uint32, v []byte) {
 	l.mu.Lock()
 	if len(l.queue) >= l.max {
 		// The listener fell behind: whatever is queued is redundant with
 		// the rescan that Lost asks for.
 		l.queue, l.lost = l.queue[:0], true
 	} else if !l.lost {
-		l.queue = append(l.queue, worm.Notification{Off: off})
+		l.queue = append(l.queue, worm.Notification{Off: off, Chosen: true, Value: append([]byte{}, v...)})
 	}
 	l.mu.Unlock()
 	select {

@@ -263,7 +263,7 @@ func (s *Store) store(addr worm.Addr, g *segment, tok worm.Token, v []byte) erro
 	r = g.reg(addr.Off)
 	r.value, r.has = clone(v), true
 	for l := range g.listeners {
-		l.notify(addr.Off)
+		l.notify(addr.Off, r.value)
 	}
 	return nil
 }
@@ -542,11 +542,13 @@ func (c *Client) Trim(ctx context.Context, seg uint64) error {
 
 // Listen returns a channel that receives a Notification for every register
 // of seg that becomes written after the call (not for idempotent rewrites,
-// nor for the metadata register). The channel is buffered; a listener that
-// falls more than the listen buffer behind loses the queued notifications
-// and receives one Notification{Lost: true} instead, so writers never
-// block. The channel is closed when ctx ends, the client closes, or seg is
-// trimmed. Listen does not require allocation. Errors: ErrTrimmed.
+// nor for the metadata register), carrying the written value, which is
+// chosen at once (Chosen set; each listener gets its own copy). The
+// channel is buffered; a listener that falls more than the listen buffer
+// behind loses the queued notifications and receives one
+// Notification{Lost: true} instead, so writers never block. The channel is
+// closed when ctx ends, the client closes, or seg is trimmed. Listen does
+// not require allocation. Errors: ErrTrimmed.
 func (c *Client) Listen(ctx context.Context, seg uint64) (<-chan worm.Notification, error) {
 	f, err := c.begin(ctx, OpListen)
 	if err != nil {
