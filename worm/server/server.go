@@ -169,6 +169,7 @@ type Server struct {
 
 	subMu  sync.RWMutex
 	subs   map[uint64]map[*conn]struct{}
+	recent recentWrites // notifications replayed to new subscribers (listen.go)
 
 	m         metrics
 	badLog    limiter
