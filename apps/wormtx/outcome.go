@@ -19,8 +19,14 @@ type Policy struct {
 	// participant).
 	RecoverAfter time.Duration
 	// Poll is the rescan interval, the safety net under Listen (whose
-	// notifications are hints and may be lost). Zero means 250ms.
+	// notifications may be lost). Zero means 250ms.
 	Poll time.Duration
+	// HintWait is how long Resolve waits, after a hint (a vote announced
+	// without its chosen value: by fewer wormservers than a quorum so
+	// far, or too large to travel), for the chosen value before it reads
+	// the registers. In the fault-free case the chosen value follows the
+	// hint within a fraction of a millisecond. Zero means 20ms.
+	HintWait time.Duration
 	// WriteDecision makes Resolve record the outcome in the decision
 	// register once it knows it (capture+write; idempotent, and later
 	// observers then need one read). Resolve always records it after a
@@ -45,6 +51,13 @@ func (p Policy) poll() time.Duration {
 		return 250 * time.Millisecond
 	}
 	return p.Poll
+}
+
+func (p Policy) hintWait() time.Duration {
+	if p.HintWait <= 0 {
+		return 20 * time.Millisecond
+	}
+	return p.HintWait
 }
 
 func (p Policy) logger() *slog.Logger {
@@ -163,13 +176,16 @@ func Resolve(ctx context.Context, sp worm.Space, id TxID, pol Policy) (Outcome, 
 }
 
 // Resolve returns the transaction's outcome, Commit or Abort. It listens on
-// the segment (notifications are hints: each one, and each Poll tick,
-// triggers a read of the registers not yet known; a Lost notification is
-// just another rescan), returns as soon as the decision register is
-// written, one vote is no or every vote is yes, and, when votes are still
-// missing after pol.RecoverAfter, captures each missing vote register and
-// writes no. A yes that reached some acceptors survives the capture (the
-// capture reports it), so recovery never turns a cast yes into no.
+// the segment and learns the votes (and the decision register) from the
+// chosen values the notifications carry; it reads the registers not yet
+// known once at the start (concurrently with subscribing) and once
+// subscribed, after a hint that no chosen value followed within
+// pol.HintWait, after a Lost notification, and at every pol.Poll tick. It
+// returns as soon as the decision register is known, one vote is no or
+// every vote is yes, and, when votes are still missing after
+// pol.RecoverAfter, captures each missing vote register and writes no. A
+// yes that reached some acceptors survives the capture (the capture
+// reports it), so recovery never turns a cast yes into no.
 //
 // Resolve is what makes WormTX non-blocking: it needs no particular
 // process, only a quorum of wormservers. Any number of observers may run it
@@ -179,49 +195,82 @@ func Resolve(ctx context.Context, sp worm.Space, id TxID, pol Policy) (Outcome, 
 // participant applied it), ErrInconsistent, and ctx's error (wrapped in
 // the last Space error) when ctx ends first.
 func (t Tx) Resolve(ctx context.Context, sp worm.Space, pol Policy) (Outcome, error) {
-	n := t.n()
-	lctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	// Subscribe and scan at once (one round trip, not two); if the first
-	// scan is inconclusive, scan again once subscribed, so no write falls
-	// between the two unseen.
-	type listening struct {
-		ch  <-chan worm.Notification
-		err error
-	}
+	return t.resolve(ctx, sp, pol, resolveOpts{})
+}
+
+// resolveOpts are the options of resolve that Resolve does not expose.
+type resolveOpts struct {
+	// notes is a listener on the transaction's segment that the caller
+	// opened (nil: resolve opens its own). It is not closed by resolve.
+	notes <-chan worm.Notification
+	// fresh: the transaction has just begun and notes was opened before
+	// any vote can have been chosen, or concurrently with the votes (the
+	// wormservers replay to a new subscriber what raced with it). The
+	// notifications then tell everything and resolve reads only after a
+	// hint, a Lost notification or a Poll tick.
+	fresh bool
+}
+
+// listening is the outcome of a Listen started in the background.
+type listening struct {
+	ch  <-chan worm.Notification
+	err error
+}
+
+// listenAsync starts sp.Listen(ctx, seg) and delivers its result.
+func listenAsync(ctx context.Context, sp worm.Space, seg uint64) <-chan listening {
 	ready := make(chan listening, 1)
 	go func() {
-		ch, err := sp.Listen(lctx, uint64(t.ID))
+		ch, err := sp.Listen(ctx, seg)
 		ready <- listening{ch, err}
 	}()
-	var notes <-chan worm.Notification
-	subscribe := func() error {
-		l := <-ready
-		if l.err != nil {
-			if errors.Is(l.err, worm.ErrTrimmed) {
-				return fmt.Errorf("wormtx: %v: %w", t.ID, l.err)
-			}
-			return nil // fall back on polling
-		}
-		notes = l.ch
-		return nil
-	}
-	subscribed := false
+	return ready
+}
+
+func (t Tx) resolve(ctx context.Context, sp worm.Space, pol Policy, opt resolveOpts) (Outcome, error) {
+	n := t.n()
 	votes := make([]Vote, n)
+	decision := Pending
+	notes := opt.notes
+	var ready <-chan listening
+	if notes == nil {
+		lctx, cancel := context.WithCancel(ctx)
+		defer cancel()
+		// Subscribe and scan at once (one round trip, not two); if the
+		// first scan is inconclusive, scan again once subscribed, so no
+		// write falls between the two unseen.
+		ready = listenAsync(lctx, sp, uint64(t.ID))
+	}
+	scanNow := !opt.fresh
 	var recoverAt <-chan time.Time
 	if pol.RecoverAfter >= 0 {
 		tm := time.NewTimer(pol.RecoverAfter)
 		defer tm.Stop()
 		recoverAt = tm.C
 	}
+	poll := time.NewTimer(pol.poll())
+	defer poll.Stop()
+	var hint *time.Timer
+	var hintC <-chan time.Time
+	defer func() {
+		if hint != nil {
+			hint.Stop()
+		}
+	}()
 	recovered := false
 	for {
-		o, err := t.scan(ctx, sp, votes)
-		if err != nil {
-			if !transient(ctx, err) {
+		if scanNow {
+			scanNow = false
+			_, err := t.scan(ctx, sp, votes, &decision)
+			if err != nil && !transient(ctx, err) {
 				return Pending, fmt.Errorf("wormtx: %v: %w", t.ID, err)
 			}
-		} else if o != Pending {
+		}
+		o, err := t.outcome(votes, decision)
+		if err != nil {
+			return Pending, err
+		}
+		if o != Pending {
 			if recovered || pol.WriteDecision {
 				if err := t.decide(ctx, sp, o); err != nil {
 					return Pending, err
@@ -229,38 +278,95 @@ func (t Tx) Resolve(ctx context.Context, sp worm.Space, pol Policy) (Outcome, er
 			}
 			return o, nil
 		}
-		if !subscribed {
-			subscribed = true
-			if err := subscribe(); err != nil {
-				return Pending, err
-			}
-			continue // rescan: writes before the subscription are seen
-		}
 		if recovered {
 			// Every vote was settled by the recovery round; only a
 			// transient read error can bring us here. Retry at once.
 			recoverAt = closedTime
 		}
-		poll := time.NewTimer(pol.poll())
 		select {
-		case _, ok := <-notes:
-			if !ok {
-				notes = nil // trimmed or listener gone; scan will tell
+		case l := <-ready:
+			ready = nil
+			if l.err != nil {
+				if errors.Is(l.err, worm.ErrTrimmed) {
+					return Pending, fmt.Errorf("wormtx: %v: %w", t.ID, l.err)
+				}
+				break // fall back on polling
 			}
+			notes = l.ch
+			scanNow = true // writes before the subscription are seen
+		case nt, ok := <-notes:
+			switch {
+			case !ok:
+				notes = nil // trimmed or listener gone; scan will tell
+				scanNow = true
+			case nt.Lost:
+				scanNow = true
+			case nt.Chosen:
+				if err := t.learn(nt, votes, &decision); err != nil {
+					return Pending, err
+				}
+			case int(nt.Off) <= n && hintC == nil:
+				// A vote or the decision is being written: its chosen
+				// value normally follows at once; read if it does not.
+				if hint == nil {
+					hint = time.NewTimer(pol.hintWait())
+				} else {
+					hint.Reset(pol.hintWait())
+				}
+				hintC = hint.C
+			}
+		case <-hintC:
+			hintC = nil
+			scanNow = true
 		case <-poll.C:
+			poll.Reset(pol.poll())
+			scanNow = true
 		case <-recoverAt:
 			recoverAt = nil
 			if err := t.recover(ctx, sp, votes, pol); err != nil {
-				poll.Stop()
 				return Pending, err
 			}
 			recovered = true
 		case <-ctx.Done():
-			poll.Stop()
 			return Pending, fmt.Errorf("wormtx: %v: outcome unknown: %w", t.ID, ctx.Err())
 		}
-		poll.Stop()
 	}
+}
+
+// learn records a chosen value announced by a notification: a vote, or
+// the decision.
+func (t Tx) learn(nt worm.Notification, votes []Vote, decision *Outcome) error {
+	switch n := t.n(); {
+	case int(nt.Off) < n:
+		if votes[nt.Off] != VoteMissing {
+			return nil
+		}
+		v, err := parseVote(nt.Value)
+		if err != nil {
+			return err
+		}
+		votes[nt.Off] = v
+	case int(nt.Off) == n:
+		d, err := parseOutcome(nt.Value)
+		if err != nil {
+			return err
+		}
+		*decision = d
+	}
+	return nil
+}
+
+// outcome is the outcome votes and decision determine (Pending if none),
+// or ErrInconsistent when they contradict each other.
+func (t Tx) outcome(votes []Vote, decision Outcome) (Outcome, error) {
+	o := OutcomeOf(votes)
+	if decision != Pending {
+		if o != Pending && o != decision {
+			return Pending, fmt.Errorf("%w: %v: decision %v but votes say %v", ErrInconsistent, t.ID, decision, o)
+		}
+		return decision, nil
+	}
+	return o, nil
 }
 
 var closedTime = func() <-chan time.Time {
@@ -269,16 +375,22 @@ var closedTime = func() <-chan time.Time {
 	return c
 }()
 
-// scan reads the decision register and the votes still missing, in one
-// concurrent round, and returns the outcome they determine (or Pending).
-func (t Tx) scan(ctx context.Context, sp worm.Space, votes []Vote) (Outcome, error) {
+// scan reads the decision register (unless known) and the votes still
+// missing, in one concurrent round, records what it found in votes and
+// decision, and returns the outcome they determine (or Pending).
+func (t Tx) scan(ctx context.Context, sp worm.Space, votes []Vote, decision *Outcome) (Outcome, error) {
 	var idx []int
-	addrs := []worm.Addr{t.decisionAddr()}
+	var addrs []worm.Addr
 	for i, v := range votes {
 		if v == VoteMissing {
 			idx = append(idx, i)
 			addrs = append(addrs, t.voteAddr(i))
 		}
+	}
+	readDecision := decision == nil || *decision == Pending
+	if readDecision {
+		idx = append(idx, -1)
+		addrs = append(addrs, t.decisionAddr())
 	}
 	vals := make([][]byte, len(addrs))
 	errs := make([]error, len(addrs))
@@ -294,33 +406,38 @@ func (t Tx) scan(ctx context.Context, sp worm.Space, votes []Vote) (Outcome, err
 	}
 	wg.Wait()
 	var firstErr error
+	d := Pending
 	for k, i := range idx {
-		if errs[k+1] != nil {
-			firstErr = cmpErr(firstErr, errs[k+1])
+		if errs[k] != nil {
+			firstErr = cmpErr(firstErr, errs[k])
 			continue
 		}
-		if vals[k+1] != nil {
-			v, err := parseVote(vals[k+1])
-			if err != nil {
+		if vals[k] == nil {
+			continue
+		}
+		if i < 0 {
+			var err error
+			if d, err = parseOutcome(vals[k]); err != nil {
 				return Pending, err
 			}
-			votes[i] = v
+			continue
 		}
-	}
-	if errs[0] == nil && vals[0] != nil {
-		d, err := parseOutcome(vals[0])
+		v, err := parseVote(vals[k])
 		if err != nil {
 			return Pending, err
 		}
-		if o := OutcomeOf(votes); o != Pending && o != d {
-			return Pending, fmt.Errorf("%w: %v: decision %v but votes say %v", ErrInconsistent, t.ID, d, o)
-		}
-		return d, nil
+		votes[i] = v
 	}
-	if errs[0] != nil {
-		firstErr = cmpErr(firstErr, errs[0])
+	if decision != nil && d != Pending {
+		*decision = d
+	} else if decision != nil {
+		d = *decision
 	}
-	if o := OutcomeOf(votes); o != Pending {
+	o, err := t.outcome(votes, d)
+	if err != nil {
+		return Pending, err
+	}
+	if o != Pending {
 		return o, nil
 	}
 	return Pending, firstErr

@@ -265,7 +265,7 @@ func (p *Participant) completeVotes(ctx context.Context, t Tx) error {
 		return nil
 	}
 	votes := make([]Vote, t.n())
-	if _, err := t.scan(ctx, p.sp, votes); err != nil {
+	if _, err := t.scan(ctx, p.sp, votes, nil); err != nil {
 		if errors.Is(err, worm.ErrTrimmed) {
 			return nil
 		}
