@@ -30,10 +30,15 @@ const (
 	// Code and the error text; the ID is always 0; the sender closes the
 	// connection after it.
 	FrameErr
+	// FrameControl: a membership control message (control.go). Client to
+	// server: a Control request with an ID of the client's choosing;
+	// server to client: the ControlReply with the same ID, or with ID 0 a
+	// membership push (the server's membership changed).
+	FrameControl
 	frameTypeCount
 )
 
-var frameTypeNames = [...]string{"invalid", "request", "response", "push", "error"}
+var frameTypeNames = [...]string{"invalid", "request", "response", "push", "error", "control"}
 
 func (t FrameType) String() string {
 	if t < frameTypeCount {

@@ -337,7 +337,7 @@ func TestMalformedPayloads(t *testing.T) {
 	}{
 		{"kind 0", mut(seg, func(b []byte) { b[0] = 0 }), ErrMalformed},
 		{"kind unknown", mut(seg, func(b []byte) { b[0] = 99 }), ErrMalformed},
-		{"status unknown", mut(seg, func(b []byte) { b[1] = 7 }), ErrMalformed},
+		{"status unknown", mut(seg, func(b []byte) { b[1] = 99 }), ErrMalformed},
 		{"section unknown", mut(seg, func(b []byte) { b[2] |= 0x80 }), ErrMalformed},
 		{"huge reg count", mut(seg, func(b []byte) { le.PutUint32(b[19:], 0xffffffff) }), ErrMalformed},
 		{"reg count too many", mut(seg, func(b []byte) { le.PutUint32(b[19:], 4) }), ErrMalformed},

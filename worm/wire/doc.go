@@ -39,14 +39,39 @@
 //	  0      1      2      3      4..5 u16  6 u8   7..8 u16    9..
 //
 // Message types and bodies (all integers little-endian; strings are a u16
-// length and bytes; bodies are at most 2 KiB):
+// length and bytes; a server reads bodies of at most 2 KiB, a client
+// server hellos of at most about 34 KiB):
 //
 //	1 client hello  u32 flags | nonce[32] | string client id (<= 256 bytes)
+//	                | u64 epoch
 //	2 server hello  u32 flags | u32 acceptor id | string cluster (<= 256)
 //	                | u32 segment size | u32 max value | u32 max frame
-//	                | nonce[32] | proof[32] (only when flags has FlagAuth)
+//	                | nonce[32] | membership
+//	                | proof[32] (only when flags has FlagAuth)
 //	3 client proof  proof[32], or empty without a key
 //	4 error         u8 Code | text   (the sender closes after it)
+//
+//	membership      u8 state (0 active, 1 sealed, 2 joining) | u8 flags
+//	                (1: installed) | u64 epoch | members | u64 next epoch
+//	                | next members
+//	members         u8 n (<= 64) | n × (u32 acceptor id | u8 length | address)
+//
+// # Configurations and epochs
+//
+// The wormservers of a cluster form a configuration with an epoch number
+// (Config); epoch 0 is the initial one, whose members only the clients
+// know. A client names in its hello the epoch it issues operations under
+// (ClientHello.Epoch) and the server binds the connection to it: it
+// answers that connection's requests only while it serves that epoch, and
+// refuses them otherwise with paxos.StatusSealed, which changed nothing.
+// The server hello says where the server stands (Membership: active in an
+// epoch, sealed with the configuration that succeeds it, or joining), so a
+// client learns a newer configuration from any member it reaches; a server
+// pushes its membership (a FrameControl with id 0) to its connections when
+// it changes. Binding once per connection keeps the epoch out of every
+// request. Control requests (FrameControl, control.go) seal an epoch,
+// stream a sealed member's state out and into a new member, and activate
+// the next configuration; worm/client documents the procedure.
 //
 // The sequence is client hello → server hello → client proof; then both
 // sides speak frames. The server refuses with an error message (instead of
@@ -92,7 +117,10 @@
 // registers that accepted a value, count 0 meaning "notifications were
 // dropped", and the regs section the accepted ballot and value of those
 // registers of the run whose values the server sends), FrameErr (4, u8
-// Code and text, id 0, the sender closes the connection after it).
+// Code and text, id 0, the sender closes the connection after it),
+// FrameControl (5, a Control request from a client, or a ControlReply
+// from the server: the answer to the request with the same id, or with
+// id 0 a membership push).
 //
 // Request payload (fixed 37 bytes, then the values):
 //
@@ -114,6 +142,16 @@
 //
 //	register state   u32 off | u8 flags | [ballot accepted] | [u32 n | value]
 //	register result  u8 status | u8 flags | [ballot promised] | [ballot accepted] | [u32 n | value]
+//
+// Control request and reply payloads (fixed layouts, no sections):
+//
+//	control        u8 op | u64 epoch | u64 config epoch | members
+//	               | u64 cursor seg | u64 cursor pos | u32 max bytes | records
+//	control reply  u8 op | u8 status | u8 flags (1: done) | u32 conflicts
+//	               | u64 next seg | u64 next pos | membership
+//	               | u32 n | text (<= 1 KiB) | records
+//	records        u32 n | n × (u8 kind | u64 seg | u32 off | u64 round
+//	               | u64 node | u32 length | value)
 //
 // flags: 1 HasValue, 2 Decided, 4 accepted ballot follows, 8 value follows
 // (Value != nil), 16 promised ballot follows (results only). Fixed-width

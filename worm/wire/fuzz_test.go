@@ -40,6 +40,11 @@ func FuzzReader(f *testing.F) {
 				DecodeResponse(fr.Payload, 0, &resp)
 			case FrameErr:
 				DecodeError(fr.Payload)
+			case FrameControl:
+				var c Control
+				var cr ControlReply
+				DecodeControl(fr.Payload, 0, &c)
+				DecodeControlReply(fr.Payload, 0, &cr)
 			default:
 				t.Fatalf("Next returned frame type %v", fr.Type)
 			}
@@ -104,9 +109,9 @@ func FuzzResponse(f *testing.F) {
 // the same bytes.
 func FuzzHandshake(f *testing.F) {
 	f.Fuzz(func(t *testing.T, b []byte) {
-		m, err := readHSMsg(bytes.NewReader(b))
+		m, err := readHSMsg(bytes.NewReader(b), maxServerHelloBody)
 		if err != nil {
-			if len(m.raw) > hsHeader+maxHandshakeBody {
+			if len(m.raw) > hsHeader+maxServerHelloBody {
 				t.Fatalf("read %d bytes", len(m.raw))
 			}
 			return
@@ -147,6 +152,36 @@ func FuzzHandshake(f *testing.F) {
 	})
 }
 
+// FuzzControl: DecodeControl and DecodeControlReply never panic, return
+// typed errors, allocate in proportion to their input, and what they
+// accept re-encodes to the same bytes (both encodings are canonical).
+func FuzzControl(f *testing.F) {
+	f.Fuzz(func(t *testing.T, p []byte) {
+		var c Control
+		if err := DecodeControl(p, 0, &c); err != nil {
+			if !errors.Is(err, ErrMalformed) && !errors.Is(err, ErrValueTooLarge) {
+				t.Fatalf("untyped error %v", err)
+			}
+			if cap(c.Records) > len(p)/recordFixed {
+				t.Fatalf("allocated %d records for %d bytes", cap(c.Records), len(p))
+			}
+		} else if again := AppendControl(nil, 0, &c)[HeaderSize:]; !bytes.Equal(again, p) {
+			t.Fatalf("control re-encoding differs:\n in %x\nout %x", p, again)
+		}
+		var r ControlReply
+		if err := DecodeControlReply(p, 0, &r); err != nil {
+			if !errors.Is(err, ErrMalformed) && !errors.Is(err, ErrValueTooLarge) {
+				t.Fatalf("untyped error %v", err)
+			}
+			if cap(r.Records) > len(p)/recordFixed {
+				t.Fatalf("allocated %d records for %d bytes", cap(r.Records), len(p))
+			}
+		} else if again := AppendControlReply(nil, 0, &r)[HeaderSize:]; !bytes.Equal(again, p) {
+			t.Fatalf("control reply re-encoding differs:\n in %x\nout %x", p, again)
+		}
+	})
+}
+
 // seedCorpus returns the seed inputs of each fuzz target, generated from
 // valid encodings.
 func seedCorpus() map[string][][]byte {
@@ -171,13 +206,23 @@ func seedCorpus() map[string][][]byte {
 		stream = append(stream, b...)
 	}
 	stream = AppendPush(stream, resps["notify"])
+	for _, c := range sampleControls() {
+		b := AppendControl(nil, 4, c)
+		seeds["FuzzControl"] = append(seeds["FuzzControl"], b[HeaderSize:])
+		stream = append(stream, b...)
+	}
+	for _, r := range sampleControlReplies() {
+		b := AppendControlReply(nil, 4, r)
+		seeds["FuzzControl"] = append(seeds["FuzzControl"], b[HeaderSize:])
+		stream = append(stream, b...)
+	}
 	stream = AppendErrorFrame(stream, CodeAuth, "authentication required")
 	seeds["FuzzReader"] = [][]byte{stream, AppendRequest(nil, 3, reqs["accept"]), le.AppendUint32(nil, 0xffffffff)}
 
-	ch, _ := encodeClientHello(&ClientHello{Version: Version, Flags: FlagAuth, Nonce: [32]byte{1, 2, 3}, ID: "client-1"})
+	ch, _ := encodeClientHello(&ClientHello{Version: Version, Flags: FlagAuth, Nonce: [32]byte{1, 2, 3}, ID: "client-1", Epoch: 3})
 	key := bytes.Repeat([]byte{7}, 32)
 	sh, _ := encodeServerHello(&ServerHello{Flags: FlagAuth, AcceptorID: 2, Cluster: "c", SegmentSize: 1024, MaxValue: DefaultMaxValue, MaxFrame: DefaultMaxFrame, Nonce: [32]byte{4}}, ch, key)
-	shNoAuth, _ := encodeServerHello(&ServerHello{AcceptorID: 2}, ch, nil)
+	shNoAuth, _ := encodeServerHello(&ServerHello{AcceptorID: 2, Membership: sampleMembership()}, ch, nil)
 	cp := hsFinish(append(appendHSHeader(nil, msgClientProof), make([]byte, sha256.Size)...))
 	seeds["FuzzHandshake"] = [][]byte{ch, sh, shNoAuth, cp, encodeHSError(CodeVersion, "protocol version mismatch")}
 	return seeds

@@ -17,8 +17,10 @@ const (
 	// Magic opens every handshake message.
 	Magic = "WORM"
 	// Version is the protocol version this package speaks. Peers must speak
-	// the same version; there is no negotiation.
-	Version uint16 = 1
+	// the same version; there is no negotiation. Version 2 added
+	// configuration epochs to the hellos (ClientHello.Epoch,
+	// ServerHello.Membership) and control frames.
+	Version uint16 = 2
 
 	// MinKeySize is the minimum length of a cluster key.
 	MinKeySize = 32
@@ -36,9 +38,14 @@ const (
 
 	// handshake message header: magic, u16 version, u8 type, u16 body size.
 	hsHeader = 4 + 2 + 1 + 2
-	// maxHandshakeBody bounds a handshake message body; the largest legal
-	// one (a server hello) is about 400 bytes.
+	// maxHandshakeBody bounds the body of a handshake message a server
+	// reads (a client hello, a proof: at most about 300 bytes), before it
+	// knows whom it talks to.
 	maxHandshakeBody = 2048
+	// maxServerHelloBody bounds the body of a server hello, which carries
+	// the server's membership (two configurations of up to 64 members):
+	// about 400 bytes plus membershipSize.
+	maxServerHelloBody = 512 + membershipSize
 	// errorWriteTimeout bounds the best-effort write of an error message
 	// to a peer that may not be reading, so a failing handshake cannot
 	// hang on it.
@@ -73,6 +80,11 @@ type ClientHello struct {
 	// MaxIdentity bytes. It is authenticated as part of the transcript
 	// when a key is used, but any key holder may claim any ID.
 	ID string
+	// Epoch is the configuration epoch the client issues its operations
+	// under on this connection (0: the initial configuration). The server
+	// binds the connection to it and answers its requests only while it
+	// serves that epoch (paxos.StatusSealed otherwise).
+	Epoch uint64
 }
 
 // ServerHello is the server's answer: who it is and the limits of the
@@ -96,6 +108,10 @@ type ServerHello struct {
 	MaxFrame uint32
 	// Nonce is fresh randomness (set by ServerHandshake).
 	Nonce [NonceSize]byte
+	// Membership is where the server stands in the sequence of
+	// configurations (the zero value: active in epoch 0, the initial
+	// configuration). A client learns newer configurations from it.
+	Membership Membership
 }
 
 // checkKey validates a cluster key; nil means no authentication.
@@ -131,6 +147,7 @@ func encodeClientHello(h *ClientHello) ([]byte, error) {
 	b = le.AppendUint32(b, h.Flags)
 	b = append(b, h.Nonce[:]...)
 	b = appendString16(b, h.ID)
+	b = le.AppendUint64(b, h.Epoch)
 	return hsFinish(b), nil
 }
 
@@ -140,6 +157,9 @@ func encodeServerHello(h *ServerHello, clientHello, key []byte) ([]byte, error) 
 	if len(h.Cluster) > MaxIdentity {
 		return nil, fmt.Errorf("wire: cluster name of %d bytes exceeds %d", len(h.Cluster), MaxIdentity)
 	}
+	if err := h.Membership.validate(); err != nil {
+		return nil, err
+	}
 	b := appendHSHeader(nil, msgServerHello)
 	b = le.AppendUint32(b, h.Flags)
 	b = le.AppendUint32(b, h.AcceptorID)
@@ -148,6 +168,7 @@ func encodeServerHello(h *ServerHello, clientHello, key []byte) ([]byte, error) 
 	b = le.AppendUint32(b, h.MaxValue)
 	b = le.AppendUint32(b, h.MaxFrame)
 	b = append(b, h.Nonce[:]...)
+	b = appendMembership(b, &h.Membership)
 	if h.Flags&FlagAuth != 0 {
 		// The length field counts the proof, so patch it before the MAC.
 		le.PutUint16(b[7:], uint16(len(b)+ProofSize-hsHeader))
@@ -184,15 +205,16 @@ type hsMsg struct {
 	body    []byte
 }
 
-// readHSMsg reads one handshake message. A peer of another version is
-// reported as a *VersionError whatever the message (the header layout is
-// frozen across versions); an error message becomes a *RemoteError.
-func readHSMsg(r io.Reader) (hsMsg, error) {
+// readHSMsg reads one handshake message whose body is at most maxBody
+// bytes. A peer of another version is reported as a *VersionError
+// whatever the message (the header layout is frozen across versions); an
+// error message becomes a *RemoteError.
+func readHSMsg(r io.Reader, maxBody int) (hsMsg, error) {
 	var h [hsHeader]byte
 	if _, err := io.ReadFull(r, h[:]); err != nil {
 		return hsMsg{}, fmt.Errorf("wire: reading handshake: %w", err)
 	}
-	m, n, err := parseHSHeader(h[:])
+	m, n, err := parseHSHeader(h[:], maxBody)
 	if err != nil {
 		return hsMsg{}, err
 	}
@@ -218,14 +240,14 @@ func readHSMsg(r io.Reader) (hsMsg, error) {
 	return m, nil
 }
 
-func parseHSHeader(h []byte) (hsMsg, int, error) {
+func parseHSHeader(h []byte, maxBody int) (hsMsg, int, error) {
 	if string(h[:4]) != Magic {
 		return hsMsg{}, 0, malformed("not a WormSpace peer: handshake starts with %q, want %q", h[:4], Magic)
 	}
 	m := hsMsg{version: le.Uint16(h[4:]), typ: h[6]}
 	n := int(le.Uint16(h[7:]))
-	if n > maxHandshakeBody {
-		return hsMsg{}, 0, &FrameError{Reason: "handshake message of " + itoa(uint64(n)) + " bytes exceeds " + itoa(maxHandshakeBody), Err: ErrFrameTooLarge}
+	if n > maxBody {
+		return hsMsg{}, 0, &FrameError{Reason: "handshake message of " + itoa(uint64(n)) + " bytes exceeds " + itoa(uint64(maxBody)), Err: ErrFrameTooLarge}
 	}
 	if m.typ < msgClientHello || m.typ > msgError {
 		return hsMsg{}, 0, malformed("unknown handshake message type %d", m.typ)
@@ -241,6 +263,7 @@ func decodeClientHello(m hsMsg) (ClientHello, error) {
 	h := ClientHello{Version: m.version, Flags: d.u32()}
 	copy(h.Nonce[:], d.bytes(NonceSize))
 	h.ID = string(d.bytes(uint32(d.u16())))
+	h.Epoch = d.u64()
 	if d.bad {
 		return ClientHello{}, malformed("truncated client hello")
 	}
@@ -268,6 +291,14 @@ func decodeServerHello(m hsMsg) (h ServerHello, proof []byte, err error) {
 	h.MaxValue = d.u32()
 	h.MaxFrame = d.u32()
 	copy(h.Nonce[:], d.bytes(NonceSize))
+	ms, err := d.membership()
+	if err != nil {
+		if d.bad {
+			return ServerHello{}, nil, malformed("truncated server hello")
+		}
+		return ServerHello{}, nil, err
+	}
+	h.Membership = ms
 	if h.Flags&FlagAuth != 0 {
 		proof = d.bytes(ProofSize)
 	}
@@ -387,7 +418,7 @@ func clientHandshake(conn net.Conn, hello ClientHello, key []byte) (ServerHello,
 	if _, err := conn.Write(ch); err != nil {
 		return ServerHello{}, fmt.Errorf("wire: sending client hello: %w", err)
 	}
-	m, err := readHSMsg(conn)
+	m, err := readHSMsg(conn, maxServerHelloBody)
 	if err != nil {
 		var ve *VersionError
 		if errors.As(err, &ve) && m.raw != nil {
@@ -455,7 +486,7 @@ func ServerHandshake(ctx context.Context, conn net.Conn, hello ServerHello, key 
 }
 
 func serverHandshake(conn net.Conn, hello ServerHello, key []byte) (ClientHello, error) {
-	m, err := readHSMsg(conn)
+	m, err := readHSMsg(conn, maxHandshakeBody)
 	if err != nil {
 		var ve *VersionError
 		var re *RemoteError
@@ -494,7 +525,7 @@ func serverHandshake(conn net.Conn, hello ServerHello, key []byte) (ClientHello,
 	if _, err := conn.Write(sh); err != nil {
 		return ClientHello{}, fmt.Errorf("wire: sending server hello: %w", err)
 	}
-	pm, err := readHSMsg(conn)
+	pm, err := readHSMsg(conn, maxHandshakeBody)
 	if err != nil {
 		return ClientHello{}, err
 	}

@@ -4,8 +4,10 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
+	"reflect"
 	"strings"
 	"sync"
 	"testing"
@@ -19,7 +21,10 @@ var (
 	keyB = bytes.Repeat([]byte("B"), 48)
 )
 
-var testServerHello = ServerHello{AcceptorID: 3, Cluster: "test-cluster", SegmentSize: 1024, MaxValue: 1 << 16, MaxFrame: 1 << 20}
+var testServerHello = ServerHello{AcceptorID: 3, Cluster: "test-cluster", SegmentSize: 1024, MaxValue: 1 << 16, MaxFrame: 1 << 20,
+	Membership: Membership{State: StateSealed, Epoch: 4,
+		Members: []Member{{1, "10.0.0.1:7070"}, {2, "10.0.0.2:7070"}, {3, "10.0.0.3:7070"}},
+		Next:    Config{Epoch: 5, Members: []Member{{1, "10.0.0.1:7070"}, {2, "10.0.0.2:7070"}, {4, "[fd00::4]:7070"}}}}}
 
 type result[T any] struct {
 	v   T
@@ -44,7 +49,7 @@ func pair(t *testing.T, ckey, skey []byte) (ServerHello, error, ClientHello, err
 		}
 		srv <- result[ClientHello]{ch, err}
 	}()
-	sh, cerr := ClientHandshake(ctx, cc, ClientHello{ID: "client-7"}, ckey)
+	sh, cerr := ClientHandshake(ctx, cc, ClientHello{ID: "client-7", Epoch: 5}, ckey)
 	if cerr != nil {
 		cc.Close()
 	}
@@ -68,10 +73,10 @@ func TestHandshakeSuccess(t *testing.T) {
 			if tc.key != nil {
 				want.Flags = FlagAuth
 			}
-			if sh != want {
+			if !reflect.DeepEqual(sh, want) {
 				t.Fatalf("server hello %+v, want %+v", sh, want)
 			}
-			if ch.ID != "client-7" || ch.Version != Version || (ch.Flags&FlagAuth != 0) != (tc.key != nil) {
+			if ch.ID != "client-7" || ch.Epoch != 5 || ch.Version != Version || (ch.Flags&FlagAuth != 0) != (tc.key != nil) {
 				t.Fatalf("client hello %+v", ch)
 			}
 			if ch.Nonce == ([NonceSize]byte{}) || sh.Nonce == ([NonceSize]byte{}) || ch.Nonce == sh.Nonce {
@@ -181,7 +186,7 @@ func rawClient(t *testing.T, key []byte) (net.Conn, <-chan error) {
 
 func mustRead(t *testing.T, c net.Conn) hsMsg {
 	t.Helper()
-	m, err := readHSMsg(c)
+	m, err := readHSMsg(c, maxServerHelloBody)
 	if err != nil {
 		t.Fatalf("reading handshake message: %v", err)
 	}
@@ -250,7 +255,7 @@ func TestHandshakeReplay(t *testing.T) {
 		s, done := rawClient(t, keyA)
 		mustRead(t, s)  // the client's fresh hello
 		s.Write(sh.raw) // the old server hello, valid for the old client nonce
-		m, err := readHSMsg(s)
+		m, err := readHSMsg(s, maxServerHelloBody)
 		if !errors.Is(err, ErrAuth) {
 			t.Fatalf("client sent %v, %v; want its refusal", m.typ, err)
 		}
@@ -268,7 +273,7 @@ func mitm(t *testing.T, tamperUp, tamperDown func(msg []byte)) (cerr, serr error
 	defer func() { cc.Close(); m1.Close(); m2.Close(); sc.Close() }()
 	relay := func(from, to net.Conn, tamper func([]byte)) {
 		for {
-			m, err := readHSMsg(from)
+			m, err := readHSMsg(from, maxServerHelloBody)
 			if err != nil && m.raw == nil {
 				var re *RemoteError
 				if errors.As(err, &re) {
@@ -340,24 +345,25 @@ func TestHandshakeTampered(t *testing.T) {
 }
 
 func TestHandshakeVersionMismatch(t *testing.T) {
+	newer, newest := Version+1, Version+2
 	t.Run("newer client", func(t *testing.T) {
 		c, done := rawServer(t, nil)
 		ch, _ := encodeClientHello(&ClientHello{Nonce: [32]byte{1}})
-		le.PutUint16(ch[4:], 2)
+		le.PutUint16(ch[4:], newer)
 		c.Write(ch)
-		// This test client decodes with version 1, so it sees the server's
-		// refusal as a RemoteError with CodeVersion.
-		_, err := readHSMsg(c)
+		// This test client decodes with this package's version, so it
+		// sees the server's refusal as a RemoteError with CodeVersion.
+		_, err := readHSMsg(c, maxServerHelloBody)
 		var re *RemoteError
 		if !errors.As(err, &re) || !errors.Is(err, ErrVersion) {
 			t.Fatalf("client got %v", err)
 		}
 		var ve *VersionError
-		if !strings.Contains(err.Error(), "client speaks version 2, server speaks version 1") {
-			t.Fatalf("error does not name both versions: %v", err)
+		if want := fmt.Sprintf("client speaks version %d, server speaks version %d", newer, Version); !strings.Contains(err.Error(), want) {
+			t.Fatalf("error does not name both versions (%q): %v", want, err)
 		}
 		err = <-done
-		if !errors.As(err, &ve) || ve.Local != 1 || ve.Remote != 2 {
+		if !errors.As(err, &ve) || ve.Local != Version || ve.Remote != newer {
 			t.Fatalf("server: %v", err)
 		}
 	})
@@ -365,27 +371,27 @@ func TestHandshakeVersionMismatch(t *testing.T) {
 		s, done := rawClient(t, nil)
 		m := mustRead(t, s)
 		sh, _ := encodeServerHello(&ServerHello{}, m.raw, nil)
-		le.PutUint16(sh[4:], 3)
+		le.PutUint16(sh[4:], newest)
 		s.Write(sh)
-		if _, err := readHSMsg(s); !errors.Is(err, ErrVersion) {
+		if _, err := readHSMsg(s, maxServerHelloBody); !errors.Is(err, ErrVersion) {
 			t.Fatalf("server got %v", err)
 		}
 		err := <-done
 		var ve *VersionError
-		if !errors.As(err, &ve) || ve.Local != 1 || ve.Remote != 3 || !strings.Contains(err.Error(), "version 1") || !strings.Contains(err.Error(), "version 3") {
+		if !errors.As(err, &ve) || ve.Local != Version || ve.Remote != newest || !strings.Contains(err.Error(), fmt.Sprintf("version %d", Version)) || !strings.Contains(err.Error(), fmt.Sprintf("version %d", newest)) {
 			t.Fatalf("client: %v", err)
 		}
 	})
 	t.Run("newer server refuses", func(t *testing.T) {
-		// A version-3 server refuses us with its own error message.
+		// A newer server refuses us with its own error message.
 		s, done := rawClient(t, nil)
 		mustRead(t, s)
-		e := encodeHSError(CodeVersion, "protocol version mismatch: client speaks version 1, server speaks version 3")
-		le.PutUint16(e[4:], 3)
+		e := encodeHSError(CodeVersion, fmt.Sprintf("protocol version mismatch: client speaks version %d, server speaks version %d", Version, newest))
+		le.PutUint16(e[4:], newest)
 		s.Write(e)
 		err := <-done
 		var ve *VersionError
-		if !errors.As(err, &ve) || ve.Remote != 3 || !strings.Contains(err.Error(), "server speaks version 3") {
+		if !errors.As(err, &ve) || ve.Remote != newest || !strings.Contains(err.Error(), fmt.Sprintf("server speaks version %d", newest)) {
 			t.Fatalf("client: %v", err)
 		}
 	})
