@@ -329,9 +329,9 @@ func (cl *Client) broadcast(ctx context.Context, req *request) (*call, error) {
 		cl.release(c)
 		return nil, fmt.Errorf("chain: %s: %w: %w", opName(req.op), worm.ErrUnavailable, exp)
 	}
-	if c.lost >= 0 {
+	if lost := c.lost; lost >= 0 {
 		cl.release(c)
-		return nil, fmt.Errorf("chain: %s: replica %s unreachable: %w", opName(req.op), cl.conns[c.lost].addr, worm.ErrUnavailable)
+		return nil, fmt.Errorf("chain: %s: replica %s unreachable: %w", opName(req.op), cl.conns[lost].addr, worm.ErrUnavailable)
 	}
 	return c, nil
 }
@@ -351,9 +351,9 @@ func (cl *Client) ask(ctx context.Context, idx int, req *request) (*call, error)
 		cl.release(c)
 		return nil, fmt.Errorf("chain: %s: %w: %w", opName(req.op), worm.ErrUnavailable, exp)
 	}
-	if c.lost >= 0 {
+	if lost := c.lost; lost >= 0 {
 		cl.release(c)
-		return nil, fmt.Errorf("chain: %s: replica %s unreachable: %w", opName(req.op), cl.conns[c.lost].addr, worm.ErrUnavailable)
+		return nil, fmt.Errorf("chain: %s: replica %s unreachable: %w", opName(req.op), cl.conns[lost].addr, worm.ErrUnavailable)
 	}
 	return c, nil
 }
@@ -404,9 +404,9 @@ func (cl *Client) writeRegs(ctx context.Context, seg uint64, off uint32, tok wor
 		cl.release(c)
 		return nil, fmt.Errorf("%w: write of %v sent, no answer: %w", worm.ErrUnknownOutcome, worm.Addr{Seg: seg, Off: off}, exp)
 	}
-	if c.lost >= 0 {
+	if lost := c.lost; lost >= 0 {
 		cl.release(c)
-		return nil, fmt.Errorf("%w: write of %v sent, then replica %s became unreachable (%w)", worm.ErrUnknownOutcome, worm.Addr{Seg: seg, Off: off}, cl.conns[c.lost].addr, worm.ErrUnavailable)
+		return nil, fmt.Errorf("%w: write of %v sent, then replica %s became unreachable (%w)", worm.ErrUnknownOutcome, worm.Addr{Seg: seg, Off: off}, cl.conns[lost].addr, worm.ErrUnavailable)
 	}
 	r := &c.replies[0].resp
 	if r.status != StatusOK {
@@ -433,7 +433,7 @@ func (cl *Client) writeRegs(ctx context.Context, seg uint64, off uint32, tok wor
 			}
 			errs[i] = &worm.WrittenError{Addr: a, Value: clone(e.value)}
 		case StatusUnknown:
-			errs[i] = fmt.Errorf("%w: %v: stored at the head, refused further down the chain (a higher capture came between)", worm.ErrUnknownOutcome, a)
+			errs[i] = fmt.Errorf("%w: %v: stored at the head, then refused further down the chain (a higher capture came between, or a replica could not forward it)", worm.ErrUnknownOutcome, a)
 		case StatusStranded:
 			stranded = append(stranded, i)
 		case StatusUnavailable:

@@ -22,6 +22,9 @@ type cconn struct {
 	log  *slog.Logger
 	box  outbox
 	isUp atomic.Bool
+	// maxValue is the replica's value limit, from its hello; only the
+	// connection's goroutine uses it.
+	maxValue int
 
 	mu      sync.Mutex
 	lastErr error
@@ -130,6 +133,7 @@ func (cn *cconn) session() (wasUp, fatal bool, err error) {
 	if err := cl.admit(cn.idx, sh); err != nil {
 		return false, true, err
 	}
+	cn.maxValue = int(sh.MaxValue)
 	rd := wire.NewReader(nc, int(sh.MaxFrame))
 	desc, err := helloSync(ctx, nc, rd, cl.session, int(sh.MaxValue))
 	if err != nil {
@@ -174,6 +178,7 @@ func (cn *cconn) session() (wasUp, fatal bool, err error) {
 func (cn *cconn) read(rd *wire.Reader) error {
 	cl := cn.cl
 	var resp response
+	maxValue := cn.maxValue
 	for {
 		f, err := rd.Next()
 		if err != nil {
@@ -181,7 +186,7 @@ func (cn *cconn) read(rd *wire.Reader) error {
 		}
 		switch f.Type {
 		case wire.FrameResponse:
-			if err := cl.deliver(cn.idx, f.ID, f.Payload, &resp); err != nil {
+			if err := cl.deliver(cn.idx, f.ID, f.Payload, maxValue, &resp); err != nil {
 				return err
 			}
 		case wire.FramePush:
@@ -319,7 +324,7 @@ func (cl *Client) failSend(c *call, idx int) {
 }
 
 // deliver hands a response frame to its call.
-func (cl *Client) deliver(from int, id uint64, payload []byte, scratch *response) error {
+func (cl *Client) deliver(from int, id uint64, payload []byte, maxValue int, scratch *response) error {
 	cid, slot := id>>slotBits, int(id&slotMask)
 	cl.mu.Lock()
 	c := cl.pending[cid]
@@ -327,7 +332,7 @@ func (cl *Client) deliver(from int, id uint64, payload []byte, scratch *response
 	if c == nil {
 		return nil // a late answer to a call that gave up
 	}
-	if err := decodeResponse(payload, cl.maxValue, scratch); err != nil {
+	if err := decodeResponse(payload, maxValue, scratch); err != nil {
 		return err
 	}
 	c.mu.Lock()

@@ -506,8 +506,33 @@ func (d *Disk) Stats() DiskStats {
 	return s
 }
 
+// abort drops what is buffered and closes the files without a sync, as a
+// crash would (tests).
+func (d *Disk) abort() {
+	d.mu.Lock()
+	d.buf = d.buf[:0]
+	d.mu.Unlock()
+	d.syncMu.Lock()
+	defer d.syncMu.Unlock()
+	d.failed = errors.New("chain: log aborted")
+	if d.f != nil {
+		d.f.Close()
+		d.f = nil
+	}
+	if d.lock != nil {
+		d.lock.Close()
+		d.lock = nil
+	}
+}
+
 // Close syncs what is buffered and releases the directory.
 func (d *Disk) Close() error {
+	d.syncMu.Lock()
+	aborted := d.f == nil
+	d.syncMu.Unlock()
+	if aborted {
+		return nil
+	}
 	_, err := d.Sync()
 	d.syncMu.Lock()
 	defer d.syncMu.Unlock()

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	mrand "math/rand/v2"
 	"net"
 	"path/filepath"
 	"sync"
@@ -33,6 +34,21 @@ type testChain struct {
 	n    int // clients opened
 }
 
+// listenLow listens on a free loopback port below the kernel's ephemeral
+// range, so that no outgoing connection can take the port while its
+// replica is down and keep it from restarting there.
+func listenLow(t *testing.T) net.Listener {
+	t.Helper()
+	for try := 0; try < 1000; try++ {
+		port := 10000 + mrand.IntN(20000)
+		if l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port)); err == nil {
+			return l
+		}
+	}
+	t.Fatal("no free port below the ephemeral range")
+	return nil
+}
+
 // startChain starts n replicas with segment size segSize.
 func startChain(t *testing.T, n int, segSize uint32, volatile bool) *testChain {
 	t.Helper()
@@ -40,10 +56,7 @@ func startChain(t *testing.T, n int, segSize uint32, volatile bool) *testChain {
 	rand.Read(key)
 	tc := &testChain{t: t, dir: t.TempDir(), key: key, segSize: segSize, volatile: volatile}
 	for i := 0; i < n; i++ {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
+		l := listenLow(t)
 		tc.lns = append(tc.lns, l)
 		tc.addrs = append(tc.addrs, l.Addr().String())
 	}
@@ -83,6 +96,18 @@ func (tc *testChain) kill(i int) {
 	}
 }
 
+// crash stops replica i as a crash would: unsynced records and frames
+// waiting for them are lost.
+func (tc *testChain) crash(i int) {
+	tc.mu.Lock()
+	srv := tc.srvs[i]
+	tc.srvs[i] = nil
+	tc.mu.Unlock()
+	if srv != nil {
+		srv.abort()
+	}
+}
+
 // restart starts replica i again on its directory and address.
 func (tc *testChain) restart(i int) {
 	tc.t.Helper()
@@ -98,6 +123,28 @@ func (tc *testChain) restart(i int) {
 		tc.t.Fatal(err)
 	}
 	tc.serve(i, l)
+}
+
+// waitLinks waits until every replica's link to its successor is up.
+func (tc *testChain) waitLinks() {
+	tc.t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		ok := true
+		tc.mu.Lock()
+		for _, s := range tc.srvs {
+			if s == nil || s.link != nil && !s.link.isUp.Load() {
+				ok = false
+			}
+		}
+		tc.mu.Unlock()
+		if ok {
+			return
+		}
+		if time.Now().After(deadline) {
+			tc.t.Fatal("replica links did not come up")
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
 }
 
 func (tc *testChain) stop() {

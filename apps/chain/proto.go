@@ -288,7 +288,9 @@ func (d *decoder) count(min int) int {
 
 var errTruncated = errors.New("truncated or inconsistent payload")
 
-func malformed(what string, err error) error { return fmt.Errorf("%w: %s: %v", ErrMalformed, what, err) }
+func malformed(what string, err error) error {
+	return fmt.Errorf("%w: %s: %v", ErrMalformed, what, err)
+}
 
 // decodeRequest decodes a request payload into r, reusing r.regs; values
 // alias payload.

@@ -201,11 +201,12 @@ func parseChainDesc(s string) (int, []string, error) {
 }
 
 // Serve accepts connections on l until l is closed or the server is
-// closed.
+// closed (which closes l).
 func (s *Server) Serve(l net.Listener) error {
 	s.netMu.Lock()
 	if s.isClosed() {
 		s.netMu.Unlock()
+		l.Close()
 		return errors.New("chain: server closed")
 	}
 	s.lns = append(s.lns, l)
@@ -273,6 +274,36 @@ func (s *Server) Close() error {
 	s.netMu.Unlock()
 	s.wg.Wait()
 	return s.disk.Close()
+}
+
+// abort stops the server as a crash would: what waits for the log is
+// dropped unsynced, connections break, nothing more reaches the disk. For
+// tests of recovery; a process that dies does the same.
+func (s *Server) abort() {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return
+	}
+	s.closed = true
+	s.failed = errors.New("chain: replica aborted")
+	for i := range s.waiting {
+		bufPool.Put(s.waiting[i].buf)
+	}
+	clear(s.waiting)
+	s.waiting = s.waiting[:0]
+	s.mu.Unlock()
+	s.disk.abort()
+	s.netMu.Lock()
+	close(s.done)
+	for _, l := range s.lns {
+		l.Close()
+	}
+	for c := range s.conns {
+		c.nc.Close()
+	}
+	s.netMu.Unlock()
+	s.wg.Wait()
 }
 
 // ---------------------------------------------------------------------------
@@ -733,15 +764,29 @@ func (s *Server) statusLocked() string {
 // queued when it breaks are lost (their clients time out with an unknown
 // outcome, or see their own connection to a dead replica break first).
 type link struct {
-	s    *Server
-	addr string
-	box  outbox
-	isUp atomic.Bool
+	s      *Server
+	addr   string
+	box    outbox
+	isUp   atomic.Bool
+	redial chan struct{} // capacity 1: a write found the link down
 }
 
-func newLink(s *Server, addr string) *link { return &link{s: s, addr: addr, box: newOutbox()} }
+func newLink(s *Server, addr string) *link {
+	return &link{s: s, addr: addr, box: newOutbox(), redial: make(chan struct{}, 1)}
+}
 
-func (l *link) up() bool { return l.isUp.Load() }
+// up reports whether the link is established; when it is not, it cuts
+// the redial backoff short (a write is waiting for the successor).
+func (l *link) up() bool {
+	if l.isUp.Load() {
+		return true
+	}
+	select {
+	case l.redial <- struct{}{}:
+	default:
+	}
+	return false
+}
 
 func (l *link) put(frame []byte) bool {
 	if !l.isUp.Load() || !l.box.put(frame, l.s.cfg.MaxPendingBytes) {
@@ -766,10 +811,14 @@ func (l *link) run() {
 		} else if err == nil {
 			logged = false
 		}
-		backoff = min(max(2*backoff, 20*time.Millisecond), time.Second)
+		// Redial quickly: while the link is down this replica refuses
+		// writes. A write that finds it down cuts the wait short.
+		backoff = min(max(2*backoff, 5*time.Millisecond), 250*time.Millisecond)
 		t := time.NewTimer(backoff/2 + rand.N(backoff/2+1))
 		select {
 		case <-t.C:
+		case <-l.redial:
+			t.Stop()
 		case <-l.s.done:
 			t.Stop()
 			return
