@@ -106,6 +106,17 @@ type CoordinatorConfig struct {
 	Crash func(p CrashPoint, count int) bool
 	// AckTimeout bounds Await's background acknowledgement (0: 30s).
 	AckTimeout time.Duration
+	// Messenger, when set, is Begin's fast path (the direct mode): Begin
+	// takes a segment allocated ahead of need (see Reserve), sends the
+	// prepares straight to the participants, which run HandlePrepare
+	// (their Resources must be Recoverable), and opens the listener Await
+	// learns the votes from. Nothing is written on the way from Begin to
+	// the votes. Directory is then only used by recoverers (Policy.Notify).
+	Messenger Messenger
+	// Reserve is how many segments the direct mode keeps allocated ahead
+	// of need (0: 16). A reserved segment that is never used stays
+	// allocated, like one whose coordinator died before telling anyone.
+	Reserve int
 	// Logger; nil means slog.Default().
 	Logger *slog.Logger
 }
@@ -119,9 +130,15 @@ type Coordinator struct {
 	cfg  CoordinatorConfig
 	next atomic.Uint64
 	cur  cursors
-	bg   sync.WaitGroup // background acks
-	mu   sync.Mutex
-	txs  map[TxID]Tx // begun and not yet awaited
+	bg   sync.WaitGroup // background acks, descriptor writes, reserve refills
+	pool *reservePool   // direct mode
+	// life ends with Close; closing is closed when Close starts.
+	life    context.Context
+	end     context.CancelFunc
+	closing chan struct{}
+	mu      sync.Mutex
+	txs     map[TxID]Tx // begun and not yet awaited
+	watches map[TxID]*watch
 }
 
 var _ TM = (*Coordinator)(nil)
@@ -134,9 +151,16 @@ func NewCoordinator(sp worm.Space, cfg CoordinatorConfig) *Coordinator {
 	if cfg.Policy.Logger == nil {
 		cfg.Policy.Logger = cfg.Logger
 	}
-	c := &Coordinator{sp: sp, cfg: cfg, txs: map[TxID]Tx{}}
+	c := &Coordinator{sp: sp, cfg: cfg, txs: map[TxID]Tx{}, watches: map[TxID]*watch{}, closing: make(chan struct{})}
+	c.life, c.end = context.WithCancel(context.Background())
 	c.cfg.Policy.hints = &c.cur
 	c.next.Store(cfg.FirstSeg)
+	if cfg.Messenger != nil {
+		c.pool = newReservePool()
+		c.pool.mu.Lock()
+		c.refillLocked(0)
+		c.pool.mu.Unlock()
+	}
 	return c
 }
 
@@ -151,7 +175,11 @@ func (c *Coordinator) crash(p CrashPoint, n int) bool {
 // that anyone can resolve (to abort, since not every participant was told).
 func (c *Coordinator) Begin(ctx context.Context, participants []string, payload []byte) (TxID, error) {
 	d := Descriptor{Participants: append([]string(nil), participants...), Payload: bytes.Clone(payload)}
-	if err := d.validate(c.sp.SegmentSize()); err != nil {
+	size := c.sp.SegmentSize()
+	if c.cfg.Messenger != nil {
+		size-- // the last register holds the descriptor
+	}
+	if err := d.validate(size); err != nil {
 		return 0, err
 	}
 	if c.cfg.Directory != nil {
@@ -160,6 +188,9 @@ func (c *Coordinator) Begin(ctx context.Context, participants []string, payload 
 				return 0, err
 			}
 		}
+	}
+	if c.cfg.Messenger != nil {
+		return c.beginDirect(ctx, d)
 	}
 	meta := MarshalDescriptor(d)
 	// Allocate the segment and capture an inbox position per participant
@@ -246,7 +277,14 @@ func (c *Coordinator) alloc(ctx context.Context, meta []byte) (TxID, error) {
 func (c *Coordinator) Await(ctx context.Context, id TxID) (Outcome, error) {
 	c.mu.Lock()
 	t, ok := c.txs[id]
+	w := c.watches[id]
 	c.mu.Unlock()
+	if w != nil {
+		if c.crash(CoordinatorBeforeAwait, len(t.Participants)) {
+			return Pending, ErrCrashed
+		}
+		return c.awaitDirect(ctx, t, w)
+	}
 	if !ok {
 		var err error
 		if t, err = Open(ctx, c.sp, id); err != nil {
@@ -286,10 +324,24 @@ func (c *Coordinator) ackTimeout() time.Duration {
 	return c.cfg.AckTimeout
 }
 
-// Close waits for the background acknowledgements of Await. It does not
-// close the Space.
+// Close waits for the background acknowledgements of Await (those still
+// waiting for participants' acks on a listener read them instead) and
+// stops the listeners of transactions never awaited. It does not close
+// the Space.
 func (c *Coordinator) Close() error {
+	c.mu.Lock()
+	select {
+	case <-c.closing:
+	default:
+		close(c.closing)
+	}
+	for id, w := range c.watches {
+		w.cancel()
+		delete(c.watches, id)
+	}
+	c.mu.Unlock()
 	c.bg.Wait()
+	c.end()
 	return nil
 }
 

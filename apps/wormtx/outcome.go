@@ -41,6 +41,8 @@ type Policy struct {
 	Logger *slog.Logger
 
 	hints *cursors // inbox position hints for Notify (shared by copies)
+	// recoverHook, when set, runs before a recovery round.
+	recoverHook func(context.Context)
 }
 
 // DefaultPolicy recovers missing votes after two seconds.
@@ -209,6 +211,8 @@ type resolveOpts struct {
 	// notifications then tell everything and resolve reads only after a
 	// hint, a Lost notification or a Poll tick.
 	fresh bool
+	// observe, when set, sees every chosen notification.
+	observe func(worm.Notification)
 }
 
 // listening is the outcome of a Listen started in the background.
@@ -302,6 +306,9 @@ func (t Tx) resolve(ctx context.Context, sp worm.Space, pol Policy, opt resolveO
 			case nt.Lost:
 				scanNow = true
 			case nt.Chosen:
+				if opt.observe != nil {
+					opt.observe(nt)
+				}
 				if err := t.learn(nt, votes, &decision); err != nil {
 					return Pending, err
 				}
@@ -323,6 +330,9 @@ func (t Tx) resolve(ctx context.Context, sp worm.Space, pol Policy, opt resolveO
 			scanNow = true
 		case <-recoverAt:
 			recoverAt = nil
+			if pol.recoverHook != nil {
+				pol.recoverHook(ctx)
+			}
 			if err := t.recover(ctx, sp, votes, pol); err != nil {
 				return Pending, err
 			}

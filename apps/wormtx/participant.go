@@ -37,10 +37,11 @@ type ParticipantConfig struct {
 // Participant is one named participant of transactions on a Space: it
 // votes, learns outcomes and acknowledges them. Safe for concurrent use.
 type Participant struct {
-	sp   worm.Space
-	name string
-	cfg  ParticipantConfig
-	log  *slog.Logger
+	sp    worm.Space
+	name  string
+	cfg   ParticipantConfig
+	log   *slog.Logger
+	later laterQueue // deferred collection checks (HandlePrepare)
 }
 
 // NewParticipant returns participant name working on sp.
@@ -288,12 +289,15 @@ func (p *Participant) completeVotes(ctx context.Context, t Tx) error {
 }
 
 // Run serves the participant's inbox until ctx ends or a crash point
-// fires: it reads entries in order (listening for new ones; notifications
-// are hints, and a Poll tick rescans), handles each transaction in its own
-// goroutine (Handle), and trims an inbox segment once it is full and every
-// transaction in it is handled. After a restart it starts again at the
-// first untrimmed inbox segment; Handle skips what was acknowledged.
-// It returns ErrCrashed, or ctx's error.
+// fires: it reads entries in order (learning them from the notifications'
+// chosen values, reading after hints, Lost and Poll ticks), handles each
+// transaction in its own goroutine (Handle), and trims an inbox segment
+// once it is full and every transaction in it is handled. After a restart
+// it starts again at the first untrimmed inbox segment; Handle skips what
+// was acknowledged. When res is Recoverable, Run first handles the
+// transactions res lists as prepared and not applied (those prepared by
+// HandlePrepare, which the inbox need not list). It returns ErrCrashed,
+// or ctx's error.
 func (p *Participant) Run(ctx context.Context, res Resource) error {
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
@@ -321,6 +325,29 @@ func (p *Participant) Run(ctx context.Context, res Resource) error {
 			return fmt.Errorf("wormtx: %q inbox: %w", p.name, err)
 		}
 		break
+	}
+	if rr, ok := res.(Recoverable); ok {
+		// Transactions prepared directly (HandlePrepare) and not applied
+		// before a restart: the inbox may not list them.
+		txs, err := rr.Prepared(ctx)
+		if err != nil {
+			return fmt.Errorf("wormtx: %q: listing prepared transactions: %w", p.name, err)
+		}
+		for _, t := range txs {
+			wg.Go(func() {
+				o, err := p.handle(ctx, t, res, false)
+				switch {
+				case errors.Is(err, ErrCrashed):
+					p.log.Info("wormtx: simulated crash", "tx", t.ID)
+					cancel(ErrCrashed)
+				case errors.Is(err, worm.ErrTrimmed), errors.Is(err, ErrNotParticipant):
+				case err != nil && ctx.Err() == nil:
+					p.log.Error("wormtx: prepared transaction failed", "tx", t.ID, "err", err)
+				case err == nil:
+					p.log.Debug("wormtx: applied after a restart", "tx", t.ID, "outcome", o)
+				}
+			})
+		}
 	}
 	for {
 		if err := p.serveInboxSegment(ctx, cancel, &wg, res, seg, size); err != nil {
@@ -354,11 +381,26 @@ func (p *Participant) serveInboxSegment(ctx context.Context, cancel context.Canc
 	var segWG sync.WaitGroup
 	var failed sync.Map // TxID -> error: keep the inbox segment for a rescan
 	waited := false     // we saw position off empty: its entry will be fresh
+	// known holds entries learned from chosen notifications (ahead of
+	// off too, when they arrive out of order): no read needed for them.
+	known := map[uint32][]byte{}
+	read := true // read position off (not known from a notification)
 	for off := uint32(0); off < size; {
-		v, err := p.sp.Read(ctx, worm.Addr{Seg: seg, Off: off})
+		var v []byte
+		var err error
+		if kv, ok := known[off]; ok {
+			v = kv
+			delete(known, off)
+		} else if read {
+			v, err = p.sp.Read(ctx, worm.Addr{Seg: seg, Off: off})
+		} else {
+			err = worm.ErrEmpty // nothing new about off: keep waiting
+		}
+		read = false
 		switch {
 		case err == nil:
 			off++
+			read = true
 			fresh := waited
 			waited = false
 			t, err := unmarshalEntry(v)
@@ -394,21 +436,13 @@ func (p *Participant) serveInboxSegment(ctx context.Context, cancel context.Canc
 		case errors.Is(err, worm.ErrEmpty), errors.Is(err, worm.ErrUnallocated):
 			waited = true
 		case transient(ctx, err):
+			read = true
 		default:
 			return fmt.Errorf("wormtx: %q inbox %d/%d: %w", p.name, seg, off, err)
 		}
-		poll := time.NewTimer(p.cfg.Policy.poll())
-		select {
-		case _, ok := <-notes:
-			if !ok {
-				notes = nil
-			}
-		case <-poll.C:
-		case <-ctx.Done():
-			poll.Stop()
-			return ctx.Err()
+		if err := p.awaitEntry(ctx, &notes, known, off, &read); err != nil {
+			return err
 		}
-		poll.Stop()
 	}
 	// Full: trim once every transaction in it is handled.
 	wg.Add(1)
@@ -429,4 +463,47 @@ func (p *Participant) serveInboxSegment(ctx context.Context, cancel context.Canc
 		}
 	}()
 	return nil
+}
+
+// awaitEntry waits for news of inbox position off: its chosen entry (into
+// known, as any other position's), or a reason to read it (*read: a hint
+// that no chosen value followed within Policy.HintWait, a Lost
+// notification, the listener's end, a Poll tick).
+func (p *Participant) awaitEntry(ctx context.Context, notes *<-chan worm.Notification, known map[uint32][]byte, off uint32, read *bool) error {
+	poll := time.NewTimer(p.cfg.Policy.poll())
+	defer poll.Stop()
+	var hintC <-chan time.Time
+	for {
+		select {
+		case nt, ok := <-*notes:
+			switch {
+			case !ok:
+				*notes = nil
+				*read = true
+				return nil
+			case nt.Lost:
+				*read = true
+				return nil
+			case nt.Chosen:
+				if nt.Off >= off {
+					known[nt.Off] = nt.Value
+				}
+				if nt.Off == off {
+					return nil
+				}
+			case nt.Off == off && hintC == nil:
+				h := time.NewTimer(p.cfg.Policy.hintWait())
+				defer h.Stop()
+				hintC = h.C
+			}
+		case <-hintC:
+			*read = true
+			return nil
+		case <-poll.C:
+			*read = true
+			return nil
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
 }

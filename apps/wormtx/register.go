@@ -171,6 +171,9 @@ func Open(ctx context.Context, sp worm.Space, id TxID) (Tx, error) {
 	var b backoff
 	for {
 		info, err := sp.Check(ctx, uint64(id))
+		if err == nil && isReservation(info.Meta) {
+			return openReserved(ctx, sp, id)
+		}
 		if err == nil {
 			d, err := UnmarshalDescriptor(info.Meta)
 			if err != nil {

@@ -94,6 +94,10 @@ func RunWith(t *testing.T, open Open, opts Options) {
 		{"CoordinatorCrashMidPost", testCoordinatorCrashMidPost},
 		{"ParticipantCrashRestart", testParticipantCrashRestart},
 		{"ConcurrentTransactions", testConcurrentTransactions},
+		{"DirectCommitAndCollect", testDirectCommitAndCollect},
+		{"DirectCoordinatorCrashMidPrepare", testDirectCoordinatorCrashMidPrepare},
+		{"DirectCoordinatorCrashBeforeAwait", testDirectCoordinatorCrashBeforeAwait},
+		{"DirectParticipantCrashRestart", testDirectParticipantCrashRestart},
 	} {
 		t.Run(c.name, func(t *testing.T) { c.f(setup(t, open, opts)) })
 	}
@@ -332,7 +336,9 @@ func testConcurrentRecoverers(e *env) {
 
 // Recorder is a Resource that records votes and applied outcomes and
 // checks that a transaction is never applied with two outcomes. It is
-// exported for tests of applications built on WormTX.
+// Recoverable (what it records stands for durable state: it survives a
+// participant's simulated crash). It is exported for tests of
+// applications built on WormTX.
 type Recorder struct {
 	Name string
 	// VoteFn decides the vote of a transaction Prepare has not seen; nil
@@ -341,8 +347,24 @@ type Recorder struct {
 
 	mu       sync.Mutex
 	votes    map[wormtx.TxID]bool
+	descs    map[wormtx.TxID]wormtx.Descriptor
 	applied  map[wormtx.TxID]wormtx.Outcome
 	problems []string
+}
+
+var _ wormtx.Recoverable = (*Recorder)(nil)
+
+// Prepared implements wormtx.Recoverable.
+func (r *Recorder) Prepared(context.Context) ([]wormtx.Tx, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var out []wormtx.Tx
+	for tx, d := range r.descs {
+		if _, ok := r.applied[tx]; !ok {
+			out = append(out, wormtx.Tx{ID: tx, Descriptor: d})
+		}
+	}
+	return out, nil
 }
 
 // Prepare implements wormtx.Resource.
@@ -360,6 +382,10 @@ func (r *Recorder) Prepare(_ context.Context, tx wormtx.TxID, d wormtx.Descripto
 	}
 	v := r.VoteFn == nil || r.VoteFn(tx)
 	r.votes[tx] = v
+	if r.descs == nil {
+		r.descs = map[wormtx.TxID]wormtx.Descriptor{}
+	}
+	r.descs[tx] = wormtx.Descriptor{Participants: slices.Clone(d.Participants), Payload: slices.Clone(d.Payload)}
 	return v, nil
 }
 
@@ -404,12 +430,72 @@ type cluster struct {
 	cancel map[string]context.CancelFunc
 	done   map[string]chan error
 	idx    map[string]int
+
+	// The running incarnations, for prepares sent directly.
+	mu      sync.Mutex
+	live    map[string]*incarnation
+	crashed map[string]bool // a HandlePrepare hit a crash point
+}
+
+type incarnation struct {
+	p      *wormtx.Participant
+	ctx    context.Context
+	cancel context.CancelFunc
+}
+
+// SendPrepare implements wormtx.Messenger: it hands the prepare to the
+// participant's running incarnation (HandlePrepare in a goroutine, as a
+// network would). A crash point there kills the incarnation (its Run
+// ends). A participant that is down does not get the message.
+func (c *cluster) SendPrepare(_ context.Context, p string, t wormtx.Tx) error {
+	c.mu.Lock()
+	in := c.live[p]
+	c.mu.Unlock()
+	if in == nil {
+		return nil // lost: the participant is down
+	}
+	rec := c.rec[p]
+	go func() {
+		_, err := in.p.HandlePrepare(in.ctx, t, rec)
+		switch {
+		case errors.Is(err, wormtx.ErrCrashed):
+			c.mu.Lock()
+			c.crashed[p] = true
+			if c.live[p] == in {
+				delete(c.live, p)
+			}
+			c.mu.Unlock()
+			in.cancel()
+		case err != nil && in.ctx.Err() == nil && !errors.Is(err, worm.ErrTrimmed):
+			c.e.t.Errorf("%s: HandlePrepare(%v): %v", p, t.ID, err)
+		}
+	}()
+	return nil
+}
+
+// hasCrashed reports whether p's incarnation died at a crash point in
+// HandlePrepare.
+func (c *cluster) hasCrashed(p string) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.crashed[p]
+}
+
+// directCoordinator is a coordinator in the direct mode: prepares go
+// straight to the cluster's participants.
+func (e *env) directCoordinator(i int, cl *cluster, pol wormtx.Policy, crash func(wormtx.CrashPoint, int) bool) *wormtx.Coordinator {
+	e.next += 1 << 12
+	co := wormtx.NewCoordinator(e.client(i), wormtx.CoordinatorConfig{FirstSeg: e.base + e.next, Directory: cl.dir, Policy: pol,
+		Messenger: cl, Reserve: 2, Crash: crash})
+	e.t.Cleanup(func() { co.Close() })
+	return co
 }
 
 func (e *env) cluster(parts []string, cfg func(name string) wormtx.ParticipantConfig) *cluster {
 	dir, inbox := e.directory(parts...)
 	c := &cluster{e: e, dir: dir, rec: map[string]*Recorder{}, cfg: map[string]wormtx.ParticipantConfig{},
-		cancel: map[string]context.CancelFunc{}, done: map[string]chan error{}, idx: map[string]int{}}
+		cancel: map[string]context.CancelFunc{}, done: map[string]chan error{}, idx: map[string]int{},
+		live: map[string]*incarnation{}, crashed: map[string]bool{}}
 	for i, p := range parts {
 		c.idx[p] = i
 		pc := wormtx.ParticipantConfig{Policy: fast(e.recovery), AbandonAfter: 50 * time.Millisecond}
@@ -432,6 +518,9 @@ func (c *cluster) start(p string) {
 	c.cancel[p], c.done[p] = cancel, done
 	part := wormtx.NewParticipant(c.e.client(c.idx[p]+1), p, c.cfg[p])
 	rec := c.rec[p]
+	c.mu.Lock()
+	c.live[p] = &incarnation{p: part, ctx: ctx, cancel: cancel}
+	c.mu.Unlock()
 	go func() { done <- part.Run(ctx, rec) }()
 }
 
@@ -441,6 +530,9 @@ func (c *cluster) stop() {
 		<-c.done[p]
 		delete(c.cancel, p)
 	}
+	c.mu.Lock()
+	clear(c.live)
+	c.mu.Unlock()
 }
 
 // waitApplied waits until every participant of tx applied it and returns
@@ -643,5 +735,121 @@ func testConcurrentTransactions(e *env) {
 	for _, tx := range txs {
 		cl.waitTrimmed(tx)
 	}
+	cl.checkProblems()
+}
+
+// ----- the direct mode (prepares sent straight to the participants) -----
+
+func testDirectCommitAndCollect(e *env) {
+	parts := names(3)
+	cl := e.cluster(parts, patient)
+	cl.rec["p1"].VoteFn = func(tx wormtx.TxID) bool { return tx%3 != 0 }
+	co := e.directCoordinator(0, cl, fast(10*time.Second), nil)
+	for range 6 {
+		tx := e.begin(co, parts)
+		want := wormtx.Commit
+		if tx.ID%3 == 0 {
+			want = wormtx.Abort
+		}
+		o, err := co.Await(e.ctx, tx.ID)
+		if err != nil || o != want {
+			e.t.Fatalf("Await(%v) = %v, %v; want %v", tx.ID, o, err, want)
+		}
+		if got := cl.waitApplied(tx); got != want {
+			e.t.Fatalf("%v applied %v, want %v", tx.ID, got, want)
+		}
+		// Observers that know only the TxID find the descriptor.
+		if got, err := wormtx.Open(e.ctx, e.c[1], tx.ID); err == nil {
+			if !slices.Equal(got.Participants, parts) {
+				e.t.Fatalf("Open(%v): participants %q", tx.ID, got.Participants)
+			}
+		} else if !errors.Is(err, worm.ErrTrimmed) {
+			e.t.Fatalf("Open(%v): %v", tx.ID, err)
+		}
+		// The coordinator collects once every participant acked.
+		cl.waitTrimmed(tx)
+	}
+	cl.checkProblems()
+}
+
+func testDirectCoordinatorCrashMidPrepare(e *env) {
+	parts := names(3)
+	cl := e.cluster(parts, nil)
+	co := e.directCoordinator(0, cl, fast(-1), func(p wormtx.CrashPoint, n int) bool { return p == wormtx.CoordinatorAfterPost && n == 1 })
+	id, err := co.Begin(e.ctx, parts, nil)
+	if !errors.Is(err, wormtx.ErrCrashed) {
+		e.t.Fatalf("Begin: %v, want the simulated crash", err)
+	}
+	tx := wormtx.Tx{ID: id, Descriptor: wormtx.Descriptor{Participants: parts}}
+	// p0 was told; it votes, times out on p1 and p2, recovers them (abort)
+	// and tells them through their inboxes, so everyone applies abort.
+	if o := cl.waitApplied(tx); o != wormtx.Abort {
+		e.t.Fatalf("applied %v, want abort", o)
+	}
+	st, err := tx.Status(e.ctx, e.c[0])
+	if err == nil && (st.Votes[1] != wormtx.VoteTimedOut || st.Votes[2] != wormtx.VoteTimedOut) {
+		e.t.Fatalf("votes %v; want p1 and p2 timed out", st.Votes)
+	}
+	// Without the coordinator, the participants collect.
+	cl.waitTrimmed(tx)
+	cl.checkProblems()
+}
+
+func testDirectCoordinatorCrashBeforeAwait(e *env) {
+	parts := names(3)
+	// No recovery is needed: every participant was told and votes yes.
+	cl := e.cluster(parts, patient)
+	co := e.directCoordinator(0, cl, fast(-1), func(p wormtx.CrashPoint, _ int) bool { return p == wormtx.CoordinatorBeforeAwait })
+	tx := e.begin(co, parts)
+	if _, err := co.Await(e.ctx, tx.ID); !errors.Is(err, wormtx.ErrCrashed) {
+		e.t.Fatalf("Await: %v, want the simulated crash", err)
+	}
+	if o := cl.waitApplied(tx); o != wormtx.Commit {
+		e.t.Fatalf("applied %v, want commit (every participant voted yes)", o)
+	}
+	// The participants abandon the dead coordinator's ack and collect.
+	cl.waitTrimmed(tx)
+	cl.checkProblems()
+}
+
+func testDirectParticipantCrashRestart(e *env) {
+	parts := names(3)
+	var crashed atomic.Bool
+	cl := e.cluster(parts, func(name string) wormtx.ParticipantConfig {
+		pc := patient(name)
+		if name == "p2" {
+			pc.Crash = func(p wormtx.CrashPoint, _ wormtx.TxID) bool {
+				return p == wormtx.ParticipantAfterVote && crashed.CompareAndSwap(false, true)
+			}
+		}
+		return pc
+	})
+	co := e.directCoordinator(0, cl, fast(10*time.Second), nil)
+	tx := e.begin(co, parts)
+	// p2 voted yes, then died before learning the outcome: the others
+	// learn commit from the votes without it.
+	o, err := co.Await(e.ctx, tx.ID)
+	if err != nil || o != wormtx.Commit {
+		e.t.Fatalf("Await = %v, %v; want commit (p2 voted before crashing)", o, err)
+	}
+	for !cl.hasCrashed("p2") {
+		select {
+		case <-e.ctx.Done():
+			e.t.Fatal("p2 never reached its crash point")
+		case <-time.After(time.Millisecond):
+		}
+	}
+	<-cl.done["p2"]
+	delete(cl.cancel, "p2")
+	if _, ok := cl.rec["p2"].Applied(tx.ID); ok {
+		e.t.Fatal("p2 applied before restarting")
+	}
+	// The restarted p2 finds the transaction in its Resource (its inbox
+	// never listed it) and applies it.
+	cl.start("p2")
+	if o := cl.waitApplied(tx); o != wormtx.Commit {
+		e.t.Fatalf("applied %v", o)
+	}
+	cl.waitTrimmed(tx)
 	cl.checkProblems()
 }

@@ -1,0 +1,464 @@
+package wormtx
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/wormspace/wormspace/worm"
+)
+
+// Messenger carries a transaction's prepare from the coordinator straight
+// to a participant: the fast path of Begin (CoordinatorConfig.Messenger).
+// The receiving end calls (*Participant).HandlePrepare with the Tx.
+//
+// SendPrepare may return before the message is delivered (one-way
+// messages, like 2PC's); an error means it was certainly not sent. A lost
+// prepare costs nothing but the vote, which recovery then fills with no.
+// Safe for concurrent use; t belongs to the caller.
+type Messenger interface {
+	SendPrepare(ctx context.Context, participant string, t Tx) error
+}
+
+// Recoverable is a Resource that can list what it prepared and has not
+// applied. A participant that takes prepares directly (HandlePrepare)
+// votes without its inbox recording the transaction first, so after a
+// restart it learns of its prepared transactions from the Resource.
+//
+// Prepared returns every transaction for which Prepare returned (the
+// vote recorded durably, as Prepare's contract requires) and Apply has
+// not completed, with the descriptor given to Prepare. The Tx values
+// belong to the caller.
+type Recoverable interface {
+	Resource
+	Prepared(ctx context.Context) ([]Tx, error)
+}
+
+// Reserved transaction segments. In the direct mode a coordinator
+// allocates segments ahead of need with a reservation as metadata (the
+// descriptor is not known yet) and writes the descriptor into the
+// segment's last register when it begins the transaction there.
+const reserveMagic = "wtx-seg:"
+
+// descAddr is where a reserved segment holds its descriptor.
+func (t Tx) descAddr(segSize uint32) worm.Addr {
+	return worm.Addr{Seg: uint64(t.ID), Off: segSize - 1}
+}
+
+// defaultReserve is the number of segments a direct-mode coordinator keeps
+// allocated ahead of need when CoordinatorConfig.Reserve is zero: enough
+// for a burst of concurrent Begins while the pool refills (one Alloc, two
+// round trips, per segment).
+const defaultReserve = 16
+
+// reservePool hands out segments the coordinator won ahead of need and
+// refills itself in the background.
+type reservePool struct {
+	mu      sync.Mutex
+	ready   []uint64
+	filling bool
+	waiters []chan struct{}
+	err     error // the last refill failure, for a Begin that waited
+	meta    []byte
+}
+
+func newReservePool() *reservePool {
+	var nonce [8]byte
+	_, _ = rand.Read(nonce[:])
+	return &reservePool{meta: []byte(reserveMagic + hex.EncodeToString(nonce[:]))}
+}
+
+// take returns a reserved segment, waiting for the refill when none is
+// ready, and starts a refill when the pool runs low.
+func (c *Coordinator) takeReserved(ctx context.Context) (uint64, error) {
+	p := c.pool
+	for {
+		p.mu.Lock()
+		if n := len(p.ready); n > 0 {
+			seg := p.ready[0]
+			p.ready = p.ready[1:]
+			c.refillLocked(n - 1)
+			p.mu.Unlock()
+			return seg, nil
+		}
+		c.refillLocked(0)
+		w := make(chan struct{})
+		p.waiters = append(p.waiters, w)
+		p.mu.Unlock()
+		select {
+		case <-w:
+		case <-ctx.Done():
+			p.mu.Lock()
+			err := p.err
+			p.mu.Unlock()
+			if err != nil {
+				return 0, fmt.Errorf("wormtx: reserve a segment: %w", err)
+			}
+			return 0, fmt.Errorf("wormtx: reserve a segment: %w", ctx.Err())
+		}
+	}
+}
+
+// refillLocked starts a background refill when fewer than half the
+// reserve are ready. p.mu is held.
+func (c *Coordinator) refillLocked(have int) {
+	p := c.pool
+	want := c.reserve()
+	if p.filling || have >= (want+1)/2 {
+		return
+	}
+	p.filling = true
+	c.bg.Go(func() {
+		ctx, cancel := context.WithTimeout(c.life, c.ackTimeout())
+		defer cancel()
+		for {
+			p.mu.Lock()
+			full := len(p.ready) >= want
+			if full || ctx.Err() != nil {
+				p.filling = false
+				for _, w := range p.waiters {
+					close(w)
+				}
+				p.waiters = nil
+				p.mu.Unlock()
+				return
+			}
+			p.mu.Unlock()
+			seg, err := c.alloc(ctx, p.meta)
+			p.mu.Lock()
+			if err != nil {
+				p.err = err
+			} else {
+				p.ready = append(p.ready, uint64(seg))
+				p.err = nil
+			}
+			for _, w := range p.waiters {
+				close(w)
+			}
+			p.waiters = nil
+			p.mu.Unlock()
+			if err != nil {
+				if ctx.Err() != nil {
+					continue // reported by the loop's check
+				}
+				c.logger().Warn("wormtx: reserving a segment", "err", err)
+				var b backoff
+				_ = b.wait(ctx)
+			}
+		}
+	})
+}
+
+func (c *Coordinator) reserve() int {
+	if c.cfg.Reserve <= 0 {
+		return defaultReserve
+	}
+	return c.cfg.Reserve
+}
+
+// watch is the coordinator's listener on a transaction it began directly,
+// opened by Begin so that Await learns the votes from notifications.
+type watch struct {
+	ready  <-chan listening
+	cancel context.CancelFunc
+	acks   *ackTracker
+}
+
+// ackTracker records which ack registers a listener saw chosen.
+type ackTracker struct {
+	mu   sync.Mutex
+	n    int
+	seen map[uint32]bool
+}
+
+func newAckTracker(n int) *ackTracker { return &ackTracker{n: n, seen: map[uint32]bool{}} }
+
+// observe records a chosen notification of an ack register.
+func (a *ackTracker) observe(nt worm.Notification) {
+	if int(nt.Off) > a.n && int(nt.Off) <= 2*a.n+1 {
+		a.mu.Lock()
+		a.seen[nt.Off] = true
+		a.mu.Unlock()
+	}
+}
+
+// all reports whether every ack register (participants' and the
+// coordinator's) was seen chosen.
+func (a *ackTracker) all() bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return len(a.seen) == a.n+1
+}
+
+// beginDirect is Begin's fast path: a reserved segment, the prepares sent
+// straight to the participants, and the coordinator's listener opened at
+// once; the descriptor is written into the segment meanwhile.
+func (c *Coordinator) beginDirect(ctx context.Context, d Descriptor) (TxID, error) {
+	seg, err := c.takeReserved(ctx)
+	if err != nil {
+		return 0, err
+	}
+	t := Tx{ID: TxID(seg), Descriptor: d}
+	if c.crash(CoordinatorAfterAlloc, 0) {
+		return t.ID, ErrCrashed
+	}
+	lctx, cancel := context.WithCancel(c.life)
+	w := &watch{ready: listenAsync(lctx, c.sp, seg), cancel: cancel, acks: newAckTracker(t.n())}
+	c.mu.Lock()
+	c.txs[t.ID] = t
+	c.watches[t.ID] = w
+	c.mu.Unlock()
+	// The descriptor, for observers that know only the TxID (Open). The
+	// participants have it from the prepare and settle it themselves if
+	// the coordinator dies before it lands.
+	desc := MarshalDescriptor(d)
+	c.bg.Go(func() {
+		wctx, wcancel := context.WithTimeout(c.life, c.ackTimeout())
+		defer wcancel()
+		if _, err := writeOwn(wctx, c.sp, t.descAddr(c.sp.SegmentSize()), desc, desc); err != nil && !errors.Is(err, worm.ErrTrimmed) {
+			c.logger().Warn("wormtx: writing the descriptor", "tx", t.ID, "err", err)
+		}
+	})
+	if c.cfg.Crash != nil {
+		for i, p := range d.Participants {
+			if err := c.cfg.Messenger.SendPrepare(ctx, p, t); err != nil {
+				return t.ID, fmt.Errorf("wormtx: %v: prepare %q: %w", t.ID, p, err)
+			}
+			if c.crash(CoordinatorAfterPost, i+1) {
+				return t.ID, ErrCrashed
+			}
+		}
+		return t.ID, nil
+	}
+	errs := make([]error, len(d.Participants))
+	var wg sync.WaitGroup
+	for i, p := range d.Participants {
+		wg.Go(func() {
+			if err := c.cfg.Messenger.SendPrepare(ctx, p, t); err != nil {
+				errs[i] = fmt.Errorf("wormtx: %v: prepare %q: %w", t.ID, p, err)
+			}
+		})
+	}
+	wg.Wait()
+	return t.ID, errors.Join(errs...)
+}
+
+// awaitDirect resolves a transaction begun by beginDirect from the
+// listener Begin opened, then acknowledges it and, once its listener saw
+// every participant's ack, trims it.
+func (c *Coordinator) awaitDirect(ctx context.Context, t Tx, w *watch) (Outcome, error) {
+	var l listening
+	select {
+	case l = <-w.ready:
+	case <-ctx.Done():
+		return Pending, fmt.Errorf("wormtx: %v: outcome unknown: %w", t.ID, ctx.Err())
+	}
+	opt := resolveOpts{notes: l.ch, fresh: l.err == nil, observe: w.acks.observe}
+	o, err := t.resolve(ctx, c.sp, c.cfg.Policy, opt)
+	if err != nil {
+		return o, err
+	}
+	c.mu.Lock()
+	delete(c.txs, t.ID)
+	delete(c.watches, t.ID)
+	c.mu.Unlock()
+	actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.ackTimeout())
+	c.bg.Go(func() {
+		defer cancel()
+		defer w.cancel()
+		if _, err := writeOwn(actx, c.sp, t.coordAckAddr(), outcomeValue(o), valAbandon); err != nil {
+			if !errors.Is(err, worm.ErrTrimmed) {
+				c.logger().Warn("wormtx: coordinator ack", "tx", t.ID, "err", err)
+			}
+			return
+		}
+		// Wait for the participants' acks on the listener; read them
+		// only if it ends (or tells that it missed some).
+		for l.err == nil && !w.acks.all() {
+			select {
+			case nt, ok := <-l.ch:
+				if ok && nt.Chosen {
+					w.acks.observe(nt)
+					continue
+				}
+				if ok && !nt.Lost {
+					continue
+				}
+			case <-c.closing:
+			case <-actx.Done():
+				return
+			}
+			break
+		}
+		if w.acks.all() {
+			if err := c.sp.Trim(actx, uint64(t.ID)); err != nil && !errors.Is(err, worm.ErrTrimmed) {
+				c.logger().Warn("wormtx: collect", "tx", t.ID, "err", err)
+			}
+			return
+		}
+		if err := t.collect(actx, c.sp); err != nil {
+			c.logger().Warn("wormtx: collect", "tx", t.ID, "err", err)
+		}
+	})
+	return o, nil
+}
+
+// HandlePrepare runs the participant's part in a transaction whose
+// prepare came straight from its coordinator (Messenger): it subscribes
+// to the transaction's segment while it prepares res and votes, learns
+// the outcome from the notifications (recovering missing votes after
+// Policy.RecoverAfter), applies it and acknowledges. Collection is left
+// to the coordinator; if the segment is still there after AbandonAfter
+// (the coordinator died), the participant collects it as Ack does.
+//
+// res must be Recoverable: the inbox does not record a transaction
+// prepared this way, so a participant that restarts learns of it from
+// res (Run does this). Errors: as Handle.
+func (p *Participant) HandlePrepare(ctx context.Context, t Tx, res Recoverable) (Outcome, error) {
+	i, err := p.index(t)
+	if err != nil {
+		return Pending, err
+	}
+	lctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	ready := listenAsync(lctx, p.sp, uint64(t.ID))
+	yes, err := res.Prepare(ctx, t.ID, t.Descriptor)
+	if err != nil {
+		return Pending, fmt.Errorf("wormtx: %v: prepare: %w", t.ID, err)
+	}
+	if p.cfg.Crash != nil && p.cfg.Crash(ParticipantBeforeVote, t.ID) {
+		return Pending, ErrCrashed
+	}
+	v, err := p.Vote(ctx, t, yes)
+	if err != nil {
+		return Pending, err
+	}
+	p.log.Debug("wormtx: voted", "tx", t.ID, "yes", yes, "chosen", v)
+	if p.cfg.Crash != nil && p.cfg.Crash(ParticipantAfterVote, t.ID) {
+		return Pending, ErrCrashed
+	}
+	var l listening
+	select {
+	case l = <-ready:
+	case <-ctx.Done():
+		return Pending, fmt.Errorf("wormtx: %v: outcome unknown: %w", t.ID, ctx.Err())
+	}
+	opt := resolveOpts{notes: l.ch, fresh: l.err == nil}
+	pol := p.cfg.Policy
+	pol.recoverHook = func(rctx context.Context) {
+		// The coordinator may have died before the descriptor landed:
+		// observers that know only the TxID need it.
+		if _, err := Settle(rctx, p.sp, t.descAddr(p.sp.SegmentSize()), MarshalDescriptor(t.Descriptor)); err != nil && !errors.Is(err, worm.ErrTrimmed) {
+			p.log.Warn("wormtx: settling the descriptor", "tx", t.ID, "err", err)
+		}
+	}
+	o, err := t.resolve(ctx, p.sp, pol, opt)
+	if err != nil {
+		return Pending, err
+	}
+	if err := res.Apply(ctx, t.ID, o); err != nil {
+		return o, fmt.Errorf("wormtx: %v: apply %v: %w", t.ID, o, err)
+	}
+	a, err := writeOwn(ctx, p.sp, t.ackAddr(i), outcomeValue(o), outcomeValue(o))
+	if errors.Is(err, worm.ErrTrimmed) {
+		return o, nil
+	}
+	if err != nil {
+		return o, fmt.Errorf("wormtx: %v: ack of %q: %w", t.ID, p.name, err)
+	}
+	if got, err := parseOutcome(a); err != nil || got != o {
+		return o, fmt.Errorf("%w: %v: ack of %q holds %q, applied %v", ErrInconsistent, t.ID, p.name, a, o)
+	}
+	if p.cfg.AbandonAfter >= 0 {
+		p.later.add(time.Now().Add(p.cfg.AbandonAfter), func(ctx context.Context) {
+			if _, err := p.sp.Check(ctx, uint64(t.ID)); errors.Is(err, worm.ErrTrimmed) {
+				return // collected by the coordinator
+			}
+			if err := t.collect(ctx, p.sp); err != nil {
+				p.log.Warn("wormtx: collect", "tx", t.ID, "err", err)
+				return
+			}
+			if err := p.abandonCoordinator(ctx, t); err != nil {
+				p.log.Warn("wormtx: collect", "tx", t.ID, "err", err)
+			}
+		})
+	}
+	if o == Abort {
+		return o, p.completeVotes(ctx, t)
+	}
+	return o, nil
+}
+
+// laterQueue runs deferred checks in deadline order from one goroutine,
+// which exits when the queue is empty. Deadlines are added in
+// nondecreasing order (now + a constant), so a FIFO is a deadline queue.
+type laterQueue struct {
+	mu      sync.Mutex
+	q       []laterItem
+	running bool
+}
+
+type laterItem struct {
+	at time.Time
+	f  func(context.Context)
+}
+
+// add queues f to run at (or after) at.
+func (lq *laterQueue) add(at time.Time, f func(context.Context)) {
+	lq.mu.Lock()
+	lq.q = append(lq.q, laterItem{at, f})
+	start := !lq.running
+	lq.running = true
+	lq.mu.Unlock()
+	if start {
+		go lq.run()
+	}
+}
+
+func (lq *laterQueue) run() {
+	for {
+		lq.mu.Lock()
+		if len(lq.q) == 0 {
+			lq.running = false
+			lq.mu.Unlock()
+			return
+		}
+		it := lq.q[0]
+		lq.mu.Unlock()
+		if d := time.Until(it.at); d > 0 {
+			time.Sleep(d)
+		}
+		lq.mu.Lock()
+		lq.q[0] = laterItem{}
+		lq.q = lq.q[1:]
+		lq.mu.Unlock()
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		it.f(ctx)
+		cancel()
+	}
+}
+
+// openReserved reads the descriptor of a reserved segment.
+func openReserved(ctx context.Context, sp worm.Space, id TxID) (Tx, error) {
+	t := Tx{ID: id}
+	v, err := readOpt(ctx, sp, t.descAddr(sp.SegmentSize()))
+	if err != nil {
+		return Tx{}, fmt.Errorf("wormtx: %v: %w", id, err)
+	}
+	if v == nil {
+		return Tx{}, fmt.Errorf("wormtx: %v: reserved, not begun (no descriptor yet): %w", id, worm.ErrUnallocated)
+	}
+	d, err := UnmarshalDescriptor(v)
+	if err != nil {
+		return Tx{}, fmt.Errorf("wormtx: %v: %w", id, err)
+	}
+	t.Descriptor = d
+	return t, nil
+}
+
+func isReservation(meta []byte) bool { return bytes.HasPrefix(meta, []byte(reserveMagic)) }
