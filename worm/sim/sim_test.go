@@ -1,18 +1,25 @@
 package sim
 
 import (
+	"errors"
 	"flag"
 	"os"
+	"slices"
 	"strconv"
+	"strings"
 	"testing"
+	"time"
 )
 
 var (
 	seedFlag   = flag.Uint64("seed", 0, "replay one seed (TestSeed)")
-	configFlag = flag.String("config", "", "with -seed: replay only this configuration")
+	configFlag = flag.String("config", "", "with -seed: replay only this configuration (or control)")
 	seedsFlag  = flag.Int("seeds", 0, "number of seeds per configuration (default 200, or WORM_SIM_SEEDS)")
 )
 
+// seeds is the number of seeds TestSimulation runs per configuration.
+// The default keeps `go test ./worm/sim` well under a minute on two
+// cores; `make sim` runs thousands.
 func seeds() int {
 	if *seedsFlag > 0 {
 		return *seedsFlag
@@ -26,6 +33,7 @@ func seeds() int {
 	return 200
 }
 
+// configs are the configurations TestSimulation runs.
 var configs = map[string]func(seed uint64) Config{
 	"default": DefaultConfig,
 	"lossy5": func(seed uint64) Config {
@@ -50,41 +58,123 @@ var configs = map[string]func(seed uint64) Config{
 	},
 	"clean": func(seed uint64) Config {
 		c := DefaultConfig(seed)
-		c.Drop, c.Dup, c.Crash, c.Nudge, c.Expire, c.Trim = 0, 0, 0, 0, 0, false
+		c.Drop, c.Dup, c.Crash, c.Nudge, c.Expire, c.Trim, c.Compact = 0, 0, 0, 0, 0, false, 0
+		return c
+	},
+	// Storage under stress: frequent crashes, most of them power
+	// failures, half of them inside a disk operation; rare group commits
+	// (much unsynced state to tear); many trims and compactions.
+	"crashy-disk": func(seed uint64) Config {
+		c := DefaultConfig(seed)
+		c.Segments, c.Crash, c.PowerLoss, c.MidOp, c.Sync, c.Compact = 4, 0.03, 0.8, 0.7, 0.1, 0.02
+		return c
+	},
+	// Values of 800 bytes on disks of 16 KiB: the live state outgrows a
+	// preallocation chunk (4 KiB) now and then; storage then refuses
+	// requests, and compactions that do not fit beside the old generation,
+	// until trims and compactions make room again.
+	"full-disk": func(seed uint64) Config {
+		c := DefaultConfig(seed)
+		c.Segments, c.Ops, c.ValueSize, c.DiskCapacity, c.Compact = 3, 40, 800, 16<<10, 0.02
+		return c
+	},
+	// Writes and fsyncs fail with EIO now and then: the engine stops,
+	// abandons the replies waiting, and its supervisor restarts it.
+	"faulty-disk": func(seed uint64) Config {
+		c := DefaultConfig(seed)
+		c.WriteErr, c.SyncErr = 0.002, 0.01
 		return c
 	},
 }
 
+// controls break durability on purpose; TestControls requires that the
+// checks catch each of them within a bounded number of seeds.
+var controls = map[string]struct {
+	cfg   func(seed uint64) Config
+	props []string // acceptable violated properties
+}{
+	string(ControlVolatile):         {control(ControlVolatile), []string{"durability", "chosen-lost", "agreement", "outcome", "recovery"}},
+	string(ControlReplyBeforeSync):  {control(ControlReplyBeforeSync), []string{"durability", "chosen-lost", "agreement", "outcome"}},
+	string(ControlOwnRecordsOnly):   {control(ControlOwnRecordsOnly), []string{"durability", "chosen-lost", "agreement", "outcome"}},
+	string(ControlUnsyncedRecovery): {control(ControlUnsyncedRecovery), []string{"durability", "chosen-lost", "agreement", "outcome", "recovery"}},
+	string(ControlLyingDisk):        {control(ControlLyingDisk), []string{"durability", "chosen-lost", "agreement", "outcome", "recovery"}},
+	string(ControlNoDirSync):        {control(ControlNoDirSync), []string{"durability", "chosen-lost", "agreement", "outcome", "recovery"}},
+}
+
+// control is the crashy-disk configuration with a control.
+func control(c Control) func(uint64) Config {
+	return func(seed uint64) Config {
+		cfg := configs["crashy-disk"](seed)
+		cfg.Name, cfg.Control = string(c), c
+		return cfg
+	}
+}
+
+func named(name string, mk func(uint64) Config) func(uint64) Config {
+	return func(seed uint64) Config {
+		c := mk(seed)
+		c.Name = name
+		return c
+	}
+}
+
+func sortedNames[V any](m map[string]V) []string {
+	var names []string
+	for n := range m {
+		names = append(names, n)
+	}
+	slices.Sort(names)
+	return names
+}
+
 // TestSimulation runs many seeds of every configuration; a failure names
-// the seed to replay with -run TestSeed -seed N.
+// the command that replays its seed.
 func TestSimulation(t *testing.T) {
-	for name, mk := range configs {
+	for _, name := range sortedNames(configs) {
+		mk := named(name, configs[name])
 		t.Run(name, func(t *testing.T) {
 			t.Parallel()
-			total := Stats{Ops: map[string]int{}, Errors: map[string]int{}}
-			for seed := uint64(1); seed <= uint64(seeds()); seed++ {
+			start := time.Now()
+			var total Stats
+			n := seeds()
+			for seed := uint64(1); seed <= uint64(n); seed++ {
 				st, err := Run(mk(seed))
 				if err != nil {
 					t.Fatal(err)
 				}
-				total.Steps += st.Steps
-				total.Crashes += st.Crashes
-				total.Delivered += st.Delivered
-				total.Dropped += st.Dropped
-				total.Duplicated += st.Duplicated
-				total.Expired += st.Expired
-				total.Partitions += st.Partitions
-				total.Cut += st.Cut
-				for k, v := range st.Ops {
-					total.Ops[k] += v
+				total.Add(st)
+			}
+			t.Logf("%s: %d seeds in %v: %s errors=%v", name, n, time.Since(start).Round(time.Millisecond), total, total.Errors)
+			// Each configuration must reach what it is for, or it tests
+			// nothing.
+			if n < 20 {
+				return
+			}
+			switch name {
+			case "partitioned":
+				if total.Partitions == 0 || total.Cut == 0 {
+					t.Fatalf("the partitioned configuration cut nothing: %s", total)
 				}
-				for k, v := range st.Errors {
-					total.Errors[k] += v
+			case "crashy-disk":
+				if total.PowerLosses == 0 || total.Kills == 0 || total.MidOpCrashes == 0 || total.RecoveryCrashes == 0 ||
+					total.TornTails == 0 || total.Discarded == 0 || total.Compactions == 0 {
+					t.Fatalf("the crashy-disk configuration missed a kind of crash or recovery: %s", total)
+				}
+			case "full-disk":
+				if total.Refused == 0 || total.CompactFailed == 0 || total.Compactions == 0 {
+					t.Fatalf("the disk never filled, or never had room: %s", total)
+				}
+			case "faulty-disk":
+				if total.StorageFailures == 0 || total.Restarts == 0 {
+					t.Fatalf("no injected fault stopped an engine: %s", total)
+				}
+			case "clean":
+				if total.Crashes != 0 {
+					t.Fatalf("the clean configuration crashed: %s", total)
 				}
 			}
-			t.Logf("%s: %s errors=%v", name, total, total.Errors)
-			if name == "partitioned" && (total.Partitions == 0 || total.Cut == 0) {
-				t.Fatalf("the partitioned configuration cut nothing: %s", total)
+			if name != "clean" && total.Syncs == 0 {
+				t.Fatalf("no group commit: %s", total)
 			}
 		})
 	}
@@ -94,8 +184,9 @@ func TestSimulation(t *testing.T) {
 // (Unknown outcomes remain possible without faults: a write preempted after
 // reaching some acceptors is ambiguous by the reference, section 1.)
 func TestCleanRunsSucceed(t *testing.T) {
+	mk := named("clean", configs["clean"])
 	for seed := uint64(1); seed <= 50; seed++ {
-		st, err := Run(configs["clean"](seed))
+		st, err := Run(mk(seed))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -107,16 +198,119 @@ func TestCleanRunsSucceed(t *testing.T) {
 	}
 }
 
-// TestSeed replays one seed with a trace: go test ./worm/sim -run TestSeed -seed N -v
+// TestControls: each deliberately broken variant of durability is caught
+// by some seed, with a violation of the expected kind whose replay
+// command names its configuration; and the seed replays to the same
+// violation.
+func TestControls(t *testing.T) {
+	for _, name := range sortedNames(controls) {
+		tc := controls[name]
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			const maxSeeds = 300
+			for seed := uint64(1); seed <= maxSeeds; seed++ {
+				_, err := Run(tc.cfg(seed))
+				if err == nil {
+					continue
+				}
+				var v *Violation
+				if !errors.As(err, &v) {
+					t.Fatalf("seed %d: %v is not a Violation", seed, err)
+				}
+				if !slices.Contains(tc.props, v.Property) {
+					t.Fatalf("seed %d: violated %q, want one of %v: %v", seed, v.Property, tc.props, err)
+				}
+				if want := "-seed " + strconv.FormatUint(seed, 10) + " -config " + name; !strings.Contains(err.Error(), want) {
+					t.Fatalf("replay command missing %q: %v", want, err)
+				}
+				_, again := Run(tc.cfg(seed))
+				if again == nil || again.Error() != err.Error() {
+					t.Fatalf("seed %d does not replay: %v, then %v", seed, err, again)
+				}
+				t.Logf("caught after %d seeds: %v", seed, err)
+				return
+			}
+			t.Fatalf("no violation in %d seeds: the checks cannot see this broken durability", maxSeeds)
+		})
+	}
+}
+
+// TestDeterministic: a run is a function of its configuration.
+func TestDeterministic(t *testing.T) {
+	for _, name := range []string{"crashy-disk", "faulty-disk", "full-disk"} {
+		mk := named(name, configs[name])
+		for seed := uint64(1); seed <= 5; seed++ {
+			var a, b []string
+			cfg := mk(seed)
+			cfg.Trace = func(l string) { a = append(a, l) }
+			_, err1 := Run(cfg)
+			cfg.Trace = func(l string) { b = append(b, l) }
+			_, err2 := Run(cfg)
+			if err1 != nil || err2 != nil {
+				t.Fatalf("%s seed %d: %v / %v", name, seed, err1, err2)
+			}
+			if !slices.Equal(a, b) {
+				i := 0
+				for i < min(len(a), len(b)) && a[i] == b[i] {
+					i++
+				}
+				t.Fatalf("%s seed %d: two runs differ at trace line %d of %d/%d", name, seed, i, len(a), len(b))
+			}
+			if len(a) < 100 {
+				t.Fatalf("%s seed %d: trace of %d lines", name, seed, len(a))
+			}
+		}
+	}
+}
+
+// TestKnownIssuePreemptedOnRefusal reproduces the worm/paxos issue that
+// the checker otherwise counts (Sim.knownRefusalIssue): with storage
+// refusing on full disks, a write is answered ErrPreempted although its
+// value is chosen. It fails once worm/paxos is fixed: then delete it, the
+// allowance and Config.StrictRefusals.
+func TestKnownIssuePreemptedOnRefusal(t *testing.T) {
+	mk := named("full-disk", configs["full-disk"])
+	for seed := uint64(1); seed <= 300; seed++ {
+		cfg := mk(seed)
+		cfg.StrictRefusals = true
+		_, err := Run(cfg)
+		if err == nil {
+			continue
+		}
+		var v *Violation
+		if !errors.As(err, &v) || v.Property != "outcome" || !strings.Contains(v.What, "preempted, but") {
+			t.Fatalf("seed %d: a violation other than the known issue: %v", seed, err)
+		}
+		st, err := Run(mk(seed))
+		if err != nil || st.PreemptedOnRefusal == 0 {
+			t.Fatalf("seed %d: without StrictRefusals: %v, %d counted", seed, err, st.PreemptedOnRefusal)
+		}
+		t.Logf("reproduced (seed %d; trace: go test ./worm/sim -run TestSeed -seed %d -config full-disk -v): %s", seed, seed, v.What)
+		return
+	}
+	t.Fatal("the known issue no longer reproduces in 300 seeds: if worm/paxos was fixed, remove this test, Config.StrictRefusals and Sim.knownRefusalIssue")
+}
+
+// TestSeed replays one seed with a trace:
+// go test ./worm/sim -run TestSeed -seed N [-config NAME] -v
 func TestSeed(t *testing.T) {
 	if *seedFlag == 0 {
 		t.Skip("set -seed N to replay a seed")
 	}
+	all := map[string]func(uint64) Config{}
 	for name, mk := range configs {
+		all[name] = named(name, mk)
+	}
+	for name, tc := range controls {
+		if *configFlag == name {
+			all[name] = tc.cfg
+		}
+	}
+	for _, name := range sortedNames(all) {
 		if *configFlag != "" && name != *configFlag {
 			continue
 		}
-		cfg := mk(*seedFlag)
+		cfg := all[name](*seedFlag)
 		cfg.Trace = func(s string) { t.Log(s) }
 		if _, err := Run(cfg); err != nil {
 			t.Errorf("%s: %v", name, err)
