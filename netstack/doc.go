@@ -52,6 +52,52 @@
 // PrepareNIC does all of this; the socket ignores outgoing frames
 // (PACKET_IGNORE_OUTGOING) so netstack never sees its own transmissions.
 //
+// # Packet faults
+//
+// A Faults injects packet loss, delay (fixed plus jitter), duplication and
+// reordering into the link of one Stack, on the way out (egress: frames
+// the stack sends), on the way in (ingress: frames the link delivers), or
+// both. It is what `tc qdisc ... netem` does in the kernel, done at
+// netstack's link endpoint instead, so that it works on kernels without
+// sch_netem and touches only the one stack it is attached to:
+//
+//	f := netstack.NewFaults(seed)
+//	st, err := netstack.New(netstack.TAPDevice("wtap0"), netstack.WithAddress(p), netstack.WithFaults(f))
+//	f.Set(netstack.BothWays(netstack.FaultRates{Loss: 0.1})) // any time, from any goroutine
+//	s := f.Stats()                                          // counters per direction
+//
+// Decisions come from one PCG generator per direction seeded by NewFaults,
+// drawn in packet order: the same seed and the same sequence of packets
+// give the same faults. (A running stack's packet sequence depends on
+// timing, so a seed fixes the fault stream, not a whole run.)
+//
+// Semantics, per direction, for each packet in order:
+//
+//   - Loss: dropped with probability Loss.
+//   - Duplicate: with probability Duplicate it goes out twice, the copy
+//     right after the original (egress: the same frame written twice;
+//     ingress: a clone delivered first).
+//   - Reorder: with probability Reorder (when no packet of the direction
+//     is held already) the packet is held back, and goes out right after
+//     the next packet that arrived after it and goes out itself (at once
+//     or from the delay queue), or after ReorderHold plus the maximum
+//     delay if none does.
+//   - Delay: every packet not held waits Delay plus a uniform jitter in
+//     [-Jitter, +Jitter] (clamped at zero); with jitter, later packets can
+//     overtake earlier ones, as with netem.
+//
+// Delays run on Go timers: on a busy machine a delayed packet is
+// typically late by a further 0.1-1 ms (4 x 200 us ± 200 us per round
+// trip measured 2.4 ms at p50 over Pipe on the 2-core test machine).
+//
+// Cost: with no fault configured and nothing held or queued, a packet
+// passes straight through with two atomic loads and two atomic adds, and
+// no allocation (TestFaultsNoAllocWhenOff; BenchmarkFaultLink compares it
+// with the bare link). Delayed and held packets keep a reference
+// (PacketBuffer.IncRef) until they are sent or dropped; duplicates on
+// ingress are clones (PacketBuffer.Clone) with their own reference.
+// Pending packets are released when the link is detached.
+//
 // # Knobs
 //
 // Every setting that changes performance is in Knobs, explicit and

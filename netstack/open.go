@@ -23,6 +23,8 @@ type Config struct {
 	MTU          uint32     // optional
 	Knobs        *Knobs     // nil: DefaultKnobs
 	Logger       *slog.Logger
+	// Faults, when set, injects packet faults on the link (WithFaults).
+	Faults *Faults
 }
 
 // Open returns the Network described by c: Kernel() for "kernel", a new
@@ -44,6 +46,9 @@ func Open(c Config) (Network, error) {
 	}
 	if c.Knobs != nil {
 		opts = append(opts, WithKnobs(*c.Knobs))
+	}
+	if c.Faults != nil {
+		opts = append(opts, WithFaults(c.Faults))
 	}
 	links := 0
 	if c.Iface != "" {

@@ -20,7 +20,9 @@ type config struct {
 	mtu   uint32
 	knobs Knobs
 	log   *slog.Logger
-	err   error
+	// faults, when set (WithFaults), wraps the link (faults.go).
+	faults *Faults
+	err    error
 }
 
 // linkSpec opens the link endpoint the NIC is attached to. open may fill in

@@ -84,6 +84,15 @@ func New(opts ...Option) (*Stack, error) {
 	if err != nil {
 		return nil, err
 	}
+	if c.faults != nil {
+		if ep, err = c.faults.wrap(ep); err != nil {
+			if release != nil {
+				_ = release()
+			}
+			return nil, err
+		}
+		desc += ", faults"
+	}
 	st, err := build(&c, ep)
 	if err != nil {
 		if release != nil {
