@@ -76,6 +76,7 @@ type options struct {
 	logJSON     bool
 	shutdownFor time.Duration
 	echoListen  string
+	faults      faultFlags // -net-faults (faults.go)
 }
 
 func parse(args []string) (*options, error) {
@@ -103,6 +104,7 @@ func parse(args []string) (*options, error) {
 	fs.BoolVar(&o.logJSON, "log-json", false, "log JSON lines instead of text")
 	fs.StringVar(&o.echoListen, "echo-listen", "", "also serve a raw TCP echo on this address over the same stack (the round-trip floor worm compare measures against)")
 	fs.DurationVar(&o.shutdownFor, "shutdown-timeout", 10*time.Second, "how long a graceful shutdown waits for requests in flight")
+	o.faults.register(fs)
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
@@ -114,6 +116,9 @@ func parse(args []string) (*options, error) {
 	}
 	if o.id == 0 || o.id > 1<<32-1 {
 		return nil, fmt.Errorf("-id %d: want 1..4294967295", o.id)
+	}
+	if err := o.faults.check(o); err != nil {
+		return nil, err
 	}
 	if o.pprof && o.metrics == "" {
 		return nil, errors.New("-pprof needs -metrics ADDR")
@@ -187,6 +192,7 @@ func newLogger(o *options) (*slog.Logger, error) {
 
 func openNetwork(o *options, log *slog.Logger) (netstack.Network, error) {
 	cfg := netstack.Config{Stack: o.stack, Iface: o.iface, TAP: o.tap, TAPFD: -1, PrepareIface: o.iface != "", Logger: log}
+	o.faults.attach(&cfg)
 	if o.stack == "netstack" {
 		p, err := netip.ParsePrefix(o.addr)
 		if err != nil {
@@ -283,6 +289,7 @@ func run(args []string) error {
 	if o.metrics != "" {
 		mux := http.NewServeMux()
 		mux.Handle("/metrics", srv.Metrics())
+		o.faults.serve(mux, log)
 		if o.pprof {
 			mux.HandleFunc("/debug/pprof/", pprof.Index)
 			mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
