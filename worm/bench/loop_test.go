@@ -1,0 +1,50 @@
+package bench_test
+
+import (
+	"context"
+	"errors"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/wormspace/wormspace/worm/bench"
+)
+
+// Loop counts only calls made after the warm-up, keeps failed calls out of
+// the latency samples, gives every client its own index, and measures
+// latency (a 2ms operation cannot have a 1µs median).
+func TestLoop(t *testing.T) {
+	var calls, during atomic.Int64
+	var seen [4]atomic.Bool
+	r, err := bench.Loop(context.Background(), bench.LoopConfig{Workload: "sleep", Clients: 4, Duration: 150 * time.Millisecond, Warmup: 50 * time.Millisecond},
+		func(ctx context.Context, w int) error {
+			seen[w].Store(true)
+			n := calls.Add(1)
+			time.Sleep(2 * time.Millisecond)
+			if n%5 == 0 {
+				return errors.New("every fifth call fails")
+			}
+			during.Add(1)
+			return nil
+		})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range seen {
+		if !seen[i].Load() {
+			t.Fatalf("client %d never ran", i)
+		}
+	}
+	if r.Workload != "sleep" || r.Clients != 4 || r.Ops == 0 || r.Errors == 0 || r.FirstError == "" {
+		t.Fatalf("result %+v", r)
+	}
+	if r.Ops >= during.Load() {
+		t.Fatalf("%d ops counted of %d successful calls: the warm-up was counted", r.Ops, during.Load())
+	}
+	if r.Latency.P50 < 2*time.Millisecond || r.Latency.P50 > r.Latency.P99 {
+		t.Fatalf("latency %+v for a 2ms operation", r.Latency)
+	}
+	if r.OpsPerSec <= 0 || r.Writes != r.Ops {
+		t.Fatalf("result %+v", r)
+	}
+}
