@@ -227,6 +227,9 @@ func startLocalChain(ctx context.Context, cfg localChainConfig) (*localChain, er
 	if err != nil {
 		return nil, err
 	}
+	if err := os.MkdirAll(cfg.Dir, 0o755); err != nil {
+		return nil, err
+	}
 	// Ports are chosen now, since every replica must know the whole
 	// chain before it starts.
 	var ls []net.Listener
