@@ -256,6 +256,13 @@ func (t Tx) resolve(ctx context.Context, sp worm.Space, pol Policy, opt resolveO
 	defer poll.Stop()
 	var hint *time.Timer
 	var hintC <-chan time.Time
+	if opt.fresh {
+		// The notifications should tell everything (see resolveOpts);
+		// if they do not within HintWait (the servers' replay missed a
+		// vote that raced with the subscription), read.
+		hint = time.NewTimer(pol.hintWait())
+		hintC = hint.C
+	}
 	defer func() {
 		if hint != nil {
 			hint.Stop()

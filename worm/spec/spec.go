@@ -540,15 +540,19 @@ func (c *Client) Trim(ctx context.Context, seg uint64) error {
 	return nil
 }
 
-// Listen returns a channel that receives a Notification for every register
-// of seg that becomes written after the call (not for idempotent rewrites,
-// nor for the metadata register), carrying the written value, which is
-// chosen at once (Chosen set; each listener gets its own copy). The
-// channel is buffered; a listener that falls more than the listen buffer
-// behind loses the queued notifications and receives one
-// Notification{Lost: true} instead, so writers never block. The channel is
-// closed when ctx ends, the client closes, or seg is trimmed. Listen does
-// not require allocation. Errors: ErrTrimmed.
+// Listen returns a channel that first receives a Notification for every
+// register of seg already written (in offset order), then one for every
+// register that becomes written after the call (not for idempotent
+// rewrites, nor for the metadata register), each carrying the written
+// value, which is chosen at once (Chosen set; each listener gets its own
+// copy). The first part models the best case of the wormservers' replay
+// of recent writes to a new subscriber (worm/server), which is a bounded
+// cache there: applications must not need it for correctness. The channel
+// is buffered; a listener that falls more than the listen buffer behind
+// loses the queued notifications and receives one Notification{Lost:
+// true} instead, so writers never block. The channel is closed when ctx
+// ends, the client closes, or seg is trimmed. Listen does not require
+// allocation. Errors: ErrTrimmed.
 func (c *Client) Listen(ctx context.Context, seg uint64) (<-chan worm.Notification, error) {
 	f, err := c.begin(ctx, OpListen)
 	if err != nil {
@@ -569,6 +573,16 @@ func (c *Client) Listen(ctx context.Context, seg uint64) (<-chan worm.Notificati
 		g.listeners = map[*listener]struct{}{}
 	}
 	g.listeners[l] = struct{}{}
+	written := make([]uint32, 0, len(g.regs))
+	for off, r := range g.regs {
+		if r.has {
+			written = append(written, off)
+		}
+	}
+	slices.Sort(written)
+	for _, off := range written {
+		l.notify(off, g.regs[off].value)
+	}
 	go l.pump(ctx, c.done, func() {
 		s.mu.Lock()
 		if g := s.segs[seg]; g != nil {

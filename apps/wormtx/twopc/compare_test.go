@@ -17,8 +17,9 @@ import (
 
 // yesRes votes yes and reports every Apply.
 type yesRes struct {
-	mu      sync.Mutex
-	applied map[wormtx.TxID]chan struct{}
+	mu       sync.Mutex
+	applied  map[wormtx.TxID]chan struct{}
+	prepared map[wormtx.TxID]wormtx.Descriptor // not yet applied
 }
 
 func (r *yesRes) ch(tx wormtx.TxID) chan struct{} {
@@ -35,11 +36,31 @@ func (r *yesRes) ch(tx wormtx.TxID) chan struct{} {
 	return c
 }
 
-func (r *yesRes) Prepare(context.Context, wormtx.TxID, wormtx.Descriptor) (bool, error) {
+func (r *yesRes) Prepare(_ context.Context, tx wormtx.TxID, d wormtx.Descriptor) (bool, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.prepared == nil {
+		r.prepared = map[wormtx.TxID]wormtx.Descriptor{}
+	}
+	r.prepared[tx] = d
 	return true, nil
 }
 
+// Prepared implements wormtx.Recoverable.
+func (r *yesRes) Prepared(context.Context) ([]wormtx.Tx, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var out []wormtx.Tx
+	for tx, d := range r.prepared {
+		out = append(out, wormtx.Tx{ID: tx, Descriptor: d})
+	}
+	return out, nil
+}
+
 func (r *yesRes) Apply(_ context.Context, tx wormtx.TxID, _ wormtx.Outcome) error {
+	r.mu.Lock()
+	delete(r.prepared, tx)
+	r.mu.Unlock()
 	c := r.ch(tx)
 	select {
 	case <-c:
@@ -121,6 +142,54 @@ func wormHarness(tb testing.TB, n int, d time.Duration) *harness {
 	return h
 }
 
+// netMessenger sends WormTX's prepares over a twopc.Network, to nodes
+// "wtx-NAME".
+type netMessenger struct{ net *twopc.Network }
+
+func (m netMessenger) SendPrepare(_ context.Context, p string, t wormtx.Tx) error {
+	m.net.Send("wtx-"+p, twopc.Message{Kind: twopc.MsgPrepare, From: "coord", Tx: t.ID, Desc: t.Descriptor})
+	return nil
+}
+
+// directHarness runs WormTX's direct mode: prepares over a network with
+// the same one-way delay as 2PC's, votes and notifications through the
+// delayed space.
+func directHarness(tb testing.TB, n int, d time.Duration) *harness {
+	st := spec.New(4096)
+	wrap := func(id string) worm.Space {
+		c := st.Client(id)
+		if d > 0 {
+			return netdelay.Wrap(c, d)
+		}
+		return c
+	}
+	net := twopc.NewNetwork(d)
+	ctx, cancel := context.WithCancel(context.Background())
+	h := &harness{}
+	var wg sync.WaitGroup
+	for i := range n {
+		r := &yesRes{}
+		h.res = append(h.res, r)
+		name := "p" + strconv.Itoa(i)
+		p := wormtx.NewParticipant(wrap(name), name, wormtx.ParticipantConfig{
+			Policy: wormtx.Policy{RecoverAfter: 10 * time.Second}, AbandonAfter: -1})
+		wg.Go(func() {
+			net.Serve(ctx, "wtx-"+name, func(m twopc.Message) {
+				t := wormtx.Tx{ID: m.Tx, Descriptor: m.Desc}
+				wg.Go(func() { p.HandlePrepare(ctx, t, r) })
+			})
+		})
+	}
+	co := wormtx.NewCoordinator(wrap("coord"), wormtx.CoordinatorConfig{FirstSeg: 1 << 40, Messenger: netMessenger{net},
+		Policy: wormtx.Policy{RecoverAfter: 10 * time.Second}})
+	h.tm = co
+	h.stop = func() { cancel(); wg.Wait(); co.Close() }
+	tb.Cleanup(h.stop)
+	// Let the coordinator reserve its first segments.
+	time.Sleep(8 * d)
+	return h
+}
+
 func twoPCHarness(tb testing.TB, n int, d time.Duration) *harness {
 	st := spec.New(4096)
 	net := twopc.NewNetwork(d)
@@ -148,14 +217,17 @@ func twoPCHarness(tb testing.TB, n int, d time.Duration) *harness {
 var protocols = []struct {
 	name string
 	new  func(testing.TB, int, time.Duration) *harness
-}{{"wormtx", wormHarness}, {"2pc", twoPCHarness}}
+}{{"wormtx", wormHarness}, {"direct", directHarness}, {"2pc", twoPCHarness}}
 
-// TestMessageDelays runs both protocols over the same one-way delay and
+// TestMessageDelays runs the protocols over the same one-way delay and
 // reports the critical path in delays (latency / delay). It asserts the
 // structure, not the timing: 2PC's participants apply after exactly three
-// delays from Begin (prepare, vote, decision), give or take scheduling,
-// and WormTX, which carries the prepare through Alloc and an inbox post
-// and reads after each notification, takes more but a bounded number.
+// delays from Begin (prepare, vote, decision), give or take scheduling;
+// WormTX in the direct mode too (prepare, vote to the wormservers, their
+// notification), and its coordinator knows the outcome after the same
+// three (2PC's after two, but it must force its log before telling);
+// WormTX with inbox posts, which carries the prepare through Alloc and an
+// inbox post, takes more but a bounded number.
 func TestMessageDelays(t *testing.T) {
 	if testing.Short() {
 		t.Skip("timing")
@@ -180,6 +252,13 @@ func TestMessageDelays(t *testing.T) {
 			case "2pc":
 				if da < 2.9 || da > 6 {
 					t.Errorf("2pc n=%d: %.1f delays to apply, want about 3", n, da)
+				}
+			case "direct":
+				// prepare, vote, notification: 3, as 2PC's prepare,
+				// vote, decision (the bound leaves room for a loaded
+				// machine's scheduling).
+				if da < 2.9 || da > 8 || dc < 2.9 || dc > 8 {
+					t.Errorf("direct n=%d: %.1f delays to apply, %.1f for the coordinator; want about 3", n, da, dc)
 				}
 			case "wormtx":
 				if da < 4 || da > 24 {

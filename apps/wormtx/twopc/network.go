@@ -1,6 +1,7 @@
 package twopc
 
 import (
+	"context"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -29,12 +30,16 @@ type Message struct {
 	Outcome wormtx.Outcome
 }
 
-// Network delivers messages between named nodes in one process, each after
-// a fixed one-way delay, and drops messages from or to a crashed node. It
-// stands for the network the baseline would use, so that message delays
-// are comparable with WormTX over a Space with the same delay.
+// Network delivers messages between named nodes and drops messages from or
+// to a crashed node. It stands for the network the baseline would use:
+// NewNetwork delivers in the process after a fixed one-way delay, so that
+// message delays are comparable with WormTX over a Space with the same
+// delay; NewTCPNetwork carries every message over a loopback TCP
+// connection, like WormTX's requests to its wormservers. Other protocols
+// may use it too (WormTX's prepares: Send and Serve).
 type Network struct {
 	delay time.Duration
+	tcp   *tcpTransport // nil: in-process
 	sent  atomic.Int64
 
 	mu    sync.Mutex
@@ -42,9 +47,47 @@ type Network struct {
 	down  map[string]bool
 }
 
-// NewNetwork returns a network whose messages take oneWay to arrive.
+// NewNetwork returns an in-process network whose messages take oneWay to
+// arrive.
 func NewNetwork(oneWay time.Duration) *Network {
 	return &Network{delay: oneWay, boxes: map[string]*mailbox{}, down: map[string]bool{}}
+}
+
+// NewTCPNetwork returns a network that carries every message over
+// loopback TCP: each node gets a listener when first addressed, and each
+// sender one connection per destination. Close it to release them.
+func NewTCPNetwork() *Network {
+	n := NewNetwork(0)
+	n.tcp = newTCPTransport(n)
+	return n
+}
+
+// Close releases a TCP network's listeners and connections (a no-op for
+// an in-process network). Messages in flight are dropped.
+func (n *Network) Close() error {
+	if n.tcp != nil {
+		return n.tcp.close()
+	}
+	return nil
+}
+
+// Send delivers m to node to (fire and forget, like every message here).
+func (n *Network) Send(to string, m Message) { n.send(to, m) }
+
+// Serve calls handle with every message delivered to node, in order,
+// until ctx ends. handle runs on Serve's goroutine.
+func (n *Network) Serve(ctx context.Context, node string, handle func(Message)) error {
+	b := n.box(node)
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-b.wake:
+		}
+		for _, m := range b.take() {
+			handle(m)
+		}
+	}
 }
 
 // Crash makes node unreachable: its messages in flight and later ones, to
@@ -67,13 +110,24 @@ func (n *Network) Sent() int64 { return n.sent.Load() }
 
 func (n *Network) box(node string) *mailbox {
 	n.mu.Lock()
-	defer n.mu.Unlock()
 	b := n.boxes[node]
 	if b == nil {
 		b = &mailbox{wake: make(chan struct{}, 1)}
 		n.boxes[node] = b
 	}
+	n.mu.Unlock()
+	if n.tcp != nil {
+		n.tcp.listen(node)
+	}
 	return b
+}
+
+// deliver puts a message that arrived over TCP into node's mailbox.
+func (n *Network) deliver(to string, m Message) {
+	if n.isDown(to) {
+		return
+	}
+	n.box(to).put(m)
 }
 
 func (n *Network) isDown(node string) bool {
@@ -88,6 +142,10 @@ func (n *Network) send(to string, m Message) {
 		return
 	}
 	n.sent.Add(1)
+	if n.tcp != nil {
+		n.tcp.send(to, m)
+		return
+	}
 	deliver := func() {
 		if n.isDown(to) {
 			return

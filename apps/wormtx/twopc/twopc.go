@@ -38,12 +38,13 @@ var ErrInDoubt = errors.New("twopc: in doubt: voted yes, decision unknown")
 type CoordinatorConfig struct {
 	// Name is the coordinator's network node.
 	Name string
-	// Log is where the coordinator forces its decisions: one register per
-	// transaction, in segments of its own (LogSeg, LogSeg+1, ...), written
-	// with WriteUnsafe (it is the only writer). Transaction IDs are flat
-	// addresses in that range.
-	Log    worm.Space
-	LogSeg uint64
+	// Decisions is where the coordinator forces its decisions (a FileLog
+	// for a local disk). When nil, Log and LogSeg make a SpaceLog: one
+	// register per transaction, in segments of its own (LogSeg,
+	// LogSeg+1, ...); transaction IDs are flat addresses in that range.
+	Decisions DecisionLog
+	Log       worm.Space
+	LogSeg    uint64
 	// FirstTx numbers this incarnation's transactions (a restarted
 	// coordinator must start above the previous one's).
 	FirstTx uint64
@@ -89,15 +90,12 @@ func NewCoordinator(net *Network, cfg CoordinatorConfig) *Coordinator {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
+	if cfg.Decisions == nil {
+		cfg.Decisions = SpaceLog{Space: cfg.Log, Seg: cfg.LogSeg}
+	}
 	c := &Coordinator{net: net, cfg: cfg, box: net.box(cfg.Name), txs: map[wormtx.TxID]*coordTx{}}
 	c.next.Store(cfg.FirstTx)
 	return c
-}
-
-func (c *Coordinator) logAddr(tx wormtx.TxID) worm.Addr {
-	a := worm.FlatAddr(uint64(tx), c.cfg.Log.SegmentSize())
-	a.Seg += c.cfg.LogSeg
-	return a
 }
 
 func (c *Coordinator) crash() {
@@ -208,10 +206,7 @@ func (c *Coordinator) decide(ctx context.Context, id wormtx.TxID, t *coordTx, o 
 	t.deciding = true
 	c.mu.Unlock()
 	t.timer.Stop()
-	v, err := wormtx.WriteOwn(ctx, c.cfg.Log, c.logAddr(id), outcomeByte(o), outcomeByte(wormtx.Abort))
-	if err == nil {
-		o, err = parseOutcome(v)
-	}
+	o, err := c.cfg.Decisions.Decide(ctx, id, o)
 	if err != nil {
 		// Cannot force the log: behave as crashed for this transaction.
 		c.cfg.Logger.Error("twopc: log write failed", "tx", id, "err", err)
@@ -242,19 +237,15 @@ func (c *Coordinator) onQuery(ctx context.Context, m Message) {
 		}
 		return // still deciding
 	}
-	v, err := wormtx.Settle(ctx, c.cfg.Log, c.logAddr(m.Tx), outcomeByte(wormtx.Abort))
+	o, err := c.cfg.Decisions.Presume(ctx, m.Tx)
 	if err != nil {
 		c.cfg.Logger.Error("twopc: log", "tx", m.Tx, "err", err)
-		return
-	}
-	o, err := parseOutcome(v)
-	if err != nil {
 		return
 	}
 	c.net.send(m.From, Message{Kind: MsgDecision, From: c.cfg.Name, Tx: m.Tx, Outcome: o})
 }
 
-// EnsureLog allocates the coordinator's log segments [LogSeg, LogSeg+n).
+// EnsureLog allocates the segments [LogSeg, LogSeg+n) of a SpaceLog.
 func (c *Coordinator) EnsureLog(ctx context.Context, n int) error {
 	for i := range n {
 		if _, err := c.cfg.Log.Alloc(ctx, c.cfg.LogSeg+uint64(i), []byte("twopc-log:"+c.cfg.Name)); err != nil {

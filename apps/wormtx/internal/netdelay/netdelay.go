@@ -103,8 +103,8 @@ func (s *Space) Trim(ctx context.Context, seg uint64) error {
 func (s *Space) Listen(ctx context.Context, seg uint64) (<-chan worm.Notification, error) {
 	s.hop(ctx)
 	in, err := s.Space.Listen(ctx, seg)
-	s.hop(ctx)
 	if err != nil {
+		s.hop(ctx)
 		return nil, err
 	}
 	out := make(chan worm.Notification, 256)
@@ -113,6 +113,9 @@ func (s *Space) Listen(ctx context.Context, seg uint64) (<-chan worm.Notificatio
 		at time.Time
 	}
 	q := make(chan timed, 256)
+	// Stamp notifications from the moment the subscription took effect,
+	// while the reply to Listen is still on its way back.
+	defer s.hop(ctx)
 	go func() {
 		defer close(q)
 		for n := range in {

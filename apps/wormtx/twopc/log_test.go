@@ -1,0 +1,113 @@
+package twopc_test
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/wormspace/wormspace/apps/wormtx"
+	"github.com/wormspace/wormspace/apps/wormtx/twopc"
+)
+
+// A FileLog keeps the first outcome recorded for a transaction, shares
+// syncs among concurrent decisions, and finds its records again after a
+// reopen (a torn last record cut).
+func TestFileLog(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "decisions")
+	l, err := twopc.OpenFileLog(path, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	for i := range 64 {
+		wg.Go(func() {
+			want := wormtx.Commit
+			if i%3 == 0 {
+				want = wormtx.Abort
+			}
+			if o, err := l.Decide(ctx, wormtx.TxID(i), want); err != nil || o != want {
+				t.Errorf("Decide(%d, %v) = %v, %v", i, want, o, err)
+			}
+		})
+	}
+	wg.Wait()
+	// Presumed abort does not override a commit; it records abort for an
+	// unknown transaction, which a later commit cannot override.
+	if o, err := l.Presume(ctx, 1); err != nil || o != wormtx.Commit {
+		t.Fatalf("Presume(1) = %v, %v; want the recorded commit", o, err)
+	}
+	if o, err := l.Presume(ctx, 1000); err != nil || o != wormtx.Abort {
+		t.Fatalf("Presume(1000) = %v, %v", o, err)
+	}
+	if o, err := l.Decide(ctx, 1000, wormtx.Commit); err != nil || o != wormtx.Abort {
+		t.Fatalf("Decide after Presume = %v, %v; want abort", o, err)
+	}
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	fi, err := os.Stat(path)
+	if err != nil || fi.Size() != 65*9 {
+		t.Fatalf("log holds %v bytes (%v), want %d records", fi.Size(), err, 65)
+	}
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.Write([]byte{1, 2, 3}) // a torn record
+	f.Close()
+	l, err = twopc.OpenFileLog(path, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	for i, want := range map[wormtx.TxID]wormtx.Outcome{0: wormtx.Abort, 1: wormtx.Commit, 3: wormtx.Abort, 1000: wormtx.Abort} {
+		if o, err := l.Decide(ctx, i, wormtx.Commit); err != nil || o != want {
+			t.Fatalf("after reopen, %d: %v, %v; want %v", i, o, err, want)
+		}
+	}
+}
+
+// 2PC over loopback TCP with a decision log on disk: commit and abort.
+func TestOverTCP(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	net := twopc.NewTCPNetwork()
+	defer net.Close()
+	log, err := twopc.OpenFileLog(filepath.Join(t.TempDir(), "log"), false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer log.Close()
+	res := map[string]*voteRes{"a": {yes: true}, "b": {yes: true}, "c": {yes: false}}
+	parts := map[string]*twopc.Participant{}
+	for name, r := range res {
+		parts[name] = twopc.NewParticipant(net, r, twopc.ParticipantConfig{Name: name})
+		go parts[name].Run(ctx)
+	}
+	co := twopc.NewCoordinator(net, twopc.CoordinatorConfig{Name: "coord", Decisions: log})
+	go co.Run(ctx)
+	for _, c := range []struct {
+		parts []string
+		want  wormtx.Outcome
+	}{{[]string{"a", "b"}, wormtx.Commit}, {[]string{"a", "c"}, wormtx.Abort}, {[]string{"b", "a"}, wormtx.Commit}} {
+		id, err := co.Begin(ctx, c.parts, []byte("payload"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if o, err := co.Await(ctx, id); err != nil || o != c.want {
+			t.Fatalf("%v: %v, %v; want %v", c.parts, o, err, c.want)
+		}
+		for _, p := range c.parts {
+			if o, err := parts[p].Await(ctx, id); err != nil || o != c.want {
+				t.Fatalf("%s: %v, %v", p, o, err)
+			}
+		}
+	}
+	if net.Sent() < 3*4 {
+		t.Fatalf("%d messages sent", net.Sent())
+	}
+}
