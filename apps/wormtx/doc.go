@@ -20,6 +20,16 @@
 //		Inbox: inboxes["alice"], Policy: wormtx.DefaultPolicy})
 //	err := p.Run(ctx, ledger)                     // until ctx ends
 //
+// In the direct mode (the fast path), the coordinator sends each prepare
+// straight to its participant through a Messenger, and the participant's
+// process hands it to HandlePrepare; its Resource must then be
+// Recoverable:
+//
+//	co := wormtx.NewCoordinator(space, wormtx.CoordinatorConfig{
+//		FirstSeg: 1 << 40, Directory: dir, Messenger: m})
+//	// at the participant, for each prepare message (t):
+//	outcome, err := p.HandlePrepare(ctx, t, ledger)
+//
 // The lower-level pieces are exported too: (*Participant).Vote and Ack,
 // Resolve / (Tx).Resolve (learn the outcome, recovering missing votes
 // after a timeout), (Tx).Status (read-only snapshot), Open (read a
@@ -45,9 +55,10 @@
 //
 // The outcome is a function of the segment: commit iff every vote is yes.
 // Nobody decides; everyone computes it, by reading (Status) or by waiting
-// (Resolve listens on the segment; a notification is only a hint that
-// triggers a read, a Lost notification a rescan, and a Poll timer covers
-// missed hints).
+// (Resolve listens on the segment and learns each vote from the chosen
+// value its notification carries, as a Paxos learner learns from the
+// acceptors; it reads only after a hint that no chosen value followed, a
+// Lost notification, or a Poll tick).
 //
 // Participants learn of transactions through inboxes: participant p's
 // inbox is a run of segments (Directory(p), +1, ...), one entry per
@@ -60,6 +71,22 @@
 // trims an inbox segment once it is full and every transaction in it is
 // handled. A restarted participant resumes at the first untrimmed inbox
 // segment and skips transactions it has acknowledged.
+//
+// In the direct mode the coordinator allocates segments ahead of need
+// (their metadata is a reservation, not the descriptor, which is not
+// known yet; CoordinatorConfig.Reserve), so Begin writes nothing before
+// the prepares leave: it takes a reserved segment, opens its listener on
+// it, sends the prepares through the Messenger and, meanwhile, writes the
+// descriptor into the segment's last register for observers that know
+// only the TxID (Open). A participant subscribes to the segment while it
+// prepares and votes; the wormservers replay to a new subscriber the
+// notifications of the segment's recent writes, so the votes that raced
+// with the subscription are learned like the later ones. Since no inbox
+// records a transaction prepared this way, the participant's Resource
+// lists what it prepared and has not applied (Recoverable), and Run hands
+// those to Handle after a restart. The coordinator collects: it acks, sees
+// the participants' acks on its listener, and trims; a participant checks
+// AbandonAfter later and collects if the coordinator did not.
 //
 // # Why it is non-blocking
 //
@@ -115,29 +142,42 @@
 // write, no phase 1) reaches the wormservers, (4) the wormservers'
 // acceptance reaches every learner.
 //
-// Over the Space API this implementation pays for what the API makes
-// explicit. Counting one-way delays from Begin, with every Space call a
-// round trip and a notification one delay after the write reached the
-// wormservers (apps/wormtx/internal/netdelay; TestMessageDelays in
-// apps/wormtx/twopc measures it):
+// The direct mode is exactly that. Counting one-way delays from Begin,
+// with every Space call a round trip and a notification one delay after
+// the write reached the wormservers (apps/wormtx/internal/netdelay;
+// TestMessageDelays in apps/wormtx/twopc measures it):
 //
-//	0-2    Alloc of the segment, and at the same time a capture of an
-//	       inbox position per participant
-//	2-3    the inbox entry's write reaches the wormservers
-//	3-4    the notification reaches the participant (a hint)
-//	4-6    the participant reads the entry
-//	6-7    its vote reaches the wormservers (7-8: the reply)
-//	8-10   it reads the other votes (Listen and read in one round trip)
-//	       and applies
+//	0-1    the prepare reaches the participant (Messenger); its Listen
+//	       and its vote leave at once
+//	1-2    the vote reaches the wormservers (one write: ballot 0 needs
+//	       no phase 1)
+//	2-3    their notifications, carrying the vote, reach the coordinator
+//	       and every participant, each of which learns the vote as chosen
+//	       from a quorum of them and, with every vote, the outcome
 //
-// About 10 delays (measured 11 to 13 with scheduling), against 3 for the
-// 2PC baseline from Begin to every participant applied (4 with the
-// client's request). The difference is the prepare travelling through
-// WormSpace (Alloc and inbox post, 4 delays instead of 1), notifications
-// that carry no value (a read after each: +2, twice), and waiting for the
-// vote's reply before reading. A notification carrying the value, and a
-// prepare sent directly to the participants, would bring it to the
-// protocol's 4.
+// Three delays from Begin for the coordinator and for every participant
+// (measured 3.2 to 3.5 with scheduling). 2PC takes three to its
+// participants (prepare, vote, decision) and two to its coordinator, which
+// must force its decision to its log before telling anyone; WormTX's one
+// durable step on the path is the vote's, at the wormservers, where 2PC
+// has the coordinator's log force and the participant's prepare record
+// (WormTX's Resources record votes too). Nothing else is on the path: the
+// segment was allocated ahead, the coordinator subscribed in Begin, the
+// descriptor and the acknowledgements are written afterwards.
+//
+// With inbox posts (no Messenger) the prepare travels through WormSpace:
+//
+//	0-4    Alloc of the segment (capture and write of its metadata
+//	       register), and at the same time a capture of an inbox position
+//	       per participant
+//	4-5    the inbox entry's write reaches the wormservers
+//	5-6    their notifications, carrying the entry, reach the participant
+//	6-7    its vote reaches the wormservers
+//	7-8    their notifications reach every learner
+//
+// About 8 delays to the participants (measured 8.4 to 9). Before
+// notifications carried values, each notification cost a read (two more
+// delays, twice) and the path was 10 to 13 delays.
 //
 // # Invariants and how they are tested
 //
@@ -150,8 +190,8 @@
 //   - Collection: a transaction every participant applied is trimmed.
 //
 // apps/wormtx/wormtxtest checks them against any worm.Space: unit cases,
-// concurrent recoverers racing late voters, inbox-driven runs with
-// coordinator and participant crashes and restarts, and a seeded
+// concurrent recoverers racing late voters, inbox-driven and direct-mode
+// runs with coordinator and participant crashes and restarts, and a seeded
 // randomized test (random votes, crashes at random points, concurrent
 // recoverers, an optional nemesis); the tests here run it on worm/spec
 // with and without fault injection (ambiguous writes applied or dropped,
@@ -176,6 +216,16 @@
 //     inbox segment, one capture per written position of the current one.
 //   - Begin remembers each descriptor until Await (or forever, for
 //     transactions never awaited); use Open/Resolve for fire-and-forget.
+//     In the direct mode it also keeps a listener open until Await (or
+//     Close).
+//   - In the direct mode a coordinator that dies before the descriptor
+//     write lands leaves a transaction that observers knowing only its
+//     TxID cannot Open; its participants settle the descriptor when they
+//     recover its missing votes. A participant restarted within
+//     AbandonAfter of acknowledging a transaction whose coordinator also
+//     died does not collect it (the check is kept in memory).
+//   - The wormservers' replay to new subscribers is a bounded cache: when
+//     it missed a vote, a direct-mode learner reads after HintWait.
 //
 // # Imports
 //
