@@ -122,9 +122,10 @@
 // to g but not synced are dropped by the switch; their effects are in the
 // snapshot, and their positions are covered only by g+1's first Sync).
 // Once g+1 is durable it is the newest complete generation and g is
-// removed; a crash before the removal leaves both, and Open removes g,
-// after fsyncing g+1 (a process crash may have left g+1 complete in the
-// page cache only).
+// removed; a crash before the removal (or before the directory's next
+// fsync made it durable) leaves both, and Open removes g, after fsyncing
+// g+1 (a process crash may have left g+1 complete in the page cache only)
+// and before any repair of g+1 that may need the room g holds.
 //
 // A new directory is initialised by writing generation 1 (with an empty
 // snapshot) and fsyncing it before writing IDENTITY, then fsyncing the
@@ -151,9 +152,10 @@
 // and worm/sim with a whole cluster): a Sync killed before its fsync and a
 // power failure after the restart lost state the restarted acceptor had
 // answered from; a compaction's generation that became durable only in
-// the page cache lost the older one it replaced; and a fresh generation's
+// the page cache lost the older one it replaced; a fresh generation's
 // first batch could reach the disk without its snapshot, which recovery
-// then took for corruption.
+// then took for corruption; and on a full disk, a generation a crash
+// brought back kept Open from finding room for its repair commit.
 //
 // This package imports only the standard library, golang.org/x/sys/unix,
 // worm and worm/paxos. It must never import worm/server, worm/client or

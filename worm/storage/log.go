@@ -286,6 +286,25 @@ func (l *Log) open() (*paxos.Acceptor, error) {
 			return nil, fmt.Errorf("storage: fdatasync %s: %w", genName(num), err)
 		}
 	}
+	// Only now may older generations go: removing them while the chosen
+	// one is not durable would leave nothing complete after a power
+	// failure. They go before the repair below, which may need room that
+	// they hold (a crash can undo a compaction's unsynced removal of the
+	// generation it replaced). The directory is synced even when nothing
+	// was removed, since the chosen generation's own name may not be
+	// durable yet.
+	for i, n := range gens {
+		if i != chosen {
+			if err := l.fs.Remove(filepath.Join(l.dir, genName(n))); err != nil {
+				return nil, fmt.Errorf("storage: %w", err)
+			}
+		}
+	}
+	if !l.opts.Volatile {
+		if err := l.fs.SyncDir(l.dir); err != nil {
+			return nil, fmt.Errorf("storage: %w", err)
+		}
+	}
 	if r.garbage {
 		l.logger.Warn("storage: cutting a torn tail", "file", genName(num), "offset", r.tail, "reason", r.torn, "bytes", r.size-r.tail)
 		if err := f.Truncate(r.tail); err != nil {
@@ -310,22 +329,6 @@ func (l *Log) open() (*paxos.Acceptor, error) {
 			if err := f.Sync(); err != nil {
 				return nil, fmt.Errorf("storage: fdatasync %s: %w", genName(num), err)
 			}
-		}
-	}
-	// Only now may older generations go: removing them while the chosen
-	// one is not durable would leave nothing complete after a power
-	// failure. The directory is synced even when nothing was removed,
-	// since the chosen generation's own name may not be durable yet.
-	for i, n := range gens {
-		if i != chosen {
-			if err := l.fs.Remove(filepath.Join(l.dir, genName(n))); err != nil {
-				return nil, fmt.Errorf("storage: %w", err)
-			}
-		}
-	}
-	if !l.opts.Volatile {
-		if err := l.fs.SyncDir(l.dir); err != nil {
-			return nil, fmt.Errorf("storage: %w", err)
 		}
 	}
 	l.durable = g.base + uint64(g.tail)

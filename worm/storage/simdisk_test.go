@@ -99,7 +99,7 @@ type diskRun struct {
 	marks   []mark   // log position after each Append and its lineage index
 	synced  int      // lineage index storage reported durable
 	trace   []string
-	stats   struct{ crashes, recoveries, compactions, tailCuts, discarded, openCrashes int }
+	stats   struct{ crashes, recoveries, compactions, tailCuts, discarded, openCrashes, noSpace int }
 }
 
 type mark struct {
@@ -234,6 +234,11 @@ func (r *diskRun) run(steps int) {
 			if errors.Is(err, storage.ErrCompactPending) {
 				continue
 			}
+			if errors.Is(err, storage.ErrNoSpace) && !r.disk.Down() {
+				r.stats.noSpace++
+				r.note("compact: no space")
+				continue
+			}
 			if r.crashed("compact", err) {
 				r.log = nil
 				continue
@@ -246,7 +251,17 @@ func (r *diskRun) run(steps int) {
 			for _, rec := range recs {
 				n += storage.RecordOverhead + len(rec.Value)
 			}
-			if err := r.log.Reserve(n); r.crashed("reserve", err) {
+			err := r.log.Reserve(n)
+			if errors.Is(err, storage.ErrNoSpace) && !r.disk.Down() {
+				// Refused with nothing changed: the engine answers an
+				// error, and the acceptor must forget the request.
+				r.stats.noSpace++
+				acc := paxos.NewAcceptor(storage.TestSegSize)
+				r.shadow.Snapshot(acc.Apply)
+				r.w.SetAcceptor(acc)
+				continue
+			}
+			if r.crashed("reserve", err) {
 				r.log = nil
 				// The acceptor handled it; the crash took it back.
 				continue
@@ -294,6 +309,7 @@ func TestSimDisk(t *testing.T) {
 		total.stats.tailCuts += r.stats.tailCuts
 		total.stats.discarded += r.stats.discarded
 		total.stats.openCrashes += r.stats.openCrashes
+		total.stats.noSpace += r.stats.noSpace
 		for i, n := range r.disk.Stats().Kept {
 			kept[i] += n
 		}
@@ -304,16 +320,22 @@ func TestSimDisk(t *testing.T) {
 		}
 	}
 	s := total.stats
-	t.Logf("%d seeds: %d crashes, %d recoveries (%d crashed during recovery), %d compactions, %d torn tails cut, %d incomplete generations discarded; files kept none/all/prefix/torn/pages: %v",
-		seeds, s.crashes, s.recoveries, s.openCrashes, s.compactions, s.tailCuts, s.discarded, kept)
-	if seeds >= 30 && (s.tailCuts == 0 || s.discarded == 0 || s.openCrashes == 0) {
+	t.Logf("%d seeds: %d crashes, %d recoveries (%d crashed during recovery), %d compactions, %d torn tails cut, %d incomplete generations discarded, %d refusals for lack of space; files kept none/all/prefix/torn/pages: %v",
+		seeds, s.crashes, s.recoveries, s.openCrashes, s.compactions, s.tailCuts, s.discarded, s.noSpace, kept)
+	if seeds >= 30 && (s.tailCuts == 0 || s.discarded == 0 || s.openCrashes == 0 || s.noSpace == 0) {
 		t.Fatalf("the runs did not reach torn tails, interrupted compactions and crashes during recovery: %+v", s)
 	}
 }
 
 func newDiskRun(t *testing.T, seed uint64) *diskRun {
 	r := &diskRun{t: t, seed: seed, rng: rand.New(rand.NewPCG(seed, 0xd15c))}
-	r.disk = simfs.New(simfs.Options{Seed: seed})
+	dopts := simfs.Options{Seed: seed}
+	if seed%2 == 0 {
+		// A small disk: refusals, and recoveries that need the room a
+		// generation a crash brought back still holds.
+		dopts.Capacity = 16 << 10
+	}
+	r.disk = simfs.New(dopts)
 	r.opts = storage.Options{
 		SegmentSize: storage.TestSegSize, Cluster: "sim",
 		Logger:       slog.New(slog.DiscardHandler),
