@@ -179,17 +179,27 @@ func (c *Coordinator) onVote(ctx context.Context, m Message) {
 		return
 	}
 	t.votes[m.From] = m.Yes
-	n, all := len(t.votes), len(t.votes) == len(t.desc.Participants)
+	n := len(t.votes)
+	// The outcome follows from every vote received, not from this one
+	// alone: a no already received outweighs a last yes.
+	o := wormtx.Pending
+	if n == len(t.desc.Participants) {
+		o = wormtx.Commit
+	}
+	for _, yes := range t.votes {
+		if !yes {
+			o = wormtx.Abort
+		}
+	}
 	c.mu.Unlock()
 	if c.cfg.Crash != nil && c.cfg.Crash(CoordinatorAfterVotes, n) {
 		c.crash()
 		return
 	}
-	switch {
-	case !m.Yes:
-		c.decide(ctx, m.Tx, t, wormtx.Abort)
-	case all:
-		c.decide(ctx, m.Tx, t, wormtx.Commit)
+	// Decide off the message loop: forcing the log waits for the disk,
+	// and concurrent decisions share a sync (group commit).
+	if o != wormtx.Pending {
+		go c.decide(ctx, m.Tx, t, o)
 	}
 }
 
@@ -307,13 +317,19 @@ func NewParticipant(net *Network, res wormtx.Resource, cfg ParticipantConfig) *P
 }
 
 // Run serves the participant's messages until ctx ends or it crashes.
+// Prepares are handled concurrently (each waits for its Resource, which
+// records the vote durably), decisions in order.
 func (p *Participant) Run(ctx context.Context) error {
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	var wg sync.WaitGroup
+	defer wg.Wait()
 	tick := time.NewTicker(p.cfg.QueryEvery)
 	defer tick.Stop()
 	for {
 		select {
 		case <-ctx.Done():
-			return ctx.Err()
+			return context.Cause(ctx)
 		case <-tick.C:
 			p.mu.Lock()
 			for tx, co := range p.coord {
@@ -326,29 +342,39 @@ func (p *Participant) Run(ctx context.Context) error {
 		for _, m := range p.box.take() {
 			switch m.Kind {
 			case MsgPrepare:
-				yes, err := p.res.Prepare(ctx, m.Tx, m.Desc)
-				if err != nil {
-					yes = false
-				}
-				if p.cfg.Crash != nil && p.cfg.Crash(ParticipantBeforeVote, m.Tx) {
-					p.net.Crash(p.cfg.Name)
-					return ErrCrashed
-				}
-				if yes {
-					p.mu.Lock()
-					if _, done := p.outcome[m.Tx]; !done {
-						p.coord[m.Tx] = m.From
-					}
-					p.mu.Unlock()
-				}
-				p.net.send(m.From, Message{Kind: MsgVote, From: p.cfg.Name, Tx: m.Tx, Yes: yes})
-				if !yes {
-					p.apply(ctx, m.Tx, wormtx.Abort)
-				}
+				wg.Go(func() { p.prepare(ctx, cancel, m) })
 			case MsgDecision:
 				p.apply(ctx, m.Tx, m.Outcome)
 			}
 		}
+	}
+}
+
+// prepare prepares the Resource and sends the vote; a crash point there
+// crashes the participant (cancel with ErrCrashed ends Run).
+func (p *Participant) prepare(ctx context.Context, crash context.CancelCauseFunc, m Message) {
+	yes, err := p.res.Prepare(ctx, m.Tx, m.Desc)
+	if err != nil {
+		yes = false
+	}
+	if ctx.Err() != nil {
+		return
+	}
+	if p.cfg.Crash != nil && p.cfg.Crash(ParticipantBeforeVote, m.Tx) {
+		p.net.Crash(p.cfg.Name)
+		crash(ErrCrashed)
+		return
+	}
+	if yes {
+		p.mu.Lock()
+		if _, done := p.outcome[m.Tx]; !done {
+			p.coord[m.Tx] = m.From
+		}
+		p.mu.Unlock()
+	}
+	p.net.send(m.From, Message{Kind: MsgVote, From: p.cfg.Name, Tx: m.Tx, Yes: yes})
+	if !yes {
+		p.apply(ctx, m.Tx, wormtx.Abort)
 	}
 }
 
