@@ -210,7 +210,7 @@ func TestErrors(t *testing.T) {
 // TestImports enforces the package docs: never import the protocol
 // internals or the distributed client.
 func TestImports(t *testing.T) {
-	for _, dir := range []string{".", "wormtxtest", "bank", "twopc", "internal/netdelay"} {
+	for _, dir := range []string{".", "wormtxtest", "bank", "twopc", "txbench", "internal/netdelay"} {
 		pkg, err := build.ImportDir(dir, 0)
 		if err != nil {
 			t.Fatal(err)

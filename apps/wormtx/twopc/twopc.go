@@ -119,10 +119,17 @@ func (c *Coordinator) Begin(ctx context.Context, participants []string, payload 
 	c.txs[id] = t
 	t.timer = time.AfterFunc(c.cfg.VoteTimeout, func() { c.decide(context.Background(), id, t, wormtx.Abort) })
 	c.mu.Unlock()
+	// The crash point is asked first, so that a coordinator crashing
+	// after its prepares stops before it could handle a fast vote; the
+	// prepares still leave.
+	crash := c.cfg.Crash != nil && c.cfg.Crash(CoordinatorAfterPrepare, 0)
+	if crash {
+		c.dead.Store(true)
+	}
 	for _, p := range d.Participants {
 		c.net.send(p, Message{Kind: MsgPrepare, From: c.cfg.Name, Tx: id, Desc: d})
 	}
-	if c.cfg.Crash != nil && c.cfg.Crash(CoordinatorAfterPrepare, 0) {
+	if crash {
 		c.crash()
 		return id, ErrCrashed
 	}

@@ -1,0 +1,162 @@
+package txbench
+
+import (
+	"context"
+	"encoding/binary"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync"
+
+	"github.com/wormspace/wormspace/apps/wormtx"
+)
+
+// Resource is the participants' state in both protocols: Prepare locks
+// nothing (the transactions do not conflict) but records the vote, with
+// the descriptor, in the participant's log and returns only once it is
+// durable, as both protocols require of a participant; Apply records the
+// outcome (not waited for: a participant that restarts finds the
+// transaction prepared and applies it again, which is idempotent). It is
+// Recoverable, as WormTX's direct mode requires.
+type Resource struct {
+	h     *Harness
+	proto Protocol
+	log   *groupLog
+
+	mu       sync.Mutex
+	prepared map[wormtx.TxID]wormtx.Descriptor
+	applied  map[wormtx.TxID]wormtx.Outcome
+}
+
+var _ wormtx.Recoverable = (*Resource)(nil)
+
+func (h *Harness) newResource(p Protocol, name string) (*Resource, error) {
+	l, err := openGroupLog(filepath.Join(h.cfg.Dir, string(p)+"-"+name+".log"), h.cfg.Volatile)
+	if err != nil {
+		return nil, err
+	}
+	return &Resource{h: h, proto: p, log: l, prepared: map[wormtx.TxID]wormtx.Descriptor{}, applied: map[wormtx.TxID]wormtx.Outcome{}}, nil
+}
+
+// Prepare implements wormtx.Resource: it votes yes once the vote is on
+// disk.
+func (r *Resource) Prepare(_ context.Context, tx wormtx.TxID, d wormtx.Descriptor) (bool, error) {
+	r.mu.Lock()
+	if _, ok := r.prepared[tx]; ok {
+		r.mu.Unlock()
+		return true, nil
+	}
+	if _, ok := r.applied[tx]; ok {
+		r.mu.Unlock()
+		return true, nil
+	}
+	r.prepared[tx] = d
+	r.mu.Unlock()
+	rec := binary.LittleEndian.AppendUint64([]byte{'P'}, uint64(tx))
+	if err := r.log.append(append(rec, wormtx.MarshalDescriptor(d)...), true); err != nil {
+		return false, err
+	}
+	return true, nil
+}
+
+// Apply implements wormtx.Resource.
+func (r *Resource) Apply(_ context.Context, tx wormtx.TxID, o wormtx.Outcome) error {
+	r.mu.Lock()
+	_, done := r.applied[tx]
+	r.applied[tx] = o
+	delete(r.prepared, tx)
+	r.mu.Unlock()
+	if done {
+		return nil
+	}
+	rec := binary.LittleEndian.AppendUint64([]byte{'A'}, uint64(tx))
+	if err := r.log.append(append(rec, byte(o)), false); err != nil {
+		return err
+	}
+	r.h.appliedBy(r.proto, tx)
+	return nil
+}
+
+// Prepared implements wormtx.Recoverable.
+func (r *Resource) Prepared(context.Context) ([]wormtx.Tx, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	out := make([]wormtx.Tx, 0, len(r.prepared))
+	for tx, d := range r.prepared {
+		out = append(out, wormtx.Tx{ID: tx, Descriptor: d})
+	}
+	return out, nil
+}
+
+// groupLog is an append-only file of length-prefixed records; appends that
+// wait for durability share a sync (group commit). Volatile: never synced.
+type groupLog struct {
+	volatile bool
+
+	mu      sync.Mutex
+	cond    *sync.Cond
+	f       *os.File
+	pending []byte
+	seq     uint64 // appends so far
+	durable uint64 // appends written (and synced)
+	syncing bool
+	err     error
+}
+
+func openGroupLog(path string, volatile bool) (*groupLog, error) {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
+	if err != nil {
+		return nil, fmt.Errorf("txbench: %w", err)
+	}
+	l := &groupLog{volatile: volatile, f: f}
+	l.cond = sync.NewCond(&l.mu)
+	return l, nil
+}
+
+// append adds rec; with wait, it returns once rec is durable.
+func (l *groupLog) append(rec []byte, wait bool) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.pending = binary.LittleEndian.AppendUint32(l.pending, uint32(len(rec)))
+	l.pending = append(l.pending, rec...)
+	l.seq++
+	me := l.seq
+	for wait && l.durable < me && l.err == nil {
+		if l.syncing {
+			l.cond.Wait()
+			continue
+		}
+		l.syncing = true
+		buf, upto := l.pending, l.seq
+		l.pending = nil
+		l.mu.Unlock()
+		_, err := l.f.Write(buf)
+		if err == nil && !l.volatile {
+			err = l.f.Sync()
+		}
+		l.mu.Lock()
+		l.syncing = false
+		if err != nil {
+			l.err = fmt.Errorf("txbench: log: %w", err)
+		} else {
+			l.durable = upto
+		}
+		l.cond.Broadcast()
+	}
+	return l.err
+}
+
+func (l *groupLog) close() error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if len(l.pending) > 0 && l.err == nil {
+		if _, err := l.f.Write(l.pending); err != nil {
+			l.err = err
+		}
+		l.pending = nil
+	}
+	if err := l.f.Close(); err != nil {
+		return err
+	}
+	return l.err
+}

@@ -1,0 +1,93 @@
+package txbench_test
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/wormspace/wormspace/apps/wormtx"
+	"github.com/wormspace/wormspace/apps/wormtx/txbench"
+	"github.com/wormspace/wormspace/worm"
+	"github.com/wormspace/wormspace/worm/spec"
+)
+
+// The harness on the specification: both protocols commit under
+// closed-loop clients, and the applied latencies are measured.
+func TestRunBoth(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	st := spec.New(1024)
+	h, err := txbench.Start(ctx, txbench.Config{Dir: t.TempDir(), Volatile: true,
+		Dial: func(_ context.Context, id string) (worm.Space, error) { return st.Client(id), nil }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	for _, p := range []txbench.Protocol{txbench.WormTX, txbench.TwoPC} {
+		for _, c := range []int{1, 4} {
+			r, err := h.Run(ctx, p, c, 50*time.Millisecond, 300*time.Millisecond)
+			if err != nil {
+				t.Fatalf("%s c=%d: %v", p, c, err)
+			}
+			t.Logf("%s c=%d: %v; applied p50 %v", p, c, r.Result, r.Applied.P50)
+			if r.Ops == 0 || r.Errors > 0 {
+				t.Fatalf("%s c=%d: %d committed, %d errors (%s)", p, c, r.Ops, r.Errors, r.FirstError)
+			}
+			if r.Applied.P50 == 0 {
+				t.Fatalf("%s c=%d: no applied latency measured", p, c)
+			}
+		}
+	}
+}
+
+// The critical paths: 3 delays for WormTX's direct mode (to its
+// coordinator and its participants), 2 to 2PC's coordinator and 3 to its
+// participants.
+func TestDelays(t *testing.T) {
+	if testing.Short() {
+		t.Skip("delays take a few hundred milliseconds")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	newSpace := func() func(string) worm.Space {
+		st := spec.New(1024)
+		return func(id string) worm.Space { return st.Client(id) }
+	}
+	d, err := txbench.Delays(ctx, newSpace, 3, 4*time.Millisecond, 5)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("%+v", d)
+	near := func(x, want float64) bool { return x >= want-0.1 && x < want+2 } // scheduling adds, never removes
+	if !near(d.WormTXCoordinator, 3) || !near(d.WormTXApplied, 3) || !near(d.TwoPCCoordinator, 2) || !near(d.TwoPCApplied, 3) {
+		t.Fatalf("delays %+v; want 3, 3, 2, 3", d)
+	}
+}
+
+// A coordinator crash after the prepares: 2PC's participants are in doubt
+// until their coordinator comes back; WormTX's apply without theirs.
+func TestBlocking(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	st := spec.New(1024)
+	h, err := txbench.Start(ctx, txbench.Config{Dir: t.TempDir(), Volatile: true,
+		Dial: func(_ context.Context, id string) (worm.Space, error) { return st.Client(id), nil }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	r, err := h.Blocking(ctx, 300*time.Millisecond)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("%+v", r)
+	if r.TwoPCInDoubt != 3 || r.TwoPCOutcome != wormtx.Abort {
+		t.Errorf("2PC: %d in doubt, then %v; want 3 in doubt, then abort", r.TwoPCInDoubt, r.TwoPCOutcome)
+	}
+	if r.WormTXOutcome != wormtx.Commit || r.WormTXApplied > 10*time.Second {
+		t.Errorf("WormTX, coordinator dead after the prepares: %v after %v; want commit", r.WormTXOutcome, r.WormTXApplied)
+	}
+	if r.WormTXTold1 != wormtx.Abort {
+		t.Errorf("WormTX, coordinator dead after one prepare: %v; want abort", r.WormTXTold1)
+	}
+}
