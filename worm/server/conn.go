@@ -32,6 +32,11 @@ type conn struct {
 	id     uint64
 	remote string
 	client string // the client's hello ID
+	// epoch is the configuration epoch the client bound the connection
+	// to (its hello); membSeen the version of the membership it was last
+	// told (membership.go).
+	epoch    uint64
+	membSeen atomic.Uint64
 
 	stop       chan struct{} // closed by teardown
 	wake       chan struct{} // cap 1: the writer has something to do
@@ -98,14 +103,14 @@ func newConn(s *Server, nc net.Conn) *conn {
 func (c *conn) serve() {
 	defer c.s.connDone(c)
 	ctx, cancel := context.WithTimeout(c.s.base, c.s.hsTimeout)
-	hello, err := wire.ServerHandshake(ctx, c.nc, c.s.hello, c.s.key)
+	hello, err := wire.ServerHandshake(ctx, c.nc, c.s.helloFor(c), c.s.key)
 	cancel()
 	if err != nil {
 		c.s.handshakeFailed(c, err)
 		c.teardown()
 		return
 	}
-	c.client = hello.ID
+	c.client, c.epoch = hello.ID, hello.Epoch
 	c.s.m.accepted.Add(1)
 	c.s.logger.Debug("client connected", "conn", c.id, "remote", c.remote, "client", c.client)
 	go c.writeLoop()
@@ -133,6 +138,12 @@ func (c *conn) readLoop() {
 		if err != nil {
 			c.readFailed(err)
 			return
+		}
+		if f.Type == wire.FrameControl {
+			if !c.control(f.ID, f.Payload) {
+				return
+			}
+			continue
 		}
 		if f.Type != wire.FrameRequest {
 			if f.Type == wire.FrameErr {
@@ -330,13 +341,13 @@ func (c *conn) dispatch(id uint64, req *paxos.Request) {
 		c.Reply(uint64(tag), &paxos.Response{Kind: req.Kind, Status: paxos.StatusInvalid, Text: "notify is a server push, not a request"})
 	case paxos.KindDecide:
 		// Decide is never answered; the slot is free once handled.
-		c.s.eng.Handle(req, c, uint64(tag))
+		c.s.eng.HandleAt(c.epoch, req, c, uint64(tag))
 		c.mu.Lock()
 		c.freeLocked(tag)
 		c.mu.Unlock()
 		c.s.m.request(paxos.KindDecide, int(paxos.StatusOK), time.Since(start))
 	default:
-		c.s.eng.Handle(req, c, uint64(tag))
+		c.s.eng.HandleAt(c.epoch, req, c, uint64(tag))
 	}
 	c.mu.Lock()
 	r := c.resv

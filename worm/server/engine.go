@@ -90,6 +90,7 @@ type Engine struct {
 
 	mu      sync.Mutex
 	acc     *paxos.Acceptor
+	memb    *Membership // nil: active in epoch 0, no membership changes (membership.go)
 	onWrite WriteHook // notification hook, may be nil
 	recs    []paxos.Record
 	end     uint64 // log position after the last appended record
@@ -192,8 +193,17 @@ func estimate(req *paxos.Request) int {
 // unchanged; after Close or a storage failure every request is answered
 // StatusError.
 //
-// Handle does not allocate in steady state.
+// Handle does not allocate in steady state. It is HandleAt for epoch 0,
+// the initial configuration.
 func (e *Engine) Handle(req *paxos.Request, to Replier, tag uint64) {
+	e.HandleAt(0, req, to, tag)
+}
+
+// HandleAt is Handle for a request issued under configuration epoch (the
+// epoch its connection is bound to): a request of an epoch the server
+// does not serve (see SetMembership) is answered StatusSealed at once,
+// with nothing changed.
+func (e *Engine) HandleAt(epoch uint64, req *paxos.Request, to Replier, tag uint64) {
 	resp := respPool.Get().(*respBuf)
 	defer respPool.Put(resp)
 	r := &resp.resp
@@ -206,6 +216,14 @@ func (e *Engine) Handle(req *paxos.Request, to Replier, tag uint64) {
 		e.mu.Unlock()
 		if req.Kind != paxos.KindDecide {
 			*r = paxos.Response{Kind: req.Kind, Status: paxos.StatusError, Text: reason.Error()}
+			to.Reply(tag, r)
+		}
+		return
+	}
+	if !e.memb.serves(epoch) {
+		e.mu.Unlock()
+		if req.Kind != paxos.KindDecide {
+			*r = paxos.Response{Kind: req.Kind, Status: paxos.StatusSealed}
 			to.Reply(tag, r)
 		}
 		return

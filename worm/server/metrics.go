@@ -48,7 +48,7 @@ func (h *histogram) observe(d time.Duration) {
 // Number of request kinds and statuses counted (paxos's valid values).
 const (
 	numKinds  = int(paxos.KindStatus) + 1
-	numStatus = int(paxos.StatusError) + 2 // the last one is "dropped"
+	numStatus = int(paxos.StatusSealed) + 2 // the last one is "dropped"
 	// statusDropped counts requests whose reply was never sent (storage
 	// failure, or the connection closed before the reply was ready).
 	statusDropped = numStatus - 1

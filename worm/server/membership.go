@@ -1,0 +1,662 @@
+package server
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync"
+
+	"github.com/wormspace/wormspace/worm/paxos"
+	"github.com/wormspace/wormspace/worm/wire"
+)
+
+// A wormserver's membership: where it stands in the sequence of
+// configurations (wire.Membership), and the control requests that move it
+// (wire.Control), which worm/client's Replace drives to replace a failed
+// wormserver. The procedure, and why it is safe, are documented there;
+// this file keeps the server's side of the contract:
+//
+//   - A connection is bound to the epoch its client named in the hello.
+//     The Engine answers its requests only while the server is active in
+//     that epoch; otherwise StatusSealed, with nothing changed. The check
+//     is made under the Engine's lock, so every request is handled either
+//     entirely before a seal or refused after it.
+//   - Seal(e, next) is accepted only by an active member of e. The sealed
+//     state (with next) is persisted before the reply, and from then on
+//     the acceptor's state changes no more until the member is activated
+//     in next: a sealed member is frozen, and what it exports is what it
+//     holds for good of epoch e.
+//   - Export answers only for an epoch the member sealed (or is past), and
+//     its reply leaves after the log is durable up to the exported state.
+//   - Install is accepted only by a joining member, merges records
+//     (paxos.Acceptor.Install) through the log like any request, and
+//     replies once they are durable. A joining member answers no
+//     operation at all.
+//   - Activate(next) is accepted by a sealed member of next's predecessor
+//     that is a member of next, or by a joining member whose transfer into
+//     next is installed (InstallDone). A member removed by next stays
+//     sealed for good.
+//   - Every change is persisted (DATA/membership, written to a temporary
+//     file, synced and renamed, the directory synced) before the reply and
+//     before the server acts on it, and survives restarts; then the server
+//     pushes the new membership to its connections.
+//
+// No timer is involved in any of it.
+
+// MembershipFile is the name of the file in a data directory that
+// records the wormserver's membership. A directory without it is an
+// active member of epoch 0 (the initial configuration).
+const MembershipFile = "membership"
+
+// Sentinel errors of membership changes (Engine.Seal and the others).
+var (
+	// ErrRefused: the member's membership does not allow the change (a
+	// seal of an epoch it does not serve, an activation it was not
+	// prepared for, an install into a server that is not joining); nothing
+	// changed.
+	ErrRefused = errors.New("server: membership change refused")
+	// ErrBadConfig: the configuration given is not valid.
+	ErrBadConfig = errors.New("server: invalid configuration")
+	// ErrJoinNotEmpty: -join on a data directory that holds acceptor state
+	// and no membership: a joining member must start empty.
+	ErrJoinNotEmpty = errors.New("server: a joining member needs an empty data directory")
+)
+
+// Membership is a wormserver's place in the sequence of configurations,
+// persisted in its data directory. Attach it to an Engine with
+// SetMembership before serving; from then on the Engine owns it.
+type Membership struct {
+	dir string // "" keeps it in memory only
+	cur wire.Membership
+
+	// Guarded by the Engine's lock once attached:
+	version  uint64          // bumped on every change (pushes compare it)
+	exporter *paxos.Exporter // the current transfer's, while sealed
+
+	// pushMu orders membership pushes, so that no connection is told an
+	// older membership after a newer one.
+	pushMu sync.Mutex
+}
+
+// membershipFileV1 is the file's format.
+type membershipFileV1 struct {
+	Format    int           `json:"format"`
+	State     string        `json:"state"`
+	Epoch     uint64        `json:"epoch"`
+	Members   []wire.Member `json:"members,omitempty"`
+	Next      *wire.Config  `json:"next,omitempty"`
+	Installed bool          `json:"installed,omitempty"`
+}
+
+// OpenMembership reads the membership recorded in the data directory
+// dir. Without a membership file the server is an active member of epoch
+// 0, unless join is set: then it becomes a joining member, which serves
+// nothing until a state transfer is installed in it and it is activated;
+// that is recorded at once (a restart without join stays joining), and
+// requires empty (the acceptor state recovered from dir holds nothing),
+// else ErrJoinNotEmpty. With a membership file join changes nothing (the
+// caller may say that it was ignored). A file that cannot be read or
+// parsed is an error naming it.
+func OpenMembership(dir string, join, empty bool) (*Membership, error) {
+	path := filepath.Join(dir, MembershipFile)
+	b, err := os.ReadFile(path)
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+		m := &Membership{dir: dir}
+		if !join {
+			return m, nil
+		}
+		if !empty {
+			return nil, fmt.Errorf("%w: %s holds acceptor state", ErrJoinNotEmpty, dir)
+		}
+		m.cur = wire.Membership{State: wire.StateJoining}
+		if err := m.save(m.cur); err != nil {
+			return nil, err
+		}
+		return m, nil
+	case err != nil:
+		return nil, fmt.Errorf("server: membership: %w", err)
+	}
+	var f membershipFileV1
+	if err := json.Unmarshal(b, &f); err != nil {
+		return nil, fmt.Errorf("server: membership file %s is corrupt: %w", path, err)
+	}
+	if f.Format != 1 {
+		return nil, fmt.Errorf("server: membership file %s has format %d (this wormd reads format 1)", path, f.Format)
+	}
+	m := &Membership{dir: dir}
+	m.cur.Epoch, m.cur.Members, m.cur.Installed = f.Epoch, f.Members, f.Installed
+	if f.Next != nil {
+		m.cur.Next = *f.Next
+	}
+	switch f.State {
+	case "active":
+		m.cur.State = wire.StateActive
+	case "sealed":
+		m.cur.State = wire.StateSealed
+	case "joining":
+		m.cur.State = wire.StateJoining
+	default:
+		return nil, fmt.Errorf("server: membership file %s: unknown state %q", path, f.State)
+	}
+	return m, nil
+}
+
+// NewMembership returns a membership kept in memory only (tests, and
+// servers without a data directory): changes are not persisted.
+func NewMembership(m wire.Membership) *Membership { return &Membership{cur: m.Clone()} }
+
+// Current returns the membership. Once the Membership is attached to an
+// Engine, ask the Engine (Engine.Membership) instead.
+func (m *Membership) Current() wire.Membership { return m.cur.Clone() }
+
+// save persists next: written to a temporary file, synced, renamed over
+// the membership file, and the directory synced.
+func (m *Membership) save(next wire.Membership) error {
+	if m.dir == "" {
+		return nil
+	}
+	f := membershipFileV1{Format: 1, State: next.State.String(), Epoch: next.Epoch, Members: next.Members, Installed: next.Installed}
+	if next.Next.Epoch != 0 || len(next.Next.Members) > 0 {
+		n := next.Next
+		f.Next = &n
+	}
+	b, err := json.MarshalIndent(f, "", "  ")
+	if err != nil {
+		return err
+	}
+	b = append(b, '\n')
+	path := filepath.Join(m.dir, MembershipFile)
+	tmp := path + ".tmp"
+	if err := writeSynced(tmp, b); err != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("server: persisting membership: %w", err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("server: persisting membership: %w", err)
+	}
+	d, err := os.Open(m.dir)
+	if err != nil {
+		return fmt.Errorf("server: persisting membership: %w", err)
+	}
+	defer d.Close()
+	if err := d.Sync(); err != nil {
+		return fmt.Errorf("server: persisting membership: syncing %s: %w", m.dir, err)
+	}
+	return nil
+}
+
+func writeSynced(path string, b []byte) error {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
+	if err != nil {
+		return err
+	}
+	if _, err := f.Write(b); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
+}
+
+// serves reports whether operations of epoch are answered; m may be nil
+// (an Engine without membership serves epoch 0). Hot path: no allocation.
+func (m *Membership) serves(epoch uint64) bool {
+	if m == nil {
+		return epoch == 0
+	}
+	return m.cur.State == wire.StateActive && m.cur.Epoch == epoch
+}
+
+// SetMembership attaches m to the engine (before it serves): requests of
+// epochs it does not serve are refused with StatusSealed from then on.
+func (e *Engine) SetMembership(m *Membership) {
+	e.mu.Lock()
+	e.memb = m
+	e.mu.Unlock()
+}
+
+// Membership returns the server's membership and its version (which
+// grows with every change).
+func (e *Engine) Membership() (wire.Membership, uint64) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.memb == nil {
+		return wire.Membership{}, 0
+	}
+	return e.memb.cur.Clone(), e.memb.version
+}
+
+// changeLocked persists next and makes it the membership; e.mu is held.
+func (e *Engine) changeLocked(next wire.Membership) error {
+	if err := e.memb.save(next); err != nil {
+		return err
+	}
+	e.memb.cur = next.Clone()
+	e.memb.version++
+	e.memb.exporter = nil
+	return nil
+}
+
+// membershipLocked checks that the engine can change its membership.
+func (e *Engine) membershipLocked() error {
+	switch {
+	case e.memb == nil:
+		return fmt.Errorf("%w: this server keeps no membership (no data directory)", ErrRefused)
+	case e.failed != nil:
+		return e.failed
+	case e.closed:
+		return ErrStopped
+	}
+	return nil
+}
+
+// Seal seals epoch: from the moment it returns nil, every request of
+// epoch is refused, and the sealed state, with next as the configuration
+// that succeeds epoch, is durable. Sealing again with the same next is a
+// no-op. It returns the membership after the call, and changed when this
+// call sealed. Errors: ErrBadConfig, ErrRefused (the server is not an
+// active member of epoch, or sealed it for another configuration), or a
+// storage error.
+func (e *Engine) Seal(epoch uint64, next wire.Config) (m wire.Membership, changed bool, err error) {
+	if err := next.Validate(); err != nil {
+		return wire.Membership{}, false, fmt.Errorf("%w: %w", ErrBadConfig, err)
+	}
+	if next.Epoch != epoch+1 {
+		return wire.Membership{}, false, fmt.Errorf("%w: sealing epoch %d for a configuration of epoch %d", ErrBadConfig, epoch, next.Epoch)
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if err := e.membershipLocked(); err != nil {
+		return e.membOrZero(), false, err
+	}
+	cur := e.memb.cur
+	switch {
+	case cur.State == wire.StateActive && cur.Epoch == epoch:
+		sealed := wire.Membership{State: wire.StateSealed, Epoch: epoch, Members: cur.Members, Next: next.Clone()}
+		if err := e.changeLocked(sealed); err != nil {
+			return cur.Clone(), false, err
+		}
+		e.logger.Info("membership: sealed", "epoch", epoch, "next", next.String())
+		return e.memb.cur.Clone(), true, nil
+	case cur.State == wire.StateSealed && cur.Epoch == epoch && cur.Next.Equal(next):
+		return cur.Clone(), false, nil
+	case cur.State == wire.StateSealed && cur.Epoch == epoch:
+		return cur.Clone(), false, fmt.Errorf("%w: epoch %d is sealed for another configuration (%v)", ErrRefused, epoch, cur.Next)
+	}
+	return cur.Clone(), false, fmt.Errorf("%w: this server is %v, not an active member of epoch %d", ErrRefused, cur, epoch)
+}
+
+func (e *Engine) membOrZero() wire.Membership {
+	if e.memb == nil {
+		return wire.Membership{}
+	}
+	return e.memb.cur.Clone()
+}
+
+// Activate makes the server serve next (self is its acceptor id): a
+// sealed member of next's predecessor that is a member of next, or a
+// joining member whose transfer into next is installed. Activating the
+// configuration the server serves is a no-op. Errors: ErrBadConfig,
+// ErrRefused, or a storage error.
+func (e *Engine) Activate(next wire.Config, self uint32) (m wire.Membership, changed bool, err error) {
+	if err := next.Validate(); err != nil {
+		return wire.Membership{}, false, fmt.Errorf("%w: %w", ErrBadConfig, err)
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if err := e.membershipLocked(); err != nil {
+		return e.membOrZero(), false, err
+	}
+	cur := e.memb.cur
+	switch {
+	case cur.State == wire.StateActive && cur.Epoch == next.Epoch && cur.Current().Equal(next):
+		return cur.Clone(), false, nil
+	case !next.Has(self):
+		return cur.Clone(), false, fmt.Errorf("%w: acceptor %d is not a member of %v", ErrRefused, self, next)
+	case cur.State == wire.StateSealed && cur.Next.Equal(next):
+	case cur.State == wire.StateJoining && cur.Next.Equal(next) && cur.Installed:
+	case cur.State == wire.StateJoining && cur.Next.Equal(next):
+		return cur.Clone(), false, fmt.Errorf("%w: the state transfer into %v is not complete", ErrRefused, next)
+	default:
+		return cur.Clone(), false, fmt.Errorf("%w: this server is %v; it cannot serve %v", ErrRefused, cur, next)
+	}
+	active := wire.Membership{State: wire.StateActive, Epoch: next.Epoch, Members: next.Clone().Members}
+	if err := e.changeLocked(active); err != nil {
+		return cur.Clone(), false, err
+	}
+	e.logger.Info("membership: active", "config", next.String())
+	return e.memb.cur.Clone(), true, nil
+}
+
+// Export calls encode, with the engine locked, with the chunk of the
+// acceptor's state that starts at from (about maxBytes of records; see
+// paxos.Exporter), for a transfer out of sealed epoch: the server must
+// have sealed epoch, or be past it (its state then only grew). The
+// records alias the acceptor's state: encode must copy them. Export
+// returns once the log is durable up to the exported state. Errors:
+// ErrRefused, or a storage error.
+func (e *Engine) Export(epoch uint64, from paxos.ExportCursor, maxBytes int, encode func(recs []paxos.Record, next paxos.ExportCursor, done bool)) (wire.Membership, error) {
+	e.mu.Lock()
+	if err := e.membershipLocked(); err != nil {
+		m := e.membOrZero()
+		e.mu.Unlock()
+		return m, err
+	}
+	cur := e.memb.cur
+	if !(cur.State == wire.StateSealed && cur.Epoch == epoch) && !(cur.State != wire.StateJoining && cur.Epoch > epoch) {
+		e.mu.Unlock()
+		return cur.Clone(), fmt.Errorf("%w: this server is %v; it exports only the state of an epoch it sealed", ErrRefused, cur)
+	}
+	x := e.memb.exporter
+	if x == nil || from.IsZero() {
+		x = e.acc.NewExporter()
+		e.memb.exporter = x
+	}
+	recs := e.recs[:0]
+	next, done := x.Export(from, maxBytes, func(r paxos.Record) { recs = append(recs, r) })
+	encode(recs, next, done)
+	clear(recs)
+	e.recs = recs[:0]
+	durable := e.durableLocked()
+	e.mu.Unlock()
+	return cur.Clone(), <-durable
+}
+
+// Install merges recs, exported by members of the sealed epoch that
+// precedes next, into a joining server's acceptor, and returns once the
+// resulting records are durable, with the number of records that
+// conflicted with what the server holds (paxos.ConflictError: it keeps
+// its own). The first install records next as the configuration the
+// server joins; installs for another configuration are refused. Errors:
+// ErrRefused, ErrBadConfig, a *paxos.InvalidRecordError (nothing of recs
+// was installed), or a storage error.
+func (e *Engine) Install(next wire.Config, recs []paxos.Record) (m wire.Membership, conflicts int, err error) {
+	if err := next.Validate(); err != nil {
+		return wire.Membership{}, 0, fmt.Errorf("%w: %w", ErrBadConfig, err)
+	}
+	e.mu.Lock()
+	if err := e.membershipLocked(); err != nil {
+		m := e.membOrZero()
+		e.mu.Unlock()
+		return m, 0, err
+	}
+	cur := e.memb.cur
+	switch {
+	case cur.State != wire.StateJoining:
+		e.mu.Unlock()
+		return cur.Clone(), 0, fmt.Errorf("%w: this server is %v, not joining", ErrRefused, cur)
+	case cur.Next.Epoch == 0:
+		joining := cur.Clone()
+		joining.Next = next.Clone()
+		if err := e.changeLocked(joining); err != nil {
+			e.mu.Unlock()
+			return cur.Clone(), 0, err
+		}
+		e.logger.Info("membership: joining", "config", next.String())
+	case !cur.Next.Equal(next):
+		e.mu.Unlock()
+		return cur.Clone(), 0, fmt.Errorf("%w: this server is joining %v, not %v", ErrRefused, cur.Next, next)
+	}
+	for i := range recs {
+		if !recs[i].Kind.Valid() {
+			e.mu.Unlock()
+			return e.memb.cur.Clone(), 0, &paxos.InvalidRecordError{Record: recs[i]}
+		}
+	}
+	n := 64
+	for i := range recs {
+		n += 64 + len(recs[i].Value)
+	}
+	if err := e.log.Reserve(n); err != nil {
+		e.mu.Unlock()
+		return e.memb.cur.Clone(), 0, fmt.Errorf("storage: %w", err)
+	}
+	out := e.recs[:0]
+	var firstErr error
+	for i := range recs {
+		var err error
+		out, err = e.acc.Install(recs[i], out)
+		var ce *paxos.ConflictError
+		switch {
+		case errors.As(err, &ce):
+			conflicts++
+			e.logger.Warn("membership: install conflict: keeping this server's value", "err", err)
+		case err != nil && firstErr == nil:
+			firstErr = err
+		}
+	}
+	if len(out) > 0 {
+		end, err := e.log.Append(out)
+		if err != nil {
+			e.failLocked(fmt.Errorf("storage append: %w", err))
+			clear(out)
+			e.recs = out[:0]
+			err := e.failed
+			e.mu.Unlock()
+			return cur.Clone(), conflicts, err
+		}
+		e.end = end
+		e.mutations += len(out)
+		if e.mutations >= compactEvery {
+			e.maybeCompactLocked()
+		}
+	}
+	clear(out)
+	e.recs = out[:0]
+	m = e.memb.cur.Clone()
+	durable := e.durableLocked()
+	e.mu.Unlock()
+	if err := <-durable; err != nil {
+		return m, conflicts, err
+	}
+	return m, conflicts, firstErr
+}
+
+// InstallDone records that the state of a read quorum of next's
+// predecessor is installed in this joining server, which may then be
+// activated in next. Errors: ErrRefused, ErrBadConfig, or a storage
+// error.
+func (e *Engine) InstallDone(next wire.Config) (m wire.Membership, changed bool, err error) {
+	if err := next.Validate(); err != nil {
+		return wire.Membership{}, false, fmt.Errorf("%w: %w", ErrBadConfig, err)
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if err := e.membershipLocked(); err != nil {
+		return e.membOrZero(), false, err
+	}
+	cur := e.memb.cur
+	switch {
+	case cur.State != wire.StateJoining || !cur.Next.Equal(next):
+		return cur.Clone(), false, fmt.Errorf("%w: this server is %v, not joining %v", ErrRefused, cur, next)
+	case cur.Installed:
+		return cur.Clone(), false, nil
+	}
+	done := cur.Clone()
+	done.Installed = true
+	if err := e.changeLocked(done); err != nil {
+		return cur.Clone(), false, err
+	}
+	e.logger.Info("membership: state transfer installed", "config", next.String())
+	return e.memb.cur.Clone(), true, nil
+}
+
+// durableLocked returns a channel that yields nil once the log is
+// durable up to everything appended so far (or the storage failure); e.mu
+// is held. It rides on the replies' queue, so it costs no sync of its own
+// when one is coming anyway.
+func (e *Engine) durableLocked() <-chan error {
+	ch := make(chan error, 1)
+	if e.failed != nil {
+		ch <- e.failed
+		return ch
+	}
+	if len(e.waiting) == 0 && e.synced >= e.end {
+		ch <- nil
+		return ch
+	}
+	e.waiting = append(e.waiting, pending{need: e.end, to: durableWaiter{ch}, resp: respPool.Get().(*respBuf)})
+	select {
+	case e.kick <- struct{}{}:
+	default:
+	}
+	return ch
+}
+
+// durableWaiter is the Replier of durableLocked.
+type durableWaiter struct{ ch chan error }
+
+func (w durableWaiter) Reply(uint64, *paxos.Response) { w.ch <- nil }
+func (w durableWaiter) Abandon(uint64) {
+	w.ch <- fmt.Errorf("storage failed before the state was durable: %w", ErrStopped)
+}
+
+// helloFor returns the server hello for c, carrying the membership, and
+// records which membership c was told.
+func (s *Server) helloFor(c *conn) wire.ServerHello {
+	h := s.hello
+	m, v := s.eng.Membership()
+	h.Membership = m
+	c.membSeen.Store(v)
+	return h
+}
+
+// pushMembership tells every connection that was told an older
+// membership the current one (a control frame with id 0).
+func (s *Server) pushMembership() {
+	memb := s.eng.memb
+	if memb == nil {
+		return
+	}
+	memb.pushMu.Lock()
+	defer memb.pushMu.Unlock()
+	m, v := s.eng.Membership()
+	frame := wire.AppendControlReply(nil, 0, &wire.ControlReply{Op: wire.CtlMembership, Membership: m})
+	s.mu.Lock()
+	conns := make([]*conn, 0, len(s.conns))
+	for c := range s.conns {
+		conns = append(conns, c)
+	}
+	s.mu.Unlock()
+	for _, c := range conns {
+		if c.membSeen.Load() >= v {
+			continue
+		}
+		c.mu.Lock()
+		if !c.dead && !c.closing {
+			n := len(c.out)
+			c.out = append(c.out, frame...)
+			// A small frame per connection and change: forced into the
+			// budget, like lost markers.
+			c.chargeLocked(noTag, len(c.out)-n)
+			c.outputLocked()
+		}
+		c.membSeen.Store(v)
+		c.mu.Unlock()
+	}
+}
+
+// control answers one control request (a FrameControl from the client)
+// on the reader goroutine. It reports false when the connection must stop
+// reading (bad input or a drain).
+func (c *conn) control(id uint64, payload []byte) bool {
+	var req wire.Control
+	if err := wire.DecodeControl(payload, c.s.maxValue, &req); err != nil {
+		reason := badMalformed
+		if errors.Is(err, wire.ErrValueTooLarge) {
+			reason = badTooLarge
+		}
+		c.bad(reason, err)
+		return false
+	}
+	// The reply may be as large as a frame (an export chunk): reserve
+	// room for it as for any request.
+	switch c.waitRoom(true) {
+	case roomOK:
+	case roomDrain:
+		c.finishReading(shutdownErr)
+		return false
+	default:
+		return false
+	}
+	frame, changed := c.s.control(id, &req)
+	if changed {
+		c.s.pushMembership()
+	}
+	c.mu.Lock()
+	if !c.dead && !c.closing {
+		n := len(c.out)
+		c.out = append(c.out, frame...)
+		c.chargeLocked(noTag, len(c.out)-n)
+		c.outputLocked()
+	}
+	r := c.resv
+	c.resv = 0
+	c.mu.Unlock()
+	c.s.budget.release(int64(r))
+	return true
+}
+
+// control carries out req and returns the encoded reply, and whether the
+// membership changed.
+func (s *Server) control(id uint64, req *wire.Control) (frame []byte, changed bool) {
+	rep := wire.ControlReply{Op: req.Op}
+	var err error
+	switch req.Op {
+	case wire.CtlMembership:
+		rep.Membership, _ = s.eng.Membership()
+	case wire.CtlSeal:
+		rep.Membership, changed, err = s.eng.Seal(req.Epoch, req.Config)
+	case wire.CtlActivate:
+		rep.Membership, changed, err = s.eng.Activate(req.Config, s.hello.AcceptorID)
+	case wire.CtlInstallDone:
+		rep.Membership, changed, err = s.eng.InstallDone(req.Config)
+	case wire.CtlInstall:
+		var n int
+		rep.Membership, n, err = s.eng.Install(req.Config, req.Records)
+		rep.Conflicts = uint32(n)
+	case wire.CtlExport:
+		// Room for the records in a frame, whatever the membership and
+		// text take.
+		budget := min(int(req.MaxBytes), s.maxFrame-wire.ControlOverhead)
+		if budget < 1 {
+			budget = 1
+		}
+		rep.Membership, err = s.eng.Export(req.Epoch, req.Cursor, budget, func(recs []paxos.Record, next paxos.ExportCursor, done bool) {
+			rep.Records, rep.Next, rep.Done = recs, next, done
+			frame = wire.AppendControlReply(nil, id, &rep)
+			rep.Records = nil
+		})
+		if err == nil && len(frame)-4 > s.maxFrame {
+			err = fmt.Errorf("an export chunk of %d bytes does not fit in the frame limit of %d (a value too large for a control frame)", len(frame), s.maxFrame)
+		}
+		if err == nil {
+			return frame, false
+		}
+	default:
+		err = fmt.Errorf("unknown control op %v", req.Op)
+	}
+	if err != nil {
+		rep.Text = err.Error()
+		var ie *paxos.InvalidRecordError
+		switch {
+		case errors.Is(err, ErrRefused):
+			rep.Status = wire.CtlRefused
+		case errors.Is(err, ErrBadConfig), errors.As(err, &ie):
+			rep.Status = wire.CtlInvalid
+		default:
+			rep.Status = wire.CtlFailed
+		}
+		if rep.Status != wire.CtlRefused {
+			s.logger.Warn("membership: control request failed", "op", req.Op.String(), "err", err)
+		}
+	}
+	return wire.AppendControlReply(nil, id, &rep), changed
+}
