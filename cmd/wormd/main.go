@@ -17,6 +17,12 @@
 // netstack attached to a NIC (-stack netstack -iface eth0 -addr 10.0.0.2/24,
 // as in the boot image) or a TAP device (-tap NAME).
 //
+// A wormd started with -join on an empty data directory is a new member
+// that will replace a failed one: it serves nothing until `worm replace`
+// has installed the cluster's state in it and activated it (see README,
+// Operations). Its membership (epoch, sealed or joining) is kept in
+// DATA/membership.
+//
 // When it runs as PID 1 it is the boot image's init (kernel/guest), which
 // starts wormd again as its service.
 package main
@@ -64,6 +70,7 @@ type options struct {
 	iface, tap  string
 	addr, gw    string
 	volatile    bool
+	join        bool
 	keyFile     string
 	keyHex      string
 	insecure    bool
@@ -92,6 +99,7 @@ func parse(args []string) (*options, error) {
 	fs.StringVar(&o.addr, "addr", "", "netstack: the stack's address/prefix, e.g. 10.0.0.2/24")
 	fs.StringVar(&o.gw, "gw", "", "netstack: default gateway (optional)")
 	fs.BoolVar(&o.volatile, "volatile", false, "skip fsync (benchmarks only: acknowledged writes can be lost on power failure)")
+	fs.BoolVar(&o.join, "join", false, "start as a new member replacing a failed one: serve nothing until `worm replace` installs the cluster's state and activates it (needs an empty data directory; recorded there, so a restart stays joining)")
 	fs.StringVar(&o.keyFile, "key-file", os.Getenv("WORM_KEY_FILE"), "file holding the cluster key (hex or raw, >= 32 bytes); default $WORM_KEY_FILE")
 	fs.StringVar(&o.keyHex, "key-hex", os.Getenv("WORM_KEY"), "the cluster key in hex; default $WORM_KEY")
 	fs.BoolVar(&o.insecure, "insecure", false, "allow serving without a key on non-loopback addresses")
@@ -254,8 +262,18 @@ func run(args []string) error {
 	live, trimmed := acc.Segments()
 	log.Info("recovered", "data", o.data, "segment_size", acc.SegmentSize(), "live_segments", live, "trimmed_segments", trimmed, "live_bytes", acc.LiveBytes(), "took", time.Since(start).Round(time.Millisecond))
 
+	memb, err := server.OpenMembership(o.data, o.join, live+trimmed == 0)
+	if err != nil {
+		return fmt.Errorf("data directory %s: %w", o.data, err)
+	}
+	if o.join && memb.Current().State != wire.StateJoining {
+		log.Warn("-join ignored: this data directory is already a member", "membership", memb.Current().String())
+	}
+	log.Info("membership", "state", memb.Current().String())
+
 	eng := server.NewEngine(acc, st, log, nil)
 	defer eng.Close()
+	eng.SetMembership(memb)
 	srv, err := server.New(server.Config{
 		Engine:      eng,
 		AcceptorID:  uint32(o.id),
