@@ -438,12 +438,14 @@ func (m *acceptM) check(final bool) {
 		case pending > 0 && !final:
 			// A majority is out of reach, but stragglers may still answer
 			// and make the failure definite.
-		case ok == 0 && gaveUp == 0 && !m.maybeOurs[i] && pending == 0:
-			if m.nack[i] > 0 {
-				m.resolve(i, outPreempted)
-			} else {
-				m.resolve(i, outUnavailable)
-			}
+		case ok == 0 && gaveUp == 0 && !m.maybeOurs[i] && pending == 0 && m.errs[i] == 0:
+			// Every acceptor answered, none took it, and none holds a
+			// value that could be ours: a definite preemption.
+			m.resolve(i, outPreempted)
+		case ok == 0 && gaveUp == 0 && pending == 0 && m.nack[i] == 0 && !m.maybeOurs[i]:
+			// Every acceptor answered with an error (storage refusing, a
+			// failed engine): this attempt changed nothing anywhere.
+			m.resolve(i, outUnavailable)
 		default:
 			m.resolve(i, outAmbiguous)
 		}

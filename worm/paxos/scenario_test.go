@@ -37,6 +37,10 @@ import (
 //	                             in order); requests reach acceptors,
 //	                             responses reach their op
 //	drop ids=1,2 | drop all      lose messages
+//	refuse ids=1,2               the acceptors answer these requests with
+//	                             StatusError and change nothing, as a
+//	                             wormserver whose storage refuses (full
+//	                             disk, failed engine)
 //	stabilize                    deliver until nothing is in flight
 //	fail op=w acceptor=2         the op's connection to a2 broke (Op.Fail)
 //	nudge op=w / expire op=w     Op.Nudge, Op.Expire
@@ -105,6 +109,8 @@ func (s *scenario) handle(d *datadriven.TestData) (string, error) {
 		err = s.deliver(d)
 	case "drop":
 		err = s.drop(d)
+	case "refuse":
+		err = s.refuse(d)
 	case "stabilize":
 		err = s.stabilize()
 	case "fail", "nudge", "expire":
@@ -399,6 +405,39 @@ func (s *scenario) deliverOne(m *msg) {
 	s.printf("%s <- #%d from a%d\n", m.op, m.id, m.acc)
 	op.Step(m.acc, m.out.Tag, m.r)
 	s.collect()
+}
+
+func (s *scenario) refuse(d *datadriven.TestData) error {
+	v, err := mustArg(d, "ids")
+	if err != nil {
+		return err
+	}
+	ids, err := parseIDs(v)
+	if err != nil {
+		return err
+	}
+	for _, m := range slices.Clone(s.net) {
+		if !ids[m.id] {
+			continue
+		}
+		delete(ids, m.id)
+		if m.resp {
+			return fmt.Errorf("#%d is a response", m.id)
+		}
+		s.remove(m)
+		s.printf("a%d <- #%d %s [refused]\n", m.acc, m.id, fmtReq(&m.out.Req))
+		if m.out.Tag != 0 {
+			s.nextID++
+			r := &msg{id: s.nextID, op: m.op, acc: m.acc, resp: true, out: m.out,
+				r: &Response{Kind: m.out.Req.Kind, Status: StatusError, Text: "storage refused"}}
+			s.net = append(s.net, r)
+			s.printf("%s\n", s.fmtMsg(r))
+		}
+	}
+	if len(ids) > 0 {
+		return fmt.Errorf("not in flight: %v", keys(ids))
+	}
+	return nil
 }
 
 func (s *scenario) drop(d *datadriven.TestData) error {
