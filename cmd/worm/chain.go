@@ -5,10 +5,12 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"log/slog"
+	mrand "math/rand/v2"
 	"net"
 	"net/http"
 	"net/http/pprof"
@@ -205,11 +207,14 @@ type localChain struct {
 	Addrs   []string
 	KeyFile string
 	Logs    []string
+	cfg     localChainConfig
 	cmds    []*exec.Cmd
 	exits   []chan struct{}
 }
 
 type localChainConfig struct {
+	// Exe is the worm binary (default: this executable).
+	Exe      string
 	N        int
 	Dir      string
 	KeyFile  string // the cluster key (hex); empty with Insecure
@@ -223,24 +228,25 @@ type localChainConfig struct {
 // startLocalChain starts cfg.N replicas, each in Dir/replica-I with its
 // log in Dir/replica-I.log, and waits until every one serves.
 func startLocalChain(ctx context.Context, cfg localChainConfig) (*localChain, error) {
-	exe, err := os.Executable()
-	if err != nil {
-		return nil, err
+	if cfg.Exe == "" {
+		exe, err := os.Executable()
+		if err != nil {
+			return nil, err
+		}
+		cfg.Exe = exe
 	}
 	if err := os.MkdirAll(cfg.Dir, 0o755); err != nil {
 		return nil, err
 	}
 	// Ports are chosen now, since every replica must know the whole
-	// chain before it starts.
+	// chain before it starts; below the kernel's ephemeral range, so that
+	// no outgoing connection takes one while its replica restarts.
 	var ls []net.Listener
-	lc := &localChain{KeyFile: cfg.KeyFile}
-	for i := 0; i < cfg.N; i++ {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
+	lc := &localChain{KeyFile: cfg.KeyFile, cfg: cfg}
+	for try := 0; len(ls) < cfg.N && try < 10000; try++ {
+		l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", 10000+mrand.IntN(20000)))
 		if err != nil {
-			for _, l := range ls {
-				l.Close()
-			}
-			return nil, err
+			continue
 		}
 		ls = append(ls, l)
 		lc.Addrs = append(lc.Addrs, l.Addr().String())
@@ -248,24 +254,89 @@ func startLocalChain(ctx context.Context, cfg localChainConfig) (*localChain, er
 	for _, l := range ls {
 		l.Close()
 	}
-	errs := make(chan error, cfg.N)
+	if len(ls) < cfg.N {
+		return nil, errors.New("no free loopback ports below the ephemeral range")
+	}
 	lc.cmds = make([]*exec.Cmd, cfg.N)
 	lc.exits = make([]chan struct{}, cfg.N)
 	lc.Logs = make([]string, cfg.N)
-	for i := 0; i < cfg.N; i++ {
-		go func(i int) { errs <- lc.start(ctx, exe, cfg, i) }(i)
+	if err := lc.startAll(ctx); err != nil {
+		lc.Stop()
+		return nil, err
+	}
+	return lc, nil
+}
+
+// startAll starts every replica that is not running and waits until each
+// serves.
+func (lc *localChain) startAll(ctx context.Context) error {
+	errs := make(chan error, len(lc.Addrs))
+	n := 0
+	for i := range lc.Addrs {
+		if lc.running(i) {
+			continue
+		}
+		n++
+		go func(i int) { errs <- lc.start(ctx, lc.cfg.Exe, lc.cfg, i) }(i)
 	}
 	var first error
-	for i := 0; i < cfg.N; i++ {
+	for ; n > 0; n-- {
 		if err := <-errs; err != nil && first == nil {
 			first = err
 		}
 	}
 	if first != nil {
-		lc.Stop()
-		return nil, first
+		return first
 	}
-	return lc, nil
+	return lc.waitLinked(ctx)
+}
+
+// waitLinked waits until every replica but the tail reports its link to
+// its successor up: before that, the chain refuses writes.
+func (lc *localChain) waitLinked(ctx context.Context) error {
+	sf := spaceFlags{keyFile: lc.KeyFile}
+	key, err := sf.key()
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+	defer cancel()
+	cl, err := dialChain(ctx, lc.Addrs, key, "local-chain")
+	if err != nil {
+		return err
+	}
+	defer cl.Close()
+	for {
+		linked := 0
+		for i, st := range cl.Status(ctx) {
+			var doc struct {
+				LinkUp bool `json:"link_up"`
+			}
+			if st.Err == nil && json.Unmarshal([]byte(st.Status), &doc) == nil && (doc.LinkUp || i == len(lc.Addrs)-1) {
+				linked++
+			}
+		}
+		if linked == len(lc.Addrs) {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("chain replicas not linked to their successors: %w", ctx.Err())
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
+}
+
+func (lc *localChain) running(i int) bool {
+	if lc.exits[i] == nil {
+		return false
+	}
+	select {
+	case <-lc.exits[i]:
+		return false
+	default:
+		return true
+	}
 }
 
 func (lc *localChain) start(ctx context.Context, exe string, cfg localChainConfig, i int) error {
@@ -357,7 +428,7 @@ func (lc *localChain) Pids() []int {
 
 // Kill crashes replica i with SIGKILL and waits for it to be gone.
 func (lc *localChain) Kill(i int) {
-	if c := lc.cmds[i]; c != nil && c.Process != nil {
+	if c := lc.cmds[i]; c != nil && c.Process != nil && lc.running(i) {
 		c.Process.Signal(syscall.SIGKILL)
 		<-lc.exits[i]
 	}
@@ -367,7 +438,7 @@ func (lc *localChain) Kill(i int) {
 func (lc *localChain) Stop() {
 	var wg sync.WaitGroup
 	for i, c := range lc.cmds {
-		if c == nil || c.Process == nil {
+		if c == nil || c.Process == nil || !lc.running(i) {
 			continue
 		}
 		wg.Add(1)
