@@ -20,8 +20,8 @@
 // A wormd started with -join on an empty data directory is a new member
 // that will replace a failed one: it serves nothing until `worm replace`
 // has installed the cluster's state in it and activated it (see README,
-// Operations). Its membership (epoch, sealed or joining) is kept in
-// DATA/membership.
+// Operations). Its membership (epoch, sealed or joining) is recorded with
+// the acceptor's state in the data directory.
 //
 // When it runs as PID 1 it is the boot image's init (kernel/guest), which
 // starts wormd again as its service.
@@ -262,18 +262,22 @@ func run(args []string) error {
 	live, trimmed := acc.Segments()
 	log.Info("recovered", "data", o.data, "segment_size", acc.SegmentSize(), "live_segments", live, "trimmed_segments", trimmed, "live_bytes", acc.LiveBytes(), "took", time.Since(start).Round(time.Millisecond))
 
-	memb, err := server.OpenMembership(o.data, o.join, live+trimmed == 0)
-	if err != nil {
-		return fmt.Errorf("data directory %s: %w", o.data, err)
-	}
-	if o.join && memb.Current().State != wire.StateJoining {
-		log.Warn("-join ignored: this data directory is already a member", "membership", memb.Current().String())
-	}
-	log.Info("membership", "state", memb.Current().String())
-
 	eng := server.NewEngine(acc, st, log, nil)
 	defer eng.Close()
-	eng.SetMembership(memb)
+	if err := eng.Failed(); err != nil {
+		return fmt.Errorf("data directory %s: %w", o.data, err)
+	}
+	if o.join {
+		_, err := eng.Join()
+		switch {
+		case errors.Is(err, server.ErrAlreadyMember):
+			log.Warn("-join ignored: this data directory is already a member")
+		case err != nil:
+			return fmt.Errorf("-join: data directory %s: %w", o.data, err)
+		}
+	}
+	memb, _ := eng.Membership()
+	log.Info("membership", "state", memb.String())
 	srv, err := server.New(server.Config{
 		Engine:      eng,
 		AcceptorID:  uint32(o.id),

@@ -21,6 +21,8 @@ type Acceptor struct {
 	// liveBytes approximates the encoded size of the live state, so that
 	// the server can decide when a checkpoint reclaims enough.
 	liveBytes int64
+	// membership is the value of the latest RecordMembership (nil: none).
+	membership []byte
 	// scratch buffers reused by Handle for the slices of a Response.
 	regs      []RegState
 	contended []uint32
@@ -355,6 +357,10 @@ func (a *Acceptor) Apply(rec Record) error {
 	if !rec.Kind.Valid() {
 		return errInvalidRecord(rec)
 	}
+	if rec.Kind == RecordMembership {
+		a.setMembership(rec.Value)
+		return nil
+	}
 	if _, ok := a.trimmed[rec.Seg]; ok {
 		return nil
 	}
@@ -403,6 +409,11 @@ func (a *Acceptor) Apply(rec Record) error {
 // Snapshot emits records that rebuild the current state through Apply, for
 // a storage checkpoint. It stops at the first error emit returns.
 func (a *Acceptor) Snapshot(emit func(Record) error) error {
+	if a.membership != nil {
+		if err := emit(Record{Kind: RecordMembership, Value: a.membership}); err != nil {
+			return err
+		}
+	}
 	for seg := range a.trimmed {
 		if err := emit(Record{Kind: RecordTrim, Seg: seg}); err != nil {
 			return err
@@ -440,6 +451,25 @@ func (a *Acceptor) Snapshot(emit func(Record) error) error {
 		}
 	}
 	return nil
+}
+
+// Membership returns the value of the latest RecordMembership (nil when
+// there is none). It aliases the acceptor's state.
+func (a *Acceptor) Membership() []byte { return a.membership }
+
+// SetMembership records v (not nil) as the server's membership and
+// appends the RecordMembership that makes it durable to recs.
+func (a *Acceptor) SetMembership(v []byte, recs []Record) []Record {
+	a.setMembership(v)
+	return append(recs, Record{Kind: RecordMembership, Value: a.membership})
+}
+
+func (a *Acceptor) setMembership(v []byte) {
+	if a.membership != nil {
+		a.liveBytes -= recordOverhead + int64(len(a.membership))
+	}
+	a.membership = append([]byte{}, v...)
+	a.liveBytes += recordOverhead + int64(len(a.membership))
 }
 
 // InvalidRecordError reports a record that cannot be applied.

@@ -180,10 +180,17 @@ const (
 	RecordDecide
 	// RecordTrim: segment Seg is trimmed; its registers are gone.
 	RecordTrim
+	// RecordMembership: the wormserver's membership in the sequence of
+	// configurations (worm/server encodes it in Value), kept with the
+	// acceptor's state so that it is as durable as the state it governs.
+	// The acceptor never interprets it: it keeps the latest one, replays
+	// it and emits it in snapshots, and neither exports nor installs it
+	// (a membership belongs to one server). Seg, Off and Ballot are zero.
+	RecordMembership
 	recordKindCount
 )
 
-var recordKindNames = [...]string{"invalid", "promise", "seg-promise", "accept", "decide", "trim"}
+var recordKindNames = [...]string{"invalid", "promise", "seg-promise", "accept", "decide", "trim", "membership"}
 
 func (k RecordKind) String() string {
 	if int(k) < len(recordKindNames) {

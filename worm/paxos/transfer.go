@@ -186,11 +186,12 @@ func (e *ConflictError) Error() string {
 // the value at exactly that ballot (a register whose higher-ballot value
 // came from another source loses only the hint, never the value).
 //
-// Errors: *InvalidRecordError for a record that cannot be applied, and
+// Errors: *InvalidRecordError for a record that cannot be applied (a
+// RecordMembership among them: a membership is not transferred), and
 // *ConflictError (the state is unchanged for that record). Install copies
 // rec.Value.
 func (a *Acceptor) Install(rec Record, recs []Record) ([]Record, error) {
-	if !rec.Kind.Valid() {
+	if !rec.Kind.Valid() || rec.Kind == RecordMembership {
 		return recs, errInvalidRecord(rec)
 	}
 	if rec.Kind != RecordSegPromise && rec.Kind != RecordTrim && !a.inRange(rec.Off) {

@@ -514,3 +514,42 @@ func replacementRound(t *testing.T, seed uint64) {
 	// And the new configuration keeps working with the new member.
 	work(nc, []int{0, 1, 2}, 5, "new")
 }
+
+// A membership record is the server's own: it replays (the latest wins,
+// whatever is trimmed), survives snapshots, counts in the live size, and
+// is neither exported nor installed.
+func TestMembershipRecord(t *testing.T) {
+	a := NewAcceptor(8)
+	var resp Response
+	recs := a.Handle(&Request{Kind: KindTrim, Seg: 0}, &resp, nil)
+	recs = a.SetMembership([]byte("sealed 0"), recs)
+	recs = a.SetMembership([]byte("active 1"), recs)
+	if a.LiveBytes() != 2*recordOverhead+int64(len("active 1")) {
+		t.Fatalf("live bytes %d", a.LiveBytes())
+	}
+	re := NewAcceptor(8)
+	for _, r := range recs {
+		if err := re.Apply(r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if string(re.Membership()) != "active 1" || re.LiveBytes() != a.LiveBytes() {
+		t.Fatalf("replayed membership %q (live %d)", re.Membership(), re.LiveBytes())
+	}
+	snap := NewAcceptor(8)
+	_ = a.Snapshot(func(r Record) error { return snap.Apply(r) })
+	if string(snap.Membership()) != "active 1" {
+		t.Fatalf("membership after a snapshot: %q", snap.Membership())
+	}
+	out, _ := exportAll(t, a, 1<<20)
+	if strings.Contains(strings.Join(out, "\n"), "membership") {
+		t.Fatalf("exported the membership: %q", out)
+	}
+	var ie *InvalidRecordError
+	if _, err := NewAcceptor(8).Install(Record{Kind: RecordMembership, Value: []byte("x")}, nil); !errors.As(err, &ie) {
+		t.Fatalf("install of a membership record: %v", err)
+	}
+	if NewAcceptor(8).Membership() != nil {
+		t.Fatal("a new acceptor has a membership")
+	}
+}

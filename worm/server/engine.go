@@ -90,7 +90,7 @@ type Engine struct {
 
 	mu      sync.Mutex
 	acc     *paxos.Acceptor
-	memb    *Membership // nil: active in epoch 0, no membership changes (membership.go)
+	memb    membState // the server's membership in the configurations (membership.go)
 	onWrite WriteHook // notification hook, may be nil
 	recs    []paxos.Record
 	end     uint64 // log position after the last appended record
@@ -149,6 +149,7 @@ func NewEngine(acc *paxos.Acceptor, log Log, logger *slog.Logger, onWrite WriteH
 		e.inlineSync = true
 	}
 	e.fsync.init(fsyncBuckets)
+	e.initMembership()
 	e.wg.Add(1)
 	go e.syncLoop()
 	return e

@@ -4,8 +4,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"os"
-	"path/filepath"
 	"sync"
 
 	"github.com/wormspace/wormspace/worm/paxos"
@@ -23,11 +21,10 @@ import (
 //     that epoch; otherwise StatusSealed, with nothing changed. The check
 //     is made under the Engine's lock, so every request is handled either
 //     entirely before a seal or refused after it.
-//   - Seal(e, next) is accepted only by an active member of e. The sealed
-//     state (with next) is persisted before the reply, and from then on
-//     the acceptor's state changes no more until the member is activated
-//     in next: a sealed member is frozen, and what it exports is what it
-//     holds for good of epoch e.
+//   - Seal(e, next) is accepted only by an active member of e. From then
+//     on the acceptor's state changes no more until the member is
+//     activated in next: a sealed member is frozen, and what it exports is
+//     what it holds for good of epoch e.
 //   - Export answers only for an epoch the member sealed (or is past), and
 //     its reply leaves after the log is durable up to the exported state.
 //   - Install is accepted only by a joining member, merges records
@@ -38,17 +35,15 @@ import (
 //     that is a member of next, or by a joining member whose transfer into
 //     next is installed (InstallDone). A member removed by next stays
 //     sealed for good.
-//   - Every change is persisted (DATA/membership, written to a temporary
-//     file, synced and renamed, the directory synced) before the reply and
-//     before the server acts on it, and survives restarts; then the server
-//     pushes the new membership to its connections.
+//   - Every change is recorded with the acceptor's state (a
+//     paxos.RecordMembership in the log, so it is exactly as durable as
+//     the state it governs, survives compactions, and moves with the data
+//     directory) and is durable before the reply; the server acts on it at
+//     once (refusals change nothing, and replies of a newly served epoch
+//     wait for a sync that covers the record), then pushes the new
+//     membership to its connections.
 //
 // No timer is involved in any of it.
-
-// MembershipFile is the name of the file in a data directory that
-// records the wormserver's membership. A directory without it is an
-// active member of epoch 0 (the initial configuration).
-const MembershipFile = "membership"
 
 // Sentinel errors of membership changes (Engine.Seal and the others).
 var (
@@ -59,29 +54,34 @@ var (
 	ErrRefused = errors.New("server: membership change refused")
 	// ErrBadConfig: the configuration given is not valid.
 	ErrBadConfig = errors.New("server: invalid configuration")
-	// ErrJoinNotEmpty: -join on a data directory that holds acceptor state
-	// and no membership: a joining member must start empty.
+	// ErrJoinNotEmpty: Join on an acceptor that holds state and no
+	// membership: a joining member must start empty.
 	ErrJoinNotEmpty = errors.New("server: a joining member needs an empty data directory")
+	// ErrAlreadyMember: Join on a server whose membership is recorded and
+	// is not joining (wormd says -join was ignored).
+	ErrAlreadyMember = errors.New("server: already a member")
 )
 
-// Membership is a wormserver's place in the sequence of configurations,
-// persisted in its data directory. Attach it to an Engine with
-// SetMembership before serving; from then on the Engine owns it.
-type Membership struct {
-	dir string // "" keeps it in memory only
-	cur wire.Membership
-
-	// Guarded by the Engine's lock once attached:
+// membState is the Engine's membership: the recorded wire.Membership
+// (the zero value: active in epoch 0, as a server that never took part in
+// a change is), guarded by the Engine's lock.
+type membState struct {
+	cur      wire.Membership
 	version  uint64          // bumped on every change (pushes compare it)
 	exporter *paxos.Exporter // the current transfer's, while sealed
-
 	// pushMu orders membership pushes, so that no connection is told an
 	// older membership after a newer one.
 	pushMu sync.Mutex
 }
 
-// membershipFileV1 is the file's format.
-type membershipFileV1 struct {
+// serves reports whether operations of epoch are answered. Hot path.
+func (m *membState) serves(epoch uint64) bool {
+	return m.cur.State == wire.StateActive && m.cur.Epoch == epoch
+}
+
+// membershipRecordV1 is the encoding of a membership in the value of a
+// paxos.RecordMembership (JSON: small, rare, and readable in a dump).
+type membershipRecordV1 struct {
 	Format    int           `json:"format"`
 	State     string        `json:"state"`
 	Epoch     uint64        `json:"epoch"`
@@ -90,136 +90,92 @@ type membershipFileV1 struct {
 	Installed bool          `json:"installed,omitempty"`
 }
 
-// OpenMembership reads the membership recorded in the data directory
-// dir. Without a membership file the server is an active member of epoch
-// 0, unless join is set: then it becomes a joining member, which serves
-// nothing until a state transfer is installed in it and it is activated;
-// that is recorded at once (a restart without join stays joining), and
-// requires empty (the acceptor state recovered from dir holds nothing),
-// else ErrJoinNotEmpty. With a membership file join changes nothing (the
-// caller may say that it was ignored). A file that cannot be read or
-// parsed is an error naming it.
-func OpenMembership(dir string, join, empty bool) (*Membership, error) {
-	path := filepath.Join(dir, MembershipFile)
-	b, err := os.ReadFile(path)
-	switch {
-	case errors.Is(err, os.ErrNotExist):
-		m := &Membership{dir: dir}
-		if !join {
-			return m, nil
-		}
-		if !empty {
-			return nil, fmt.Errorf("%w: %s holds acceptor state", ErrJoinNotEmpty, dir)
-		}
-		m.cur = wire.Membership{State: wire.StateJoining}
-		if err := m.save(m.cur); err != nil {
-			return nil, err
-		}
-		return m, nil
-	case err != nil:
-		return nil, fmt.Errorf("server: membership: %w", err)
+func encodeMembership(m wire.Membership) []byte {
+	r := membershipRecordV1{Format: 1, State: m.State.String(), Epoch: m.Epoch, Members: m.Members, Installed: m.Installed}
+	if m.Next.Epoch != 0 || len(m.Next.Members) > 0 {
+		n := m.Next
+		r.Next = &n
 	}
-	var f membershipFileV1
-	if err := json.Unmarshal(b, &f); err != nil {
-		return nil, fmt.Errorf("server: membership file %s is corrupt: %w", path, err)
+	b, err := json.Marshal(r)
+	if err != nil {
+		panic("server: encoding a membership: " + err.Error())
 	}
-	if f.Format != 1 {
-		return nil, fmt.Errorf("server: membership file %s has format %d (this wormd reads format 1)", path, f.Format)
+	return b
+}
+
+func decodeMembership(b []byte) (wire.Membership, error) {
+	var r membershipRecordV1
+	if err := json.Unmarshal(b, &r); err != nil {
+		return wire.Membership{}, fmt.Errorf("server: the recorded membership is corrupt: %w", err)
 	}
-	m := &Membership{dir: dir}
-	m.cur.Epoch, m.cur.Members, m.cur.Installed = f.Epoch, f.Members, f.Installed
-	if f.Next != nil {
-		m.cur.Next = *f.Next
+	if r.Format != 1 {
+		return wire.Membership{}, fmt.Errorf("server: the recorded membership has format %d (this wormd reads format 1)", r.Format)
 	}
-	switch f.State {
+	m := wire.Membership{Epoch: r.Epoch, Members: r.Members, Installed: r.Installed}
+	if r.Next != nil {
+		m.Next = *r.Next
+	}
+	switch r.State {
 	case "active":
-		m.cur.State = wire.StateActive
+		m.State = wire.StateActive
 	case "sealed":
-		m.cur.State = wire.StateSealed
+		m.State = wire.StateSealed
 	case "joining":
-		m.cur.State = wire.StateJoining
+		m.State = wire.StateJoining
 	default:
-		return nil, fmt.Errorf("server: membership file %s: unknown state %q", path, f.State)
+		return wire.Membership{}, fmt.Errorf("server: the recorded membership has an unknown state %q", r.State)
 	}
 	return m, nil
 }
 
-// NewMembership returns a membership kept in memory only (tests, and
-// servers without a data directory): changes are not persisted.
-func NewMembership(m wire.Membership) *Membership { return &Membership{cur: m.Clone()} }
-
-// Current returns the membership. Once the Membership is attached to an
-// Engine, ask the Engine (Engine.Membership) instead.
-func (m *Membership) Current() wire.Membership { return m.cur.Clone() }
-
-// save persists next: written to a temporary file, synced, renamed over
-// the membership file, and the directory synced.
-func (m *Membership) save(next wire.Membership) error {
-	if m.dir == "" {
-		return nil
+// initMembership loads the membership recorded in the acceptor's state
+// (NewEngine calls it). A record that cannot be decoded stops the engine:
+// serving without knowing whether the epoch was sealed could break a
+// replacement's safety.
+func (e *Engine) initMembership() {
+	b := e.acc.Membership()
+	if b == nil {
+		return
 	}
-	f := membershipFileV1{Format: 1, State: next.State.String(), Epoch: next.Epoch, Members: next.Members, Installed: next.Installed}
-	if next.Next.Epoch != 0 || len(next.Next.Members) > 0 {
-		n := next.Next
-		f.Next = &n
-	}
-	b, err := json.MarshalIndent(f, "", "  ")
+	m, err := decodeMembership(b)
 	if err != nil {
-		return err
+		e.failLocked(err)
+		return
 	}
-	b = append(b, '\n')
-	path := filepath.Join(m.dir, MembershipFile)
-	tmp := path + ".tmp"
-	if err := writeSynced(tmp, b); err != nil {
-		os.Remove(tmp)
-		return fmt.Errorf("server: persisting membership: %w", err)
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		os.Remove(tmp)
-		return fmt.Errorf("server: persisting membership: %w", err)
-	}
-	d, err := os.Open(m.dir)
-	if err != nil {
-		return fmt.Errorf("server: persisting membership: %w", err)
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil {
-		return fmt.Errorf("server: persisting membership: syncing %s: %w", m.dir, err)
-	}
-	return nil
+	e.memb.cur = m
 }
 
-func writeSynced(path string, b []byte) error {
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
-	if err != nil {
-		return err
-	}
-	if _, err := f.Write(b); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	return f.Close()
-}
-
-// serves reports whether operations of epoch are answered; m may be nil
-// (an Engine without membership serves epoch 0). Hot path: no allocation.
-func (m *Membership) serves(epoch uint64) bool {
-	if m == nil {
-		return epoch == 0
-	}
-	return m.cur.State == wire.StateActive && m.cur.Epoch == epoch
-}
-
-// SetMembership attaches m to the engine (before it serves): requests of
-// epochs it does not serve are refused with StatusSealed from then on.
-func (e *Engine) SetMembership(m *Membership) {
+// Join makes a new server a joining member, which answers no operation
+// until a state transfer is installed in it and it is activated (wormd
+// -join); it returns once that is durable. A server already joining stays
+// so. Errors: ErrJoinNotEmpty (the acceptor holds state and no
+// membership), ErrAlreadyMember (another membership is recorded), or a
+// storage error.
+func (e *Engine) Join() (wire.Membership, error) {
 	e.mu.Lock()
-	e.memb = m
+	if err := e.membershipLocked(); err != nil {
+		e.mu.Unlock()
+		return wire.Membership{}, err
+	}
+	cur := e.memb.cur
+	if e.acc.Membership() != nil {
+		e.mu.Unlock()
+		if cur.State == wire.StateJoining {
+			return cur.Clone(), nil
+		}
+		return cur.Clone(), fmt.Errorf("%w: %v", ErrAlreadyMember, cur)
+	}
+	if live, trimmed := e.acc.Segments(); live+trimmed > 0 {
+		e.mu.Unlock()
+		return cur.Clone(), fmt.Errorf("%w: it holds %d segments", ErrJoinNotEmpty, live+trimmed)
+	}
+	if err := e.changeLocked(wire.Membership{State: wire.StateJoining}); err != nil {
+		e.mu.Unlock()
+		return cur.Clone(), err
+	}
+	m, durable := e.memb.cur.Clone(), e.durableLocked()
 	e.mu.Unlock()
+	return m, <-durable
 }
 
 // Membership returns the server's membership and its version (which
@@ -227,17 +183,29 @@ func (e *Engine) SetMembership(m *Membership) {
 func (e *Engine) Membership() (wire.Membership, uint64) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	if e.memb == nil {
-		return wire.Membership{}, 0
-	}
 	return e.memb.cur.Clone(), e.memb.version
 }
 
-// changeLocked persists next and makes it the membership; e.mu is held.
+// changeLocked makes next the membership: the acceptor records it (a
+// paxos.RecordMembership appended to the log) and the engine acts on it at
+// once; the caller replies only after durableLocked. e.mu is held. Acting
+// before the record is durable reveals nothing: refusals change nothing,
+// and a reply to a request of a newly served epoch waits for a sync that
+// covers the record.
 func (e *Engine) changeLocked(next wire.Membership) error {
-	if err := e.memb.save(next); err != nil {
-		return err
+	v := encodeMembership(next)
+	if err := e.log.Reserve(64 + len(v)); err != nil {
+		return fmt.Errorf("storage: %w", err)
 	}
+	e.recs = e.acc.SetMembership(v, e.recs[:0])
+	end, err := e.log.Append(e.recs)
+	clear(e.recs)
+	e.recs = e.recs[:0]
+	if err != nil {
+		e.failLocked(fmt.Errorf("storage append: %w", err))
+		return e.failed
+	}
+	e.end = end
 	e.memb.cur = next.Clone()
 	e.memb.version++
 	e.memb.exporter = nil
@@ -247,8 +215,6 @@ func (e *Engine) changeLocked(next wire.Membership) error {
 // membershipLocked checks that the engine can change its membership.
 func (e *Engine) membershipLocked() error {
 	switch {
-	case e.memb == nil:
-		return fmt.Errorf("%w: this server keeps no membership (no data directory)", ErrRefused)
 	case e.failed != nil:
 		return e.failed
 	case e.closed:
@@ -272,32 +238,42 @@ func (e *Engine) Seal(epoch uint64, next wire.Config) (m wire.Membership, change
 		return wire.Membership{}, false, fmt.Errorf("%w: sealing epoch %d for a configuration of epoch %d", ErrBadConfig, epoch, next.Epoch)
 	}
 	e.mu.Lock()
-	defer e.mu.Unlock()
+	cur := e.memb.cur.Clone()
 	if err := e.membershipLocked(); err != nil {
-		return e.membOrZero(), false, err
+		e.mu.Unlock()
+		return cur, false, err
 	}
-	cur := e.memb.cur
 	switch {
 	case cur.State == wire.StateActive && cur.Epoch == epoch:
-		sealed := wire.Membership{State: wire.StateSealed, Epoch: epoch, Members: cur.Members, Next: next.Clone()}
-		if err := e.changeLocked(sealed); err != nil {
-			return cur.Clone(), false, err
-		}
-		e.logger.Info("membership: sealed", "epoch", epoch, "next", next.String())
-		return e.memb.cur.Clone(), true, nil
+		err = e.changeLocked(wire.Membership{State: wire.StateSealed, Epoch: epoch, Members: cur.Members, Next: next.Clone()})
+		changed = err == nil
 	case cur.State == wire.StateSealed && cur.Epoch == epoch && cur.Next.Equal(next):
-		return cur.Clone(), false, nil
+		// Sealed already; still wait below for the seal to be durable.
 	case cur.State == wire.StateSealed && cur.Epoch == epoch:
-		return cur.Clone(), false, fmt.Errorf("%w: epoch %d is sealed for another configuration (%v)", ErrRefused, epoch, cur.Next)
+		err = fmt.Errorf("%w: epoch %d is sealed for another configuration (%v)", ErrRefused, epoch, cur.Next)
+	default:
+		err = fmt.Errorf("%w: this server is %v, not an active member of epoch %d", ErrRefused, cur, epoch)
 	}
-	return cur.Clone(), false, fmt.Errorf("%w: this server is %v, not an active member of epoch %d", ErrRefused, cur, epoch)
+	return e.finishChangeLocked(err, changed, "sealed", "epoch", epoch, "next", next.String())
 }
 
-func (e *Engine) membOrZero() wire.Membership {
-	if e.memb == nil {
-		return wire.Membership{}
+// finishChangeLocked unlocks e.mu and, unless err, waits until the
+// membership is durable; it returns the membership after the change.
+func (e *Engine) finishChangeLocked(err error, changed bool, what string, args ...any) (wire.Membership, bool, error) {
+	m := e.memb.cur.Clone()
+	if err != nil {
+		e.mu.Unlock()
+		return m, false, err
 	}
-	return e.memb.cur.Clone()
+	durable := e.durableLocked()
+	e.mu.Unlock()
+	if err := <-durable; err != nil {
+		return m, false, err
+	}
+	if changed {
+		e.logger.Info("membership: "+what, args...)
+	}
+	return m, changed, nil
 }
 
 // Activate makes the server serve next (self is its acceptor id): a
@@ -310,29 +286,25 @@ func (e *Engine) Activate(next wire.Config, self uint32) (m wire.Membership, cha
 		return wire.Membership{}, false, fmt.Errorf("%w: %w", ErrBadConfig, err)
 	}
 	e.mu.Lock()
-	defer e.mu.Unlock()
+	cur := e.memb.cur.Clone()
 	if err := e.membershipLocked(); err != nil {
-		return e.membOrZero(), false, err
+		e.mu.Unlock()
+		return cur, false, err
 	}
-	cur := e.memb.cur
 	switch {
 	case cur.State == wire.StateActive && cur.Epoch == next.Epoch && cur.Current().Equal(next):
-		return cur.Clone(), false, nil
 	case !next.Has(self):
-		return cur.Clone(), false, fmt.Errorf("%w: acceptor %d is not a member of %v", ErrRefused, self, next)
-	case cur.State == wire.StateSealed && cur.Next.Equal(next):
-	case cur.State == wire.StateJoining && cur.Next.Equal(next) && cur.Installed:
+		err = fmt.Errorf("%w: acceptor %d is not a member of %v", ErrRefused, self, next)
+	case cur.State == wire.StateSealed && cur.Next.Equal(next),
+		cur.State == wire.StateJoining && cur.Next.Equal(next) && cur.Installed:
+		err = e.changeLocked(wire.Membership{State: wire.StateActive, Epoch: next.Epoch, Members: next.Clone().Members})
+		changed = err == nil
 	case cur.State == wire.StateJoining && cur.Next.Equal(next):
-		return cur.Clone(), false, fmt.Errorf("%w: the state transfer into %v is not complete", ErrRefused, next)
+		err = fmt.Errorf("%w: the state transfer into %v is not complete", ErrRefused, next)
 	default:
-		return cur.Clone(), false, fmt.Errorf("%w: this server is %v; it cannot serve %v", ErrRefused, cur, next)
+		err = fmt.Errorf("%w: this server is %v; it cannot serve %v", ErrRefused, cur, next)
 	}
-	active := wire.Membership{State: wire.StateActive, Epoch: next.Epoch, Members: next.Clone().Members}
-	if err := e.changeLocked(active); err != nil {
-		return cur.Clone(), false, err
-	}
-	e.logger.Info("membership: active", "config", next.String())
-	return e.memb.cur.Clone(), true, nil
+	return e.finishChangeLocked(err, changed, "active", "config", next.String())
 }
 
 // Export calls encode, with the engine locked, with the chunk of the
@@ -344,15 +316,14 @@ func (e *Engine) Activate(next wire.Config, self uint32) (m wire.Membership, cha
 // ErrRefused, or a storage error.
 func (e *Engine) Export(epoch uint64, from paxos.ExportCursor, maxBytes int, encode func(recs []paxos.Record, next paxos.ExportCursor, done bool)) (wire.Membership, error) {
 	e.mu.Lock()
+	cur := e.memb.cur.Clone()
 	if err := e.membershipLocked(); err != nil {
-		m := e.membOrZero()
 		e.mu.Unlock()
-		return m, err
+		return cur, err
 	}
-	cur := e.memb.cur
 	if !(cur.State == wire.StateSealed && cur.Epoch == epoch) && !(cur.State != wire.StateJoining && cur.Epoch > epoch) {
 		e.mu.Unlock()
-		return cur.Clone(), fmt.Errorf("%w: this server is %v; it exports only the state of an epoch it sealed", ErrRefused, cur)
+		return cur, fmt.Errorf("%w: this server is %v; it exports only the state of an epoch it sealed", ErrRefused, cur)
 	}
 	x := e.memb.exporter
 	if x == nil || from.IsZero() {
@@ -366,7 +337,7 @@ func (e *Engine) Export(epoch uint64, from paxos.ExportCursor, maxBytes int, enc
 	e.recs = recs[:0]
 	durable := e.durableLocked()
 	e.mu.Unlock()
-	return cur.Clone(), <-durable
+	return cur, <-durable
 }
 
 // Install merges recs, exported by members of the sealed epoch that
@@ -375,77 +346,67 @@ func (e *Engine) Export(epoch uint64, from paxos.ExportCursor, maxBytes int, enc
 // conflicted with what the server holds (paxos.ConflictError: it keeps
 // its own). The first install records next as the configuration the
 // server joins; installs for another configuration are refused. Errors:
-// ErrRefused, ErrBadConfig, a *paxos.InvalidRecordError (nothing of recs
-// was installed), or a storage error.
+// ErrRefused, ErrBadConfig, a *paxos.InvalidRecordError (the records
+// before it were installed), or a storage error.
 func (e *Engine) Install(next wire.Config, recs []paxos.Record) (m wire.Membership, conflicts int, err error) {
 	if err := next.Validate(); err != nil {
 		return wire.Membership{}, 0, fmt.Errorf("%w: %w", ErrBadConfig, err)
 	}
 	e.mu.Lock()
+	cur := e.memb.cur.Clone()
 	if err := e.membershipLocked(); err != nil {
-		m := e.membOrZero()
 		e.mu.Unlock()
-		return m, 0, err
+		return cur, 0, err
 	}
-	cur := e.memb.cur
 	switch {
 	case cur.State != wire.StateJoining:
 		e.mu.Unlock()
-		return cur.Clone(), 0, fmt.Errorf("%w: this server is %v, not joining", ErrRefused, cur)
+		return cur, 0, fmt.Errorf("%w: this server is %v, not joining", ErrRefused, cur)
 	case cur.Next.Epoch == 0:
 		joining := cur.Clone()
 		joining.Next = next.Clone()
 		if err := e.changeLocked(joining); err != nil {
 			e.mu.Unlock()
-			return cur.Clone(), 0, err
+			return cur, 0, err
 		}
 		e.logger.Info("membership: joining", "config", next.String())
 	case !cur.Next.Equal(next):
 		e.mu.Unlock()
-		return cur.Clone(), 0, fmt.Errorf("%w: this server is joining %v, not %v", ErrRefused, cur.Next, next)
-	}
-	for i := range recs {
-		if !recs[i].Kind.Valid() {
-			e.mu.Unlock()
-			return e.memb.cur.Clone(), 0, &paxos.InvalidRecordError{Record: recs[i]}
-		}
+		return cur, 0, fmt.Errorf("%w: this server is joining %v, not %v", ErrRefused, cur.Next, next)
 	}
 	n := 64
 	for i := range recs {
 		n += 64 + len(recs[i].Value)
 	}
+	var firstErr error
 	if err := e.log.Reserve(n); err != nil {
-		e.mu.Unlock()
-		return e.memb.cur.Clone(), 0, fmt.Errorf("storage: %w", err)
+		firstErr = fmt.Errorf("storage: %w", err)
+		recs = nil
 	}
 	out := e.recs[:0]
-	var firstErr error
 	for i := range recs {
 		var err error
 		out, err = e.acc.Install(recs[i], out)
 		var ce *paxos.ConflictError
-		switch {
-		case errors.As(err, &ce):
+		if errors.As(err, &ce) {
 			conflicts++
 			e.logger.Warn("membership: install conflict: keeping this server's value", "err", err)
-		case err != nil && firstErr == nil:
+		} else if err != nil {
 			firstErr = err
+			break
 		}
 	}
 	if len(out) > 0 {
 		end, err := e.log.Append(out)
 		if err != nil {
 			e.failLocked(fmt.Errorf("storage append: %w", err))
-			clear(out)
-			e.recs = out[:0]
-			err := e.failed
-			e.mu.Unlock()
-			return cur.Clone(), conflicts, err
-		}
-		e.end = end
-		e.mutations += len(out)
-		if e.mutations >= compactEvery {
-			e.maybeCompactLocked()
+			firstErr = e.failed
+		} else {
+			e.end = end
+			e.mutations += len(out)
+			if e.mutations >= compactEvery {
+				e.maybeCompactLocked()
+			}
 		}
 	}
 	clear(out)
@@ -468,24 +429,22 @@ func (e *Engine) InstallDone(next wire.Config) (m wire.Membership, changed bool,
 		return wire.Membership{}, false, fmt.Errorf("%w: %w", ErrBadConfig, err)
 	}
 	e.mu.Lock()
-	defer e.mu.Unlock()
+	cur := e.memb.cur.Clone()
 	if err := e.membershipLocked(); err != nil {
-		return e.membOrZero(), false, err
+		e.mu.Unlock()
+		return cur, false, err
 	}
-	cur := e.memb.cur
 	switch {
 	case cur.State != wire.StateJoining || !cur.Next.Equal(next):
-		return cur.Clone(), false, fmt.Errorf("%w: this server is %v, not joining %v", ErrRefused, cur, next)
+		err = fmt.Errorf("%w: this server is %v, not joining %v", ErrRefused, cur, next)
 	case cur.Installed:
-		return cur.Clone(), false, nil
+	default:
+		done := cur.Clone()
+		done.Installed = true
+		err = e.changeLocked(done)
+		changed = err == nil
 	}
-	done := cur.Clone()
-	done.Installed = true
-	if err := e.changeLocked(done); err != nil {
-		return cur.Clone(), false, err
-	}
-	e.logger.Info("membership: state transfer installed", "config", next.String())
-	return e.memb.cur.Clone(), true, nil
+	return e.finishChangeLocked(err, changed, "state transfer installed", "config", next.String())
 }
 
 // durableLocked returns a channel that yields nil once the log is
@@ -531,10 +490,7 @@ func (s *Server) helloFor(c *conn) wire.ServerHello {
 // pushMembership tells every connection that was told an older
 // membership the current one (a control frame with id 0).
 func (s *Server) pushMembership() {
-	memb := s.eng.memb
-	if memb == nil {
-		return
-	}
+	memb := &s.eng.memb
 	memb.pushMu.Lock()
 	defer memb.pushMu.Unlock()
 	m, v := s.eng.Membership()

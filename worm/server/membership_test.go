@@ -4,8 +4,6 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -15,27 +13,36 @@ import (
 	"github.com/wormspace/wormspace/worm/wire"
 )
 
-// membServer starts a server whose membership lives in dir (created
-// when empty), over log (a new memLog when nil).
-func membServer(t *testing.T, dir string, join bool, log *memLog, id uint32) *testServer {
+// membServer starts a server over log (a new memLog when nil), its
+// acceptor recovered from the log's durable records (a restart), joining
+// when join is set.
+func membServer(t *testing.T, join bool, log *memLog, id uint32) *testServer {
 	t.Helper()
 	if log == nil {
 		log = newMemLog()
 	}
+	ts := startServerOn(t, recovered(t, log), log, func(c *Config) { c.AcceptorID = id })
+	if join {
+		if _, err := ts.eng.Join(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return ts
+}
+
+// recovered replays log's durable records into a new acceptor, as
+// storage does after a crash.
+func recovered(t *testing.T, log *memLog) *paxos.Acceptor {
+	t.Helper()
 	acc := paxos.NewAcceptor(testSegSize)
+	log.mu.Lock()
+	defer log.mu.Unlock()
 	for _, r := range log.recs[:log.durable] {
 		if err := acc.Apply(r); err != nil {
 			t.Fatal(err)
 		}
 	}
-	live, trimmed := acc.Segments()
-	m, err := OpenMembership(dir, join, live+trimmed == 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ts := startServerOn(t, acc, log, func(c *Config) { c.AcceptorID = id })
-	ts.eng.SetMembership(m)
-	return ts
+	return acc
 }
 
 // startServerOn is startServer over a given acceptor.
@@ -82,6 +89,12 @@ func (ts *testServer) dialEpoch(epoch uint64) *testClient {
 // membership pushes that arrived before it.
 func (c *testClient) control(id uint64, req *wire.Control) (*wire.ControlReply, []wire.Membership) {
 	c.t.Helper()
+	c.sendControl(id, req)
+	return c.awaitControl(id)
+}
+
+func (c *testClient) sendControl(id uint64, req *wire.Control) {
+	c.t.Helper()
 	c.wmu.Lock()
 	c.nc.SetWriteDeadline(time.Now().Add(5 * time.Second))
 	_, err := c.nc.Write(wire.AppendControl(nil, id, req))
@@ -89,11 +102,17 @@ func (c *testClient) control(id uint64, req *wire.Control) (*wire.ControlReply, 
 	if err != nil {
 		c.t.Fatalf("control %v: %v", req.Op, err)
 	}
+}
+
+// awaitControl reads the reply to control request id, and the membership
+// pushes that arrive before it.
+func (c *testClient) awaitControl(id uint64) (*wire.ControlReply, []wire.Membership) {
+	c.t.Helper()
 	var pushes []wire.Membership
 	for {
 		f := c.rawFrame()
 		if f.Type != wire.FrameControl {
-			c.t.Fatalf("control %v: got a %v frame", req.Op, f.Type)
+			c.t.Fatalf("control reply %d: got a %v frame", id, f.Type)
 		}
 		var r wire.ControlReply
 		if err := wire.DecodeControlReply(f.Payload, 0, &r); err != nil {
@@ -148,9 +167,8 @@ func tokenAccept(seg uint64, off uint32, b worm.Ballot, v string) *paxos.Request
 // reply and survives a restart; a request handled before the seal is
 // answered normally even when its sync comes after.
 func TestSealRefusesEpochAndPersists(t *testing.T) {
-	dir := t.TempDir()
 	log := newMemLog()
-	ts := membServer(t, dir, false, log, 7)
+	ts := membServer(t, false, log, 7)
 	c := ts.dial()
 	if r := c.roundTrip(1, accept(3, 0, []byte("before"))); r.Status != paxos.StatusOK {
 		t.Fatalf("accept before the seal: %+v", r)
@@ -163,14 +181,27 @@ func TestSealRefusesEpochAndPersists(t *testing.T) {
 	c.do(2, accept(3, 1, []byte("racing")))
 	eventually(t, "the racing accept to be handled", func() bool { return log.appended() >= 2 })
 	admin := ts.dial()
-	rep, _ := admin.control(9, &wire.Control{Op: wire.CtlSeal, Epoch: 0, Config: cfg1})
+	admin.sendControl(9, &wire.Control{Op: wire.CtlSeal, Epoch: 0, Config: cfg1})
+	// The seal is in force at once (before it is durable: refusals
+	// reveal nothing)...
+	eventually(t, "the seal", func() bool { m, _ := ts.eng.Membership(); return m.State == wire.StateSealed })
+	close(gate)
+	// ...and answered once its record is durable.
+	rep, _ := admin.awaitControl(9)
 	if rep.Status != wire.CtlOK || rep.Membership.State != wire.StateSealed || !rep.Membership.Next.Equal(cfg1) {
 		t.Fatalf("seal: %+v", rep)
 	}
-	if _, err := os.Stat(filepath.Join(dir, MembershipFile)); err != nil {
-		t.Fatalf("the seal was answered before it was persisted: %v", err)
+	log.mu.Lock()
+	sealAt := -1
+	for i, r := range log.recs {
+		if r.Kind == paxos.RecordMembership {
+			sealAt = i
+		}
 	}
-	close(gate)
+	if sealAt < 0 || sealAt >= log.durable {
+		t.Fatalf("the seal was answered with its record at %d, durable %d", sealAt, log.durable)
+	}
+	log.mu.Unlock()
 	// The push of the seal and the reply to the racing accept, in either
 	// order.
 	var gotReply, gotPush bool
@@ -210,10 +241,10 @@ func TestSealRefusesEpochAndPersists(t *testing.T) {
 	if n := log.appended(); n != before {
 		t.Fatalf("sealed member appended %d records", n-before)
 	}
-	// Restart on the same directory and log: still sealed.
+	// Restart on the log's durable records: still sealed.
 	ts.srv.Close()
 	ts.eng.Close()
-	ts2 := membServer(t, dir, false, log, 7)
+	ts2 := membServer(t, false, log, 7)
 	c2 := ts2.dial()
 	if c2.hello.Membership.State != wire.StateSealed || !c2.hello.Membership.Next.Equal(cfg1) {
 		t.Fatalf("hello after restart: %v", c2.hello.Membership)
@@ -258,7 +289,7 @@ func (c *testClient) works2(t *testing.T) {
 // seals it, once per configuration; only members of the next
 // configuration are activated in it.
 func TestSealAndActivateRules(t *testing.T) {
-	ts := membServer(t, t.TempDir(), false, nil, 7)
+	ts := membServer(t, false, nil, 7)
 	a := ts.dial()
 	expect := func(rep *wire.ControlReply, want wire.ControlStatus, what string) {
 		t.Helper()
@@ -293,7 +324,7 @@ func TestSealAndActivateRules(t *testing.T) {
 	rep, _ = a.control(10, &wire.Control{Op: wire.CtlActivate, Config: cfg2})
 	expect(rep, wire.CtlRefused, "activation in another configuration")
 	notMember := wire.Config{Epoch: 1, Members: []wire.Member{{ID: 8, Addr: "b:1"}, {ID: 9, Addr: "n:1"}, {ID: 10, Addr: "m:1"}}}
-	ts2 := membServer(t, t.TempDir(), false, nil, 7)
+	ts2 := membServer(t, false, nil, 7)
 	b := ts2.dial()
 	rep, _ = b.control(1, &wire.Control{Op: wire.CtlSeal, Epoch: 0, Config: notMember})
 	expect(rep, wire.CtlOK, "seal by a member that the next configuration removes")
@@ -312,7 +343,7 @@ func TestSealAndActivateRules(t *testing.T) {
 // installs the chunks (durably), refuses activation until the transfer is
 // declared complete, then serves the next epoch with the state.
 func TestExportInstallActivate(t *testing.T) {
-	src := membServer(t, t.TempDir(), false, nil, 7)
+	src := membServer(t, false, nil, 7)
 	c := src.dial()
 	b := ballot(3)
 	c.roundTrip(1, &paxos.Request{Kind: paxos.KindPrepareSeg, Seg: 4, Ballot: b})
@@ -330,8 +361,7 @@ func TestExportInstallActivate(t *testing.T) {
 		t.Fatal(rep.Text)
 	}
 
-	joinDir := t.TempDir()
-	dst := membServer(t, joinDir, true, nil, 9)
+	dst := membServer(t, true, nil, 9)
 	jc := dst.dial()
 	if jc.hello.Membership.State != wire.StateJoining {
 		t.Fatalf("joining server's hello: %v", jc.hello.Membership)
@@ -383,7 +413,7 @@ func TestExportInstallActivate(t *testing.T) {
 	// log and directory before activating it.
 	dst.srv.Close()
 	dst.eng.Close()
-	dst = membServer(t, joinDir, true, dst.log.(*memLog), 9)
+	dst = membServer(t, false, dst.log.(*memLog), 9)
 	jadmin = dst.dial()
 	if rep, _ := jadmin.control(5, &wire.Control{Op: wire.CtlActivate, Config: cfg1}); rep.Status != wire.CtlOK {
 		t.Fatalf("activate: %v %s", rep.Status, rep.Text)
@@ -407,38 +437,48 @@ func TestExportInstallActivate(t *testing.T) {
 	}
 	// A joining member that was never installed refuses install-done
 	// for a configuration it does not join.
-	other := membServer(t, t.TempDir(), true, nil, 10)
+	other := membServer(t, true, nil, 10)
 	if rep, _ := other.dial().control(1, &wire.Control{Op: wire.CtlInstallDone, Config: cfg2}); rep.Status != wire.CtlRefused {
 		t.Fatalf("install-done without install: %v", rep.Status)
 	}
 }
 
-func TestOpenMembershipFile(t *testing.T) {
-	dir := t.TempDir()
-	if _, err := OpenMembership(dir, true, false); !errors.Is(err, ErrJoinNotEmpty) {
-		t.Fatalf("join on a directory with state: %v", err)
+// Join on a new server makes it joining, durably; Join refuses a server
+// that holds state; a recorded membership that cannot be decoded stops
+// the engine rather than letting it serve an epoch it may have sealed.
+func TestJoinAndRecordedMembership(t *testing.T) {
+	log := newMemLog()
+	ts := membServer(t, true, log, 9)
+	if m, _ := ts.eng.Membership(); m.State != wire.StateJoining {
+		t.Fatalf("after Join: %v", m)
 	}
-	m, err := OpenMembership(dir, false, false)
-	if err != nil || !m.Current().Serves(0) {
-		t.Fatalf("a directory without a membership file: %v %v", m.Current(), err)
+	ts.srv.Close()
+	ts.eng.Close()
+	ts = membServer(t, false, log, 9)
+	if m, _ := ts.eng.Membership(); m.State != wire.StateJoining {
+		t.Fatalf("joining is not durable: restarted as %v", m)
 	}
-	if _, err := os.Stat(filepath.Join(dir, MembershipFile)); !errors.Is(err, os.ErrNotExist) {
-		t.Fatal("an epoch-0 member wrote a membership file")
+	if m, err := ts.eng.Join(); err != nil || m.State != wire.StateJoining {
+		t.Fatalf("Join again: %v %v", m, err)
 	}
-	m, err = OpenMembership(dir, true, true)
-	if err != nil || m.Current().State != wire.StateJoining {
-		t.Fatalf("join: %v %v", m.Current(), err)
+	member := membServer(t, false, nil, 7)
+	c := member.dial()
+	c.roundTrip(1, accept(1, 0, []byte("x")))
+	if _, err := member.eng.Join(); !errors.Is(err, ErrJoinNotEmpty) {
+		t.Fatalf("Join on a server with state: %v", err)
 	}
-	// Joining is recorded: without -join it stays joining.
-	if m, err := OpenMembership(dir, false, false); err != nil || m.Current().State != wire.StateJoining {
-		t.Fatalf("reopened without join: %v %v", m.Current(), err)
+	if rep, _ := member.dial().control(1, &wire.Control{Op: wire.CtlSeal, Config: cfg1}); rep.Status != wire.CtlOK {
+		t.Fatal(rep.Text)
 	}
-	os.WriteFile(filepath.Join(dir, MembershipFile), []byte("{\"format\":1,\"state\":\"sea"), 0o644)
-	if _, err := OpenMembership(dir, false, false); err == nil || !strings.Contains(err.Error(), MembershipFile) {
-		t.Fatalf("corrupt file: %v", err)
+	if _, err := member.eng.Join(); !errors.Is(err, ErrAlreadyMember) {
+		t.Fatalf("Join on a sealed member: %v", err)
 	}
-	os.WriteFile(filepath.Join(dir, MembershipFile), []byte(`{"format":2,"state":"active"}`), 0o644)
-	if _, err := OpenMembership(dir, false, false); err == nil || !strings.Contains(err.Error(), "format 2") {
-		t.Fatalf("newer format: %v", err)
+	bad := newMemLog()
+	bad.Append([]paxos.Record{{Kind: paxos.RecordMembership, Value: []byte(`{"format":1,"state":"sea`)}})
+	bad.Sync()
+	eng := NewEngine(recovered(t, bad), bad, quietLogger(), nil)
+	defer eng.Close()
+	if err := eng.Failed(); err == nil || !strings.Contains(err.Error(), "membership") {
+		t.Fatalf("engine over a corrupt membership record: %v", err)
 	}
 }

@@ -179,6 +179,9 @@ func (m Membership) Equal(o Membership) bool {
 func (m Membership) String() string {
 	switch m.State {
 	case StateActive:
+		if m.Epoch == 0 && len(m.Members) == 0 {
+			return "active in epoch 0 (the initial configuration)"
+		}
 		return "active in " + Config{Epoch: m.Epoch, Members: m.Members}.String()
 	case StateSealed:
 		return "sealed epoch " + strconv.FormatUint(m.Epoch, 10) + ", next " + m.Next.String()
