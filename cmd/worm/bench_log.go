@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"flag"
@@ -11,7 +12,9 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"runtime"
 	"runtime/pprof"
+	"slices"
 	"strings"
 	"syscall"
 	"text/tabwriter"
@@ -26,7 +29,7 @@ import (
 
 func init() { benchApps["log"] = cmdBenchLog }
 
-const benchLogUsage = `usage: worm bench log [-clients 1,4,16,64] [-duration 5s] [-warmup 1s] [-volatile] [-quick] [-value 64] [-json FILE]
+const benchLogUsage = `usage: worm bench log [-clients 1,4,16,64] [-duration 5s] [-warmup 1s] [-rounds 1] [-volatile] [-quick] [-value 64] [-json FILE]
 
 Measures WormLog appends (closed-loop appenders; the sequencer WormLog
 provides, in this process) over two kinds of write-once registers in one
@@ -38,9 +41,13 @@ process is measured in the same run as the floor.`
 
 // LogBenchRow is one client count: both systems.
 type LogBenchRow struct {
-	Clients int          `json:"clients"`
-	Paxos   bench.Result `json:"paxos"`
-	Chain   bench.Result `json:"chain"`
+	Clients int `json:"clients"`
+	// Paxos and Chain are the median runs (by p50) of the rounds, kept
+	// whole in PaxosRounds and ChainRounds when there are several.
+	Paxos       bench.Result   `json:"paxos"`
+	Chain       bench.Result   `json:"chain"`
+	PaxosRounds []bench.Result `json:"paxos_rounds,omitempty"`
+	ChainRounds []bench.Result `json:"chain_rounds,omitempty"`
 	// ChainOverPaxosP50 and ChainOverPaxosP99 are latency ratios (above 1:
 	// the chain is slower); PaxosOverChainThroughput above 1: Paxos
 	// appends more per second.
@@ -56,6 +63,8 @@ type LogBenchReport struct {
 	ValueSize int           `json:"value_size"`
 	Duration  time.Duration `json:"duration_ns"`
 	Warmup    time.Duration `json:"warmup_ns"`
+	Settle    time.Duration `json:"settle_ns"`
+	Rounds    int           `json:"rounds"`
 	Wormds    []string      `json:"wormds"`
 	Chain     []string      `json:"chain"`
 	// RawRTT is the floor: a round trip to an echo in another process
@@ -76,6 +85,12 @@ func cmdBenchLog(args []string) error {
 	prefetch := fs.Int("prefetch", 2, "segments the sequencer keeps captured ahead (wormlog.Config.Prefetch)")
 	systems := fs.String("systems", "paxos,chain", "which systems to run (paxos, chain or both)")
 	jsonOut := fs.String("json", "", "also write the report as JSON to this file")
+	rounds := fs.Int("rounds", 1, "measurements per system and client count (alternating which goes first); the table shows the median run")
+	// The default settle time is not zero: on a small machine the system
+	// measured first leaves work behind (its processes' garbage
+	// collection, buffers) that slowed whichever ran right after it by
+	// up to a third in runs without a pause.
+	settle := fs.Duration("settle", time.Second, "idle time before each measurement")
 	profDir := fs.String("cpuprofile", "", "write a CPU profile of this process (the appenders' side) per run into this directory")
 	fs.Usage = func() { fmt.Fprintln(fs.Output(), benchLogUsage); fs.PrintDefaults() }
 	if err := fs.Parse(args); err != nil {
@@ -86,7 +101,10 @@ func cmdBenchLog(args []string) error {
 		return errUsage
 	}
 	if *quick {
-		*duration, *warmup = time.Second, 200*time.Millisecond
+		*duration, *warmup, *settle = time.Second, 200*time.Millisecond, 200*time.Millisecond
+	}
+	if *rounds < 1 {
+		*rounds = 1
 	}
 	counts, err := parseInts(*clientsF)
 	if err != nil {
@@ -156,7 +174,7 @@ func cmdBenchLog(args []string) error {
 	if err != nil {
 		return err
 	}
-	report := LogBenchReport{Time: time.Now().UTC(), Volatile: *volatile, ValueSize: *valueSize, Duration: *duration, Warmup: *warmup,
+	report := LogBenchReport{Time: time.Now().UTC(), Volatile: *volatile, ValueSize: *valueSize, Duration: *duration, Warmup: *warmup, Settle: *settle, Rounds: *rounds,
 		Wormds: lc.Servers(), Chain: ch.Addrs, RawRTT: raw}
 	type system struct {
 		name string
@@ -165,28 +183,45 @@ func cmdBenchLog(args []string) error {
 	}
 	paxos := system{"paxos", px, func(r *LogBenchRow) *bench.Result { return &r.Paxos }}
 	chainSys := system{"chain", cc, func(r *LogBenchRow) *bench.Result { return &r.Chain }}
-	for i, c := range counts {
+	pair := 0
+	for _, c := range counts {
 		row := LogBenchRow{Clients: c}
-		order := []system{paxos, chainSys}
-		if i%2 == 1 {
-			order = []system{chainSys, paxos}
+		for round := 0; round < *rounds; round++ {
+			// Alternate which system goes first, pair after pair: the
+			// one measured second runs while the first one's processes
+			// still settle, whatever -settle gives them.
+			order := []system{paxos, chainSys}
+			if pair%2 == 1 {
+				order = []system{chainSys, paxos}
+			}
+			pair++
+			for _, s := range order {
+				if (s.name == "paxos" && !runPaxos) || (s.name == "chain" && !runChain) {
+					continue
+				}
+				runtime.GC()
+				settleFor(ctx, *settle)
+				fmt.Fprintf(os.Stderr, "bench log: %s, %d appender(s), %v ...\n", s.name, c, *duration)
+				stopProf, err := startProfile(*profDir, fmt.Sprintf("%s-c%d-r%d.pprof", s.name, c, round))
+				if err != nil {
+					return err
+				}
+				r, err := runLogAppends(ctx, s.sp, s.name, c, *warmup, *duration, *valueSize, *prefetch)
+				stopProf()
+				if err != nil {
+					return fmt.Errorf("%s with %d appenders: %w", s.name, c, err)
+				}
+				fmt.Fprintf(os.Stderr, "bench log:   %v\n", r)
+				if s.name == "paxos" {
+					row.PaxosRounds = append(row.PaxosRounds, r)
+				} else {
+					row.ChainRounds = append(row.ChainRounds, r)
+				}
+			}
 		}
-		for _, s := range order {
-			if (s.name == "paxos" && !runPaxos) || (s.name == "chain" && !runChain) {
-				continue
-			}
-			fmt.Fprintf(os.Stderr, "bench log: %s, %d appender(s), %v ...\n", s.name, c, *duration)
-			stopProf, err := startProfile(*profDir, fmt.Sprintf("%s-c%d.pprof", s.name, c))
-			if err != nil {
-				return err
-			}
-			r, err := runLogAppends(ctx, s.sp, s.name, c, *warmup, *duration, *valueSize, *prefetch)
-			stopProf()
-			if err != nil {
-				return fmt.Errorf("%s with %d appenders: %w", s.name, c, err)
-			}
-			fmt.Fprintf(os.Stderr, "bench log:   %v\n", r)
-			*s.out(&row) = r
+		row.Paxos, row.Chain = medianRun(row.PaxosRounds), medianRun(row.ChainRounds)
+		if *rounds == 1 {
+			row.PaxosRounds, row.ChainRounds = nil, nil
 		}
 		if row.Paxos.Ops > 0 && row.Chain.Ops > 0 {
 			row.ChainOverPaxosP50 = float64(row.Chain.Latency.P50) / float64(row.Paxos.Latency.P50)
@@ -203,6 +238,27 @@ func cmdBenchLog(args []string) error {
 		}
 	}
 	return nil
+}
+
+// settleFor waits d or until ctx ends.
+func settleFor(ctx context.Context, d time.Duration) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+	case <-ctx.Done():
+	}
+}
+
+// medianRun returns the run with the median p50 (the lower middle one of
+// an even count), or a zero Result.
+func medianRun(rs []bench.Result) bench.Result {
+	if len(rs) == 0 {
+		return bench.Result{}
+	}
+	s := slices.Clone(rs)
+	slices.SortFunc(s, func(a, b bench.Result) int { return cmp.Compare(a.Latency.P50, b.Latency.P50) })
+	return s[(len(s)-1)/2]
 }
 
 // startProfile starts a CPU profile into dir/name (nothing when dir is
@@ -258,8 +314,12 @@ func printLogBench(w *os.File, r LogBenchReport) {
 	if r.Volatile {
 		mode = "volatile (no fsync)"
 	}
-	fmt.Fprintf(w, "WormLog appends, %d-byte values, %s; %v per run; raw TCP round trip (other process) p50 %sµs p99 %sµs\n",
-		r.ValueSize, mode, r.Duration, us(r.RawRTT.Latency.P50), us(r.RawRTT.Latency.P99))
+	rounds := ""
+	if r.Rounds > 1 {
+		rounds = fmt.Sprintf(", median of %d rounds", r.Rounds)
+	}
+	fmt.Fprintf(w, "WormLog appends, %d-byte values, %s; %v per run%s; raw TCP round trip (other process) p50 %sµs p99 %sµs\n",
+		r.ValueSize, mode, r.Duration, rounds, us(r.RawRTT.Latency.P50), us(r.RawRTT.Latency.P99))
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(tw, "clients\tpaxos appends/s\tp50 µs\tp99 µs\tp50/raw\tchain appends/s\tp50 µs\tp99 µs\tp50/raw\tchain/paxos p50\tchain/paxos p99\tpaxos/chain appends/s\terrors\t")
 	ratio := func(x float64) string {
