@@ -55,6 +55,12 @@ type Config struct {
 	SegmentSize int
 	// Args are extra wormd flags.
 	Args []string
+	// Hosts, when set (len N), are the addresses the wormds listen on
+	// instead of 127.0.0.1, e.g. netstack wormds on TAP devices.
+	Hosts []string
+	// NodeArgs, when set (len N), are extra wormd flags per node, after
+	// Args (e.g. each one's -tap and -addr).
+	NodeArgs [][]string
 	// ReadyTimeout bounds the wait for one wormd to serve (default 20s).
 	ReadyTimeout time.Duration
 }
@@ -192,6 +198,9 @@ func Start(ctx context.Context, cfg Config) (*Cluster, error) {
 	if len(ports) != cfg.N {
 		return nil, fmt.Errorf("localcluster: %d ports for %d nodes", len(ports), cfg.N)
 	}
+	if (cfg.Hosts != nil && len(cfg.Hosts) != cfg.N) || (cfg.NodeArgs != nil && len(cfg.NodeArgs) != cfg.N) {
+		return nil, fmt.Errorf("localcluster: Hosts (%d) and NodeArgs (%d) need one entry per node (%d)", len(cfg.Hosts), len(cfg.NodeArgs), cfg.N)
+	}
 	var pl []string
 	for _, p := range ports {
 		pl = append(pl, strconv.Itoa(p))
@@ -200,9 +209,13 @@ func Start(ctx context.Context, cfg Config) (*Cluster, error) {
 		return nil, err
 	}
 	for i := 0; i < cfg.N; i++ {
+		host := "127.0.0.1"
+		if cfg.Hosts != nil {
+			host = cfg.Hosts[i]
+		}
 		n := &Node{
 			ID:   i + 1,
-			Addr: net.JoinHostPort("127.0.0.1", strconv.Itoa(ports[i])),
+			Addr: net.JoinHostPort(host, strconv.Itoa(ports[i])),
 			Data: filepath.Join(cfg.Dir, fmt.Sprintf("wormd-%d", i+1)),
 			Log:  filepath.Join(cfg.Dir, fmt.Sprintf("wormd-%d.log", i+1)),
 		}
@@ -260,7 +273,11 @@ func (c *Cluster) args(n *Node) []string {
 	if c.cfg.SegmentSize > 0 {
 		a = append(a, "-segment-size", strconv.Itoa(c.cfg.SegmentSize))
 	}
-	return append(a, c.cfg.Args...)
+	a = append(a, c.cfg.Args...)
+	if c.cfg.NodeArgs != nil {
+		a = append(a, c.cfg.NodeArgs[n.ID-1]...)
+	}
+	return a
 }
 
 // start launches n's wormd and waits for its ready line.
