@@ -28,4 +28,10 @@ func TestCLI(t *testing.T) {
 	if !errors.As(err, &ee) || ee.ExitCode() != 1 || !strings.Contains(string(out), `unknown fault "meteor"`) {
 		t.Fatalf("unknown fault: %v\n%s", err, out)
 	}
+	// The VM harness refuses a fault it does not know before booting
+	// anything.
+	out, err = exec.Command(worm, "nemesis", "-vm", "-faults", "kill,disk").CombinedOutput()
+	if !errors.As(err, &ee) || ee.ExitCode() != 1 || !strings.Contains(string(out), `unknown VM fault "disk"`) {
+		t.Fatalf("unknown VM fault: %v\n%s", err, out)
+	}
 }

@@ -31,20 +31,52 @@
 //	           serving reads, and accept writes again once the filler is
 //	           removed (needs root and mount(2))
 //	powerloss  SIGKILL every wormd at once, restart them all
-//	partition  cut one wormd off the network (iptables on loopback: its
-//	           requests and replies dropped; connections stall, not reset)
+//	partition  cut one wormd off the network (its requests and replies
+//	           dropped; connections stall, not reset)
 //	oneway     drop only one wormd's replies: it receives and acts on
 //	           requests, nobody hears the answers
+//	loss       drop 5-30% of the packets of one wormd's link, or of all three
+//	delay      delay every packet of one or three links by 2-40 ms ± jitter
+//	dup        duplicate 10-50% of the packets of one or three links
+//	reorder    hold back 10-50% of the packets of one or three links behind
+//	           the next one
+//	clock      kill -9 one wormd and restart it with its monotonic and
+//	           boot-time clocks jumped (see below)
 //
 // The network faults need the harness in a network namespace of its own
 // (InPrivateNetns; `worm nemesis` and the tests re-execute themselves in
-// one with Reexec) and iptables; without them they are skipped with the
-// reason in Report.Skipped. netem loss/delay/duplication/reordering is
-// not injected (the reason, e.g. a kernel without sch_netem, is in
-// Report.Skipped). A clock jump is not injected: CLOCK_REALTIME is
-// machine-wide (other processes on a shared host would jump too), and
-// time namespaces offset only the monotonic and boot clocks, which cannot
-// be changed for a running process.
+// one with Reexec); without one they are skipped with the reason in
+// Report.Skipped. When any packet fault (loss, delay, dup, reorder) is
+// asked for, the wormds run `-stack netstack` on TAP devices of that
+// namespace and start with -net-faults: the faults are injected by
+// netstack's fault link (netstack.Faults) inside each wormd, set at run
+// time through its control endpoint, because the kernel's netem (sch_netem)
+// is missing on the machines this runs on; partitions and one-way drops
+// are then made at the same link (every packet, or every reply, dropped).
+// Otherwise the wormds use kernel TCP on loopback and partitions are
+// iptables rules on the namespace's loopback. Report.Network says which.
+// After a packet fault is cleared the time to the next successful write
+// is recorded; the availability phase adds: writes succeed with 10% loss,
+// duplication and reordering and a jittered delay on every link; with two
+// links losing everything operations are unavailable; clearing them
+// restores service (recovery time recorded).
+//
+// Clock jumps: CLOCK_REALTIME cannot be moved without moving the shared
+// machine's clock, and a time namespace's offsets are fixed before its
+// first process enters it, so a running wormd's clocks cannot jump. The
+// clock fault restarts a wormd into a new time namespace instead, with
+// CLOCK_MONOTONIC and CLOCK_BOOTTIME moved by up to years forward or half
+// the machine's uptime backward relative to its previous life (clock.go
+// argues why wormd's safety does not depend on time). It needs root and
+// a kernel with time namespaces; otherwise it is skipped with the reason.
+//
+// VMs: RunVM runs a shorter harness against a 3-VM cluster booted from the
+// boot image under QEMU (package qemu): kill -9 of a VM's QEMU and a
+// restart from its disk, SIGSTOP/SIGCONT of a QEMU process, and
+// partitions with iptables in the cluster's network namespace, with the
+// register history checked by porcupine, acknowledged writes read back,
+// availability with one and two VMs down, and recovery times
+// (`worm nemesis -vm`).
 //
 // Run is what `worm nemesis` and the package's tests call. A failing run
 // names its seed; replaying the seed replays the fault schedule (the
@@ -71,7 +103,7 @@ import (
 )
 
 // Faults is every fault name Run knows, in the order Report lists them.
-var Faults = []string{"kill", "pause", "disk", "powerloss", "partition", "oneway"}
+var Faults = []string{"kill", "pause", "disk", "powerloss", "partition", "oneway", "loss", "delay", "dup", "reorder", "clock"}
 
 // Config configures a run.
 type Config struct {
@@ -113,6 +145,9 @@ type Report struct {
 	Seed     uint64
 	Duration time.Duration
 	Dir      string
+	// Network says how the cluster is connected (kernel TCP on loopback,
+	// or netstack wormds on TAP devices) and where.
+	Network string
 	// Ops counts operations by kind, then result ("ok", or an error kind).
 	Ops map[string]map[string]int
 	// Faults counts injected faults by name.
@@ -124,6 +159,8 @@ type Report struct {
 	Recoveries []Recovery
 	// Verdicts are the checks' results.
 	Verdicts []Verdict
+
+	vm bool // a RunVM report (the replay command differs)
 }
 
 // OK reports whether every check passed.
@@ -154,6 +191,9 @@ func (r *Report) Failures() []Verdict {
 func (r *Report) String() string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "nemesis seed %d, %v, dir %s\n", r.Seed, r.Duration.Round(time.Millisecond), r.Dir)
+	if r.Network != "" {
+		fmt.Fprintf(&b, "network: %s\n", r.Network)
+	}
 	b.WriteString("operations:\n")
 	kinds := make([]string, 0, len(r.Ops))
 	for k := range r.Ops {
@@ -214,7 +254,11 @@ func (r *Report) String() string {
 	if r.OK() {
 		fmt.Fprintf(&b, "PASS seed %d\n", r.Seed)
 	} else {
-		fmt.Fprintf(&b, "FAIL seed %d (replay: worm nemesis -seed %d)\n", r.Seed, r.Seed)
+		vm := ""
+		if r.vm {
+			vm = "-vm "
+		}
+		fmt.Fprintf(&b, "FAIL seed %d (replay: worm nemesis %s-seed %d)\n", r.Seed, vm, r.Seed)
 	}
 	return b.String()
 }

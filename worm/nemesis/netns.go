@@ -132,16 +132,3 @@ func (n *netFaults) heal() error {
 	}
 	return errors.Join(errs...)
 }
-
-// netemWhy says why netem faults are not injected.
-func netemWhy() string {
-	if !InPrivateNetns() {
-		return "needs the harness in its own network namespace"
-	}
-	out, err := exec.Command("tc", "qdisc", "add", "dev", "lo", "root", "netem", "delay", "1ms").CombinedOutput()
-	if err != nil {
-		return fmt.Sprintf("this kernel has no sch_netem (tc qdisc add ... netem: %s)", strings.TrimSpace(string(out)))
-	}
-	exec.Command("tc", "qdisc", "del", "dev", "lo", "root").Run()
-	return "the kernel has sch_netem, but netem faults are not built into the harness yet"
-}
