@@ -100,10 +100,6 @@ type Config struct {
 	// Control, when set, breaks durability on purpose (see Control); the
 	// controls' tests require that some seed finds a violation.
 	Control Control
-	// StrictRefusals turns the known worm/paxos issue that
-	// knownRefusalIssue describes into a violation (by default it is
-	// counted in Stats.PreemptedOnRefusal).
-	StrictRefusals bool
 
 	// Trace, when set, receives one line per step and per storage event.
 	Trace func(string)
@@ -156,11 +152,8 @@ type Stats struct {
 	// recovery cut, incomplete generations it discarded, requests refused
 	// for lack of room, engines stopped by a storage failure.
 	Syncs, Compactions, CompactFailed, TornTails, Discarded, Refused, StorageFailures int
-	// PreemptedOnRefusal counts outcomes of the known worm/paxos issue
-	// (see Config.StrictRefusals).
-	PreemptedOnRefusal int
-	Ops                map[string]int
-	Errors             map[string]int
+	Ops                                                                               map[string]int
+	Errors                                                                            map[string]int
 }
 
 // Add adds o's counts to s.
@@ -185,7 +178,6 @@ func (s *Stats) Add(o Stats) {
 	s.Discarded += o.Discarded
 	s.Refused += o.Refused
 	s.StorageFailures += o.StorageFailures
-	s.PreemptedOnRefusal += o.PreemptedOnRefusal
 	if s.Ops == nil {
 		s.Ops, s.Errors = map[string]int{}, map[string]int{}
 	}
@@ -199,9 +191,9 @@ func (s *Stats) Add(o Stats) {
 
 func (s Stats) String() string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "steps=%d delivered=%d dropped=%d dup=%d expired=%d partitions=%d cut=%d crashes=%d (power=%d kill=%d mid-op=%d) recovery-crashes=%d restarts=%d syncs=%d compactions=%d (failed %d) torn-tails=%d discarded-gens=%d refused=%d storage-failures=%d preempted-on-refusal=%d ops=",
+	fmt.Fprintf(&b, "steps=%d delivered=%d dropped=%d dup=%d expired=%d partitions=%d cut=%d crashes=%d (power=%d kill=%d mid-op=%d) recovery-crashes=%d restarts=%d syncs=%d compactions=%d (failed %d) torn-tails=%d discarded-gens=%d refused=%d storage-failures=%d ops=",
 		s.Steps, s.Delivered, s.Dropped, s.Duplicated, s.Expired, s.Partitions, s.Cut, s.Crashes, s.PowerLosses, s.Kills, s.MidOpCrashes,
-		s.RecoveryCrashes, s.Restarts, s.Syncs, s.Compactions, s.CompactFailed, s.TornTails, s.Discarded, s.Refused, s.StorageFailures, s.PreemptedOnRefusal)
+		s.RecoveryCrashes, s.Restarts, s.Syncs, s.Compactions, s.CompactFailed, s.TornTails, s.Discarded, s.Refused, s.StorageFailures)
 	keys := make([]string, 0, len(s.Ops))
 	for k := range s.Ops {
 		keys = append(keys, k)
@@ -234,7 +226,6 @@ type simOp struct {
 	op         *paxos.Op
 	start, end int
 	res        paxos.Result
-	refused    bool // some acceptor answered StatusError (storage refused)
 }
 
 type clientState struct {
@@ -709,9 +700,6 @@ func (s *Sim) deliver(m *message) error {
 	if s.clients[o.client].cur != o {
 		return nil // the op finished; late answer
 	}
-	if m.resp.Status == paxos.StatusError {
-		o.refused = true
-	}
 	o.op.Step(m.acceptor, m.tag, &m.resp)
 	s.flush(o)
 	return nil
@@ -867,25 +855,6 @@ func (s *Sim) retriedLater(o *simOp, a worm.Addr, v []byte) bool {
 	return false
 }
 
-// knownRefusalIssue reports whether a write's "preempted, but its value
-// was chosen" is the known worm/paxos issue, which the checker then counts
-// instead of failing (unless Config.StrictRefusals): the proposer's
-// acceptM.check resolves a register as preempted from a nack when every
-// other acceptor answered StatusError (storage refusing: full disk,
-// failed engine), although an acceptor that answered an error may hold
-// the value (an identical earlier write, or this one's first attempt),
-// which the API then must report as success or unknown outcome, never
-// preempted. The fix belongs in worm/paxos (count error answers like
-// maybeOurs in check's definite-preemption case);
-// TestKnownIssuePreemptedOnRefusal reproduces it.
-func (s *Sim) knownRefusalIssue(o *simOp) bool {
-	if s.cfg.StrictRefusals || !o.refused {
-		return false
-	}
-	s.stats.PreemptedOnRefusal++
-	return true
-}
-
 func (s *Sim) checkOutcome(o *simOp) error {
 	err := o.res.Err
 	if isErr(err, worm.ErrTrimmed) {
@@ -916,9 +885,6 @@ func (s *Sim) checkOutcome(o *simOp) error {
 			return s.violation("outcome", "%s %v by client %d answered written(%q); chosen: %v", o.kind, o.addr, o.client, v, fmtChosen(ch, chosen))
 		}
 		if isErr(err, worm.ErrPreempted) && chosen && bytes.Equal(ch.value, o.value) && !s.retriedLater(o, o.addr, o.value) {
-			if s.knownRefusalIssue(o) {
-				return nil
-			}
 			return s.violation("outcome", "%s %v of %q by client %d answered preempted, but its value was chosen", o.kind, o.addr, o.value, o.client)
 		}
 	case "batch":
@@ -938,9 +904,6 @@ func (s *Sim) checkOutcome(o *simOp) error {
 				return s.violation("outcome", "batch register %v of %q by client %d succeeded; chosen: %v", a, v, o.client, fmtChosen(ch, chosen))
 			}
 			if isErr(e, worm.ErrPreempted) && chosen && bytes.Equal(ch.value, v) && !s.retriedLater(o, a, v) {
-				if s.knownRefusalIssue(o) {
-					continue
-				}
 				return s.violation("outcome", "batch register %v of %q by client %d preempted, but chosen", a, v, o.client)
 			}
 		}

@@ -263,34 +263,6 @@ func TestDeterministic(t *testing.T) {
 	}
 }
 
-// TestKnownIssuePreemptedOnRefusal reproduces the worm/paxos issue that
-// the checker otherwise counts (Sim.knownRefusalIssue): with storage
-// refusing on full disks, a write is answered ErrPreempted although its
-// value is chosen. It fails once worm/paxos is fixed: then delete it, the
-// allowance and Config.StrictRefusals.
-func TestKnownIssuePreemptedOnRefusal(t *testing.T) {
-	mk := named("full-disk", configs["full-disk"])
-	for seed := uint64(1); seed <= 300; seed++ {
-		cfg := mk(seed)
-		cfg.StrictRefusals = true
-		_, err := Run(cfg)
-		if err == nil {
-			continue
-		}
-		var v *Violation
-		if !errors.As(err, &v) || v.Property != "outcome" || !strings.Contains(v.What, "preempted, but") {
-			t.Fatalf("seed %d: a violation other than the known issue: %v", seed, err)
-		}
-		st, err := Run(mk(seed))
-		if err != nil || st.PreemptedOnRefusal == 0 {
-			t.Fatalf("seed %d: without StrictRefusals: %v, %d counted", seed, err, st.PreemptedOnRefusal)
-		}
-		t.Logf("reproduced (seed %d; trace: go test ./worm/sim -run TestSeed -seed %d -config full-disk -v): %s", seed, seed, v.What)
-		return
-	}
-	t.Fatal("the known issue no longer reproduces in 300 seeds: if worm/paxos was fixed, remove this test, Config.StrictRefusals and Sim.knownRefusalIssue")
-}
-
 // TestSeed replays one seed with a trace:
 // go test ./worm/sim -run TestSeed -seed N [-config NAME] -v
 func TestSeed(t *testing.T) {
