@@ -197,8 +197,8 @@ func (c FaultConfig) String() string {
 
 // FaultCounters count one direction's packets. Every packet that reaches
 // the link in that direction is counted in Packets; once nothing is
-// pending, Emitted = Packets - Dropped + Duplicated (plus, after a
-// detach, the pending packets it released unsent).
+// pending, Emitted = Packets - Dropped + Duplicated, less any packets the
+// link below refused and any a detach released unsent.
 type FaultCounters struct {
 	// Packets reached the fault injector.
 	Packets uint64 `json:"packets"`
@@ -280,6 +280,10 @@ type Faults struct {
 	// the data path takes the slow path even with faults off, so that a
 	// held packet is released behind the next one.
 	npending atomic.Int64
+	// flying counts packets taken from the queue or the hold slot and
+	// not yet emitted, so that Stats never reports a packet in transit
+	// as neither pending nor emitted.
+	flying [2]atomic.Int64
 
 	mu       sync.Mutex
 	rng      [2]*rand.Rand
@@ -340,7 +344,7 @@ func (f *Faults) Stats() FaultStats {
 		pend[p.dir]++
 	}
 	for d := range f.hold {
-		pend[d] += uint64(f.hold[d].n)
+		pend[d] += uint64(f.hold[d].n) + uint64(f.flying[d].Load())
 	}
 	f.mu.Unlock()
 	for d, out := range []*FaultCounters{&s.Egress, &s.Ingress} {
@@ -434,6 +438,7 @@ func (f *Faults) takeHeldLocked(d direction, dst []*stack.PacketBuffer) ([]*stac
 	dst = append(dst, h.pkts[:h.n]...)
 	proto := h.proto
 	f.npending.Add(-int64(h.n))
+	f.flying[d].Add(int64(h.n))
 	*h = held{}
 	return dst, proto
 }
@@ -487,6 +492,7 @@ func (f *Faults) popLocked() pending {
 	}
 	f.queue = q
 	f.npending.Add(-1)
+	f.flying[top.dir].Add(1)
 	return top
 }
 
@@ -534,7 +540,9 @@ func (f *Faults) detach() {
 // releaseAllLocked drops every pending packet's reference.
 func (f *Faults) releaseAllLocked() {
 	for len(f.queue) > 0 {
-		f.popLocked().pkt.DecRef()
+		p := f.popLocked()
+		p.pkt.DecRef()
+		f.flying[p.dir].Add(-1)
 	}
 	for d := range f.hold {
 		var rel [2]*stack.PacketBuffer
@@ -542,6 +550,7 @@ func (f *Faults) releaseAllLocked() {
 		for _, p := range pk {
 			p.DecRef()
 		}
+		f.flying[d].Add(-int64(len(pk)))
 	}
 }
 
@@ -606,12 +615,14 @@ func (f *Faults) run(stop, done chan struct{}) {
 		f.mu.Unlock()
 		if len(due[egress]) > 0 {
 			f.ep.writeOwned(due[egress])
+			f.flying[egress].Add(-int64(len(due[egress])))
 			clear(due[egress])
 			due[egress] = due[egress][:0]
 		}
 		for i, p := range due[ingress] {
 			f.ep.deliver(protos[i], p)
 			p.DecRef()
+			f.flying[ingress].Add(-1)
 		}
 		clear(due[ingress])
 		due[ingress], protos = due[ingress][:0], protos[:0]
@@ -671,12 +682,14 @@ func (e *faultEndpoint) WritePackets(pkts stack.PacketBufferList) (int, tcpip.Er
 	c.packets.Add(uint64(n))
 	st := f.state.Load()
 	if !st.on[egress] && f.npending.Load() == 0 {
-		c.emitted.Add(uint64(n))
-		return e.Endpoint.WritePackets(pkts)
+		w, err := e.Endpoint.WritePackets(pkts)
+		c.emitted.Add(uint64(w))
+		return w, err
 	}
 	r := &st.cfg.Egress
 	var out []*stack.PacketBuffer // each with a reference of ours
 	ends := make([]int, n)        // len(out) once input i was placed
+	released := 0                 // held packets in out
 	now := time.Now()
 	f.mu.Lock()
 	for i, pkt := range pkts.AsSlice() {
@@ -685,7 +698,9 @@ func (e *faultEndpoint) WritePackets(pkts stack.PacketBufferList) (int, tcpip.Er
 			out = append(out, pkt.IncRef())
 		}
 		if release {
+			k := len(out)
 			out, _ = f.takeHeldLocked(egress, out)
+			released += len(out) - k
 		}
 		ends[i] = len(out)
 	}
@@ -694,6 +709,7 @@ func (e *faultEndpoint) WritePackets(pkts stack.PacketBufferList) (int, tcpip.Er
 		return n, nil
 	}
 	written, err := e.writeOwned(out)
+	f.flying[egress].Add(-int64(released))
 	if err == nil {
 		return n, nil
 	}
@@ -753,6 +769,7 @@ func (e *faultEndpoint) DeliverNetworkPacket(proto tcpip.NetworkProtocolNumber, 
 		e.deliver(relProto, p)
 		p.DecRef()
 	}
+	f.flying[ingress].Add(-int64(len(rel)))
 }
 
 // deliver hands pkt to the stack.
