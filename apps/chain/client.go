@@ -253,13 +253,6 @@ func (cl *Client) down(mask uint64) error {
 	return nil
 }
 
-func (cl *Client) withTimeout(ctx context.Context) (context.Context, context.CancelFunc) {
-	if _, ok := ctx.Deadline(); ok {
-		return ctx, func() {}
-	}
-	return context.WithTimeout(ctx, cl.cfg.OpTimeout)
-}
-
 func (cl *Client) begin(ctx context.Context) error {
 	if cl.isClosed() {
 		return errClosed
@@ -323,8 +316,6 @@ func (cl *Client) broadcast(ctx context.Context, req *request) (*call, error) {
 			break
 		}
 	}
-	ctx, cancel := cl.withTimeout(ctx)
-	defer cancel()
 	if exp := cl.wait(ctx, c); exp != nil {
 		cl.release(c)
 		return nil, fmt.Errorf("chain: %s: %w: %w", opName(req.op), worm.ErrUnavailable, exp)
@@ -345,8 +336,6 @@ func (cl *Client) ask(ctx context.Context, idx int, req *request) (*call, error)
 	if !cl.conns[idx].send(c.id<<slotBits, req) {
 		cl.failSend(c, idx)
 	}
-	ctx, cancel := cl.withTimeout(ctx)
-	defer cancel()
 	if exp := cl.wait(ctx, c); exp != nil {
 		cl.release(c)
 		return nil, fmt.Errorf("chain: %s: %w: %w", opName(req.op), worm.ErrUnavailable, exp)
@@ -380,9 +369,10 @@ func statusErr(r *response) error {
 
 // writeRegs writes values to consecutive registers from (seg, off) with
 // tok (zero: unsafe) through the chain. It returns one error per register
-// (nil: written), or a whole-request error. Registers the tail reports
-// stranded are repaired by a capture before their error is returned.
-func (cl *Client) writeRegs(ctx context.Context, seg uint64, off uint32, tok worm.Token, values [][]byte) ([]error, error) {
+// (nil: written) in errs (reused when it has room), or a whole-request
+// error. Registers the tail reports stranded are repaired by a capture
+// before their error is returned.
+func (cl *Client) writeRegs(ctx context.Context, seg uint64, off uint32, tok worm.Token, values [][]byte, errs []error) ([]error, error) {
 	if err := cl.down(cl.allMask); err != nil {
 		return nil, err
 	}
@@ -397,10 +387,7 @@ func (cl *Client) writeRegs(ctx context.Context, seg uint64, off uint32, tok wor
 		cl.release(c)
 		return nil, fmt.Errorf("chain: write: head %s unreachable: %w", cl.conns[0].addr, worm.ErrUnavailable)
 	}
-	wctx, cancel := cl.withTimeout(ctx)
-	exp := cl.wait(wctx, c)
-	cancel()
-	if exp != nil {
+	if exp := cl.wait(ctx, c); exp != nil {
 		cl.release(c)
 		return nil, fmt.Errorf("%w: write of %v sent, no answer: %w", worm.ErrUnknownOutcome, worm.Addr{Seg: seg, Off: off}, exp)
 	}
@@ -419,7 +406,11 @@ func (cl *Client) writeRegs(ctx context.Context, seg uint64, off uint32, tok wor
 		cl.release(c)
 		return nil, fmt.Errorf("%w: write of %d registers answered for %d", ErrMalformed, len(values), n)
 	}
-	errs := make([]error, len(values))
+	if cap(errs) < len(values) {
+		errs = make([]error, len(values))
+	}
+	errs = errs[:len(values)]
+	clear(errs)
 	var stranded []int
 	for i, e := range r.entries {
 		a := worm.Addr{Seg: seg, Off: off + uint32(i)}
@@ -483,8 +474,8 @@ func (cl *Client) Write(ctx context.Context, addr worm.Addr, tok worm.Token, val
 	if err := cl.checkValues(value); err != nil {
 		return err
 	}
-	vals := [1][]byte{value}
-	errs, err := cl.writeRegs(ctx, addr.Seg, addr.Off, tok, vals[:])
+	vals, errs := [1][]byte{value}, [1]error{}
+	_, err := cl.writeRegs(ctx, addr.Seg, addr.Off, tok, vals[:], errs[:])
 	if err != nil {
 		return err
 	}
@@ -505,8 +496,8 @@ func (cl *Client) WriteUnsafe(ctx context.Context, addr worm.Addr, value []byte)
 	if err := cl.allocCheck(ctx, addr.Seg); err != nil {
 		return err
 	}
-	vals := [1][]byte{value}
-	errs, err := cl.writeRegs(ctx, addr.Seg, addr.Off, worm.Token{}, vals[:])
+	vals, errs := [1][]byte{value}, [1]error{}
+	_, err := cl.writeRegs(ctx, addr.Seg, addr.Off, worm.Token{}, vals[:], errs[:])
 	if err != nil {
 		return err
 	}
@@ -531,7 +522,7 @@ func (cl *Client) WriteBatch(ctx context.Context, seg uint64, off uint32, tok wo
 	if err := cl.checkValues(values...); err != nil {
 		return err
 	}
-	errs, err := cl.writeRegs(ctx, seg, off, tok, values)
+	errs, err := cl.writeRegs(ctx, seg, off, tok, values, nil)
 	if err != nil {
 		return err
 	}
@@ -609,7 +600,7 @@ func (cl *Client) capture(ctx context.Context, addr worm.Addr, checkAlloc bool) 
 			return tok, nil
 		}
 		// A value stranded upstream of the tail: finish it with our seal.
-		errs, err := cl.writeRegs(ctx, addr.Seg, addr.Off, tok, [][]byte{found})
+		errs, err := cl.writeRegs(ctx, addr.Seg, addr.Off, tok, [][]byte{found}, nil)
 		if err != nil {
 			return worm.Token{}, finishErr(addr, err)
 		}
@@ -695,7 +686,7 @@ func (cl *Client) CaptureSegment(ctx context.Context, seg uint64) (worm.SegmentC
 				// and will finish it (our token cannot).
 				continue
 			}
-			errs, err := cl.writeRegs(ctx, seg, off, tok, [][]byte{v})
+			errs, err := cl.writeRegs(ctx, seg, off, tok, [][]byte{v}, nil)
 			if err != nil {
 				return worm.SegmentCapture{}, finishErr(worm.Addr{Seg: seg, Off: off}, err)
 			}
@@ -827,7 +818,7 @@ func (cl *Client) Alloc(ctx context.Context, seg uint64, meta []byte) (worm.Segm
 	}
 	tok := worm.Token{}
 	for attempt := 1; ; attempt++ {
-		errs, err := cl.writeRegs(ctx, seg, worm.MetaOffset, tok, [][]byte{mine})
+		errs, err := cl.writeRegs(ctx, seg, worm.MetaOffset, tok, [][]byte{mine}, nil)
 		if err != nil {
 			return worm.SegmentInfo{}, err
 		}

@@ -367,14 +367,39 @@ func (cl *Client) connLost(idx int) {
 	}
 }
 
-// wait waits until c is done, ctx ends or the client closes. It reports
-// expired (with the reason) when c did not finish.
+// timerPool holds stopped timers for waits whose context has no deadline
+// (OpTimeout bounds them): a pooled timer costs no allocation, where
+// context.WithTimeout costs several per operation.
+var timerPool = sync.Pool{New: func() any {
+	t := time.NewTimer(time.Hour)
+	t.Stop()
+	return t
+}}
+
+// errOpTimeout is the reason of a wait that OpTimeout ended.
+var errOpTimeout = fmt.Errorf("operation timeout: %w", context.DeadlineExceeded)
+
+// wait waits until c is done, ctx ends (or OpTimeout passes, for a ctx
+// without a deadline) or the client closes. It reports expired (with the
+// reason) when c did not finish.
 func (cl *Client) wait(ctx context.Context, c *call) (expired error) {
+	var timeout <-chan time.Time
+	if _, ok := ctx.Deadline(); !ok {
+		t := timerPool.Get().(*time.Timer)
+		t.Reset(cl.cfg.OpTimeout)
+		defer func() {
+			t.Stop()
+			timerPool.Put(t)
+		}()
+		timeout = t.C
+	}
 	select {
 	case <-c.sig:
 		return nil
 	case <-ctx.Done():
 		expired = ctx.Err()
+	case <-timeout:
+		expired = errOpTimeout
 	case <-cl.closed:
 		expired = errors.New("client closed")
 	}

@@ -92,7 +92,11 @@
 // (worm/wire) with the cluster key; links between replicas authenticate
 // with it too. Both hellos carry a flag that tells a chain replica from a
 // wormserver, and every connection checks that the replica at position i
-// of the client's chain is the replica at position i of its own.
+// of the client's chain is the replica at position i of its own. A client
+// registers a random session id with every replica, on which the replica
+// that settles a write answers it; any holder of the key could claim
+// another client's session, as it could forge any request: the key is the
+// trust boundary, as for wormd.
 //
 // # What the baseline does not do
 //

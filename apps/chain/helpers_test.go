@@ -21,7 +21,7 @@ var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
 // testChain is a chain of real replicas (Disk, Server, loopback TCP) in
 // this process.
 type testChain struct {
-	t        *testing.T
+	t        testing.TB
 	dir      string
 	key      []byte
 	segSize  uint32
@@ -37,7 +37,7 @@ type testChain struct {
 // listenLow listens on a free loopback port below the kernel's ephemeral
 // range, so that no outgoing connection can take the port while its
 // replica is down and keep it from restarting there.
-func listenLow(t *testing.T) net.Listener {
+func listenLow(t testing.TB) net.Listener {
 	t.Helper()
 	for try := 0; try < 1000; try++ {
 		port := 10000 + mrand.IntN(20000)
@@ -50,7 +50,7 @@ func listenLow(t *testing.T) net.Listener {
 }
 
 // startChain starts n replicas with segment size segSize.
-func startChain(t *testing.T, n int, segSize uint32, volatile bool) *testChain {
+func startChain(t testing.TB, n int, segSize uint32, volatile bool) *testChain {
 	t.Helper()
 	key := make([]byte, 32)
 	rand.Read(key)
@@ -154,7 +154,7 @@ func (tc *testChain) stop() {
 }
 
 // client dials a client with a fresh identity.
-func (tc *testChain) client(t *testing.T) *Client {
+func (tc *testChain) client(t testing.TB) *Client {
 	t.Helper()
 	tc.mu.Lock()
 	tc.n++

@@ -128,6 +128,13 @@ type pending struct {
 }
 
 // outlet is where a frame goes: a client connection or the link.
+//
+// put copies frame (the caller reuses it at once) and queues it behind
+// every frame put before it; it never blocks and is called with the
+// engine lock held. false means the frame is dropped: the connection is
+// gone, or its peer stopped reading (a client connection is then
+// closed), or the link is down. A dropped frame's client learns nothing
+// and times out, which is the truth: the outcome is unknown to it.
 type outlet interface {
 	put(frame []byte) bool
 }
@@ -431,7 +438,8 @@ func (s *Server) handle(from *sconn, id uint64, req *request) {
 	}
 	recs := s.recs[:0]
 	var to outlet = from
-	s.resp = response{op: req.op}
+	// Reset the scratch response, keeping its entries' storage.
+	s.resp = response{op: req.op, entries: s.resp.entries[:0]}
 	r := &s.resp
 	notify := false // a write stored registers here: tell the segment's listeners
 	switch req.op {
