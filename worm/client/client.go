@@ -74,9 +74,17 @@ type Client struct {
 	cluster  string
 	rawTag   atomic.Uint64
 
-	mu        sync.Mutex // guards cluster identity checks and listeners
+	mu        sync.Mutex // guards cluster identity checks, listeners and the configuration
 	acceptors map[uint32]int
 	listeners map[uint64]map[*listener]struct{}
+	// view is the configuration operations are issued under (epoch.go);
+	// epochNow mirrors its epoch for lock-free readers; pendingNext is the
+	// newest epoch a sealed server announced; changed is closed (and
+	// replaced) whenever the view or a connection's serving state changes.
+	view        view
+	epochNow    atomic.Uint64
+	pendingNext uint64
+	changed     chan struct{}
 
 	closed    chan struct{}
 	closeOnce sync.Once
@@ -143,6 +151,7 @@ func Dial(ctx context.Context, cfg Config) (*Client, error) {
 		acceptors: map[uint32]int{},
 		listeners: map[uint64]map[*listener]struct{}{},
 		closed:    make(chan struct{}),
+		changed:   make(chan struct{}),
 	}
 	cl.rawTag.Store(1 << 63)
 	ready := make(chan readyEvent, len(cfg.Servers))
@@ -158,6 +167,9 @@ func Dial(ctx context.Context, cfg Config) (*Client, error) {
 	// Wait for a quorum, and give the others until the first attempt of
 	// every server settled (bounded by DialTimeout), so that a
 	// misconfigured member is reported here rather than logged later.
+	// A quorum must serve the client's configuration: the first hellos may
+	// name a newer one (the connections are then bound again), or say
+	// that a change is under way.
 	var grace <-chan time.Time
 wait:
 	for {
@@ -166,7 +178,10 @@ wait:
 			cl.Close()
 			return nil, err
 		}
-		if up >= quorum {
+		cl.mu.Lock()
+		serving, epoch, changed := cl.readyLocked(), cl.view.epoch, cl.changed
+		cl.mu.Unlock()
+		if serving {
 			if cl.settled() {
 				break
 			}
@@ -181,14 +196,19 @@ wait:
 		select {
 		case <-ready:
 			continue
+		case <-changed:
+			continue
 		case <-grace:
 			break wait
 		case <-ctx.Done():
-			if up >= quorum {
+			if serving {
 				break wait
 			}
 			cl.Close()
-			if lastErr != nil {
+			switch {
+			case up >= quorum:
+				return nil, fmt.Errorf("client: %d of %d servers reachable, but not %d serving configuration epoch %d (a membership change is under way; `worm replace` finishes one that was interrupted): %w: %w", up, len(cfg.Servers), quorum, epoch, worm.ErrUnavailable, ctx.Err())
+			case lastErr != nil:
 				return nil, fmt.Errorf("client: %d of %d servers reachable (need %d): %w: %w (last error: %v)", up, len(cfg.Servers), quorum, worm.ErrUnavailable, ctx.Err(), lastErr)
 			}
 			return nil, fmt.Errorf("client: %d of %d servers reachable (need %d): %w: %w", up, len(cfg.Servers), quorum, worm.ErrUnavailable, ctx.Err())
@@ -259,10 +279,12 @@ type readyEvent struct {
 	fatal bool // the server refused us (auth, cluster mismatch), not just unreachable
 }
 
-// admit checks a server's hello against the cluster the client knows and
-// records its acceptor identity. It sets the cluster's segment size and
-// limits from the first server.
-func (cl *Client) admit(idx int, h wire.ServerHello) error {
+// admit checks a server's hello, on a connection dialed under epoch,
+// against the cluster the client knows and records its acceptor
+// identity (in a configuration with recorded members, checks it is the
+// member's). It sets the cluster's segment size and limits from the
+// first server.
+func (cl *Client) admit(idx int, h wire.ServerHello, epoch uint64) error {
 	cl.mu.Lock()
 	defer cl.mu.Unlock()
 	if cl.cluster == "" {
@@ -279,6 +301,18 @@ func (cl *Client) admit(idx int, h wire.ServerHello) error {
 	} else {
 		cl.maxValue = min(cl.maxValue, int(h.MaxValue))
 		cl.maxFrame = min(cl.maxFrame, int(h.MaxFrame))
+	}
+	switch {
+	case epoch != cl.view.epoch:
+		// Dialed under a configuration the client left meanwhile: the
+		// connection is bound again at once (learn), so who answers
+		// there says nothing about the current one.
+		return nil
+	case cl.view.members != nil:
+		if want := cl.view.members[idx]; h.AcceptorID != want.ID {
+			return fmt.Errorf("client: server %s announces acceptor %d; configuration epoch %d has acceptor %d there", want.Addr, h.AcceptorID, cl.view.epoch, want.ID)
+		}
+		return nil
 	}
 	if other, ok := cl.acceptors[h.AcceptorID]; ok && other != idx {
 		return fmt.Errorf("%w: servers %s and %s are the same acceptor (id %d): quorums would not intersect", ErrConfig, cl.cfg.Servers[other], cl.cfg.Servers[idx], h.AcceptorID)
@@ -321,36 +355,27 @@ func (cl *Client) Close() error {
 // errClosed is returned for operations on a closed client.
 var errClosed = fmt.Errorf("client: closed: %w", worm.ErrUnavailable)
 
-// run drives op to its end and returns its result.
-func (cl *Client) run(ctx context.Context, op *paxos.Op) paxos.Result {
+// runAt drives op, issued under epoch, to its end and returns its
+// result, and whether a server refused one of its requests because it
+// does not serve epoch any more (Client.run, epoch.go, decides what
+// follows). ctx has a deadline.
+func (cl *Client) runAt(ctx context.Context, epoch uint64, op *paxos.Op) (paxos.Result, bool) {
 	if op.Done() {
-		return op.Result()
+		return op.Result(), false
 	}
-	select {
-	case <-cl.closed:
-		return paxos.Result{Err: errClosed}
-	default:
-	}
-	if _, ok := ctx.Deadline(); !ok {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, cl.cfg.OpTimeout)
-		defer cancel()
-	}
-	c := &call{cl: cl, op: op, done: make(chan struct{})}
+	c := &call{cl: cl, epoch: epoch, op: op, done: make(chan struct{})}
 	c.mu.Lock()
 	c.pumpLocked()
 	c.mu.Unlock()
 	defer c.cleanup()
 	res := cl.wait(ctx, c)
-	if res.Err != nil && errors.Is(res.Err, worm.ErrUnavailable) {
-		c.mu.Lock()
-		why := c.serverErr
-		c.mu.Unlock()
-		if why != "" {
-			res.Err = fmt.Errorf("%w (a server answered: %s)", res.Err, why)
-		}
+	c.mu.Lock()
+	why, sealed := c.serverErr, c.sealed
+	c.mu.Unlock()
+	if res.Err != nil && errors.Is(res.Err, worm.ErrUnavailable) && why != "" {
+		res.Err = fmt.Errorf("%w (a server answered: %s)", res.Err, why)
 	}
-	return res
+	return res, sealed
 }
 
 // wait drives c until its op ends, its context ends or the client closes.
@@ -434,7 +459,7 @@ func (cl *Client) checkValues(values ...[]byte) error {
 
 // Capture runs a capture (phase 1) of addr and returns its token.
 func (cl *Client) Capture(ctx context.Context, addr worm.Addr) (worm.Token, error) {
-	res := cl.run(ctx, cl.p.Capture(addr))
+	res := cl.run(ctx, func(p *paxos.Proposer) *paxos.Op { return p.Capture(addr) })
 	return res.Token, res.Err
 }
 
@@ -446,8 +471,7 @@ func (cl *Client) Write(ctx context.Context, addr worm.Addr, tok worm.Token, val
 	if err := cl.checkValues(value); err != nil {
 		return err
 	}
-	vals := [1][]byte{value}
-	return cl.run(ctx, cl.p.Write(addr.Seg, addr.Off, tok, vals[:])).Err
+	return cl.run(ctx, func(p *paxos.Proposer) *paxos.Op { return p.Write(addr.Seg, addr.Off, tok, [][]byte{value}) }).Err
 }
 
 // WriteUnsafe writes value at ballot 0, without capturing.
@@ -455,13 +479,12 @@ func (cl *Client) WriteUnsafe(ctx context.Context, addr worm.Addr, value []byte)
 	if err := cl.checkValues(value); err != nil {
 		return err
 	}
-	vals := [1][]byte{value}
-	return cl.run(ctx, cl.p.Write(addr.Seg, addr.Off, worm.Token{}, vals[:])).Err
+	return cl.run(ctx, func(p *paxos.Proposer) *paxos.Op { return p.Write(addr.Seg, addr.Off, worm.Token{}, [][]byte{value}) }).Err
 }
 
 // Read returns addr's chosen value or worm.ErrEmpty.
 func (cl *Client) Read(ctx context.Context, addr worm.Addr) ([]byte, error) {
-	res := cl.run(ctx, cl.p.Read(addr))
+	res := cl.run(ctx, func(p *paxos.Proposer) *paxos.Op { return p.Read(addr) })
 	return res.Value, res.Err
 }
 
@@ -470,19 +493,19 @@ func (cl *Client) Alloc(ctx context.Context, seg uint64, meta []byte) (worm.Segm
 	if err := cl.checkValues(paxos.EncodeSegmentInfo(cl.cfg.ID, meta)); err != nil {
 		return worm.SegmentInfo{}, err
 	}
-	res := cl.run(ctx, cl.p.Alloc(seg, meta))
+	res := cl.run(ctx, func(p *paxos.Proposer) *paxos.Op { return p.Alloc(seg, meta) })
 	return res.Info, res.Err
 }
 
 // Check returns seg's allocation record or worm.ErrUnallocated.
 func (cl *Client) Check(ctx context.Context, seg uint64) (worm.SegmentInfo, error) {
-	res := cl.run(ctx, cl.p.Check(seg))
+	res := cl.run(ctx, func(p *paxos.Proposer) *paxos.Op { return p.Check(seg) })
 	return res.Info, res.Err
 }
 
 // CaptureSegment captures every register of seg in one round.
 func (cl *Client) CaptureSegment(ctx context.Context, seg uint64) (worm.SegmentCapture, error) {
-	res := cl.run(ctx, cl.p.CaptureSegment(seg))
+	res := cl.run(ctx, func(p *paxos.Proposer) *paxos.Op { return p.CaptureSegment(seg) })
 	return res.Capture, res.Err
 }
 
@@ -494,10 +517,10 @@ func (cl *Client) WriteBatch(ctx context.Context, seg uint64, off uint32, tok wo
 	if err := cl.checkValues(values...); err != nil {
 		return err
 	}
-	return cl.run(ctx, cl.p.Write(seg, off, tok, values)).Err
+	return cl.run(ctx, func(p *paxos.Proposer) *paxos.Op { return p.Write(seg, off, tok, values) }).Err
 }
 
 // Trim garbage-collects seg.
 func (cl *Client) Trim(ctx context.Context, seg uint64) error {
-	return cl.run(ctx, cl.p.Trim(seg)).Err
+	return cl.run(ctx, func(p *paxos.Proposer) *paxos.Op { return p.Trim(seg) }).Err
 }

@@ -51,6 +51,20 @@ type conn struct {
 	hello   wire.ServerHello
 	lastErr error
 	fatal   bool
+	// epoch is the configuration epoch the current connection is bound to
+	// (the client's hello), serving whether the server serves it (its
+	// hello or push said so, and it refused nothing since), stale that the
+	// client's view left that epoch: no new requests, and the connection
+	// is closed once nothing is outstanding on it (epoch.go). target is
+	// the address of the member the view puts here, when it differs from
+	// addr (addr stays what Config.Servers said).
+	epoch   uint64
+	serving bool
+	stale   bool
+	target  string
+	// rebinding: the view changed and this connection has not finished a
+	// dial under it yet; operations wait for that (epoch.go).
+	rebinding bool
 }
 
 func newConn(cl *Client, idx int, addr string) *conn {
@@ -68,10 +82,22 @@ func (cn *conn) up() bool {
 // send queues req for the server and registers r for its response (tag 0:
 // no response expected). It reports false, queueing nothing, when the
 // connection is down or the server has not read MaxPendingBytes already
-// queued: the caller treats the request as failed.
+// queued: the caller treats the request as failed. It is for requests
+// outside any configuration epoch (listen, status); operations use
+// sendAt.
 func (cn *conn) send(r responder, tag uint64, req *paxos.Request) bool {
+	return cn.sendAt(anyEpoch, r, tag, req)
+}
+
+// anyEpoch, as sendAt's epoch, sends whatever the connection's epoch.
+const anyEpoch = ^uint64(0)
+
+// sendAt is send for an operation issued under epoch: it also reports
+// false when the connection is not bound to epoch or the server does not
+// serve it (the request would be refused).
+func (cn *conn) sendAt(epoch uint64, r responder, tag uint64, req *paxos.Request) bool {
 	cn.mu.Lock()
-	if cn.nc == nil || len(cn.out) > cn.cl.cfg.MaxPendingBytes {
+	if cn.nc == nil || len(cn.out) > cn.cl.cfg.MaxPendingBytes || epoch != anyEpoch && (cn.epoch != epoch || !cn.serving || cn.stale) {
 		down := cn.nc == nil
 		cn.mu.Unlock()
 		if down {
@@ -131,9 +157,9 @@ const lazyDelay = time.Millisecond
 // lets later reads take the fast path), without waking the writer: it
 // leaves with the next request to this server, or after lazyDelay. On the
 // hot path this halves the frames and system calls per write.
-func (cn *conn) sendLazy(req *paxos.Request) {
+func (cn *conn) sendLazy(epoch uint64, req *paxos.Request) {
 	cn.mu.Lock()
-	if cn.nc == nil || len(cn.out) > cn.cl.cfg.MaxPendingBytes {
+	if cn.nc == nil || len(cn.out) > cn.cl.cfg.MaxPendingBytes || cn.epoch != epoch || !cn.serving || cn.stale {
 		cn.mu.Unlock()
 		return // a hint: dropping it costs only a slower read later
 	}
@@ -165,7 +191,11 @@ func (cn *conn) forget(r responder, tag uint64) {
 	if cn.pending[tag] == r {
 		delete(cn.pending, tag)
 	}
+	nc := cn.retireLocked()
 	cn.mu.Unlock()
+	if nc != nil {
+		nc.Close()
+	}
 }
 
 // shutdown closes the current connection; run then sees the client closed
@@ -204,12 +234,21 @@ func (cn *conn) run(ready chan<- readyEvent) {
 	backoff := minBackoff
 	wasUp := false
 	for !cn.cl.isClosed() {
-		nc, h, err := cn.dial()
+		nc, h, epoch, err := cn.dial()
 		if err != nil {
 			fatal := fatalDial(err)
 			cn.mu.Lock()
 			cn.lastErr, cn.fatal = err, fatal
+			settled := cn.rebinding && epoch == cn.cl.epochNow.Load()
+			if settled {
+				cn.rebinding = false
+			}
 			cn.mu.Unlock()
+			if settled {
+				cn.cl.mu.Lock()
+				cn.cl.changedLocked()
+				cn.cl.mu.Unlock()
+			}
 			select {
 			case ready <- readyEvent{err: err, fatal: fatal}:
 			default:
@@ -241,12 +280,20 @@ func (cn *conn) run(ready chan<- readyEvent) {
 		stop := make(chan struct{})
 		cn.mu.Lock()
 		cn.nc, cn.stop, cn.hello, cn.out = nc, stop, h, cn.out[:0]
+		cn.epoch, cn.serving, cn.stale = epoch, false, false
+		if epoch == cn.cl.epochNow.Load() {
+			cn.rebinding = false // learn below tells the waiters
+		}
 		cn.lastErr, cn.fatal = nil, false
 		cn.mu.Unlock()
 		if cn.cl.isClosed() {
 			cn.down(errClosed)
 			return
 		}
+		// What the server is: serving our epoch, sealed, or a member of a
+		// newer configuration (which the client adopts, binding this
+		// connection again).
+		cn.cl.learn(cn, h.Membership)
 		if !wasUp {
 			cn.log.Debug("connected", "acceptor", h.AcceptorID)
 		}
@@ -260,7 +307,14 @@ func (cn *conn) run(ready chan<- readyEvent) {
 		writerDone := make(chan struct{})
 		go cn.writer(nc, stop, writerDone)
 		err = cn.reader(nc, h)
-		if !cn.cl.isClosed() {
+		cn.mu.Lock()
+		retired := cn.stale
+		cn.mu.Unlock()
+		switch {
+		case cn.cl.isClosed():
+		case retired:
+			cn.log.Debug("connection bound again", "epoch", cn.cl.viewEpoch())
+		default:
 			cn.log.Warn("connection lost", "err", err)
 		}
 		cn.down(err)
@@ -268,8 +322,9 @@ func (cn *conn) run(ready chan<- readyEvent) {
 	}
 }
 
-// dial connects and runs the handshake.
-func (cn *conn) dial() (net.Conn, wire.ServerHello, error) {
+// dial connects and runs the handshake, binding the connection to the
+// client's epoch, which it returns.
+func (cn *conn) dial() (net.Conn, wire.ServerHello, uint64, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), cn.cl.cfg.DialTimeout)
 	defer cancel()
 	go func() {
@@ -279,20 +334,21 @@ func (cn *conn) dial() (net.Conn, wire.ServerHello, error) {
 		case <-ctx.Done():
 		}
 	}()
-	nc, err := cn.cl.cfg.Dialer.DialContext(ctx, "tcp", cn.addr)
+	addr, epoch := cn.dialAddr(), cn.cl.viewEpoch()
+	nc, err := cn.cl.cfg.Dialer.DialContext(ctx, "tcp", addr)
 	if err != nil {
-		return nil, wire.ServerHello{}, err
+		return nil, wire.ServerHello{}, epoch, err
 	}
-	h, err := wire.ClientHandshake(ctx, nc, wire.ClientHello{ID: cn.cl.cfg.ID}, cn.cl.cfg.Key)
+	h, err := wire.ClientHandshake(ctx, nc, wire.ClientHello{ID: cn.cl.cfg.ID, Epoch: epoch}, cn.cl.cfg.Key)
 	if err != nil {
 		nc.Close()
-		return nil, wire.ServerHello{}, fmt.Errorf("handshake with %s: %w", cn.addr, err)
+		return nil, wire.ServerHello{}, epoch, fmt.Errorf("handshake with %s: %w", addr, err)
 	}
-	if err := cn.cl.admit(cn.idx, h); err != nil {
+	if err := cn.cl.admit(cn.idx, h, epoch); err != nil {
 		nc.Close()
-		return nil, wire.ServerHello{}, err
+		return nil, wire.ServerHello{}, epoch, err
 	}
-	return nc, h, nil
+	return nc, h, epoch, nil
 }
 
 // down tears the connection down and fails every request outstanding on
@@ -323,6 +379,9 @@ func (cn *conn) down(err error) {
 		r.failed(cn.idx)
 	}
 	cn.cl.lostAll()
+	cn.cl.mu.Lock()
+	cn.cl.changedLocked()
+	cn.cl.mu.Unlock()
 }
 
 // writer hands queued requests to the socket: everything queued while the
@@ -349,6 +408,9 @@ func (cn *conn) writer(nc net.Conn, stop <-chan struct{}, done chan<- struct{}) 
 // into the operation waiting for it.
 func (cn *conn) reader(nc net.Conn, h wire.ServerHello) error {
 	r := wire.NewReader(nc, int(h.MaxFrame))
+	cn.mu.Lock()
+	epoch := cn.epoch
+	cn.mu.Unlock()
 	var resp paxos.Response
 	for {
 		f, err := r.Next()
@@ -363,16 +425,32 @@ func (cn *conn) reader(nc net.Conn, h wire.ServerHello) error {
 			cn.mu.Lock()
 			rs := cn.pending[f.ID]
 			delete(cn.pending, f.ID)
+			retire := cn.retireLocked() != nil
 			cn.mu.Unlock()
 			if rs != nil {
 				rs.deliver(cn.idx, f.ID, &resp)
+			}
+			if retire {
+				return errRetired
 			}
 		case wire.FramePush:
 			if err := wire.DecodeResponse(f.Payload, int(h.MaxValue), &resp); err != nil {
 				return fmt.Errorf("malformed push from the server: %w", err)
 			}
-			if resp.Kind == paxos.KindNotify {
+			// Reports of a configuration the client left must not count
+			// with the new one's (adoptLocked).
+			if resp.Kind == paxos.KindNotify && cn.cl.epochNow.Load() == epoch {
 				cn.cl.notify(cn.idx, &resp)
+			}
+		case wire.FrameControl:
+			// Only membership pushes (id 0): this connection sends no
+			// control requests (Replace uses connections of its own).
+			var rep wire.ControlReply
+			if err := wire.DecodeControlReply(f.Payload, int(h.MaxValue), &rep); err != nil {
+				return fmt.Errorf("malformed control frame from the server: %w", err)
+			}
+			if f.ID == 0 && rep.Op == wire.CtlMembership {
+				cn.cl.learn(cn, rep.Membership)
 			}
 		case wire.FrameErr:
 			re, err := wire.DecodeError(f.Payload)
@@ -389,8 +467,9 @@ func (cn *conn) reader(nc net.Conn, h wire.ServerHello) error {
 // call drives one paxos.Op: it is the responder for every request the Op
 // sends.
 type call struct {
-	cl   *Client
-	done chan struct{} // closed when the Op finishes (not on Expire)
+	cl    *Client
+	epoch uint64        // the configuration epoch the Op runs under
+	done  chan struct{} // closed when the Op finishes (not on Expire)
 
 	mu       sync.Mutex
 	op       *paxos.Op
@@ -399,6 +478,9 @@ type call struct {
 	finished bool
 	// serverErr is the text of the last StatusError a server answered.
 	serverErr string
+	// sealed: a server refused a request because it does not serve the
+	// epoch any more (StatusSealed).
+	sealed bool
 }
 
 type sentTag struct {
@@ -408,6 +490,18 @@ type sentTag struct {
 
 func (c *call) deliver(from int, tag uint64, resp *paxos.Response) {
 	c.mu.Lock()
+	if resp.Status == paxos.StatusSealed {
+		// Refused, nothing changed: as if never sent. The operation runs
+		// again under the newer configuration if it needs to (Client.run).
+		c.sealed = true
+		c.cl.conns[from].refused(c.epoch)
+		if !c.finished {
+			c.op.Unsent(from, tag)
+			c.pumpLocked()
+		}
+		c.mu.Unlock()
+		return
+	}
 	if resp.Status == paxos.StatusError && resp.Text != "" {
 		// The core counts it as no answer; keep the reason (a full disk,
 		// a failed sync) for the error the caller sees.
@@ -447,11 +541,11 @@ func (c *call) pumpLocked() {
 			}
 			for j := lo; j < hi; j++ {
 				if o.Tag == 0 {
-					conns[j].sendLazy(&o.Req)
+					conns[j].sendLazy(c.epoch, &o.Req)
 					continue
 				}
 				switch {
-				case conns[j].send(c, o.Tag, &o.Req):
+				case conns[j].sendAt(c.epoch, c, o.Tag, &o.Req):
 					if o.Tag != 0 {
 						c.sent = append(c.sent, sentTag{j, o.Tag})
 					}
