@@ -13,6 +13,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/wormspace/wormspace/worm"
 	"github.com/wormspace/wormspace/worm/paxos"
 	"github.com/wormspace/wormspace/worm/wire"
 )
@@ -424,7 +425,7 @@ func (rp *replacer) plan(st *survey, cur wire.Config) (next wire.Config, done bo
 	next.Members[oldIdx] = wire.Member{ID: newProbe.id, Addr: rp.r.New}
 	for i, m := range next.Members {
 		if m.ID == 0 {
-			return wire.Config{}, false, fmt.Errorf("%w: member %s of the initial configuration is unreachable, and its acceptor id is needed to name it in the next configuration: %w", ErrReplace, m.Addr, rp.probeErr(st, m.Addr))
+			return wire.Config{}, false, fmt.Errorf("%w: member %s of the initial configuration is unreachable, and its acceptor id is needed to name it in the next configuration (%w): %w", ErrReplace, m.Addr, rp.probeErr(st, m.Addr), worm.ErrUnavailable)
 		}
 		if i != oldIdx && m.ID == newProbe.id {
 			return wire.Config{}, false, fmt.Errorf("%w: the new member %s has acceptor id %d, which member %s has: give it another -id", ErrReplace, rp.r.New, m.ID, m.Addr)
@@ -526,7 +527,7 @@ func (rp *replacer) finish(ctx context.Context, st *survey, x wire.Config) error
 	}
 	if !started {
 		if len(sealed) < quorum {
-			return fmt.Errorf("%w: epoch %d is sealed at %d members, a majority is %d: bring members of epoch %d back and run again (the change to %v stays pending)", ErrReplace, e, len(sealed), quorum, e, x)
+			return fmt.Errorf("%w: epoch %d is sealed at %d members, a majority is %d: bring members of epoch %d back and run again (the change to %v stays pending): %w", ErrReplace, e, len(sealed), quorum, e, x, worm.ErrUnavailable)
 		}
 		if rp.interrupted("sealed") {
 			return ErrInterrupted
@@ -610,7 +611,7 @@ func (rp *replacer) transfer(ctx context.Context, st *survey, j *probe, x wire.C
 		}
 	}
 	if len(sources) < quorum {
-		return fmt.Errorf("%w: %d members of epoch %d are reachable to read its state from, a majority is %d", ErrReplace, len(sources), e, quorum)
+		return fmt.Errorf("%w: %d members of epoch %d are reachable to read its state from, a majority is %d: %w", ErrReplace, len(sources), e, quorum, worm.ErrUnavailable)
 	}
 	sources = sources[:quorum]
 	for _, src := range sources {
