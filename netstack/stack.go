@@ -14,7 +14,6 @@ import (
 	"syscall"
 
 	"gvisor.dev/gvisor/pkg/tcpip"
-	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 	"gvisor.dev/gvisor/pkg/tcpip/network/arp"
 	"gvisor.dev/gvisor/pkg/tcpip/network/ipv4"
@@ -300,47 +299,8 @@ func (st *Stack) Listen(ctx context.Context, network, address string) (net.Liste
 		ep.Close()
 		return nil, &net.OpError{Op: "listen", Net: network, Addr: toTCPAddr(fa), Err: os.NewSyscallError("listen", errnoOf(e))}
 	}
-	return &listener{l: gonet.NewTCPListener(st.s, &wq, ep), st: st}, nil
+	return newListener(st, ep, &wq), nil
 }
-
-// listener adds net.ErrClosed semantics to gonet's listener: Accept on (or
-// blocked in, when) a closed listener, or a listener of a closed Stack,
-// returns an error matching net.ErrClosed, as the kernel's does.
-type listener struct {
-	l      *gonet.TCPListener
-	st     *Stack
-	mu     sync.Mutex
-	closed bool
-}
-
-func (l *listener) Accept() (net.Conn, error) {
-	c, err := l.l.Accept()
-	if err != nil {
-		l.mu.Lock()
-		closed := l.closed
-		l.mu.Unlock()
-		if closed || l.st.isClosed() {
-			return nil, &net.OpError{Op: "accept", Net: "tcp", Addr: l.Addr(), Err: net.ErrClosed}
-		}
-		return nil, err
-	}
-	return c, nil
-}
-
-func (l *listener) Close() error {
-	l.mu.Lock()
-	if l.closed {
-		l.mu.Unlock()
-		return &net.OpError{Op: "close", Net: "tcp", Addr: l.Addr(), Err: net.ErrClosed}
-	}
-	l.closed = true
-	l.mu.Unlock()
-	// Shutdown wakes a blocked Accept; Close releases the endpoint.
-	l.l.Shutdown()
-	return l.l.Close()
-}
-
-func (l *listener) Addr() net.Addr { return l.l.Addr() }
 
 // DialContext implements Network. The context bounds the connection
 // handshake (including ARP resolution); once connected it has no effect.
@@ -364,24 +324,11 @@ func (st *Stack) DialContext(ctx context.Context, network, address string) (net.
 		return nil, opErr(errnoOf(e))
 	}
 	ep.SocketOptions().SetDelayOption(st.knobs.Nagle)
-	waitEntry, notify := waiter.NewChannelEntry(waiter.WritableEvents)
-	wq.EventRegister(&waitEntry)
-	defer wq.EventUnregister(&waitEntry)
-	e = ep.Connect(fa)
-	if _, ok := e.(*tcpip.ErrConnectStarted); ok {
-		select {
-		case <-ctx.Done():
-			ep.Close()
-			return nil, opErr(ctx.Err())
-		case <-notify:
-		}
-		e = ep.LastError()
+	c, err := dial(ctx, ep, &wq, fa, opErr)
+	if err != nil {
+		return nil, err
 	}
-	if e != nil {
-		ep.Close()
-		return nil, opErr(os.NewSyscallError("connect", errnoOf(e)))
-	}
-	return gonet.NewTCPConn(&wq, ep), nil
+	return c, nil
 }
 
 // randomMAC returns a locally administered unicast MAC address.

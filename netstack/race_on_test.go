@@ -1,0 +1,6 @@
+//go:build race
+
+package netstack_test
+
+// raceEnabled: the race detector allocates, allocation tests skip.
+const raceEnabled = true
