@@ -25,6 +25,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	mrand "math/rand/v2"
 	"net"
 	"os"
 	"os/exec"
@@ -114,7 +115,11 @@ func Find() (string, error) {
 	return "", errors.New("localcluster: wormd not found: run `make build` (it goes to build/bin/wormd), or set $WORMD")
 }
 
-// freePorts picks n free loopback ports.
+// freePorts picks n free loopback ports below the kernel's ephemeral
+// range (32768-60999 by default), so that no outgoing connection can take
+// a wormd's port while that wormd is down between a kill and its restart:
+// with ports from ":0" (inside the ephemeral range) a client's redial
+// occasionally did, and the restart failed with "address in use".
 func freePorts(n int) ([]int, error) {
 	var ls []net.Listener
 	defer func() {
@@ -123,10 +128,13 @@ func freePorts(n int) ([]int, error) {
 		}
 	}()
 	var ports []int
-	for i := 0; i < n; i++ {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
+	for try := 0; len(ports) < n; try++ {
+		if try >= 10000 {
+			return nil, errors.New("localcluster: no free loopback ports below the ephemeral range")
+		}
+		l, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(10000+mrand.IntN(20000)))
 		if err != nil {
-			return nil, err
+			continue
 		}
 		ls = append(ls, l)
 		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
