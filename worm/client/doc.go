@@ -53,6 +53,41 @@
 // reach the same acceptor (which would silently break quorum
 // intersection).
 //
+// # Configurations
+//
+// The wormservers form a configuration with an epoch (wire.Config); epoch
+// 0 is Config.Servers. A failed wormserver is replaced online by Replace
+// (`worm replace`), which seals the epoch, moves the cluster to the next
+// one and copies the state into the new member; its documentation gives
+// the procedure and the safety argument. Clients follow by themselves:
+//
+//   - Each connection is bound to the client's epoch in its hello, and a
+//     server answers requests only of the epoch it serves; the epoch is
+//     never carried in requests. A refusal (paxos.StatusSealed) changed
+//     nothing, so the operation treats it as a request never sent.
+//   - A server's hello, and the push it sends when its membership
+//     changes, say where it stands. A configuration newer than the
+//     client's that a member serves is adopted at once: its members are
+//     matched to the connections (by acceptor id, then address, the rest
+//     in order; the number of members stays fixed), and every connection
+//     is closed once its outstanding requests are answered and dialed
+//     again under the new epoch. So a client given an old list learns the
+//     current configuration from any member it reaches.
+//   - An operation whose result a membership change can cause
+//     (worm.ErrUnavailable, worm.ErrUnknownOutcome) while one is under way
+//     (a refusal, a newer configuration, servers not serving the client's
+//     epoch yet) runs again as a fresh operation under the newest
+//     configuration once a quorum serves it. A write runs again with the
+//     identical token and value: an attempt that reached acceptors before
+//     the seal is then either found (its value is chosen: success, or
+//     written) or proven to have had no effect, so an unknown outcome is
+//     reported only when the deadline leaves it unknown. Operations
+//     started while the epoch is sealed and the next one not yet served
+//     wait for it, up to their deadline (then worm.ErrUnavailable).
+//
+// Segments from ConfigSegment(2^32-1) up (the top 2^32 segments) are
+// reserved for the configurations' registers.
+//
 // # Listen
 //
 // Listen subscribes to write notifications at every reachable wormserver

@@ -77,6 +77,8 @@ type Node struct {
 	cmd  *exec.Cmd
 	exit chan struct{} // closed when cmd has been waited for
 	err  error
+	// extra are flags of this wormd alone (AddNode's).
+	extra []string
 }
 
 // Cluster is a running local cluster.
@@ -282,10 +284,35 @@ func (c *Cluster) args(n *Node) []string {
 		a = append(a, "-segment-size", strconv.Itoa(c.cfg.SegmentSize))
 	}
 	a = append(a, c.cfg.Args...)
-	if c.cfg.NodeArgs != nil {
+	if c.cfg.NodeArgs != nil && n.ID <= len(c.cfg.NodeArgs) {
 		a = append(a, c.cfg.NodeArgs[n.ID-1]...)
 	}
-	return a
+	return append(a, n.extra...)
+}
+
+// AddNode starts one more wormd on loopback, with the next acceptor id, a
+// free port, its own data directory and log like the others, and extra
+// flags (for example -join, for a new member that replaces a failed one:
+// see `worm replace`), and appends it to Nodes. Kill and Restart work on
+// it as on the others; its port is not recorded for a later Start on Dir.
+func (c *Cluster) AddNode(ctx context.Context, extra ...string) (*Node, error) {
+	ports, err := freePorts(1)
+	if err != nil {
+		return nil, err
+	}
+	id := len(c.Nodes) + 1
+	n := &Node{
+		ID:    id,
+		Addr:  net.JoinHostPort("127.0.0.1", strconv.Itoa(ports[0])),
+		Data:  filepath.Join(c.cfg.Dir, fmt.Sprintf("wormd-%d", id)),
+		Log:   filepath.Join(c.cfg.Dir, fmt.Sprintf("wormd-%d.log", id)),
+		extra: append([]string(nil), extra...),
+	}
+	if err := c.start(ctx, n); err != nil {
+		return nil, err
+	}
+	c.Nodes = append(c.Nodes, n)
+	return n, nil
 }
 
 // start launches n's wormd and waits for its ready line.

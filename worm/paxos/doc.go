@@ -14,6 +14,11 @@
 //     a Result. The client library (worm/client) drives Ops over TCP; the
 //     deterministic simulator (worm/sim) drives the very same Ops over a
 //     seeded, faulty network.
+//   - Exporter and Acceptor.Install are the state transfer that replaces
+//     a wormserver (transfer.go): an acceptor's state streamed as Records
+//     in bounded chunks, merged into a new acceptor as a lattice join.
+//     RecordMembership keeps the server's membership with the state, opaque
+//     to the acceptor.
 //
 // Because everything here is deterministic, a scenario is a sequence of
 // messages; tests replay them step by step (testdata/*.txt).

@@ -57,6 +57,14 @@
 //     once the connection's output has drained below half the cap.
 //   - KindStatus is answered StatusOK with a JSON document in Text (see
 //     Server.Status); Metrics serves Prometheus text format.
+//   - Configurations (membership.go): a connection is bound to the epoch
+//     of its client's hello, and requests of an epoch the server does not
+//     serve (sealed for a membership change, or not yet joined) are
+//     answered StatusSealed with nothing changed. Control frames seal an
+//     epoch, export a sealed member's state, install it into a joining
+//     member (wormd -join) and activate the next configuration; each
+//     change is recorded with the acceptor's state before its reply, and
+//     pushed to the connections.
 //
 // # Limits, and what a client sees on bad input
 //
