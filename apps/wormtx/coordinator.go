@@ -139,6 +139,7 @@ type Coordinator struct {
 	mu      sync.Mutex
 	txs     map[TxID]Tx // begun and not yet awaited
 	watches map[TxID]*watch
+	acking  map[TxID]*watch // awaited, waiting for the participants' acks
 }
 
 var _ TM = (*Coordinator)(nil)
@@ -151,7 +152,7 @@ func NewCoordinator(sp worm.Space, cfg CoordinatorConfig) *Coordinator {
 	if cfg.Policy.Logger == nil {
 		cfg.Policy.Logger = cfg.Logger
 	}
-	c := &Coordinator{sp: sp, cfg: cfg, txs: map[TxID]Tx{}, watches: map[TxID]*watch{}, closing: make(chan struct{})}
+	c := &Coordinator{sp: sp, cfg: cfg, txs: map[TxID]Tx{}, watches: map[TxID]*watch{}, acking: map[TxID]*watch{}, closing: make(chan struct{})}
 	c.life, c.end = context.WithCancel(context.Background())
 	c.cfg.Policy.hints = &c.cur
 	c.next.Store(cfg.FirstSeg)
@@ -341,6 +342,14 @@ func (c *Coordinator) Close() error {
 	}
 	c.mu.Unlock()
 	c.bg.Wait()
+	if c.pool != nil {
+		c.pool.mu.Lock()
+		for _, r := range c.pool.ready {
+			r.cancel()
+		}
+		c.pool.ready = nil
+		c.pool.mu.Unlock()
+	}
 	c.end()
 	return nil
 }

@@ -59,12 +59,22 @@ const defaultReserve = 16
 // reservePool hands out segments the coordinator won ahead of need and
 // refills itself in the background.
 type reservePool struct {
-	mu      sync.Mutex
-	ready   []uint64
-	filling bool
-	waiters []chan struct{}
-	err     error // the last refill failure, for a Begin that waited
-	meta    []byte
+	mu         sync.Mutex
+	ready      []reserved
+	filling    int // refillers running
+	allocating int // segments being allocated
+	waiters    []chan struct{}
+	err        error // the last refill failure, for a Begin that waited
+	meta       []byte
+}
+
+// reserved is a segment won ahead of need, with the coordinator's
+// listener on it already subscribed (so that Begin sends the prepares to
+// a segment whose every vote the coordinator will hear).
+type reserved struct {
+	seg    uint64
+	ready  <-chan listening
+	cancel context.CancelFunc
 }
 
 func newReservePool() *reservePool {
@@ -73,18 +83,19 @@ func newReservePool() *reservePool {
 	return &reservePool{meta: []byte(reserveMagic + hex.EncodeToString(nonce[:]))}
 }
 
-// take returns a reserved segment, waiting for the refill when none is
-// ready, and starts a refill when the pool runs low.
-func (c *Coordinator) takeReserved(ctx context.Context) (uint64, error) {
+// takeReserved returns a reserved segment, waiting for the refill when
+// none is ready, and starts a refill when the pool runs low.
+func (c *Coordinator) takeReserved(ctx context.Context) (reserved, error) {
 	p := c.pool
 	for {
 		p.mu.Lock()
 		if n := len(p.ready); n > 0 {
-			seg := p.ready[0]
+			r := p.ready[0]
+			p.ready[0] = reserved{}
 			p.ready = p.ready[1:]
 			c.refillLocked(n - 1)
 			p.mu.Unlock()
-			return seg, nil
+			return r, nil
 		}
 		c.refillLocked(0)
 		w := make(chan struct{})
@@ -97,61 +108,82 @@ func (c *Coordinator) takeReserved(ctx context.Context) (uint64, error) {
 			err := p.err
 			p.mu.Unlock()
 			if err != nil {
-				return 0, fmt.Errorf("wormtx: reserve a segment: %w", err)
+				return reserved{}, fmt.Errorf("wormtx: reserve a segment: %w", err)
 			}
-			return 0, fmt.Errorf("wormtx: reserve a segment: %w", ctx.Err())
+			return reserved{}, fmt.Errorf("wormtx: reserve a segment: %w", ctx.Err())
 		}
 	}
 }
 
 // refillLocked starts a background refill when fewer than half the
-// reserve are ready. p.mu is held.
+// reserve are ready: refillers, each allocating a segment and
+// subscribing to it at a time, until the reserve is full. p.mu is held.
 func (c *Coordinator) refillLocked(have int) {
 	p := c.pool
 	want := c.reserve()
-	if p.filling || have >= (want+1)/2 {
+	if p.filling > 0 || have >= (want+1)/2 {
 		return
 	}
-	p.filling = true
-	c.bg.Go(func() {
-		ctx, cancel := context.WithTimeout(c.life, c.ackTimeout())
-		defer cancel()
-		for {
-			p.mu.Lock()
-			full := len(p.ready) >= want
-			if full || ctx.Err() != nil {
-				p.filling = false
+	p.filling = min(want-have, refillers)
+	for range p.filling {
+		c.bg.Go(func() { c.refill(want) })
+	}
+}
+
+// refillers bounds the segments allocated at once: enough to refill in a
+// few round trips, without flooding the wormservers.
+const refillers = 8
+
+func (c *Coordinator) refill(want int) {
+	p := c.pool
+	ctx, cancel := context.WithTimeout(c.life, c.ackTimeout())
+	defer cancel()
+	for {
+		p.mu.Lock()
+		if len(p.ready)+p.allocating >= want || ctx.Err() != nil {
+			p.filling--
+			if p.filling == 0 {
 				for _, w := range p.waiters {
 					close(w)
 				}
 				p.waiters = nil
-				p.mu.Unlock()
-				return
 			}
 			p.mu.Unlock()
-			seg, err := c.alloc(ctx, p.meta)
-			p.mu.Lock()
-			if err != nil {
-				p.err = err
-			} else {
-				p.ready = append(p.ready, uint64(seg))
-				p.err = nil
-			}
-			for _, w := range p.waiters {
-				close(w)
-			}
-			p.waiters = nil
-			p.mu.Unlock()
-			if err != nil {
-				if ctx.Err() != nil {
-					continue // reported by the loop's check
-				}
-				c.logger().Warn("wormtx: reserving a segment", "err", err)
-				var b backoff
-				_ = b.wait(ctx)
-			}
+			return
 		}
-	})
+		p.allocating++
+		p.mu.Unlock()
+		seg, err := c.alloc(ctx, p.meta)
+		var r reserved
+		if err == nil {
+			lctx, lcancel := context.WithCancel(c.life)
+			r = reserved{seg: uint64(seg), ready: listenAsync(lctx, c.sp, uint64(seg)), cancel: lcancel}
+			// Wait for the subscription: a segment is handed out only
+			// once its listener hears every write.
+			l := <-r.ready
+			ch := make(chan listening, 1)
+			ch <- l
+			r.ready = ch
+		}
+		p.mu.Lock()
+		p.allocating--
+		if err != nil {
+			p.err = err
+		} else {
+			p.ready = append(p.ready, r)
+			p.err = nil
+		}
+		for _, w := range p.waiters {
+			close(w)
+		}
+		p.waiters = nil
+		p.mu.Unlock()
+		if err != nil && ctx.Err() == nil {
+			c.logger().Warn("wormtx: reserving a segment", "err", err)
+			var b backoff
+			_ = b.wait(ctx)
+		}
+	}
 }
 
 func (c *Coordinator) reserve() int {
@@ -164,6 +196,7 @@ func (c *Coordinator) reserve() int {
 // watch is the coordinator's listener on a transaction it began directly,
 // opened by Begin so that Await learns the votes from notifications.
 type watch struct {
+	tx     Tx
 	ready  <-chan listening
 	cancel context.CancelFunc
 	acks   *ackTracker
@@ -174,16 +207,24 @@ type ackTracker struct {
 	mu   sync.Mutex
 	n    int
 	seen map[uint32]bool
+	more chan struct{} // capacity 1: "seen grew"
 }
 
-func newAckTracker(n int) *ackTracker { return &ackTracker{n: n, seen: map[uint32]bool{}} }
+func newAckTracker(n int) *ackTracker {
+	return &ackTracker{n: n, seen: map[uint32]bool{}, more: make(chan struct{}, 1)}
+}
 
-// observe records a chosen notification of an ack register.
+// observe records a chosen notification of an ack register (or an
+// acknowledgement by message, which Acked turns into one).
 func (a *ackTracker) observe(nt worm.Notification) {
 	if int(nt.Off) > a.n && int(nt.Off) <= 2*a.n+1 {
 		a.mu.Lock()
 		a.seen[nt.Off] = true
 		a.mu.Unlock()
+		select {
+		case a.more <- struct{}{}:
+		default:
+		}
 	}
 }
 
@@ -199,31 +240,19 @@ func (a *ackTracker) all() bool {
 // straight to the participants, and the coordinator's listener opened at
 // once; the descriptor is written into the segment meanwhile.
 func (c *Coordinator) beginDirect(ctx context.Context, d Descriptor) (TxID, error) {
-	seg, err := c.takeReserved(ctx)
+	r, err := c.takeReserved(ctx)
 	if err != nil {
 		return 0, err
 	}
-	t := Tx{ID: TxID(seg), Descriptor: d}
-	if c.crash(CoordinatorAfterAlloc, 0) {
-		return t.ID, ErrCrashed
-	}
-	lctx, cancel := context.WithCancel(c.life)
-	w := &watch{ready: listenAsync(lctx, c.sp, seg), cancel: cancel, acks: newAckTracker(t.n())}
+	t := Tx{ID: TxID(r.seg), Descriptor: d}
+	w := &watch{tx: t, ready: r.ready, cancel: r.cancel, acks: newAckTracker(t.n())}
 	c.mu.Lock()
 	c.txs[t.ID] = t
 	c.watches[t.ID] = w
 	c.mu.Unlock()
-	// The descriptor, for observers that know only the TxID (Open). The
-	// participants have it from the prepare and settle it themselves if
-	// the coordinator dies before it lands.
-	desc := MarshalDescriptor(d)
-	c.bg.Go(func() {
-		wctx, wcancel := context.WithTimeout(c.life, c.ackTimeout())
-		defer wcancel()
-		if _, err := writeOwn(wctx, c.sp, t.descAddr(c.sp.SegmentSize()), desc, desc); err != nil && !errors.Is(err, worm.ErrTrimmed) {
-			c.logger().Warn("wormtx: writing the descriptor", "tx", t.ID, "err", err)
-		}
-	})
+	if c.crash(CoordinatorAfterAlloc, 0) {
+		return t.ID, ErrCrashed
+	}
 	if c.cfg.Crash != nil {
 		for i, p := range d.Participants {
 			if err := c.cfg.Messenger.SendPrepare(ctx, p, t); err != nil {
@@ -266,22 +295,43 @@ func (c *Coordinator) awaitDirect(ctx context.Context, t Tx, w *watch) (Outcome,
 	c.mu.Lock()
 	delete(c.txs, t.ID)
 	delete(c.watches, t.ID)
+	c.acking[t.ID] = w
 	c.mu.Unlock()
 	actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.ackTimeout())
 	c.bg.Go(func() {
 		defer cancel()
 		defer w.cancel()
+		defer func() {
+			c.mu.Lock()
+			delete(c.acking, t.ID)
+			c.mu.Unlock()
+		}()
+		// The descriptor, for observers that know only the TxID (Open),
+		// written once the outcome is known so that it stays off the
+		// transaction's critical path. Participants that recover votes
+		// settle it too (the coordinator may die first).
+		desc := MarshalDescriptor(t.Descriptor)
+		if _, err := writeOwn(actx, c.sp, t.descAddr(c.sp.SegmentSize()), desc, desc); err != nil && !errors.Is(err, worm.ErrTrimmed) {
+			c.logger().Warn("wormtx: writing the descriptor", "tx", t.ID, "err", err)
+		}
 		if _, err := writeOwn(actx, c.sp, t.coordAckAddr(), outcomeValue(o), valAbandon); err != nil {
 			if !errors.Is(err, worm.ErrTrimmed) {
 				c.logger().Warn("wormtx: coordinator ack", "tx", t.ID, "err", err)
 			}
 			return
 		}
-		// Wait for the participants' acks on the listener; read them
-		// only if it ends (or tells that it missed some).
-		for l.err == nil && !w.acks.all() {
+		w.acks.observe(worm.Notification{Off: t.coordAckAddr().Off, Chosen: true})
+		// Wait for the participants' acks, by message (Acked) or on the
+		// listener; read them only if it ends (or tells that it missed
+		// some).
+		notes := l.ch
+		if l.err != nil {
+			notes = nil
+		}
+	wait:
+		for !w.acks.all() {
 			select {
-			case nt, ok := <-l.ch:
+			case nt, ok := <-notes:
 				if ok && nt.Chosen {
 					w.acks.observe(nt)
 					continue
@@ -289,11 +339,16 @@ func (c *Coordinator) awaitDirect(ctx context.Context, t Tx, w *watch) (Outcome,
 				if ok && !nt.Lost {
 					continue
 				}
+				if notes == nil {
+					continue
+				}
+				break wait
+			case <-w.acks.more:
 			case <-c.closing:
+				break wait
 			case <-actx.Done():
 				return
 			}
-			break
 		}
 		if w.acks.all() {
 			if err := c.sp.Trim(actx, uint64(t.ID)); err != nil && !errors.Is(err, worm.ErrTrimmed) {
@@ -323,6 +378,11 @@ func (p *Participant) HandlePrepare(ctx context.Context, t Tx, res Recoverable) 
 	i, err := p.index(t)
 	if err != nil {
 		return Pending, err
+	}
+	// The coordinator allocated the segment before it sent the prepare:
+	// a Space that checks allocation before an unsafe write need not.
+	if h, ok := p.sp.(allocHinter); ok {
+		h.AssumeAllocated(uint64(t.ID))
 	}
 	lctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -364,20 +424,36 @@ func (p *Participant) HandlePrepare(ctx context.Context, t Tx, res Recoverable) 
 	if err := res.Apply(ctx, t.ID, o); err != nil {
 		return o, fmt.Errorf("wormtx: %v: apply %v: %w", t.ID, o, err)
 	}
-	a, err := writeOwn(ctx, p.sp, t.ackAddr(i), outcomeValue(o), outcomeValue(o))
-	if errors.Is(err, worm.ErrTrimmed) {
-		return o, nil
+	acked := false
+	if p.cfg.SendAck != nil {
+		if err := p.cfg.SendAck(ctx, t, o); err == nil {
+			acked = true
+		} else {
+			p.log.Debug("wormtx: ack message not sent; writing the ack register", "tx", t.ID, "err", err)
+		}
 	}
-	if err != nil {
-		return o, fmt.Errorf("wormtx: %v: ack of %q: %w", t.ID, p.name, err)
-	}
-	if got, err := parseOutcome(a); err != nil || got != o {
-		return o, fmt.Errorf("%w: %v: ack of %q holds %q, applied %v", ErrInconsistent, t.ID, p.name, a, o)
+	if !acked {
+		if err := p.writeAck(ctx, t, i, o); err != nil {
+			if errors.Is(err, worm.ErrTrimmed) {
+				return o, nil
+			}
+			return o, err
+		}
 	}
 	if p.cfg.AbandonAfter >= 0 {
 		p.later.add(time.Now().Add(p.cfg.AbandonAfter), func(ctx context.Context) {
 			if _, err := p.sp.Check(ctx, uint64(t.ID)); errors.Is(err, worm.ErrTrimmed) {
 				return // collected by the coordinator
+			}
+			if acked {
+				// The coordinator did not collect: it may be dead. Ack
+				// in the register, where every collector looks.
+				if err := p.writeAck(ctx, t, i, o); err != nil {
+					if !errors.Is(err, worm.ErrTrimmed) {
+						p.log.Warn("wormtx: ack", "tx", t.ID, "err", err)
+					}
+					return
+				}
 			}
 			if err := t.collect(ctx, p.sp); err != nil {
 				p.log.Warn("wormtx: collect", "tx", t.ID, "err", err)
@@ -392,6 +468,41 @@ func (p *Participant) HandlePrepare(ctx context.Context, t Tx, res Recoverable) 
 		return o, p.completeVotes(ctx, t)
 	}
 	return o, nil
+}
+
+// writeAck writes participant i's ack register with o.
+func (p *Participant) writeAck(ctx context.Context, t Tx, i int, o Outcome) error {
+	a, err := writeOwn(ctx, p.sp, t.ackAddr(i), outcomeValue(o), outcomeValue(o))
+	if err != nil {
+		return fmt.Errorf("wormtx: %v: ack of %q: %w", t.ID, p.name, err)
+	}
+	if got, err := parseOutcome(a); err != nil || got != o {
+		return fmt.Errorf("%w: %v: ack of %q holds %q, applied %v", ErrInconsistent, t.ID, p.name, a, o)
+	}
+	return nil
+}
+
+// Acked records participant's acknowledgement of transaction id sent as
+// a message (ParticipantConfig.SendAck at the participant): the
+// coordinator trims the segment once it knows the outcome and has every
+// participant's acknowledgement, by message or in its ack register.
+// Acknowledgements of transactions the coordinator is not watching (not
+// begun by this Coordinator in the direct mode, or collected) are
+// ignored.
+func (c *Coordinator) Acked(id TxID, participant string) {
+	c.mu.Lock()
+	w := c.watches[id]
+	if w == nil {
+		w = c.acking[id]
+	}
+	c.mu.Unlock()
+	if w == nil {
+		return
+	}
+	if i := w.tx.Index(participant); i >= 0 {
+		t := w.tx
+		w.acks.observe(worm.Notification{Off: t.ackAddr(i).Off, Chosen: true})
+	}
 }
 
 // laterQueue runs deferred checks in deadline order from one goroutine,
@@ -462,3 +573,8 @@ func openReserved(ctx context.Context, sp worm.Space, id TxID) (Tx, error) {
 }
 
 func isReservation(meta []byte) bool { return bytes.HasPrefix(meta, []byte(reserveMagic)) }
+
+// allocHinter is implemented by Spaces that check a segment's allocation
+// before their first unsafe write into it (worm/client): told that the
+// segment is allocated, they skip that round trip.
+type allocHinter interface{ AssumeAllocated(seg uint64) }

@@ -26,6 +26,14 @@ type ParticipantConfig struct {
 	// for the coordinator's ack before writing "abandoned" into it so the
 	// segment can be trimmed. Zero means one minute; negative: never.
 	AbandonAfter time.Duration
+	// SendAck, when set, is how HandlePrepare acknowledges the outcome it
+	// applied in the direct mode: a message to the coordinator (which
+	// passes it to (*Coordinator).Acked), instead of a write of the ack
+	// register. The coordinator trims the segment once it has every
+	// acknowledgement; if the segment is still there AbandonAfter later
+	// (the coordinator died), the participant writes its ack register
+	// and collects as Ack does. An error falls back on the register.
+	SendAck func(ctx context.Context, t Tx, o Outcome) error
 	// Crash, when set, is asked at each participant crash point; true
 	// makes Handle stop there with ErrCrashed, and Run return ErrCrashed
 	// (the whole process dies). For demonstrations and tests.

@@ -98,6 +98,13 @@ func (p *Proposer) observe(b Ballot) {
 }
 
 func (p *Proposer) markAllocated(seg uint64) { p.allocated.Store(seg, struct{}{}) }
+
+// MarkAllocated records that seg is allocated, as the proposer does itself
+// after an Alloc or a Check: its unsafe writes and reads of seg then skip
+// the allocation check. For callers that learned it elsewhere (another
+// process allocated seg and said so); a wrong claim lets an unsafe write
+// land in an unallocated segment.
+func (p *Proposer) MarkAllocated(seg uint64) { p.markAllocated(seg) }
 func (p *Proposer) isAllocated(seg uint64) bool {
 	_, ok := p.allocated.Load(seg)
 	return ok
