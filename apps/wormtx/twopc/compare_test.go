@@ -255,10 +255,11 @@ func TestMessageDelays(t *testing.T) {
 				}
 			case "direct":
 				// prepare, vote, notification: 3, as 2PC's prepare,
-				// vote, decision (the bound leaves room for a loaded
-				// machine's scheduling).
-				if da < 2.9 || da > 8 || dc < 2.9 || dc > 8 {
-					t.Errorf("direct n=%d: %.1f delays to apply, %.1f for the coordinator; want about 3", n, da, dc)
+				// vote, decision. Scheduling adds to it, never removes:
+				// only the lower bound is structural (txbench's
+				// TestDelays and `worm bench tx` report the count).
+				if da < 2.9 || dc < 2.9 {
+					t.Errorf("direct n=%d: %.1f delays to apply, %.1f for the coordinator; want at least 3", n, da, dc)
 				}
 			case "wormtx":
 				if da < 4 || da > 24 {

@@ -75,7 +75,10 @@ func TestFileLog(t *testing.T) {
 func TestOverTCP(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	net := twopc.NewTCPNetwork()
+	net, err := twopc.NewTCPNetwork()
+	if err != nil {
+		t.Fatal(err)
+	}
 	defer net.Close()
 	log, err := twopc.OpenFileLog(filepath.Join(t.TempDir(), "log"), false)
 	if err != nil {
@@ -109,5 +112,52 @@ func TestOverTCP(t *testing.T) {
 	}
 	if net.Sent() < 3*4 {
 		t.Fatalf("%d messages sent", net.Sent())
+	}
+}
+
+// Nodes spread over two networks that are each other's peers (two
+// processes): 2PC between a coordinator on one and participants on the
+// other.
+func TestOverTwoProcesses(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	a, err := twopc.NewTCPNetwork()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	b, err := twopc.NewTCPPeerNetwork(a.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	a.SetPeer(b.Addr())
+	res := map[string]*voteRes{"x": {yes: true}, "y": {yes: true}}
+	parts := map[string]*twopc.Participant{}
+	for name, r := range res {
+		parts[name] = twopc.NewParticipant(b, r, twopc.ParticipantConfig{Name: name})
+		go parts[name].Run(ctx)
+	}
+	log, err := twopc.OpenFileLog(filepath.Join(t.TempDir(), "log"), true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer log.Close()
+	co := twopc.NewCoordinator(a, twopc.CoordinatorConfig{Name: "coord", Decisions: log})
+	go co.Run(ctx)
+	id, err := co.Begin(ctx, []string{"x", "y"}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if o, err := co.Await(ctx, id); err != nil || o != wormtx.Commit {
+		t.Fatalf("%v, %v", o, err)
+	}
+	for name, p := range parts {
+		if o, err := p.Await(ctx, id); err != nil || o != wormtx.Commit {
+			t.Fatalf("%s: %v, %v", name, o, err)
+		}
+	}
+	if a.Sent() != 4 || b.Sent() != 2 {
+		t.Fatalf("sent %d and %d messages, want 4 (prepares, decisions) and 2 (votes)", a.Sent(), b.Sent())
 	}
 }

@@ -54,12 +54,50 @@ func NewNetwork(oneWay time.Duration) *Network {
 }
 
 // NewTCPNetwork returns a network that carries every message over
-// loopback TCP: each node gets a listener when first addressed, and each
-// sender one connection per destination. Close it to release them.
-func NewTCPNetwork() *Network {
+// loopback TCP, through one listener of this process (Addr). Close it to
+// release the listener and connections.
+func NewTCPNetwork() (*Network, error) { return NewTCPPeerNetwork("") }
+
+// NewTCPPeerNetwork is NewTCPNetwork for nodes spread over two processes:
+// messages to the nodes of this process (those that receive here: a
+// Coordinator, a Participant, a Serve) go through this process's
+// listener, and all others to the process listening at peer, which runs
+// its own network with this one's Addr as its peer.
+func NewTCPPeerNetwork(peer string) (*Network, error) {
 	n := NewNetwork(0)
-	n.tcp = newTCPTransport(n)
-	return n
+	t, err := newTCPTransport(n, peer)
+	if err != nil {
+		return nil, err
+	}
+	n.tcp = t
+	return n, nil
+}
+
+// SetPeer sets (or changes) the peer process of a TCP network, for a
+// network created before its peer's address was known.
+func (n *Network) SetPeer(addr string) {
+	if n.tcp != nil {
+		n.tcp.mu.Lock()
+		n.tcp.peer = addr
+		n.tcp.mu.Unlock()
+	}
+}
+
+// Addr is the address of a TCP network's listener ("" for an in-process
+// network).
+func (n *Network) Addr() string {
+	if n.tcp == nil {
+		return ""
+	}
+	return n.tcp.ln.Addr().String()
+}
+
+// local reports whether node receives in this process.
+func (n *Network) local(node string) bool {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	_, ok := n.boxes[node]
+	return ok
 }
 
 // Close releases a TCP network's listeners and connections (a no-op for
@@ -110,14 +148,11 @@ func (n *Network) Sent() int64 { return n.sent.Load() }
 
 func (n *Network) box(node string) *mailbox {
 	n.mu.Lock()
+	defer n.mu.Unlock()
 	b := n.boxes[node]
 	if b == nil {
 		b = &mailbox{wake: make(chan struct{}, 1)}
 		n.boxes[node] = b
-	}
-	n.mu.Unlock()
-	if n.tcp != nil {
-		n.tcp.listen(node)
 	}
 	return b
 }

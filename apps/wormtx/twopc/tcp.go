@@ -13,15 +13,15 @@ import (
 )
 
 // tcpTransport carries a Network's messages over loopback TCP: one
-// listener per receiving node, one connection per destination, frames of
-// a 4-byte length and an encoded Message.
+// listener per process, one connection per destination process, frames of
+// a 4-byte length and an encoded Message with its destination node.
 type tcpTransport struct {
-	n *Network
-
+	n      *Network
+	ln     net.Listener
 	mu     sync.Mutex
+	peer   string // the other process's listener ("": none)
 	closed bool
-	lns    map[string]net.Listener // node -> its listener
-	outs   map[string]*tcpOut      // destination node -> connection
+	outs   map[string]*tcpOut // destination address -> connection
 	conns  map[net.Conn]struct{}
 	wg     sync.WaitGroup
 }
@@ -32,25 +32,15 @@ type tcpOut struct {
 	w  *bufio.Writer
 }
 
-func newTCPTransport(n *Network) *tcpTransport {
-	return &tcpTransport{n: n, lns: map[string]net.Listener{}, outs: map[string]*tcpOut{}, conns: map[net.Conn]struct{}{}}
-}
-
-// listen gives node a listener (once) whose connections feed its mailbox.
-func (t *tcpTransport) listen(node string) net.Listener {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	if l := t.lns[node]; l != nil || t.closed {
-		return l
-	}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+func newTCPTransport(n *Network, peer string) (*tcpTransport, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
-		panic(fmt.Sprintf("twopc: cannot listen on loopback: %v", err))
+		return nil, fmt.Errorf("twopc: listen on loopback: %w", err)
 	}
-	t.lns[node] = l
+	t := &tcpTransport{n: n, ln: ln, peer: peer, outs: map[string]*tcpOut{}, conns: map[net.Conn]struct{}{}}
 	t.wg.Go(func() {
 		for {
-			c, err := l.Accept()
+			c, err := ln.Accept()
 			if err != nil {
 				return
 			}
@@ -58,10 +48,10 @@ func (t *tcpTransport) listen(node string) net.Listener {
 				c.Close()
 				return
 			}
-			t.wg.Go(func() { t.read(node, c) })
+			t.wg.Go(func() { t.read(c) })
 		}
 	})
-	return l
+	return t, nil
 }
 
 func (t *tcpTransport) track(c net.Conn) bool {
@@ -74,7 +64,7 @@ func (t *tcpTransport) track(c net.Conn) bool {
 	return true
 }
 
-func (t *tcpTransport) read(node string, c net.Conn) {
+func (t *tcpTransport) read(c net.Conn) {
 	defer c.Close()
 	r := bufio.NewReader(c)
 	var hdr [4]byte
@@ -94,33 +84,41 @@ func (t *tcpTransport) read(node string, c net.Conn) {
 		if _, err := io.ReadFull(r, buf); err != nil {
 			return
 		}
-		m, err := decodeMessage(buf)
+		to, m, err := decodeMessage(buf)
 		if err != nil {
 			return
 		}
-		t.n.deliver(node, m)
+		t.n.deliver(to, m)
 	}
 }
 
-// send writes m to node to's listener, dialling it on first use. A
-// failure drops the message (the protocols time out on lost messages).
+// send writes m for node to: to this process's listener when to receives
+// here (or there is no peer), else to the peer's. A failure drops the
+// message (the protocols time out on lost messages).
 func (t *tcpTransport) send(to string, m Message) {
-	l := t.listen(to)
-	if l == nil {
-		return
+	addr := t.ln.Addr().String()
+	t.mu.Lock()
+	peer := t.peer
+	t.mu.Unlock()
+	if peer != "" && !t.n.local(to) {
+		addr = peer
 	}
 	t.mu.Lock()
-	o := t.outs[to]
+	if t.closed {
+		t.mu.Unlock()
+		return
+	}
+	o := t.outs[addr]
 	if o == nil {
 		o = &tcpOut{}
-		t.outs[to] = o
+		t.outs[addr] = o
 	}
 	t.mu.Unlock()
-	frame := encodeMessage(m)
+	frame := encodeMessage(to, m)
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	if o.c == nil {
-		c, err := net.Dial("tcp", l.Addr().String())
+		c, err := net.Dial("tcp", addr)
 		if err != nil {
 			return
 		}
@@ -134,8 +132,7 @@ func (t *tcpTransport) send(to string, m Message) {
 		o.c, o.w = c, bufio.NewWriter(c)
 	}
 	if _, err := o.w.Write(frame); err == nil {
-		err = o.w.Flush()
-		if err == nil {
+		if err = o.w.Flush(); err == nil {
 			return
 		}
 	}
@@ -146,23 +143,23 @@ func (t *tcpTransport) send(to string, m Message) {
 func (t *tcpTransport) close() error {
 	t.mu.Lock()
 	t.closed = true
-	var errs []error
-	for _, l := range t.lns {
-		errs = append(errs, l.Close())
-	}
+	err := t.ln.Close()
 	for c := range t.conns {
 		c.Close()
 	}
 	t.mu.Unlock()
 	t.wg.Wait()
-	return errors.Join(errs...)
+	return err
 }
 
-// encodeMessage returns a frame: u32 length, then kind, yes, outcome
-// (u8 each), tx (u64), from (u16 length and bytes), the descriptor
-// (MarshalDescriptor, the rest; empty when it has no participants).
-func encodeMessage(m Message) []byte {
+// encodeMessage returns a frame: u32 length, then the destination node
+// (u16 length and bytes), kind, yes, outcome (u8 each), tx (u64), from
+// (u16 length and bytes), the descriptor (MarshalDescriptor, the rest;
+// empty when it has no participants).
+func encodeMessage(to string, m Message) []byte {
 	b := make([]byte, 4, 64)
+	b = binary.LittleEndian.AppendUint16(b, uint16(len(to)))
+	b = append(b, to...)
 	b = append(b, byte(m.Kind), b2u(m.Yes), byte(m.Outcome))
 	b = binary.LittleEndian.AppendUint64(b, uint64(m.Tx))
 	b = binary.LittleEndian.AppendUint16(b, uint16(len(m.From)))
@@ -176,24 +173,36 @@ func encodeMessage(m Message) []byte {
 
 var errBadMessage = errors.New("twopc: malformed message")
 
-func decodeMessage(b []byte) (Message, error) {
-	if len(b) < 13 {
-		return Message{}, errBadMessage
+func decodeMessage(b []byte) (string, Message, error) {
+	str := func() (string, bool) {
+		if len(b) < 2 {
+			return "", false
+		}
+		n := int(binary.LittleEndian.Uint16(b))
+		if len(b) < 2+n {
+			return "", false
+		}
+		s := string(b[2 : 2+n])
+		b = b[2+n:]
+		return s, true
+	}
+	to, ok := str()
+	if !ok || len(b) < 11 {
+		return "", Message{}, errBadMessage
 	}
 	m := Message{Kind: Kind(b[0]), Yes: b[1] != 0, Outcome: wormtx.Outcome(b[2]), Tx: wormtx.TxID(binary.LittleEndian.Uint64(b[3:]))}
-	n := int(binary.LittleEndian.Uint16(b[11:]))
-	if len(b) < 13+n {
-		return Message{}, errBadMessage
+	b = b[11:]
+	if m.From, ok = str(); !ok {
+		return "", Message{}, errBadMessage
 	}
-	m.From = string(b[13 : 13+n])
-	if rest := b[13+n:]; len(rest) > 0 {
-		d, err := wormtx.UnmarshalDescriptor(rest)
+	if len(b) > 0 {
+		d, err := wormtx.UnmarshalDescriptor(b)
 		if err != nil {
-			return Message{}, fmt.Errorf("%w: %w", errBadMessage, err)
+			return "", Message{}, fmt.Errorf("%w: %w", errBadMessage, err)
 		}
 		m.Desc = d
 	}
-	return m, nil
+	return to, m, nil
 }
 
 func b2u(b bool) byte {

@@ -15,8 +15,8 @@ import (
 type BlockingReport struct {
 	// Wait is how long 2PC's participants were watched.
 	Wait time.Duration `json:"wait_ns"`
-	// TwoPCInDoubt: 2PC's participants still in doubt (voted yes, no
-	// decision, resources held) after Wait. TwoPCResolved: how long after
+	// TwoPCInDoubt: 2PC's participants that had not applied an outcome
+	// after Wait (they voted yes: they are in doubt, resources held). TwoPCResolved: how long after
 	// its coordinator came back (same log) they learned the outcome,
 	// TwoPCOutcome (abort: presumed, nothing was logged).
 	TwoPCInDoubt  int            `json:"twopc_in_doubt"`
@@ -64,13 +64,9 @@ func (h *Harness) Blocking(ctx context.Context, wait time.Duration) (BlockingRep
 		return rep, fmt.Errorf("txbench: the 2PC coordinator did not crash")
 	}
 	time.Sleep(wait)
-	for _, p := range h.pparts {
-		for _, tx := range p.InDoubt() {
-			if tx == id {
-				rep.TwoPCInDoubt++
-			}
-		}
-	}
+	h.mu.Lock()
+	rep.TwoPCInDoubt = len(h.names) - len(h.reported[txKey{TwoPC, id}])
+	h.mu.Unlock()
 	// The coordinator comes back on its log: presumed abort.
 	bury()
 	h.net.Restart(crashy)
@@ -99,12 +95,8 @@ func (h *Harness) Blocking(ctx context.Context, wait time.Duration) (BlockingRep
 			return rep, err
 		}
 		h.spaces = append(h.spaces, sp)
-		inboxes := map[string]uint64{}
-		for i, n := range h.names {
-			inboxes[n] = h.inbox(i)
-		}
 		co := wormtx.NewCoordinator(sp, wormtx.CoordinatorConfig{FirstSeg: h.cfg.SegBase + c.seg, Messenger: messenger{h.net},
-			Directory: wormtx.StaticDirectory(inboxes), Reserve: 1, Logger: h.cfg.Logger,
+			Directory: directory(h.cfg.SegBase, h.names), Reserve: 1, Logger: h.cfg.Logger,
 			Crash: func(p wormtx.CrashPoint, n int) bool { return p == c.point && (c.told == 0 || n == c.told) }})
 		t0 := time.Now()
 		id, err := co.Begin(ctx, h.names, nil)
@@ -131,24 +123,15 @@ func (h *Harness) Blocking(ctx context.Context, wait time.Duration) (BlockingRep
 	return rep, nil
 }
 
-// waitApplied waits until every participant of the protocol applied tx
-// and returns the outcome (ErrInconsistent if they differ).
+// waitApplied waits until every participant of the protocol reported
+// applying tx and returns the outcome (ErrInconsistent if they differ).
 func (h *Harness) waitApplied(ctx context.Context, p Protocol, tx wormtx.TxID) (wormtx.Outcome, error) {
-	rs := h.wres
-	if p == TwoPC {
-		rs = h.pres
-	}
 	for {
-		var outs []wormtx.Outcome
-		for _, r := range rs {
-			r.mu.Lock()
-			o, ok := r.applied[tx]
-			r.mu.Unlock()
-			if ok {
-				outs = append(outs, o)
-			}
-		}
-		if len(outs) == len(rs) {
+		h.mu.Lock()
+		outs := append([]wormtx.Outcome(nil), h.reported[txKey{p, tx}]...)
+		changed := h.changed
+		h.mu.Unlock()
+		if len(outs) >= len(h.names) {
 			for _, o := range outs {
 				if o != outs[0] {
 					return wormtx.Pending, fmt.Errorf("%w: %v applied as %v", wormtx.ErrInconsistent, tx, outs)
@@ -158,8 +141,8 @@ func (h *Harness) waitApplied(ctx context.Context, p Protocol, tx wormtx.TxID) (
 		}
 		select {
 		case <-ctx.Done():
-			return wormtx.Pending, fmt.Errorf("txbench: %v: %d of %d participants applied it: %w", tx, len(outs), len(rs), ctx.Err())
-		case <-time.After(time.Millisecond):
+			return wormtx.Pending, fmt.Errorf("txbench: %v: %d of %d participants applied it: %w", tx, len(outs), len(h.names), ctx.Err())
+		case <-changed:
 		}
 	}
 }

@@ -19,9 +19,10 @@ import (
 // transaction prepared and applies it again, which is idempotent). It is
 // Recoverable, as WormTX's direct mode requires.
 type Resource struct {
-	h     *Harness
-	proto Protocol
-	log   *groupLog
+	name   string
+	proto  Protocol
+	log    *groupLog
+	report func(p Protocol, name string, tx wormtx.TxID, o wormtx.Outcome)
 
 	mu       sync.Mutex
 	prepared map[wormtx.TxID]wormtx.Descriptor
@@ -30,12 +31,12 @@ type Resource struct {
 
 var _ wormtx.Recoverable = (*Resource)(nil)
 
-func (h *Harness) newResource(p Protocol, name string) (*Resource, error) {
-	l, err := openGroupLog(filepath.Join(h.cfg.Dir, string(p)+"-"+name+".log"), h.cfg.Volatile)
+func newResource(cfg ParticipantsConfig, p Protocol, name string, report func(Protocol, string, wormtx.TxID, wormtx.Outcome)) (*Resource, error) {
+	l, err := openGroupLog(filepath.Join(cfg.Dir, string(p)+"-"+name+".log"), cfg.Volatile)
 	if err != nil {
 		return nil, err
 	}
-	return &Resource{h: h, proto: p, log: l, prepared: map[wormtx.TxID]wormtx.Descriptor{}, applied: map[wormtx.TxID]wormtx.Outcome{}}, nil
+	return &Resource{name: name, proto: p, log: l, report: report, prepared: map[wormtx.TxID]wormtx.Descriptor{}, applied: map[wormtx.TxID]wormtx.Outcome{}}, nil
 }
 
 // Prepare implements wormtx.Resource: it votes yes once the vote is on
@@ -73,7 +74,7 @@ func (r *Resource) Apply(_ context.Context, tx wormtx.TxID, o wormtx.Outcome) er
 	if err := r.log.append(append(rec, byte(o)), false); err != nil {
 		return err
 	}
-	r.h.appliedBy(r.proto, tx)
+	r.report(r.proto, r.name, tx, o)
 	return nil
 }
 

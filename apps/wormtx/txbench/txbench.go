@@ -5,25 +5,38 @@
 // WormTX's direct mode), closed-loop clients (worm/bench.Loop), and runs
 // of the two protocols interleaved by the caller.
 //
-//	h, err := txbench.Start(ctx, txbench.Config{Dial: dial, Dir: dir})
+// The clients and both coordinators run in the harness's process; the
+// participants of both protocols run in another (ServeParticipants, on a
+// network whose peer is the harness's), so that every message on either
+// protocol's critical path crosses processes, as it crosses machines in a
+// deployment:
+//
+//	net, _ := twopc.NewTCPNetwork()           // the harness's process
+//	// start the participants' process with net.Addr() as its peer ...
+//	net.SetPeer(participantsAddr)
+//	h, err := txbench.Start(ctx, txbench.Config{Net: net, Dial: dial, Dir: dir})
 //	defer h.Close()
 //	w, err := h.Run(ctx, txbench.WormTX, 16, time.Second, 5*time.Second)
 //	p, err := h.Run(ctx, txbench.TwoPC, 16, time.Second, 5*time.Second)
 //
+// With Config.Net nil, Start runs the participants in its own process
+// (tests).
+//
 // WormTX runs in the direct mode: its coordinator (one, shared by the
-// clients, in this process) takes a segment allocated ahead, sends the
-// prepares over the network, and learns the votes from the wormservers'
-// notifications; each participant subscribes, prepares, votes with one
-// write and learns the outcome the same way. 2PC's coordinator (one, in
-// this process) forces its decisions to a log file, synced like the
-// wormds' (or not at all with Volatile), and sends them to the
-// participants. A transaction's latency is from Begin to the coordinator
-// knowing the outcome (Await); Result.Applied is from Begin to the last
-// participant having applied it.
+// clients) takes a segment allocated ahead, sends the prepares over the
+// network, and learns the votes from the wormservers' notifications; each
+// participant subscribes, prepares, votes with one write and learns the
+// outcome the same way, and acknowledges it by a message to the
+// coordinator, which then trims the segment. 2PC's coordinator (one) forces its decisions to a
+// log file, synced like the wormds' (or not at all with Volatile), and
+// sends them to the participants. A transaction's latency is from Begin
+// to the coordinator knowing the outcome (Await); Result.Applied is from
+// Begin to the harness hearing that the last participant applied it (a
+// report message, one more delay, for both protocols).
 //
 // Delays counts the message delays of both protocols on the critical path
 // (with a fixed artificial one-way delay over an in-memory Space), and
-// Blocking shows the coordinator crash after the prepares: 2PC's
+// Blocking shows a coordinator crash after the prepares: 2PC's
 // participants stay in doubt, WormTX's apply.
 //
 // This package imports the standard library, package worm, worm/bench and
@@ -62,20 +75,24 @@ const (
 // Config configures a Harness.
 type Config struct {
 	// Participants per transaction (default 3). Every transaction names
-	// all of them.
+	// all of them. The participants' process must be given the same.
 	Participants int
+	// Net carries the messages; its peer is the participants' process.
+	// Nil: a network of this process, and the participants run here.
+	Net *twopc.Network
 	// Dial returns a WormSpace client with identity id: the WormTX
-	// coordinator and each participant get their own, as separate
-	// processes would. Required.
+	// coordinator (and, when the participants run here, each participant)
+	// gets its own, as separate processes would. Required.
 	Dial func(ctx context.Context, id string) (worm.Space, error)
-	// Dir holds the logs: 2PC's decision log and each participant's
-	// prepare log. Required.
+	// Dir holds the logs: 2PC's decision log (and the participants' vote
+	// logs when they run here). Required.
 	Dir string
 	// Volatile: no log is synced (to compare with wormds started
 	// -volatile).
 	Volatile bool
 	// SegBase is the first segment WormTX uses (transactions, inboxes);
-	// default: derived from the clock.
+	// the participants' process must be given the same. Default: derived
+	// from the clock (only when the participants run here).
 	SegBase uint64
 	// Logger; default: discard.
 	Logger *slog.Logger
@@ -84,34 +101,32 @@ type Config struct {
 // Result is one measurement.
 type Result struct {
 	bench.Result
-	// Applied: latency from Begin to the last participant applying the
-	// transaction, for the transactions begun in the measured window.
+	// Applied: latency from Begin to the last participant's report that
+	// it applied the transaction, for the transactions begun in the
+	// measured window.
 	Applied bench.Latency `json:"applied"`
 }
 
-// Harness is the running setup of both protocols.
+// Harness is the running setup of both protocols' coordinators.
 type Harness struct {
-	cfg   Config
-	names []string
-	net   *twopc.Network
-	ctx   context.Context
-	stop  context.CancelFunc
-	wg    sync.WaitGroup
+	cfg    Config
+	names  []string
+	net    *twopc.Network
+	ownNet bool
+	ctx    context.Context
+	stop   context.CancelFunc
+	wg     sync.WaitGroup
 
 	spaces []worm.Space
-
-	wco  *wormtx.Coordinator
-	wres []*Resource
-
+	wco    *wormtx.Coordinator
 	pco    *twopc.Coordinator
-	pres   []*Resource
-	pparts []*twopc.Participant
 	plog   *twopc.FileLog
 
-	mu      sync.Mutex
-	begun   map[txKey]time.Time
-	pending map[txKey]int
-	applied []sample
+	mu       sync.Mutex
+	begun    map[txKey]time.Time
+	reported map[txKey][]wormtx.Outcome
+	applied  []sample
+	changed  chan struct{} // closed and replaced on every report
 }
 
 type txKey struct {
@@ -124,10 +139,21 @@ type sample struct {
 	d  time.Duration
 }
 
-// Start sets both protocols up: the network, WormTX's coordinator and
-// participants (each with its own Space client, serving its inbox and
-// taking prepares from the network), 2PC's coordinator with its decision
-// log and its participants.
+// benchNode receives the participants' reports.
+const benchNode = "txbench"
+
+// The harness's own messages: msgApplied is the participants' report
+// (Message.Tx applied with Message.Outcome, Message.Yes set for WormTX);
+// msgAck is a WormTX participant's acknowledgement for the coordinator
+// (ParticipantConfig.SendAck).
+const (
+	msgApplied twopc.Kind = 100
+	msgAck     twopc.Kind = 101
+)
+
+// Start sets up both protocols' coordinators (WormTX's with its Space
+// client, 2PC's with its decision log) on cfg.Net, or everything
+// (participants included) on a network of its own.
 func Start(ctx context.Context, cfg Config) (*Harness, error) {
 	if cfg.Dial == nil || cfg.Dir == "" {
 		return nil, errors.New("txbench: Config.Dial and Config.Dir are required")
@@ -136,6 +162,9 @@ func Start(ctx context.Context, cfg Config) (*Harness, error) {
 		cfg.Participants = 3
 	}
 	if cfg.SegBase == 0 {
+		if cfg.Net != nil {
+			return nil, errors.New("txbench: Config.SegBase is required with a participants' process")
+		}
 		cfg.SegBase = uint64(time.Now().UnixNano()/1000) << 8
 	}
 	if cfg.Logger == nil {
@@ -144,71 +173,59 @@ func Start(ctx context.Context, cfg Config) (*Harness, error) {
 	if err := os.MkdirAll(cfg.Dir, 0o755); err != nil {
 		return nil, err
 	}
-	h := &Harness{cfg: cfg, net: twopc.NewTCPNetwork(), begun: map[txKey]time.Time{}, pending: map[txKey]int{}}
+	h := &Harness{cfg: cfg, net: cfg.Net, begun: map[txKey]time.Time{}, reported: map[txKey][]wormtx.Outcome{}, changed: make(chan struct{})}
 	h.ctx, h.stop = context.WithCancel(context.Background())
-	for i := range cfg.Participants {
-		h.names = append(h.names, "p"+strconv.Itoa(i))
+	h.names = participantNames(cfg.Participants)
+	if h.net == nil {
+		n, err := twopc.NewTCPNetwork()
+		if err != nil {
+			return nil, err
+		}
+		h.net, h.ownNet = n, true
 	}
-	if err := h.startWormTX(ctx); err != nil {
-		h.Close()
-		return nil, err
+	h.wg.Go(func() { _ = h.net.Serve(h.ctx, benchNode, h.report) })
+	if h.ownNet {
+		pcfg := ParticipantsConfig{Participants: cfg.Participants, Net: h.net, Dial: cfg.Dial, Dir: filepath.Join(cfg.Dir, "participants"),
+			Volatile: cfg.Volatile, SegBase: cfg.SegBase, Logger: cfg.Logger}
+		ready := make(chan error, 1)
+		h.wg.Go(func() { _ = ServeParticipants(h.ctx, pcfg, func(err error) { ready <- err }) })
+		if err := <-ready; err != nil {
+			h.Close()
+			return nil, err
+		}
 	}
-	if err := h.start2PC(); err != nil {
+	if err := h.startCoordinators(ctx); err != nil {
 		h.Close()
 		return nil, err
 	}
 	return h, nil
 }
 
-// The segment layout of WormTX in the harness: transactions from SegBase,
-// participant i's inbox from SegBase + (i+1)<<32.
-func (h *Harness) inbox(i int) uint64 { return h.cfg.SegBase + uint64(i+1)<<32 }
+func participantNames(n int) []string {
+	names := make([]string, n)
+	for i := range names {
+		names[i] = "p" + strconv.Itoa(i)
+	}
+	return names
+}
+
+// inbox is participant i's first inbox segment: transactions from
+// SegBase, inboxes from SegBase + (i+1)<<32.
+func inbox(segBase uint64, i int) uint64 { return segBase + uint64(i+1)<<32 }
+
+func directory(segBase uint64, names []string) wormtx.Directory {
+	inboxes := map[string]uint64{}
+	for i, n := range names {
+		inboxes[n] = inbox(segBase, i)
+	}
+	return wormtx.StaticDirectory(inboxes)
+}
 
 // wormPolicy is the participants' and the coordinator's recovery policy:
 // WormTX's defaults (recovery after 2s, rescans every 250ms).
 var wormPolicy = wormtx.DefaultPolicy
 
-func (h *Harness) startWormTX(ctx context.Context) error {
-	inboxes := map[string]uint64{}
-	for i, n := range h.names {
-		inboxes[n] = h.inbox(i)
-	}
-	dir := wormtx.StaticDirectory(inboxes)
-	for _, name := range h.names {
-		sp, err := h.cfg.Dial(ctx, "wtx-"+name)
-		if err != nil {
-			return fmt.Errorf("txbench: dial for %s: %w", name, err)
-		}
-		h.spaces = append(h.spaces, sp)
-		res, err := h.newResource(WormTX, name)
-		if err != nil {
-			return err
-		}
-		h.wres = append(h.wres, res)
-		pol := wormPolicy
-		pol.Notify, pol.Logger = dir, h.cfg.Logger
-		p := wormtx.NewParticipant(sp, name, wormtx.ParticipantConfig{Inbox: inboxes[name], Policy: pol, Logger: h.cfg.Logger,
-			// The coordinator collects in the fault-free case; each
-			// participant keeps a deferred check per transaction for
-			// this long, in memory, so a long run at thousands of
-			// transactions a second keeps it short.
-			AbandonAfter: 10 * time.Second})
-		h.wg.Go(func() {
-			if err := p.Run(h.ctx, res); err != nil && h.ctx.Err() == nil {
-				h.cfg.Logger.Error("txbench: participant", "name", name, "err", err)
-			}
-		})
-		h.wg.Go(func() {
-			_ = h.net.Serve(h.ctx, "wtx-"+name, func(m twopc.Message) {
-				t := wormtx.Tx{ID: m.Tx, Descriptor: m.Desc}
-				h.wg.Go(func() {
-					if _, err := p.HandlePrepare(h.ctx, t, res); err != nil && h.ctx.Err() == nil && !errors.Is(err, worm.ErrTrimmed) {
-						h.cfg.Logger.Error("txbench: participant", "name", name, "tx", t.ID, "err", err)
-					}
-				})
-			})
-		})
-	}
+func (h *Harness) startCoordinators(ctx context.Context) error {
 	sp, err := h.cfg.Dial(ctx, "wtx-coordinator")
 	if err != nil {
 		return fmt.Errorf("txbench: dial for the coordinator: %w", err)
@@ -216,11 +233,20 @@ func (h *Harness) startWormTX(ctx context.Context) error {
 	h.spaces = append(h.spaces, sp)
 	pol := wormPolicy
 	pol.Logger = h.cfg.Logger
-	h.wco = wormtx.NewCoordinator(sp, wormtx.CoordinatorConfig{FirstSeg: h.cfg.SegBase, Directory: dir, Policy: pol,
-		Messenger: messenger{h.net}, Logger: h.cfg.Logger,
+	h.wco = wormtx.NewCoordinator(sp, wormtx.CoordinatorConfig{FirstSeg: h.cfg.SegBase, Directory: directory(h.cfg.SegBase, h.names),
+		Policy: pol, Messenger: messenger{h.net}, Logger: h.cfg.Logger,
 		// Enough reserved segments for the largest client count's
 		// burst; the pool refills in the background.
 		Reserve: 128})
+	log, err := twopc.OpenFileLog(filepath.Join(h.cfg.Dir, "2pc-decisions"), h.cfg.Volatile)
+	if err != nil {
+		return err
+	}
+	h.plog = log
+	h.pco = twopc.NewCoordinator(h.net, twopc.CoordinatorConfig{Name: "2pc-coordinator", Decisions: log, Logger: h.cfg.Logger,
+		// Above any fault-free latency: a vote that times out aborts.
+		VoteTimeout: 10 * time.Second})
+	h.wg.Go(func() { _ = h.pco.Run(h.ctx) })
 	return nil
 }
 
@@ -229,29 +255,6 @@ type messenger struct{ net *twopc.Network }
 
 func (m messenger) SendPrepare(_ context.Context, p string, t wormtx.Tx) error {
 	m.net.Send("wtx-"+p, twopc.Message{Kind: twopc.MsgPrepare, From: "wtx-coordinator", Tx: t.ID, Desc: t.Descriptor})
-	return nil
-}
-
-func (h *Harness) start2PC() error {
-	log, err := twopc.OpenFileLog(filepath.Join(h.cfg.Dir, "2pc-decisions"), h.cfg.Volatile)
-	if err != nil {
-		return err
-	}
-	h.plog = log
-	for _, name := range h.names {
-		res, err := h.newResource(TwoPC, name)
-		if err != nil {
-			return err
-		}
-		h.pres = append(h.pres, res)
-		p := twopc.NewParticipant(h.net, res, twopc.ParticipantConfig{Name: name})
-		h.pparts = append(h.pparts, p)
-		h.wg.Go(func() { p.Run(h.ctx) })
-	}
-	h.pco = twopc.NewCoordinator(h.net, twopc.CoordinatorConfig{Name: "2pc-coordinator", Decisions: log, Logger: h.cfg.Logger,
-		// Above any fault-free latency: a vote that times out aborts.
-		VoteTimeout: 10 * time.Second})
-	h.wg.Go(func() { h.pco.Run(h.ctx) })
 	return nil
 }
 
@@ -293,9 +296,8 @@ func (h *Harness) Run(ctx context.Context, proto Protocol, clients int, warmup, 
 	if err != nil {
 		return Result{}, err
 	}
-	res := Result{Result: r}
-	// Let the last transactions finish applying, then keep the samples
-	// of those begun in the measured window.
+	// Let the last reports arrive, then keep the samples of the
+	// transactions begun in the measured window.
 	time.Sleep(100 * time.Millisecond)
 	from, to := start.Add(warmup), start.Add(warmup+duration)
 	h.mu.Lock()
@@ -305,54 +307,66 @@ func (h *Harness) Run(ctx context.Context, proto Protocol, clients int, warmup, 
 			ds = append(ds, s.d)
 		}
 	}
+	clear(h.begun)
+	clear(h.reported)
 	h.mu.Unlock()
-	res.Applied = bench.Summarize(ds)
-	return res, nil
+	return Result{Result: r, Applied: bench.Summarize(ds)}, nil
 }
 
+// begin records when tx began (its reports may already be in).
 func (h *Harness) begin(p Protocol, tx wormtx.TxID, at time.Time) {
-	h.mu.Lock()
-	k := txKey{p, tx}
-	if n, ok := h.pending[k]; ok && n >= len(h.names) {
-		// Every participant applied before Begin returned.
-		delete(h.pending, k)
-		h.applied = append(h.applied, sample{at, time.Since(at)})
-	} else {
-		h.begun[k] = at
-	}
-	h.mu.Unlock()
-}
-
-// appliedBy records that one participant applied tx.
-func (h *Harness) appliedBy(p Protocol, tx wormtx.TxID) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	k := txKey{p, tx}
-	h.pending[k]++
-	if h.pending[k] < len(h.names) {
+	if len(h.reported[k]) >= len(h.names) {
+		h.applied = append(h.applied, sample{at, time.Since(at)})
 		return
 	}
-	if at, ok := h.begun[k]; ok {
-		delete(h.begun, k)
-		delete(h.pending, k)
-		h.applied = append(h.applied, sample{at, time.Since(at)})
-	}
+	h.begun[k] = at
 }
 
-// Close stops everything the harness started and closes the Space clients.
+// report handles a participant's report that it applied a transaction,
+// and WormTX's acknowledgements.
+func (h *Harness) report(m twopc.Message) {
+	if m.Kind == msgAck {
+		h.wco.Acked(m.Tx, m.From)
+		return
+	}
+	if m.Kind != msgApplied {
+		return
+	}
+	p := TwoPC
+	if m.Yes {
+		p = WormTX
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	k := txKey{p, m.Tx}
+	h.reported[k] = append(h.reported[k], m.Outcome)
+	if len(h.reported[k]) == len(h.names) {
+		if at, ok := h.begun[k]; ok {
+			delete(h.begun, k)
+			h.applied = append(h.applied, sample{at, time.Since(at)})
+		}
+	}
+	close(h.changed)
+	h.changed = make(chan struct{})
+}
+
+// Close stops everything the harness started and closes its Space
+// clients (and its network, when it made it).
 func (h *Harness) Close() error {
 	if h.wco != nil {
 		h.wco.Close()
 	}
 	h.stop()
-	h.net.Close()
+	if h.ownNet {
+		h.net.Close()
+	}
 	h.wg.Wait()
 	var errs []error
 	for _, sp := range h.spaces {
 		errs = append(errs, sp.Close())
-	}
-	for _, r := range append(h.wres, h.pres...) {
-		errs = append(errs, r.log.close())
 	}
 	if h.plog != nil {
 		errs = append(errs, h.plog.Close())

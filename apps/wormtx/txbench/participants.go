@@ -1,0 +1,141 @@
+package txbench
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"time"
+
+	"github.com/wormspace/wormspace/apps/wormtx"
+	"github.com/wormspace/wormspace/apps/wormtx/twopc"
+	"github.com/wormspace/wormspace/worm"
+)
+
+// ParticipantsConfig configures the participants' side.
+type ParticipantsConfig struct {
+	// Participants: as the harness's Config.
+	Participants int
+	// Net carries the messages; its peer is the harness's process (or it
+	// is the harness's own network).
+	Net *twopc.Network
+	// Dial returns a WormSpace client for each WormTX participant.
+	Dial func(ctx context.Context, id string) (worm.Space, error)
+	// Dir holds each participant's vote logs (one per protocol).
+	Dir string
+	// Volatile: the logs are not synced.
+	Volatile bool
+	// SegBase: as the harness's Config (the inboxes' layout).
+	SegBase uint64
+	// Logger; default: discard.
+	Logger *slog.Logger
+}
+
+// ServeParticipants runs the participants of both protocols on cfg.Net
+// until ctx ends: for each name p0, p1, ..., a WormTX participant (its own
+// Space client, serving its inbox, taking prepares at node "wtx-NAME")
+// and a 2PC participant (node "NAME"), each with its own Resource. Every
+// application of an outcome is reported to the harness. ready is called
+// once with nil when everything is set up, or with the error that stops
+// it.
+func ServeParticipants(ctx context.Context, cfg ParticipantsConfig, ready func(error)) error {
+	if cfg.Participants <= 0 {
+		cfg.Participants = 3
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	fail := func(err error) error {
+		ready(err)
+		return err
+	}
+	if cfg.Net == nil || cfg.Dial == nil || cfg.Dir == "" || cfg.SegBase == 0 {
+		return fail(errors.New("txbench: ParticipantsConfig.Net, Dial, Dir and SegBase are required"))
+	}
+	if err := os.MkdirAll(cfg.Dir, 0o755); err != nil {
+		return fail(err)
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var logs []*groupLog
+	defer func() {
+		for _, l := range logs {
+			l.close()
+		}
+	}()
+	var spaces []worm.Space
+	defer func() {
+		for _, sp := range spaces {
+			sp.Close()
+		}
+	}()
+	names := participantNames(cfg.Participants)
+	dir := directory(cfg.SegBase, names)
+	report := func(p Protocol, name string, tx wormtx.TxID, o wormtx.Outcome) {
+		cfg.Net.Send(benchNode, twopc.Message{Kind: msgApplied, From: name, Tx: tx, Outcome: o, Yes: p == WormTX})
+	}
+	errs := make(chan error, 2*len(names))
+	run := func(f func() error) {
+		go func() {
+			if err := f(); err != nil && ctx.Err() == nil {
+				errs <- err
+				cancel()
+			}
+		}()
+	}
+	for i, name := range names {
+		sp, err := cfg.Dial(ctx, "wtx-"+name)
+		if err != nil {
+			return fail(fmt.Errorf("txbench: dial for %s: %w", name, err))
+		}
+		spaces = append(spaces, sp)
+		wres, err := newResource(cfg, WormTX, name, report)
+		if err != nil {
+			return fail(err)
+		}
+		pres, err := newResource(cfg, TwoPC, name, report)
+		if err != nil {
+			return fail(err)
+		}
+		logs = append(logs, wres.log, pres.log)
+		pol := wormPolicy
+		pol.Notify, pol.Logger = dir, cfg.Logger
+		p := wormtx.NewParticipant(sp, name, wormtx.ParticipantConfig{Inbox: inbox(cfg.SegBase, i), Policy: pol, Logger: cfg.Logger,
+			// The coordinator collects in the fault-free case; each
+			// participant keeps a deferred check per transaction for
+			// this long, in memory, so a long run at thousands of
+			// transactions a second keeps it short.
+			AbandonAfter: 10 * time.Second,
+			SendAck: func(_ context.Context, t wormtx.Tx, _ wormtx.Outcome) error {
+				cfg.Net.Send(benchNode, twopc.Message{Kind: msgAck, From: name, Tx: t.ID})
+				return nil
+			}})
+		run(func() error {
+			if err := p.Run(ctx, wres); err != nil && ctx.Err() == nil {
+				return fmt.Errorf("txbench: participant %s: %w", name, err)
+			}
+			return nil
+		})
+		run(func() error {
+			return cfg.Net.Serve(ctx, "wtx-"+name, func(m twopc.Message) {
+				t := wormtx.Tx{ID: m.Tx, Descriptor: m.Desc}
+				go func() {
+					if _, err := p.HandlePrepare(ctx, t, wres); err != nil && ctx.Err() == nil && !errors.Is(err, worm.ErrTrimmed) {
+						cfg.Logger.Error("txbench: participant", "name", name, "tx", t.ID, "err", err)
+					}
+				}()
+			})
+		})
+		pp := twopc.NewParticipant(cfg.Net, pres, twopc.ParticipantConfig{Name: name})
+		run(func() error { return pp.Run(ctx) })
+	}
+	ready(nil)
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case err := <-errs:
+		return err
+	}
+}

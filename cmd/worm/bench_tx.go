@@ -1,0 +1,403 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"text/tabwriter"
+	"time"
+
+	"github.com/wormspace/wormspace/apps/wormtx/twopc"
+	"github.com/wormspace/wormspace/apps/wormtx/txbench"
+	"github.com/wormspace/wormspace/worm"
+	"github.com/wormspace/wormspace/worm/bench"
+	"github.com/wormspace/wormspace/worm/client"
+	"github.com/wormspace/wormspace/worm/localcluster"
+	"github.com/wormspace/wormspace/worm/spec"
+)
+
+func init() {
+	benchApps["tx"] = cmdBenchTx
+	benchApps["tx-participants"] = cmdBenchTxParticipants
+}
+
+const benchTxUsage = `usage: worm bench tx [-participants 3] [-clients 1,4,16] [-local 3] [-volatile] [-quick] [-json FILE]
+
+Measures WormTX against classic two-phase commit in one run: closed-loop
+clients each begin a transaction among every participant and await its
+outcome. The clients and both protocols' coordinators run in this
+process; the participants of both (each recording its vote in a log on
+disk before returning it) run in a second process, reached over the same
+loopback TCP network, so that every message on either critical path
+crosses processes. WormTX (its direct mode) votes into -local wormds
+started for the run; 2PC's coordinator forces its decisions to a log
+file, synced like the wormds (nothing is synced with -volatile). The two
+protocols alternate at each client count (in alternating order), so that
+drift of a noisy machine falls on both.
+
+Also reported: each protocol's critical path in message delays (the same
+code over an in-memory space with a fixed one-way delay), and a
+coordinator crash after the prepares: 2PC's participants stay in doubt
+until their coordinator comes back, WormTX's apply without it.`
+
+// TxBenchRow is one client count: both protocols.
+type TxBenchRow struct {
+	Clients int            `json:"clients"`
+	WormTX  txbench.Result `json:"wormtx"`
+	TwoPC   txbench.Result `json:"twopc"`
+	// Ratios of WormTX to 2PC (above 1: WormTX is slower, or commits
+	// more per second).
+	P50Ratio        float64 `json:"p50_ratio"`
+	P99Ratio        float64 `json:"p99_ratio"`
+	AppliedP50Ratio float64 `json:"applied_p50_ratio"`
+	ThroughputRatio float64 `json:"throughput_ratio"`
+}
+
+// TxBenchReport is what -json writes.
+type TxBenchReport struct {
+	Time         time.Time               `json:"time"`
+	Volatile     bool                    `json:"volatile"`
+	Participants int                     `json:"participants"`
+	Wormds       []string                `json:"wormds"`
+	Duration     time.Duration           `json:"duration_ns"`
+	Warmup       time.Duration           `json:"warmup_ns"`
+	Delays       txbench.DelayCount      `json:"delays"`
+	Rows         []TxBenchRow            `json:"rows"`
+	Blocking     *txbench.BlockingReport `json:"blocking,omitempty"`
+}
+
+func cmdBenchTx(args []string) error {
+	fs := flag.NewFlagSet("bench tx", flag.ContinueOnError)
+	parts := fs.Int("participants", 3, "participants per transaction")
+	clientsF := fs.String("clients", "1,4,16", "closed-loop client counts to sweep")
+	local := fs.Int("local", 3, "wormds to start on loopback for the run")
+	volatile := fs.Bool("volatile", false, "no fsync anywhere: wormds, 2PC's decision log, the participants' vote logs")
+	quick := fs.Bool("quick", false, "short runs (1s, 200ms warm-up)")
+	duration := fs.Duration("duration", 5*time.Second, "measured time per protocol and client count")
+	warmup := fs.Duration("warmup", time.Second, "unmeasured time before each measurement")
+	oneWay := fs.Duration("delay", 2*time.Millisecond, "the one-way delay of the message-delay count (in-memory space)")
+	blocking := fs.Duration("blocking", time.Second, "how long 2PC's participants are watched in doubt after their coordinator's crash (0: skip the crash demonstration)")
+	protocols := fs.String("protocols", "wormtx,2pc", "which protocols to run")
+	jsonOut := fs.String("json", "", "also write the report as JSON to this file")
+	profDir := fs.String("cpuprofile", "", "write a CPU profile of this process per run into this directory")
+	fs.Usage = func() { fmt.Fprintln(fs.Output(), benchTxUsage); fs.PrintDefaults() }
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 || *local < 1 || *parts < 1 {
+		fs.Usage()
+		return errUsage
+	}
+	if *quick {
+		*duration, *warmup = time.Second, 200*time.Millisecond
+	}
+	counts, err := parseInts(*clientsF)
+	if err != nil {
+		return &exitError{code: exitFailure, msg: "-clients: " + err.Error()}
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+
+	fmt.Fprintf(os.Stderr, "bench tx: counting message delays (%v one-way, in memory) ...\n", *oneWay)
+	newSpace := func() func(string) worm.Space {
+		st := spec.New(1024)
+		return func(id string) worm.Space { return st.Client(id) }
+	}
+	delays, err := txbench.Delays(ctx, newSpace, *parts, *oneWay, 20)
+	if err != nil {
+		return err
+	}
+
+	dir, err := os.MkdirTemp("", "worm-bench-tx-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	mode := "durable (fsync)"
+	if *volatile {
+		mode = "volatile (no fsync)"
+	}
+	fmt.Fprintf(os.Stderr, "bench tx: starting %d local wormds, %s ...\n", *local, mode)
+	lc, err := localcluster.Start(ctx, localcluster.Config{N: *local, Dir: filepath.Join(dir, "wormds"), Volatile: *volatile})
+	if err != nil {
+		return err
+	}
+	defer lc.Stop()
+	key, err := lc.Key()
+	if err != nil {
+		return err
+	}
+	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
+	dial := func(ctx context.Context, id string) (worm.Space, error) {
+		dctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+		defer cancel()
+		return client.Dial(dctx, client.Config{Servers: lc.Servers(), Key: key, ID: "bench-tx-" + id, Logger: quiet})
+	}
+	net, err := twopc.NewTCPNetwork()
+	if err != nil {
+		return err
+	}
+	defer net.Close()
+	segBase := uint64(time.Now().UnixNano()/1000) << 8
+	stopParts, err := startTxParticipants(ctx, net, txParticipantsArgs{participants: *parts, servers: lc.Servers(), keyFile: lc.KeyFile,
+		dir: filepath.Join(dir, "participants"), volatile: *volatile, segBase: segBase, profile: participantsProfile(*profDir)})
+	if err != nil {
+		return err
+	}
+	defer stopParts()
+	h, err := txbench.Start(ctx, txbench.Config{Participants: *parts, Net: net, Dial: dial, Dir: filepath.Join(dir, "coordinators"),
+		Volatile: *volatile, SegBase: segBase, Logger: quiet})
+	if err != nil {
+		return err
+	}
+	defer h.Close()
+
+	report := TxBenchReport{Time: time.Now().UTC(), Volatile: *volatile, Participants: *parts, Wormds: lc.Servers(),
+		Duration: *duration, Warmup: *warmup, Delays: delays}
+	for i, c := range counts {
+		row := TxBenchRow{Clients: c}
+		order := []txbench.Protocol{txbench.WormTX, txbench.TwoPC}
+		if i%2 == 1 {
+			order = []txbench.Protocol{txbench.TwoPC, txbench.WormTX}
+		}
+		for _, p := range order {
+			if !slices.Contains(strings.Split(*protocols, ","), string(p)) {
+				continue
+			}
+			fmt.Fprintf(os.Stderr, "bench tx: %s, %d client(s), %v ...\n", p, c, *duration)
+			stopProf, err := startProfile(*profDir, fmt.Sprintf("tx-%s-c%d.pprof", p, c))
+			if err != nil {
+				return err
+			}
+			r, err := h.Run(ctx, p, c, *warmup, *duration)
+			stopProf()
+			if err != nil {
+				return fmt.Errorf("%s with %d clients: %w", p, c, err)
+			}
+			fmt.Fprintf(os.Stderr, "bench tx:   %v; every participant applied: p50 %v\n", r.Result, r.Applied.P50.Round(time.Microsecond))
+			if p == txbench.WormTX {
+				row.WormTX = r
+			} else {
+				row.TwoPC = r
+			}
+		}
+		if row.WormTX.Ops > 0 && row.TwoPC.Ops > 0 {
+			row.P50Ratio = float64(row.WormTX.Latency.P50) / float64(row.TwoPC.Latency.P50)
+			row.P99Ratio = float64(row.WormTX.Latency.P99) / float64(row.TwoPC.Latency.P99)
+			row.ThroughputRatio = row.WormTX.OpsPerSec / row.TwoPC.OpsPerSec
+			if row.TwoPC.Applied.P50 > 0 {
+				row.AppliedP50Ratio = float64(row.WormTX.Applied.P50) / float64(row.TwoPC.Applied.P50)
+			}
+		}
+		report.Rows = append(report.Rows, row)
+	}
+	if *blocking > 0 {
+		fmt.Fprintf(os.Stderr, "bench tx: coordinator crashes after the prepares ...\n")
+		b, err := h.Blocking(ctx, *blocking)
+		if err != nil {
+			return fmt.Errorf("crash demonstration: %w", err)
+		}
+		report.Blocking = &b
+	}
+	printTxBench(os.Stdout, report)
+	if *jsonOut != "" {
+		b, _ := json.MarshalIndent(report, "", "  ")
+		if err := os.WriteFile(*jsonOut, append(b, '\n'), 0o644); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func printTxBench(w io.Writer, r TxBenchReport) {
+	mode := "durable (fsync)"
+	if r.Volatile {
+		mode = "volatile (no fsync)"
+	}
+	fmt.Fprintf(w, "WormTX (direct mode, %d wormds) vs 2PC, %d participants, %s; %v per run\n", len(r.Wormds), r.Participants, mode, r.Duration)
+	d := r.Delays
+	fmt.Fprintf(w, "message delays on the critical path (median, %v one-way, in memory): WormTX %.1f to the coordinator, %.1f to every participant; 2PC %.1f and %.1f\n",
+		d.OneWay, d.WormTXCoordinator, d.WormTXApplied, d.TwoPCCoordinator, d.TwoPCApplied)
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "clients\tprotocol\tcommits/s\tp50 µs\tp99 µs\tapplied p50 µs\tapplied p99 µs\terrors\t")
+	line := func(c int, name string, x txbench.Result) {
+		if x.Ops == 0 && x.Errors == 0 {
+			return
+		}
+		fmt.Fprintf(tw, "%d\t%s\t%.0f\t%s\t%s\t%s\t%s\t%d\t\n", c, name, x.OpsPerSec, us(x.Latency.P50), us(x.Latency.P99), us(x.Applied.P50), us(x.Applied.P99), x.Errors)
+	}
+	ratio := func(x float64) string {
+		if x == 0 {
+			return "-"
+		}
+		return fmt.Sprintf("%.2f", x)
+	}
+	for _, row := range r.Rows {
+		line(row.Clients, "wormtx", row.WormTX)
+		line(row.Clients, "2pc", row.TwoPC)
+		fmt.Fprintf(tw, "%d\twormtx/2pc\t%s\t%s\t%s\t%s\t\t\t\n", row.Clients, ratio(row.ThroughputRatio), ratio(row.P50Ratio), ratio(row.P99Ratio), ratio(row.AppliedP50Ratio))
+	}
+	tw.Flush()
+	for _, row := range r.Rows {
+		for _, x := range []bench.Result{row.WormTX.Result, row.TwoPC.Result} {
+			if x.Errors > 0 {
+				fmt.Fprintf(w, "%s c=%d: %d errors, first: %s\n", x.Workload, x.Clients, x.Errors, strings.TrimSpace(x.FirstError))
+			}
+		}
+	}
+	if b := r.Blocking; b != nil {
+		fmt.Fprintf(w, "coordinator crash after the prepares:\n")
+		fmt.Fprintf(w, "  2pc:    %d of %d participants in doubt after %v (voted yes, resources held); they learned %v %v after their coordinator came back on its log\n",
+			b.TwoPCInDoubt, r.Participants, b.Wait, b.TwoPCOutcome, b.TwoPCResolved.Round(time.Microsecond))
+		fmt.Fprintf(w, "  wormtx: every participant applied %v %v after Begin, without the coordinator\n", b.WormTXOutcome, b.WormTXApplied.Round(time.Microsecond))
+		fmt.Fprintf(w, "  wormtx, coordinator dead after one prepare: every participant applied %v %v after Begin (recovery of the missing votes after 2s)\n",
+			b.WormTXTold1, b.WormTXTold1Applied.Round(time.Millisecond))
+	}
+}
+
+type txParticipantsArgs struct {
+	profile      string
+	participants int
+	servers      []string
+	keyFile      string
+	dir          string
+	volatile     bool
+	segBase      uint64
+}
+
+// startTxParticipants starts `worm bench tx-participants` as a child
+// process whose network peers with net, and returns once it serves.
+func startTxParticipants(ctx context.Context, net *twopc.Network, a txParticipantsArgs) (func(), error) {
+	exe, err := os.Executable()
+	if err != nil {
+		return nil, err
+	}
+	args := []string{"bench", "tx-participants", "-peer", net.Addr(), "-participants", strconv.Itoa(a.participants),
+		"-servers", strings.Join(a.servers, ","), "-dir", a.dir, "-segbase", strconv.FormatUint(a.segBase, 10)}
+	if a.keyFile != "" {
+		args = append(args, "-key-file", a.keyFile)
+	}
+	if a.volatile {
+		args = append(args, "-volatile")
+	}
+	if a.profile != "" {
+		args = append(args, "-cpuprofile", a.profile)
+	}
+	cmd := exec.Command(exe, args...)
+	cmd.Stderr = os.Stderr
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		return nil, err
+	}
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		return nil, err
+	}
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	stop := func() { stdin.Close(); cmd.Wait() }
+	r := bufio.NewReader(out)
+	for {
+		line, err := r.ReadString('\n')
+		if err != nil {
+			cmd.Process.Kill()
+			stop()
+			return nil, fmt.Errorf("bench tx: the participants' process did not start (%v)", err)
+		}
+		line = strings.TrimSpace(line)
+		if addr, ok := strings.CutPrefix(line, "listening "); ok {
+			net.SetPeer(addr)
+		}
+		if line == "ready" {
+			return stop, nil
+		}
+	}
+}
+
+// cmdBenchTxParticipants is the participants' process of `worm bench tx`
+// (internal): it serves both protocols' participants on a network whose
+// peer is the parent's, prints "listening ADDR" and "ready", and stops
+// when its standard input closes.
+func cmdBenchTxParticipants(args []string) error {
+	fs := flag.NewFlagSet("bench tx-participants", flag.ContinueOnError)
+	peer := fs.String("peer", "", "the parent's network address")
+	parts := fs.Int("participants", 3, "participants")
+	servers := fs.String("servers", "", "wormds")
+	keyFile := fs.String("key-file", "", "cluster key file")
+	dir := fs.String("dir", "", "directory of the vote logs")
+	volatile := fs.Bool("volatile", false, "do not sync the vote logs")
+	segBase := fs.Uint64("segbase", 0, "the harness's first segment")
+	prof := fs.String("cpuprofile", "", "write a CPU profile of this process into this file")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if *prof != "" {
+		stopProf, err := startProfile(filepath.Dir(*prof), filepath.Base(*prof))
+		if err != nil {
+			return err
+		}
+		defer stopProf()
+	}
+	if *peer == "" || *servers == "" || *dir == "" || *segBase == 0 {
+		return &exitError{code: exitFailure, msg: "bench tx-participants is started by worm bench tx"}
+	}
+	sf := spaceFlags{keyFile: *keyFile}
+	key, err := sf.key()
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() {
+		io.Copy(io.Discard, os.Stdin) // the parent closes it to stop us
+		cancel()
+	}()
+	net, err := twopc.NewTCPPeerNetwork(*peer)
+	if err != nil {
+		return err
+	}
+	defer net.Close()
+	fmt.Printf("listening %s\n", net.Addr())
+	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
+	dial := func(ctx context.Context, id string) (worm.Space, error) {
+		dctx, dcancel := context.WithTimeout(ctx, 20*time.Second)
+		defer dcancel()
+		return client.Dial(dctx, client.Config{Servers: strings.Split(*servers, ","), Key: key, ID: "bench-tx-" + id, Logger: quiet})
+	}
+	err = txbench.ServeParticipants(ctx, txbench.ParticipantsConfig{Participants: *parts, Net: net, Dial: dial, Dir: *dir,
+		Volatile: *volatile, SegBase: *segBase, Logger: quiet}, func(err error) {
+		if err == nil {
+			fmt.Println("ready")
+		}
+	})
+	if ctx.Err() != nil {
+		return nil
+	}
+	return err
+}
+
+// participantsProfile is where the participants' process writes its CPU
+// profile (its whole life) when -cpuprofile is set.
+func participantsProfile(dir string) string {
+	if dir == "" {
+		return ""
+	}
+	abs, err := filepath.Abs(filepath.Join(dir, "participants.pprof"))
+	if err != nil {
+		return ""
+	}
+	return abs
+}
