@@ -272,3 +272,57 @@ func TestReplaceRefuses(t *testing.T) {
 		t.Fatalf("replacing with a minority up: %v", err)
 	}
 }
+
+// BenchmarkReplace measures a replacement of a member holding a given
+// state, on in-process wormservers over loopback (storage in memory, so
+// this is the cost of the protocol, the copies and the merge): each
+// iteration replaces the previous new member by a fresh joining one. Bytes
+// are the values copied per replacement (from a majority: twice the
+// state).
+func BenchmarkReplace(b *testing.B) {
+	for _, mb := range []int{1, 16} {
+		b.Run(fmt.Sprintf("%dMiB", mb), func(b *testing.B) {
+			c := newProcCluster(b, 3, 64, nil)
+			old := c.Servers()
+			cl := c.dial(b, "fill")
+			ctx := context.Background()
+			value := bytes.Repeat([]byte("x"), 16<<10)
+			segs := uint64(mb<<20) / (64 * uint64(len(value)))
+			for s := uint64(1); s <= segs; s++ {
+				if _, err := cl.Alloc(ctx, s, nil); err != nil {
+					b.Fatal(err)
+				}
+				sc, err := cl.CaptureSegment(ctx, s)
+				if err != nil {
+					b.Fatal(err)
+				}
+				for off := uint32(0); off < 64; off += 16 {
+					vals := make([][]byte, 16)
+					for i := range vals {
+						vals[i] = value
+					}
+					if err := cl.WriteBatch(ctx, s, off, sc.Token, vals); err != nil {
+						b.Fatal(err)
+					}
+				}
+			}
+			b.SetBytes(2 * int64(segs) * 64 * int64(len(value)))
+			oldMember := old[2]
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				b.StopTimer()
+				n := c.addJoining(uint32(10 + i))
+				b.StartTimer()
+				cfg, err := client.Replace(ctx, client.Replacement{Servers: old, Old: oldMember, New: c.nodes[n].addr, Logger: quiet()})
+				if err != nil {
+					b.Fatal(err)
+				}
+				oldMember = c.nodes[n].addr
+				old = nil
+				for _, m := range cfg.Members {
+					old = append(old, m.Addr)
+				}
+			}
+		})
+	}
+}
