@@ -32,7 +32,10 @@
 // applies it and moves on; at an empty register it waits for a Listen
 // notification (it listens to its segment and the next few, re-listening
 // when a channel fails or closes, and checks a newly listened segment once
-// for writes made before) or a polling timeout (PollInterval). Values the
+// for writes made before) or a polling timeout (PollInterval). A
+// notification that carries the register's chosen value (values up to
+// 1 KiB on a distributed Space: a small batch) spares the read; a hint
+// (a larger batch) is followed by one. Values the
 // replica wrote itself, or saw in a capture, are applied without reading
 // them again, and the learner does not read a register its own write is
 // still filling, so a command costs its proposer one write. A hole — an empty register below a

@@ -759,12 +759,16 @@ func (l *listens) track(ctx context.Context, base uint64) {
 		l.fresh = append(l.fresh, s)
 		go func(s uint64, x *listen) {
 			for n := range ch {
-				if n.Lost {
+				switch {
+				case n.Lost:
 					l.mu.Lock()
 					l.fresh = append(l.fresh, s)
 					l.mu.Unlock()
 					l.r.kick()
-				} else {
+				case n.Chosen:
+					// The value came with the notification: no read.
+					l.r.learnedAt(l.r.pos(s, n.Off), n.Value)
+				default:
 					l.r.noteWritten(l.r.pos(s, n.Off))
 				}
 			}

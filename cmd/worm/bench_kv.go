@@ -1,0 +1,283 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"text/tabwriter"
+	"time"
+
+	"github.com/wormspace/wormspace/apps/wormpaxos"
+	"github.com/wormspace/wormspace/apps/wormpaxos/kv"
+	"github.com/wormspace/wormspace/worm/bench"
+	"github.com/wormspace/wormspace/worm/client"
+	"github.com/wormspace/wormspace/worm/localcluster"
+)
+
+func init() { benchApps["kv"] = cmdBenchKV }
+
+const benchKVUsage = `usage: worm bench kv [-policy sticky,rotating,leaderless] [-batch on,off] [-clients 1,16,64] [-local 3] [-volatile] [-quick] [-json FILE]
+
+Measures WormPaxos: closed-loop key-value clients (apps/wormpaxos/kv) put
+keys through three replicas of one replicated log in this process, each
+with its own WormSpace client, replicating through -local wormds started
+for the run. Every leader policy runs batched (up to 64 commands per
+register, 4 writes in flight) and unbatched (one command per register),
+at each client count. Sticky: every client proposes at replica 0 (the
+leader). Rotating and leaderless: client i proposes at replica i mod 3.
+A put returns once its command is applied at the proposing replica; the
+other replicas learn and apply the log meanwhile.`
+
+// KVBenchRow is one configuration.
+type KVBenchRow struct {
+	Policy  string       `json:"policy"`
+	Batched bool         `json:"batched"`
+	Result  bench.Result `json:"result"`
+	// Writes: registers written per second (a batch is one); Batch is the
+	// mean commands per register.
+	WritesPerSec float64 `json:"writes_per_sec"`
+	MeanBatch    float64 `json:"mean_batch"`
+}
+
+// KVBenchReport is what -json writes.
+type KVBenchReport struct {
+	Time     time.Time     `json:"time"`
+	Volatile bool          `json:"volatile"`
+	Wormds   []string      `json:"wormds"`
+	Duration time.Duration `json:"duration_ns"`
+	Warmup   time.Duration `json:"warmup_ns"`
+	Rows     []KVBenchRow  `json:"rows"`
+}
+
+func cmdBenchKV(args []string) error {
+	fs := flag.NewFlagSet("bench kv", flag.ContinueOnError)
+	policiesF := fs.String("policy", "sticky,rotating,leaderless", "leader policies to run")
+	batchF := fs.String("batch", "on,off", "batched (on: up to 64 commands per register) and/or unbatched (off)")
+	clientsF := fs.String("clients", "1,16,64", "closed-loop client counts to sweep")
+	local := fs.Int("local", 3, "wormds to start on loopback for the run")
+	volatile := fs.Bool("volatile", false, "wormds skip fsync (the protocol, not the disk)")
+	quick := fs.Bool("quick", false, "short runs (1s, 200ms warm-up)")
+	duration := fs.Duration("duration", 5*time.Second, "measured time per configuration")
+	warmup := fs.Duration("warmup", time.Second, "unmeasured time before each measurement")
+	jsonOut := fs.String("json", "", "also write the report as JSON to this file")
+	profDir := fs.String("cpuprofile", "", "write a CPU profile of this process per run into this directory")
+	fs.Usage = func() { fmt.Fprintln(fs.Output(), benchKVUsage); fs.PrintDefaults() }
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 || *local < 1 {
+		fs.Usage()
+		return errUsage
+	}
+	if *quick {
+		*duration, *warmup = time.Second, 200*time.Millisecond
+	}
+	counts, err := parseInts(*clientsF)
+	if err != nil {
+		return &exitError{code: exitFailure, msg: "-clients: " + err.Error()}
+	}
+	var policies []wormpaxos.Policy
+	for _, p := range strings.Split(*policiesF, ",") {
+		pol, err := wormpaxos.ParsePolicy(strings.TrimSpace(p))
+		if err != nil {
+			return &exitError{code: exitFailure, msg: "-policy: " + err.Error()}
+		}
+		policies = append(policies, pol)
+	}
+	var batches []bool
+	for _, b := range strings.Split(*batchF, ",") {
+		switch strings.TrimSpace(b) {
+		case "on":
+			batches = append(batches, true)
+		case "off":
+			batches = append(batches, false)
+		default:
+			return &exitError{code: exitFailure, msg: fmt.Sprintf("-batch: %q (on, off)", b)}
+		}
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+
+	dir, err := os.MkdirTemp("", "worm-bench-kv-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	mode := "durable (fsync)"
+	if *volatile {
+		mode = "volatile (no fsync)"
+	}
+	fmt.Fprintf(os.Stderr, "bench kv: starting %d local wormds, %s ...\n", *local, mode)
+	lc, err := localcluster.Start(ctx, localcluster.Config{N: *local, Dir: filepath.Join(dir, "wormds"), Volatile: *volatile})
+	if err != nil {
+		return err
+	}
+	defer lc.Stop()
+	key, err := lc.Key()
+	if err != nil {
+		return err
+	}
+	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
+	var spaces []*client.Client
+	for i := range 3 {
+		dctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+		cl, err := client.Dial(dctx, client.Config{Servers: lc.Servers(), Key: key, ID: "bench-kv-replica-" + strconv.Itoa(i), Logger: quiet})
+		cancel()
+		if err != nil {
+			return err
+		}
+		defer cl.Close()
+		spaces = append(spaces, cl)
+	}
+	report := KVBenchReport{Time: time.Now().UTC(), Volatile: *volatile, Wormds: lc.Servers(), Duration: *duration, Warmup: *warmup}
+	logBase := uint64(time.Now().UnixNano()/1000) << 12
+	for _, pol := range policies {
+		for _, batched := range batches {
+			for _, c := range counts {
+				name := fmt.Sprintf("%v-%s-c%d", pol, onOff(batched), c)
+				fmt.Fprintf(os.Stderr, "bench kv: %v, batch %s, %d client(s), %v ...\n", pol, onOff(batched), c, *duration)
+				stopProf, err := startProfile(*profDir, name+".pprof")
+				if err != nil {
+					return err
+				}
+				// Every run gets a log of its own.
+				logBase += 1 << 24
+				row, err := runKVPuts(ctx, spaces, pol, batched, c, logBase, *warmup, *duration, quiet)
+				stopProf()
+				if err != nil {
+					return fmt.Errorf("%s: %w", name, err)
+				}
+				fmt.Fprintf(os.Stderr, "bench kv:   %v (%.1f commands per register)\n", row.Result, row.MeanBatch)
+				report.Rows = append(report.Rows, row)
+			}
+		}
+	}
+	printKVBench(os.Stdout, report)
+	if *jsonOut != "" {
+		b, _ := json.MarshalIndent(report, "", "  ")
+		if err := os.WriteFile(*jsonOut, append(b, '\n'), 0o644); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func onOff(b bool) string {
+	if b {
+		return "on"
+	}
+	return "off"
+}
+
+// kvMaxBatch is the batched configuration: WormPaxos's default MaxBatch.
+const kvMaxBatch = 64
+
+// runKVPuts measures closed-loop puts through three replicas of a fresh
+// log at logBase.
+func runKVPuts(ctx context.Context, spaces []*client.Client, pol wormpaxos.Policy, batched bool, clients int, logBase uint64, warmup, duration time.Duration, logger *slog.Logger) (KVBenchRow, error) {
+	rctx, cancel := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	defer func() { cancel(); wg.Wait() }()
+	maxBatch := 1
+	if batched {
+		maxBatch = kvMaxBatch
+	}
+	var reps []*wormpaxos.Replica
+	for i, sp := range spaces {
+		r, err := wormpaxos.New(sp, kv.NewStore(), wormpaxos.Config{Policy: pol, LogBase: logBase, Replicas: len(spaces), Index: i,
+			MaxBatch: maxBatch, Logger: logger})
+		if err != nil {
+			return KVBenchRow{}, err
+		}
+		reps = append(reps, r)
+		wg.Go(func() {
+			if err := r.Run(rctx); err != nil && rctx.Err() == nil {
+				logger.Error("bench kv: replica", "index", i, "err", err)
+			}
+		})
+	}
+	kvs := make([]*kv.Client, clients)
+	for i := range kvs {
+		rep := reps[0]
+		if pol != wormpaxos.Sticky {
+			rep = reps[i%len(reps)]
+		}
+		kvs[i] = kv.NewClient(fmt.Sprintf("bench-%d-%d", logBase, i), rep)
+		// Longer than any put under load: a timed-out attempt would be
+		// retried at the same (and only) replica anyway.
+		kvs[i].AttemptTimeout = 30 * time.Second
+	}
+	// One untimed put per proposing replica lets the policy set up (the
+	// leader's or the owners' first segments) before timing starts.
+	for i := range min(clients, len(reps)) {
+		pctx, pcancel := context.WithTimeout(ctx, 30*time.Second)
+		err := kvs[i].Put(pctx, "warm", "up")
+		pcancel()
+		if err != nil {
+			return KVBenchRow{}, fmt.Errorf("first put: %w", err)
+		}
+	}
+	w0 := writes(reps)
+	value := strings.Repeat("v", 16)
+	r, err := bench.Loop(ctx, bench.LoopConfig{Workload: bench.Workload(fmt.Sprintf("kv-put-%v-batch-%s", pol, onOff(batched))),
+		Clients: clients, Warmup: warmup, Duration: duration},
+		func(ctx context.Context, i int) error {
+			return kvs[i].Put(ctx, "k"+strconv.Itoa(i), value)
+		})
+	if err != nil {
+		return KVBenchRow{}, err
+	}
+	row := KVBenchRow{Policy: pol.String(), Batched: batched, Result: r}
+	// Registers written over the whole loop, warm-up included (the
+	// replicas count them, not the loop): their rate, and the commands
+	// per register at the measured put rate.
+	if w := writes(reps) - w0; w > 0 {
+		row.WritesPerSec = float64(w) / (r.Duration + warmup).Seconds()
+		row.MeanBatch = r.OpsPerSec / row.WritesPerSec
+	}
+	if r.Ops == 0 {
+		return row, errors.New("no put completed")
+	}
+	return row, nil
+}
+
+// writes sums the replicas' chosen batch writes.
+func writes(reps []*wormpaxos.Replica) uint64 {
+	var n uint64
+	for _, r := range reps {
+		n += r.Stats().Writes
+	}
+	return n
+}
+
+func printKVBench(w io.Writer, r KVBenchReport) {
+	mode := "durable (fsync)"
+	if r.Volatile {
+		mode = "volatile (no fsync)"
+	}
+	fmt.Fprintf(w, "WormPaxos KV puts, 3 replicas in this process, %d wormds, %s; %v per run\n", len(r.Wormds), mode, r.Duration)
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "policy\tbatch\tclients\tputs/s\tp50 µs\tp99 µs\tregisters/s\tcommands/register\terrors\t")
+	for _, row := range r.Rows {
+		x := row.Result
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%.0f\t%s\t%s\t%.0f\t%.1f\t%d\t\n", row.Policy, onOff(row.Batched), x.Clients, x.OpsPerSec,
+			us(x.Latency.P50), us(x.Latency.P99), row.WritesPerSec, row.MeanBatch, x.Errors)
+	}
+	tw.Flush()
+	for _, row := range r.Rows {
+		if row.Result.Errors > 0 {
+			fmt.Fprintf(w, "%s c=%d: %d errors, first: %s\n", row.Result.Workload, row.Result.Clients, row.Result.Errors, strings.TrimSpace(row.Result.FirstError))
+		}
+	}
+}
