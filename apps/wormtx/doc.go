@@ -74,19 +74,25 @@
 //
 // In the direct mode the coordinator allocates segments ahead of need
 // (their metadata is a reservation, not the descriptor, which is not
-// known yet; CoordinatorConfig.Reserve), so Begin writes nothing before
-// the prepares leave: it takes a reserved segment, opens its listener on
-// it, sends the prepares through the Messenger and, meanwhile, writes the
-// descriptor into the segment's last register for observers that know
-// only the TxID (Open). A participant subscribes to the segment while it
-// prepares and votes; the wormservers replay to a new subscriber the
-// notifications of the segment's recent writes, so the votes that raced
-// with the subscription are learned like the later ones. Since no inbox
-// records a transaction prepared this way, the participant's Resource
-// lists what it prepared and has not applied (Recoverable), and Run hands
-// those to Handle after a restart. The coordinator collects: it acks, sees
-// the participants' acks on its listener, and trims; a participant checks
-// AbandonAfter later and collects if the coordinator did not.
+// known yet; CoordinatorConfig.Reserve) and subscribes to each, so Begin
+// writes nothing and waits for nothing before the prepares leave: it
+// takes a reserved segment, whose listener already hears every write, and
+// sends the prepares through the Messenger. The prepare tells the
+// participant's Space that the segment is allocated (worm/client checks
+// that before a first unsafe write; see allocHinter). A participant
+// subscribes to the segment while it prepares and votes; the wormservers
+// replay to a new subscriber the notifications of the segment's recent
+// writes, so the votes that raced with the subscription are learned like
+// the later ones. Since no inbox records a transaction prepared this way,
+// the participant's Resource lists what it prepared and has not applied
+// (Recoverable), and Run hands those to Handle after a restart. Once the
+// outcome is known the coordinator writes the descriptor into the
+// segment's last register, for observers that know only the TxID (Open),
+// and its ack. It collects: it trims once every participant acknowledged,
+// in its ack register or by a message (ParticipantConfig.SendAck, passed
+// to Coordinator.Acked); a participant checks AbandonAfter later and, if
+// the segment is still there, writes its ack register and collects as in
+// the inbox mode.
 //
 // # Why it is non-blocking
 //
@@ -156,14 +162,22 @@
 //	       from a quorum of them and, with every vote, the outcome
 //
 // Three delays from Begin for the coordinator and for every participant
-// (measured 3.2 to 3.5 with scheduling). 2PC takes three to its
+// (measured 3.2 to 3.5 with scheduling; apps/wormtx/txbench counts them
+// again, and `worm bench tx` reports them beside latencies measured on
+// real wormds). 2PC takes three to its
 // participants (prepare, vote, decision) and two to its coordinator, which
 // must force its decision to its log before telling anyone; WormTX's one
 // durable step on the path is the vote's, at the wormservers, where 2PC
 // has the coordinator's log force and the participant's prepare record
 // (WormTX's Resources record votes too). Nothing else is on the path: the
 // segment was allocated ahead, the coordinator subscribed in Begin, the
-// descriptor and the acknowledgements are written afterwards.
+// descriptor and the acknowledgements are written afterwards. What the
+// count does not show is the work: per transaction, besides the votes,
+// the direct mode costs the wormservers an Alloc and a Listen ahead, a
+// Listen per participant, the descriptor, the coordinator's ack and the
+// Trim afterwards (about fifteen quorum operations, where 2PC sends nine
+// messages and forces one log record), which a busy machine turns into
+// latency.
 //
 // With inbox posts (no Messenger) the prepare travels through WormSpace:
 //
