@@ -23,6 +23,7 @@ import (
 	"github.com/wormspace/wormspace/worm"
 	"github.com/wormspace/wormspace/worm/check"
 	"github.com/wormspace/wormspace/worm/client"
+	"github.com/wormspace/wormspace/worm/wire"
 )
 
 // VMFaults are the faults RunVM knows, in report order.
@@ -167,6 +168,9 @@ func (h *vmHarness) dial(ctx context.Context, id string) (*client.Client, error)
 	defer cancel()
 	cl, err := client.Dial(dctx, client.Config{Servers: strings.Split(h.c.Servers(), ","), Key: h.key, ID: id,
 		Dialer: h.c, Logger: quiet(), OpTimeout: vmOpTimeout})
+	if errors.Is(err, wire.ErrVersion) {
+		return nil, fmt.Errorf("the boot image's wormd speaks another protocol version than this client: rebuild the image (make image): %w", err)
+	}
 	if err != nil {
 		return nil, err
 	}
