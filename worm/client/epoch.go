@@ -89,24 +89,24 @@ func (cl *Client) changingLocked() bool {
 	return false
 }
 
-// awaitView returns the epoch to issue an operation under, and a channel
-// closed at the next change of the view or of a connection. While a
-// membership change is under way and no quorum serves the view yet, it
-// waits (for ctx) for one to, or for a newer view.
-func (cl *Client) awaitView(ctx context.Context) (uint64, <-chan struct{}, error) {
+// awaitView returns the epoch to issue an operation under, a channel
+// closed at the next change of the view or of a connection, and whether
+// a change is under way. While one is and no quorum serves the view yet,
+// it waits (for ctx) for one to, or for a newer view.
+func (cl *Client) awaitView(ctx context.Context) (uint64, <-chan struct{}, bool, error) {
 	for {
 		cl.mu.Lock()
 		epoch, ready, changing, ch := cl.view.epoch, cl.readyLocked(), cl.changingLocked(), cl.changed
 		cl.mu.Unlock()
 		if ready || !changing {
-			return epoch, ch, nil
+			return epoch, ch, changing, nil
 		}
 		select {
 		case <-ch:
 		case <-ctx.Done():
-			return 0, nil, fmt.Errorf("client: no quorum serves configuration epoch %d yet (a membership change is under way; `worm replace` finishes one that was interrupted): %w: %w", epoch, worm.ErrUnavailable, ctx.Err())
+			return 0, nil, false, fmt.Errorf("client: no quorum serves configuration epoch %d yet (a membership change is under way; `worm replace` finishes one that was interrupted): %w: %w", epoch, worm.ErrUnavailable, ctx.Err())
 		case <-cl.closed:
-			return 0, nil, errClosed
+			return 0, nil, false, errClosed
 		}
 	}
 }
@@ -141,7 +141,7 @@ func (cl *Client) run(ctx context.Context, mk func(p *paxos.Proposer) *paxos.Op)
 	}
 	var res paxos.Result
 	for attempt := 0; ; attempt++ {
-		epoch, changed, err := cl.awaitView(ctx)
+		epoch, changed, changing, err := cl.awaitView(ctx)
 		if err != nil {
 			if attempt > 0 {
 				// The earlier attempt's result, which the wait could not
@@ -156,7 +156,7 @@ func (cl *Client) run(ctx context.Context, mk func(p *paxos.Proposer) *paxos.Op)
 			return res
 		}
 		cl.mu.Lock()
-		moving := sealed || cl.view.epoch != epoch || cl.pendingNext > epoch || cl.changingLocked()
+		moving := changing || sealed || cl.view.epoch != epoch || cl.pendingNext > epoch || cl.changingLocked()
 		cl.mu.Unlock()
 		if !moving {
 			return res

@@ -342,7 +342,8 @@ func (st *survey) active() wire.Config {
 // pending returns a change under way that this run can push on: a
 // configuration a sealed server names as its successor that no
 // reachable server serves yet, or the newest served configuration while
-// some of its reachable members are still sealed or joining for it.
+// some of its reachable members do not serve it (sealed or joining for
+// it, or left behind in an older epoch while they were down).
 func (st *survey) pending() (wire.Config, bool) {
 	act := st.active()
 	for _, p := range st.probes {
@@ -354,18 +355,26 @@ func (st *survey) pending() (wire.Config, bool) {
 		return wire.Config{}, false
 	}
 	for _, m := range act.Members {
-		p := st.byID(m.ID)
-		if p == nil {
-			continue
-		}
-		switch {
-		case p.m.State == wire.StateSealed && p.m.Epoch == act.Epoch-1 && p.m.Next.Equal(act):
-			return act, true
-		case p.m.State == wire.StateJoining && (p.m.Next.Epoch == 0 || p.m.Next.Equal(act)):
+		if p := st.byID(m.ID); p != nil && behind(p.m, act) {
 			return act, true
 		}
 	}
 	return wire.Config{}, false
+}
+
+// behind reports whether a member of x can be brought to serve x: it
+// serves or sealed an older epoch (a sealed one pointed at x or at an
+// older configuration), or it is joining x.
+func behind(m wire.Membership, x wire.Config) bool {
+	switch m.State {
+	case wire.StateActive:
+		return m.Epoch < x.Epoch
+	case wire.StateSealed:
+		return m.Epoch < x.Epoch && (m.Next.Equal(x) || m.Next.Epoch < x.Epoch)
+	case wire.StateJoining:
+		return m.Next.Epoch == 0 || m.Next.Equal(x)
+	}
+	return false
 }
 
 // current returns the configuration the cluster is in, with acceptor ids
@@ -533,12 +542,26 @@ func (rp *replacer) finish(ctx context.Context, st *survey, x wire.Config) error
 			return ErrInterrupted
 		}
 	}
-	// 3. The members x keeps serve it from now on.
+	// 3. The members x keeps serve it from now on; one left behind in an
+	// older epoch while it was down (a laggard, which is harmless) is
+	// sealed there for x first.
 	for _, p := range st.probes {
-		if p.err == nil && inX(p) && p.m.State == wire.StateSealed && p.m.Epoch == e && p.m.Next.Equal(x) {
-			if err := rp.activate(ctx, p, x); err != nil {
-				return err
+		if p.err != nil || !inX(p) || p.m.State == wire.StateJoining || !behind(p.m, x) {
+			continue
+		}
+		if !p.m.Next.Equal(x) {
+			rep, err := p.a.do(ctx, &wire.Control{Op: wire.CtlSeal, Epoch: p.m.Epoch, Config: x})
+			if err != nil {
+				return fmt.Errorf("%w: sealing epoch %d at %s, which is behind: %w", ErrReplace, p.m.Epoch, p.addr, err)
 			}
+			if rep.Status != wire.CtlOK {
+				return fmt.Errorf("%w: sealing epoch %d at %s, which is behind: %v: %s", ErrReplace, p.m.Epoch, p.addr, rep.Status, rep.Text)
+			}
+			rp.progress("sealed epoch %d at %s (acceptor %d), which missed changes, for epoch %d", p.m.Epoch, p.addr, p.id, x.Epoch)
+			p.m = rep.Membership
+		}
+		if err := rp.activate(ctx, p, x); err != nil {
+			return err
 		}
 	}
 	if rp.interrupted("activated") {
@@ -598,15 +621,19 @@ func (rp *replacer) activate(ctx context.Context, p *probe, x wire.Config) error
 func (rp *replacer) transfer(ctx context.Context, st *survey, j *probe, x wire.Config) error {
 	e := x.Epoch - 1
 	quorum := len(x.Members)/2 + 1
+	// Members of e: those sealed at e for x (kept by x or not), and the
+	// members of x past e that are not new (sealed at e before x was
+	// activated there, which only added to their state).
 	var sources []*probe
-	for _, m := range x.Members {
-		p := st.byID(m.ID)
-		if p == nil || p == j {
+	seen := map[uint32]bool{}
+	for _, p := range st.probes {
+		if p.err != nil || p == j || seen[p.id] {
 			continue
 		}
-		// A member of x that is not joining was a member of e (sealed at
-		// e, or active in x since, which only added to its state).
-		if p.m.State == wire.StateSealed && p.m.Epoch == e || p.m.State != wire.StateJoining && p.m.Epoch >= x.Epoch {
+		sealedAtE := p.m.State == wire.StateSealed && p.m.Epoch == e && p.m.Next.Equal(x)
+		kept := x.Has(p.id) && p.m.State != wire.StateJoining && p.m.Epoch >= x.Epoch
+		if sealedAtE || kept {
+			seen[p.id] = true
 			sources = append(sources, p)
 		}
 	}

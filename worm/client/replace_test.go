@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -270,6 +271,73 @@ func TestReplaceRefuses(t *testing.T) {
 	c.Stop(2)
 	if _, err := replace(t, c, old, old[2], c.nodes[n].addr, ""); !errors.Is(err, client.ErrReplace) {
 		t.Fatalf("replacing with a minority up: %v", err)
+	}
+}
+
+// A member that is alive can be replaced while another is down: the
+// read quorum is then the kept member and the replaced one (sealed, not
+// kept), and the new configuration serves with the kept member and the
+// new one. The member that was down, back, is brought into the new
+// configuration by a run without arguments (it missed the change: a
+// laggard), after which it makes a quorum with the new member.
+func TestReplaceLiveMemberWithAnotherDown(t *testing.T) {
+	c := newProcCluster(t, 3, 16, nil)
+	old := c.Servers()
+	cl := c.dial(t, "w")
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if _, err := cl.Alloc(ctx, 1, nil); err != nil {
+		t.Fatal(err)
+	}
+	// Epoch 1 first (replace member 3 by 4), so that the configuration
+	// names every member's id even when one is down.
+	n1 := c.addJoining(4)
+	if _, err := replace(t, c, old, old[2], c.nodes[n1].addr, ""); err != nil {
+		t.Fatal(err)
+	}
+	c.Stop(2)
+	// Values only member 1 and the new member 4 hold (member 2 is down).
+	c.Stop(1)
+	for off := uint32(0); off < 16; off++ {
+		if err := written(ctx, cl, worm.Addr{Seg: 1, Off: off}, []byte{byte(off)}); err != nil {
+			t.Fatalf("%v\n%s", err, strings.Join(cl.ConnStates(), "\n"))
+		}
+	}
+	// Replace 4 (alive) by 5 while 2 is down: sources are 1 and 4.
+	n2 := c.addJoining(5)
+	cfg, err := replace(t, c, []string{old[0], old[1], c.nodes[n1].addr}, c.nodes[n1].addr, c.nodes[n2].addr, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Epoch != 2 || !cfg.Has(5) || cfg.Has(4) {
+		t.Fatalf("configuration %v", cfg)
+	}
+	c.Stop(n1) // the replaced member: no longer needed
+	for off := uint32(0); off < 16; off++ {
+		got, err := cl.Read(ctx, worm.Addr{Seg: 1, Off: off})
+		if err != nil || !bytes.Equal(got, []byte{byte(off)}) {
+			t.Fatalf("1/%d with members 1 and 5: %q %v", off, got, err)
+		}
+	}
+	c.Start(1) // still active in epoch 1, which no quorum serves
+	if _, err := replace(t, c, []string{old[0], old[1], c.nodes[n2].addr}, "", "", ""); err != nil {
+		t.Fatal(err)
+	}
+	c.Stop(0)
+	for off := uint32(0); off < 16; off++ {
+		// The client redials member 2, down until now, on its own
+		// schedule: until then the read finds no quorum.
+		got, err := cl.Read(ctx, worm.Addr{Seg: 1, Off: off})
+		for deadline := time.Now().Add(5 * time.Second); errors.Is(err, worm.ErrUnavailable) && time.Now().Before(deadline); {
+			time.Sleep(10 * time.Millisecond)
+			got, err = cl.Read(ctx, worm.Addr{Seg: 1, Off: off})
+		}
+		if err != nil || !bytes.Equal(got, []byte{byte(off)}) {
+			t.Fatalf("1/%d with members 2 (caught up) and 5: %q %v", off, got, err)
+		}
+	}
+	if err := written(ctx, cl, worm.Addr{Seg: 1, Off: 0}, []byte{0}); err != nil {
+		t.Fatalf("write with members 2 and 5: %v", err)
 	}
 }
 

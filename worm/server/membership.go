@@ -225,16 +225,20 @@ func (e *Engine) membershipLocked() error {
 
 // Seal seals epoch: from the moment it returns nil, every request of
 // epoch is refused, and the sealed state, with next as the configuration
-// that succeeds epoch, is durable. Sealing again with the same next is a
-// no-op. It returns the membership after the call, and changed when this
-// call sealed. Errors: ErrBadConfig, ErrRefused (the server is not an
-// active member of epoch, or sealed it for another configuration), or a
-// storage error.
+// the server joins next, is durable. next is epoch's successor, or (a
+// member that missed changes while it was down, catching up) a later
+// configuration; a sealed member whose next is older than next is
+// pointed at next (it never served its old next, and a member that
+// missed messages is only a laggard). Sealing again with the same next
+// is a no-op. It returns the membership after the call, and changed when
+// this call changed it. Errors: ErrBadConfig, ErrRefused (the server is
+// neither an active nor a sealed member of epoch, or is sealed for
+// another configuration at least as new), or a storage error.
 func (e *Engine) Seal(epoch uint64, next wire.Config) (m wire.Membership, changed bool, err error) {
 	if err := next.Validate(); err != nil {
 		return wire.Membership{}, false, fmt.Errorf("%w: %w", ErrBadConfig, err)
 	}
-	if next.Epoch != epoch+1 {
+	if next.Epoch <= epoch {
 		return wire.Membership{}, false, fmt.Errorf("%w: sealing epoch %d for a configuration of epoch %d", ErrBadConfig, epoch, next.Epoch)
 	}
 	e.mu.Lock()
@@ -249,6 +253,9 @@ func (e *Engine) Seal(epoch uint64, next wire.Config) (m wire.Membership, change
 		changed = err == nil
 	case cur.State == wire.StateSealed && cur.Epoch == epoch && cur.Next.Equal(next):
 		// Sealed already; still wait below for the seal to be durable.
+	case cur.State == wire.StateSealed && cur.Epoch == epoch && cur.Next.Epoch < next.Epoch:
+		err = e.changeLocked(wire.Membership{State: wire.StateSealed, Epoch: epoch, Members: cur.Members, Next: next.Clone()})
+		changed = err == nil
 	case cur.State == wire.StateSealed && cur.Epoch == epoch:
 		err = fmt.Errorf("%w: epoch %d is sealed for another configuration (%v)", ErrRefused, epoch, cur.Next)
 	default:

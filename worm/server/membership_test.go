@@ -299,8 +299,8 @@ func TestSealAndActivateRules(t *testing.T) {
 	}
 	rep, _ := a.control(1, &wire.Control{Op: wire.CtlSeal, Epoch: 1, Config: wire.Config{Epoch: 2, Members: cfg1.Members}})
 	expect(rep, wire.CtlRefused, "seal of an epoch not served")
-	rep, _ = a.control(2, &wire.Control{Op: wire.CtlSeal, Epoch: 0, Config: wire.Config{Epoch: 2, Members: cfg1.Members}})
-	expect(rep, wire.CtlInvalid, "seal for a configuration two epochs ahead")
+	rep, _ = a.control(2, &wire.Control{Op: wire.CtlSeal, Epoch: 0, Config: wire.Config{Epoch: 0, Members: cfg1.Members}})
+	expect(rep, wire.CtlInvalid, "seal for a configuration of the same epoch")
 	rep, _ = a.control(3, &wire.Control{Op: wire.CtlSeal, Epoch: 0, Config: wire.Config{Epoch: 1}})
 	expect(rep, wire.CtlInvalid, "seal for an empty configuration")
 	rep, _ = a.control(4, &wire.Control{Op: wire.CtlActivate, Config: cfg1})
@@ -321,6 +321,22 @@ func TestSealAndActivateRules(t *testing.T) {
 	}
 	rep, _ = a.control(9, &wire.Control{Op: wire.CtlSeal, Epoch: 0, Config: cfg2})
 	expect(rep, wire.CtlRefused, "a seal for another configuration")
+	// A member that missed changes is pointed at a later configuration.
+	ts3 := membServer(t, false, nil, 7)
+	d := ts3.dial()
+	rep, _ = d.control(1, &wire.Control{Op: wire.CtlSeal, Epoch: 0, Config: cfg1})
+	expect(rep, wire.CtlOK, "seal")
+	cfg3 := wire.Config{Epoch: 3, Members: cfg1.Members}
+	rep, _ = d.control(2, &wire.Control{Op: wire.CtlSeal, Epoch: 0, Config: cfg3})
+	if rep.Status != wire.CtlOK || !rep.Membership.Next.Equal(cfg3) {
+		t.Fatalf("sealed member pointed at a later configuration: %v %s", rep.Status, rep.Text)
+	}
+	rep, _ = d.control(3, &wire.Control{Op: wire.CtlSeal, Epoch: 0, Config: cfg1})
+	expect(rep, wire.CtlRefused, "pointing a sealed member back at an older configuration")
+	rep, _ = d.control(4, &wire.Control{Op: wire.CtlActivate, Config: cfg3})
+	if rep.Status != wire.CtlOK || !rep.Membership.Serves(3) {
+		t.Fatalf("catching up to epoch 3: %v %s", rep.Status, rep.Text)
+	}
 	rep, _ = a.control(10, &wire.Control{Op: wire.CtlActivate, Config: cfg2})
 	expect(rep, wire.CtlRefused, "activation in another configuration")
 	notMember := wire.Config{Epoch: 1, Members: []wire.Member{{ID: 8, Addr: "b:1"}, {ID: 9, Addr: "n:1"}, {ID: 10, Addr: "m:1"}}}

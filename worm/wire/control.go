@@ -15,9 +15,11 @@ const (
 	// membership changed.
 	CtlMembership
 	// CtlSeal seals Epoch: the server persists that it serves Epoch no
-	// more and that Config (epoch Epoch+1) succeeds it, then refuses
-	// every request of Epoch. Only an active server of Epoch seals it;
-	// sealing again with the same Config is a no-op.
+	// more and that Config (Epoch's successor, or for a member catching
+	// up after missed changes a later configuration) is the one it joins
+	// next, then refuses every request of Epoch. Only an active or sealed
+	// server of Epoch seals it; sealing again with the same Config is a
+	// no-op, with a later one re-points a sealed member.
 	CtlSeal
 	// CtlActivate makes the server serve Config: a sealed member of
 	// Config.Epoch-1 that is a member of Config, or a joining server whose
