@@ -289,3 +289,73 @@ func TestReplaceInterruptedFinishedByCLI(t *testing.T) {
 		})
 	}
 }
+
+// BenchmarkReplace measures `worm replace` of a member holding a given
+// state on wormd processes with durable storage (fsync), the CLI included:
+// each iteration replaces the previous new member by a fresh -join wormd.
+// Bytes are the values copied per replacement (from a majority: twice the
+// state). go test -run XXX -bench Replace -benchtime 1x ./worm/localcluster
+func BenchmarkReplace(b *testing.B) {
+	for _, mb := range []int{8, 64} {
+		b.Run(fmt.Sprintf("%dMiB", mb), func(b *testing.B) {
+			dir := b.TempDir()
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+			defer cancel()
+			c, err := localcluster.Start(ctx, localcluster.Config{N: 3, Dir: dir, SegmentSize: 64, Wormd: filepath.Join(bin, "wormd")})
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer c.Stop()
+			servers := c.Servers()
+			key, _ := c.Key()
+			cl, err := client.Dial(ctx, client.Config{Servers: servers, Key: key, Logger: quiet()})
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer cl.Close()
+			value := bytes.Repeat([]byte("x"), 64<<10)
+			segs := uint64(mb<<20) / (64 * uint64(len(value)))
+			for s := uint64(1); s <= segs; s++ {
+				if _, err := cl.Alloc(ctx, s, nil); err != nil {
+					b.Fatal(err)
+				}
+				sc, err := cl.CaptureSegment(ctx, s)
+				if err != nil {
+					b.Fatal(err)
+				}
+				for off := uint32(0); off < 64; off += 16 {
+					vals := make([][]byte, 16)
+					for i := range vals {
+						vals[i] = value
+					}
+					if err := cl.WriteBatch(ctx, s, off, sc.Token, vals); err != nil {
+						b.Fatal(err)
+					}
+				}
+			}
+			b.SetBytes(2 * int64(segs) * 64 * int64(len(value)))
+			old := servers[2]
+			if err := c.Kill(2); err != nil {
+				b.Fatal(err)
+			}
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				b.StopTimer()
+				n, err := c.AddNode(ctx, "-join")
+				if err != nil {
+					b.Fatal(err)
+				}
+				b.StartTimer()
+				cmd := exec.Command(filepath.Join(bin, "worm"), "replace", "-servers", strings.Join(servers, ","), "-old", old, "-new", n.Addr)
+				cmd.Env = append(os.Environ(), "WORM_SERVERS=", "WORM_KEY=", "WORM_KEY_FILE="+c.KeyFile)
+				out, err := cmd.CombinedOutput()
+				if err != nil {
+					b.Fatalf("worm replace: %v\n%s", err, out)
+				}
+				b.StopTimer()
+				servers[2], old = n.Addr, n.Addr
+				b.StartTimer()
+			}
+		})
+	}
+}
