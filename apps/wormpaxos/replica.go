@@ -520,6 +520,11 @@ func (r *Replica) learn(ctx context.Context, ls *listens, wg *sync.WaitGroup) er
 	probeGap := r.cfg.HoleTimeout // doubles while probes find nothing
 	var probed uint64             // evidence from probes: one past a position beyond which something exists
 	failures := 0
+	// One timer for every wait, and the listeners looked after when the
+	// learner moves to another segment or waits (not at every position).
+	poll := time.NewTimer(r.cfg.PollInterval)
+	defer poll.Stop()
+	tracked := ^uint64(0)
 	for {
 		if err := ctx.Err(); err != nil {
 			return err
@@ -537,7 +542,10 @@ func (r *Replica) learn(ctx context.Context, ls *listens, wg *sync.WaitGroup) er
 			v, ok = r.known[j]
 			r.mu.Unlock()
 		}
-		ls.track(ctx, r.segOf(j))
+		if seg := r.segOf(j); seg != tracked {
+			tracked = seg
+			ls.track(ctx, seg)
+		}
 		for _, s := range ls.unnoticed() {
 			if p := r.look(ctx, s, j); p > probed {
 				probed = p
@@ -604,9 +612,13 @@ func (r *Replica) learn(ctx context.Context, ls *listens, wg *sync.WaitGroup) er
 				}
 				probeGap = min(2*probeGap, 16*r.cfg.HoleTimeout)
 			}
+			// Waiting: listeners that failed are retried (track), and
+			// the poll timer rearmed.
+			ls.track(ctx, s)
+			poll.Reset(r.cfg.PollInterval) // no stale tick since Go 1.23
 			select {
 			case <-r.wake:
-			case <-time.After(r.cfg.PollInterval):
+			case <-poll.C:
 			case <-ctx.Done():
 				return ctx.Err()
 			}
