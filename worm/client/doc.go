@@ -91,9 +91,14 @@
 // # Listen
 //
 // Listen subscribes to write notifications at every reachable wormserver
-// and returns once a quorum has acknowledged, so that every write chosen
-// afterwards is announced by at least one server. Notifications are
-// hints: the same write is usually announced by several servers, and a
+// and returns once a quorum has acknowledged, so that every register
+// written afterwards is announced. Each wormserver reports what it
+// accepted (ballot and value, for values up to 1 KiB), and replays its
+// recent writes of the segment to a new subscriber; the listener is a
+// Paxos learner over those reports: a value a quorum reported at one
+// ballot is chosen, and announced with Chosen set. A register's first
+// report is announced as a hint (no value) unless it completes a quorum,
+// and so are registers whose values are too large to travel. A
 // Notification{Lost: true} says that some may have been missed (a server
 // reconnected, or the listener fell behind) and the listener should
 // rescan.

@@ -243,8 +243,9 @@ func (cl *Client) resubscribe(cn *conn) {
 
 // Listen delivers write notifications for seg until ctx ends or the client
 // closes; the channel is then closed. It returns once a quorum of servers
-// has subscribed, so every write chosen afterwards is announced by at
-// least one of them. Errors: worm.ErrTrimmed, worm.ErrUnavailable.
+// has subscribed, so every register written afterwards is announced (by
+// its chosen value once a quorum of servers reported it at one ballot,
+// else as a hint). Errors: worm.ErrTrimmed, worm.ErrUnavailable.
 func (cl *Client) Listen(ctx context.Context, seg uint64) (<-chan worm.Notification, error) {
 	l := &listener{seg: seg, quorum: cl.quorum(), out: make(chan worm.Notification, 64), wake: make(chan struct{}, 1),
 		tallies: map[uint32]*tally{}, chosen: map[uint32]struct{}{}}
