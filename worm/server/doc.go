@@ -50,7 +50,10 @@
 //     once that value is durable and after the accept's reply was
 //     released. One acceptor's notification says what it accepted, not
 //     what is chosen: a listener learns a value as chosen when a quorum
-//     reported it at one ballot (worm/client), or reads.
+//     reported it at one ballot (worm/client), or reads. After the Listen
+//     reply the server replays the notifications of the segment's recent
+//     small writes (a bounded cache), so that a subscriber learns the
+//     writes that raced with its subscription too.
 //   - Lost marker: a push with Count == 0 (and Off == 0) means that
 //     notifications of Seg were dropped because the connection's output
 //     was over its cap; the listener should rescan the segment. It is sent
