@@ -16,7 +16,9 @@ import (
 
 // conn is one client connection: a reader goroutine (serve) that decodes
 // requests and feeds the Engine, and a writer goroutine that drains the
-// output buffer the replies are encoded into.
+// output buffer the replies are encoded into. Replies to the reader's own
+// requests wait until it goes back to the network (see flushOutput), so
+// that the writer is woken once for a burst of requests.
 //
 // Memory: every byte held for the connection's replies (queued output, the
 // buffer being written, responses the Engine holds until a sync) is
@@ -58,8 +60,8 @@ type conn struct {
 	busy          bool   // a write is in progress
 	writing       int    // bytes that write is writing
 	held          int    // bytes charged to the budget: len(out) + writing + held responses
-	resv          int    // the reader's unspent admission reservation
-	resvTag       uint32 // the slot the reservation is for (noTag: none)
+	resv          int    // budget the reader reserved ahead for its requests' replies
+	active        bool   // the reader reserved: it sees to the output before it waits
 	peak          int    // highest out+writing seen (tests, status)
 	peakHeld      int    // highest held seen (tests)
 	slots         []slot
@@ -75,7 +77,8 @@ type conn struct {
 	nlost         int // subscriptions marked lost
 }
 
-// noTag is resvTag when the reader holds no reservation.
+// noTag stands for no request in chargeLocked: bytes that no admission
+// covered (lost markers, error and control frames).
 const noTag = ^uint32(0)
 
 // slot remembers a request in flight; its index is the Engine tag.
@@ -96,7 +99,6 @@ func newConn(s *Server, nc net.Conn) *conn {
 		wake:       make(chan struct{}, 1),
 		room:       make(chan struct{}, 1),
 		writerDone: make(chan struct{}),
-		resvTag:    noTag,
 	}
 }
 
@@ -123,7 +125,7 @@ func (c *conn) serve() {
 // readLoop reads and dispatches requests until the stream ends, the
 // connection is torn down or drained, or the client sends bad input.
 func (c *conn) readLoop() {
-	r := wire.NewReader(c.nc, c.s.maxFrame)
+	r := wire.NewReader(netReader{c}, c.s.maxFrame)
 	var req paxos.Request
 	for {
 		switch c.waitRoom(false) {
@@ -163,16 +165,33 @@ func (c *conn) readLoop() {
 			c.bad(reason, err)
 			return
 		}
-		switch c.waitRoom(true) {
-		case roomOK:
-		case roomDrain:
-			c.finishReading(shutdownErr)
-			return
-		default:
+		if !c.dispatch(f.ID, &req) {
 			return
 		}
-		c.dispatch(f.ID, &req)
 	}
+}
+
+// netReader is the io.Reader under the connection's wire.Reader: its
+// buffer calls Read only when it needs more bytes from the network, which
+// is when the reader has dispatched every request it holds. Before going
+// to the network the reader gives its reservation back and sees to the
+// replies those requests produced (flushOutput).
+type netReader struct{ c *conn }
+
+func (r netReader) Read(p []byte) (int, error) {
+	r.c.flushOutput()
+	return r.c.nc.Read(p)
+}
+
+// flushOutput ends the reader's burst of requests: it gives the
+// reservation back and wakes the writer for the output the burst left.
+func (c *conn) flushOutput() {
+	c.mu.Lock()
+	c.unreserveLocked()
+	if len(c.out) > 0 && !c.busy {
+		c.wakeWriter()
+	}
+	c.mu.Unlock()
 }
 
 func (c *conn) readFailed(err error) {
@@ -212,9 +231,8 @@ const (
 // waitRoom blocks while the connection is over its in-flight cap or its
 // byte budget (MaxPending): backpressure, the client's requests stay in
 // its socket. With reserve (a request was read and is about to be
-// dispatched) it blocks instead until the server-wide budget has room for
-// the largest reply, and returns roomOK holding that reservation
-// (c.resv), which dispatch spends and gives back.
+// dispatched) it blocks instead until the reader has reserved the largest
+// reply (see reserveLocked).
 func (c *conn) waitRoom(reserve bool) roomResult {
 	for {
 		c.mu.Lock()
@@ -236,20 +254,27 @@ func (c *conn) waitRoom(reserve bool) roomResult {
 		case !reserve:
 			c.mu.Unlock()
 			return roomOK
-		case c.s.budget.tryReserve(int64(c.s.maxReply)):
-			c.resv = c.s.maxReply
+		case c.reserveLocked():
 			c.mu.Unlock()
 			return roomOK
 		default:
+			// Waiting with part of a reply reserved could leave every
+			// waiter holding a part: give it back first.
 			reason = throttleServer
+			c.unreserveLocked()
 			freed = c.s.budget.wait()
 			// Bytes released before the registration did not close freed.
-			if c.s.budget.tryReserve(int64(c.s.maxReply)) {
+			if c.reserveLocked() {
 				c.s.budget.unwait()
-				c.resv = c.s.maxReply
 				c.mu.Unlock()
 				return roomOK
 			}
+		}
+		// The reader reserves nothing while it waits, and will not write
+		// what its requests produced: the writer must.
+		c.unreserveLocked()
+		if len(c.out) > 0 && !c.busy {
+			c.wakeWriter()
 		}
 		// room also wakes a reader waiting for the server's budget when
 		// the connection is drained.
@@ -266,6 +291,46 @@ func (c *conn) waitRoom(reserve bool) roomResult {
 			c.s.budget.unwait()
 		}
 	}
+}
+
+// The reader's reservation. A reader dispatches a request only while it
+// has reserved the largest reply (maxReply) in the server's budget, so
+// that what the request then adds never takes the server over its
+// budget. It reserves in chunks (resvChunk beyond maxReply) and keeps the
+// bytes its writes give back, up to maxResv, while it goes on with
+// requests already received: a burst of pipelined requests costs no
+// operation on the shared budget per request. It gives everything back
+// before it waits for anything (the network, room), so an idle or
+// throttled connection reserves nothing.
+const resvChunk = 64 << 10
+
+func (c *conn) maxResv() int { return c.s.maxReply + 2*resvChunk }
+
+// reserveLocked makes sure the reader has reserved a reply: it tops the
+// reservation up to a reply and a chunk (with less room, to a reply) and
+// reports whether it holds a reply's worth.
+func (c *conn) reserveLocked() bool {
+	if c.resv >= c.s.maxReply {
+		c.active = true
+		return true
+	}
+	for _, want := range [2]int{c.s.maxReply + resvChunk, c.s.maxReply} {
+		if c.s.budget.tryReserve(int64(want - c.resv)) {
+			c.resv = want
+			c.active = true
+			return true
+		}
+	}
+	return false
+}
+
+// unreserveLocked gives the reader's reservation back to the budget.
+func (c *conn) unreserveLocked() {
+	if c.resv > 0 {
+		c.s.budget.release(int64(c.resv))
+		c.resv = 0
+	}
+	c.active = false
 }
 
 // wakeReaderLocked lets a reader blocked in waitRoom re-check.
@@ -286,37 +351,71 @@ func (c *conn) wakeWriter() {
 	}
 }
 
-// outputLocked wakes the writer for new output.
+// outputLocked wakes the writer for new output, unless the reader is
+// active: it writes the output itself, or wakes the writer, before it
+// waits for anything (when it gives its reservation back).
 func (c *conn) outputLocked() {
 	c.notePeakLocked()
-	c.wakeWriter()
+	if !c.active {
+		c.wakeWriter()
+	}
 }
 
 // chargeLocked accounts delta more (or, negative, fewer) bytes held for
-// the connection's replies. Bytes belonging to the request being
-// dispatched (tag) come out of the reader's reservation, which admission
-// took within the server's budget; others are added to it or given back.
+// the connection's replies. Bytes a request adds (tag: a held or encoded
+// reply; a released held reply is encoded in no more than its charge, see
+// replySize) come out of the reader's reservation, made before it
+// dispatched the request. Bytes of no request (noTag: lost markers, error
+// and control frames, a few bytes each) are added to the budget as they
+// are. Bytes given back refill the reservation of an active reader; the
+// rest returns to the server's budget.
 func (c *conn) chargeLocked(tag uint32, delta int) {
 	c.held += delta
 	if c.held > c.peakHeld {
 		c.peakHeld = c.held
 	}
-	if delta > 0 && tag == c.resvTag && c.resv > 0 {
-		take := min(delta, c.resv)
-		c.resv -= take
-		delta -= take
-	}
 	switch {
 	case delta > 0:
-		c.s.budget.force(int64(delta))
+		take := 0
+		if tag != noTag {
+			take = min(delta, c.resv)
+			c.resv -= take
+		}
+		if delta > take {
+			c.s.budget.force(int64(delta - take))
+		}
 	case delta < 0:
-		c.s.budget.release(int64(-delta))
+		give := -delta
+		if c.active {
+			keep := min(give, max(c.maxResv()-c.resv, 0))
+			c.resv += keep
+			give -= keep
+		}
+		if give > 0 {
+			c.s.budget.release(int64(give))
+		}
 	}
 }
 
-func (c *conn) dispatch(id uint64, req *paxos.Request) {
+// dispatch hands a request to the Engine (or answers it) once the reader
+// has reserved room for its reply. It reports false when the connection
+// must stop reading (torn down; or drained, and the request is not
+// served).
+func (c *conn) dispatch(id uint64, req *paxos.Request) bool {
 	start := time.Now()
 	c.mu.Lock()
+	for !c.reserveLocked() {
+		c.mu.Unlock()
+		switch c.waitRoom(true) {
+		case roomOK:
+		case roomDrain:
+			c.finishReading(shutdownErr)
+			return false
+		default:
+			return false
+		}
+		c.mu.Lock()
+	}
 	var tag uint32
 	if n := len(c.free); n > 0 {
 		tag = c.free[n-1]
@@ -327,7 +426,6 @@ func (c *conn) dispatch(id uint64, req *paxos.Request) {
 	}
 	c.slots[tag] = slot{id: id, start: start, kind: req.Kind}
 	c.inflight++
-	c.resvTag = tag
 	c.mu.Unlock()
 	switch req.Kind {
 	case paxos.KindListen:
@@ -349,11 +447,7 @@ func (c *conn) dispatch(id uint64, req *paxos.Request) {
 	default:
 		c.s.eng.HandleAt(c.epoch, req, c, uint64(tag))
 	}
-	c.mu.Lock()
-	r := c.resv
-	c.resv, c.resvTag = 0, noTag
-	c.mu.Unlock()
-	c.s.budget.release(int64(r))
+	return true
 }
 
 func (c *conn) freeLocked(tag uint32) {
@@ -366,7 +460,8 @@ func (c *conn) freeLocked(tag uint32) {
 }
 
 // Reply implements Replier: it encodes resp into the output buffer (never
-// blocking on the network) and wakes the writer.
+// blocking on the network) and wakes the writer, unless the reader, which
+// is active, will see to it.
 func (c *conn) Reply(tag uint64, resp *paxos.Response) {
 	c.mu.Lock()
 	sl := &c.slots[tag]
@@ -485,7 +580,8 @@ func (c *conn) takeOutLocked() []byte {
 	return buf
 }
 
-// write writes buf, counting the write for the watchdog.
+// write writes buf, counting the write for the watchdog; it is the only
+// place output reaches the network after the handshake.
 func (c *conn) write(buf []byte) error {
 	c.wseq.Add(1)
 	_, err := c.nc.Write(buf)
@@ -512,7 +608,8 @@ func (c *conn) writeFailed(err error, closing bool) {
 }
 
 // writeLoop hands the output buffer to the network whenever it holds
-// something: replies that became ready together leave in one write. It also sends the lost markers, the final
+// something and the reader is not writing it: replies that became ready
+// together leave in one write. It also sends the lost markers, the final
 // error frame, and closes the connection when everything has left.
 func (c *conn) writeLoop() {
 	defer close(c.writerDone)
@@ -583,6 +680,7 @@ func (c *conn) finishReading(final error) {
 	c.mu.Lock()
 	c.readDone = true
 	c.final = final
+	c.unreserveLocked()
 	c.mu.Unlock()
 	c.wakeWriter()
 }
@@ -600,6 +698,7 @@ func (c *conn) bad(reason int, err error) {
 		c.setClosingLocked()
 		c.readDone = true
 	}
+	c.unreserveLocked()
 	c.mu.Unlock()
 	c.wakeWriter()
 }
@@ -627,6 +726,7 @@ func (c *conn) teardown() {
 	c.once.Do(func() {
 		c.mu.Lock()
 		c.dead = true
+		c.unreserveLocked()
 		c.chargeLocked(noTag, -len(c.out))
 		c.out = c.out[:0]
 		c.mu.Unlock()
