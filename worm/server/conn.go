@@ -16,9 +16,9 @@ import (
 
 // conn is one client connection: a reader goroutine (serve) that decodes
 // requests and feeds the Engine, and a writer goroutine that drains the
-// output buffer the replies are encoded into. Replies to the reader's own
-// requests wait until it goes back to the network (see flushOutput), so
-// that the writer is woken once for a burst of requests.
+// output buffer the replies are encoded into. The reader writes the output
+// itself, saving the hand-off to the writer, when it is about to wait for
+// more requests and no write is in progress (see flushOutput).
 //
 // Memory: every byte held for the connection's replies (queued output, the
 // buffer being written, responses the Engine holds until a sync) is
@@ -57,7 +57,7 @@ type conn struct {
 	mu            sync.Mutex
 	out           []byte // encoded frames not yet handed to a write
 	spare         []byte // the previous write's buffer, for reuse
-	busy          bool   // a write is in progress
+	busy          bool   // a write (writer goroutine or inline) is in progress
 	writing       int    // bytes that write is writing
 	held          int    // bytes charged to the budget: len(out) + writing + held responses
 	resv          int    // budget the reader reserved ahead for its requests' replies
@@ -184,12 +184,30 @@ func (r netReader) Read(p []byte) (int, error) {
 }
 
 // flushOutput ends the reader's burst of requests: it gives the
-// reservation back and wakes the writer for the output the burst left.
+// reservation back, then writes the queued output from the reader
+// goroutine while no other write is in progress, so that a reply ready on
+// the reader goroutine leaves without a hand-off to the writer goroutine
+// (the single-client round trip). It leaves to the writer goroutine every
+// state the writer loop handles itself (lost markers to send, an error
+// frame to flush, the end of the connection) and wakes it for them.
 func (c *conn) flushOutput() {
 	c.mu.Lock()
 	c.unreserveLocked()
-	if len(c.out) > 0 && !c.busy {
-		c.wakeWriter()
+	for len(c.out) > 0 && !c.busy {
+		if c.dead || c.closing || c.readDone || c.nlost > 0 {
+			c.wakeWriter()
+			break
+		}
+		buf := c.takeOutLocked()
+		c.mu.Unlock()
+		err := c.write(buf)
+		c.mu.Lock()
+		c.wroteLocked(buf)
+		if err != nil {
+			c.mu.Unlock()
+			c.writeFailed(err, false)
+			return
+		}
 	}
 	c.mu.Unlock()
 }
@@ -619,6 +637,11 @@ func (c *conn) writeLoop() {
 		case c.dead:
 			c.mu.Unlock()
 			return
+		case c.busy:
+			// The reader is writing inline; it wakes us if it leaves
+			// output behind.
+			c.waitLocked()
+			continue
 		case c.nlost > 0 && !c.closing && len(c.out) < c.s.maxPending/2:
 			c.appendLostLocked()
 		case len(c.out) > 0:
