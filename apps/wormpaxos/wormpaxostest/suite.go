@@ -533,7 +533,12 @@ func testForward(t *testing.T, open Open, o Options) {
 		for i := range clients {
 			wg.Go(func() {
 				c := kv.NewClient(fmt.Sprintf("%s%d", tag, i), h.nodes[i%3], h.nodes[(i+1)%3], h.nodes[(i+2)%3])
-				c.AttemptTimeout = time.Second
+				// Long enough that a forwarded command is not given up
+				// on (and proposed at another replica, which takes the
+				// lead) only because the machine is busy: CI runs this
+				// next to TCG guests, and a 1 s attempt timeout moved the
+				// lead 80 times in 3072 commands there.
+				c.AttemptTimeout = 5 * time.Second
 				for j := range ops {
 					if err := c.Put(h.ctx, fmt.Sprintf("k%d", i), strconv.Itoa(j)); err != nil {
 						t.Errorf("client %d: %v", i, err)
