@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	mrand "math/rand/v2"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -494,6 +495,21 @@ func (cl *Client) Alloc(ctx context.Context, seg uint64, meta []byte) (worm.Segm
 		return worm.SegmentInfo{}, err
 	}
 	res := cl.run(ctx, func(p *paxos.Proposer) *paxos.Op { return p.Alloc(seg, meta) })
+	// Alloc's outcome is always definite once any allocator's value is
+	// chosen, but many allocators of one segment can duel (each capture
+	// preempting the others' before they write) past the core's retry
+	// bound. The core has no clock, so the randomized backoff that ends a
+	// duel lives here; the context bounds it.
+	for backoff := 200 * time.Microsecond; errors.Is(res.Err, worm.ErrPreempted) && ctx.Err() == nil; backoff = min(2*backoff, 50*time.Millisecond) {
+		t := time.NewTimer(time.Duration(mrand.Int64N(int64(backoff))))
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			return res.Info, res.Err
+		}
+		res = cl.run(ctx, func(p *paxos.Proposer) *paxos.Op { return p.Alloc(seg, meta) })
+	}
 	return res.Info, res.Err
 }
 

@@ -1518,6 +1518,13 @@ func (p *Proposer) Check(seg uint64) *Op {
 
 // Alloc starts allocating seg with meta: capture the metadata WOR, write
 // this proposer's identity and meta; whoever's value is chosen won.
+// allocAttempts multiplies MaxAttempts for Alloc: its outcome is always
+// definite (someone's value is chosen and everyone learns it), so it
+// keeps capturing through a duel of many concurrent allocators (24 on one
+// segment in the conformance suite) until its deadline rather than giving
+// up with ErrPreempted, which Alloc's contract does not have.
+const allocAttempts = 8
+
 func (p *Proposer) Alloc(seg uint64, meta []byte) *Op {
 	o := p.newOp()
 	s := &seqM{}
@@ -1539,6 +1546,11 @@ func (p *Proposer) Alloc(seg uint64, meta []byte) *Op {
 			switch {
 			case errorsIsWritten(err):
 				learned(v)
+			case err == worm.ErrPreempted && attempts < allocAttempts*p.MaxAttempts && !o.exp:
+				// Duelling allocators: capture again; once any value is
+				// accepted, the next capture finishes it.
+				attempts++
+				capture()
 			case err != nil:
 				o.finish(Result{Err: err})
 			default:
@@ -1551,7 +1563,10 @@ func (p *Proposer) Alloc(seg uint64, meta []byte) *Op {
 					case errorsIsWritten(err):
 						v, _ := worm.WrittenValue(err)
 						learned(v)
-					case err == worm.ErrPreempted && attempts < p.MaxAttempts && !o.exp:
+					case (err == worm.ErrPreempted || err == worm.ErrUnknownOutcome) && attempts < allocAttempts*p.MaxAttempts && !o.exp:
+						// Preempted, or not known (stragglers given up on):
+						// a new capture finishes whichever value is there,
+						// ours or another allocator's, and makes it definite.
 						attempts++
 						capture()
 					default:
