@@ -35,6 +35,10 @@ const (
 	// will prove it. In ServerHello.Flags: the hello carries the server's
 	// proof. The handshake functions set and clear it themselves.
 	FlagAuth uint32 = 1 << 0
+	// Bits 1<<8 and 1<<9 of ClientHello.Flags are taken by the
+	// chain-register baseline (apps/chain: a chain client, a replica's
+	// link to its successor), which reuses this handshake; wormservers
+	// ignore them. New flags of this protocol use bits below 8.
 
 	// handshake message header: magic, u16 version, u8 type, u16 body size.
 	hsHeader = 4 + 2 + 1 + 2
