@@ -690,13 +690,19 @@ type captureM struct {
 	best    Ballot
 	bestVal []byte
 	hasBest bool
+	// zero counts the phase-1 answers per ballot-0 value. Two values at
+	// ballot 0 mean two unsafe writers of one register, which the API
+	// forbids; if it happens anyway, the capture finishes the value more
+	// answers hold, and on a tie asks again rather than pick one that a
+	// straggler's answer would show was not chosen.
+	zero    map[string]int
 	finishM *acceptM
 	done    func(tok Ballot, value []byte, err error)
 }
 
 func (m *captureM) start() {
 	m.ballot = m.o.p.nextBallot(m.hint)
-	m.ok, m.nacks, m.hasBest, m.bestVal, m.best, m.finishM = 0, 0, false, nil, Ballot{}, nil
+	m.ok, m.nacks, m.hasBest, m.bestVal, m.best, m.finishM, m.zero = 0, 0, false, nil, Ballot{}, nil, nil
 	m.o.broadcast(&m.ph, Request{Kind: KindPrepare, Seg: m.addr.Seg, Off: m.addr.Off, Ballot: m.ballot})
 }
 
@@ -754,7 +760,28 @@ func (m *captureM) step(from int, tag uint64, resp *Response) {
 			m.best, m.bestVal, m.hasBest = r.Accepted, bytes.Clone(r.Value), true
 		}
 	}
+	if r.HasValue && r.Accepted.IsZero() {
+		if m.zero == nil {
+			m.zero = map[string]int{}
+		}
+		m.zero[string(r.Value)]++
+	}
 	m.check()
+}
+
+// zeroChoice resolves a ballot-0 conflict among the answers (see zero):
+// the value most answers hold, or ok=false on a tie.
+func (m *captureM) zeroChoice() (v []byte, ok bool) {
+	best, n, tie := "", 0, false
+	for val, c := range m.zero {
+		switch {
+		case c > n:
+			best, n, tie = val, c, false
+		case c == n:
+			tie = true
+		}
+	}
+	return []byte(best), !tie
 }
 
 func (m *captureM) check() {
@@ -771,6 +798,14 @@ func (m *captureM) check() {
 		if !m.hasBest {
 			m.finish(m.ballot, nil, nil)
 			return
+		}
+		if m.best.IsZero() && len(m.zero) > 1 {
+			v, ok := m.zeroChoice()
+			if !ok {
+				m.retry()
+				return
+			}
+			m.bestVal = v
 		}
 		m.finishValue()
 		return
