@@ -216,8 +216,17 @@ func UnmarshalDescriptor(b []byte) (Descriptor, error) {
 		return Descriptor{}, ErrNotTransaction
 	}
 	b = b[len(descMagic):]
-	chunk := func() ([]byte, bool) {
+	// uvarint reads a minimal uvarint: a descriptor has one encoding, so
+	// that every replica and tool agrees on its bytes.
+	uvarint := func(b []byte) (uint64, int) {
 		n, k := binary.Uvarint(b)
+		if k > 0 && k != len(binary.AppendUvarint(nil, n)) {
+			return 0, -1
+		}
+		return n, k
+	}
+	chunk := func() ([]byte, bool) {
+		n, k := uvarint(b)
 		if k <= 0 || n > uint64(len(b)-k) {
 			return nil, false
 		}
@@ -225,7 +234,7 @@ func UnmarshalDescriptor(b []byte) (Descriptor, error) {
 		b = b[k+int(n):]
 		return c, true
 	}
-	n, k := binary.Uvarint(b)
+	n, k := uvarint(b)
 	if k <= 0 || n > uint64(len(b)) {
 		return Descriptor{}, fmt.Errorf("%w: bad participant count", ErrNotTransaction)
 	}
