@@ -60,8 +60,13 @@ sim:
 # fuzz runs every fuzz target of the module for FUZZTIME each (the checked-in
 # seeds also run as plain tests in make test).
 FUZZTIME ?= 10s
-# make test fuzzes every target briefly, beyond its checked-in seeds.
-TEST_FUZZTIME ?= 3s
+# make test fuzzes every target briefly, beyond its checked-in seeds. The
+# budget is a count of executions, not a duration: with a duration, Go's fuzz
+# coordinator can end a target with a bare "context deadline exceeded" and no
+# failing input when a loaded machine leaves a worker mid-call (or minimizing
+# a new input) at the deadline; a count has no deadline to race. 40000 runs
+# take about 1-2 s per target here, and about 30 s for FuzzRecover.
+TEST_FUZZTIME ?= 40000x
 fuzz: deps-go
 	@set -e; for pkg in $$($(GO) list ./...); do \
 		for f in $$($(GO) test -list '^Fuzz' $$pkg 2>/dev/null | grep '^Fuzz' || true); do \
@@ -72,7 +77,7 @@ fuzz: deps-go
 			else \
 				cat build/fuzz.log; \
 				if grep -q 'Failing input written to' build/fuzz.log; then exit 1; fi; \
-				echo "fuzz: $$f ended without a failing input (Go's fuzz engine timing out a worker at -fuzztime); running it once more"; \
+				echo "fuzz: $$f ended without a failing input (Go's fuzz coordinator racing a duration -fuzztime); running it once more"; \
 				$(GO) test -run XXX -fuzz "^$$f$$" -fuzztime $(FUZZTIME) $$pkg; \
 			fi; \
 		done; \
