@@ -158,6 +158,10 @@ func fdEndpoint(c *config, fd int, packet bool) (stack.LinkEndpoint, error) {
 	if err != nil {
 		return nil, fmt.Errorf("netstack: fd link: %w", err)
 	}
+	if o.GSOMaxSize == 0 {
+		// Our transmit path: no allocation per packet (fdwrite.go).
+		return &fdWriter{LinkEndpoint: ep, fd: fd}, nil
+	}
 	return ep, nil
 }
 

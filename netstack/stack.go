@@ -135,7 +135,10 @@ func build(c *config, ep stack.LinkEndpoint) (*Stack, error) {
 			return fail("set "+o.name, e)
 		}
 	}
-	if e := s.CreateNICWithOptions(nicID, ep, stack.NICOptions{Name: "eth0"}); e != nil {
+	// directQDisc: gVisor's default qdisc, without its list allocation
+	// per packet (qdisc.go).
+	nicOpts := stack.NICOptions{Name: "eth0", QDisc: newDirectQDisc(ep)}
+	if e := s.CreateNICWithOptions(nicID, ep, nicOpts); e != nil {
 		return fail("create NIC", e)
 	}
 	local := tcpip.AddrFrom4(c.addr.Addr().As4())
