@@ -1,10 +1,10 @@
 package netstack
 
 import (
+	"golang.org/x/sys/unix"
 	"gvisor.dev/gvisor/pkg/rawfile"
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/stack"
-	"golang.org/x/sys/unix"
 )
 
 // fdWriter replaces the transmit path of gVisor's fd link (fdbased) for
