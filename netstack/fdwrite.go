@@ -47,11 +47,16 @@ func (w *fdWriter) WritePackets(pkts stack.PacketBufferList) (int, tcpip.Error) 
 	return pkts.Len(), nil
 }
 
-// writePacket writes one frame (link header included) with writev(2). The
-// fd is non-blocking (fdbased set it so): a full TAP queue or socket
-// buffer returns ErrWouldBlock and the packet is dropped, as with fdbased;
-// TCP retransmits.
+// writePacket writes one frame with writeFrame.
 func (w *fdWriter) writePacket(pkt *stack.PacketBuffer) tcpip.Error {
+	return writeFrame(w.fd, pkt)
+}
+
+// writeFrame writes one frame (link header included) to fd with writev(2),
+// its views going straight into an iovec array on the stack: no allocation.
+// The fd is non-blocking: a full TAP queue or socket buffer returns
+// ErrWouldBlock and the frame is dropped, as with fdbased; TCP retransmits.
+func writeFrame(fd int, pkt *stack.PacketBuffer) tcpip.Error {
 	var arr [maxWriteIovecs]unix.Iovec
 	iovs := arr[:0]
 	views, off := pkt.AsViewList()
@@ -63,7 +68,7 @@ func (w *fdWriter) writePacket(pkt *stack.PacketBuffer) tcpip.Error {
 		}
 		b, off = b[off:], 0
 		if len(iovs) == maxWriteIovecs {
-			return w.writeSlow(pkt)
+			return writeFrameSlow(fd, pkt)
 		}
 		iovs = append(iovs, unix.Iovec{Base: &b[0]})
 		iovs[len(iovs)-1].SetLen(len(b))
@@ -71,20 +76,20 @@ func (w *fdWriter) writePacket(pkt *stack.PacketBuffer) tcpip.Error {
 	if len(iovs) == 0 {
 		return nil
 	}
-	if errno := rawfile.NonBlockingWriteIovec(w.fd, iovs); errno != 0 {
+	if errno := rawfile.NonBlockingWriteIovec(fd, iovs); errno != 0 {
 		return tcpip.TranslateErrno(errno)
 	}
 	return nil
 }
 
-// writeSlow handles frames of more than maxWriteIovecs views (not seen
+// writeFrameSlow handles frames of more than maxWriteIovecs views (not seen
 // with MTU-sized frames; kept for correctness).
-func (w *fdWriter) writeSlow(pkt *stack.PacketBuffer) tcpip.Error {
+func writeFrameSlow(fd int, pkt *stack.PacketBuffer) tcpip.Error {
 	var iovs []unix.Iovec
 	for _, b := range pkt.AsSlices() {
 		iovs = rawfile.AppendIovecFromBytes(iovs, b, rawfile.MaxIovs)
 	}
-	if errno := rawfile.NonBlockingWriteIovec(w.fd, iovs); errno != 0 {
+	if errno := rawfile.NonBlockingWriteIovec(fd, iovs); errno != 0 {
 		return tcpip.TranslateErrno(errno)
 	}
 	return nil

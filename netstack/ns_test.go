@@ -144,7 +144,10 @@ func knobs(tb testing.TB) netstack.Knobs {
 
 // tapEnv makes a namespace with a TAP device whose kernel side holds
 // 10.99.0.1/24, and a netstack (10.99.0.2/24) attached to the TAP fd.
-func tapEnv(tb testing.TB) (*nsEnv, *netstack.Stack) {
+func tapEnv(tb testing.TB) (*nsEnv, *netstack.Stack) { return tapEnvWith(tb, knobs(tb)) }
+
+// tapEnvWith is tapEnv with the stack's knobs given.
+func tapEnvWith(tb testing.TB, k netstack.Knobs) (*nsEnv, *netstack.Stack) {
 	e := newNS(tb)
 	var st *netstack.Stack
 	if err := e.do(func() error {
@@ -160,7 +163,7 @@ func tapEnv(tb testing.TB) (*nsEnv, *netstack.Stack) {
 		if err := addrUp(name, tapKernel); err != nil {
 			return err
 		}
-		st, err = netstack.New(netstack.TAP(fd), netstack.WithAddress(tapStack), netstack.WithKnobs(knobs(tb)))
+		st, err = netstack.New(netstack.TAP(fd), netstack.WithAddress(tapStack), netstack.WithKnobs(k))
 		return err
 	}); err != nil {
 		tb.Fatal(err)
@@ -173,6 +176,14 @@ func tapEnv(tb testing.TB) (*nsEnv, *netstack.Stack) {
 // in the kernel, the other is prepared with PrepareNIC and driven by a
 // netstack (10.98.0.2/24) over AF_PACKET.
 func vethEnv(tb testing.TB) (*nsEnv, *netstack.Stack) {
+	return vethEnvWith(tb, knobs(tb), os.Getenv("WORM_VETH_NO_TSO") != "")
+}
+
+// vethEnvWith is vethEnv with the stack's knobs given; noTSO turns off the
+// kernel side's segmentation offloads, so that netstack receives MTU-sized
+// frames as a virtio-net guest with GRO off does (with them on, AF_PACKET
+// hands up frames of up to 64 KiB).
+func vethEnvWith(tb testing.TB, k netstack.Knobs, noTSO bool) (*nsEnv, *netstack.Stack) {
 	e := newNS(tb)
 	var st *netstack.Stack
 	if err := e.do(func() error {
@@ -184,9 +195,7 @@ func vethEnv(tb testing.TB) (*nsEnv, *netstack.Stack) {
 		if err := addrUp(a, vethKern); err != nil {
 			return err
 		}
-		if os.Getenv("WORM_VETH_NO_TSO") != "" {
-			// Measurement aid: make the kernel side send MTU-sized
-			// frames, as a virtio-net guest with GRO off receives them.
+		if noTSO {
 			for _, o := range []netstack.Offload{netstack.OffloadTSO, netstack.OffloadGSO} {
 				if err := netstack.SetNICOffload(a, o, false); err != nil {
 					return err
@@ -197,7 +206,7 @@ func vethEnv(tb testing.TB) (*nsEnv, *netstack.Stack) {
 			return err
 		}
 		var err error
-		st, err = netstack.New(netstack.PacketSocket(b), netstack.WithAddress(vethStack), netstack.WithKnobs(knobs(tb)))
+		st, err = netstack.New(netstack.PacketSocket(b), netstack.WithAddress(vethStack), netstack.WithKnobs(k))
 		return err
 	}); err != nil {
 		tb.Fatal(err)
