@@ -117,6 +117,18 @@ type CoordinatorConfig struct {
 	// of need (0: 16). A reserved segment that is never used stays
 	// allocated, like one whose coordinator died before telling anyone.
 	Reserve int
+	// Shared, with Messenger, puts many transactions in one segment:
+	// each takes a slot of SlotWidth(n) registers of the coordinator's
+	// current shared segment, which was allocated and subscribed to
+	// ahead of need. Begin then allocates and subscribes to nothing, the
+	// coordinator and each participant listen once per segment rather
+	// than once per transaction, and the segment is trimmed once, by the
+	// coordinator, after it moved on to the next segment and every
+	// transaction begun in it was awaited and acknowledged by all its
+	// participants. TxIDs are slot names (SlotTxID), so segments must not
+	// exceed MaxSharedSegment. Reserve is unused. See shared.go for what
+	// a coordinator crash leaves behind.
+	Shared bool
 	// Logger; nil means slog.Default().
 	Logger *slog.Logger
 }
@@ -126,12 +138,13 @@ type CoordinatorConfig struct {
 // participant's inbox. It decides nothing: the outcome is a function of
 // the votes, which anyone can compute. Safe for concurrent use.
 type Coordinator struct {
-	sp   worm.Space
-	cfg  CoordinatorConfig
-	next atomic.Uint64
-	cur  cursors
-	bg   sync.WaitGroup // background acks, descriptor writes, reserve refills
-	pool *reservePool   // direct mode
+	sp     worm.Space
+	cfg    CoordinatorConfig
+	next   atomic.Uint64
+	cur    cursors
+	bg     sync.WaitGroup // background acks, descriptor writes, reserve refills
+	pool   *reservePool   // direct mode
+	shared *sharedPool    // direct mode, shared segments
 	// life ends with Close; closing is closed when Close starts.
 	life    context.Context
 	end     context.CancelFunc
@@ -156,7 +169,12 @@ func NewCoordinator(sp worm.Space, cfg CoordinatorConfig) *Coordinator {
 	c.life, c.end = context.WithCancel(context.Background())
 	c.cfg.Policy.hints = &c.cur
 	c.next.Store(cfg.FirstSeg)
-	if cfg.Messenger != nil {
+	if cfg.Messenger != nil && cfg.Shared {
+		c.shared = newSharedPool()
+		c.shared.mu.Lock()
+		c.prefetchLocked()
+		c.shared.mu.Unlock()
+	} else if cfg.Messenger != nil {
 		c.pool = newReservePool()
 		c.pool.mu.Lock()
 		c.refillLocked(0)
@@ -189,6 +207,9 @@ func (c *Coordinator) Begin(ctx context.Context, participants []string, payload 
 				return 0, err
 			}
 		}
+	}
+	if c.shared != nil {
+		return c.beginShared(ctx, d)
 	}
 	if c.cfg.Messenger != nil {
 		return c.beginDirect(ctx, d)
@@ -284,6 +305,9 @@ func (c *Coordinator) Await(ctx context.Context, id TxID) (Outcome, error) {
 		if c.crash(CoordinatorBeforeAwait, len(t.Participants)) {
 			return Pending, ErrCrashed
 		}
+		if w.seg != nil {
+			return c.awaitShared(ctx, t, w)
+		}
 		return c.awaitDirect(ctx, t, w)
 	}
 	if !ok {
@@ -342,6 +366,13 @@ func (c *Coordinator) Close() error {
 	}
 	c.mu.Unlock()
 	c.bg.Wait()
+	if c.shared != nil {
+		c.shared.mu.Lock()
+		if s := c.shared.cur; s != nil {
+			s.l.cancel()
+		}
+		c.shared.mu.Unlock()
+	}
 	if c.pool != nil {
 		c.pool.mu.Lock()
 		for _, r := range c.pool.ready {
@@ -365,7 +396,14 @@ func (c *Coordinator) logger() *slog.Logger {
 // coordinator's) is written. Every acker calls it right after writing its
 // own ack; since registers are linearizable, the last acker to write sees
 // all the others' acks, so some acker always trims.
+//
+// A transaction in a shared segment is never trimmed this way: the
+// segment holds other transactions, and only its coordinator, which
+// knows them all, trims it (see CoordinatorConfig.Shared).
 func (t Tx) collect(ctx context.Context, sp worm.Space) error {
+	if t.ID.Shared() {
+		return nil
+	}
 	done, err := t.acked(ctx, sp)
 	if err != nil || !done {
 		return err

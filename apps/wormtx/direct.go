@@ -47,6 +47,9 @@ const reserveMagic = "wtx-seg:"
 
 // descAddr is where a reserved segment holds its descriptor.
 func (t Tx) descAddr(segSize uint32) worm.Addr {
+	if t.ID.Shared() {
+		return t.sharedDescAddr()
+	}
 	return worm.Addr{Seg: uint64(t.ID), Off: segSize - 1}
 }
 
@@ -200,6 +203,10 @@ type watch struct {
 	ready  <-chan listening
 	cancel context.CancelFunc
 	acks   *ackTracker
+	// In a shared segment (ready is then nil): the segment and the
+	// slot's subscription on its listener (nil if the listener had died).
+	seg *sharedSeg
+	sub *slotSub
 }
 
 // ackTracker records which ack registers a listener saw chosen.
@@ -214,8 +221,9 @@ func newAckTracker(n int) *ackTracker {
 	return &ackTracker{n: n, seen: map[uint32]bool{}, more: make(chan struct{}, 1)}
 }
 
-// observe records a chosen notification of an ack register (or an
-// acknowledgement by message, which Acked turns into one).
+// observe records a chosen notification of an ack register, nt.Off
+// being its canonical index (see Tx.canon), or an acknowledgement by
+// message, which Acked turns into one.
 func (a *ackTracker) observe(nt worm.Notification) {
 	if int(nt.Off) > a.n && int(nt.Off) <= 2*a.n+1 {
 		a.mu.Lock()
@@ -226,6 +234,13 @@ func (a *ackTracker) observe(nt worm.Notification) {
 		default:
 		}
 	}
+}
+
+// has reports whether canonical index k was seen.
+func (a *ackTracker) has(k int) bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.seen[uint32(k)]
 }
 
 // all reports whether every ack register (participants' and the
@@ -253,28 +268,7 @@ func (c *Coordinator) beginDirect(ctx context.Context, d Descriptor) (TxID, erro
 	if c.crash(CoordinatorAfterAlloc, 0) {
 		return t.ID, ErrCrashed
 	}
-	if c.cfg.Crash != nil {
-		for i, p := range d.Participants {
-			if err := c.cfg.Messenger.SendPrepare(ctx, p, t); err != nil {
-				return t.ID, fmt.Errorf("wormtx: %v: prepare %q: %w", t.ID, p, err)
-			}
-			if c.crash(CoordinatorAfterPost, i+1) {
-				return t.ID, ErrCrashed
-			}
-		}
-		return t.ID, nil
-	}
-	errs := make([]error, len(d.Participants))
-	var wg sync.WaitGroup
-	for i, p := range d.Participants {
-		wg.Go(func() {
-			if err := c.cfg.Messenger.SendPrepare(ctx, p, t); err != nil {
-				errs[i] = fmt.Errorf("wormtx: %v: prepare %q: %w", t.ID, p, err)
-			}
-		})
-	}
-	wg.Wait()
-	return t.ID, errors.Join(errs...)
+	return t.ID, c.sendPrepares(ctx, t)
 }
 
 // awaitDirect resolves a transaction begun by beginDirect from the
@@ -320,7 +314,7 @@ func (c *Coordinator) awaitDirect(ctx context.Context, t Tx, w *watch) (Outcome,
 			}
 			return
 		}
-		w.acks.observe(worm.Notification{Off: t.coordAckAddr().Off, Chosen: true})
+		w.acks.observe(worm.Notification{Off: uint32(2*t.n() + 1), Chosen: true})
 		// Wait for the participants' acks, by message (Acked) or on the
 		// listener; read them only if it ends (or tells that it missed
 		// some).
@@ -333,7 +327,10 @@ func (c *Coordinator) awaitDirect(ctx context.Context, t Tx, w *watch) (Outcome,
 			select {
 			case nt, ok := <-notes:
 				if ok && nt.Chosen {
-					w.acks.observe(nt)
+					if k, in := t.canon(nt.Off); in {
+						nt.Off = uint32(k)
+						w.acks.observe(nt)
+					}
 					continue
 				}
 				if ok && !nt.Lost {
@@ -375,6 +372,9 @@ func (c *Coordinator) awaitDirect(ctx context.Context, t Tx, w *watch) (Outcome,
 // prepared this way, so a participant that restarts learns of it from
 // res (Run does this). Errors: as Handle.
 func (p *Participant) HandlePrepare(ctx context.Context, t Tx, res Recoverable) (Outcome, error) {
+	if t.ID.Shared() {
+		return p.handlePrepareShared(ctx, t, res)
+	}
 	i, err := p.index(t)
 	if err != nil {
 		return Pending, err
@@ -501,7 +501,7 @@ func (c *Coordinator) Acked(id TxID, participant string) {
 	}
 	if i := w.tx.Index(participant); i >= 0 {
 		t := w.tx
-		w.acks.observe(worm.Notification{Off: t.ackAddr(i).Off, Chosen: true})
+		w.acks.observe(worm.Notification{Off: uint32(t.n() + 1 + i), Chosen: true})
 	}
 }
 

@@ -10,10 +10,56 @@ import (
 	"github.com/wormspace/wormspace/worm"
 )
 
-// TxID names a transaction: it is the number of the transaction's segment.
+// TxID names a transaction. A transaction with a segment of its own (the
+// inbox mode and the direct mode's reserved segments) is named by the
+// number of that segment. A transaction in a shared segment
+// (CoordinatorConfig.Shared) is named by its slot: bit 63 set, the
+// segment number in bits 20..62, the slot's first register in bits 0..19
+// (see SlotTxID).
 type TxID uint64
 
-func (t TxID) String() string { return "tx" + strconv.FormatUint(uint64(t), 10) }
+// Slot TxIDs: a flag bit, then the segment, then the slot's offset.
+const (
+	sharedBit  = 1 << 63
+	slotBits   = 20
+	maxSlotOff = 1<<slotBits - 1
+	// MaxSharedSegment is the largest segment number a shared segment may
+	// have (its TxIDs must fit in 63 bits).
+	MaxSharedSegment = 1<<(63-slotBits) - 1
+)
+
+// SlotTxID names the transaction whose slot starts at register off of
+// shared segment seg. seg must be at most MaxSharedSegment, off below
+// 1<<20.
+func SlotTxID(seg uint64, off uint32) TxID {
+	return TxID(sharedBit | seg<<slotBits | uint64(off))
+}
+
+// Shared reports whether t names a slot of a shared segment.
+func (t TxID) Shared() bool { return t&sharedBit != 0 }
+
+// Segment is the segment holding t's registers.
+func (t TxID) Segment() uint64 {
+	if t.Shared() {
+		return uint64(t&^sharedBit) >> slotBits
+	}
+	return uint64(t)
+}
+
+// slotOff is the first register of t's slot (0 for a segment of its own).
+func (t TxID) slotOff() uint32 {
+	if t.Shared() {
+		return uint32(t & maxSlotOff)
+	}
+	return 0
+}
+
+func (t TxID) String() string {
+	if t.Shared() {
+		return "tx" + strconv.FormatUint(t.Segment(), 10) + "." + strconv.FormatUint(uint64(t.slotOff()), 10)
+	}
+	return "tx" + strconv.FormatUint(uint64(t), 10)
+}
 
 // Outcome is the fate of a transaction.
 type Outcome uint8
@@ -108,23 +154,51 @@ type Tx struct {
 //	2n+1          coordinator ack: the outcome it learned (WriteUnsafe), or
 //	              "abandoned" (capture+write by a participant after a grace)
 //
-// A segment therefore needs 2n+2 registers.
+// A segment therefore needs 2n+2 registers. These are the transaction's
+// canonical indexes. A transaction in a shared segment has a slot of
+// SlotWidth(n) = 2n+3 registers starting at its slot offset b: b holds
+// the descriptor, and canonical index k lives at b+1+k.
 func (t Tx) n() int { return len(t.Participants) }
 
-func (t Tx) voteAddr(i int) worm.Addr {
-	return worm.Addr{Seg: uint64(t.ID), Off: uint32(i)}
+// at is the register of canonical index k.
+func (t Tx) at(k int) worm.Addr {
+	if t.ID.Shared() {
+		return worm.Addr{Seg: t.ID.Segment(), Off: t.ID.slotOff() + 1 + uint32(k)}
+	}
+	return worm.Addr{Seg: uint64(t.ID), Off: uint32(k)}
 }
-func (t Tx) decisionAddr() worm.Addr { return worm.Addr{Seg: uint64(t.ID), Off: uint32(t.n())} }
-func (t Tx) ackAddr(i int) worm.Addr {
-	return worm.Addr{Seg: uint64(t.ID), Off: uint32(t.n() + 1 + i)}
+
+// canon maps a register offset of t's segment to its canonical index;
+// ok is false for registers outside t's votes, decision and acks (other
+// slots of a shared segment, the descriptor).
+func (t Tx) canon(off uint32) (k int, ok bool) {
+	if t.ID.Shared() {
+		b := t.ID.slotOff()
+		if off <= b || off > b+uint32(2*t.n()+2) {
+			return 0, false
+		}
+		return int(off - b - 1), true
+	}
+	if int(off) > 2*t.n()+1 {
+		return 0, false
+	}
+	return int(off), true
 }
-func (t Tx) coordAckAddr() worm.Addr {
-	return worm.Addr{Seg: uint64(t.ID), Off: uint32(2*t.n() + 1)}
-}
+
+func (t Tx) voteAddr(i int) worm.Addr  { return t.at(i) }
+func (t Tx) decisionAddr() worm.Addr   { return t.at(t.n()) }
+func (t Tx) ackAddr(i int) worm.Addr   { return t.at(t.n() + 1 + i) }
+func (t Tx) coordAckAddr() worm.Addr   { return t.at(2*t.n() + 1) }
+func (t Tx) segment() uint64           { return t.ID.Segment() }
+func (t Tx) sharedDescAddr() worm.Addr { return worm.Addr{Seg: t.ID.Segment(), Off: t.ID.slotOff()} }
 
 // RegistersNeeded is the segment size a transaction with n participants
 // needs.
 func RegistersNeeded(n int) uint32 { return uint32(2*n + 2) }
+
+// SlotWidth is the number of registers a transaction with n participants
+// takes in a shared segment: its descriptor and RegistersNeeded(n).
+func SlotWidth(n int) uint32 { return uint32(2*n + 3) }
 
 // Register values. Single bytes: votes, decisions and acks are tiny.
 var (

@@ -243,7 +243,7 @@ func (t Tx) resolve(ctx context.Context, sp worm.Space, pol Policy, opt resolveO
 		// Subscribe and scan at once (one round trip, not two); if the
 		// first scan is inconclusive, scan again once subscribed, so no
 		// write falls between the two unseen.
-		ready = listenAsync(lctx, sp, uint64(t.ID))
+		ready = listenAsync(lctx, sp, t.segment())
 	}
 	scanNow := !opt.fresh
 	var recoverAt <-chan time.Time
@@ -306,6 +306,15 @@ func (t Tx) resolve(ctx context.Context, sp worm.Space, pol Policy, opt resolveO
 			notes = l.ch
 			scanNow = true // writes before the subscription are seen
 		case nt, ok := <-notes:
+			if ok && !nt.Lost {
+				// Registers of other slots of a shared segment, or its
+				// descriptor, are none of our business.
+				k, in := t.canon(nt.Off)
+				if !in {
+					continue
+				}
+				nt.Off = uint32(k)
+			}
 			switch {
 			case !ok:
 				notes = nil // trimmed or listener gone; scan will tell
@@ -350,8 +359,8 @@ func (t Tx) resolve(ctx context.Context, sp worm.Space, pol Policy, opt resolveO
 	}
 }
 
-// learn records a chosen value announced by a notification: a vote, or
-// the decision.
+// learn records a chosen value announced by a notification (nt.Off is
+// the canonical index): a vote, or the decision.
 func (t Tx) learn(nt worm.Notification, votes []Vote, decision *Outcome) error {
 	switch n := t.n(); {
 	case int(nt.Off) < n:

@@ -50,6 +50,8 @@ type Participant struct {
 	cfg   ParticipantConfig
 	log   *slog.Logger
 	later laterQueue // deferred collection checks (HandlePrepare)
+	// listeners on shared segments (HandlePrepare), until Close
+	listeners *listenerSet
 }
 
 // NewParticipant returns participant name working on sp.
@@ -67,7 +69,15 @@ func NewParticipant(sp worm.Space, name string, cfg ParticipantConfig) *Particip
 	if cfg.Policy.hints == nil {
 		cfg.Policy.hints = &cursors{}
 	}
-	return &Participant{sp: sp, name: name, cfg: cfg, log: log.With("participant", name)}
+	return &Participant{sp: sp, name: name, cfg: cfg, log: log.With("participant", name), listeners: newListenerSet()}
+}
+
+// Close stops the participant's listeners on shared segments (opened by
+// HandlePrepare and kept for the next transactions there). Calls still
+// running then fall back on reading. It does not close the Space.
+func (p *Participant) Close() error {
+	p.listeners.close()
+	return nil
 }
 
 // Name is the participant's name.
@@ -128,7 +138,13 @@ func (p *Participant) Ack(ctx context.Context, t Tx, o Outcome) error {
 
 // abandonCoordinator waits for the coordinator's ack when every
 // participant has acked, and gives up on it after AbandonAfter.
+//
+// A transaction in a shared segment has no coordinator ack to abandon:
+// its coordinator trims the segment (see CoordinatorConfig.Shared).
 func (p *Participant) abandonCoordinator(ctx context.Context, t Tx) error {
+	if t.ID.Shared() {
+		return nil
+	}
 	// Only a participant that sees every participant ack waits; the
 	// others leave it to the last one.
 	addrs := make([]worm.Addr, 0, len(t.Participants)+1)
@@ -150,7 +166,7 @@ func (p *Participant) abandonCoordinator(ctx context.Context, t Tx) error {
 	}
 	if vals[len(t.Participants)] == nil {
 		lctx, cancel := context.WithTimeout(ctx, p.cfg.AbandonAfter)
-		notes, err := p.sp.Listen(lctx, uint64(t.ID))
+		notes, err := p.sp.Listen(lctx, t.segment())
 		if err == nil {
 		wait:
 			for {

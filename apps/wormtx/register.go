@@ -168,6 +168,9 @@ func readOpt(ctx context.Context, sp worm.Space, addr worm.Addr) ([]byte, error)
 // (finished and collected), ErrNotTransaction, and transient Space errors
 // once ctx ends.
 func Open(ctx context.Context, sp worm.Space, id TxID) (Tx, error) {
+	if id.Shared() {
+		return openReserved(ctx, sp, id)
+	}
 	var b backoff
 	for {
 		info, err := sp.Check(ctx, uint64(id))

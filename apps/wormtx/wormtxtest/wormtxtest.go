@@ -98,6 +98,11 @@ func RunWith(t *testing.T, open Open, opts Options) {
 		{"DirectCoordinatorCrashMidPrepare", testDirectCoordinatorCrashMidPrepare},
 		{"DirectCoordinatorCrashBeforeAwait", testDirectCoordinatorCrashBeforeAwait},
 		{"DirectParticipantCrashRestart", testDirectParticipantCrashRestart},
+		{"SharedTwoInOneSegment", testSharedTwoInOneSegment},
+		{"SharedTrimAfterEveryTransaction", testSharedTrimAfterEveryTransaction},
+		{"SharedRecoverMissingVote", testSharedRecoverMissingVote},
+		{"SharedCoordinatorCrashBeforeAwait", testSharedCoordinatorCrashBeforeAwait},
+		{"SharedParticipantCrashRestart", testSharedParticipantCrashRestart},
 	} {
 		t.Run(c.name, func(t *testing.T) { c.f(setup(t, open, opts)) })
 	}
@@ -482,6 +487,7 @@ func (c *cluster) SendPrepare(_ context.Context, p string, t wormtx.Tx) error {
 			}
 			c.mu.Unlock()
 			in.cancel()
+			in.p.Close()
 		case err != nil && in.ctx.Err() == nil && !errors.Is(err, worm.ErrTrimmed):
 			c.e.t.Errorf("%s: HandlePrepare(%v): %v", p, t.ID, err)
 		}
@@ -545,7 +551,11 @@ func (c *cluster) start(p string) {
 	c.mu.Lock()
 	c.live[p] = &incarnation{p: part, ctx: ctx, cancel: cancel}
 	c.mu.Unlock()
-	go func() { done <- part.Run(ctx, rec) }()
+	go func() {
+		err := part.Run(ctx, rec)
+		part.Close()
+		done <- err
+	}()
 }
 
 func (c *cluster) stop() {
@@ -880,6 +890,262 @@ func testDirectParticipantCrashRestart(e *env) {
 	cl.start("p2")
 	if o := cl.waitApplied(tx); o != wormtx.Commit {
 		e.t.Fatalf("applied %v", o)
+	}
+	cl.waitTrimmed(tx)
+	cl.checkProblems()
+}
+
+// ----- shared segments (many direct-mode transactions per segment) -----
+
+// sharedCoordinator is a direct-mode coordinator whose transactions share
+// segments.
+func (e *env) sharedCoordinator(i int, cl *cluster, pol wormtx.Policy, crash func(wormtx.CrashPoint, int) bool) *wormtx.Coordinator {
+	e.next += 1 << 12
+	// Shared segments' numbers are at most MaxSharedSegment (2^43-1),
+	// below the suite's other ranges (from 2^44); envs' bases differ in
+	// bits 24 and up, so base>>10 keeps them apart.
+	first := e.base>>10 + e.next
+	if first > wormtx.MaxSharedSegment {
+		e.t.Fatalf("shared segment range %d beyond MaxSharedSegment", first)
+	}
+	co := wormtx.NewCoordinator(e.client(i), wormtx.CoordinatorConfig{FirstSeg: first, Directory: cl.dir, Policy: pol,
+		Messenger: cl, Shared: true, Crash: crash})
+	e.t.Cleanup(func() { co.Close() })
+	cl.mu.Lock()
+	cl.co = co
+	cl.mu.Unlock()
+	return co
+}
+
+// perSegment is how many transactions of n participants a segment holds.
+func (e *env) perSegment(n int) int {
+	return int(e.c[0].SegmentSize() / wormtx.SlotWidth(n))
+}
+
+// segmentTrimmed reports whether tx's segment is collected (Status of any
+// of its transactions then fails with ErrTrimmed).
+func (e *env) segmentTrimmed(tx wormtx.Tx) bool {
+	_, err := tx.Status(e.ctx, e.c[0])
+	if err != nil && !errors.Is(err, worm.ErrTrimmed) {
+		e.t.Fatalf("Status(%v): %v", tx.ID, err)
+	}
+	return errors.Is(err, worm.ErrTrimmed)
+}
+
+func testSharedTwoInOneSegment(e *env) {
+	parts := names(3)
+	cl := e.cluster(parts, patient)
+	cl.rec["p1"].VoteFn = func(tx wormtx.TxID) bool { return tx%2 == 0 }
+	co := e.sharedCoordinator(0, cl, fast(10*time.Second), nil)
+	// Two transactions in flight at once, in one segment.
+	a, b := e.begin(co, parts), e.begin(co, parts)
+	if !a.ID.Shared() || !b.ID.Shared() || a.ID.Segment() != b.ID.Segment() || a.ID == b.ID {
+		e.t.Fatalf("transactions %v and %v: want two slots of one shared segment", a.ID, b.ID)
+	}
+	for _, tx := range []wormtx.Tx{b, a} {
+		want := wormtx.Commit
+		if tx.ID%2 != 0 {
+			want = wormtx.Abort
+		}
+		o, err := co.Await(e.ctx, tx.ID)
+		if err != nil || o != want {
+			e.t.Fatalf("Await(%v) = %v, %v; want %v", tx.ID, o, err, want)
+		}
+		if got := cl.waitApplied(tx); got != want {
+			e.t.Fatalf("%v applied %v, want %v", tx.ID, got, want)
+		}
+		// Each slot holds its own votes: the other transaction's do not
+		// leak into it.
+		st, err := tx.Status(e.ctx, e.c[1])
+		if err != nil || st.Outcome != want {
+			e.t.Fatalf("Status(%v) = %+v, %v; want outcome %v", tx.ID, st, err, want)
+		}
+		// Observers that know only the TxID find the descriptor.
+		for {
+			got, err := wormtx.Open(e.ctx, e.c[1], tx.ID)
+			if err == nil {
+				if !slices.Equal(got.Participants, parts) {
+					e.t.Fatalf("Open(%v): participants %q", tx.ID, got.Participants)
+				}
+				break
+			}
+			if !errors.Is(err, worm.ErrUnallocated) || e.ctx.Err() != nil {
+				e.t.Fatalf("Open(%v): %v", tx.ID, err)
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}
+	cl.checkProblems()
+}
+
+func testSharedTrimAfterEveryTransaction(e *env) {
+	parts := names(3)
+	cl := e.cluster(parts, patient)
+	co := e.sharedCoordinator(0, cl, fast(10*time.Second), nil)
+	per := e.perSegment(len(parts))
+	if per < 2 {
+		e.t.Fatalf("segment holds %d transactions; the test needs two", per)
+	}
+	// Fill the first segment; leave its first transaction unawaited.
+	var first []wormtx.Tx
+	for range per {
+		first = append(first, e.begin(co, parts))
+	}
+	seg := first[0].ID.Segment()
+	for _, tx := range first {
+		if tx.ID.Segment() != seg {
+			e.t.Fatalf("%v not in segment %d: the first %d transactions fit in one", tx.ID, seg, per)
+		}
+	}
+	for _, tx := range first[1:] {
+		if o, err := co.Await(e.ctx, tx.ID); err != nil || o != wormtx.Commit {
+			e.t.Fatalf("Await(%v) = %v, %v", tx.ID, o, err)
+		}
+		cl.waitApplied(tx)
+	}
+	// The next transaction moves to a new segment; the first segment is
+	// now closed, but one of its transactions is not decided as far as
+	// its coordinator knows, so it must not be trimmed.
+	next := e.begin(co, parts)
+	if next.ID.Segment() == seg {
+		e.t.Fatalf("%v still in the full segment %d", next.ID, seg)
+	}
+	if o, err := co.Await(e.ctx, next.ID); err != nil || o != wormtx.Commit {
+		e.t.Fatalf("Await(%v) = %v, %v", next.ID, o, err)
+	}
+	cl.waitApplied(next)
+	cl.waitApplied(first[0])
+	time.Sleep(50 * time.Millisecond) // room for a wrong trim to happen
+	if e.segmentTrimmed(first[0]) {
+		e.t.Fatalf("segment %d trimmed while %v was not awaited", seg, first[0].ID)
+	}
+	// Once the last one is awaited (and acknowledged), the segment goes.
+	if o, err := co.Await(e.ctx, first[0].ID); err != nil || o != wormtx.Commit {
+		e.t.Fatalf("Await(%v) = %v, %v", first[0].ID, o, err)
+	}
+	cl.waitTrimmed(first[0])
+	// The segment in use is not trimmed.
+	if e.segmentTrimmed(next) {
+		e.t.Fatalf("the current segment %d was trimmed", next.ID.Segment())
+	}
+	cl.checkProblems()
+}
+
+func testSharedRecoverMissingVote(e *env) {
+	parts := names(3)
+	cl := e.cluster(parts, nil)
+	// The coordinator "dies" after telling p0 only, in the first slot
+	// (only the first transaction crashes; the coordinator object goes on
+	// to begin a neighbour in the same segment).
+	var crashed atomic.Bool
+	co := e.sharedCoordinator(0, cl, fast(10*time.Second), func(p wormtx.CrashPoint, n int) bool {
+		return p == wormtx.CoordinatorAfterPost && n == 1 && crashed.CompareAndSwap(false, true)
+	})
+	id, err := co.Begin(e.ctx, parts, nil)
+	if !errors.Is(err, wormtx.ErrCrashed) {
+		e.t.Fatalf("Begin: %v, want the simulated crash", err)
+	}
+	tx := wormtx.Tx{ID: id, Descriptor: wormtx.Descriptor{Participants: parts}}
+	// A transaction in the next slot of the same segment, fully prepared.
+	other := e.begin(co, parts)
+	if other.ID.Segment() != id.Segment() {
+		e.t.Fatalf("%v and %v: want one segment", id, other.ID)
+	}
+	// p0 votes, times out on p1 and p2, captures their vote registers
+	// in the shared segment and writes no, and tells them through their
+	// inboxes: everyone applies abort.
+	if o := cl.waitApplied(tx); o != wormtx.Abort {
+		e.t.Fatalf("applied %v, want abort", o)
+	}
+	st, err := tx.Status(e.ctx, e.c[0])
+	if err != nil {
+		e.t.Fatalf("Status(%v): %v", tx.ID, err)
+	}
+	if st.Votes[1] != wormtx.VoteTimedOut || st.Votes[2] != wormtx.VoteTimedOut {
+		e.t.Fatalf("votes %v; want p1 and p2 timed out", st.Votes)
+	}
+	// The recovery touched only its own slot: the neighbour commits
+	// (patient enough: its votes come within the recovery timeout).
+	if o, err := co.Await(e.ctx, other.ID); err != nil || o != wormtx.Commit {
+		e.t.Fatalf("Await(%v) = %v, %v; want commit", other.ID, o, err)
+	}
+	if o := cl.waitApplied(other); o != wormtx.Commit {
+		e.t.Fatalf("%v applied %v", other.ID, o)
+	}
+	ost, err := other.Status(e.ctx, e.c[0])
+	if err != nil || ost.Outcome != wormtx.Commit || slices.Contains(ost.Votes, wormtx.VoteTimedOut) {
+		e.t.Fatalf("Status(%v) = %+v, %v", other.ID, ost, err)
+	}
+	// The recoverer settled the crashed transaction's descriptor.
+	if got, err := wormtx.Open(e.ctx, e.c[1], tx.ID); err != nil || !slices.Equal(got.Participants, parts) {
+		e.t.Fatalf("Open(%v) = %v, %v", tx.ID, got, err)
+	}
+	cl.checkProblems()
+}
+
+func testSharedCoordinatorCrashBeforeAwait(e *env) {
+	parts := names(3)
+	cl := e.cluster(parts, patient)
+	co := e.sharedCoordinator(0, cl, fast(-1), func(p wormtx.CrashPoint, _ int) bool { return p == wormtx.CoordinatorBeforeAwait })
+	tx := e.begin(co, parts)
+	if _, err := co.Await(e.ctx, tx.ID); !errors.Is(err, wormtx.ErrCrashed) {
+		e.t.Fatalf("Await: %v, want the simulated crash", err)
+	}
+	// Every participant was told and votes yes: they learn commit from
+	// the votes, without the coordinator.
+	if o := cl.waitApplied(tx); o != wormtx.Commit {
+		e.t.Fatalf("applied %v, want commit", o)
+	}
+	// Nobody but the (dead) coordinator trims a shared segment.
+	time.Sleep(20 * time.Millisecond)
+	if e.segmentTrimmed(tx) {
+		e.t.Fatalf("%v's shared segment trimmed without its coordinator", tx.ID)
+	}
+	cl.checkProblems()
+}
+
+func testSharedParticipantCrashRestart(e *env) {
+	parts := names(3)
+	var crashed atomic.Bool
+	cl := e.cluster(parts, func(name string) wormtx.ParticipantConfig {
+		pc := patient(name)
+		if name == "p2" {
+			pc.Crash = func(p wormtx.CrashPoint, _ wormtx.TxID) bool {
+				return p == wormtx.ParticipantAfterVote && crashed.CompareAndSwap(false, true)
+			}
+		}
+		return pc
+	})
+	co := e.sharedCoordinator(0, cl, fast(10*time.Second), nil)
+	tx := e.begin(co, parts)
+	if o, err := co.Await(e.ctx, tx.ID); err != nil || o != wormtx.Commit {
+		e.t.Fatalf("Await = %v, %v; want commit (p2 voted before crashing)", o, err)
+	}
+	for !cl.hasCrashed("p2") {
+		select {
+		case <-e.ctx.Done():
+			e.t.Fatal("p2 never reached its crash point")
+		case <-time.After(time.Millisecond):
+		}
+	}
+	<-cl.done["p2"]
+	delete(cl.cancel, "p2")
+	if _, ok := cl.rec["p2"].Applied(tx.ID); ok {
+		e.t.Fatal("p2 applied before restarting")
+	}
+	// The restarted p2 finds the transaction in its Resource and applies
+	// it; its ack (in the ack register: it acknowledges by message only
+	// from HandlePrepare) lets the coordinator trim once the segment is
+	// full.
+	cl.start("p2")
+	if o := cl.waitApplied(tx); o != wormtx.Commit {
+		e.t.Fatalf("applied %v", o)
+	}
+	for range e.perSegment(len(parts)) {
+		nt := e.begin(co, parts)
+		if o, err := co.Await(e.ctx, nt.ID); err != nil || o != wormtx.Commit {
+			e.t.Fatalf("Await(%v) = %v, %v", nt.ID, o, err)
+		}
 	}
 	cl.waitTrimmed(tx)
 	cl.checkProblems()

@@ -1,0 +1,423 @@
+package wormtx
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/wormspace/wormspace/worm"
+)
+
+// Shared segments (CoordinatorConfig.Shared): the direct mode with many
+// transactions per segment. The coordinator owns its shared segments: it
+// allocates them ahead of need, subscribes to each once, hands out slots
+// in order, and trims a segment once it has moved on from it and every
+// transaction begun in it is complete (its outcome known to the
+// coordinator, every participant's acknowledgement received, its
+// descriptor written). Nobody else trims a shared segment: it holds
+// transactions a participant knows nothing of.
+//
+// Slot layout (SlotWidth(n) = 2n+3 registers from the slot's offset b):
+//
+//	b             the descriptor (written by the coordinator once the
+//	              outcome is known; settled by a recoverer)
+//	b+1 .. b+2n+2 the canonical layout: votes, decision, acks,
+//	              coordinator ack (unused: the coordinator trims)
+//
+// The outcome rules are those of a segment of its own: the slot's vote
+// registers are the decision, recovery captures missing votes, and every
+// observer computes the same outcome.
+
+const sharedMagic = "wtx-shared:"
+
+// sharedSeg is one of the coordinator's shared segments.
+type sharedSeg struct {
+	seg     uint64
+	l       *segListener
+	next    uint32 // first free register
+	closed  bool   // the coordinator moved on: no more slots here
+	open    int    // slots begun and not complete
+	trimmed bool
+}
+
+// segFuture is a shared segment being allocated and subscribed to.
+type segFuture struct {
+	done chan struct{}
+	s    *sharedSeg
+	err  error
+}
+
+// sharedPool is the coordinator's current shared segment and the next
+// one, allocated ahead.
+type sharedPool struct {
+	mu    sync.Mutex
+	cur   *sharedSeg
+	ahead *segFuture
+	meta  []byte
+}
+
+func newSharedPool() *sharedPool {
+	var nonce [8]byte
+	_, _ = rand.Read(nonce[:])
+	return &sharedPool{meta: []byte(sharedMagic + hex.EncodeToString(nonce[:]))}
+}
+
+// prefetchLocked starts allocating the next shared segment unless it is
+// under way. c.shared.mu is held.
+func (c *Coordinator) prefetchLocked() *segFuture {
+	p := c.shared
+	if p.ahead != nil {
+		return p.ahead
+	}
+	f := &segFuture{done: make(chan struct{})}
+	p.ahead = f
+	c.bg.Go(func() {
+		defer close(f.done)
+		ctx, cancel := context.WithTimeout(c.life, c.ackTimeout())
+		defer cancel()
+		seg, err := c.alloc(ctx, p.meta)
+		if err == nil && uint64(seg) > MaxSharedSegment {
+			err = fmt.Errorf("%w: segment %d is beyond MaxSharedSegment", ErrInvalid, seg)
+		}
+		if err != nil {
+			f.err = err
+			return
+		}
+		// Subscribed before any slot is handed out: every vote written
+		// in the segment is heard.
+		l := startSegListener(c.life, c.sp, uint64(seg))
+		select {
+		case <-l.ready:
+		case <-ctx.Done():
+		}
+		if ctx.Err() != nil || l.err != nil {
+			l.cancel()
+			f.err = fmt.Errorf("wormtx: listen on shared segment %d: %w", seg, errors.Join(l.err, ctx.Err()))
+			return
+		}
+		f.s = &sharedSeg{seg: uint64(seg), l: l}
+	})
+	return f
+}
+
+// takeSlot reserves width registers of the current shared segment for a
+// new transaction, moving to the segment allocated ahead when the current
+// one is full.
+func (c *Coordinator) takeSlot(ctx context.Context, width uint32) (*sharedSeg, uint32, error) {
+	p := c.shared
+	size := c.sp.SegmentSize()
+	var b backoff
+	for {
+		p.mu.Lock()
+		if s := p.cur; s != nil && !s.closed && s.next+width <= size {
+			base := s.next
+			s.next += width
+			s.open++
+			if s.next > size/2 {
+				c.prefetchLocked()
+			}
+			p.mu.Unlock()
+			return s, base, nil
+		}
+		if s := p.cur; s != nil && !s.closed {
+			s.closed = true
+			c.maybeTrimLocked(s)
+		}
+		f := c.prefetchLocked()
+		p.mu.Unlock()
+		select {
+		case <-f.done:
+		case <-ctx.Done():
+			return nil, 0, fmt.Errorf("wormtx: allocate a shared segment: %w", ctx.Err())
+		}
+		p.mu.Lock()
+		if p.ahead == f {
+			p.ahead = nil
+			if f.err == nil {
+				p.cur = f.s
+			}
+		}
+		p.mu.Unlock()
+		if f.err != nil {
+			if errors.Is(f.err, ErrInvalid) {
+				return nil, 0, f.err
+			}
+			c.logger().Warn("wormtx: allocating a shared segment", "err", f.err)
+			if err := b.wait(ctx); err != nil {
+				return nil, 0, fmt.Errorf("wormtx: allocate a shared segment: %w", f.err)
+			}
+		}
+	}
+}
+
+// slotDone records that one transaction of s is complete.
+func (c *Coordinator) slotDone(s *sharedSeg) {
+	c.shared.mu.Lock()
+	defer c.shared.mu.Unlock()
+	s.open--
+	c.maybeTrimLocked(s)
+}
+
+// maybeTrimLocked trims s in the background once the coordinator moved on
+// from it and every transaction in it is complete. c.shared.mu is held.
+func (c *Coordinator) maybeTrimLocked(s *sharedSeg) {
+	if !s.closed || s.open > 0 || s.trimmed {
+		return
+	}
+	s.trimmed = true
+	c.bg.Go(func() {
+		defer s.l.cancel()
+		ctx, cancel := context.WithTimeout(c.life, c.ackTimeout())
+		defer cancel()
+		var b backoff
+		for {
+			err := c.sp.Trim(ctx, s.seg)
+			if err == nil || errors.Is(err, worm.ErrTrimmed) {
+				return
+			}
+			if !transient(ctx, err) || b.wait(ctx) != nil {
+				c.logger().Warn("wormtx: trim shared segment", "seg", s.seg, "err", err)
+				return
+			}
+		}
+	})
+}
+
+// beginShared is Begin in a shared segment: a slot of the current
+// segment, whose listener already hears every write, and the prepares
+// sent straight to the participants. Nothing is written or awaited on
+// the way.
+func (c *Coordinator) beginShared(ctx context.Context, d Descriptor) (TxID, error) {
+	width := SlotWidth(len(d.Participants))
+	s, base, err := c.takeSlot(ctx, width)
+	if err != nil {
+		return 0, err
+	}
+	t := Tx{ID: SlotTxID(s.seg, base), Descriptor: d}
+	sub := s.l.subscribe(base, base+width-1, 0)
+	w := &watch{tx: t, acks: newAckTracker(t.n()), seg: s, sub: sub}
+	w.cancel = func() {
+		if sub != nil {
+			s.l.unsubscribe(sub)
+		}
+	}
+	c.mu.Lock()
+	c.txs[t.ID] = t
+	c.watches[t.ID] = w
+	c.mu.Unlock()
+	if c.crash(CoordinatorAfterAlloc, 0) {
+		return t.ID, ErrCrashed
+	}
+	return t.ID, c.sendPrepares(ctx, t)
+}
+
+// awaitShared learns the outcome of a transaction begun by beginShared
+// from its slot's notifications; then, in the background, it writes the
+// descriptor, waits for every participant's acknowledgement (by message,
+// or in the ack register) and marks the slot complete, which lets the
+// segment be trimmed.
+func (c *Coordinator) awaitShared(ctx context.Context, t Tx, w *watch) (Outcome, error) {
+	opt := resolveOpts{observe: w.acks.observe}
+	if w.sub != nil {
+		opt.notes, opt.fresh = w.sub.ch, true
+	}
+	o, err := t.resolve(ctx, c.sp, c.cfg.Policy, opt)
+	if err != nil {
+		return o, err
+	}
+	c.mu.Lock()
+	delete(c.txs, t.ID)
+	delete(c.watches, t.ID)
+	c.acking[t.ID] = w
+	c.mu.Unlock()
+	actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.ackTimeout())
+	c.bg.Go(func() {
+		defer cancel()
+		defer w.cancel()
+		defer func() {
+			c.mu.Lock()
+			delete(c.acking, t.ID)
+			c.mu.Unlock()
+		}()
+		// The coordinator trims the segment itself: its own ack register
+		// stays empty.
+		w.acks.observe(worm.Notification{Off: uint32(2*t.n() + 1), Chosen: true})
+		desc := MarshalDescriptor(t.Descriptor)
+		if _, err := writeOwn(actx, c.sp, t.sharedDescAddr(), desc, desc); err != nil {
+			c.logger().Warn("wormtx: writing the descriptor; the shared segment will not be trimmed", "tx", t.ID, "err", err)
+			return
+		}
+		var notes <-chan worm.Notification
+		if w.sub != nil {
+			notes = w.sub.ch
+		}
+		poll := time.NewTicker(c.cfg.Policy.poll())
+		defer poll.Stop()
+		for !w.acks.all() {
+			read := false
+			select {
+			case nt, ok := <-notes:
+				switch {
+				case !ok:
+					notes, read = nil, true
+				case nt.Lost:
+					read = true
+				case nt.Chosen:
+					if k, in := t.canon(nt.Off); in {
+						nt.Off = uint32(k)
+						w.acks.observe(nt)
+					}
+				}
+			case <-poll.C:
+				// Acks by message may be lost, and notifications too:
+				// the ack registers tell.
+				read = true
+			case <-w.acks.more:
+			case <-c.closing:
+				return
+			case <-actx.Done():
+				c.logger().Warn("wormtx: not every participant acknowledged; the shared segment will not be trimmed", "tx", t.ID)
+				return
+			}
+			if read {
+				c.readAcks(actx, t, w.acks)
+			}
+		}
+		c.slotDone(w.seg)
+	})
+	return o, nil
+}
+
+// readAcks reads the ack registers of t that acks has not seen and
+// records those written.
+func (c *Coordinator) readAcks(ctx context.Context, t Tx, acks *ackTracker) {
+	var addrs []worm.Addr
+	var idx []int
+	for i := range t.Participants {
+		k := t.n() + 1 + i
+		if !acks.has(k) {
+			addrs = append(addrs, t.at(k))
+			idx = append(idx, k)
+		}
+	}
+	vals, _ := readAll(ctx, c.sp, addrs)
+	for j, v := range vals {
+		if v != nil {
+			acks.observe(worm.Notification{Off: uint32(idx[j]), Chosen: true})
+		}
+	}
+}
+
+// sendPrepares sends t's prepares through the Messenger: concurrently, or
+// one by one when crash points are set (so that they fall between
+// prepares).
+func (c *Coordinator) sendPrepares(ctx context.Context, t Tx) error {
+	d := t.Descriptor
+	if c.cfg.Crash != nil {
+		for i, p := range d.Participants {
+			if err := c.cfg.Messenger.SendPrepare(ctx, p, t); err != nil {
+				return fmt.Errorf("wormtx: %v: prepare %q: %w", t.ID, p, err)
+			}
+			if c.crash(CoordinatorAfterPost, i+1) {
+				return ErrCrashed
+			}
+		}
+		return nil
+	}
+	if len(d.Participants) == 1 {
+		if err := c.cfg.Messenger.SendPrepare(ctx, d.Participants[0], t); err != nil {
+			return fmt.Errorf("wormtx: %v: prepare %q: %w", t.ID, d.Participants[0], err)
+		}
+		return nil
+	}
+	errs := make([]error, len(d.Participants))
+	var wg sync.WaitGroup
+	for i, p := range d.Participants {
+		wg.Go(func() {
+			if err := c.cfg.Messenger.SendPrepare(ctx, p, t); err != nil {
+				errs[i] = fmt.Errorf("wormtx: %v: prepare %q: %w", t.ID, p, err)
+			}
+		})
+	}
+	wg.Wait()
+	return errors.Join(errs...)
+}
+
+// handlePrepareShared is HandlePrepare for a transaction in a shared
+// segment: the participant's listener on the segment is shared by its
+// transactions there (opened by the first), so the prepare costs it the
+// vote write and nothing else on the way to the outcome. The
+// acknowledgement goes by message (SendAck) or into the ack register;
+// collection is the coordinator's.
+func (p *Participant) handlePrepareShared(ctx context.Context, t Tx, res Recoverable) (Outcome, error) {
+	i, err := p.index(t)
+	if err != nil {
+		return Pending, err
+	}
+	if h, ok := p.sp.(allocHinter); ok {
+		h.AssumeAllocated(t.segment())
+	}
+	b := t.ID.slotOff()
+	l, sub := p.listeners.subscribe(p.sp, t.segment(), b, b+SlotWidth(t.n())-1)
+	defer l.unsubscribe(sub)
+	yes, err := res.Prepare(ctx, t.ID, t.Descriptor)
+	if err != nil {
+		return Pending, fmt.Errorf("wormtx: %v: prepare: %w", t.ID, err)
+	}
+	if p.cfg.Crash != nil && p.cfg.Crash(ParticipantBeforeVote, t.ID) {
+		return Pending, ErrCrashed
+	}
+	v, err := p.Vote(ctx, t, yes)
+	if err != nil {
+		return Pending, err
+	}
+	p.log.Debug("wormtx: voted", "tx", t.ID, "yes", yes, "chosen", v)
+	if p.cfg.Crash != nil && p.cfg.Crash(ParticipantAfterVote, t.ID) {
+		return Pending, ErrCrashed
+	}
+	select {
+	case <-l.ready:
+	case <-ctx.Done():
+		return Pending, fmt.Errorf("wormtx: %v: outcome unknown: %w", t.ID, ctx.Err())
+	}
+	opt := resolveOpts{}
+	if l.err == nil {
+		opt.notes, opt.fresh = sub.ch, true
+	}
+	pol := p.cfg.Policy
+	pol.recoverHook = func(rctx context.Context) {
+		// The coordinator may have died before the descriptor landed:
+		// observers that know only the TxID need it.
+		if _, err := Settle(rctx, p.sp, t.sharedDescAddr(), MarshalDescriptor(t.Descriptor)); err != nil && !errors.Is(err, worm.ErrTrimmed) {
+			p.log.Warn("wormtx: settling the descriptor", "tx", t.ID, "err", err)
+		}
+	}
+	o, err := t.resolve(ctx, p.sp, pol, opt)
+	if err != nil {
+		return Pending, err
+	}
+	if err := res.Apply(ctx, t.ID, o); err != nil {
+		return o, fmt.Errorf("wormtx: %v: apply %v: %w", t.ID, o, err)
+	}
+	acked := false
+	if p.cfg.SendAck != nil {
+		if err := p.cfg.SendAck(ctx, t, o); err == nil {
+			acked = true
+		} else {
+			p.log.Debug("wormtx: ack message not sent; writing the ack register", "tx", t.ID, "err", err)
+		}
+	}
+	if !acked {
+		if err := p.writeAck(ctx, t, i, o); err != nil && !errors.Is(err, worm.ErrTrimmed) {
+			return o, err
+		}
+	}
+	if o == Abort {
+		return o, p.completeVotes(ctx, t)
+	}
+	return o, nil
+}
