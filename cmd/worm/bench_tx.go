@@ -150,7 +150,7 @@ func cmdBenchTx(args []string) error {
 		return err
 	}
 	defer net.Close()
-	segBase := uint64(time.Now().UnixNano()/1000) << 8
+	segBase := txbench.NewSegBase()
 	stopParts, err := startTxParticipants(ctx, net, txParticipantsArgs{participants: *parts, servers: lc.Servers(), keyFile: lc.KeyFile,
 		dir: filepath.Join(dir, "participants"), volatile: *volatile, segBase: segBase, profile: participantsProfile(*profDir)})
 	if err != nil {

@@ -109,6 +109,7 @@ func delaysOf(ctx context.Context, client func(id string) worm.Space, n int, d t
 		wrap := func(id string) worm.Space { return netdelay.Wrap(client(id), d) }
 		for i, name := range names {
 			p := wormtx.NewParticipant(wrap(name), name, wormtx.ParticipantConfig{Policy: wormtx.Policy{RecoverAfter: time.Minute}, AbandonAfter: -1})
+			defer p.Close()
 			wg.Go(func() {
 				_ = net.Serve(ctx, "wtx-"+name, func(m twopc.Message) {
 					t := wormtx.Tx{ID: m.Tx, Descriptor: m.Desc}
@@ -117,7 +118,7 @@ func delaysOf(ctx context.Context, client func(id string) worm.Space, n int, d t
 			})
 		}
 		co := wormtx.NewCoordinator(wrap("coord"), wormtx.CoordinatorConfig{FirstSeg: 1 << 40, Messenger: messenger{net},
-			Policy: wormtx.Policy{RecoverAfter: time.Minute}, Reserve: 4})
+			Policy: wormtx.Policy{RecoverAfter: time.Minute}, Shared: true})
 		defer co.Close()
 		tm = co
 	} else {

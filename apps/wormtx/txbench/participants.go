@@ -112,6 +112,7 @@ func ServeParticipants(ctx context.Context, cfg ParticipantsConfig, ready func(e
 				cfg.Net.Send(benchNode, twopc.Message{Kind: msgAck, From: name, Tx: t.ID})
 				return nil
 			}})
+		defer p.Close()
 		run(func() error {
 			if err := p.Run(ctx, wres); err != nil && ctx.Err() == nil {
 				return fmt.Errorf("txbench: participant %s: %w", name, err)

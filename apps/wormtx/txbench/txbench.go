@@ -22,12 +22,14 @@
 // With Config.Net nil, Start runs the participants in its own process
 // (tests).
 //
-// WormTX runs in the direct mode: its coordinator (one, shared by the
-// clients) takes a segment allocated ahead, sends the prepares over the
-// network, and learns the votes from the wormservers' notifications; each
-// participant subscribes, prepares, votes with one write and learns the
-// outcome the same way, and acknowledges it by a message to the
-// coordinator, which then trims the segment. 2PC's coordinator (one) forces its decisions to a
+// WormTX runs in the direct mode with shared segments: its coordinator
+// (one, shared by the clients) takes a slot of a segment allocated and
+// subscribed to ahead, sends the prepares over the network, and learns
+// the votes from the wormservers' notifications; each participant
+// (subscribed to the segment since its first transaction there)
+// prepares, votes with one write and learns the outcome the same way,
+// and acknowledges it by a message to the coordinator, which trims the
+// segment once every transaction in it is acknowledged. 2PC's coordinator (one) forces its decisions to a
 // log file, synced like the wormds' (or not at all with Volatile), and
 // sends them to the participants. A transaction's latency is from Begin
 // to the coordinator knowing the outcome (Await); Result.Applied is from
@@ -165,7 +167,7 @@ func Start(ctx context.Context, cfg Config) (*Harness, error) {
 		if cfg.Net != nil {
 			return nil, errors.New("txbench: Config.SegBase is required with a participants' process")
 		}
-		cfg.SegBase = uint64(time.Now().UnixNano()/1000) << 8
+		cfg.SegBase = NewSegBase()
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
@@ -209,6 +211,14 @@ func participantNames(n int) []string {
 	return names
 }
 
+// NewSegBase returns a base segment for a run, derived from the clock:
+// below 2^42, so that WormTX's shared segments (transactions from the
+// base, inboxes from base + 2^32 and up) stay below
+// wormtx.MaxSharedSegment.
+func NewSegBase() uint64 {
+	return 1<<41 + uint64(time.Now().UnixNano()/1000)%(1<<30)<<8
+}
+
 // inbox is participant i's first inbox segment: transactions from
 // SegBase, inboxes from SegBase + (i+1)<<32.
 func inbox(segBase uint64, i int) uint64 { return segBase + uint64(i+1)<<32 }
@@ -235,9 +245,9 @@ func (h *Harness) startCoordinators(ctx context.Context) error {
 	pol.Logger = h.cfg.Logger
 	h.wco = wormtx.NewCoordinator(sp, wormtx.CoordinatorConfig{FirstSeg: h.cfg.SegBase, Directory: directory(h.cfg.SegBase, h.names),
 		Policy: pol, Messenger: messenger{h.net}, Logger: h.cfg.Logger,
-		// Enough reserved segments for the largest client count's
-		// burst; the pool refills in the background.
-		Reserve: 128})
+		// Transactions share segments: one Alloc, one Listen per
+		// process and one Trim per segment, all off the critical path.
+		Shared: true})
 	log, err := twopc.OpenFileLog(filepath.Join(h.cfg.Dir, "2pc-decisions"), h.cfg.Volatile)
 	if err != nil {
 		return err
