@@ -103,8 +103,10 @@
 // Every setting that changes performance is in Knobs, explicit and
 // printable as JSON (Stack.Knobs, Knobs.String) so the comparison harness
 // can record what produced a figure. DefaultKnobs documents the reason for
-// each value. KnobsFromEnv reads overrides from WORM_NETSTACK_KNOBS for
-// measurement sweeps; the netecho command takes the same JSON in -knobs.
+// each value. ParseKnobs reads overrides as name=value pairs
+// (dispatch=recvmmsg,processors=1) or JSON; wormd takes them in
+// -netstack-knobs (a guest in worm.knobs=), worm compare in -netstack-knobs,
+// the netecho command in -knobs, and KnobsFromEnv from WORM_NETSTACK_KNOBS.
 //
 // # Measuring
 //

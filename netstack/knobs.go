@@ -4,6 +4,9 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"sort"
+	"strconv"
+	"strings"
 
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/link/fdbased"
@@ -174,17 +177,120 @@ func DefaultKnobs() Knobs {
 	}
 }
 
-// KnobsFromEnv returns DefaultKnobs overridden by the JSON object in the
-// environment variable WORM_NETSTACK_KNOBS, if set (used for measurement
-// sweeps: WORM_NETSTACK_KNOBS='{"congestion_control":"cubic"}').
+// KnobsFromEnv returns DefaultKnobs overridden by the environment variable
+// WORM_NETSTACK_KNOBS, if set, in ParseKnobs's syntax (used for measurement
+// sweeps: WORM_NETSTACK_KNOBS=congestion_control=cubic,processors=1).
 func KnobsFromEnv() (Knobs, error) {
+	k, err := ParseKnobs(os.Getenv("WORM_NETSTACK_KNOBS"))
+	if err != nil {
+		return k, fmt.Errorf("WORM_NETSTACK_KNOBS: %w", err)
+	}
+	return k, nil
+}
+
+// ParseKnobs returns DefaultKnobs with the overrides in s, validated. s is
+// either a JSON object with Knobs' field names ({"dispatch":"recvmmsg"}) or
+// the same as a comma-separated list of name=value, which passes through a
+// kernel command line unquoted (wormd -netstack-knobs, worm.knobs=):
+//
+//	dispatch=recvmmsg,gro=true,processors=1,send_buffer=4096/65536/65536
+//
+// A buffer range is min/default/max. Unknown names are errors, not ignored:
+// a misspelt knob would otherwise silently measure the defaults.
+func ParseKnobs(s string) (Knobs, error) {
 	k := DefaultKnobs()
-	if v := os.Getenv("WORM_NETSTACK_KNOBS"); v != "" {
-		if err := json.Unmarshal([]byte(v), &k); err != nil {
-			return k, fmt.Errorf("%w: WORM_NETSTACK_KNOBS: %w", ErrBadOption, err)
+	s = strings.TrimSpace(s)
+	if s == "" {
+		return k, nil
+	}
+	js := s
+	if !strings.HasPrefix(s, "{") {
+		var err error
+		if js, err = knobListJSON(s); err != nil {
+			return k, err
 		}
 	}
-	return k, k.validate()
+	d := json.NewDecoder(strings.NewReader(js))
+	d.DisallowUnknownFields()
+	if err := d.Decode(&k); err != nil {
+		return DefaultKnobs(), fmt.Errorf("%w: knobs %q: %w", ErrBadOption, s, err)
+	}
+	if err := k.validate(); err != nil {
+		return DefaultKnobs(), err
+	}
+	return k, nil
+}
+
+// knobListJSON turns name=value,... into a JSON object: integers and
+// booleans stay bare, a/b/c becomes a buffer range, anything else a string.
+func knobListJSON(s string) (string, error) {
+	var b strings.Builder
+	b.WriteByte('{')
+	for i, kv := range strings.Split(s, ",") {
+		name, val, ok := strings.Cut(strings.TrimSpace(kv), "=")
+		if !ok || name == "" || val == "" {
+			return "", fmt.Errorf("%w: knob %q: want name=value", ErrBadOption, kv)
+		}
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		nb, _ := json.Marshal(name)
+		b.Write(nb)
+		b.WriteByte(':')
+		if parts := strings.Split(val, "/"); len(parts) == 3 {
+			var r [3]int
+			for j, p := range parts {
+				n, err := strconv.Atoi(p)
+				if err != nil {
+					return "", fmt.Errorf("%w: knob %s=%s: want min/default/max in bytes", ErrBadOption, name, val)
+				}
+				r[j] = n
+			}
+			fmt.Fprintf(&b, `{"min":%d,"default":%d,"max":%d}`, r[0], r[1], r[2])
+			continue
+		}
+		if _, err := strconv.ParseInt(val, 10, 64); err == nil || val == "true" || val == "false" {
+			b.WriteString(val)
+			continue
+		}
+		vb, _ := json.Marshal(val)
+		b.Write(vb)
+	}
+	b.WriteByte('}')
+	return b.String(), nil
+}
+
+// Overrides renders the knobs that differ from DefaultKnobs in
+// ParseKnobs's name=value syntax ("" when none do), so that
+// ParseKnobs(k.Overrides()) == k.
+func (k Knobs) Overrides() string {
+	var have, def map[string]json.RawMessage
+	hb, _ := json.Marshal(k)
+	db, _ := json.Marshal(DefaultKnobs())
+	_ = json.Unmarshal(hb, &have)
+	_ = json.Unmarshal(db, &def)
+	names := make([]string, 0, len(have))
+	for n, v := range have {
+		if string(v) != string(def[n]) {
+			names = append(names, n)
+		}
+	}
+	sort.Strings(names)
+	out := make([]string, 0, len(names))
+	for _, n := range names {
+		v := have[n]
+		var r BufferRange
+		var str string
+		switch {
+		case json.Unmarshal(v, &r) == nil && r.Max != 0:
+			out = append(out, fmt.Sprintf("%s=%d/%d/%d", n, r.Min, r.Default, r.Max))
+		case json.Unmarshal(v, &str) == nil:
+			out = append(out, n+"="+str)
+		default:
+			out = append(out, n+"="+string(v))
+		}
+	}
+	return strings.Join(out, ",")
 }
 
 func (k Knobs) validate() error {

@@ -46,6 +46,10 @@ type Config struct {
 	Key string
 	// SegmentSize is passed as worm.segsize when positive.
 	SegmentSize int
+	// NetstackKnobs, when set, overrides the guests' netstack knobs
+	// (worm.knobs → wormd -netstack-knobs; netstack.ParseKnobs syntax,
+	// name=value pairs). Only with the netstack stack.
+	NetstackKnobs string
 	// Debug passes worm.debug=1 (a shell on the console instead of
 	// powering off when wormd cannot be restarted).
 	Debug bool
@@ -222,6 +226,7 @@ func Up(ctx context.Context, cfg Config) (*Cluster, error) {
 		QEMU: qemuBin, Kernel: kernel, Initrd: initrd,
 		Stack: cfg.Stack, Port: cfg.Port, EchoPort: cfg.EchoPort, MemoryMiB: cfg.MemoryMiB, CPUs: cfg.CPUs, DiskMiB: cfg.DiskMiB,
 		Volatile: cfg.Volatile, Key: cfg.Key, SegmentSize: cfg.SegmentSize, Debug: cfg.Debug,
+		NetstackKnobs: cfg.NetstackKnobs,
 	}
 	if mode == NetTAP {
 		host := netip.PrefixFrom(cfg.Subnet.Addr().Next(), cfg.Subnet.Bits())
@@ -307,6 +312,14 @@ func (cfg *Config) defaults() error {
 	}
 	if cfg.Stack != StackNetstack && cfg.Stack != StackKernel {
 		return fmt.Errorf("%w: stack %q (want netstack or kernel)", ErrConfig, cfg.Stack)
+	}
+	if cfg.NetstackKnobs != "" && cfg.Stack != StackNetstack {
+		return fmt.Errorf("%w: netstack knobs %q on the %s stack", ErrConfig, cfg.NetstackKnobs, cfg.Stack)
+	}
+	if strings.ContainsAny(cfg.NetstackKnobs, " \t\n\"") {
+		// One kernel parameter: the guest validates its shape, wormd
+		// its names and values.
+		return fmt.Errorf("%w: netstack knobs %q: no spaces or quotes", ErrConfig, cfg.NetstackKnobs)
 	}
 	if cfg.ImageDir == "" {
 		cfg.ImageDir = DefaultImageDir
@@ -455,7 +468,7 @@ func (c *Cluster) spec(vs VMState) Spec {
 		Kernel: c.st.Kernel, Initrd: c.st.Initrd,
 		MemoryMiB: c.st.MemoryMiB, CPUs: c.st.CPUs,
 		ID: vs.ID, Stack: c.st.Stack, Port: c.st.Port,
-		Volatile: c.st.Volatile, SegmentSize: c.st.SegmentSize, Debug: c.st.Debug,
+		Volatile: c.st.Volatile, SegmentSize: c.st.SegmentSize, Debug: c.st.Debug, NetstackKnobs: c.st.NetstackKnobs,
 		Disk: vs.Disk, Net: c.st.Net, HostFwd: vs.HostFwd,
 		EchoPort: c.st.EchoPort, EchoFwd: vs.EchoFwd,
 		Console: vs.Console, QMP: vs.QMP,

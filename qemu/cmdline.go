@@ -55,15 +55,16 @@ type Spec struct {
 
 	// Guest parameters, passed on the kernel command line (see the guest
 	// contract in the package documentation).
-	ID          int
-	Addr        netip.Prefix // worm.addr
-	Gateway     netip.Addr   // worm.gw, optional
-	Stack       string       // worm.stack
-	Port        int          // worm.port
-	EchoPort    int          // worm.echo, optional: wormd's echo floor
-	Volatile    bool         // worm.volatile=1
-	SegmentSize int          // worm.segsize, optional
-	Debug       bool         // worm.debug=1
+	ID            int
+	Addr          netip.Prefix // worm.addr
+	Gateway       netip.Addr   // worm.gw, optional
+	Stack         string       // worm.stack
+	Port          int          // worm.port
+	EchoPort      int          // worm.echo, optional: wormd's echo floor
+	Volatile      bool         // worm.volatile=1
+	SegmentSize   int          // worm.segsize, optional
+	NetstackKnobs string       // worm.knobs, optional: wormd -netstack-knobs
+	Debug         bool         // worm.debug=1
 
 	// KeyFile is a file holding the cluster key in hex, handed to the
 	// guest as the fw_cfg item FwCfgKey (read by the guest init from
@@ -135,6 +136,9 @@ func (s *Spec) KernelCmdline() string {
 	}
 	if s.SegmentSize > 0 {
 		p = append(p, "worm.segsize="+strconv.Itoa(s.SegmentSize))
+	}
+	if s.NetstackKnobs != "" {
+		p = append(p, "worm.knobs="+s.NetstackKnobs)
 	}
 	if s.Debug {
 		p = append(p, "worm.debug=1")

@@ -41,19 +41,20 @@ type State struct {
 
 	// Boot parameters shared by all VMs, kept so that a restart from
 	// another process boots the VM exactly as before.
-	QEMU        string `json:"qemu"`
-	Kernel      string `json:"kernel"`
-	Initrd      string `json:"initrd"`
-	Stack       string `json:"stack"`
-	Port        int    `json:"port"`
-	EchoPort    int    `json:"echo_port,omitempty"`
-	MemoryMiB   int    `json:"memory_mib"`
-	CPUs        int    `json:"cpus"`
-	DiskMiB     int    `json:"disk_mib"`
-	Volatile    bool   `json:"volatile,omitempty"`
-	Key         string `json:"key,omitempty"`
-	SegmentSize int    `json:"segment_size,omitempty"`
-	Debug       bool   `json:"debug,omitempty"`
+	QEMU          string `json:"qemu"`
+	Kernel        string `json:"kernel"`
+	Initrd        string `json:"initrd"`
+	Stack         string `json:"stack"`
+	Port          int    `json:"port"`
+	EchoPort      int    `json:"echo_port,omitempty"`
+	MemoryMiB     int    `json:"memory_mib"`
+	CPUs          int    `json:"cpus"`
+	DiskMiB       int    `json:"disk_mib"`
+	Volatile      bool   `json:"volatile,omitempty"`
+	Key           string `json:"key,omitempty"`
+	SegmentSize   int    `json:"segment_size,omitempty"`
+	NetstackKnobs string `json:"netstack_knobs,omitempty"`
+	Debug         bool   `json:"debug,omitempty"`
 
 	VMs []VMState `json:"vms"`
 }

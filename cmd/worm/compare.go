@@ -55,6 +55,7 @@ func cmdCompare(args []string) error {
 	warmup := fs.Duration("warmup", time.Second, "unmeasured warm-up before each run")
 	reps := fs.Int("reps", 3, "repetitions, interleaved across configurations")
 	value := fs.Int("value", 64, "bytes per value (and per echo message)")
+	knobsF := fs.String("netstack-knobs", "", "netstack knob overrides for every netstack in the run (wormds, guests, echo floor), e.g. dispatch=recvmmsg,processors=1")
 	durable := fs.Bool("durable", false, "wormds fsync (default: volatile, so the disk does not mask the network stack)")
 	out := fs.String("out", "", "output directory (default build/compare/<timestamp>)")
 	image := fs.String("image", qemu.DefaultImageDir, "boot image directory for the VM configurations")
@@ -113,7 +114,7 @@ func cmdCompare(args []string) error {
 	defer stop()
 	o := compare.Options{
 		Configs: splitList(*configs), Workloads: splitList(*workloads), Clients: counts, Rates: rates,
-		Duration: *duration, Warmup: *warmup, Reps: *reps, ValueSize: *value, Volatile: !*durable,
+		Duration: *duration, Warmup: *warmup, Reps: *reps, ValueSize: *value, Volatile: !*durable, NetstackKnobs: *knobsF,
 		Out: *out, Wormd: wormd, EchoCmd: []string{exe, "compare-echo"},
 		ImageDir: *image, Accel: accel, Pprof: *pprofF, ProfileWorkload: *profWl, ProfileClients: *profC, ProfileFor: *profFor,
 		Progress: os.Stderr,
@@ -154,14 +155,13 @@ func cmdCompareEcho(args []string) error {
 	tap := fs.String("tap", "", "netstack: TAP device (created)")
 	addr := fs.String("addr", "", "netstack: address/prefix")
 	listen := fs.String("listen", "127.0.0.1:0", "listen address")
+	knobsF := fs.String("knobs", os.Getenv("WORM_NETSTACK_KNOBS"), "netstack knob overrides (netstack.ParseKnobs); default $WORM_NETSTACK_KNOBS")
 	if _, err := parseArgs(fs, args, 0, "compare-echo [flags]"); err != nil {
 		return err
 	}
-	// WORM_NETSTACK_KNOBS overrides the knobs (measurement sweeps of the
-	// floor; wormd itself always runs netstack.DefaultKnobs).
-	knobs, err := netstack.KnobsFromEnv()
+	knobs, err := netstack.ParseKnobs(*knobsF)
 	if err != nil {
-		return err
+		return fmt.Errorf("-knobs: %w", err)
 	}
 	cfg := netstack.Config{Stack: *stackF, TAP: *tap, TAPFD: -1, Knobs: &knobs}
 	if *stackF == "netstack" {

@@ -83,6 +83,7 @@ type options struct {
 	logJSON     bool
 	shutdownFor time.Duration
 	echoListen  string
+	knobs       string
 	faults      faultFlags // -net-faults (faults.go)
 }
 
@@ -110,6 +111,7 @@ func parse(args []string) (*options, error) {
 	fs.BoolVar(&o.pprof, "pprof", false, "also serve /debug/pprof on the -metrics address")
 	fs.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.BoolVar(&o.logJSON, "log-json", false, "log JSON lines instead of text")
+	fs.StringVar(&o.knobs, "netstack-knobs", "", "netstack: knobs overriding netstack.DefaultKnobs, as name=value pairs (dispatch=recvmmsg,processors=1,send_buffer=4096/65536/262144) or a JSON object; unknown names are errors")
 	fs.StringVar(&o.echoListen, "echo-listen", "", "also serve a raw TCP echo on this address over the same stack (the round-trip floor worm compare measures against)")
 	fs.DurationVar(&o.shutdownFor, "shutdown-timeout", 10*time.Second, "how long a graceful shutdown waits for requests in flight")
 	o.faults.register(fs)
@@ -124,6 +126,14 @@ func parse(args []string) (*options, error) {
 	}
 	if o.id == 0 || o.id > 1<<32-1 {
 		return nil, fmt.Errorf("-id %d: want 1..4294967295", o.id)
+	}
+	if o.knobs != "" {
+		if o.stack != "netstack" {
+			return nil, fmt.Errorf("-netstack-knobs needs -stack netstack")
+		}
+		if _, err := netstack.ParseKnobs(o.knobs); err != nil {
+			return nil, fmt.Errorf("-netstack-knobs: %w", err)
+		}
 	}
 	if err := o.faults.check(o); err != nil {
 		return nil, err
@@ -202,6 +212,14 @@ func openNetwork(o *options, log *slog.Logger) (netstack.Network, error) {
 	cfg := netstack.Config{Stack: o.stack, Iface: o.iface, TAP: o.tap, TAPFD: -1, PrepareIface: o.iface != "", Logger: log}
 	o.faults.attach(&cfg)
 	if o.stack == "netstack" {
+		k, err := netstack.ParseKnobs(o.knobs)
+		if err != nil {
+			return nil, fmt.Errorf("-netstack-knobs: %w", err)
+		}
+		cfg.Knobs = &k
+		if ov := k.Overrides(); ov != "" {
+			log.Info("netstack knobs differ from the defaults", "overrides", ov)
+		}
 		p, err := netip.ParsePrefix(o.addr)
 		if err != nil {
 			return nil, fmt.Errorf("-addr %q: %w", o.addr, err)

@@ -84,8 +84,11 @@ type Config struct {
 	// Not a command-line parameter: init sets it to FwCfgKeyPath when QEMU
 	// handed the key over by fw_cfg.
 	KeyFile     string
-	SegmentSize int  // worm.segsize, 0 = wormd's default
-	Debug       bool // worm.debug=1: a shell instead of power-off on failure
+	SegmentSize int // worm.segsize, 0 = wormd's default
+	// Knobs (worm.knobs) are netstack knob overrides passed to wormd's
+	// -netstack-knobs as they are (name=value,...); wormd validates them.
+	Knobs string
+	Debug bool // worm.debug=1: a shell instead of power-off on failure
 }
 
 // ListenAddr is the address wormd listens on: eth0's address and the port.
@@ -106,6 +109,9 @@ func (c Config) WormdArgs() []string {
 		a = append(a, "-iface", Iface, "-addr", c.Addr.String())
 		if c.Gateway.IsValid() {
 			a = append(a, "-gw", c.Gateway.String())
+		}
+		if c.Knobs != "" {
+			a = append(a, "-netstack-knobs", c.Knobs)
 		}
 	}
 	if c.EchoPort > 0 {
@@ -166,6 +172,9 @@ func (c Config) Cmdline() string {
 	}
 	if c.SegmentSize > 0 {
 		p = append(p, "worm.segsize="+strconv.Itoa(c.SegmentSize))
+	}
+	if c.Knobs != "" {
+		p = append(p, "worm.knobs="+c.Knobs)
 	}
 	if c.Debug {
 		p = append(p, "worm.debug=1")
@@ -276,6 +285,11 @@ func ParseCmdline(s string) (Config, []Warning, error) {
 				return Config{}, warns, bad("want hex digits")
 			}
 			c.Key = strings.ToLower(val)
+		case "worm.knobs":
+			if !validKnobs(val) {
+				return Config{}, warns, bad("want name=value pairs separated by commas (letters, digits, _ . / -)")
+			}
+			c.Knobs = val
 		case "worm.segsize":
 			n, err := strconv.Atoi(val)
 			if err != nil || n < 1 {
@@ -355,4 +369,25 @@ func WantsDebug(cmdline string) bool {
 		}
 	}
 	return on
+}
+
+// validKnobs checks worm.knobs' shape only (this package must not import
+// gVisor): name=value pairs of [a-z0-9_./-], comma separated. wormd checks
+// names and values and refuses to start on a bad one.
+func validKnobs(s string) bool {
+	if s == "" {
+		return false
+	}
+	for _, kv := range strings.Split(s, ",") {
+		name, val, ok := strings.Cut(kv, "=")
+		if !ok || name == "" || val == "" {
+			return false
+		}
+		for _, r := range name + val {
+			if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || strings.ContainsRune("_./-", r)) {
+				return false
+			}
+		}
+	}
+	return true
 }

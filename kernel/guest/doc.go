@@ -49,6 +49,7 @@
 //	worm.volatile=1    wormd -volatile
 //	worm.key=HEX       cluster key (bare metal; under QEMU see below)
 //	worm.segsize=N     segment size
+//	worm.knobs=K       netstack knob overrides, name=value,... (wormd -netstack-knobs)
 //	worm.debug=1       a shell instead of power-off on failure
 //
 // Unknown worm.* parameters are warnings on the console, not errors.

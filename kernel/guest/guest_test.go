@@ -52,8 +52,35 @@ func TestParseCmdlineDefaults(t *testing.T) {
 	}
 }
 
+func TestParseCmdlineKnobs(t *testing.T) {
+	c, _, err := ParseCmdline("worm.addr=10.0.0.2/24 worm.knobs=dispatch=recvmmsg,processors=1,send_buffer=4096/65536/262144")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Knobs != "dispatch=recvmmsg,processors=1,send_buffer=4096/65536/262144" {
+		t.Fatalf("knobs %q", c.Knobs)
+	}
+	args := strings.Join(c.WormdArgs(), " ")
+	if !strings.Contains(args, " -addr 10.0.0.2/24 -netstack-knobs dispatch=recvmmsg,processors=1,send_buffer=4096/65536/262144 ") {
+		t.Errorf("args: %s", args)
+	}
+	back, _, err := ParseCmdline(c.Cmdline())
+	if err != nil || back != c {
+		t.Fatalf("round trip: %+v %v, want %+v", back, err, c)
+	}
+	// The kernel stack has no knobs to pass.
+	c.Stack = StackKernel
+	if args := strings.Join(c.WormdArgs(), " "); strings.Contains(args, "knobs") {
+		t.Errorf("kernel stack given knobs: %s", args)
+	}
+}
+
 func TestParseCmdlineErrors(t *testing.T) {
 	for _, line := range []string{
+		"worm.addr=10.0.0.1/24 worm.knobs=",
+		"worm.addr=10.0.0.1/24 worm.knobs=dispatch",
+		"worm.addr=10.0.0.1/24 worm.knobs=a=b;reboot",
+		"worm.addr=10.0.0.1/24 worm.knobs=a=b,,c=d",
 		"worm.addr=10.0.0.1/24 worm.id=x",
 		"worm.addr=10.0.0.1",
 		"worm.addr=fd00::1/64",

@@ -257,6 +257,9 @@ func startHost(ctx context.Context, o *Options, cfg, dir string) (_ *hostCluster
 			args = append(args, "-stack", "netstack", "-tap", tap,
 				"-addr", netip.PrefixFrom(a, hostSubnet.Bits()).String(),
 				"-listen", netip.AddrPortFrom(a, 7070).String())
+			if o.NetstackKnobs != "" {
+				args = append(args, "-netstack-knobs", o.NetstackKnobs)
+			}
 		} else {
 			args = append(args, "-listen", net.JoinHostPort("127.0.0.1", strconv.Itoa(ports[i])))
 		}
@@ -287,6 +290,9 @@ func startHost(ctx context.Context, o *Options, cfg, dir string) (_ *hostCluster
 			a := subnetAddr(9)
 			args = append(args, "-stack", "netstack", "-tap", "wcecho", "-addr", netip.PrefixFrom(a, hostSubnet.Bits()).String(),
 				"-listen", netip.AddrPortFrom(a, 7000).String())
+			if o.NetstackKnobs != "" {
+				args = append(args, "-knobs", o.NetstackKnobs)
+			}
 		} else {
 			args = append(args, "-listen", "127.0.0.1:0")
 		}
@@ -355,6 +361,15 @@ func (c *hostCluster) close() error {
 	return nil
 }
 
+// vmKnobs is the knobs override for a VM cluster on stack: only netstack
+// guests take one.
+func vmKnobs(stack, knobs string) string {
+	if stack != qemu.StackNetstack {
+		return ""
+	}
+	return knobs
+}
+
 // vmEchoPort is the guest port of the VMs' echo floor (wormd is on 7070).
 const vmEchoPort = 7071
 
@@ -383,7 +398,8 @@ func startVM(ctx context.Context, o *Options, accel qemu.Accel, cfg, dir string,
 		// The raw echo floor into a VM: served by each guest's wormd on
 		// its own stack (with netstack in the guest, no other process
 		// could serve a round trip over the same path).
-		EchoPort: vmEchoPort,
+		EchoPort:      vmEchoPort,
+		NetstackKnobs: vmKnobs(stack, o.NetstackKnobs),
 		Options: qemu.Options{KillWithParent: true, ReadyTimeout: ready, Progress: func(e qemu.Event) {
 			if e.Kind == qemu.EventInfo || e.Kind == qemu.EventError {
 				progress(fmt.Sprintf("%s: %s", cfg, e.Msg))

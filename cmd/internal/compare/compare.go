@@ -42,6 +42,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/wormspace/wormspace/netstack"
 	"github.com/wormspace/wormspace/qemu"
 	"github.com/wormspace/wormspace/worm"
 	"github.com/wormspace/wormspace/worm/bench"
@@ -74,6 +75,10 @@ type Options struct {
 	// Volatile runs wormds without fsync (default in the CLI: the
 	// comparison is about the network stack, not the disk).
 	Volatile bool
+	// NetstackKnobs overrides the netstack knobs of every netstack in the
+	// run (host-netstack wormds and echo floor, vm-netstack guests;
+	// netstack.ParseKnobs syntax). Empty: netstack.DefaultKnobs.
+	NetstackKnobs string
 	// Out is the output directory (created).
 	Out string
 	// Wormd is the wormd binary; EchoCmd the command (binary and leading
@@ -97,6 +102,9 @@ type Options struct {
 }
 
 func (o *Options) defaults() error {
+	if _, err := netstack.ParseKnobs(o.NetstackKnobs); err != nil {
+		return fmt.Errorf("compare: netstack knobs: %w", err)
+	}
 	if len(o.Configs) == 0 {
 		o.Configs = slices.Clone(Configs)
 	}
@@ -285,7 +293,8 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 	r.rep = &Report{Started: time.Now().UTC(), Settings: map[string]any{
 		"workloads": o.Workloads, "clients": o.Clients, "duration_ms": o.Duration.Milliseconds(),
 		"warmup_ms": o.Warmup.Milliseconds(), "reps": o.Reps, "value_bytes": o.ValueSize, "volatile": o.Volatile,
-		"interleaving": "rep-major: every configuration's rep k before any rep k+1",
+		"netstack_knobs_overrides": o.NetstackKnobs,
+		"interleaving":             "rep-major: every configuration's rep k before any rep k+1",
 	}}
 	defer func() {
 		for name, c := range r.cls {

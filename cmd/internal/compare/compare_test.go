@@ -111,6 +111,10 @@ func TestCompareQuickEndToEnd(t *testing.T) {
 	cmd := exec.Command(filepath.Join(bin, "worm"), "compare", "-quick",
 		"-configs", strings.Join(cfgs, ","), "-workloads", strings.Join(workloads, ","),
 		"-clients", "1,4", "-rates", "300", "-duration", "300ms", "-warmup", "100ms", "-reps", "2",
+		// A knob override reaches every netstack of the run (host wormds
+		// by -netstack-knobs, guests by worm.knobs): a bad one would stop
+		// them, and the report must record it.
+		"-netstack-knobs", "congestion_control=cubic",
 		"-image", imageDir, "-out", out)
 	cmd.Env = append(os.Environ(), "WORMD="+filepath.Join(bin, "wormd"))
 	var stdout, stderr bytes.Buffer
@@ -135,6 +139,12 @@ func TestCompareQuickEndToEnd(t *testing.T) {
 	}
 	if rep.Env.GoVersion == "" || rep.Env.CPUModel == "" || rep.Env.HostKernel == "" || rep.Env.Accel == "" || len(rep.Env.NetstackKnobs) == 0 {
 		t.Errorf("environment incomplete: %+v", rep.Env)
+	}
+	var knobs struct {
+		CC string `json:"congestion_control"`
+	}
+	if err := json.Unmarshal(rep.Env.NetstackKnobs, &knobs); err != nil || knobs.CC != "cubic" {
+		t.Errorf("report's netstack knobs %s (%v): the override is not recorded", rep.Env.NetstackKnobs, err)
 	}
 	status := map[string]string{}
 	for _, c := range rep.Configs {

@@ -31,8 +31,8 @@ type Env struct {
 	ImageBytes    map[string]int64 `json:"image_bytes,omitempty"`
 	QEMU          string           `json:"qemu,omitempty"`
 	NetstackKnobs json.RawMessage  `json:"netstack_knobs"`
-	// EchoKnobs is WORM_NETSTACK_KNOBS when set: the echo floor helper
-	// honours it, wormd does not.
+	// EchoKnobs is WORM_NETSTACK_KNOBS when set and no -netstack-knobs
+	// was given: the host echo floor helper honours it, wormd does not.
 	EchoKnobs   string `json:"echo_knobs_override,omitempty"`
 	GoVersion   string `json:"go_version"`
 	GitRevision string `json:"git_revision"`
@@ -63,9 +63,13 @@ func captureEnv(o *Options, cls map[string]cluster) Env {
 	} else {
 		e.Accel, e.AccelWhy = string(a), why
 	}
-	// wormd builds its netstack with DefaultKnobs (it takes no knob flags).
-	e.NetstackKnobs = json.RawMessage(netstack.DefaultKnobs().String())
-	e.EchoKnobs = os.Getenv("WORM_NETSTACK_KNOBS")
+	// Every netstack of the run (wormds, guests, the echo floor) runs
+	// DefaultKnobs with o.NetstackKnobs over them (checked in defaults).
+	k, _ := netstack.ParseKnobs(o.NetstackKnobs)
+	e.NetstackKnobs = json.RawMessage(k.String())
+	if o.NetstackKnobs == "" {
+		e.EchoKnobs = os.Getenv("WORM_NETSTACK_KNOBS")
+	}
 	if out, err := exec.Command("git", "rev-parse", "HEAD").Output(); err == nil {
 		e.GitRevision = strings.TrimSpace(string(out))
 		if st, err := exec.Command("git", "status", "--porcelain", "--untracked-files=no").Output(); err == nil && len(strings.TrimSpace(string(st))) > 0 {

@@ -14,8 +14,8 @@
 //
 //	netecho -mode client -stack kernel -connect 10.0.0.2:7000 -count 5000 -bulk 64MiB
 //
-// -knobs takes a JSON object overriding netstack.DefaultKnobs, e.g.
-// -knobs '{"congestion_control":"cubic","dispatch":"mmap"}'.
+// -knobs overrides netstack.DefaultKnobs (netstack.ParseKnobs: name=value
+// pairs or a JSON object), e.g. -knobs congestion_control=cubic,dispatch=mmap.
 package main
 
 import (
@@ -56,7 +56,7 @@ func main() {
 		addr    = flag.String("addr", "", "netstack: address/prefix, e.g. 10.0.0.2/24")
 		gw      = flag.String("gw", "", "netstack: default gateway")
 		mtu     = flag.Uint("mtu", 0, "netstack: MTU (default: interface MTU or 1500)")
-		knobsF  = flag.String("knobs", "", "netstack: JSON object overriding the default knobs")
+		knobsF  = flag.String("knobs", "", "netstack: knobs overriding the defaults, e.g. dispatch=recvmmsg,processors=1 (or a JSON object)")
 		listen  = flag.String("listen", ":7000", "server: listen address")
 		connect = flag.String("connect", "", "client: server address host:port")
 		count   = flag.Int("count", 5000, "client: echo round trips (0 = skip)")
@@ -159,14 +159,11 @@ func openNetwork(kind, tap string, tapFD int, iface string, prepare bool, addr, 
 		n, err := netstack.Open(c)
 		return n, nil, err
 	}
-	k := netstack.DefaultKnobs()
-	if knobsJSON != "" {
-		if err := json.Unmarshal([]byte(knobsJSON), &k); err != nil {
-			return nil, nil, fmt.Errorf("-knobs: %w", err)
-		}
+	k, err := netstack.ParseKnobs(knobsJSON)
+	if err != nil {
+		return nil, nil, fmt.Errorf("-knobs: %w", err)
 	}
 	c.Knobs = &k
-	var err error
 	if c.Addr, err = netip.ParsePrefix(addr); err != nil {
 		return nil, nil, fmt.Errorf("-addr: %w", err)
 	}

@@ -1,0 +1,57 @@
+package netstack_test
+
+import (
+	"errors"
+	"testing"
+
+	"github.com/wormspace/wormspace/netstack"
+)
+
+func TestParseKnobs(t *testing.T) {
+	def := netstack.DefaultKnobs()
+	if k, err := netstack.ParseKnobs(""); err != nil || k != def {
+		t.Fatalf("empty: %+v %v, want the defaults", k, err)
+	}
+	want := def
+	want.Dispatch = netstack.DispatchRecvMMsg
+	want.GRO = true
+	want.Processors = 1
+	want.CongestionControl = "cubic"
+	want.SendBuffer = netstack.BufferRange{Min: 4096, Default: 65536, Max: 131072}
+	for _, s := range []string{
+		"dispatch=recvmmsg,gro=true,processors=1,congestion_control=cubic,send_buffer=4096/65536/131072",
+		` dispatch=recvmmsg, gro=true ,processors=1,congestion_control=cubic,send_buffer=4096/65536/131072`,
+		`{"dispatch":"recvmmsg","gro":true,"processors":1,"congestion_control":"cubic","send_buffer":{"min":4096,"default":65536,"max":131072}}`,
+	} {
+		k, err := netstack.ParseKnobs(s)
+		if err != nil || k != want {
+			t.Fatalf("ParseKnobs(%q) = %+v, %v; want %+v", s, k, err, want)
+		}
+	}
+	// Overrides is the inverse: it names exactly what differs.
+	o := want.Overrides()
+	if o != "congestion_control=cubic,dispatch=recvmmsg,gro=true,processors=1,send_buffer=4096/65536/131072" {
+		t.Fatalf("Overrides = %q", o)
+	}
+	if k, err := netstack.ParseKnobs(o); err != nil || k != want {
+		t.Fatalf("ParseKnobs(Overrides()) = %+v, %v", k, err)
+	}
+	if o := def.Overrides(); o != "" {
+		t.Fatalf("defaults' Overrides = %q, want empty", o)
+	}
+	for _, bad := range []string{
+		"dispatch",                   // no value
+		"dispach=readv",              // misspelt: must not silently measure the defaults
+		"processors=many",            // wrong type
+		"congestion_control=vegas",   // not offered
+		"rack=true,sack=false",       // RACK needs SACK
+		"dispatch=inline,gro=true",   // GRO needs fdbased
+		"send_buffer=1/2",            // not a range, not a number
+		"send_buffer=9000/4096/8192", // min > default
+		`{"dispatch":`,
+	} {
+		if _, err := netstack.ParseKnobs(bad); !errors.Is(err, netstack.ErrBadOption) {
+			t.Errorf("ParseKnobs(%q) = %v, want ErrBadOption", bad, err)
+		}
+	}
+}
