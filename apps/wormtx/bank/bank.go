@@ -63,6 +63,9 @@ type Ledger struct {
 	prepared  map[wormtx.TxID]prepared
 	applied   map[wormtx.TxID]wormtx.Outcome
 	conflicts []string
+	// path, when set, is the file the ledger is saved to after every
+	// change (OpenLedgerFile).
+	path string
 }
 
 type prepared struct {
@@ -87,6 +90,16 @@ var _ wormtx.Resource = (*Ledger)(nil)
 func (l *Ledger) Prepare(_ context.Context, tx wormtx.TxID, d wormtx.Descriptor) (bool, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	yes, err := l.prepareLocked(tx, d)
+	if err == nil {
+		if err := l.saveLocked(); err != nil {
+			return false, err
+		}
+	}
+	return yes, err
+}
+
+func (l *Ledger) prepareLocked(tx wormtx.TxID, d wormtx.Descriptor) (bool, error) {
 	if p, ok := l.prepared[tx]; ok {
 		return p.yes, nil
 	}
@@ -124,6 +137,14 @@ func (l *Ledger) Prepare(_ context.Context, tx wormtx.TxID, d wormtx.Descriptor)
 func (l *Ledger) Apply(_ context.Context, tx wormtx.TxID, o wormtx.Outcome) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	err := l.applyLocked(tx, o)
+	if serr := l.saveLocked(); serr != nil && err == nil {
+		err = serr
+	}
+	return err
+}
+
+func (l *Ledger) applyLocked(tx wormtx.TxID, o wormtx.Outcome) error {
 	if old, ok := l.applied[tx]; ok {
 		if old != o {
 			l.conflicts = append(l.conflicts, fmt.Sprintf("%s: %v applied as %v, now %v", l.name, tx, old, o))
@@ -236,6 +257,10 @@ type Config struct {
 	// for which CrashIf returns true (nil: any).
 	CrashAt wormtx.CrashPoint
 	CrashIf func(wormtx.TxID) bool
+	// OnCrash, when set, is called when the crash point fires, before
+	// RunParticipant stops: a participant process exits there (a real
+	// crash at that point).
+	OnCrash func(wormtx.CrashPoint, wormtx.TxID)
 	Logger  *slog.Logger
 }
 
@@ -260,6 +285,9 @@ func RunParticipant(ctx context.Context, sp worm.Space, cfg Config, l *Ledger) e
 			fired := false
 			if p == cfg.CrashAt && (cfg.CrashIf == nil || cfg.CrashIf(tx)) {
 				once.Do(func() { fired = true })
+			}
+			if fired && cfg.OnCrash != nil {
+				cfg.OnCrash(p, tx)
 			}
 			return fired
 		}

@@ -149,23 +149,7 @@ func Demo(ctx context.Context, open func(id string) worm.Space, o DemoOptions) (
 	}
 	defer func() { stopParts(); pwg.Wait() }()
 
-	rng := rand.New(rand.NewPCG(o.Seed, 1))
-	type job struct {
-		k        int
-		from, to string
-		amount   int64
-	}
-	jobs := make([]job, o.Transfers)
-	for k := range jobs {
-		i := rng.IntN(len(accounts))
-		j := rng.IntN(len(accounts) - 2)
-		// Any account of another participant: skip i's participant's two.
-		pi := i / 2
-		if j >= 2*pi {
-			j += 2
-		}
-		jobs[k] = job{k, accounts[i], accounts[j], int64(1 + rng.IntN(50))}
-	}
+	jobs := PlanTransfers(o.Seed, accounts, o.Transfers)
 	type done struct {
 		tx    wormtx.TxID
 		parts []string
@@ -180,35 +164,35 @@ func Demo(ctx context.Context, open func(id string) worm.Space, o DemoOptions) (
 		sem <- struct{}{}
 		wg.Go(func() {
 			defer func() { <-sem }()
-			sp := open("coord" + strconv.Itoa(jb.k))
+			sp := open("coord" + strconv.Itoa(jb.K))
 			defer sp.Close()
-			cfg := wormtx.CoordinatorConfig{FirstSeg: layout.CoordinatorSeg(jb.k), Directory: layout.Directory(), Policy: pol, Logger: quiet}
-			if jb.k == 0 && o.CoordinatorCrash != 0 {
+			cfg := wormtx.CoordinatorConfig{FirstSeg: layout.CoordinatorSeg(jb.K), Directory: layout.Directory(), Policy: pol, Logger: quiet}
+			if jb.K == 0 && o.CoordinatorCrash != 0 {
 				cfg.Crash = CrashOnce(o.CoordinatorCrash, o.CrashAfterPosts)
 			}
 			co := wormtx.NewCoordinator(sp, cfg)
 			defer co.Close()
-			tx, outcome, err := Bank{Owner: owner, TM: co}.Transfer(ctx, jb.from, jb.to, jb.amount)
-			parts := []string{owner[jb.from], owner[jb.to]}
+			tx, outcome, err := Bank{Owner: owner, TM: co}.Transfer(ctx, jb.From, jb.To, jb.Amount)
+			parts := []string{owner[jb.From], owner[jb.To]}
 			mu.Lock()
 			defer mu.Unlock()
 			switch {
 			case errors.Is(err, wormtx.ErrCrashed):
 				rep.CoordinatorCrashes++
-				results[jb.k] = done{tx, parts, o.CoordinatorCrash}
-				say("%v: %s -> %s %d: coordinator crashed (%v)", tx, jb.from, jb.to, jb.amount, o.CoordinatorCrash)
+				results[jb.K] = done{tx, parts, o.CoordinatorCrash}
+				say("%v: %s -> %s %d: coordinator crashed (%v)", tx, jb.From, jb.To, jb.Amount, o.CoordinatorCrash)
 			case err != nil:
 				if firstErr == nil {
 					firstErr = err
 				}
 			default:
-				results[jb.k] = done{tx, parts, 0}
+				results[jb.K] = done{tx, parts, 0}
 				if outcome == wormtx.Commit {
 					rep.Committed++
 				} else {
 					rep.Aborted++
 				}
-				say("%v: %s -> %s %d: %v", tx, jb.from, jb.to, jb.amount, outcome)
+				say("%v: %s -> %s %d: %v", tx, jb.From, jb.To, jb.Amount, outcome)
 			}
 		})
 	}
@@ -272,4 +256,48 @@ func Demo(ctx context.Context, open func(id string) worm.Space, o DemoOptions) (
 	rep.Elapsed = time.Since(start)
 	say("committed %d, aborted %d, total %d (want %d), invariants ok: %v", rep.Committed, rep.Aborted, rep.Total, rep.WantTotal, rep.OK())
 	return rep, nil
+}
+
+// PlannedTransfer is transfer K of a demonstration: Amount from account
+// From to account To, held by different participants.
+type PlannedTransfer struct {
+	K        int
+	From, To string
+	Amount   int64
+}
+
+// DemoAccounts is the demonstration's bank: n participants p0, p1, ...,
+// each holding two accounts of 100 (pI.acct0, pI.acct1). accounts lists
+// them in that order; owner maps each to its participant.
+func DemoAccounts(n int) (names, accounts []string, owner map[string]string) {
+	owner = map[string]string{}
+	for i := range n {
+		name := "p" + strconv.Itoa(i)
+		names = append(names, name)
+		for j := range 2 {
+			a := fmt.Sprintf("%s.acct%d", name, j)
+			accounts = append(accounts, a)
+			owner[a] = name
+		}
+	}
+	return names, accounts, owner
+}
+
+// PlanTransfers picks n transfers between accounts (as DemoAccounts lists
+// them: two per participant) of different participants, from seed: every
+// process of a demonstration computes the same plan.
+func PlanTransfers(seed uint64, accounts []string, n int) []PlannedTransfer {
+	rng := rand.New(rand.NewPCG(seed, 1))
+	jobs := make([]PlannedTransfer, n)
+	for k := range jobs {
+		i := rng.IntN(len(accounts))
+		j := rng.IntN(len(accounts) - 2)
+		// Any account of another participant: skip i's participant's two.
+		pi := i / 2
+		if j >= 2*pi {
+			j += 2
+		}
+		jobs[k] = PlannedTransfer{k, accounts[i], accounts[j], int64(1 + rng.IntN(50))}
+	}
+	return jobs
 }
