@@ -195,7 +195,15 @@ func (c *Coordinator) crash(p CrashPoint, n int) bool {
 func (c *Coordinator) Begin(ctx context.Context, participants []string, payload []byte) (TxID, error) {
 	d := Descriptor{Participants: append([]string(nil), participants...), Payload: bytes.Clone(payload)}
 	size := c.sp.SegmentSize()
-	if c.cfg.Messenger != nil {
+	switch {
+	case c.shared != nil:
+		// A slot (the descriptor, then the canonical layout) before the
+		// segment's descriptor index.
+		if size <= indexRegs(size)+1 {
+			return 0, fmt.Errorf("%w: segments of %d registers are too small to share", ErrInvalid, size)
+		}
+		size -= indexRegs(size) + 1
+	case c.cfg.Messenger != nil:
 		size-- // the last register holds the descriptor
 	}
 	if err := d.validate(size); err != nil {

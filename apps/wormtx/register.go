@@ -169,7 +169,7 @@ func readOpt(ctx context.Context, sp worm.Space, addr worm.Addr) ([]byte, error)
 // once ctx ends.
 func Open(ctx context.Context, sp worm.Space, id TxID) (Tx, error) {
 	if id.Shared() {
-		return openReserved(ctx, sp, id)
+		return openShared(ctx, sp, id)
 	}
 	var b backoff
 	for {

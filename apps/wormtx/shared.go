@@ -1,8 +1,10 @@
 package wormtx
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
+	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -23,16 +25,43 @@ import (
 //
 // Slot layout (SlotWidth(n) = 2n+3 registers from the slot's offset b):
 //
-//	b             the descriptor (written by the coordinator once the
-//	              outcome is known; settled by a recoverer)
+//	b             the descriptor, when a recoverer settled it (the
+//	              coordinator does not write it: see the index below)
 //	b+1 .. b+2n+2 the canonical layout: votes, decision, acks,
 //	              coordinator ack (unused: the coordinator trims)
+//
+// The last indexRegs(SegmentSize) registers of a shared segment are its descriptor
+// index, for observers that know only a TxID (Open): the coordinator
+// writes the descriptors of its transactions there in batches, off the
+// critical path (one write per descBatch transactions, or when the
+// coordinator has been idle for descIdle, or when it moves on to the
+// next segment; the last index register is kept for that final batch).
+// Slots use the registers before the index.
 //
 // The outcome rules are those of a segment of its own: the slot's vote
 // registers are the decision, recovery captures missing votes, and every
 // observer computes the same outcome.
 
 const sharedMagic = "wtx-shared:"
+
+// Descriptor index of a shared segment.
+const (
+	descIdle   = 50 * time.Millisecond
+	descMagic2 = "wtxd"
+)
+
+// indexRegs is the size of a shared segment's descriptor index: an
+// eighth of the segment, between 2 and 16 registers.
+func indexRegs(segSize uint32) uint32 { return min(16, max(2, segSize/8)) }
+
+// SlotsPerSegment is how many transactions of n participants a shared
+// segment of segSize registers holds.
+func SlotsPerSegment(segSize uint32, n int) int {
+	if segSize <= indexRegs(segSize) {
+		return 0
+	}
+	return int((segSize - indexRegs(segSize)) / SlotWidth(n))
+}
 
 // sharedSeg is one of the coordinator's shared segments.
 type sharedSeg struct {
@@ -42,6 +71,12 @@ type sharedSeg struct {
 	closed  bool   // the coordinator moved on: no more slots here
 	open    int    // slots begun and not complete
 	trimmed bool
+	// Descriptors of begun transactions not yet written to the index,
+	// and the index registers used so far.
+	descs   []byte
+	ndescs  int
+	indexed int
+	idle    *time.Timer
 }
 
 // segFuture is a shared segment being allocated and subscribed to.
@@ -109,7 +144,7 @@ func (c *Coordinator) prefetchLocked() *segFuture {
 // one is full.
 func (c *Coordinator) takeSlot(ctx context.Context, width uint32) (*sharedSeg, uint32, error) {
 	p := c.shared
-	size := c.sp.SegmentSize()
+	size := c.sp.SegmentSize() - indexRegs(c.sp.SegmentSize())
 	var b backoff
 	for {
 		p.mu.Lock()
@@ -125,6 +160,7 @@ func (c *Coordinator) takeSlot(ctx context.Context, width uint32) (*sharedSeg, u
 		}
 		if s := p.cur; s != nil && !s.closed {
 			s.closed = true
+			c.flushDescsLocked(s)
 			c.maybeTrimLocked(s)
 		}
 		f := c.prefetchLocked()
@@ -212,14 +248,150 @@ func (c *Coordinator) beginShared(ctx context.Context, d Descriptor) (TxID, erro
 	if c.crash(CoordinatorAfterAlloc, 0) {
 		return t.ID, ErrCrashed
 	}
-	return t.ID, c.sendPrepares(ctx, t)
+	err = c.sendPrepares(ctx, t)
+	c.addDesc(s, t)
+	return t.ID, err
+}
+
+// addDesc queues t's descriptor for s's index, and writes a batch when
+// enough are queued (or arms the idle flush).
+func (c *Coordinator) addDesc(s *sharedSeg, t Tx) {
+	c.shared.mu.Lock()
+	defer c.shared.mu.Unlock()
+	if s.trimmed {
+		return
+	}
+	s.descs = binary.AppendUvarint(s.descs, uint64(t.ID.slotOff()))
+	d := MarshalDescriptor(t.Descriptor)
+	s.descs = binary.AppendUvarint(s.descs, uint64(len(d)))
+	s.descs = append(s.descs, d...)
+	s.ndescs++
+	if s.closed {
+		c.flushDescsLocked(s) // a Begin that raced with the move on
+		return
+	}
+	if s.indexed >= int(indexRegs(c.sp.SegmentSize()))-1 {
+		return // the last index register is the closing batch's
+	}
+	if s.ndescs >= c.descBatch() {
+		c.flushDescsLocked(s)
+		return
+	}
+	if s.idle == nil {
+		s.idle = time.AfterFunc(descIdle, func() {
+			c.shared.mu.Lock()
+			defer c.shared.mu.Unlock()
+			s.idle = nil
+			if s.indexed < int(indexRegs(c.sp.SegmentSize()))-1 || s.closed {
+				c.flushDescsLocked(s)
+			}
+		})
+	}
+}
+
+// descBatch is how many descriptors a batch holds: enough that a full
+// segment's batches fit in the index with registers to spare for idle
+// flushes.
+func (c *Coordinator) descBatch() int {
+	half := int(indexRegs(c.sp.SegmentSize()) / 2)
+	return max(1, (SlotsPerSegment(c.sp.SegmentSize(), 2)+half-1)/half)
+}
+
+// flushDescsLocked writes the queued descriptors of s into its next index
+// register, in the background. c.shared.mu is held.
+func (c *Coordinator) flushDescsLocked(s *sharedSeg) {
+	if s.idle != nil {
+		s.idle.Stop()
+		s.idle = nil
+	}
+	size := c.sp.SegmentSize()
+	if s.ndescs == 0 || s.trimmed || s.indexed >= int(indexRegs(size)) {
+		return
+	}
+	select {
+	case <-c.closing:
+		return // Close waits for the background; start nothing more
+	default:
+	}
+	val := append([]byte(descMagic2), s.descs...)
+	addr := worm.Addr{Seg: s.seg, Off: size - indexRegs(size) + uint32(s.indexed)}
+	s.indexed++
+	s.descs, s.ndescs = nil, 0
+	c.bg.Go(func() {
+		ctx, cancel := context.WithTimeout(c.life, c.ackTimeout())
+		defer cancel()
+		if _, err := writeOwn(ctx, c.sp, addr, val, val); err != nil && !errors.Is(err, worm.ErrTrimmed) {
+			c.logger().Warn("wormtx: writing descriptors", "at", addr, "err", err)
+		}
+	})
+}
+
+// openShared reads the descriptor of a transaction in a shared segment:
+// from its slot (settled by a recoverer) or the segment's index.
+func openShared(ctx context.Context, sp worm.Space, id TxID) (Tx, error) {
+	t := Tx{ID: id}
+	size := sp.SegmentSize()
+	addrs := []worm.Addr{t.sharedDescAddr()}
+	for i := range indexRegs(size) {
+		addrs = append(addrs, worm.Addr{Seg: id.Segment(), Off: size - indexRegs(size) + i})
+	}
+	vals, err := readAll(ctx, sp, addrs)
+	if err != nil {
+		return Tx{}, fmt.Errorf("wormtx: %v: %w", id, err)
+	}
+	var desc []byte
+	if vals[0] != nil {
+		desc = vals[0]
+	}
+	for _, v := range vals[1:] {
+		if desc != nil {
+			break
+		}
+		if d, ok := findDesc(v, id.slotOff()); ok {
+			desc = d
+		}
+	}
+	if desc == nil {
+		return Tx{}, fmt.Errorf("wormtx: %v: no descriptor recorded (not begun, or not yet indexed): %w", id, worm.ErrUnallocated)
+	}
+	d, err := UnmarshalDescriptor(desc)
+	if err != nil {
+		return Tx{}, fmt.Errorf("wormtx: %v: %w", id, err)
+	}
+	t.Descriptor = d
+	return t, nil
+}
+
+// findDesc finds slot off's descriptor in an index register's value.
+func findDesc(v []byte, off uint32) ([]byte, bool) {
+	if !bytes.HasPrefix(v, []byte(descMagic2)) {
+		return nil, false
+	}
+	v = v[len(descMagic2):]
+	for len(v) > 0 {
+		o, k := binary.Uvarint(v)
+		if k <= 0 {
+			return nil, false
+		}
+		v = v[k:]
+		n, k := binary.Uvarint(v)
+		if k <= 0 || n > uint64(len(v)-k) {
+			return nil, false
+		}
+		d := v[k : k+int(n)]
+		v = v[k+int(n):]
+		if o == uint64(off) {
+			return d, true
+		}
+	}
+	return nil, false
 }
 
 // awaitShared learns the outcome of a transaction begun by beginShared
-// from its slot's notifications; then, in the background, it writes the
-// descriptor, waits for every participant's acknowledgement (by message,
-// or in the ack register) and marks the slot complete, which lets the
-// segment be trimmed.
+// from its slot's notifications; then, in the background, it waits for
+// every participant's acknowledgement (by message, or in the ack
+// register) and marks the slot complete, which lets the segment be
+// trimmed.
 func (c *Coordinator) awaitShared(ctx context.Context, t Tx, w *watch) (Outcome, error) {
 	opt := resolveOpts{observe: w.acks.observe}
 	if w.sub != nil {
@@ -244,13 +416,8 @@ func (c *Coordinator) awaitShared(ctx context.Context, t Tx, w *watch) (Outcome,
 			c.mu.Unlock()
 		}()
 		// The coordinator trims the segment itself: its own ack register
-		// stays empty.
+		// stays empty. (The descriptor went to the segment's index.)
 		w.acks.observe(worm.Notification{Off: uint32(2*t.n() + 1), Chosen: true})
-		desc := MarshalDescriptor(t.Descriptor)
-		if _, err := writeOwn(actx, c.sp, t.sharedDescAddr(), desc, desc); err != nil {
-			c.logger().Warn("wormtx: writing the descriptor; the shared segment will not be trimmed", "tx", t.ID, "err", err)
-			return
-		}
 		var notes <-chan worm.Notification
 		if w.sub != nil {
 			notes = w.sub.ch

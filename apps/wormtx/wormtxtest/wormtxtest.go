@@ -919,7 +919,7 @@ func (e *env) sharedCoordinator(i int, cl *cluster, pol wormtx.Policy, crash fun
 
 // perSegment is how many transactions of n participants a segment holds.
 func (e *env) perSegment(n int) int {
-	return int(e.c[0].SegmentSize() / wormtx.SlotWidth(n))
+	return wormtx.SlotsPerSegment(e.c[0].SegmentSize(), n)
 }
 
 // segmentTrimmed reports whether tx's segment is collected (Status of any
