@@ -30,6 +30,14 @@
 //	// at the participant, for each prepare message (t):
 //	outcome, err := p.HandlePrepare(ctx, t, ledger)
 //
+// With Shared set as well, transactions share segments (slots of a
+// segment allocated and subscribed to ahead): the fast path for many
+// transactions (see "Shared segments" below):
+//
+//	co := wormtx.NewCoordinator(space, wormtx.CoordinatorConfig{
+//		FirstSeg: 1 << 40, Directory: dir, Messenger: m, Shared: true})
+//	defer p.Close() // participants keep a listener per shared segment
+//
 // The lower-level pieces are exported too: (*Participant).Vote and Ack,
 // Resolve / (Tx).Resolve (learn the outcome, recovering missing votes
 // after a timeout), (Tx).Status (read-only snapshot), Open (read a
@@ -193,6 +201,46 @@
 // notifications carried values, each notification cost a read (two more
 // delays, twice) and the path was 10 to 13 delays.
 //
+// # Shared segments
+//
+// Per transaction, a segment of its own costs the wormservers an Alloc, a
+// Listen by the coordinator and by each participant, the descriptor, the
+// coordinator's ack and a Trim besides the votes: about fifteen quorum
+// operations, which a busy machine turns into latency. With
+// CoordinatorConfig.Shared, transaction k takes a slot of SlotWidth(n) =
+// 2n+3 registers of the coordinator's current shared segment (its TxID
+// names the segment and the slot: SlotTxID). Everything but the votes
+// and their notifications is amortized over a segment or moved off the
+// critical path:
+//
+//   - the coordinator allocates the next segment and subscribes to it
+//     once the current one is half full (one Alloc and one Listen per
+//     segment), and keeps one listener per segment, demultiplexed to
+//     the slots' transactions (segListener);
+//   - each participant keeps one listener per shared segment too,
+//     opened by its first transaction there and shared by the next ones
+//     (an eviction keeps the four most recent); a transaction that
+//     subscribes late is replayed the chosen values its slot already
+//     saw, so it learns from the notifications without reading;
+//   - descriptors go to the segment's descriptor index (its last
+//     registers) in batches, written in the background: one write per
+//     several transactions, after an idle spell, and when the
+//     coordinator moves on (Open reads the slot and the index);
+//   - participants acknowledge by message (SendAck; or in their ack
+//     register), and the coordinator, which alone knows every slot of
+//     the segment, trims it once it has moved on to the next segment
+//     and every transaction begun there was awaited and acknowledged by
+//     all its participants: one Trim per segment.
+//
+// The commit rules are those of a segment of one's own, slot by slot: a
+// slot's vote registers decide, a missing vote is captured and written
+// no by whoever times out (the recovery touches only that slot's
+// registers; a recoverer also settles the slot's own descriptor
+// register), and Tx.collect never trims a shared segment (other
+// slots' transactions may still be running). A crashed coordinator
+// therefore blocks nobody's outcome, but its shared segments are not
+// trimmed (see Limitations).
+//
 // # Invariants and how they are tested
 //
 //   - Agreement: every observer computes the same outcome; no two
@@ -240,6 +288,20 @@
 //     died does not collect it (the check is kept in memory).
 //   - The wormservers' replay to new subscribers is a bounded cache: when
 //     it missed a vote, a direct-mode learner reads after HintWait.
+//   - Shared segments are trimmed by their coordinator only. A
+//     coordinator that dies (or is closed) with transactions begun and
+//     not completed leaves its current segments allocated: their
+//     transactions are all decided (by the votes, recovered if need
+//     be) and applied, but nobody else knows which slots the segment
+//     holds, so nobody else trims it. Likewise a participant that never
+//     acknowledges (dead, or its ack message lost and its ack register
+//     never written) keeps its segment. A slot's descriptor reaches the
+//     index only with its batch, so Open may report a running shared
+//     transaction as unknown (worm.ErrUnallocated) for up to descIdle
+//     (50ms), and forever if its coordinator died before the batch was
+//     written and nobody recovered a vote of it.
+//   - Shared segment numbers must be at most MaxSharedSegment (2^43-1):
+//     TxIDs name the segment and the slot in 63 bits.
 //
 // # Imports
 //
