@@ -39,7 +39,7 @@ type segListener struct {
 type slotSub struct {
 	lo, hi uint32
 	ch     chan worm.Notification
-	done   chan struct{} // closed by unsubscribe: the demultiplexer stops sending
+	done   chan struct{} // closed by unsubscribe
 	once   sync.Once
 }
 
@@ -85,9 +85,16 @@ func (l *segListener) demux(ch <-chan worm.Notification) {
 		}
 		l.mu.Unlock()
 		for _, s := range to {
+			// Never block the segment's other transactions on one
+			// subscriber: a subscriber that does not read (a transaction
+			// begun and never awaited, an Await that gave up) would
+			// stall them all. A live one reads far faster than its
+			// slot's few registers fill the buffer; if a notification is
+			// dropped all the same, its resolve reads after HintWait or
+			// the next Poll tick.
 			select {
 			case s.ch <- nt:
-			case <-s.done:
+			default:
 			}
 		}
 	}

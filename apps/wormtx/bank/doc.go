@@ -27,10 +27,20 @@
 // Apply changes the balances on commit and releases the locks.
 //
 // Crash points are options: Config.CrashAt crashes a participant before
-// or after voting (RunParticipant returns wormtx.ErrCrashed; run it again
+// or after voting (RunParticipant returns wormtx.ErrCrashed, after
+// calling Config.OnCrash, where a participant process exits; run it again
 // with the same Ledger to restart: the ledger stands for durable state),
 // and CrashOnce builds the coordinator hook (after Alloc, after telling k
 // participants, before learning the outcome).
+//
+// A participant that is a process of its own keeps its ledger in a file
+// (OpenLedgerFile: the whole ledger is synced to disk before every
+// Prepare and Apply returns, so a process killed at any point restarts on
+// what it voted); LoadLedgerFile reads one back for inspection.
+// DemoAccounts and PlanTransfers are the demonstration's bank and its
+// transfers, computed alike by every process from a seed: `worm tx` runs
+// them with a process per participant and a coordinator process. Demo
+// runs the same demonstration within one process.
 //
 // This package imports the standard library, package worm and
 // apps/wormtx. It must never import worm/paxos, worm/wire, worm/server,
