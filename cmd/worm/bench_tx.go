@@ -41,7 +41,8 @@ outcome. The clients and both protocols' coordinators run in this
 process; the participants of both (each recording its vote in a log on
 disk before returning it) run in a second process, reached over the same
 loopback TCP network, so that every message on either critical path
-crosses processes. WormTX (its direct mode) votes into -local wormds
+crosses processes. WormTX (its direct mode, transactions sharing
+segments allocated and subscribed to ahead) votes into -local wormds
 started for the run; 2PC's coordinator forces its decisions to a log
 file, synced like the wormds (nothing is synced with -volatile). The two
 protocols alternate at each client count (in alternating order), so that
@@ -226,7 +227,7 @@ func printTxBench(w io.Writer, r TxBenchReport) {
 	if r.Volatile {
 		mode = "volatile (no fsync)"
 	}
-	fmt.Fprintf(w, "WormTX (direct mode, %d wormds) vs 2PC, %d participants, %s; %v per run\n", len(r.Wormds), r.Participants, mode, r.Duration)
+	fmt.Fprintf(w, "WormTX (direct mode, shared segments, %d wormds) vs 2PC, %d participants, %s; %v per run\n", len(r.Wormds), r.Participants, mode, r.Duration)
 	d := r.Delays
 	fmt.Fprintf(w, "message delays on the critical path (median, %v one-way, in memory): WormTX %.1f to the coordinator, %.1f to every participant; 2PC %.1f and %.1f\n",
 		d.OneWay, d.WormTXCoordinator, d.WormTXApplied, d.TwoPCCoordinator, d.TwoPCApplied)
