@@ -87,7 +87,7 @@ type segFuture struct {
 }
 
 // sharedPool is the coordinator's current shared segment and the next
-// one, allocated ahead.
+// one, allocated (and subscribed to) as soon as the current one is taken.
 type sharedPool struct {
 	mu    sync.Mutex
 	cur   *sharedSeg
@@ -152,9 +152,6 @@ func (c *Coordinator) takeSlot(ctx context.Context, width uint32) (*sharedSeg, u
 			base := s.next
 			s.next += width
 			s.open++
-			if s.next > size/2 {
-				c.prefetchLocked()
-			}
 			p.mu.Unlock()
 			return s, base, nil
 		}
@@ -175,6 +172,10 @@ func (c *Coordinator) takeSlot(ctx context.Context, width uint32) (*sharedSeg, u
 			p.ahead = nil
 			if f.err == nil {
 				p.cur = f.s
+				// The next one at once: a segment lasts a moment at
+				// thousands of transactions a second, and an Alloc
+				// slowed by a busy machine must not stall Begin.
+				c.prefetchLocked()
 			}
 		}
 		p.mu.Unlock()
