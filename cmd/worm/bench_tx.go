@@ -187,6 +187,12 @@ func cmdBenchTx(args []string) error {
 			if err != nil {
 				return fmt.Errorf("%s with %d clients: %w", p, c, err)
 			}
+			if err := wormdsAlive(lc); err != nil {
+				// A run with a wormserver down measures a degraded
+				// cluster (every learner falls back on reads): not a
+				// figure to compare.
+				return fmt.Errorf("%s with %d clients: %w", p, c, err)
+			}
 			fmt.Fprintf(os.Stderr, "bench tx:   %v; every participant applied: p50 %v\n", r.Result, r.Applied.P50.Round(time.Microsecond))
 			if p == txbench.WormTX {
 				row.WormTX = r
@@ -401,4 +407,26 @@ func participantsProfile(dir string) string {
 		return ""
 	}
 	return abs
+}
+
+// wormdsAlive reports a wormd of lc that is no longer running, with the
+// first lines of its log that tell why (a panic, a fatal error).
+func wormdsAlive(lc *localcluster.Cluster) error {
+	for i, n := range lc.Nodes {
+		if n.Running() {
+			continue
+		}
+		why := ""
+		if b, err := os.ReadFile(n.Log); err == nil {
+			lines := strings.Split(string(b), "\n")
+			for k, l := range lines {
+				if strings.HasPrefix(l, "panic:") || strings.HasPrefix(l, "fatal error:") {
+					why = strings.Join(lines[k:min(k+6, len(lines))], "\n")
+					break
+				}
+			}
+		}
+		return fmt.Errorf("wormd %d died during the run: %s", i+1, why)
+	}
+	return nil
 }
