@@ -45,6 +45,70 @@ func encodeBatch(cmds []Command) []byte {
 	return b
 }
 
+// cmdSize is an upper bound of cmd's encoded size.
+func cmdSize(c Command) int { return len(c.Client) + len(c.Op) + 3*binary.MaxVarintLen64 }
+
+// encodeRequests encodes the commands of qs as one batch, in one
+// allocation.
+func encodeRequests(qs []*request) []byte {
+	n := 3 + binary.MaxVarintLen64
+	for _, q := range qs {
+		n += cmdSize(q.cmd)
+	}
+	b := make([]byte, 0, n)
+	b = append(b, magic, version, kindBatch)
+	b = binary.AppendUvarint(b, uint64(len(qs)))
+	for _, q := range qs {
+		b = binary.AppendUvarint(b, uint64(len(q.cmd.Client)))
+		b = append(b, q.cmd.Client...)
+		b = binary.AppendUvarint(b, q.cmd.Seq)
+		b = appendBytes(b, q.cmd.Op)
+	}
+	return b
+}
+
+// cmdRef is a decoded command whose client and op alias the register
+// value they were decoded from.
+type cmdRef struct {
+	client []byte
+	seq    uint64
+	op     []byte
+}
+
+// decodeRefs decodes a log register into buf (reused): no commands for a
+// no-op. It allocates only when buf must grow.
+func decodeRefs(v []byte, buf []cmdRef) ([]cmdRef, error) {
+	if len(v) < 3 || v[0] != magic || v[1] != version {
+		return buf, fmt.Errorf("%w: bad header", ErrCorrupt)
+	}
+	switch v[2] {
+	case kindNoop:
+		return buf, nil
+	case kindBatch:
+	default:
+		return buf, fmt.Errorf("%w: kind %d", ErrCorrupt, v[2])
+	}
+	r := reader{b: v[3:]}
+	n := r.uvarint()
+	if n > uint64(len(v)) {
+		return buf, fmt.Errorf("%w: count %d", ErrCorrupt, n)
+	}
+	buf = slices.Grow(buf, int(n))
+	for range n {
+		c := cmdRef{client: r.bytes()}
+		c.seq = r.uvarint()
+		c.op = r.bytes()
+		buf = append(buf, c)
+	}
+	if r.err == nil && len(r.b) != 0 {
+		r.err = fmt.Errorf("%w: %d trailing bytes", ErrCorrupt, len(r.b))
+	}
+	if r.err != nil {
+		return buf[:0], r.err
+	}
+	return buf, nil
+}
+
 type reader struct {
 	b   []byte
 	err error
@@ -79,32 +143,18 @@ func (r *reader) bytes() []byte {
 
 // decodeEntry decodes a log register: nil commands for a no-op.
 func decodeEntry(v []byte) ([]Command, error) {
-	if len(v) < 3 || v[0] != magic || v[1] != version {
-		return nil, fmt.Errorf("%w: bad header", ErrCorrupt)
+	refs, err := decodeRefs(v, nil)
+	if err != nil {
+		return nil, err
 	}
-	switch v[2] {
-	case kindNoop:
+	if v[2] == kindNoop {
 		return nil, nil
-	case kindBatch:
-	default:
-		return nil, fmt.Errorf("%w: kind %d", ErrCorrupt, v[2])
 	}
-	r := &reader{b: v[3:]}
-	n := r.uvarint()
-	if n > uint64(len(v)) {
-		return nil, fmt.Errorf("%w: count %d", ErrCorrupt, n)
+	cmds := make([]Command, len(refs))
+	for i, c := range refs {
+		cmds[i] = Command{Client: string(c.client), Seq: c.seq, Op: c.op}
 	}
-	cmds := make([]Command, 0, n)
-	for range n {
-		c := Command{Client: string(r.bytes())}
-		c.Seq = r.uvarint()
-		c.Op = r.bytes()
-		cmds = append(cmds, c)
-	}
-	if r.err == nil && len(r.b) != 0 {
-		r.err = fmt.Errorf("%w: %d trailing bytes", ErrCorrupt, len(r.b))
-	}
-	return cmds, r.err
+	return cmds, nil
 }
 
 // session is the deduplication record of one client.

@@ -9,49 +9,101 @@ import (
 	"github.com/wormspace/wormspace/worm"
 )
 
-// worker is one proposer pipeline stage: it takes up to MaxBatch queued
+// enqueue queues q for the workers; false when Run has ended.
+func (r *Replica) enqueue(q *request) bool {
+	r.qmu.Lock()
+	defer r.qmu.Unlock()
+	if r.qdone {
+		return false
+	}
+	r.queue = append(r.queue, q)
+	r.qbytes += cmdSize(q.cmd)
+	if r.busy == 0 || r.fullLocked() {
+		r.qcond.Signal()
+	}
+	return true
+}
+
+// fullLocked reports whether the queue holds a full batch. Caller holds
+// r.qmu.
+func (r *Replica) fullLocked() bool {
+	return len(r.queue) >= r.cfg.MaxBatch || r.qbytes >= r.cfg.MaxBatchBytes
+}
+
+// takeBatch waits for a batch and takes it (appending to buf), counting
+// it busy until the caller calls batchDone. Batching is adaptive: while
+// a batch is being placed, the next one is taken only once it is full
+// (MaxBatch commands or MaxBatchBytes), so under load a batch closes when
+// the previous write returns and holds what arrived meanwhile; with
+// nothing in flight a command goes at once. At most Pipeline batches are
+// in flight (one per worker). It returns nil when Run's context ends.
+func (r *Replica) takeBatch(buf []*request) []*request {
+	r.qmu.Lock()
+	defer r.qmu.Unlock()
+	for !r.qdone && (len(r.queue) == 0 || (r.busy > 0 && !r.fullLocked())) {
+		r.qcond.Wait()
+	}
+	if r.qdone {
+		return nil
+	}
+	n, size := 0, 0
+	for n < len(r.queue) && n < r.cfg.MaxBatch && (n == 0 || size+cmdSize(r.queue[n].cmd) <= r.cfg.MaxBatchBytes) {
+		size += cmdSize(r.queue[n].cmd)
+		n++
+	}
+	buf = append(buf, r.queue[:n]...)
+	rest := copy(r.queue, r.queue[n:])
+	clear(r.queue[rest:])
+	r.queue = r.queue[:rest]
+	r.qbytes -= size
+	r.busy++
+	if len(r.queue) > 0 && r.fullLocked() {
+		r.qcond.Signal() // another full batch for another worker
+	}
+	return buf
+}
+
+// batchDone ends a batch taken by takeBatch: what queued meanwhile may go.
+func (r *Replica) batchDone() {
+	r.qmu.Lock()
+	r.busy--
+	if len(r.queue) > 0 {
+		r.qcond.Signal()
+	}
+	r.qmu.Unlock()
+}
+
+// worker is one proposer pipeline stage: it takes a batch of queued
 // commands, encodes them into one register value and places it in the log.
 func (r *Replica) worker(ctx context.Context) {
+	var batch []*request
 	for {
-		var first *request
-		select {
-		case first = <-r.queue:
-		case <-ctx.Done():
+		batch = r.takeBatch(batch[:0])
+		if batch == nil {
 			return
 		}
-		batch := []*request{first}
-	drain:
-		for len(batch) < r.cfg.MaxBatch {
-			select {
-			case q := <-r.queue:
-				batch = append(batch, q)
-			default:
-				break drain
-			}
+		live := r.live(batch)
+		if len(live) > 0 {
+			alive := func() bool { return len(r.live(live)) > 0 }
+			r.place(ctx, encodeRequests(live), alive)
 		}
-		live := batch[:0]
-		for _, q := range batch {
-			if q.ctx.Err() == nil && !r.done(q.cmd) {
-				live = append(live, q)
-			}
-		}
-		if len(live) == 0 {
-			continue
-		}
-		cmds := make([]Command, len(live))
-		for i, q := range live {
-			cmds[i] = q.cmd
-		}
-		alive := func() bool {
-			for _, q := range live {
-				if q.ctx.Err() == nil && !r.done(q.cmd) {
-					return true
-				}
-			}
-			return false
-		}
-		r.place(ctx, encodeBatch(cmds), alive)
+		clear(batch)
+		r.batchDone()
 	}
+}
+
+// live compacts batch in place to the requests still waiting for a
+// result: not given up and not yet applied.
+func (r *Replica) live(batch []*request) []*request {
+	out := batch[:0]
+	r.mu.Lock()
+	for _, q := range batch {
+		if q.ctx.Err() == nil && !r.doneLocked(q.cmd) {
+			out = append(out, q)
+		}
+	}
+	r.mu.Unlock()
+	return out
 }
 
 // place writes val into some log register, per the policy, retrying until

@@ -26,19 +26,28 @@ type Replica struct {
 
 	mu       sync.Mutex
 	applied  uint64 // next log position to apply
-	sessions map[string]session
-	waiters  map[wkey][]chan outcome
-	known    map[uint64][]byte // chosen values at positions >= applied
-	inflight map[uint64]int    // positions this replica is writing
-	hint     uint64            // one past the highest position known written
-	progress chan struct{}     // closed and replaced whenever applied moves
-	snapAt   uint64            // position of the last snapshot taken or restored
+	sessions map[string]*session
+	waiters  map[string]*request // per client: proposers waiting, chained by next
+	known    map[uint64][]byte   // chosen values at positions >= applied
+	inflight map[uint64]int      // positions this replica is writing
+	hint     uint64              // one past the highest position known written
+	progress chan struct{}       // closed and replaced whenever applied moves
+	snapAt   uint64              // position of the last snapshot taken or restored
 	snapping bool
 
 	started atomic.Bool
 	stopped chan struct{}
 	wake    chan struct{}
-	queue   chan *request
+
+	// The proposal queue: proposers append, workers take batches (see
+	// takeBatch). busy counts batches being placed.
+	qmu    sync.Mutex
+	qcond  *sync.Cond
+	queue  []*request
+	qbytes int
+	busy   int
+	qdone  bool     // Run's context ended
+	refs   []cmdRef // the learner's decode buffer (apply)
 
 	pmu       sync.Mutex // proposer state
 	lease     *lease
@@ -62,19 +71,21 @@ type Replica struct {
 	trimmedLog uint64     // log segments (relative) below this were trimmed
 }
 
-type wkey struct {
-	client string
-	seq    uint64
-}
-
 type outcome struct {
 	res []byte
 	err error
 }
 
+// request is one Propose waiting for its command to be applied. Until it
+// is answered it is linked in waiters (under mu); the one who unlinks it
+// (the applier, with an outcome on ch, or the proposer giving up) owns
+// the link.
 type request struct {
-	ctx context.Context
-	cmd Command
+	ctx    context.Context
+	cmd    Command
+	ch     chan outcome // buffered: the applier never blocks
+	next   *request
+	linked bool
 }
 
 // lease is the right to write commands into a captured segment.
@@ -109,17 +120,17 @@ func New(space worm.Space, sm StateMachine, cfg Config) (*Replica, error) {
 		size:      uint64(space.SegmentSize()),
 		log:       cfg.Logger.With("replica", space.ID(), "policy", cfg.Policy.String()),
 		meta:      []byte("wormpaxos " + cfg.Policy.String() + " " + space.ID()),
-		sessions:  map[string]session{},
-		waiters:   map[wkey][]chan outcome{},
+		sessions:  map[string]*session{},
+		waiters:   map[string]*request{},
 		known:     map[uint64][]byte{},
 		inflight:  map[uint64]int{},
 		progress:  make(chan struct{}),
 		stopped:   make(chan struct{}),
 		wake:      make(chan struct{}, 1),
-		queue:     make(chan *request, 4096),
 		allocated: map[uint64]bool{},
 		leased:    map[uint64]bool{},
 	}
+	r.qcond = sync.NewCond(&r.qmu)
 	return r, nil
 }
 
@@ -282,98 +293,129 @@ func (r *Replica) propose(ctx context.Context, cmd Command, forward bool) ([]byt
 	if cmd.Client == "" || cmd.Seq == 0 {
 		return nil, fmt.Errorf("%w: client %q seq %d", ErrInvalid, cmd.Client, cmd.Seq)
 	}
-	k := wkey{cmd.Client, cmd.Seq}
-	ch := make(chan outcome, 1)
+	q := &request{ctx: ctx, cmd: cmd, ch: make(chan outcome, 1)}
 	r.mu.Lock()
-	if s, ok := r.sessions[cmd.Client]; ok && s.Seq >= cmd.Seq {
+	if s := r.sessions[cmd.Client]; s != nil && s.Seq >= cmd.Seq {
 		o := outcomeOf(s, cmd.Seq)
 		r.mu.Unlock()
 		return o.res, o.err
 	}
-	r.waiters[k] = append(r.waiters[k], ch)
+	r.linkLocked(q)
 	r.mu.Unlock()
-	defer func() {
-		r.mu.Lock()
-		ws := slices.DeleteFunc(r.waiters[k], func(c chan outcome) bool { return c == ch })
-		if len(ws) == 0 {
-			delete(r.waiters, k)
-		} else {
-			r.waiters[k] = ws
-		}
-		r.mu.Unlock()
-	}()
 	if leader := r.forwardTarget(forward); leader != "" {
 		_, err := r.cfg.Forward(ctx, leader, cmd)
 		switch {
 		case err == nil:
 			// Chosen and applied at the leader: wait for it here.
-			select {
-			case o := <-ch:
-				return o.res, o.err
-			case <-ctx.Done():
-				return nil, ctx.Err()
-			case <-r.stopped:
-				return nil, ErrStopped
-			}
+			return r.await(q)
 		case errors.Is(err, ErrStale):
+			r.unlink(q)
 			return nil, err
 		case ctx.Err() != nil:
+			r.unlink(q)
 			return nil, ctx.Err()
 		}
 		r.suspect(leader)
 		r.log.Debug("forward failed; taking the lead", "leader", leader, "err", err)
 	}
-	cmd.Op = slices.Clone(cmd.Op)
-	select {
-	case r.queue <- &request{ctx: ctx, cmd: cmd}:
-	case <-ctx.Done():
-		return nil, ctx.Err()
-	case <-r.stopped:
+	q.cmd.Op = slices.Clone(cmd.Op)
+	if !r.enqueue(q) {
+		r.unlink(q)
 		return nil, ErrStopped
 	}
+	return r.await(q)
+}
+
+// await waits for q's outcome. When it gives up, it unlinks q itself.
+func (r *Replica) await(q *request) ([]byte, error) {
 	select {
-	case o := <-ch:
+	case o := <-q.ch:
 		return o.res, o.err
-	case <-ctx.Done():
-		return nil, ctx.Err()
+	case <-q.ctx.Done():
+		r.unlink(q)
+		return nil, q.ctx.Err()
 	case <-r.stopped:
+		r.unlink(q)
 		return nil, ErrStopped
 	}
 }
 
-func outcomeOf(s session, seq uint64) outcome {
+// linkLocked adds q to its client's waiters. Caller holds r.mu.
+func (r *Replica) linkLocked(q *request) {
+	q.next = r.waiters[q.cmd.Client]
+	q.linked = true
+	r.waiters[q.cmd.Client] = q
+}
+
+// unlink removes q from its client's waiters if it is still there.
+func (r *Replica) unlink(q *request) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if !q.linked {
+		return
+	}
+	q.linked = false
+	head := r.waiters[q.cmd.Client]
+	if head == q {
+		if q.next == nil {
+			delete(r.waiters, q.cmd.Client)
+		} else {
+			r.waiters[q.cmd.Client] = q.next
+		}
+		return
+	}
+	for p := head; p != nil; p = p.next {
+		if p.next == q {
+			p.next = q.next
+			return
+		}
+	}
+}
+
+func outcomeOf(s *session, seq uint64) outcome {
 	if s.Seq == seq {
 		return outcome{res: slices.Clone(s.Result)}
 	}
 	return outcome{err: fmt.Errorf("%w: %d, client is at %d", ErrStale, seq, s.Seq)}
 }
 
-// resolveLocked answers the waiters of (client, seq) from the session
-// table. Caller holds r.mu.
-func (r *Replica) resolveLocked(k wkey) {
-	ws := r.waiters[k]
-	if len(ws) == 0 {
-		return
-	}
-	s, ok := r.sessions[k.client]
-	if !ok || s.Seq < k.seq {
-		return
-	}
-	for _, w := range ws {
-		select {
-		case w <- outcomeOf(s, k.seq):
-		default:
+// resolveLocked answers the waiters of client whose sequence numbers the
+// session s has reached (the result of its last, ErrStale for older
+// ones). Caller holds r.mu. head is r.waiters[client], looked up by the
+// caller.
+func (r *Replica) resolveLocked(head *request, s *session) {
+	var keep, tail *request
+	for q := head; q != nil; {
+		next := q.next
+		if q.cmd.Seq <= s.Seq {
+			q.linked, q.next = false, nil
+			q.ch <- outcomeOf(s, q.cmd.Seq) // buffered, sent once
+		} else {
+			q.next = nil
+			if tail == nil {
+				keep = q
+			} else {
+				tail.next = q
+			}
+			tail = q
 		}
+		q = next
 	}
-	delete(r.waiters, k)
+	if keep == head {
+		return
+	}
+	if keep == nil {
+		delete(r.waiters, head.cmd.Client)
+	} else {
+		r.waiters[head.cmd.Client] = keep
+	}
 }
 
-// done reports whether cmd has been applied (or superseded).
-func (r *Replica) done(cmd Command) bool {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	s, ok := r.sessions[cmd.Client]
-	return ok && s.Seq >= cmd.Seq
+// doneLocked reports whether cmd has been applied (or superseded).
+// Caller holds r.mu.
+func (r *Replica) doneLocked(cmd Command) bool {
+	s := r.sessions[cmd.Client]
+	return s != nil && s.Seq >= cmd.Seq
 }
 
 // Read answers query against a state that reflects every command
@@ -446,10 +488,12 @@ func (r *Replica) waitApplied(ctx context.Context, n uint64) error {
 	}
 }
 
-// apply applies the chosen value v at position pos.
-// It reports whether the register held commands.
+// apply applies the chosen value v at position pos. Only the learner
+// calls it (it decodes into r.refs). It reports whether the register held
+// commands.
 func (r *Replica) apply(pos uint64, v []byte) (bool, error) {
-	cmds, err := decodeEntry(v)
+	refs, err := decodeRefs(v, r.refs[:0])
+	r.refs = refs[:0]
 	if err != nil {
 		return false, fmt.Errorf("log position %d (%v): %w", pos, r.addr(pos), err)
 	}
@@ -458,32 +502,44 @@ func (r *Replica) apply(pos uint64, v []byte) (bool, error) {
 	if pos != r.applied {
 		return false, nil // a snapshot restore moved past pos
 	}
-	for _, c := range cmds {
-		s, ok := r.sessions[c.Client]
-		a := Applied{Index: pos, Cmd: c}
-		if ok && c.Seq <= s.Seq {
-			a.Dup = true
-			r.stats.dups.Add(1)
+	var ncmd, ndup uint64
+	for i := range refs {
+		c := &refs[i]
+		s := r.sessions[string(c.client)] // no allocation for the lookup
+		var res []byte
+		dup := s != nil && c.seq <= s.Seq
+		if dup {
+			ndup++
 		} else {
-			r.stats.commands.Add(1)
-			a.Result = r.sm.Apply(c.Op)
-			r.sessions[c.Client] = session{Seq: c.Seq, Result: a.Result}
+			ncmd++
+			res = r.sm.Apply(c.op)
+			if s == nil {
+				s = &session{}
+				r.sessions[string(c.client)] = s
+			}
+			s.Seq, s.Result = c.seq, res
 		}
 		if r.cfg.OnApply != nil {
-			r.cfg.OnApply(a)
+			r.cfg.OnApply(Applied{Index: pos, Cmd: Command{Client: string(c.client), Seq: c.seq, Op: c.op}, Dup: dup, Result: res})
 		}
-		r.resolveLocked(wkey{c.Client, c.Seq})
+		if len(r.waiters) > 0 {
+			if head := r.waiters[string(c.client)]; head != nil {
+				r.resolveLocked(head, s)
+			}
+		}
 	}
-	if cmds == nil {
+	if len(refs) == 0 {
 		r.stats.noops.Add(1)
 	}
+	r.stats.commands.Add(ncmd)
+	r.stats.dups.Add(ndup)
 	r.stats.applied.Add(1)
 	delete(r.known, pos)
 	r.applied++
 	r.hint = max(r.hint, r.applied)
 	close(r.progress)
 	r.progress = make(chan struct{})
-	return len(cmds) > 0, nil
+	return len(refs) > 0, nil
 }
 
 // Run is the replica's learner loop: it restores the newest snapshot,
@@ -507,6 +563,14 @@ func (r *Replica) Run(ctx context.Context) error {
 	if _, err := r.restoreLatest(ctx); err != nil && errors.Is(err, ErrCorrupt) {
 		return err
 	}
+	// Wakes the workers when ctx ends (cancelled by Run's deferred cancel
+	// at the latest, before wg.Wait).
+	context.AfterFunc(ctx, func() {
+		r.qmu.Lock()
+		r.qdone = true
+		r.qcond.Broadcast()
+		r.qmu.Unlock()
+	})
 	for range r.cfg.Pipeline {
 		wg.Go(func() { r.worker(ctx) })
 	}

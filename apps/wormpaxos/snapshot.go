@@ -5,7 +5,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"maps"
 	"sync"
 
 	"github.com/wormspace/wormspace/worm"
@@ -39,7 +38,11 @@ func (r *Replica) maybeSnapshot(ctx context.Context, wg *sync.WaitGroup) {
 		r.log.Warn("snapshot", "err", err)
 		return
 	}
-	snap := snapshot{Index: r.applied, Sessions: maps.Clone(r.sessions), State: state}
+	sessions := make(map[string]session, len(r.sessions))
+	for k, v := range r.sessions {
+		sessions[k] = *v
+	}
+	snap := snapshot{Index: r.applied, Sessions: sessions, State: state}
 	r.snapAt, r.snapping = r.applied, true
 	r.mu.Unlock()
 	wg.Go(func() {
@@ -294,7 +297,10 @@ func (r *Replica) restoreLatest(ctx context.Context) (bool, error) {
 	if err := r.sm.Restore(snap.State); err != nil {
 		return false, fmt.Errorf("%w: restore: %w", ErrCorrupt, err)
 	}
-	r.sessions = snap.Sessions
+	r.sessions = make(map[string]*session, len(snap.Sessions))
+	for k, v := range snap.Sessions {
+		r.sessions[k] = &v
+	}
 	r.applied, r.snapAt = snap.Index, snap.Index
 	r.hint = max(r.hint, r.applied)
 	r.trimmedLog = max(r.trimmedLog, snap.Index/r.size)
@@ -303,8 +309,10 @@ func (r *Replica) restoreLatest(ctx context.Context) (bool, error) {
 			delete(r.known, p)
 		}
 	}
-	for k := range r.waiters {
-		r.resolveLocked(k)
+	for k, head := range r.waiters {
+		if s := r.sessions[k]; s != nil {
+			r.resolveLocked(head, s)
+		}
 	}
 	close(r.progress)
 	r.progress = make(chan struct{})

@@ -123,10 +123,16 @@ type Config struct {
 	Replicas int
 	// Index is this replica's index in [0, Replicas) (Rotating).
 	Index int
-	// MaxBatch caps the commands encoded in one register. Default 64; 1
+	// MaxBatch caps the commands encoded in one register. Default 1024; 1
 	// disables batching.
 	MaxBatch int
-	// Pipeline is the number of writes a replica keeps in flight. Default 4.
+	// MaxBatchBytes caps a batch's encoded size (a single larger command
+	// still goes, alone). Default 64 KiB.
+	MaxBatchBytes int
+	// Pipeline is the number of batch writes a replica keeps in flight.
+	// Batching is adaptive: with a write in flight, the next batch is
+	// written only once it is full (MaxBatch or MaxBatchBytes), otherwise
+	// when a write returns, so batches grow with the load. Default 4.
 	Pipeline int
 	// ReadAhead is how many registers a learner that is behind (a later
 	// register is known written) reads concurrently. Default 32.
@@ -174,7 +180,10 @@ func (c *Config) fill() error {
 		return fmt.Errorf("%w: index %d of %d replicas", ErrConfig, c.Index, c.Replicas)
 	}
 	if c.MaxBatch <= 0 {
-		c.MaxBatch = 64
+		c.MaxBatch = 1024
+	}
+	if c.MaxBatchBytes <= 0 {
+		c.MaxBatchBytes = 64 << 10
 	}
 	if c.Pipeline <= 0 {
 		c.Pipeline = 4

@@ -28,7 +28,10 @@ type Client struct {
 	id       string
 	backends []Backend
 	// AttemptTimeout bounds one attempt on one backend before the client
-	// moves to the next. Default 2s.
+	// moves to the next. Default 2s; zero or less: attempts are bounded
+	// by the operation's context alone (no timer per attempt), for a
+	// client with a single in-process backend, where a timed-out attempt
+	// would only be retried at the same replica.
 	AttemptTimeout time.Duration
 
 	mu  sync.Mutex
@@ -63,7 +66,10 @@ func (c *Client) Close() error {
 
 // Put sets key to value.
 func (c *Client) Put(ctx context.Context, key, value string) error {
-	_, err := c.Do(ctx, Op{Kind: OpPut, Key: key, Value: value})
+	res, err := c.do(ctx, Op{Kind: OpPut, Key: key, Value: value})
+	if err == nil {
+		_, _, _, err = parseResult(res)
+	}
 	return err
 }
 
@@ -89,10 +95,19 @@ func (c *Client) CAS(ctx context.Context, key, old, new string) (bool, error) {
 // ends. When ctx ends, a write may or may not have taken effect (at most
 // once).
 func (c *Client) Do(ctx context.Context, o Op) (Result, error) {
+	res, err := c.do(ctx, o)
+	if err != nil {
+		return Result{}, err
+	}
+	return DecodeResult(res)
+}
+
+// do is Do returning the encoded result.
+func (c *Client) do(ctx context.Context, o Op) ([]byte, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if len(c.backends) == 0 {
-		return Result{}, errors.New("kv: client has no backends")
+		return nil, errors.New("kv: client has no backends")
 	}
 	var cmd wormpaxos.Command
 	if o.Kind != OpGet {
@@ -102,10 +117,13 @@ func (c *Client) Do(ctx context.Context, o Op) (Result, error) {
 	var last error
 	for attempt := 0; ; attempt++ {
 		if err := ctx.Err(); err != nil {
-			return Result{}, fmt.Errorf("kv: %w (last error: %v)", err, last)
+			return nil, fmt.Errorf("kv: %w (last error: %v)", err, last)
 		}
 		b := c.backends[c.cur]
-		actx, cancel := context.WithTimeout(ctx, c.AttemptTimeout)
+		actx, cancel := ctx, context.CancelFunc(nil)
+		if c.AttemptTimeout > 0 {
+			actx, cancel = context.WithTimeout(ctx, c.AttemptTimeout)
+		}
 		var res []byte
 		var err error
 		if o.Kind == OpGet {
@@ -113,12 +131,14 @@ func (c *Client) Do(ctx context.Context, o Op) (Result, error) {
 		} else {
 			res, err = b.Propose(actx, cmd)
 		}
-		cancel()
+		if cancel != nil {
+			cancel()
+		}
 		if err == nil {
-			return DecodeResult(res)
+			return res, nil
 		}
 		if errors.Is(err, wormpaxos.ErrStale) || errors.Is(err, wormpaxos.ErrInvalid) {
-			return Result{}, err
+			return nil, err
 		}
 		last = err
 		c.cur = (c.cur + 1) % len(c.backends)

@@ -145,65 +145,147 @@ func (r Result) Encode() []byte {
 
 // DecodeResult decodes an encoded Result.
 func DecodeResult(b []byte) (Result, error) {
+	ok, v, _, err := parseResult(b)
+	if err != nil {
+		return Result{}, err
+	}
+	return Result{OK: ok, Value: string(v)}, nil
+}
+
+// parseResult checks and splits an encoded Result without copying.
+func parseResult(b []byte) (ok bool, v, rest []byte, err error) {
 	if len(b) == 0 || b[0] > 1 {
-		return Result{}, ErrBadOp
+		return false, nil, nil, ErrBadOp
 	}
-	v, rest, err := readStr(b[1:])
+	v, rest, err = cutBytes(b[1:])
 	if err != nil || len(rest) != 0 {
-		return Result{}, fmt.Errorf("%w: result", ErrBadOp)
+		return false, nil, nil, fmt.Errorf("%w: result", ErrBadOp)
 	}
-	return Result{OK: b[0] == 1, Value: v}, nil
+	return b[0] == 1, v, rest, nil
 }
 
 // Store is the key-value state machine. It implements
 // wormpaxos.StateMachine; like every state machine it is not safe for
 // concurrent use (the Replica serializes calls).
 type Store struct {
-	m map[string]string
+	// Values are held by pointer so that Apply updates a present key
+	// without allocating its key string again.
+	m map[string]*string
 }
 
 // NewStore returns an empty Store.
-func NewStore() *Store { return &Store{m: map[string]string{}} }
+func NewStore() *Store { return &Store{m: map[string]*string{}} }
 
 // Exec applies o and returns its result; Get does not modify the store.
 func (s *Store) Exec(o Op) Result {
-	old, had := s.m[o.Key]
-	switch o.Kind {
-	case OpPut:
-		s.m[o.Key] = o.Value
-		return Result{OK: had, Value: old}
-	case OpDelete:
-		delete(s.m, o.Key)
-		return Result{OK: had, Value: old}
-	case OpCAS:
-		if had && old == o.Old {
-			s.m[o.Key] = o.Value
-			return Result{OK: true, Value: o.Value}
-		}
-		return Result{OK: false, Value: old}
-	case OpGet:
-		return Result{OK: had, Value: old}
+	ok, v := s.exec(o.Kind, []byte(o.Key), o.Value, o.Old)
+	return Result{OK: ok, Value: v}
+}
+
+// exec is Exec on an operation's parts; key is looked up without
+// allocation, and stored (copied) only when new.
+func (s *Store) exec(kind byte, key []byte, value, old string) (bool, string) {
+	p := s.m[string(key)]
+	var prev string
+	if p != nil {
+		prev = *p
 	}
-	return Result{}
+	switch kind {
+	case OpPut:
+		if p == nil {
+			s.m[string(key)] = &value
+		} else {
+			*p = value
+		}
+		return p != nil, prev
+	case OpDelete:
+		if p != nil {
+			delete(s.m, string(key))
+		}
+		return p != nil, prev
+	case OpCAS:
+		if p != nil && prev == old {
+			*p = value
+			return true, value
+		}
+		return false, prev
+	case OpGet:
+		return p != nil, prev
+	}
+	return false, ""
+}
+
+// parseOp splits an encoded operation without copying: key, value and old
+// alias b.
+func parseOp(b []byte) (kind byte, key, value, old []byte, err error) {
+	if len(b) == 0 {
+		return 0, nil, nil, nil, ErrBadOp
+	}
+	kind = b[0]
+	if key, b, err = cutBytes(b[1:]); err != nil {
+		return 0, nil, nil, nil, err
+	}
+	switch kind {
+	case OpPut:
+		value, b, err = cutBytes(b)
+	case OpCAS:
+		if old, b, err = cutBytes(b); err == nil {
+			value, b, err = cutBytes(b)
+		}
+	case OpDelete, OpGet:
+	default:
+		return 0, nil, nil, nil, fmt.Errorf("%w: kind %d", ErrBadOp, kind)
+	}
+	if err == nil && len(b) != 0 {
+		err = fmt.Errorf("%w: trailing bytes", ErrBadOp)
+	}
+	return kind, key, value, old, err
+}
+
+func cutBytes(b []byte) ([]byte, []byte, error) {
+	n, k := binary.Uvarint(b)
+	if k <= 0 || n > uint64(len(b)-k) {
+		return nil, nil, ErrBadOp
+	}
+	return b[k : k+int(n)], b[k+int(n):], nil
+}
+
+// encodeResult is Result{ok, v}.Encode in one exactly sized allocation.
+func encodeResult(ok bool, v string) []byte {
+	b := make([]byte, 1, 1+binary.MaxVarintLen64+len(v))
+	if ok {
+		b[0] = 1
+	}
+	return appendStr(b, v)
 }
 
 // Apply implements wormpaxos.StateMachine. A malformed op yields the zero
-// Result (deterministically on every replica).
+// Result (deterministically on every replica). A put allocates its value
+// (and its key when new) and the result.
 func (s *Store) Apply(op []byte) []byte {
-	o, err := DecodeOp(op)
-	if err != nil || o.Kind == OpGet {
-		return Result{}.Encode()
+	kind, key, value, old, err := parseOp(op)
+	if err != nil || kind == OpGet {
+		return encodeResult(false, "")
 	}
-	return s.Exec(o).Encode()
+	var v, o string
+	if kind == OpPut || kind == OpCAS {
+		v = string(value)
+	}
+	if kind == OpCAS {
+		o = string(old)
+	}
+	ok, r := s.exec(kind, key, v, o)
+	return encodeResult(ok, r)
 }
 
 // Query implements wormpaxos.StateMachine: it answers Get.
 func (s *Store) Query(q []byte) []byte {
-	o, err := DecodeOp(q)
-	if err != nil || o.Kind != OpGet {
-		return Result{}.Encode()
+	kind, key, _, _, err := parseOp(q)
+	if err != nil || kind != OpGet {
+		return encodeResult(false, "")
 	}
-	return s.Exec(o).Encode()
+	ok, r := s.exec(kind, key, "", "")
+	return encodeResult(ok, r)
 }
 
 // Snapshot implements wormpaxos.StateMachine: sorted keys, so equal
@@ -213,7 +295,7 @@ func (s *Store) Snapshot() ([]byte, error) {
 	b := binary.AppendUvarint(nil, uint64(len(keys)))
 	for _, k := range keys {
 		b = appendStr(b, k)
-		b = appendStr(b, s.m[k])
+		b = appendStr(b, *s.m[k])
 	}
 	return b, nil
 }
@@ -225,7 +307,7 @@ func (s *Store) Restore(b []byte) error {
 		return fmt.Errorf("%w: snapshot", ErrBadOp)
 	}
 	b = b[k:]
-	m := make(map[string]string, n)
+	m := make(map[string]*string, n)
 	for range n {
 		var key, v string
 		var err error
@@ -235,7 +317,7 @@ func (s *Store) Restore(b []byte) error {
 		if v, b, err = readStr(b); err != nil {
 			return err
 		}
-		m[key] = v
+		m[key] = &v
 	}
 	if len(b) != 0 {
 		return fmt.Errorf("%w: snapshot trailing bytes", ErrBadOp)
