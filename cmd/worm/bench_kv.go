@@ -32,8 +32,9 @@ const benchKVUsage = `usage: worm bench kv [-policy sticky,rotating,leaderless] 
 Measures WormPaxos: closed-loop key-value clients (apps/wormpaxos/kv) put
 keys through three replicas of one replicated log in this process, each
 with its own WormSpace client, replicating through -local wormds started
-for the run. Every leader policy runs batched (up to 64 commands per
-register, 4 writes in flight) and unbatched (one command per register),
+for the run. Every leader policy runs batched (adaptive, up to 1024 commands or 64 KiB per
+register, adaptive: with a write in flight the next batch waits until it
+is full or the write returns; up to 4 writes in flight) and unbatched (one command per register),
 at each client count. Sticky: every client proposes at replica 0 (the
 leader). Rotating and leaderless: client i proposes at replica i mod 3.
 A put returns once its command is applied at the proposing replica; the
@@ -63,7 +64,7 @@ type KVBenchReport struct {
 func cmdBenchKV(args []string) error {
 	fs := flag.NewFlagSet("bench kv", flag.ContinueOnError)
 	policiesF := fs.String("policy", "sticky,rotating,leaderless", "leader policies to run")
-	batchF := fs.String("batch", "on,off", "batched (on: up to 64 commands per register) and/or unbatched (off)")
+	batchF := fs.String("batch", "on,off", "batched (on: adaptive, up to 1024 commands or 64 KiB per register) and/or unbatched (off)")
 	clientsF := fs.String("clients", "1,16,64", "closed-loop client counts to sweep")
 	local := fs.Int("local", 3, "wormds to start on loopback for the run")
 	volatile := fs.Bool("volatile", false, "wormds skip fsync (the protocol, not the disk)")
@@ -180,9 +181,6 @@ func onOff(b bool) string {
 	return "off"
 }
 
-// kvMaxBatch is the batched configuration: WormPaxos's default MaxBatch.
-const kvMaxBatch = 64
-
 // runKVPuts measures closed-loop puts through three replicas of a fresh
 // log at logBase.
 func runKVPuts(ctx context.Context, spaces []*client.Client, pol wormpaxos.Policy, batched bool, clients int, logBase uint64, warmup, duration time.Duration, logger *slog.Logger) (KVBenchRow, error) {
@@ -191,7 +189,7 @@ func runKVPuts(ctx context.Context, spaces []*client.Client, pol wormpaxos.Polic
 	defer func() { cancel(); wg.Wait() }()
 	maxBatch := 1
 	if batched {
-		maxBatch = kvMaxBatch
+		maxBatch = 0 // WormPaxos's defaults: adaptive, up to 1024 commands or 64 KiB
 	}
 	var reps []*wormpaxos.Replica
 	for i, sp := range spaces {
@@ -214,9 +212,9 @@ func runKVPuts(ctx context.Context, spaces []*client.Client, pol wormpaxos.Polic
 			rep = reps[i%len(reps)]
 		}
 		kvs[i] = kv.NewClient(fmt.Sprintf("bench-%d-%d", logBase, i), rep)
-		// Longer than any put under load: a timed-out attempt would be
-		// retried at the same (and only) replica anyway.
-		kvs[i].AttemptTimeout = 30 * time.Second
+		// No timer per attempt: a timed-out attempt would be retried at
+		// the same (and only) replica anyway; bench.Loop bounds each put.
+		kvs[i].AttemptTimeout = 0
 	}
 	// One untimed put per proposing replica lets the policy set up (the
 	// leader's or the owners' first segments) before timing starts.
