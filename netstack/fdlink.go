@@ -37,9 +37,10 @@ type fdLink struct {
 	caps  stack.LinkEndpointCapabilities
 	log   *slog.Logger
 
-	mtu  atomic.Uint32
-	stop stopfd.StopFD
-	wg   sync.WaitGroup
+	mtu     atomic.Uint32
+	stop    stopfd.StopFD
+	stopped atomic.Bool // Attach(nil) was called: deliver nothing more
+	wg      sync.WaitGroup
 
 	mu         sync.RWMutex
 	addr       tcpip.LinkAddress
@@ -109,21 +110,24 @@ func (l *fdLink) SetLinkAddress(addr tcpip.LinkAddress) {
 func (l *fdLink) Capabilities() stack.LinkEndpointCapabilities { return l.caps }
 
 // Attach implements stack.LinkEndpoint: a dispatcher starts the read
-// goroutine; nil (the NIC going away) stops it and waits for it.
+// goroutine; nil (the NIC going away) tells it to stop, without waiting:
+// gVisor detaches and Waits with the stack's lock held, and the reader
+// may be inside a delivery that needs that lock (a reset answered to a
+// frame for a closed port, seen in tests), so waiting here deadlocks.
+// Stack.Close waits for the reader (waitStopped) after the stack's
+// teardown and before it closes the fd.
 func (l *fdLink) Attach(d stack.NetworkDispatcher) {
 	l.mu.Lock()
+	defer l.mu.Unlock()
 	if d == nil {
-		was := l.dispatcher
-		l.dispatcher = nil
-		l.mu.Unlock()
-		if was != nil {
+		if l.dispatcher != nil {
+			l.dispatcher = nil
+			l.stopped.Store(true)
 			l.stop.Stop()
-			l.wg.Wait()
 		}
 		return
 	}
-	defer l.mu.Unlock()
-	if l.dispatcher != nil {
+	if l.dispatcher != nil || l.stopped.Load() {
 		return
 	}
 	l.dispatcher = d
@@ -141,8 +145,13 @@ func (l *fdLink) IsAttached() bool {
 	return l.dispatcher != nil
 }
 
-// Wait implements stack.LinkEndpoint.
-func (l *fdLink) Wait() { l.wg.Wait() }
+// Wait implements stack.LinkEndpoint. It returns at once: gVisor calls it
+// with the stack's lock held (see Attach); waitStopped is the real wait.
+func (l *fdLink) Wait() {}
+
+// waitStopped waits until the read goroutine has returned (after
+// Attach(nil)); only then may the fd be closed.
+func (l *fdLink) waitStopped() { l.wg.Wait() }
 
 // ARPHardwareType implements stack.LinkEndpoint.
 func (*fdLink) ARPHardwareType() header.ARPHardwareType { return header.ARPHardwareEther }
@@ -290,7 +299,7 @@ func (l *fdLink) readLoop(d stack.NetworkDispatcher) {
 			l.log.Error("netstack: link read failed; the link stops receiving", "fd", l.fd, "err", errno)
 			return
 		}
-		for i := 0; i < n; i++ {
+		for i := 0; i < n && !l.stopped.Load(); i++ {
 			l.deliver(d, r, i)
 		}
 	}

@@ -72,6 +72,10 @@ type Knobs struct {
 	ReceiveBuffer BufferRange `json:"receive_buffer"`
 	// Nagle enables Nagle's algorithm (the inverse of TCP_NODELAY).
 	Nagle bool `json:"nagle"`
+	// DelayedACKMicros > 0 holds a pure ACK up to this many microseconds
+	// so that the reply carries it (gVisor's TCP has no delayed ACK; see
+	// ackdelay.go). 0 sends every ACK at once.
+	DelayedACKMicros int `json:"delayed_ack_us"`
 	// Dispatch is the link's receive mode (see DispatchMode).
 	Dispatch DispatchMode `json:"dispatch"`
 	// GSOMaxSize > 0 enables gVisor's software GSO: TCP hands segments of
@@ -301,6 +305,9 @@ func (k Knobs) validate() error {
 	}
 	if k.RACK && !k.SACK {
 		return fmt.Errorf("%w: RACK needs SACK", ErrBadOption)
+	}
+	if k.DelayedACKMicros < 0 || k.DelayedACKMicros > 200_000 {
+		return fmt.Errorf("%w: delayed ACK %d us (want 0..200000; Linux's maximum is 200 ms)", ErrBadOption, k.DelayedACKMicros)
 	}
 	for _, r := range []BufferRange{k.SendBuffer, k.ReceiveBuffer} {
 		if r.Min <= 0 || r.Min > r.Default || r.Default > r.Max {

@@ -27,6 +27,13 @@ func pipePair(tb testing.TB) (a, b *netstack.Stack) {
 	if err != nil {
 		tb.Fatal(err)
 	}
+	return pipePairWith(tb, k)
+}
+
+// pipePairWith is pipePair with both stacks' knobs given.
+func pipePairWith(tb testing.TB, k netstack.Knobs) (a, b *netstack.Stack) {
+	tb.Helper()
+	var err error
 	la, lb := netstack.Pipe()
 	a, err = netstack.New(la, netstack.WithAddress(addrA), netstack.WithKnobs(k))
 	if err != nil {

@@ -2,6 +2,7 @@ package netstack
 
 import (
 	"sync"
+	"time"
 
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/stack"
@@ -26,6 +27,7 @@ import (
 type directQDisc struct {
 	link   stack.LinkWriter
 	direct packetWriter // non-nil when link implements it
+	acks   *ackDelayer  // non-nil with Knobs.DelayedACKMicros > 0
 }
 
 // packetWriter is implemented by links that write one packet without
@@ -37,9 +39,12 @@ type packetWriter interface {
 
 var _ stack.QueueingDiscipline = (*directQDisc)(nil)
 
-func newDirectQDisc(link stack.LinkWriter) *directQDisc {
+func newDirectQDisc(link stack.LinkWriter, ackDelay time.Duration) *directQDisc {
 	q := &directQDisc{link: link}
 	q.direct, _ = link.(packetWriter)
+	if ackDelay > 0 {
+		q.acks = newAckDelayer(ackDelay, q.send)
+	}
 	return q
 }
 
@@ -51,6 +56,14 @@ var listPool = sync.Pool{New: func() any { return new(stack.PacketBufferList) }}
 // WritePacket implements stack.QueueingDiscipline. The caller (the NIC)
 // keeps its reference to pkt.
 func (q *directQDisc) WritePacket(pkt *stack.PacketBuffer) tcpip.Error {
+	if q.acks != nil {
+		return q.acks.writePacket(pkt)
+	}
+	return q.send(pkt)
+}
+
+// send hands pkt to the link.
+func (q *directQDisc) send(pkt *stack.PacketBuffer) tcpip.Error {
 	if q.direct != nil {
 		return q.direct.writePacket(pkt)
 	}
@@ -68,5 +81,9 @@ func (q *directQDisc) WritePacket(pkt *stack.PacketBuffer) tcpip.Error {
 	return err
 }
 
-// Close implements stack.QueueingDiscipline.
-func (*directQDisc) Close() {}
+// Close implements stack.QueueingDiscipline: held ACKs go out.
+func (q *directQDisc) Close() {
+	if q.acks != nil {
+		q.acks.close()
+	}
+}

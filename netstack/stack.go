@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"sync"
 	"syscall"
+	"time"
 
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
@@ -47,6 +48,7 @@ type Stack struct {
 	knobs Knobs
 	desc  string
 	log   *slog.Logger
+	qdisc *directQDisc
 
 	release   func() error // closes the link's fd, if any
 	closeOnce sync.Once
@@ -82,6 +84,19 @@ func New(opts ...Option) (*Stack, error) {
 	ep, desc, release, err := c.link.open(&c)
 	if err != nil {
 		return nil, err
+	}
+	if l, ok := ep.(*fdLink); ok {
+		// The inline link's reader is waited for after the stack's
+		// teardown, not during it (fdLink.Attach), and before its fd
+		// is closed.
+		closeFD := release
+		release = func() error {
+			l.waitStopped()
+			if closeFD != nil {
+				return closeFD()
+			}
+			return nil
+		}
 	}
 	if c.faults != nil {
 		if ep, err = c.faults.wrap(ep); err != nil {
@@ -137,7 +152,8 @@ func build(c *config, ep stack.LinkEndpoint) (*Stack, error) {
 	}
 	// directQDisc: gVisor's default qdisc, without its list allocation
 	// per packet (qdisc.go).
-	nicOpts := stack.NICOptions{Name: "eth0", QDisc: newDirectQDisc(ep)}
+	qd := newDirectQDisc(ep, time.Duration(c.knobs.DelayedACKMicros)*time.Microsecond)
+	nicOpts := stack.NICOptions{Name: "eth0", QDisc: qd}
 	if e := s.CreateNICWithOptions(nicID, ep, nicOpts); e != nil {
 		return fail("create NIC", e)
 	}
@@ -159,7 +175,8 @@ func build(c *config, ep stack.LinkEndpoint) (*Stack, error) {
 	}
 	s.SetRouteTable(routes)
 	return &Stack{
-		s: s, addr: c.addr, gw: c.gw, mac: c.mac, mtu: c.mtu, knobs: k, log: c.log,
+		qdisc: qd,
+		s:     s, addr: c.addr, gw: c.gw, mac: c.mac, mtu: c.mtu, knobs: k, log: c.log,
 	}, nil
 }
 
@@ -182,6 +199,16 @@ func (st *Stack) MTU() uint32 { return st.mtu }
 // when diagnosing a stall.
 func (st *Stack) Stats() tcpip.Stats { return st.s.Stats() }
 
+// DelayedACKStats reports the delayed-ACK filter's counters (all zero when
+// Knobs.DelayedACKMicros is 0). gVisor's own TCP and NIC counters count a
+// held ACK as sent; Saved is how many of those never left.
+func (st *Stack) DelayedACKStats() DelayedACKStats {
+	if st.qdisc == nil || st.qdisc.acks == nil {
+		return DelayedACKStats{}
+	}
+	return st.qdisc.acks.stats()
+}
+
 // Close aborts every connection, stops the NIC and closes the link's fd.
 // Later calls return ErrClosed.
 func (st *Stack) Close() error {
@@ -191,9 +218,10 @@ func (st *Stack) Close() error {
 		st.mu.Lock()
 		st.closed = true
 		st.mu.Unlock()
-		// Destroy aborts endpoints, removes the NIC (which stops and
-		// waits for the link's reader goroutines) and only then may the
-		// fd be closed.
+		// Destroy aborts endpoints and removes the NIC, which stops the
+		// link's reader goroutines; release waits for them (fdbased's
+		// inside Destroy, the inline link's there) and only then closes
+		// the fd.
 		st.s.Destroy()
 		if st.release != nil {
 			st.closeErr = st.release()
