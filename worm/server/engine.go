@@ -114,7 +114,13 @@ type Engine struct {
 	refused       uint64
 	refusedLogged time.Time
 	syncs         uint64
-	released      []pending // sync goroutine's scratch: replies being released
+
+	// syncMu serializes syncOnce: with inline syncs a request's own
+	// goroutine leads a sync while the sync loop may be kicked at the same
+	// time (a compaction, a kick left in the channel); both would release
+	// replies from released, which only the holder of syncMu may touch.
+	syncMu   sync.Mutex
+	released []pending // syncOnce's scratch: replies being released (syncMu)
 
 	kick chan struct{}
 	done chan struct{}
@@ -409,6 +415,8 @@ func (e *Engine) maybeCompactLocked() {
 }
 
 func (e *Engine) syncOnce() bool {
+	e.syncMu.Lock()
+	defer e.syncMu.Unlock()
 	e.mu.Lock()
 	if (len(e.waiting) == 0 && !e.syncWanted) || e.failed != nil {
 		e.syncing = false

@@ -558,3 +558,74 @@ func (c *countingReplier) total() int {
 	defer c.mu.Unlock()
 	return len(c.seen)
 }
+
+// overlapLog is a cheapLog whose Sync notices being run twice at once.
+type overlapLog struct {
+	cheapLog
+	in, overlaps atomic.Int64
+}
+
+func (l *overlapLog) Sync() (uint64, error) {
+	if l.in.Add(1) > 1 {
+		l.overlaps.Add(1)
+	}
+	time.Sleep(20 * time.Microsecond)
+	defer l.in.Add(-1)
+	return l.cheapLog.Sync()
+}
+
+// The sync loop, woken while a request's goroutine leads an inline sync
+// (by a compaction or a kick left in the channel), must wait for it: the
+// two used to run at once and release replies from one shared scratch
+// slice, which crashed wormd under load (index out of range in syncOnce).
+func TestInlineSyncAndSyncLoopDoNotOverlap(t *testing.T) {
+	log := &overlapLog{}
+	e := NewEngine(paxos.NewAcceptor(1024), log, nil, nil)
+	defer e.Close()
+	r := newCountingReplier(&log.cheapLog)
+	stop := make(chan struct{})
+	kicked := make(chan struct{})
+	go func() {
+		defer close(kicked)
+		for {
+			select {
+			case <-stop:
+				return
+			case e.kick <- struct{}{}:
+			default:
+			}
+			runtime.Gosched()
+		}
+	}()
+	var wg sync.WaitGroup
+	const workers, each = 8, 300
+	for w := 0; w < workers; w++ {
+		wg.Add(1)
+		go func(w int) {
+			defer wg.Done()
+			for i := 0; i < each; i++ {
+				off := uint32(w*each + i)
+				log.mu.Lock()
+				r.before.Store(uint64(off), log.end)
+				log.mu.Unlock()
+				e.Handle(&paxos.Request{Kind: paxos.KindAccept, Seg: uint64(1 + off/1024), Off: off % 1024, Values: [][]byte{{byte(i)}}}, r, uint64(off))
+			}
+		}(w)
+	}
+	wg.Wait()
+	close(stop)
+	<-kicked
+	deadline := time.Now().Add(5 * time.Second)
+	for r.total() < workers*each && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+	}
+	if n := log.overlaps.Load(); n != 0 {
+		t.Fatalf("%d syncs ran while another was running", n)
+	}
+	if got := r.total(); got != workers*each {
+		t.Fatalf("%d replies for %d requests", got, workers*each)
+	}
+	if r.early.Load() != 0 || r.dups.Load() != 0 {
+		t.Fatalf("%d early and %d duplicate replies", r.early.Load(), r.dups.Load())
+	}
+}
