@@ -46,9 +46,13 @@
 // continues in a later segment. Capture finishes any value that may
 // already be chosen, so a fill never overwrites a command.
 //
-// Proposing is the same code path for every Policy: commands queue; Pipeline
-// workers each take up to MaxBatch of them, encode one register value and
-// place it. Placement asks the policy for a slot (a register and a token),
+// Proposing is the same code path for every Policy: commands queue (a
+// slice under a mutex, no channel per command); Pipeline workers each take
+// a batch, encode one register value and place it. Batching is adaptive:
+// with no write in flight a command goes at once; with one in flight, the
+// next batch goes only when it is full (MaxBatch commands or MaxBatchBytes)
+// or when a write returns, so a batch holds what arrived during the
+// previous write and grows with the load. Placement asks the policy for a slot (a register and a token),
 // writes it, and on ErrPreempted or *WrittenError (someone else took the
 // register) learns what is there and places the batch again elsewhere.
 // ErrUnavailable is retried at the same slot (nothing happened, and
@@ -75,11 +79,17 @@
 //     the lead moves on demand to whichever replica is asked to propose:
 //     clients that stick to one replica keep one leader; clients spread
 //     over replicas make it move, each move costing a segment of no-ops.
-//   - Rotating (Mencius): replica r owns the log segments with
-//     (seg - LogBase) mod Replicas == r and writes commands only there,
-//     capturing each of its segments once. An owner whose learner sees the
-//     log continue past its segment fills the unused rest with no-ops at
-//     once (skip ahead); a dead owner's segment is captured and filled by
+//   - Rotating (Mencius): log position i belongs to replica i mod n
+//     (n = Replicas). Each replica's positions fill its own segments in
+//     order: the segments (seg - LogBase) mod n == r are r's, a group of
+//     n consecutive segments holds n*SegmentSize consecutive positions
+//     dealt out in turn (position g*n*size + k*n + r is register k of
+//     segment LogBase + g*n + r). An owner captures each of its segments
+//     once and writes commands at its next free position. An owner whose
+//     learner stands at one of its own empty positions while a later
+//     position is written skips: it fills its unused positions below that
+//     one with no-ops (one WriteBatch of a few registers of its segment),
+//     with no timer. A dead owner's positions are captured and filled by
 //     the other replicas' learners after HoleTimeout.
 //   - Leaderless: every batch is a Capture and a Write of the next free
 //     register. Two round trips, no leader, no fencing.

@@ -193,7 +193,10 @@ func (s *Store) exec(kind byte, key []byte, value, old string) (bool, string) {
 	switch kind {
 	case OpPut:
 		if p == nil {
-			s.m[string(key)] = &value
+			p = new(string) // only here: value itself does not escape
+			*p = value
+			s.m[string(key)] = p
+			return false, prev
 		} else {
 			*p = value
 		}
