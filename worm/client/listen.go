@@ -344,14 +344,19 @@ type rawResult struct {
 type rawCall struct {
 	mu      sync.Mutex
 	results []rawResult
-	n, need int
-	closed  bool
-	done    chan struct{}
+	// n counts results of either kind, answered only responses: a call
+	// is done when need servers answered, or when every server answered
+	// or failed. A failure never counts towards need (a listen with one
+	// server down used to return after one subscription and the
+	// failure, short of a quorum, instead of waiting for the third).
+	n, answered, need int
+	closed            bool
+	done              chan struct{}
 }
 
 func (r *rawCall) settle() {
 	r.n++
-	if !r.closed && (r.n >= r.need || r.n == len(r.results)) {
+	if !r.closed && (r.answered >= r.need || r.n == len(r.results)) {
 		r.closed = true
 		close(r.done)
 	}
@@ -362,6 +367,7 @@ func (r *rawCall) deliver(from int, _ uint64, resp *paxos.Response) {
 	defer r.mu.Unlock()
 	if r.results[from].resp == nil && r.results[from].err == nil {
 		r.results[from].resp = resp.Clone()
+		r.answered++
 		r.settle()
 	}
 }

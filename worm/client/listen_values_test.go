@@ -241,3 +241,47 @@ func TestListenBallotZeroSplit(t *testing.T) {
 		}
 	}
 }
+
+// With one server of three down, Listen subscribes at the two others and
+// learns chosen values: a failure must not count as one of the quorum's
+// answers (it did, and Listen returned "1 of 3 servers subscribed").
+func TestListenWithOneServerDown(t *testing.T) {
+	pc := newProcCluster(t, 3, 64, nil)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	c := pc.dial(t, "listener")
+	const seg = 5
+	if _, err := c.Alloc(ctx, seg, nil); err != nil {
+		t.Fatal(err)
+	}
+	pc.Stop(2)
+	for i := 0; i < 5; i++ {
+		lctx, lcancel := context.WithCancel(ctx)
+		ch, err := c.Listen(lctx, seg)
+		if err != nil {
+			t.Fatalf("listen %d with one server down: %v", i, err)
+		}
+		a := worm.Addr{Seg: seg, Off: uint32(i)}
+		settleValue(ctx, c, a, []byte("v"))
+		timeout := time.After(5 * time.Second)
+	wait:
+		for {
+			select {
+			case n := <-ch:
+				if n.Lost || !n.Chosen || n.Off != a.Off {
+					// The stopped server's connection going down, hints
+					// before a quorum, earlier registers replayed to a new
+					// subscriber.
+					continue
+				}
+				if string(n.Value) != "v" {
+					t.Fatalf("notification %+v, want %v chosen with v", n, a)
+				}
+				break wait
+			case <-timeout:
+				t.Fatalf("no notification for %v", a)
+			}
+		}
+		lcancel()
+	}
+}
