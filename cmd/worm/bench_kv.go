@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -27,7 +28,7 @@ import (
 
 func init() { benchApps["kv"] = cmdBenchKV }
 
-const benchKVUsage = `usage: worm bench kv [-policy sticky,rotating,leaderless] [-batch on,off] [-clients 1,16,64] [-local 3] [-volatile] [-quick] [-json FILE]
+const benchKVUsage = `usage: worm bench kv [-front inproc,tcp] [-policy sticky,rotating,leaderless] [-batch on,off] [-clients 1,16,64] [-local 3] [-volatile] [-quick] [-json FILE]
 
 Measures WormPaxos: closed-loop key-value clients (apps/wormpaxos/kv) put
 keys through three replicas of one replicated log in this process, each
@@ -38,11 +39,18 @@ is full or the write returns; up to 4 writes in flight) and unbatched (one comma
 at each client count. Sticky: every client proposes at replica 0 (the
 leader). Rotating and leaderless: client i proposes at replica i mod 3.
 A put returns once its command is applied at the proposing replica; the
-other replicas learn and apply the log meanwhile.`
+other replicas learn and apply the log meanwhile. -front inproc (the
+default): the clients call the replica directly (kv.NewClient over the
+*wormpaxos.Replica); -front tcp: each client has a loopback connection to
+its replica's kv.Serve front (still in this process, so the client side's
+CPU is counted too).`
 
 // KVBenchRow is one configuration.
 type KVBenchRow struct {
-	Policy  string       `json:"policy"`
+	Policy string `json:"policy"`
+	// Front: "inproc" (clients call the replica in this process) or
+	// "tcp" (clients reach the replica's kv.Serve front over loopback).
+	Front   string       `json:"front"`
 	Batched bool         `json:"batched"`
 	Result  bench.Result `json:"result"`
 	// Writes: registers written per second (a batch is one); Batch is the
@@ -73,6 +81,7 @@ func cmdBenchKV(args []string) error {
 	warmup := fs.Duration("warmup", time.Second, "unmeasured time before each measurement")
 	jsonOut := fs.String("json", "", "also write the report as JSON to this file")
 	profDir := fs.String("cpuprofile", "", "write a CPU profile of this process per run into this directory")
+	frontsF := fs.String("front", "inproc", "where clients submit: inproc (kv clients call the replica in this process) and/or tcp (kv clients over loopback TCP to each replica's kv.Serve front, also in this process)")
 	fs.Usage = func() { fmt.Fprintln(fs.Output(), benchKVUsage); fs.PrintDefaults() }
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -95,6 +104,15 @@ func cmdBenchKV(args []string) error {
 			return &exitError{code: exitFailure, msg: "-policy: " + err.Error()}
 		}
 		policies = append(policies, pol)
+	}
+	var fronts []string
+	for _, f := range strings.Split(*frontsF, ",") {
+		switch f = strings.TrimSpace(f); f {
+		case "inproc", "tcp":
+			fronts = append(fronts, f)
+		default:
+			return &exitError{code: exitFailure, msg: fmt.Sprintf("-front: %q (inproc, tcp)", f)}
+		}
 	}
 	var batches []bool
 	for _, b := range strings.Split(*batchF, ",") {
@@ -143,24 +161,26 @@ func cmdBenchKV(args []string) error {
 	}
 	report := KVBenchReport{Time: time.Now().UTC(), Volatile: *volatile, Wormds: lc.Servers(), Duration: *duration, Warmup: *warmup}
 	logBase := uint64(time.Now().UnixNano()/1000) << 12
-	for _, pol := range policies {
-		for _, batched := range batches {
-			for _, c := range counts {
-				name := fmt.Sprintf("%v-%s-c%d", pol, onOff(batched), c)
-				fmt.Fprintf(os.Stderr, "bench kv: %v, batch %s, %d client(s), %v ...\n", pol, onOff(batched), c, *duration)
-				stopProf, err := startProfile(*profDir, name+".pprof")
-				if err != nil {
-					return err
+	for _, front := range fronts {
+		for _, pol := range policies {
+			for _, batched := range batches {
+				for _, c := range counts {
+					name := fmt.Sprintf("%s-%v-%s-c%d", front, pol, onOff(batched), c)
+					fmt.Fprintf(os.Stderr, "bench kv: %s clients, %v, batch %s, %d client(s), %v ...\n", front, pol, onOff(batched), c, *duration)
+					stopProf, err := startProfile(*profDir, name+".pprof")
+					if err != nil {
+						return err
+					}
+					// Every run gets a log of its own.
+					logBase += 1 << 24
+					row, err := runKVPuts(ctx, spaces, front, pol, batched, c, logBase, *warmup, *duration, quiet)
+					stopProf()
+					if err != nil {
+						return fmt.Errorf("%s: %w", name, err)
+					}
+					fmt.Fprintf(os.Stderr, "bench kv:   %v (%.1f commands per register)\n", row.Result, row.MeanBatch)
+					report.Rows = append(report.Rows, row)
 				}
-				// Every run gets a log of its own.
-				logBase += 1 << 24
-				row, err := runKVPuts(ctx, spaces, pol, batched, c, logBase, *warmup, *duration, quiet)
-				stopProf()
-				if err != nil {
-					return fmt.Errorf("%s: %w", name, err)
-				}
-				fmt.Fprintf(os.Stderr, "bench kv:   %v (%.1f commands per register)\n", row.Result, row.MeanBatch)
-				report.Rows = append(report.Rows, row)
 			}
 		}
 	}
@@ -183,7 +203,7 @@ func onOff(b bool) string {
 
 // runKVPuts measures closed-loop puts through three replicas of a fresh
 // log at logBase.
-func runKVPuts(ctx context.Context, spaces []*client.Client, pol wormpaxos.Policy, batched bool, clients int, logBase uint64, warmup, duration time.Duration, logger *slog.Logger) (KVBenchRow, error) {
+func runKVPuts(ctx context.Context, spaces []*client.Client, front string, pol wormpaxos.Policy, batched bool, clients int, logBase uint64, warmup, duration time.Duration, logger *slog.Logger) (KVBenchRow, error) {
 	rctx, cancel := context.WithCancel(ctx)
 	var wg sync.WaitGroup
 	defer func() { cancel(); wg.Wait() }()
@@ -205,17 +225,43 @@ func runKVPuts(ctx context.Context, spaces []*client.Client, pol wormpaxos.Polic
 			}
 		})
 	}
+	// Client i proposes at replica 0 (Sticky) or i mod 3.
+	addrs := make([]string, len(reps))
+	if front == "tcp" {
+		for i, r := range reps {
+			ln, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				return KVBenchRow{}, err
+			}
+			wg.Go(func() { _ = kv.Serve(rctx, r, ln) })
+			addrs[i] = ln.Addr().String()
+		}
+	}
 	kvs := make([]*kv.Client, clients)
 	for i := range kvs {
-		rep := reps[0]
+		at := 0
 		if pol != wormpaxos.Sticky {
-			rep = reps[i%len(reps)]
+			at = i % len(reps)
 		}
-		kvs[i] = kv.NewClient(fmt.Sprintf("bench-%d-%d", logBase, i), rep)
+		if front == "tcp" {
+			// One connection per client, opened at its first put.
+			c, err := kv.Dial(rctx, &net.Dialer{}, addrs[at])
+			if err != nil {
+				return KVBenchRow{}, err
+			}
+			kvs[i] = c
+		} else {
+			kvs[i] = kv.NewClient(fmt.Sprintf("bench-%d-%d", logBase, i), reps[at])
+		}
 		// No timer per attempt: a timed-out attempt would be retried at
 		// the same (and only) replica anyway; bench.Loop bounds each put.
 		kvs[i].AttemptTimeout = 0
 	}
+	defer func() {
+		for _, c := range kvs {
+			c.Close()
+		}
+	}()
 	// One untimed put per proposing replica lets the policy set up (the
 	// leader's or the owners' first segments) before timing starts.
 	for i := range min(clients, len(reps)) {
@@ -236,7 +282,7 @@ func runKVPuts(ctx context.Context, spaces []*client.Client, pol wormpaxos.Polic
 	if err != nil {
 		return KVBenchRow{}, err
 	}
-	row := KVBenchRow{Policy: pol.String(), Batched: batched, Result: r}
+	row := KVBenchRow{Policy: pol.String(), Front: front, Batched: batched, Result: r}
 	// Registers written over the whole loop, warm-up included (the
 	// replicas count them, not the loop): their rate, and the commands
 	// per register at the measured put rate.
@@ -264,12 +310,12 @@ func printKVBench(w io.Writer, r KVBenchReport) {
 	if r.Volatile {
 		mode = "volatile (no fsync)"
 	}
-	fmt.Fprintf(w, "WormPaxos KV puts, 3 replicas in this process, %d wormds, %s; %v per run\n", len(r.Wormds), mode, r.Duration)
+	fmt.Fprintf(w, "WormPaxos KV puts, 3 replicas and the closed-loop clients in this process (front inproc: direct calls; tcp: over loopback to kv.Serve), %d wormds, %s; %v per run\n", len(r.Wormds), mode, r.Duration)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "policy\tbatch\tclients\tputs/s\tp50 µs\tp99 µs\tregisters/s\tcommands/register\terrors\t")
+	fmt.Fprintln(tw, "front\tpolicy\tbatch\tclients\tputs/s\tp50 µs\tp99 µs\tregisters/s\tcommands/register\terrors\t")
 	for _, row := range r.Rows {
 		x := row.Result
-		fmt.Fprintf(tw, "%s\t%s\t%d\t%.0f\t%s\t%s\t%.0f\t%.1f\t%d\t\n", row.Policy, onOff(row.Batched), x.Clients, x.OpsPerSec,
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%.0f\t%s\t%s\t%.0f\t%.1f\t%d\t\n", row.Front, row.Policy, onOff(row.Batched), x.Clients, x.OpsPerSec,
 			us(x.Latency.P50), us(x.Latency.P99), row.WritesPerSec, row.MeanBatch, x.Errors)
 	}
 	tw.Flush()
