@@ -136,6 +136,18 @@ func DefaultKnobs() Knobs {
 		// reply; Nagle plus delayed ACKs would add up to 40 ms per round
 		// trip.
 		Nagle: false,
+		// Delayed ACK off. It does what it promises on a bare echo (1 TCP
+		// segment per round trip instead of 2; Echo64 p50 on TAP 23/18/17
+		// vs 17/22/26 us, AF_PACKET 18/18/21 vs 26/19/20 us at 100 us,
+		// within noise), but wormd did not gain: in two alternating
+		// `worm compare -quick -configs host-kernel,host-netstack
+		// -netstack-knobs delayed_ack_us=0|200` rounds (load 5-10),
+		// write with 1 client went from 0.63x/1.59x and 0.64x/1.74x of the
+		// kernel (throughput/p50) to 0.48x/2.11x and 0.45x/2.21x, server
+		// CPU per op 148/163 to 225/195 us; with 16 clients 0.67x and
+		// 0.55x to 0.85x and 0.86x. Mixed at best; the timer's cost per
+		// held ACK is not repaid on wormd's path.
+		DelayedACKMicros: 0,
 		// Inline (this package's link, fdlink.go) for TAP and AF_PACKET:
 		// frames are read (recvmmsg on a socket, a burst per syscall) and
 		// delivered on the reading goroutine, with no allocation per frame.
