@@ -488,26 +488,8 @@ func TestInlineSyncsAnswerEveryRequestOnce(t *testing.T) {
 	e := NewEngine(paxos.NewAcceptor(1024), log, nil, nil)
 	defer e.Close()
 	r := newCountingReplier(log)
-	var wg sync.WaitGroup
 	const workers, each = 8, 200
-	for w := 0; w < workers; w++ {
-		wg.Add(1)
-		go func(w int) {
-			defer wg.Done()
-			for i := 0; i < each; i++ {
-				off := uint32(w*each + i)
-				log.mu.Lock()
-				r.before.Store(uint64(off), log.end)
-				log.mu.Unlock()
-				e.Handle(&paxos.Request{Kind: paxos.KindAccept, Seg: uint64(1 + off/1024), Off: off % 1024, Values: [][]byte{{byte(i)}}}, r, uint64(off))
-			}
-		}(w)
-	}
-	wg.Wait()
-	deadline := time.Now().Add(5 * time.Second)
-	for r.total() < workers*each && time.Now().Before(deadline) {
-		time.Sleep(time.Millisecond)
-	}
+	acceptFromMany(e, log, r, workers, each)
 	if got := r.total(); got != workers*each {
 		t.Fatalf("%d replies for %d requests", got, workers*each)
 	}
@@ -520,6 +502,29 @@ func TestInlineSyncsAnswerEveryRequestOnce(t *testing.T) {
 	log.mu.Lock()
 	t.Logf("%d requests, %d syncs", workers*each, log.syncs)
 	log.mu.Unlock()
+}
+
+// acceptFromMany has workers goroutines hand e each accepts of distinct
+// registers, noting for each the log's end before it (r.before), then
+// waits up to 5 s for the replies.
+func acceptFromMany(e *Engine, log *cheapLog, r *countingReplier, workers, each int) {
+	var wg sync.WaitGroup
+	for w := 0; w < workers; w++ {
+		wg.Go(func() {
+			for i := 0; i < each; i++ {
+				off := uint32(w*each + i)
+				log.mu.Lock()
+				r.before.Store(uint64(off), log.end)
+				log.mu.Unlock()
+				e.Handle(&paxos.Request{Kind: paxos.KindAccept, Seg: uint64(1 + off/1024), Off: off % 1024, Values: [][]byte{{byte(i)}}}, r, uint64(off))
+			}
+		})
+	}
+	wg.Wait()
+	deadline := time.Now().Add(5 * time.Second)
+	for r.total() < workers*each && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+	}
 }
 
 type countingReplier struct {
@@ -597,28 +602,10 @@ func TestInlineSyncAndSyncLoopDoNotOverlap(t *testing.T) {
 			runtime.Gosched()
 		}
 	}()
-	var wg sync.WaitGroup
 	const workers, each = 8, 300
-	for w := 0; w < workers; w++ {
-		wg.Add(1)
-		go func(w int) {
-			defer wg.Done()
-			for i := 0; i < each; i++ {
-				off := uint32(w*each + i)
-				log.mu.Lock()
-				r.before.Store(uint64(off), log.end)
-				log.mu.Unlock()
-				e.Handle(&paxos.Request{Kind: paxos.KindAccept, Seg: uint64(1 + off/1024), Off: off % 1024, Values: [][]byte{{byte(i)}}}, r, uint64(off))
-			}
-		}(w)
-	}
-	wg.Wait()
+	acceptFromMany(e, &log.cheapLog, r, workers, each)
 	close(stop)
 	<-kicked
-	deadline := time.Now().Add(5 * time.Second)
-	for r.total() < workers*each && time.Now().Before(deadline) {
-		time.Sleep(time.Millisecond)
-	}
 	if n := log.overlaps.Load(); n != 0 {
 		t.Fatalf("%d syncs ran while another was running", n)
 	}
