@@ -84,7 +84,16 @@ func (r *Replica) worker(ctx context.Context) {
 		}
 		live := r.live(batch)
 		if len(live) > 0 {
-			alive := func() bool { return len(r.live(live)) > 0 }
+			alive := func() bool {
+				r.mu.Lock()
+				defer r.mu.Unlock()
+				for _, q := range live {
+					if q.ctx.Err() == nil && !r.doneLocked(q.cmd) {
+						return true
+					}
+				}
+				return false
+			}
 			r.place(ctx, encodeRequests(live), alive)
 		}
 		clear(batch)
