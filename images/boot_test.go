@@ -136,7 +136,7 @@ func startQEMU(tb testing.TB, image, disk, params string) *vm {
 		"-nodefaults", "-no-user-config", "-display", "none", "-serial", "stdio", "-monitor", "none", "-no-reboot",
 		"-qmp", "unix:" + v.qmp + ",server=on,wait=off",
 		"-kernel", filepath.Join(image, "vmlinuz"), "-initrd", filepath.Join(image, "initramfs.cpio"),
-		"-append", "console=ttyS0 panic=-1 quiet cryptomgr.notests " + params,
+		"-append", "console=ttyS0 panic=-1 quiet cryptomgr.notests no_timer_check " + params,
 		"-netdev", fmt.Sprintf("user,id=n0,hostfwd=tcp:127.0.0.1:%d-10.0.2.15:7070", v.port),
 		"-device", "virtio-net-pci,netdev=n0",
 		"-device", "virtio-rng-pci",
@@ -412,7 +412,7 @@ func TestBootDebugShell(t *testing.T) {
 		t.Fatalf("shell exit did not power off\n%s", v.log())
 	}
 	log := v.log()
-	for _, want := range []string{"cryptomgr.notests worm.debug=1", "1: lo: <LOOPBACK>", "eth0"} {
+	for _, want := range []string{"cryptomgr.notests no_timer_check worm.debug=1", "1: lo: <LOOPBACK>", "eth0"} {
 		if !strings.Contains(log, want) {
 			t.Errorf("console lacks %q:\n%s", want, log)
 		}

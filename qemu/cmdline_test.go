@@ -68,7 +68,7 @@ func TestSpecArgsTAPNetstack(t *testing.T) {
 		}
 	}
 	app, _ := flagValue(args, "-append", "")
-	want := "console=ttyS0 panic=-1 quiet cryptomgr.notests worm.id=2 worm.addr=10.77.0.12/24 worm.stack=netstack worm.port=7070 worm.data=/dev/vda worm.volatile=1 worm.segsize=4096"
+	want := "console=ttyS0 panic=-1 quiet cryptomgr.notests no_timer_check worm.id=2 worm.addr=10.77.0.12/24 worm.stack=netstack worm.port=7070 worm.data=/dev/vda worm.volatile=1 worm.segsize=4096"
 	if app != want {
 		t.Errorf("append\n got %q\nwant %q", app, want)
 	}
