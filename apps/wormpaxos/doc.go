@@ -87,17 +87,10 @@
 //     segment LogBase + g*n + r). An owner captures each of its segments
 //     once and writes commands at its next free position. An owner whose
 //     learner stands at one of its own empty positions while a later
-//     position holds commands (a value not known to be a no-op) skips:
-//     it fills its unused positions below that one with no-ops (one
-//     WriteBatch of a few registers of its segment), with no timer. A
-//     dead owner's positions are captured and filled by the other
-//     replicas' learners after HoleTimeout: those below the evidence and
-//     64 more, so a dead owner stops the log once per 64 of its
-//     positions. The price of the interleaving: a lone active proposer's
-//     every command waits for the idle owners' skip (one more write
-//     round trip than Sticky). This layout differs from the one before
-//     it (segment i mod n wholly owned, in log order): a Rotating log
-//     written by an older version is not readable.
+//     position is written skips: it fills its unused positions below that
+//     one with no-ops (one WriteBatch of a few registers of its segment),
+//     with no timer. A dead owner's positions are captured and filled by
+//     the other replicas' learners after HoleTimeout.
 //   - Leaderless: every batch is a Capture and a Write of the next free
 //     register. Two round trips, no leader, no fencing.
 //

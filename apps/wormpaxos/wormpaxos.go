@@ -22,12 +22,10 @@ const (
 	// only into segments whose Alloc it won (the metadata names the
 	// leader), one Write per batch.
 	Sticky Policy = iota + 1
-	// Rotating: Mencius-style. Log position i belongs to replica
-	// i mod Replicas; replica r's positions fill the segments with
-	// (seg-LogBase) mod Replicas == r in order (see the package doc for
-	// the layout). An owner that sees a later position hold commands
-	// while its own are unused fills them with no-ops at once (skip); a
-	// dead owner's positions are captured and filled by the others after
+	// Rotating: Mencius-style. Replica r owns the log segments with
+	// (seg-LogBase) mod Replicas == r. An owner that sees the log move past
+	// its segment fills the rest of it with no-ops at once (skip ahead);
+	// a dead owner's segment is captured and filled by others after
 	// HoleTimeout.
 	Rotating
 	// Leaderless: every batch goes to the next free slot with a per-slot
