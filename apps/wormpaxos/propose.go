@@ -427,16 +427,11 @@ func (r *Replica) closeOwn(ctx context.Context, s, evidence uint64) (bool, error
 	return true, nil
 }
 
-// revokeAhead is how many of a silent owner's positions past the evidence
-// a hole filler takes (Rotating).
-const revokeAhead = 64
-
 // fillHole captures the segment of the empty position j, below which the
 // learner is stuck while evidence (one past a position known to exist)
 // says the log continues, and fills its holes with no-ops: up to the
 // highest written register, or the whole rest of the segment when the log
-// continues in a later segment (Rotating: the owner's positions below
-// the evidence and revokeAhead more).
+// continues in a later segment.
 func (r *Replica) fillHole(ctx context.Context, j, evidence uint64) error {
 	a := r.addr(j)
 	if _, err := r.space.Alloc(ctx, a.Seg, r.meta); err != nil {
@@ -453,13 +448,9 @@ func (r *Replica) fillHole(ctx context.Context, j, evidence uint64) error {
 	r.pmu.Unlock()
 	upto := max(r.learnCapture(a.Seg, sc), a.Off+1)
 	if r.interleaved() {
-		// Mencius revocation: an owner silent for HoleTimeout while the
-		// log went on loses its positions below the evidence and the next
-		// revokeAhead ones, so a dead owner stops the others once per
-		// revokeAhead of its positions, not at each; if it was only slow,
-		// its writes there are preempted and it re-captures its segment
-		// and goes on past them.
-		upto = max(upto, min(uint32(r.size), r.offsBelow(a.Seg, evidence)+revokeAhead))
+		// The owner's positions below the evidence (Mencius: a dead
+		// owner's slots are filled by the others).
+		upto = max(upto, r.offsBelow(a.Seg, evidence))
 	} else if evidence > r.endOfGroup(a.Seg) {
 		upto = uint32(r.size)
 	}

@@ -31,7 +31,6 @@ type Replica struct {
 	known    map[uint64][]byte   // chosen values at positions >= applied
 	inflight map[uint64]int      // positions this replica is writing
 	hint     uint64              // one past the highest position known written
-	cmdHint  uint64              // one past the highest position that may hold commands (not known a no-op)
 	progress chan struct{}       // closed and replaced whenever applied moves
 	snapAt   uint64              // position of the last snapshot taken or restored
 	snapping bool
@@ -323,9 +322,6 @@ func (r *Replica) learnedAt(pos uint64, v []byte) {
 		}
 	}
 	r.hint = max(r.hint, pos+1)
-	if !isNoop(v) {
-		r.cmdHint = max(r.cmdHint, pos+1)
-	}
 	r.mu.Unlock()
 	r.kick()
 }
@@ -334,10 +330,6 @@ func (r *Replica) learnedAt(pos uint64, v []byte) {
 func (r *Replica) noteWritten(pos uint64) {
 	r.mu.Lock()
 	r.hint = max(r.hint, pos+1)
-	// Not cmdHint: a distributed Space announces a register first as a
-	// hint and then, once a quorum reported it, with its value; a value
-	// too large to travel (a batch, never a no-op) is read by the
-	// learner's read-ahead, which then counts it.
 	r.mu.Unlock()
 	r.kick()
 }
@@ -683,13 +675,13 @@ func (r *Replica) learn(ctx context.Context, ls *listens, wg *sync.WaitGroup) er
 		j := r.applied
 		v, ok := r.known[j]
 		mine := r.inflight[j] > 0
-		hint, cmdHint := r.hint, r.cmdHint
+		hint := r.hint
 		r.mu.Unlock()
-		if !ok && !mine && cmdHint > j+1 && r.interleaved() && r.unusedOwn(j) {
+		if !ok && !mine && hint > j+1 && r.interleaved() && r.unusedOwn(j) {
 			// Mencius skip without reading first: j is ours and we never
 			// handed it out, so it is empty unless a filler took it (then
 			// the no-op fails there and the learner reads).
-			did, err := r.closeOwn(ctx, r.segOf(j), cmdHint)
+			did, err := r.closeOwn(ctx, r.segOf(j), hint)
 			if err != nil {
 				r.log.Debug("skip own positions", "pos", j, "err", err)
 			}
@@ -746,24 +738,18 @@ func (r *Replica) learn(ctx context.Context, ls *listens, wg *sync.WaitGroup) er
 			}
 			r.mu.Lock()
 			evidence := max(r.hint, probed)
-			skipTo := evidence
-			if r.interleaved() {
-				// Mencius skips in answer to proposals: no-ops that hole
-				// fillers wrote ahead do not make owners skip theirs.
-				skipTo = max(r.cmdHint, probed)
-			}
 			r.mu.Unlock()
 			s := r.segOf(j)
 			var beyond bool
 			if r.interleaved() {
 				// Mencius: a later position is proposed while this one,
 				// ours, is empty: skip our unused positions below it.
-				beyond = skipTo > j+1
+				beyond = evidence > j+1
 			} else {
 				beyond = evidence > r.endOfGroup(s)
 			}
 			if r.cfg.Policy == Rotating && r.owns(s) && beyond {
-				did, err := r.closeOwn(ctx, s, skipTo)
+				did, err := r.closeOwn(ctx, s, evidence)
 				if err != nil {
 					r.log.Debug("skip own positions", "seg", s, "err", err)
 				}

@@ -719,13 +719,11 @@ func testSnapshot(t *testing.T, open Open, p wormpaxos.Policy, o Options) {
 	ctx := h.ctx
 	c := kv.NewClient("s", h.nodes[0])
 	n := int(4*size) + 5
-	start := time.Now()
 	for j := range n {
 		if err := c.Put(ctx, fmt.Sprintf("k%d", j%7), strconv.Itoa(j)); err != nil {
 			t.Fatal(err)
 		}
 	}
-	t.Logf("%v: %d commands with replica 2 down in %v; replica stats %+v, %+v", p, n, time.Since(start), h.nodes[0].cur().Stats(), h.nodes[1].cur().Stats())
 	h.converge()
 	// The first log segment is trimmed once a snapshot covers it.
 	deadline := time.Now().Add(10 * time.Second)
