@@ -248,15 +248,6 @@ func (r *Replica) pos(seg uint64, off uint32) uint64 {
 
 func (r *Replica) segOf(pos uint64) uint64 { return r.addr(pos).Seg }
 
-// unusedOwn reports whether position pos lies in this replica's current
-// lease at or past the next register it would hand out.
-func (r *Replica) unusedOwn(pos uint64) bool {
-	a := r.addr(pos)
-	r.pmu.Lock()
-	defer r.pmu.Unlock()
-	return r.lease != nil && r.lease.seg == a.Seg && a.Off >= r.lease.next
-}
-
 // groupSegs is the number of segments whose positions interleave: the
 // replicas' under Rotating, otherwise 1.
 func (r *Replica) groupSegs() uint64 {
@@ -677,19 +668,6 @@ func (r *Replica) learn(ctx context.Context, ls *listens, wg *sync.WaitGroup) er
 		mine := r.inflight[j] > 0
 		hint := r.hint
 		r.mu.Unlock()
-		if !ok && !mine && hint > j+1 && r.interleaved() && r.unusedOwn(j) {
-			// Mencius skip without reading first: j is ours and we never
-			// handed it out, so it is empty unless a filler took it (then
-			// the no-op fails there and the learner reads).
-			did, err := r.closeOwn(ctx, r.segOf(j), hint)
-			if err != nil {
-				r.log.Debug("skip own positions", "pos", j, "err", err)
-			}
-			if did {
-				r.stats.skips.Add(1)
-				continue
-			}
-		}
 		if !ok && !mine && hint > j+1 && r.cfg.ReadAhead > 1 {
 			// Behind: fetch the next registers concurrently.
 			r.readAhead(ctx, j, min(hint, j+uint64(r.cfg.ReadAhead)))
