@@ -264,7 +264,7 @@ func (r *Replica) captureSlot(ctx context.Context) (slot, error) {
 // frontier that this replica may write commands into, filling holes on
 // the way, and installs it as the lease. Caller holds r.pmu.
 func (r *Replica) acquire(ctx context.Context) error {
-	s := r.groupStart(r.frontier())
+	s := r.segOf(r.frontier())
 	if r.lease != nil && r.lease.seg >= s {
 		s = r.lease.seg + 1
 	}
@@ -371,25 +371,19 @@ func (r *Replica) writeNoops(ctx context.Context, s uint64, from, to uint32, tok
 	return nil
 }
 
-// closeOwn (Rotating) skips ahead: another replica proposed position
-// evidence-1 while the owner's positions in its segment s below it are
-// unused, so the owner fills them with no-ops (Mencius's skip; with one
-// replica, the rest of the segment). It reports whether it wrote
-// anything.
-func (r *Replica) closeOwn(ctx context.Context, s, evidence uint64) (bool, error) {
-	upto := uint32(r.size)
-	if r.interleaved() {
-		upto = r.offsBelow(s, evidence)
-	}
+// closeOwn (Rotating) skips ahead: the log has moved past the owner's
+// segment s, so the owner fills its unused registers with no-ops. It
+// reports whether it wrote anything.
+func (r *Replica) closeOwn(ctx context.Context, s uint64) (bool, error) {
 	r.pmu.Lock()
 	defer r.pmu.Unlock()
 	if l := r.lease; l != nil && l.seg == s {
-		if l.next >= upto {
+		if uint64(l.next) >= r.size {
 			return false, nil // in-flight writes of ours; the timeout path covers failures
 		}
 		from := l.next
-		l.next = upto
-		if err := r.writeNoops(ctx, s, from, upto, l.tok); err != nil {
+		l.next = uint32(r.size)
+		if err := r.writeNoops(ctx, s, from, uint32(r.size), l.tok); err != nil {
 			r.lease = nil
 			return false, err
 		}
@@ -412,17 +406,9 @@ func (r *Replica) closeOwn(ctx context.Context, s, evidence uint64) (bool, error
 	if err != nil {
 		return false, err
 	}
-	hi := r.learnCapture(s, sc)
-	upto = max(upto, hi)
-	if err := r.fill(ctx, s, sc, 0, upto); err != nil {
+	r.learnCapture(s, sc)
+	if err := r.fill(ctx, s, sc, 0, uint32(r.size)); err != nil {
 		return false, err
-	}
-	if (r.lease == nil || r.lease.seg < s && uint64(r.lease.next) >= r.size) && uint64(upto) < r.size {
-		// Our segment, captured: keep it for our next commands.
-		r.leaseGen++
-		r.stats.leases.Add(1)
-		r.lease = &lease{seg: s, tok: sc.Token, next: upto, gen: r.leaseGen}
-		r.leased[s] = true
 	}
 	return true, nil
 }
@@ -447,11 +433,7 @@ func (r *Replica) fillHole(ctx context.Context, j, evidence uint64) error {
 	}
 	r.pmu.Unlock()
 	upto := max(r.learnCapture(a.Seg, sc), a.Off+1)
-	if r.interleaved() {
-		// The owner's positions below the evidence (Mencius: a dead
-		// owner's slots are filled by the others).
-		upto = max(upto, r.offsBelow(a.Seg, evidence))
-	} else if evidence > r.endOfGroup(a.Seg) {
+	if evidence > r.pos(a.Seg+1, 0) {
 		upto = uint32(r.size)
 	}
 	r.log.Debug("fill hole", "pos", j, "seg", a.Seg, "from", a.Off, "upto", upto)
