@@ -198,12 +198,7 @@ func (l *fdLink) SetOnCloseAction(f func()) {
 // WritePackets implements stack.LinkWriter (used when a wrapper such as
 // Faults sits between the qdisc and the link).
 func (l *fdLink) WritePackets(pkts stack.PacketBufferList) (int, tcpip.Error) {
-	for i, pkt := range pkts.AsSlice() {
-		if err := writeFrame(l.fd, pkt); err != nil {
-			return i, err
-		}
-	}
-	return pkts.Len(), nil
+	return writeFrames(l.fd, pkts)
 }
 
 func (l *fdLink) writePacket(pkt *stack.PacketBuffer) tcpip.Error { return writeFrame(l.fd, pkt) }

@@ -39,8 +39,14 @@ const maxWriteIovecs = 16
 // WritePackets implements stack.LinkWriter (used when something sits
 // between the qdisc and this link, such as the Faults wrapper).
 func (w *fdWriter) WritePackets(pkts stack.PacketBufferList) (int, tcpip.Error) {
+	return writeFrames(w.fd, pkts)
+}
+
+// writeFrames writes each packet of pkts with writeFrame, stopping at the
+// first error; it returns how many were written.
+func writeFrames(fd int, pkts stack.PacketBufferList) (int, tcpip.Error) {
 	for i, pkt := range pkts.AsSlice() {
-		if err := w.writePacket(pkt); err != nil {
+		if err := writeFrame(fd, pkt); err != nil {
 			return i, err
 		}
 	}
