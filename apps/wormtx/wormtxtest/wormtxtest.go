@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"runtime"
 	"slices"
 	"strconv"
 	"sync"
@@ -437,10 +438,9 @@ type cluster struct {
 	idx    map[string]int
 
 	// The running incarnations, for prepares sent directly.
-	mu      sync.Mutex
-	live    map[string]*incarnation
-	crashed map[string]bool // a HandlePrepare hit a crash point
-	co      *wormtx.Coordinator
+	mu   sync.Mutex
+	live map[string]*incarnation
+	co   *wormtx.Coordinator
 }
 
 // sendAck is the participants' ParticipantConfig.SendAck: the message
@@ -481,7 +481,6 @@ func (c *cluster) SendPrepare(_ context.Context, p string, t wormtx.Tx) error {
 		switch {
 		case errors.Is(err, wormtx.ErrCrashed):
 			c.mu.Lock()
-			c.crashed[p] = true
 			if c.live[p] == in {
 				delete(c.live, p)
 			}
@@ -495,13 +494,26 @@ func (c *cluster) SendPrepare(_ context.Context, p string, t wormtx.Tx) error {
 	return nil
 }
 
-// hasCrashed reports whether p's incarnation died at a crash point in
-// HandlePrepare.
-func (c *cluster) hasCrashed(p string) bool {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.crashed[p]
+// stacks returns every goroutine's stack, for a test that hangs.
+func stacks() []byte {
+	buf := make([]byte, 1<<20)
+	return buf[:runtime.Stack(buf, true)]
 }
+
+// crashSwitch is a participant's crash point that kills a whole
+// incarnation: once it has fired, every later check at that point says
+// crash (the incarnation may reach it from HandlePrepare and from Run's
+// rescan of its Resource, in either order) until revive, called before
+// the restart.
+type crashSwitch struct{ revived atomic.Bool }
+
+// at returns the ParticipantConfig.Crash function for point.
+func (s *crashSwitch) at(point wormtx.CrashPoint) func(wormtx.CrashPoint, wormtx.TxID) bool {
+	return func(p wormtx.CrashPoint, _ wormtx.TxID) bool { return p == point && !s.revived.Load() }
+}
+
+// revive lets the next incarnation pass the crash point.
+func (s *crashSwitch) revive() { s.revived.Store(true) }
 
 // directCoordinator is a coordinator in the direct mode: prepares go
 // straight to the cluster's participants.
@@ -520,7 +532,7 @@ func (e *env) cluster(parts []string, cfg func(name string) wormtx.ParticipantCo
 	dir, inbox := e.directory(parts...)
 	c := &cluster{e: e, dir: dir, rec: map[string]*Recorder{}, cfg: map[string]wormtx.ParticipantConfig{},
 		cancel: map[string]context.CancelFunc{}, done: map[string]chan error{}, idx: map[string]int{},
-		live: map[string]*incarnation{}, crashed: map[string]bool{}}
+		live: map[string]*incarnation{}}
 	for i, p := range parts {
 		c.idx[p] = i
 		pc := wormtx.ParticipantConfig{Policy: fast(e.recovery), AbandonAfter: 50 * time.Millisecond}
@@ -553,6 +565,9 @@ func (c *cluster) start(p string) {
 	c.mu.Unlock()
 	go func() {
 		err := part.Run(ctx, rec)
+		// Run's end is the incarnation's death: its HandlePrepare
+		// goroutines die with it.
+		cancel()
 		part.Close()
 		done <- err
 	}()
@@ -855,13 +870,11 @@ func testDirectCoordinatorCrashBeforeAwait(e *env) {
 
 func testDirectParticipantCrashRestart(e *env) {
 	parts := names(3)
-	var crashed atomic.Bool
+	var crash crashSwitch
 	cl := e.cluster(parts, func(name string) wormtx.ParticipantConfig {
 		pc := patient(name)
 		if name == "p2" {
-			pc.Crash = func(p wormtx.CrashPoint, _ wormtx.TxID) bool {
-				return p == wormtx.ParticipantAfterVote && crashed.CompareAndSwap(false, true)
-			}
+			pc.Crash = crash.at(wormtx.ParticipantAfterVote)
 		}
 		return pc
 	})
@@ -873,20 +886,21 @@ func testDirectParticipantCrashRestart(e *env) {
 	if err != nil || o != wormtx.Commit {
 		e.t.Fatalf("Await = %v, %v; want commit (p2 voted before crashing)", o, err)
 	}
-	for !cl.hasCrashed("p2") {
-		select {
-		case <-e.ctx.Done():
-			e.t.Fatal("p2 never reached its crash point")
-		case <-time.After(time.Millisecond):
-		}
+	// HandlePrepare or Run's rescan of the Resource (which may find the
+	// prepared transaction first) reaches the crash point; either ends
+	// the incarnation.
+	select {
+	case <-cl.done["p2"]:
+	case <-e.ctx.Done():
+		e.t.Fatalf("p2 never reached its crash point; goroutines:\n%s", stacks())
 	}
-	<-cl.done["p2"]
 	delete(cl.cancel, "p2")
 	if _, ok := cl.rec["p2"].Applied(tx.ID); ok {
 		e.t.Fatal("p2 applied before restarting")
 	}
 	// The restarted p2 finds the transaction in its Resource (its inbox
 	// never listed it) and applies it.
+	crash.revive()
 	cl.start("p2")
 	if o := cl.waitApplied(tx); o != wormtx.Commit {
 		e.t.Fatalf("applied %v", o)
@@ -1106,13 +1120,11 @@ func testSharedCoordinatorCrashBeforeAwait(e *env) {
 
 func testSharedParticipantCrashRestart(e *env) {
 	parts := names(3)
-	var crashed atomic.Bool
+	var crash crashSwitch
 	cl := e.cluster(parts, func(name string) wormtx.ParticipantConfig {
 		pc := patient(name)
 		if name == "p2" {
-			pc.Crash = func(p wormtx.CrashPoint, _ wormtx.TxID) bool {
-				return p == wormtx.ParticipantAfterVote && crashed.CompareAndSwap(false, true)
-			}
+			pc.Crash = crash.at(wormtx.ParticipantAfterVote)
 		}
 		return pc
 	})
@@ -1121,14 +1133,14 @@ func testSharedParticipantCrashRestart(e *env) {
 	if o, err := co.Await(e.ctx, tx.ID); err != nil || o != wormtx.Commit {
 		e.t.Fatalf("Await = %v, %v; want commit (p2 voted before crashing)", o, err)
 	}
-	for !cl.hasCrashed("p2") {
-		select {
-		case <-e.ctx.Done():
-			e.t.Fatal("p2 never reached its crash point")
-		case <-time.After(time.Millisecond):
-		}
+	// HandlePrepare or Run's rescan of the Resource (which may find the
+	// prepared transaction first) reaches the crash point; either ends
+	// the incarnation.
+	select {
+	case <-cl.done["p2"]:
+	case <-e.ctx.Done():
+		e.t.Fatalf("p2 never reached its crash point; goroutines:\n%s", stacks())
 	}
-	<-cl.done["p2"]
 	delete(cl.cancel, "p2")
 	if _, ok := cl.rec["p2"].Applied(tx.ID); ok {
 		e.t.Fatal("p2 applied before restarting")
@@ -1137,6 +1149,7 @@ func testSharedParticipantCrashRestart(e *env) {
 	// it; its ack (in the ack register: it acknowledges by message only
 	// from HandlePrepare) lets the coordinator trim once the segment is
 	// full.
+	crash.revive()
 	cl.start("p2")
 	if o := cl.waitApplied(tx); o != wormtx.Commit {
 		e.t.Fatalf("applied %v", o)
