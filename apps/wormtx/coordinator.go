@@ -129,6 +129,9 @@ type CoordinatorConfig struct {
 	// exceed MaxSharedSegment. Reserve is unused. See shared.go for what
 	// a coordinator crash leaves behind.
 	Shared bool
+	// Trace, when set, receives the coordinator's stages of each
+	// transaction (StageBegin, StagePrepareSent, StageOutcome).
+	Trace TraceFunc
 	// Logger; nil means slog.Default().
 	Logger *slog.Logger
 }
@@ -193,6 +196,18 @@ func (c *Coordinator) crash(p CrashPoint, n int) bool {
 // once ctx ends. A Begin that fails after allocating leaves a transaction
 // that anyone can resolve (to abort, since not every participant was told).
 func (c *Coordinator) Begin(ctx context.Context, participants []string, payload []byte) (TxID, error) {
+	if c.cfg.Trace == nil {
+		return c.begin(ctx, participants, payload)
+	}
+	t0 := time.Now()
+	id, err := c.begin(ctx, participants, payload)
+	if id != 0 {
+		c.cfg.Trace(id, StageBegin, t0)
+	}
+	return id, err
+}
+
+func (c *Coordinator) begin(ctx context.Context, participants []string, payload []byte) (TxID, error) {
 	d := Descriptor{Participants: append([]string(nil), participants...), Payload: bytes.Clone(payload)}
 	size := c.sp.SegmentSize()
 	switch {
@@ -272,6 +287,7 @@ func (c *Coordinator) Begin(ctx context.Context, participants []string, payload 
 		wg.Go(func() { errs[i] = postTo(ctx, c.sp, c.cfg.Directory, &c.cur, p, t, claims[i]) })
 	}
 	wg.Wait()
+	c.cfg.Trace.emit(id, StagePrepareSent)
 	return id, errors.Join(errs...)
 }
 
@@ -305,6 +321,14 @@ func (c *Coordinator) alloc(ctx context.Context, meta []byte) (TxID, error) {
 // acknowledged (bounded by AckTimeout; Close waits for it). Errors: as
 // (Tx).Resolve; ErrCrashed.
 func (c *Coordinator) Await(ctx context.Context, id TxID) (Outcome, error) {
+	o, err := c.await(ctx, id)
+	if err == nil {
+		c.cfg.Trace.emit(id, StageOutcome)
+	}
+	return o, err
+}
+
+func (c *Coordinator) await(ctx context.Context, id TxID) (Outcome, error) {
 	c.mu.Lock()
 	t, ok := c.txs[id]
 	w := c.watches[id]

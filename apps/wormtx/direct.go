@@ -268,7 +268,9 @@ func (c *Coordinator) beginDirect(ctx context.Context, d Descriptor) (TxID, erro
 	if c.crash(CoordinatorAfterAlloc, 0) {
 		return t.ID, ErrCrashed
 	}
-	return t.ID, c.sendPrepares(ctx, t)
+	err = c.sendPrepares(ctx, t)
+	c.cfg.Trace.emit(t.ID, StagePrepareSent)
+	return t.ID, err
 }
 
 // awaitDirect resolves a transaction begun by beginDirect from the
@@ -384,6 +386,7 @@ func (p *Participant) HandlePrepare(ctx context.Context, t Tx, res Recoverable) 
 	if h, ok := p.sp.(allocHinter); ok {
 		h.AssumeAllocated(uint64(t.ID))
 	}
+	p.cfg.Trace.emit(t.ID, StagePrepareStart)
 	lctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	ready := listenAsync(lctx, p.sp, uint64(t.ID))
@@ -391,6 +394,7 @@ func (p *Participant) HandlePrepare(ctx context.Context, t Tx, res Recoverable) 
 	if err != nil {
 		return Pending, fmt.Errorf("wormtx: %v: prepare: %w", t.ID, err)
 	}
+	p.cfg.Trace.emit(t.ID, StagePrepared)
 	if p.cfg.Crash != nil && p.cfg.Crash(ParticipantBeforeVote, t.ID) {
 		return Pending, ErrCrashed
 	}
@@ -398,6 +402,7 @@ func (p *Participant) HandlePrepare(ctx context.Context, t Tx, res Recoverable) 
 	if err != nil {
 		return Pending, err
 	}
+	p.cfg.Trace.emit(t.ID, StageVoted)
 	p.log.Debug("wormtx: voted", "tx", t.ID, "yes", yes, "chosen", v)
 	if p.cfg.Crash != nil && p.cfg.Crash(ParticipantAfterVote, t.ID) {
 		return Pending, ErrCrashed
@@ -421,9 +426,11 @@ func (p *Participant) HandlePrepare(ctx context.Context, t Tx, res Recoverable) 
 	if err != nil {
 		return Pending, err
 	}
+	p.cfg.Trace.emit(t.ID, StageOutcome)
 	if err := res.Apply(ctx, t.ID, o); err != nil {
 		return o, fmt.Errorf("wormtx: %v: apply %v: %w", t.ID, o, err)
 	}
+	p.cfg.Trace.emit(t.ID, StageApplied)
 	acked := false
 	if p.cfg.SendAck != nil {
 		if err := p.cfg.SendAck(ctx, t, o); err == nil {

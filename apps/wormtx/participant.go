@@ -34,6 +34,9 @@ type ParticipantConfig struct {
 	// (the coordinator died), the participant writes its ack register
 	// and collects as Ack does. An error falls back on the register.
 	SendAck func(ctx context.Context, t Tx, o Outcome) error
+	// Trace, when set, receives the participant's stages of each
+	// transaction (StagePrepareStart through StageApplied).
+	Trace TraceFunc
 	// Crash, when set, is asked at each participant crash point; true
 	// makes Handle stop there with ErrCrashed, and Run return ErrCrashed
 	// (the whole process dies). For demonstrations and tests.
@@ -226,6 +229,7 @@ func (p *Participant) handle(ctx context.Context, t Tx, res Resource, fresh bool
 	if err != nil {
 		return Pending, err
 	}
+	p.cfg.Trace.emit(t.ID, StagePrepareStart)
 	var mine []byte
 	if !fresh {
 		// Acked already, or collected: done before (this is a rescan).
@@ -251,6 +255,7 @@ func (p *Participant) handle(ctx context.Context, t Tx, res Resource, fresh bool
 		if err != nil {
 			return Pending, fmt.Errorf("wormtx: %v: prepare: %w", t.ID, err)
 		}
+		p.cfg.Trace.emit(t.ID, StagePrepared)
 		if p.cfg.Crash != nil && p.cfg.Crash(ParticipantBeforeVote, t.ID) {
 			return Pending, ErrCrashed
 		}
@@ -258,6 +263,7 @@ func (p *Participant) handle(ctx context.Context, t Tx, res Resource, fresh bool
 		if err != nil {
 			return Pending, err
 		}
+		p.cfg.Trace.emit(t.ID, StageVoted)
 		p.log.Debug("wormtx: voted", "tx", t.ID, "yes", yes, "chosen", v)
 		if p.cfg.Crash != nil && p.cfg.Crash(ParticipantAfterVote, t.ID) {
 			return Pending, ErrCrashed
@@ -267,9 +273,11 @@ func (p *Participant) handle(ctx context.Context, t Tx, res Resource, fresh bool
 	if err != nil {
 		return Pending, err
 	}
+	p.cfg.Trace.emit(t.ID, StageOutcome)
 	if err := res.Apply(ctx, t.ID, o); err != nil {
 		return o, fmt.Errorf("wormtx: %v: apply %v: %w", t.ID, o, err)
 	}
+	p.cfg.Trace.emit(t.ID, StageApplied)
 	if err := p.Ack(ctx, t, o); err != nil {
 		return o, err
 	}

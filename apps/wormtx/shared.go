@@ -250,6 +250,7 @@ func (c *Coordinator) beginShared(ctx context.Context, d Descriptor) (TxID, erro
 		return t.ID, ErrCrashed
 	}
 	err = c.sendPrepares(ctx, t)
+	c.cfg.Trace.emit(t.ID, StagePrepareSent)
 	c.addDesc(s, t)
 	return t.ID, err
 }
@@ -529,6 +530,7 @@ func (p *Participant) handlePrepareShared(ctx context.Context, t Tx, res Recover
 	if h, ok := p.sp.(allocHinter); ok {
 		h.AssumeAllocated(t.segment())
 	}
+	p.cfg.Trace.emit(t.ID, StagePrepareStart)
 	b := t.ID.slotOff()
 	l, sub := p.listeners.subscribe(p.sp, t.segment(), b, b+SlotWidth(t.n())-1)
 	defer l.unsubscribe(sub)
@@ -536,6 +538,7 @@ func (p *Participant) handlePrepareShared(ctx context.Context, t Tx, res Recover
 	if err != nil {
 		return Pending, fmt.Errorf("wormtx: %v: prepare: %w", t.ID, err)
 	}
+	p.cfg.Trace.emit(t.ID, StagePrepared)
 	if p.cfg.Crash != nil && p.cfg.Crash(ParticipantBeforeVote, t.ID) {
 		return Pending, ErrCrashed
 	}
@@ -543,6 +546,7 @@ func (p *Participant) handlePrepareShared(ctx context.Context, t Tx, res Recover
 	if err != nil {
 		return Pending, err
 	}
+	p.cfg.Trace.emit(t.ID, StageVoted)
 	p.log.Debug("wormtx: voted", "tx", t.ID, "yes", yes, "chosen", v)
 	if p.cfg.Crash != nil && p.cfg.Crash(ParticipantAfterVote, t.ID) {
 		return Pending, ErrCrashed
@@ -568,9 +572,11 @@ func (p *Participant) handlePrepareShared(ctx context.Context, t Tx, res Recover
 	if err != nil {
 		return Pending, err
 	}
+	p.cfg.Trace.emit(t.ID, StageOutcome)
 	if err := res.Apply(ctx, t.ID, o); err != nil {
 		return o, fmt.Errorf("wormtx: %v: apply %v: %w", t.ID, o, err)
 	}
+	p.cfg.Trace.emit(t.ID, StageApplied)
 	acked := false
 	if p.cfg.SendAck != nil {
 		if err := p.cfg.SendAck(ctx, t, o); err == nil {
