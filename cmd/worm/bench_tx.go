@@ -19,6 +19,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/wormspace/wormspace/apps/wormtx"
 	"github.com/wormspace/wormspace/apps/wormtx/twopc"
 	"github.com/wormspace/wormspace/apps/wormtx/txbench"
 	"github.com/wormspace/wormspace/worm"
@@ -85,6 +86,7 @@ func cmdBenchTx(args []string) error {
 	clientsF := fs.String("clients", "1,4,16", "closed-loop client counts to sweep")
 	local := fs.Int("local", 3, "wormds to start on loopback for the run")
 	volatile := fs.Bool("volatile", false, "no fsync anywhere: wormds, 2PC's decision log, the participants' vote logs")
+	stages := fs.Bool("stages", false, "also time each stage of both protocols' transactions (prepare sent, prepare start, prepared, voted, outcome, applied; first and last participant) and print where the latency goes")
 	quick := fs.Bool("quick", false, "short runs (1s, 200ms warm-up)")
 	duration := fs.Duration("duration", 5*time.Second, "measured time per protocol and client count")
 	warmup := fs.Duration("warmup", time.Second, "unmeasured time before each measurement")
@@ -153,13 +155,13 @@ func cmdBenchTx(args []string) error {
 	defer net.Close()
 	segBase := txbench.NewSegBase()
 	stopParts, err := startTxParticipants(ctx, net, txParticipantsArgs{participants: *parts, servers: lc.Servers(), keyFile: lc.KeyFile,
-		dir: filepath.Join(dir, "participants"), volatile: *volatile, segBase: segBase, profile: participantsProfile(*profDir)})
+		dir: filepath.Join(dir, "participants"), volatile: *volatile, segBase: segBase, profile: participantsProfile(*profDir), stages: *stages})
 	if err != nil {
 		return err
 	}
 	defer stopParts()
 	h, err := txbench.Start(ctx, txbench.Config{Participants: *parts, Net: net, Dial: dial, Dir: filepath.Join(dir, "coordinators"),
-		Volatile: *volatile, SegBase: segBase, Logger: quiet})
+		Volatile: *volatile, SegBase: segBase, Stages: *stages, Logger: quiet})
 	if err != nil {
 		return err
 	}
@@ -264,6 +266,9 @@ func printTxBench(w io.Writer, r TxBenchReport) {
 			}
 		}
 	}
+	for _, row := range r.Rows {
+		printTxStages(w, row)
+	}
 	if b := r.Blocking; b != nil {
 		fmt.Fprintf(w, "coordinator crash after the prepares:\n")
 		fmt.Fprintf(w, "  2pc:    %d of %d participants in doubt after %v (voted yes, resources held); they learned %v %v after their coordinator came back on its log\n",
@@ -282,6 +287,7 @@ type txParticipantsArgs struct {
 	dir          string
 	volatile     bool
 	segBase      uint64
+	stages       bool
 }
 
 // startTxParticipants starts `worm bench tx-participants` as a child
@@ -298,6 +304,9 @@ func startTxParticipants(ctx context.Context, net *twopc.Network, a txParticipan
 	}
 	if a.volatile {
 		args = append(args, "-volatile")
+	}
+	if a.stages {
+		args = append(args, "-stages")
 	}
 	if a.profile != "" {
 		args = append(args, "-cpuprofile", a.profile)
@@ -346,6 +355,7 @@ func cmdBenchTxParticipants(args []string) error {
 	keyFile := fs.String("key-file", "", "cluster key file")
 	dir := fs.String("dir", "", "directory of the vote logs")
 	volatile := fs.Bool("volatile", false, "do not sync the vote logs")
+	stages := fs.Bool("stages", false, "send each participant's stage times with its reports")
 	segBase := fs.Uint64("segbase", 0, "the harness's first segment")
 	prof := fs.String("cpuprofile", "", "write a CPU profile of this process into this file")
 	if err := fs.Parse(args); err != nil {
@@ -385,7 +395,7 @@ func cmdBenchTxParticipants(args []string) error {
 		return client.Dial(dctx, client.Config{Servers: strings.Split(*servers, ","), Key: key, ID: "bench-tx-" + id, Logger: quiet})
 	}
 	err = txbench.ServeParticipants(ctx, txbench.ParticipantsConfig{Participants: *parts, Net: net, Dial: dial, Dir: *dir,
-		Volatile: *volatile, SegBase: *segBase, Logger: quiet}, func(err error) {
+		Volatile: *volatile, SegBase: *segBase, Stages: *stages, Logger: quiet}, func(err error) {
 		if err == nil {
 			fmt.Println("ready")
 		}
@@ -429,4 +439,44 @@ func wormdsAlive(lc *localcluster.Cluster) error {
 		return fmt.Errorf("wormd %d died during the run: %s", i+1, why)
 	}
 	return nil
+}
+
+// printTxStages prints where the latency of row's transactions goes
+// (bench tx -stages): each stage's median from Begin, per protocol.
+func printTxStages(w io.Writer, row TxBenchRow) {
+	if len(row.WormTX.Stages) == 0 && len(row.TwoPC.Stages) == 0 {
+		return
+	}
+	fmt.Fprintf(w, "stages at %d client(s): median µs from Begin (coordinator, or first / last participant)\n", row.Clients)
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "  stage\twormtx\t2pc\t")
+	cell := func(st []txbench.StageStat, stage wormtx.Stage) string {
+		var coord, first, last string
+		for _, x := range st {
+			if x.Stage != stage.String() {
+				continue
+			}
+			switch x.Who {
+			case "coordinator":
+				coord = us(x.Latency.P50)
+			case "first":
+				first = us(x.Latency.P50)
+			case "last":
+				last = us(x.Latency.P50)
+			}
+		}
+		switch {
+		case first != "" && coord != "":
+			return fmt.Sprintf("%s; %s / %s", coord, first, last)
+		case first != "":
+			return first + " / " + last
+		case coord != "":
+			return coord
+		}
+		return "-"
+	}
+	for _, s := range wormtx.Stages[1:] {
+		fmt.Fprintf(tw, "  %s\t%s\t%s\t\n", s, cell(row.WormTX.Stages, s), cell(row.TwoPC.Stages, s))
+	}
+	tw.Flush()
 }

@@ -53,6 +53,10 @@ type CoordinatorConfig struct {
 	// Crash, when set, is asked at each crash point; true crashes the
 	// coordinator (its node goes down, it stops deciding).
 	Crash func(p CrashPoint, votes int) bool
+	// Trace, when set, receives the coordinator's stages of each
+	// transaction: wormtx.StageBegin, StagePrepareSent, and StageOutcome
+	// once the decision is forced to the log.
+	Trace wormtx.TraceFunc
 	// Logger; nil means slog.Default().
 	Logger *slog.Logger
 }
@@ -113,6 +117,7 @@ func (c *Coordinator) Begin(ctx context.Context, participants []string, payload 
 		return 0, fmt.Errorf("%w: no participants", wormtx.ErrInvalid)
 	}
 	id := wormtx.TxID(c.next.Add(1) - 1)
+	trace(c.cfg.Trace, id, wormtx.StageBegin)
 	d := wormtx.Descriptor{Participants: append([]string(nil), participants...), Payload: bytes.Clone(payload)}
 	t := &coordTx{desc: d, votes: map[string]bool{}, done: make(chan struct{})}
 	c.mu.Lock()
@@ -129,6 +134,7 @@ func (c *Coordinator) Begin(ctx context.Context, participants []string, payload 
 	for _, p := range d.Participants {
 		c.net.send(p, Message{Kind: MsgPrepare, From: c.cfg.Name, Tx: id, Desc: d})
 	}
+	trace(c.cfg.Trace, id, wormtx.StagePrepareSent)
 	if crash {
 		c.crash()
 		return id, ErrCrashed
@@ -229,6 +235,7 @@ func (c *Coordinator) decide(ctx context.Context, id wormtx.TxID, t *coordTx, o 
 		c.cfg.Logger.Error("twopc: log write failed", "tx", id, "err", err)
 		return
 	}
+	trace(c.cfg.Trace, id, wormtx.StageOutcome)
 	c.mu.Lock()
 	t.outcome = o
 	c.mu.Unlock()
@@ -297,6 +304,18 @@ type ParticipantConfig struct {
 	QueryEvery time.Duration
 	// Crash, when set, is asked at ParticipantBeforeVote.
 	Crash func(p CrashPoint, tx wormtx.TxID) bool
+	// Trace, when set, receives the participant's stages of each
+	// transaction: wormtx.StagePrepareStart, StagePrepared, StageVoted
+	// (the vote sent), StageOutcome (the decision received) and
+	// StageApplied.
+	Trace wormtx.TraceFunc
+}
+
+// trace reports stage s of tx to f, when set.
+func trace(f wormtx.TraceFunc, tx wormtx.TxID, s wormtx.Stage) {
+	if f != nil {
+		f(tx, s, time.Now())
+	}
 }
 
 // Participant is a 2PC participant: on prepare it prepares its Resource
@@ -360,10 +379,12 @@ func (p *Participant) Run(ctx context.Context) error {
 // prepare prepares the Resource and sends the vote; a crash point there
 // crashes the participant (cancel with ErrCrashed ends Run).
 func (p *Participant) prepare(ctx context.Context, crash context.CancelCauseFunc, m Message) {
+	trace(p.cfg.Trace, m.Tx, wormtx.StagePrepareStart)
 	yes, err := p.res.Prepare(ctx, m.Tx, m.Desc)
 	if err != nil {
 		yes = false
 	}
+	trace(p.cfg.Trace, m.Tx, wormtx.StagePrepared)
 	if ctx.Err() != nil {
 		return
 	}
@@ -380,6 +401,7 @@ func (p *Participant) prepare(ctx context.Context, crash context.CancelCauseFunc
 		p.mu.Unlock()
 	}
 	p.net.send(m.From, Message{Kind: MsgVote, From: p.cfg.Name, Tx: m.Tx, Yes: yes})
+	trace(p.cfg.Trace, m.Tx, wormtx.StageVoted)
 	if !yes {
 		p.apply(ctx, m.Tx, wormtx.Abort)
 	}
@@ -392,9 +414,11 @@ func (p *Participant) apply(ctx context.Context, tx wormtx.TxID, o wormtx.Outcom
 		return
 	}
 	p.mu.Unlock()
+	trace(p.cfg.Trace, tx, wormtx.StageOutcome)
 	if err := p.res.Apply(ctx, tx, o); err != nil {
 		return
 	}
+	trace(p.cfg.Trace, tx, wormtx.StageApplied)
 	p.mu.Lock()
 	delete(p.coord, tx)
 	p.outcome[tx] = o

@@ -29,6 +29,9 @@ type ParticipantsConfig struct {
 	Volatile bool
 	// SegBase: as the harness's Config (the inboxes' layout).
 	SegBase uint64
+	// Stages: as the harness's Config (each report carries the
+	// participant's stage times).
+	Stages bool
 	// Logger; default: discard.
 	Logger *slog.Logger
 }
@@ -73,8 +76,33 @@ func ServeParticipants(ctx context.Context, cfg ParticipantsConfig, ready func(e
 	}()
 	names := participantNames(cfg.Participants)
 	dir := directory(cfg.SegBase, names)
+	var stages *stageRecorder
+	trace := func(Protocol, string) wormtx.TraceFunc { return nil }
+	if cfg.Stages {
+		stages = newStageRecorder()
+		trace = func(p Protocol, name string) wormtx.TraceFunc {
+			h := stages.hook(p, name)
+			return func(tx wormtx.TxID, s wormtx.Stage, at time.Time) {
+				// Applied is stamped by the report, which is sent
+				// before the hook's call: kept, it would never be
+				// taken.
+				if s != wormtx.StageApplied {
+					h(tx, s, at)
+				}
+			}
+		}
+	}
 	report := func(p Protocol, name string, tx wormtx.TxID, o wormtx.Outcome) {
-		cfg.Net.Send(benchNode, twopc.Message{Kind: msgApplied, From: name, Tx: tx, Outcome: o, Yes: p == WormTX})
+		m := twopc.Message{Kind: msgApplied, From: name, Tx: tx, Outcome: o, Yes: p == WormTX}
+		if stages != nil {
+			// The report goes as the Resource applies: that is the
+			// applied stage (the Trace hook's comes after it).
+			st := append(stages.take(p, name, tx), stamp{wormtx.StageApplied, time.Now().UnixMicro()})
+			// In the descriptor, which travels only with
+			// participants named.
+			m.Desc = wormtx.Descriptor{Participants: []string{name}, Payload: appendStamps(nil, st)}
+		}
+		cfg.Net.Send(benchNode, m)
 	}
 	errs := make(chan error, 2*len(names))
 	run := func(f func() error) {
@@ -103,6 +131,7 @@ func ServeParticipants(ctx context.Context, cfg ParticipantsConfig, ready func(e
 		pol := wormPolicy
 		pol.Notify, pol.Logger = dir, cfg.Logger
 		p := wormtx.NewParticipant(sp, name, wormtx.ParticipantConfig{Inbox: inbox(cfg.SegBase, i), Policy: pol, Logger: cfg.Logger,
+			Trace: trace(WormTX, name),
 			// The coordinator collects in the fault-free case; each
 			// participant keeps a deferred check per transaction for
 			// this long, in memory, so a long run at thousands of
@@ -129,7 +158,7 @@ func ServeParticipants(ctx context.Context, cfg ParticipantsConfig, ready func(e
 				}()
 			})
 		})
-		pp := twopc.NewParticipant(cfg.Net, pres, twopc.ParticipantConfig{Name: name})
+		pp := twopc.NewParticipant(cfg.Net, pres, twopc.ParticipantConfig{Name: name, Trace: trace(TwoPC, name)})
 		run(func() error { return pp.Run(ctx) })
 	}
 	ready(nil)

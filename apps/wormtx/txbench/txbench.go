@@ -96,6 +96,10 @@ type Config struct {
 	// the participants' process must be given the same. Default: derived
 	// from the clock (only when the participants run here).
 	SegBase uint64
+	// Stages times each stage of both protocols' transactions (see
+	// stages.go): Result.Stages. The participants' process must be
+	// given the same.
+	Stages bool
 	// Logger; default: discard.
 	Logger *slog.Logger
 }
@@ -107,6 +111,9 @@ type Result struct {
 	// it applied the transaction, for the transactions begun in the
 	// measured window.
 	Applied bench.Latency `json:"applied"`
+	// Stages: with Config.Stages, each stage's latency from Begin, for
+	// the transactions begun in the measured window.
+	Stages []StageStat `json:"stages,omitempty"`
 }
 
 // Harness is the running setup of both protocols' coordinators.
@@ -129,6 +136,11 @@ type Harness struct {
 	reported map[txKey][]wormtx.Outcome
 	applied  []sample
 	changed  chan struct{} // closed and replaced on every report
+
+	// With Config.Stages: the coordinators' stages, and the
+	// participants' from their reports (under mu).
+	coordStages *stageRecorder
+	partStages  map[txKey]map[string][]stamp
 }
 
 type txKey struct {
@@ -188,7 +200,7 @@ func Start(ctx context.Context, cfg Config) (*Harness, error) {
 	h.wg.Go(func() { _ = h.net.Serve(h.ctx, benchNode, h.report) })
 	if h.ownNet {
 		pcfg := ParticipantsConfig{Participants: cfg.Participants, Net: h.net, Dial: cfg.Dial, Dir: filepath.Join(cfg.Dir, "participants"),
-			Volatile: cfg.Volatile, SegBase: cfg.SegBase, Logger: cfg.Logger}
+			Volatile: cfg.Volatile, SegBase: cfg.SegBase, Stages: cfg.Stages, Logger: cfg.Logger}
 		ready := make(chan error, 1)
 		h.wg.Go(func() { _ = ServeParticipants(h.ctx, pcfg, func(err error) { ready <- err }) })
 		if err := <-ready; err != nil {
@@ -243,8 +255,14 @@ func (h *Harness) startCoordinators(ctx context.Context) error {
 	h.spaces = append(h.spaces, sp)
 	pol := wormPolicy
 	pol.Logger = h.cfg.Logger
+	var wtrace, ptrace wormtx.TraceFunc
+	if h.cfg.Stages {
+		h.coordStages = newStageRecorder()
+		h.partStages = map[txKey]map[string][]stamp{}
+		wtrace, ptrace = h.coordStages.hook(WormTX, "coordinator"), h.coordStages.hook(TwoPC, "coordinator")
+	}
 	h.wco = wormtx.NewCoordinator(sp, wormtx.CoordinatorConfig{FirstSeg: h.cfg.SegBase, Directory: directory(h.cfg.SegBase, h.names),
-		Policy: pol, Messenger: messenger{h.net}, Logger: h.cfg.Logger,
+		Policy: pol, Messenger: messenger{h.net}, Logger: h.cfg.Logger, Trace: wtrace,
 		// Transactions share segments: one Alloc, one Listen per
 		// process and one Trim per segment, all off the critical path.
 		Shared: true})
@@ -253,7 +271,7 @@ func (h *Harness) startCoordinators(ctx context.Context) error {
 		return err
 	}
 	h.plog = log
-	h.pco = twopc.NewCoordinator(h.net, twopc.CoordinatorConfig{Name: "2pc-coordinator", Decisions: log, Logger: h.cfg.Logger,
+	h.pco = twopc.NewCoordinator(h.net, twopc.CoordinatorConfig{Name: "2pc-coordinator", Decisions: log, Logger: h.cfg.Logger, Trace: ptrace,
 		// Above any fault-free latency: a vote that times out aborts.
 		VoteTimeout: 10 * time.Second})
 	h.wg.Go(func() { _ = h.pco.Run(h.ctx) })
@@ -319,8 +337,14 @@ func (h *Harness) Run(ctx context.Context, proto Protocol, clients int, warmup, 
 	}
 	clear(h.begun)
 	clear(h.reported)
+	res := Result{Result: r, Applied: bench.Summarize(ds)}
+	if h.cfg.Stages {
+		res.Stages = summarizeStages(proto, h.coordStages, h.partStages, len(h.names), from, to)
+		h.coordStages.clear()
+		clear(h.partStages)
+	}
 	h.mu.Unlock()
-	return Result{Result: r, Applied: bench.Summarize(ds)}, nil
+	return res, nil
 }
 
 // begin records when tx began (its reports may already be in).
@@ -352,6 +376,12 @@ func (h *Harness) report(m twopc.Message) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	k := txKey{p, m.Tx}
+	if h.partStages != nil && len(m.Desc.Payload) > 0 {
+		if h.partStages[k] == nil {
+			h.partStages[k] = map[string][]stamp{}
+		}
+		h.partStages[k][m.From] = parseStamps(m.Desc.Payload)
+	}
 	h.reported[k] = append(h.reported[k], m.Outcome)
 	if len(h.reported[k]) == len(h.names) {
 		if at, ok := h.begun[k]; ok {

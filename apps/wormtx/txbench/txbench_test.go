@@ -17,7 +17,7 @@ func TestRunBoth(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	st := spec.New(1024)
-	h, err := txbench.Start(ctx, txbench.Config{Dir: t.TempDir(), Volatile: true,
+	h, err := txbench.Start(ctx, txbench.Config{Dir: t.TempDir(), Volatile: true, Stages: true,
 		Dial: func(_ context.Context, id string) (worm.Space, error) { return st.Client(id), nil }})
 	if err != nil {
 		t.Fatal(err)
@@ -36,6 +36,7 @@ func TestRunBoth(t *testing.T) {
 			if r.Applied.P50 == 0 {
 				t.Fatalf("%s c=%d: no applied latency measured", p, c)
 			}
+			checkStages(t, r.Stages)
 		}
 	}
 }
@@ -90,5 +91,36 @@ func TestBlocking(t *testing.T) {
 	}
 	if r.WormTXTold1 != wormtx.Abort {
 		t.Errorf("WormTX, coordinator dead after one prepare: %v; want abort", r.WormTXTold1)
+	}
+}
+
+// checkStages asserts that the stage table has the coordinator's and the
+// first and last participant's stages, and that along each series the
+// median never goes back (per transaction each participant's stages are
+// in order, so are the earliest and the latest across participants, and
+// so are medians of ordered sequences).
+func checkStages(t *testing.T, st []txbench.StageStat) {
+	t.Helper()
+	got := map[string]time.Duration{}
+	for _, s := range st {
+		got[s.Who+" "+s.Stage] = s.Latency.P50
+	}
+	for _, k := range []string{"coordinator prepare-sent", "coordinator outcome"} {
+		if _, ok := got[k]; !ok {
+			t.Fatalf("no %q in the stage table %+v", k, st)
+		}
+	}
+	for _, who := range []string{"first", "last"} {
+		prev := time.Duration(0)
+		for _, s := range wormtx.Stages[2:] {
+			d, ok := got[who+" "+s.String()]
+			if !ok {
+				t.Fatalf("no %s participant's %v in the stage table %+v", who, s, st)
+			}
+			if d < prev {
+				t.Fatalf("%s participant's %v at %v, before the stage before it (%v)", who, s, d, prev)
+			}
+			prev = d
+		}
 	}
 }
