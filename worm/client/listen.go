@@ -314,7 +314,9 @@ func (cl *Client) Status(ctx context.Context) []ServerStatus {
 	out := make([]ServerStatus, len(cl.conns))
 	resps, err := cl.broadcast(ctx, paxos.Request{Kind: paxos.KindStatus}, len(cl.conns))
 	for i, cn := range cl.conns {
-		out[i].Addr = cn.addr
+		// The member's address in the client's view: after a
+		// replacement, the new member's, not the one first dialed.
+		out[i].Addr = cn.dialAddr()
 		r := resps[i]
 		switch {
 		case r.err != nil:

@@ -128,6 +128,22 @@ func TestReplaceOnline(t *testing.T) {
 	if cl.Epoch() != 1 || !slices.Equal(cl.Servers(), []string{old[0], old[1], c.nodes[n].addr}) {
 		t.Fatalf("the writer is at epoch %d with servers %v", cl.Epoch(), cl.Servers())
 	}
+	// Status names the members of the new configuration, each answering
+	// once the client's connection to the new member is up.
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		var bad []string
+		for i, st := range cl.Status(ctx) {
+			if st.Addr != cl.Servers()[i] || st.Err != nil {
+				bad = append(bad, fmt.Sprintf("server %d: %s, %v; want %s answering", i, st.Addr, st.Err, cl.Servers()[i]))
+			}
+		}
+		if len(bad) == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("status: %v", bad)
+		}
+	}
 	// Another original member dies: a quorum needs the new one. The
 	// replaced one comes back with its old state (it was never sealed: it
 	// serves epoch 0, to nobody, for a quorum of epoch 0 is sealed).
