@@ -37,7 +37,8 @@
 //
 // Randomized subtests print their seed; set WORMPAXOS_SEED to replay one,
 // WORMPAXOS_SEEDS to run more seeds, WORMPAXOS_DURATION (a Go duration)
-// to run each longer.
+// to run each longer. WORMPAXOS_DEBUG=1 logs the replicas' debug
+// messages (skips, hole fills, leases) to standard error.
 //
 // This package imports the standard library, porcupine, package worm,
 // apps/wormpaxos and apps/wormpaxos/kv. It must never import worm/client,
@@ -49,6 +50,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"math/rand/v2"
 	"os"
 	"strconv"
@@ -342,6 +344,9 @@ func newHarness(t *testing.T, open Open, p wormpaxos.Policy, o Options, tune fun
 	}}
 	if tune != nil {
 		tune(&h.cfg)
+	}
+	if os.Getenv("WORMPAXOS_DEBUG") != "" {
+		h.cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	}
 	for i, s := range spaces {
 		h.nodes = append(h.nodes, &node{h: h, i: i, space: s})
@@ -719,11 +724,13 @@ func testSnapshot(t *testing.T, open Open, p wormpaxos.Policy, o Options) {
 	ctx := h.ctx
 	c := kv.NewClient("s", h.nodes[0])
 	n := int(4*size) + 5
+	start := time.Now()
 	for j := range n {
 		if err := c.Put(ctx, fmt.Sprintf("k%d", j%7), strconv.Itoa(j)); err != nil {
 			t.Fatal(err)
 		}
 	}
+	t.Logf("%v: %d commands with replica 2 down in %v; replica stats %+v, %+v", p, n, time.Since(start), h.nodes[0].cur().Stats(), h.nodes[1].cur().Stats())
 	h.converge()
 	// The first log segment is trimmed once a snapshot covers it.
 	deadline := time.Now().Add(10 * time.Second)
