@@ -24,6 +24,11 @@ const (
 // noop is the filler value of holes.
 var noop = []byte{magic, version, kindNoop}
 
+// isNoop reports whether v is a log no-op.
+func isNoop(v []byte) bool {
+	return len(v) >= 3 && v[0] == magic && v[1] == version && v[2] == kindNoop
+}
+
 func appendBytes(b, v []byte) []byte {
 	b = binary.AppendUvarint(b, uint64(len(v)))
 	return append(b, v...)

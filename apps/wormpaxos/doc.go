@@ -79,18 +79,51 @@
 //     the lead moves on demand to whichever replica is asked to propose:
 //     clients that stick to one replica keep one leader; clients spread
 //     over replicas make it move, each move costing a segment of no-ops.
+//
 //   - Rotating (Mencius): log position i belongs to replica i mod n
-//     (n = Replicas). Each replica's positions fill its own segments in
-//     order: the segments (seg - LogBase) mod n == r are r's, a group of
-//     n consecutive segments holds n*SegmentSize consecutive positions
-//     dealt out in turn (position g*n*size + k*n + r is register k of
-//     segment LogBase + g*n + r). An owner captures each of its segments
-//     once and writes commands at its next free position. An owner whose
-//     learner stands at one of its own empty positions while a later
-//     position is written skips: it fills its unused positions below that
-//     one with no-ops (one WriteBatch of a few registers of its segment),
-//     with no timer. A dead owner's positions are captured and filled by
-//     the other replicas' learners after HoleTimeout.
+//     (n = Replicas). Layout: each replica's positions fill its own
+//     segments in order: the segments (seg - LogBase) mod n == r are r's,
+//     and a group of n consecutive segments holds n*SegmentSize
+//     consecutive positions dealt out in turn (position g*n*size + k*n + r
+//     is register k of segment LogBase + g*n + r). An owner captures each
+//     of its segments once (CaptureSegment) and writes commands at its
+//     next free position, one Write per batch.
+//
+//     Skip rule: an owner whose learner stands at one of its own empty
+//     positions while a later position holds commands (a value not known
+//     to be a no-op; no-ops that hole fillers wrote ahead do not count)
+//     skips: it fills its unused positions below that one with no-ops,
+//     one WriteBatch of a few registers of its own segment under the
+//     segment's token, with no timer. An idle owner's first skip in a
+//     group also captures its segment there (one more round trip). A skip
+//     that fails is the owner's to finish, never left to the hole
+//     timeout: after an ambiguous or failed WriteBatch the positions stay
+//     unused and the identical batch is written again (ErrUnknownOutcome
+//     is routine on a distributed Space even without faults: a reader
+//     that finds the no-op on a minority finishes it with a capture that
+//     preempts the rest of the write); a register a per-register capture
+//     holds, and a position handed to a command write that ended
+//     elsewhere, are filled under a Capture of their own; an owner whose
+//     segment was captured by others captures it again and goes on past
+//     what they filled.
+//
+//     Revocation: a silent owner's positions are captured and filled by
+//     the other replicas' learners after HoleTimeout: those below the
+//     evidence and 64 more, so a dead owner stops the log once per 64 of
+//     its positions (not at each). If it was only slow, its writes there
+//     are preempted, and it captures its segment again and goes on.
+//
+//     Costs: with every replica proposing, a command costs its proposer
+//     one Write, as under Sticky, and nobody skips much. A lone active
+//     proposer's every command also waits for each idle owner's skip of
+//     the positions in between: one more write round trip than Sticky,
+//     and n-1 small WriteBatches per command across the idle replicas
+//     (fewer under load, where one skip covers the positions of many
+//     batches). A dead owner costs HoleTimeout per 64 of its positions.
+//     This layout differs from the one before it (segment i mod n wholly
+//     owned, in log order): a Rotating log written by an older version
+//     is not readable.
+//
 //   - Leaderless: every batch is a Capture and a Write of the next free
 //     register. Two round trips, no leader, no fencing.
 //

@@ -129,14 +129,11 @@ func (r *Replica) place(ctx context.Context, val []byte, alive func() bool) {
 				return
 			}
 		}
-		sl, err := r.slot(ctx)
+		sl, err := r.slot(ctx) // counts sl.pos in r.inflight
 		if err != nil {
 			r.log.Debug("acquire slot", "err", err)
 			continue
 		}
-		r.mu.Lock()
-		r.inflight[sl.pos]++
-		r.mu.Unlock()
 		ok, err := r.writeSlot(ctx, sl, val, alive)
 		r.mu.Lock()
 		if r.inflight[sl.pos]--; r.inflight[sl.pos] <= 0 {
@@ -200,10 +197,18 @@ func (r *Replica) dropLease(gen uint64) {
 	r.pmu.Unlock()
 }
 
-// slot returns a register this replica may write a batch to.
+// slot returns a register this replica may write a batch to, and counts
+// it in r.inflight until place is done with it. Under a lease the slot is
+// handed out and counted under r.pmu in one step, so an owner's skip
+// (closeOwn, also under r.pmu) never sees a handed-out position as
+// abandoned while its write is about to start.
 func (r *Replica) slot(ctx context.Context) (slot, error) {
 	if r.cfg.Policy == Leaderless {
-		return r.captureSlot(ctx)
+		sl, err := r.captureSlot(ctx)
+		if err == nil {
+			r.claim(sl.pos)
+		}
+		return sl, err
 	}
 	r.pmu.Lock()
 	defer r.pmu.Unlock()
@@ -215,7 +220,15 @@ func (r *Replica) slot(ctx context.Context) (slot, error) {
 	l := r.lease
 	sl := slot{pos: r.pos(l.seg, l.next), addr: worm.Addr{Seg: l.seg, Off: l.next}, tok: l.tok, gen: l.gen}
 	l.next++
+	r.claim(sl.pos)
 	return sl, nil
+}
+
+// claim counts a write of ours in flight at pos.
+func (r *Replica) claim(pos uint64) {
+	r.mu.Lock()
+	r.inflight[pos]++
+	r.mu.Unlock()
 }
 
 // captureSlot (Leaderless) captures the next free register.
@@ -264,7 +277,7 @@ func (r *Replica) captureSlot(ctx context.Context) (slot, error) {
 // frontier that this replica may write commands into, filling holes on
 // the way, and installs it as the lease. Caller holds r.pmu.
 func (r *Replica) acquire(ctx context.Context) error {
-	s := r.segOf(r.frontier())
+	s := r.groupStart(r.frontier())
 	if r.lease != nil && r.lease.seg >= s {
 		s = r.lease.seg + 1
 	}
@@ -343,7 +356,7 @@ func (r *Replica) fill(ctx context.Context, s uint64, sc worm.SegmentCapture, fr
 		for end < upto && !skip[end] {
 			end++
 		}
-		if err := r.writeNoops(ctx, s, off, end, sc.Token); err != nil {
+		if _, err := r.writeNoops(ctx, s, off, end, sc.Token); err != nil {
 			return err
 		}
 		off = end
@@ -351,73 +364,228 @@ func (r *Replica) fill(ctx context.Context, s uint64, sc worm.SegmentCapture, fr
 	return nil
 }
 
-// writeNoops writes no-ops to [from, to) of s. Per-register failures
-// (written, preempted, unknown) are left to the learner, which reads.
-func (r *Replica) writeNoops(ctx context.Context, s uint64, from, to uint32, tok worm.Token) error {
+// writeNoops writes no-ops to [from, to) of s with tok and records what
+// it learns. err is set when the call failed as a whole (nothing is known
+// to be written); otherwise errs holds, per register, nil when the
+// register is settled (it holds our no-op or another chosen value) or
+// what went wrong there. fill leaves unsettled registers to the learner,
+// which reads them; an owner's skip (skipLease) settles them itself.
+func (r *Replica) writeNoops(ctx context.Context, s uint64, from, to uint32, tok worm.Token) (errs []error, err error) {
 	vals := make([][]byte, to-from)
 	for i := range vals {
 		vals[i] = noop
 	}
-	err := r.space.WriteBatch(ctx, s, from, tok, vals)
+	errs = make([]error, len(vals))
+	err = r.space.WriteBatch(ctx, s, from, tok, vals)
 	var be *worm.BatchError
 	if err != nil && !errors.As(err, &be) {
-		return fmt.Errorf("fill %d/%d-%d: %w", s, from, to, err)
+		return nil, fmt.Errorf("no-ops %d/%d-%d: %w", s, from, to, err)
 	}
 	for i := range vals {
+		pos := r.pos(s, from+uint32(i))
 		if be == nil || be.Errs[i] == nil {
-			r.learnedAt(r.pos(s, from+uint32(i)), noop)
+			r.learnedAt(pos, noop)
+			continue
 		}
+		if v, ok := worm.WrittenValue(be.Errs[i]); ok {
+			r.learnedAt(pos, v)
+			continue
+		}
+		errs[i] = be.Errs[i]
 	}
+	return errs, nil
+}
+
+// noopAt fills the single position pos with a no-op under a capture of its
+// own: for a register the segment's token cannot write (a per-register
+// capture holds it) or that a write of ours left empty. The capture
+// finishes any value that may be chosen there, so it never overwrites a
+// command.
+func (r *Replica) noopAt(ctx context.Context, pos uint64) error {
+	a := r.addr(pos)
+	tok, err := r.space.Capture(ctx, a)
+	if v, ok := worm.WrittenValue(err); ok {
+		r.learnedAt(pos, v)
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("capture %v: %w", a, err)
+	}
+	err = r.space.Write(ctx, a, tok, noop)
+	if v, ok := worm.WrittenValue(err); ok {
+		r.learnedAt(pos, v)
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("no-op %v: %w", a, err)
+	}
+	r.learnedAt(pos, noop)
 	return nil
 }
 
-// closeOwn (Rotating) skips ahead: the log has moved past the owner's
-// segment s, so the owner fills its unused registers with no-ops. It
-// reports whether it wrote anything.
-func (r *Replica) closeOwn(ctx context.Context, s uint64) (bool, error) {
+// settledLocked reports whether position pos needs no skip from us: a
+// write of ours is on its way there, or its value is known. Caller holds
+// r.mu.
+func (r *Replica) settledLocked(pos uint64) bool {
+	_, known := r.known[pos]
+	return known || r.inflight[pos] > 0 || pos < r.applied
+}
+
+// closeOwn (Rotating) skips: the learner stands at position j, one of
+// ours, empty, while another replica proposed position evidence-1, so
+// the owner fills its unused positions of j's segment below evidence with
+// no-ops (Mencius's skip; with one replica, the rest of the segment). It
+// reports whether j is now settled.
+//
+// Every way the skip can end is handled here rather than left to the
+// hole timeout, which in the fault-free case would stall the whole log:
+// a skip whose WriteBatch failed (ErrUnknownOutcome is routine on a
+// distributed Space: a reader that finds the no-op on a minority finishes
+// it with a capture that preempts the rest of the write) keeps its lease
+// and its positions and is written again, identically; a register a
+// per-register capture took is filled under a capture of its own; a
+// position handed to a command write that ended elsewhere is filled
+// likewise; and an owner whose segment was captured by a hole filler
+// (revocation) captures it again and goes on past the revoked positions.
+func (r *Replica) closeOwn(ctx context.Context, j, evidence uint64) (bool, error) {
+	a := r.addr(j)
+	s := a.Seg
+	upto := uint32(r.size)
+	if r.interleaved() {
+		upto = r.offsBelow(s, evidence)
+	}
+	if upto <= a.Off {
+		return false, nil
+	}
 	r.pmu.Lock()
 	defer r.pmu.Unlock()
+	r.mu.Lock()
+	settled := r.settledLocked(j)
+	r.mu.Unlock()
+	if settled {
+		return false, nil // our write is on its way, or the learner has the value
+	}
 	if l := r.lease; l != nil && l.seg == s {
-		if uint64(l.next) >= r.size {
-			return false, nil // in-flight writes of ours; the timeout path covers failures
+		if a.Off < l.next {
+			// Handed out, not in flight, still empty: the command write
+			// there ended without choosing it and moved elsewhere.
+			if err := r.noopAt(ctx, j); err != nil {
+				return false, err
+			}
+			return true, nil
 		}
-		from := l.next
-		l.next = uint32(r.size)
-		if err := r.writeNoops(ctx, s, from, uint32(r.size), l.tok); err != nil {
-			r.lease = nil
-			return false, err
-		}
-		return true, nil
+		return r.skipLease(ctx, l, a.Off, upto)
 	}
 	for k := range r.leased {
 		if k < s {
 			delete(r.leased, k)
 		}
 	}
-	if r.leased[s] {
-		// We wrote here and moved on: what is empty may be our own writes
-		// in flight; the timeout path fills what they leave.
-		return false, nil
+	if r.leased[s] && r.inflightIn(s) {
+		// We lost or left the lease on s and a write of ours there is
+		// still on its way: a capture of the segment would preempt it.
+		// Settle j alone.
+		if err := r.noopAt(ctx, j); err != nil {
+			return false, err
+		}
+		return true, nil
 	}
+	// Our segment, never captured by us, or captured by a hole filler
+	// since: capture it (finishing whatever may be chosen) and fill our
+	// empty positions from j below the evidence.
 	if _, err := r.space.Alloc(ctx, s, r.meta); err != nil {
-		return false, err
+		return false, fmt.Errorf("alloc %d: %w", s, err)
 	}
 	sc, err := r.space.CaptureSegment(ctx, s)
 	if err != nil {
+		return false, fmt.Errorf("capture segment %d: %w", s, err)
+	}
+	hi := r.learnCapture(s, sc)
+	upto = max(upto, hi)
+	if err := r.fill(ctx, s, sc, a.Off, upto); err != nil {
 		return false, err
 	}
-	r.learnCapture(s, sc)
-	if err := r.fill(ctx, s, sc, 0, uint32(r.size)); err != nil {
-		return false, err
+	for _, o := range sc.Contended {
+		if o >= a.Off && o < upto {
+			if err := r.noopAt(ctx, r.pos(s, o)); err != nil {
+				return false, err
+			}
+		}
+	}
+	if (r.lease == nil || r.lease.seg < s && uint64(r.lease.next) >= r.size) && uint64(upto) < r.size {
+		// Our segment, captured: keep it for our next commands.
+		r.leaseGen++
+		r.stats.leases.Add(1)
+		r.lease = &lease{seg: s, tok: sc.Token, next: upto, gen: r.leaseGen}
+		r.leased[s] = true
 	}
 	return true, nil
 }
+
+// skipLease writes no-ops with the lease's token to the unused registers
+// [l.next, upto) of its segment and moves l.next past the ones it
+// settled. at is the learner's offset; it reports whether at is settled.
+// Caller holds r.pmu.
+func (r *Replica) skipLease(ctx context.Context, l *lease, at, upto uint32) (bool, error) {
+	from := l.next
+	errs, err := r.writeNoops(ctx, l.seg, from, upto, l.tok)
+	if err != nil {
+		// Nothing is known written: the positions stay ours and unused,
+		// and the next skip writes the identical batch (writing the value
+		// a register already holds succeeds).
+		return false, err
+	}
+	next, preempted := upto, 0
+	for i, e := range errs {
+		if e == nil {
+			continue
+		}
+		off := from + uint32(i)
+		if errors.Is(e, worm.ErrPreempted) {
+			preempted++
+			// A per-register capture holds it (a reader finishing a
+			// value, or a hole filler): a capture of our own settles it.
+			if err := r.noopAt(ctx, r.pos(l.seg, off)); err == nil {
+				continue
+			}
+		}
+		next = min(next, off)
+	}
+	l.next = next
+	if preempted == len(errs) {
+		// Every register refused our token: the segment was captured
+		// (a hole filler revoked our positions). The next skip captures
+		// it again.
+		r.lease = nil
+	}
+	if next < upto {
+		r.log.Debug("skip own positions: some unsettled", "seg", l.seg, "from", from, "upto", upto, "next", next)
+	}
+	return next > at, nil
+}
+
+// inflightIn reports whether a write of ours is on its way in segment s.
+func (r *Replica) inflightIn(s uint64) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for p := range r.inflight {
+		if r.segOf(p) == s {
+			return true
+		}
+	}
+	return false
+}
+
+// revokeAhead is how many of a silent owner's positions past the evidence
+// a hole filler takes (Rotating).
+const revokeAhead = 64
 
 // fillHole captures the segment of the empty position j, below which the
 // learner is stuck while evidence (one past a position known to exist)
 // says the log continues, and fills its holes with no-ops: up to the
 // highest written register, or the whole rest of the segment when the log
-// continues in a later segment.
+// continues in a later segment (Rotating: the owner's positions below
+// the evidence and revokeAhead more).
 func (r *Replica) fillHole(ctx context.Context, j, evidence uint64) error {
 	a := r.addr(j)
 	if _, err := r.space.Alloc(ctx, a.Seg, r.meta); err != nil {
@@ -433,7 +601,15 @@ func (r *Replica) fillHole(ctx context.Context, j, evidence uint64) error {
 	}
 	r.pmu.Unlock()
 	upto := max(r.learnCapture(a.Seg, sc), a.Off+1)
-	if evidence > r.pos(a.Seg+1, 0) {
+	if r.interleaved() {
+		// Mencius revocation: an owner silent for HoleTimeout while the
+		// log went on loses its positions below the evidence and the next
+		// revokeAhead ones, so a dead owner stops the others once per
+		// revokeAhead of its positions, not at each; if it was only slow,
+		// its writes there are preempted and it re-captures its segment
+		// and goes on past them.
+		upto = max(upto, min(uint32(r.size), r.offsBelow(a.Seg, evidence)+revokeAhead))
+	} else if evidence > r.endOfGroup(a.Seg) {
 		upto = uint32(r.size)
 	}
 	r.log.Debug("fill hole", "pos", j, "seg", a.Seg, "from", a.Off, "upto", upto)

@@ -31,6 +31,7 @@ type Replica struct {
 	known    map[uint64][]byte   // chosen values at positions >= applied
 	inflight map[uint64]int      // positions this replica is writing
 	hint     uint64              // one past the highest position known written
+	cmdHint  uint64              // one past the highest position that may hold commands (not known a no-op)
 	progress chan struct{}       // closed and replaced whenever applied moves
 	snapAt   uint64              // position of the last snapshot taken or restored
 	snapping bool
@@ -216,13 +217,91 @@ func (r *Replica) Stats() Stats {
 // ID is the replica's identity (its Space's ID).
 func (r *Replica) ID() string { return r.space.ID() }
 
+// The log's layout. Sticky and Leaderless: position i is register i of
+// the log's registers, segment after segment. Rotating (Mencius): the
+// positions are dealt out to the replicas in turn, position i belonging
+// to replica i mod n, and each replica's positions fill its own segments
+// in order: group g of n segments (LogBase+g*n .. LogBase+g*n+n-1) holds
+// positions [g*n*size, (g+1)*n*size), and position g*n*size + k*n + r is
+// register k of segment LogBase+g*n+r. So an owner writes its positions
+// with the one capture of its segment, and skipping its positions below
+// another replica's proposal is a short run of registers of its own
+// segment.
+func (r *Replica) interleaved() bool { return r.cfg.Policy == Rotating && r.cfg.Replicas > 1 }
+
 func (r *Replica) addr(pos uint64) worm.Addr {
-	return worm.Addr{Seg: r.cfg.LogBase + pos/r.size, Off: uint32(pos % r.size)}
+	if !r.interleaved() {
+		return worm.Addr{Seg: r.cfg.LogBase + pos/r.size, Off: uint32(pos % r.size)}
+	}
+	n := uint64(r.cfg.Replicas)
+	g, rest := pos/(n*r.size), pos%(n*r.size)
+	return worm.Addr{Seg: r.cfg.LogBase + g*n + rest%n, Off: uint32(rest / n)}
 }
 
-func (r *Replica) pos(seg uint64, off uint32) uint64 { return (seg-r.cfg.LogBase)*r.size + uint64(off) }
+func (r *Replica) pos(seg uint64, off uint32) uint64 {
+	if !r.interleaved() {
+		return (seg-r.cfg.LogBase)*r.size + uint64(off)
+	}
+	n := uint64(r.cfg.Replicas)
+	rel := seg - r.cfg.LogBase
+	return (rel/n)*n*r.size + uint64(off)*n + rel%n
+}
 
-func (r *Replica) segOf(pos uint64) uint64 { return r.cfg.LogBase + pos/r.size }
+func (r *Replica) segOf(pos uint64) uint64 { return r.addr(pos).Seg }
+
+// unusedOwn reports whether position pos lies in this replica's current
+// lease at or past the next register it would hand out.
+func (r *Replica) unusedOwn(pos uint64) bool {
+	a := r.addr(pos)
+	r.pmu.Lock()
+	defer r.pmu.Unlock()
+	return r.lease != nil && r.lease.seg == a.Seg && a.Off >= r.lease.next
+}
+
+// groupSegs is the number of segments whose positions interleave: the
+// replicas' under Rotating, otherwise 1.
+func (r *Replica) groupSegs() uint64 {
+	if r.interleaved() {
+		return uint64(r.cfg.Replicas)
+	}
+	return 1
+}
+
+// groupStart is the first segment of the group holding pos.
+func (r *Replica) groupStart(pos uint64) uint64 {
+	g := r.groupSegs()
+	return r.cfg.LogBase + (pos/(g*r.size))*g
+}
+
+// endOfGroup is one past the last position of seg's group: the first
+// position of the segments after it.
+func (r *Replica) endOfGroup(seg uint64) uint64 {
+	g := r.groupSegs()
+	return ((seg-r.cfg.LogBase)/g + 1) * g * r.size
+}
+
+// offsBelow is the number of registers of seg whose positions lie below
+// pos: seg's registers [0, offsBelow) precede pos in the log.
+func (r *Replica) offsBelow(seg uint64, pos uint64) uint32 {
+	for lo, hi := uint32(0), uint32(r.size); ; {
+		if lo == hi {
+			return lo
+		}
+		m := lo + (hi-lo)/2
+		if r.pos(seg, m) < pos {
+			lo = m + 1
+		} else {
+			hi = m
+		}
+	}
+}
+
+// segsBelow is the number of log segments (from LogBase) whose positions
+// all lie below pos.
+func (r *Replica) segsBelow(pos uint64) uint64 {
+	g := r.groupSegs()
+	return pos / (g * r.size) * g
+}
 
 func (r *Replica) owns(seg uint64) bool {
 	return int((seg-r.cfg.LogBase)%uint64(r.cfg.Replicas)) == r.cfg.Index
@@ -244,6 +323,9 @@ func (r *Replica) learnedAt(pos uint64, v []byte) {
 		}
 	}
 	r.hint = max(r.hint, pos+1)
+	if !isNoop(v) {
+		r.cmdHint = max(r.cmdHint, pos+1)
+	}
 	r.mu.Unlock()
 	r.kick()
 }
@@ -252,6 +334,10 @@ func (r *Replica) learnedAt(pos uint64, v []byte) {
 func (r *Replica) noteWritten(pos uint64) {
 	r.mu.Lock()
 	r.hint = max(r.hint, pos+1)
+	// Not cmdHint: a distributed Space announces a register first as a
+	// hint and then, once a quorum reported it, with its value; a value
+	// too large to travel (a batch, never a no-op) is read by the
+	// learner's read-ahead, which then counts it.
 	r.mu.Unlock()
 	r.kick()
 }
@@ -597,8 +683,21 @@ func (r *Replica) learn(ctx context.Context, ls *listens, wg *sync.WaitGroup) er
 		j := r.applied
 		v, ok := r.known[j]
 		mine := r.inflight[j] > 0
-		hint := r.hint
+		hint, cmdHint := r.hint, r.cmdHint
 		r.mu.Unlock()
+		if !ok && !mine && cmdHint > j+1 && r.interleaved() && r.unusedOwn(j) {
+			// Mencius skip without reading first: j is ours and we never
+			// handed it out, so it is empty unless a filler took it (then
+			// the no-op fails there and the learner reads).
+			did, err := r.closeOwn(ctx, j, cmdHint)
+			if err != nil {
+				r.log.Debug("skip own positions", "pos", j, "err", err)
+			}
+			if did {
+				r.stats.skips.Add(1)
+				continue
+			}
+		}
 		if !ok && !mine && hint > j+1 && r.cfg.ReadAhead > 1 {
 			// Behind: fetch the next registers concurrently.
 			r.readAhead(ctx, j, min(hint, j+uint64(r.cfg.ReadAhead)))
@@ -606,7 +705,7 @@ func (r *Replica) learn(ctx context.Context, ls *listens, wg *sync.WaitGroup) er
 			v, ok = r.known[j]
 			r.mu.Unlock()
 		}
-		if seg := r.segOf(j); seg != tracked {
+		if seg := r.groupStart(j); seg != tracked {
 			tracked = seg
 			ls.track(ctx, seg)
 		}
@@ -647,13 +746,26 @@ func (r *Replica) learn(ctx context.Context, ls *listens, wg *sync.WaitGroup) er
 			}
 			r.mu.Lock()
 			evidence := max(r.hint, probed)
+			skipTo := evidence
+			if r.interleaved() {
+				// Mencius skips in answer to proposals: no-ops that hole
+				// fillers wrote ahead do not make owners skip theirs.
+				skipTo = max(r.cmdHint, probed)
+			}
 			r.mu.Unlock()
 			s := r.segOf(j)
-			beyond := evidence > r.pos(s+1, 0)
+			var beyond bool
+			if r.interleaved() {
+				// Mencius: a later position is proposed while this one,
+				// ours, is empty: skip our unused positions below it.
+				beyond = skipTo > j+1
+			} else {
+				beyond = evidence > r.endOfGroup(s)
+			}
 			if r.cfg.Policy == Rotating && r.owns(s) && beyond {
-				did, err := r.closeOwn(ctx, s)
+				did, err := r.closeOwn(ctx, j, skipTo)
 				if err != nil {
-					r.log.Debug("skip own segment", "seg", s, "err", err)
+					r.log.Debug("skip own positions", "seg", s, "err", err)
 				}
 				if did {
 					r.stats.skips.Add(1)
@@ -678,7 +790,7 @@ func (r *Replica) learn(ctx context.Context, ls *listens, wg *sync.WaitGroup) er
 			}
 			// Waiting: listeners that failed are retried (track), and
 			// the poll timer rearmed.
-			ls.track(ctx, s)
+			ls.track(ctx, r.groupStart(j))
 			poll.Reset(r.cfg.PollInterval) // no stale tick since Go 1.23
 			select {
 			case <-r.wake:
@@ -735,27 +847,44 @@ func (r *Replica) readAhead(ctx context.Context, from, to uint64) {
 // the next registers of j's segment and the allocation of the following
 // segments. It returns one past a position known to exist beyond j, or 0.
 func (r *Replica) probe(ctx context.Context, j uint64) uint64 {
-	s := r.segOf(j)
-	for i := j + 1; i < r.pos(s+1, 0) && i <= j+8; i++ {
+	base := r.groupStart(j)
+	for i := j + 1; i < r.endOfGroup(base) && i <= j+8; i++ {
 		if v, err := r.space.Read(ctx, r.addr(i)); err == nil {
 			r.learnedAt(i, v)
 			return i + 1
 		}
 	}
-	for k := uint64(1); k <= uint64(r.window()); k++ {
-		if _, err := r.space.Check(ctx, s+k); err == nil || errors.Is(err, worm.ErrTrimmed) {
-			return r.pos(s+k, 0) + 1
+	// An allocated segment of a later group: the log went on there.
+	for s := base + r.groupSegs(); s <= base+uint64(r.window()); s++ {
+		if _, err := r.space.Check(ctx, s); err == nil || errors.Is(err, worm.ErrTrimmed) {
+			return r.pos(s, 0) + 1
 		}
 	}
 	return 0
 }
 
 // look checks a segment s past j's, just listened to, for writes made
-// before the Listen (which notified nobody): an allocated segment counts
-// as evidence that the log continues, as in probe. j's own segment is
-// covered by polling j. It returns evidence, or 0.
+// before the Listen (which notified nobody): an allocated segment of a
+// later group counts as evidence that the log continues, as in probe; in
+// j's own group (Rotating) the owner's next position after j is read.
+// j's own segment is covered by polling j. It returns evidence, or 0.
 func (r *Replica) look(ctx context.Context, s, j uint64) uint64 {
-	if s <= r.segOf(j) {
+	if s < r.groupStart(j)+r.groupSegs() {
+		if s == r.segOf(j) || s < r.groupStart(j) {
+			return 0
+		}
+		// Another owner's segment of j's group (Rotating): its first
+		// position past j, written before we listened, is the evidence a
+		// skip needs.
+		o := r.offsBelow(s, j+1)
+		if uint64(o) >= r.size {
+			return 0
+		}
+		if v, err := r.space.Read(ctx, worm.Addr{Seg: s, Off: o}); err == nil {
+			p := r.pos(s, o)
+			r.learnedAt(p, v)
+			return p + 1
+		}
 		return 0
 	}
 	if _, err := r.space.Check(ctx, s); err == nil || errors.Is(err, worm.ErrTrimmed) {
@@ -764,10 +893,12 @@ func (r *Replica) look(ctx context.Context, s, j uint64) uint64 {
 	return 0
 }
 
-// window is how many segments past the learner's we listen to and probe.
+// window is how many segments past the first of the learner's group we
+// listen to and probe: the group's and the next group's (Rotating), or
+// the next two segments.
 func (r *Replica) window() int {
-	if r.cfg.Policy == Rotating {
-		return r.cfg.Replicas + 1
+	if r.interleaved() {
+		return 2*r.cfg.Replicas - 1
 	}
 	return 2
 }

@@ -152,7 +152,7 @@ func isRetryBatch(err error) bool {
 // trimBelow trims the log segments wholly below index and the snapshot
 // slots below k that hold older snapshots. Caller holds r.smu.
 func (r *Replica) trimBelow(ctx context.Context, index, k uint64) {
-	upto := index / r.size
+	upto := r.segsBelow(index)
 	for s := r.trimmedLog; s < upto; s++ {
 		if err := r.space.Trim(ctx, r.cfg.LogBase+s); err != nil {
 			r.log.Debug("trim log", "seg", r.cfg.LogBase+s, "err", err)
@@ -303,7 +303,7 @@ func (r *Replica) restoreLatest(ctx context.Context) (bool, error) {
 	}
 	r.applied, r.snapAt = snap.Index, snap.Index
 	r.hint = max(r.hint, r.applied)
-	r.trimmedLog = max(r.trimmedLog, snap.Index/r.size)
+	r.trimmedLog = max(r.trimmedLog, r.segsBelow(snap.Index))
 	for p := range r.known {
 		if p < r.applied {
 			delete(r.known, p)

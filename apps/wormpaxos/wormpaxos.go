@@ -22,10 +22,12 @@ const (
 	// only into segments whose Alloc it won (the metadata names the
 	// leader), one Write per batch.
 	Sticky Policy = iota + 1
-	// Rotating: Mencius-style. Replica r owns the log segments with
-	// (seg-LogBase) mod Replicas == r. An owner that sees the log move past
-	// its segment fills the rest of it with no-ops at once (skip ahead);
-	// a dead owner's segment is captured and filled by others after
+	// Rotating: Mencius-style. Log position i belongs to replica
+	// i mod Replicas; replica r's positions fill the segments with
+	// (seg-LogBase) mod Replicas == r in order (see the package doc for
+	// the layout). An owner that sees a later position hold commands
+	// while its own are unused fills them with no-ops at once (skip); a
+	// dead owner's positions are captured and filled by the others after
 	// HoleTimeout.
 	Rotating
 	// Leaderless: every batch goes to the next free slot with a per-slot
@@ -105,7 +107,7 @@ type Stats struct {
 	Retries   uint64 // batch placements that had to move to another slot
 	Leases    uint64 // segments captured for writing (Sticky, Rotating)
 	Fills     uint64 // holes captured and filled after HoleTimeout
-	Skips     uint64 // Rotating: own segments closed early with no-ops
+	Skips     uint64 // Rotating: skips of own unused positions with no-ops
 	Snapshots uint64 // snapshots stored in WormSpace
 	Restores  uint64 // snapshots installed
 }
