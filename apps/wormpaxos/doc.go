@@ -89,15 +89,18 @@
 //     of its segments once (CaptureSegment) and writes commands at its
 //     next free position, one Write per batch.
 //
-//     Skip rule: an owner whose learner stands at one of its own empty
-//     positions while a later position holds commands (a value not known
-//     to be a no-op; no-ops that hole fillers wrote ahead do not count)
-//     skips: it fills its unused positions below that one with no-ops,
-//     one WriteBatch of a few registers of its own segment under the
-//     segment's token, with no timer. An idle owner's first skip in a
-//     group also captures its segment there (one more round trip). A skip
-//     that fails is the owner's to finish, never left to the hole
-//     timeout: after an ambiguous or failed WriteBatch the positions stay
+//     Skip rule: an owner that learns that a later position than its
+//     next unused one holds commands (a value not known to be a no-op;
+//     no-ops that hole fillers wrote ahead do not count) skips at once,
+//     wherever its learner stands: it fills its unused positions below
+//     that one with no-ops, one WriteBatch of a few registers of its own
+//     segment under the segment's token, with no timer. So the idle
+//     owners of the positions between two commands skip in parallel. An
+//     owner's learner that stands at one of its own empty positions below
+//     a command skips too, and settles whatever a skip left: an idle
+//     owner's first skip in a group captures its segment there (one more
+//     round trip). A skip that fails is the owner's to finish, never left
+//     to the hole timeout: after an ambiguous or failed WriteBatch the positions stay
 //     unused and the identical batch is written again (ErrUnknownOutcome
 //     is routine on a distributed Space even without faults: a reader
 //     that finds the no-op on a minority finishes it with a capture that
@@ -113,13 +116,14 @@
 //     its positions (not at each). If it was only slow, its writes there
 //     are preempted, and it captures its segment again and goes on.
 //
-//     Costs: with every replica proposing, a command costs its proposer
-//     one Write, as under Sticky, and nobody skips much. A lone active
-//     proposer's every command also waits for each idle owner's skip of
-//     the positions in between: one more write round trip than Sticky,
-//     and n-1 small WriteBatches per command across the idle replicas
-//     (fewer under load, where one skip covers the positions of many
-//     batches). A dead owner costs HoleTimeout per 64 of its positions.
+//     Costs: a command costs its proposer one Write, as under Sticky,
+//     but it is applied only once the positions below it are chosen:
+//     with every replica busy they mostly hold the others' commands, and
+//     the owners skip the rest. A lone active proposer's every command
+//     waits for the idle owners' skips of the positions in between: one
+//     more write round trip and two notifications more than Sticky, and
+//     n-1 small WriteBatches per command across the idle replicas (fewer
+//     under load, where one skip covers the positions of many batches). A dead owner costs HoleTimeout per 64 of its positions.
 //     This layout differs from the one before it (segment i mod n wholly
 //     owned, in log order): a Rotating log written by an older version
 //     is not readable.

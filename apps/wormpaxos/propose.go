@@ -522,6 +522,50 @@ func (r *Replica) closeOwn(ctx context.Context, j, evidence uint64) (bool, error
 	return true, nil
 }
 
+// skipper (Rotating) is Mencius's skip rule: whenever the replica learns
+// that a later position than its next unused one holds commands, it skips
+// its unused positions below that one at once, wherever its learner
+// stands, so the idle owners of the positions between two commands skip
+// in parallel rather than each after the learner has passed the
+// others'. It is an optimisation: the learner's closeOwn still settles
+// any of our positions it finds empty, including after a failure here.
+func (r *Replica) skipper(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-r.skipWake:
+		}
+		r.mu.Lock()
+		target := r.cmdHint
+		r.mu.Unlock()
+		if err := r.skipBelow(ctx, target); err != nil && ctx.Err() == nil {
+			r.log.Debug("skip ahead", "below", target, "err", err)
+		}
+	}
+}
+
+// skipBelow fills the unused positions of our lease below position
+// target with no-ops.
+func (r *Replica) skipBelow(ctx context.Context, target uint64) error {
+	r.pmu.Lock()
+	defer r.pmu.Unlock()
+	l := r.lease
+	if l == nil {
+		return nil
+	}
+	upto := r.offsBelow(l.seg, target)
+	if l.next >= upto {
+		return nil
+	}
+	from := l.next
+	_, err := r.skipLease(ctx, l, from, upto)
+	if err == nil && l.next > from {
+		r.stats.skips.Add(1)
+	}
+	return err
+}
+
 // skipLease writes no-ops with the lease's token to the unused registers
 // [l.next, upto) of its segment and moves l.next past the ones it
 // settled. at is the learner's offset; it reports whether at is settled.

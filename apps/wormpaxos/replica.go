@@ -36,9 +36,10 @@ type Replica struct {
 	snapAt   uint64              // position of the last snapshot taken or restored
 	snapping bool
 
-	started atomic.Bool
-	stopped chan struct{}
-	wake    chan struct{}
+	started  atomic.Bool
+	stopped  chan struct{}
+	wake     chan struct{}
+	skipWake chan struct{} // Rotating: a later position holds commands (skipper)
 
 	// The proposal queue: proposers append, workers take batches (see
 	// takeBatch). busy counts batches being placed.
@@ -128,6 +129,7 @@ func New(space worm.Space, sm StateMachine, cfg Config) (*Replica, error) {
 		progress:  make(chan struct{}),
 		stopped:   make(chan struct{}),
 		wake:      make(chan struct{}, 1),
+		skipWake:  make(chan struct{}, 1),
 		allocated: map[uint64]bool{},
 		leased:    map[uint64]bool{},
 	}
@@ -323,11 +325,18 @@ func (r *Replica) learnedAt(pos uint64, v []byte) {
 		}
 	}
 	r.hint = max(r.hint, pos+1)
-	if !isNoop(v) {
-		r.cmdHint = max(r.cmdHint, pos+1)
+	more := false
+	if pos+1 > r.cmdHint && !isNoop(v) {
+		r.cmdHint, more = pos+1, true
 	}
 	r.mu.Unlock()
 	r.kick()
+	if more && r.interleaved() {
+		select {
+		case r.skipWake <- struct{}{}:
+		default:
+		}
+	}
 }
 
 // noteWritten records that pos holds some value (a Listen hint).
@@ -659,6 +668,9 @@ func (r *Replica) Run(ctx context.Context) error {
 	})
 	for range r.cfg.Pipeline {
 		wg.Go(func() { r.worker(ctx) })
+	}
+	if r.interleaved() {
+		wg.Go(func() { r.skipper(ctx) })
 	}
 	ls := &listens{r: r, segs: map[uint64]*listen{}}
 	defer ls.close()

@@ -25,10 +25,10 @@ const (
 	// Rotating: Mencius-style. Log position i belongs to replica
 	// i mod Replicas; replica r's positions fill the segments with
 	// (seg-LogBase) mod Replicas == r in order (see the package doc for
-	// the layout). An owner that sees a later position hold commands
-	// while its own are unused fills them with no-ops at once (skip); a
-	// dead owner's positions are captured and filled by the others after
-	// HoleTimeout.
+	// the layout). An owner that learns that a later position holds
+	// commands while its own below it are unused fills them with no-ops
+	// at once (skip); a dead owner's positions are captured and filled by
+	// the others after HoleTimeout.
 	Rotating
 	// Leaderless: every batch goes to the next free slot with a per-slot
 	// Capture and Write (two round trips).
