@@ -139,9 +139,10 @@
 //     than responses (Fail, Nudge, Expire) are kept in order. Two states
 //     merge only if, besides, their clients emitted identical outputs.
 //     The argument depends on paxos's phase code; should a phase ever
-//     break ties by arrival order (for instance between two values at one
-//     ballot, which the one-value-per-ballot check forbids before such
-//     answers can exist), run with Exact.
+//     break ties by arrival order, run with Exact. (Two values at one
+//     ballot exist only at ballot 0, from two unsafe writers; paxos
+//     resolves them by value and count, never by arrival: see
+//     worm/paxos/zero.go.)
 //
 // No partial-order reduction is done: the graph is explored in full.
 //
@@ -155,6 +156,9 @@
 //	WriteUnsafe vs Capture, 1 drop                      76,685 states    317k transitions   ~2 s
 //	WriteUnsafe vs Capture, 1 expiry                    47,449 states    177k transitions   ~2 s
 //	WriteUnsafe vs Read                                 24,215 states     87k transitions   ~1 s
+//	two WriteUnsafe ("a", "b"), with decides            22,413 states     75k transitions  <1 s
+//	two (WriteUnsafe; Read), no decides                 70,593 states    287k transitions   ~2 s
+//	(WriteUnsafe; Capture) vs WriteUnsafe               237,528 states   867k transitions   ~7 s
 //
 // The whole default run takes 25 to 40 s. Exploration runs at 25,000 to
 // 50,000 states per second (BenchmarkExplore reports it) and keeps 16 bytes

@@ -71,7 +71,37 @@ var tinies = []tiny{
 	},
 }
 
+// Two unsafe writers of one register, against WriteUnsafe's contract (one
+// designated writer): the register must stay write-once all the same.
+// Before decides and reads told ballot-0 values apart by value (see
+// worm/paxos/zero.go) each of these found a violation within 30 events.
+var (
+	unsafeB       = []Action{{Op: WriteUnsafe, Value: "b"}}
+	unsafeThenRd  = func(v string) []Action { return []Action{{Op: WriteUnsafe, Value: v}, {Op: Read}} }
+	unsafeThenCap = []Action{{Op: WriteUnsafe, Value: "a"}, {Op: Capture}}
+)
+
 func init() {
+	tinies = append(tinies,
+		tiny{
+			name: "two-unsafe-writers",
+			cfg:  Config{Clients: []Client{{Script: unsafeA}, {Script: unsafeB}}},
+			want: []string{`A step 1 write-unsafe("a"): ok`, `A step 1 write-unsafe("a"): written("b")`,
+				`B step 1 write-unsafe("b"): ok`, `B step 1 write-unsafe("b"): written("a")`},
+			chosen: []string{"a", "b"},
+		},
+		tiny{
+			name:   "two-unsafe-writers-read",
+			cfg:    Config{SkipDecides: true, Clients: []Client{{Script: unsafeThenRd("a")}, {Script: unsafeThenRd("b")}}},
+			want:   []string{`A step 2 read: value("b")`, `B step 2 read: value("a")`, `A step 2 read: value("a")`},
+			chosen: []string{"a", "b"},
+		},
+		tiny{
+			name:   "two-unsafe-writers-capture",
+			cfg:    Config{SkipDecides: true, Clients: []Client{{Script: unsafeThenCap}, {Script: unsafeB}}},
+			want:   []string{`A step 2 capture: written("a")`, `A step 2 capture: written("b")`},
+			chosen: []string{"a", "b"},
+		})
 	tinies = append(tinies,
 		tiny{
 			name:   "unsafe-vs-read",
@@ -182,6 +212,8 @@ func TestExactCrossCheck(t *testing.T) {
 		// One writer under every kind of fault: exact 16,573 and 178,004 states.
 		{Drops: 1, Expires: 1, Nudges: 1, Clients: []Client{{Script: capWrite("a")}}},
 		{Dups: 1, Reorders: 1, Crashes: 1, Clients: []Client{{Script: capWrite("a")}}},
+		// Two values at ballot 0: no phase may break their tie by arrival.
+		{Clients: []Client{{Script: unsafeA}, {Script: unsafeB}}},
 	}
 	if big() { // exact: about 1M and 4M states
 		cfgs = append(cfgs,

@@ -6,6 +6,7 @@ import (
 	"math/bits"
 	"slices"
 	"strconv"
+	"strings"
 
 	"github.com/wormspace/wormspace/worm"
 	"github.com/wormspace/wormspace/worm/paxos"
@@ -93,43 +94,55 @@ func (m *monitor) record(i, quorum int, rec *paxos.Record) *violationError {
 		if !contains(m.written, v) {
 			return violate("validity", "acc%d accepted %q at %v, which no client is writing", i, v, rec.Ballot)
 		}
-		if m.hasChosen && !rec.Ballot.Less(m.chosenAt) && v != m.chosen {
+		// (At ballot 0 another unsafe writer's value may still land on
+		// a minority after one was chosen: no phase 1 vouched for it,
+		// and agreement is what must hold.)
+		if m.hasChosen && !rec.Ballot.Less(m.chosenAt) && v != m.chosen && !rec.Ballot.IsZero() {
 			return violate("p2b", "acc%d accepted %q at %v, but %q was chosen at %v", i, v, rec.Ballot, m.chosen, m.chosenAt)
 		}
-		k, found := slices.BinarySearchFunc(m.accepted, rec.Ballot, func(a acceptance, b worm.Ballot) int {
+		// One value per ballot, except at ballot 0: several unsafe
+		// writers of the register (against WriteUnsafe's contract, which
+		// the register must survive) each leave theirs on some acceptors.
+		if !rec.Ballot.IsZero() {
+			for _, a := range m.accepted {
+				if a.b == rec.Ballot && a.value != v {
+					return violate("one-value-per-ballot", "acc%d accepted %q at %v, which already carries %q", i, v, rec.Ballot, a.value)
+				}
+			}
+		}
+		k, found := slices.BinarySearchFunc(m.accepted, acceptance{b: rec.Ballot, value: v}, func(a, b acceptance) int {
 			switch {
-			case a.b.Less(b):
+			case a.b.Less(b.b):
 				return -1
-			case b.Less(a.b):
+			case b.b.Less(a.b):
 				return 1
 			}
-			return 0
+			return strings.Compare(a.value, b.value)
 		})
 		m.accepted = slices.Clone(m.accepted)
 		if !found {
 			m.accepted = slices.Insert(m.accepted, k, acceptance{b: rec.Ballot, value: v})
-		} else if m.accepted[k].value != v {
-			return violate("one-value-per-ballot", "acc%d accepted %q at %v, which already carries %q", i, v, rec.Ballot, m.accepted[k].value)
 		}
 		m.accepted[k].by |= 1 << i
 		if bits.OnesCount64(m.accepted[k].by) >= quorum {
 			return m.choose(v, rec.Ballot)
 		}
 	case paxos.RecordDecide:
-		// The mark carries no value: it applies to what the acceptor
-		// accepted at that ballot, which must be the chosen value. (A
-		// quorum at that very ballot is not required: acceptors that
-		// hold the value decided answer a later accept of it with OK
-		// without accepting again.)
+		// The mark carries no value: it applies to what this acceptor
+		// accepted at that ballot (at ballot 0 other acceptors may hold
+		// other values), which must be the chosen value. (A quorum at
+		// that very ballot is not required: acceptors that hold the value
+		// decided answer a later accept of it with OK without accepting
+		// again.)
 		for _, a := range m.accepted {
-			if a.b == rec.Ballot {
+			if a.b == rec.Ballot && a.by&(1<<i) != 0 {
 				if !m.hasChosen || m.chosen != a.value {
 					return violate("decided", "acc%d marked %q decided at %v, but %s", i, a.value, rec.Ballot, m.chosenString())
 				}
 				return nil
 			}
 		}
-		return violate("decided", "acc%d marked ballot %v decided, which nobody accepted", i, rec.Ballot)
+		return violate("decided", "acc%d marked ballot %v decided, which it never accepted", i, rec.Ballot)
 	}
 	return nil
 }

@@ -225,10 +225,17 @@ func (a *Acceptor) Handle(req *Request, resp *Response, recs []Record) []Record 
 			resp.Status = StatusOutOfRange
 			return recs
 		}
+		zero := req.Ballot.IsZero()
+		if zero && uint32(len(req.Values)) != req.Count {
+			// Ballot 0 does not identify a value: without the values
+			// nothing can be marked (a decide is only a hint).
+			resp.Status, resp.Text = StatusInvalid, "decide at ballot 0 without its values"
+			return recs
+		}
 		for i := uint32(0); i < req.Count; i++ {
 			off := req.Off + i
 			_, r := a.reg(req.Seg, off, false)
-			if r != nil && r.hasValue && !r.decided && r.accepted == req.Ballot {
+			if r != nil && r.hasValue && !r.decided && r.accepted == req.Ballot && (!zero || bytes.Equal(r.value, req.Values[i])) {
 				r.decided = true
 				recs = append(recs, Record{Kind: RecordDecide, Seg: req.Seg, Off: off, Ballot: req.Ballot})
 			}
@@ -431,7 +438,7 @@ func (a *Acceptor) Snapshot(emit func(Record) error) error {
 					return err
 				}
 				if r.decided {
-					if err := emit(Record{Kind: RecordDecide, Seg: seg, Off: off, Ballot: r.accepted}); err != nil {
+					if err := emit(decideRecord(seg, off, r)); err != nil {
 						return err
 					}
 				}

@@ -20,7 +20,9 @@ const (
 	KindAccept
 	// KindDecide: the registers [Off, Off+Count) of Seg were chosen at
 	// Ballot; an acceptor that accepted exactly that ballot marks them
-	// decided. No response.
+	// decided. At ballot 0 Values carries the Count chosen values and
+	// only an acceptor holding that very value marks it (see zero.go).
+	// No response.
 	KindDecide
 	// KindRead: report the accepted state of (Seg, Off).
 	KindRead
@@ -176,7 +178,10 @@ const (
 	// RecordAccept: register (Seg, Off) accepted Value at Ballot (and
 	// promised at least Ballot).
 	RecordAccept
-	// RecordDecide: register (Seg, Off) is decided at Ballot.
+	// RecordDecide: register (Seg, Off) is decided at Ballot. Those of
+	// Snapshot and Export at ballot 0 carry the decided Value, which
+	// Install checks (see zero.go); Handle's need not, and Apply ignores
+	// it: the acceptor wrote them only for the value it held.
 	RecordDecide
 	// RecordTrim: segment Seg is trimmed; its registers are gone.
 	RecordTrim

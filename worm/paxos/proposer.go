@@ -475,12 +475,25 @@ func (m *acceptM) refusedOnly(i int) bool {
 		m.ph.unsent != 0 && m.ph.gaveUp&^m.ph.unsent == 0 && !m.ballot.IsZero()
 }
 
-// okRuns emits KindDecide for the runs of registers resolved outOK.
+// decideReq is the KindDecide for count registers from (seg, off) chosen
+// at b. At ballot 0 it carries their values: several unsafe writers of a
+// register may each have left a different value at ballot 0 on some
+// acceptors, and only the chosen one may be marked decided. values (len
+// count) are only read at ballot 0.
+func decideReq(seg uint64, off uint32, b Ballot, count uint32, values [][]byte) Request {
+	req := Request{Kind: KindDecide, Seg: seg, Off: off, Ballot: b, Count: count}
+	if b.IsZero() {
+		req.Values = values
+	}
+	return req
+}
+
+// decide emits KindDecide for the runs of registers resolved outOK.
 func (m *acceptM) decide() {
 	start := -1
 	flush := func(end int) {
 		if start >= 0 {
-			m.o.out = append(m.o.out, Out{To: All, Req: Request{Kind: KindDecide, Seg: m.seg, Off: m.off + uint32(start), Ballot: m.ballot, Count: uint32(end - start)}})
+			m.o.out = append(m.o.out, Out{To: All, Req: decideReq(m.seg, m.off+uint32(start), m.ballot, uint32(end-start), m.values[start:end])})
 			start = -1
 		}
 	}
@@ -574,7 +587,9 @@ func (m *readM) step(from int, tag uint64, resp *Response) {
 		m.anyValue = true
 		found := false
 		for i := range m.tally {
-			if m.tally[i].b == r.Accepted {
+			// Ballot 0 does not identify a value (several unsafe writers
+			// of one register each write theirs there): tally values too.
+			if m.tally[i].b == r.Accepted && bytes.Equal(m.tally[i].value, r.Value) {
 				m.tally[i].count++
 				found = true
 				break
@@ -591,7 +606,7 @@ func (m *readM) check() {
 	p := m.o.p
 	for _, t := range m.tally {
 		if t.count >= p.quorum {
-			m.o.out = append(m.o.out, Out{To: All, Req: Request{Kind: KindDecide, Seg: m.addr.Seg, Off: m.addr.Off, Ballot: t.b, Count: 1}})
+			m.o.out = append(m.o.out, Out{To: All, Req: decideReq(m.addr.Seg, m.addr.Off, t.b, 1, [][]byte{t.value})})
 			m.finish(t.value, nil)
 			return
 		}
@@ -690,19 +705,16 @@ type captureM struct {
 	best    Ballot
 	bestVal []byte
 	hasBest bool
-	// zero counts the phase-1 answers per ballot-0 value. Two values at
-	// ballot 0 mean two unsafe writers of one register, which the API
-	// forbids; if it happens anyway, the capture finishes the value more
-	// answers hold, and on a tie asks again rather than pick one that a
-	// straggler's answer would show was not chosen.
-	zero    map[string]int
+	// zero tallies the ballot-0 values of the promises (see zeroVotes).
+	zero    zeroVotes
 	finishM *acceptM
 	done    func(tok Ballot, value []byte, err error)
 }
 
 func (m *captureM) start() {
 	m.ballot = m.o.p.nextBallot(m.hint)
-	m.ok, m.nacks, m.hasBest, m.bestVal, m.best, m.finishM, m.zero = 0, 0, false, nil, Ballot{}, nil, nil
+	m.ok, m.nacks, m.hasBest, m.bestVal, m.best, m.finishM = 0, 0, false, nil, Ballot{}, nil
+	m.zero.reset()
 	m.o.broadcast(&m.ph, Request{Kind: KindPrepare, Seg: m.addr.Seg, Off: m.addr.Off, Ballot: m.ballot})
 }
 
@@ -759,29 +771,11 @@ func (m *captureM) step(from int, tag uint64, resp *Response) {
 		if r.HasValue && (!m.hasBest || m.best.Less(r.Accepted)) {
 			m.best, m.bestVal, m.hasBest = r.Accepted, bytes.Clone(r.Value), true
 		}
-	}
-	if r.HasValue && r.Accepted.IsZero() {
-		if m.zero == nil {
-			m.zero = map[string]int{}
+		if r.HasValue && r.Accepted.IsZero() {
+			m.zero.add(r.Value)
 		}
-		m.zero[string(r.Value)]++
 	}
 	m.check()
-}
-
-// zeroChoice resolves a ballot-0 conflict among the answers (see zero):
-// the value most answers hold, or ok=false on a tie.
-func (m *captureM) zeroChoice() (v []byte, ok bool) {
-	best, n, tie := "", 0, false
-	for val, c := range m.zero {
-		switch {
-		case c > n:
-			best, n, tie = val, c, false
-		case c == n:
-			tie = true
-		}
-	}
-	return []byte(best), !tie
 }
 
 func (m *captureM) check() {
@@ -799,8 +793,8 @@ func (m *captureM) check() {
 			m.finish(m.ballot, nil, nil)
 			return
 		}
-		if m.best.IsZero() && len(m.zero) > 1 {
-			v, ok := m.zeroChoice()
+		if m.best.IsZero() && m.zero.conflict() {
+			v, ok := m.zero.choose(p.n, p.quorum, m.ok)
 			if !ok {
 				m.retry()
 				return
@@ -913,6 +907,7 @@ type segReg struct {
 	b       Ballot
 	value   []byte
 	decided bool
+	zero    zeroVotes // the promises' ballot-0 values (see zero.go)
 }
 
 func (m *captureSegM) start() {
@@ -954,10 +949,14 @@ func (m *captureSegM) step(from int, tag uint64, resp *Response) {
 			cur := m.regs[r.Off]
 			switch {
 			case cur == nil:
-				m.regs[r.Off] = &segReg{b: r.Accepted, value: bytes.Clone(r.Value), decided: r.Decided}
+				cur = &segReg{b: r.Accepted, value: bytes.Clone(r.Value), decided: r.Decided}
+				m.regs[r.Off] = cur
 			case cur.decided:
 			case r.Decided || cur.b.Less(r.Accepted):
 				cur.b, cur.value, cur.decided = r.Accepted, bytes.Clone(r.Value), r.Decided
+			}
+			if r.Accepted.IsZero() {
+				cur.zero.add(r.Value)
 			}
 		}
 		for _, off := range resp.Contended {
@@ -988,27 +987,46 @@ func (m *captureSegM) check() {
 	if m.ok+m.ph.nPending(p.n) >= p.quorum {
 		return
 	}
-	if m.nacks > 0 && m.attempt+1 < p.MaxAttempts && !m.o.exp {
-		p.observe(m.hint)
-		m.attempt++
-		m.start()
-		return
-	}
 	if m.nacks > 0 {
-		m.finish(worm.SegmentCapture{}, worm.ErrPreempted)
+		m.again()
 		return
 	}
 	m.finish(worm.SegmentCapture{}, worm.ErrUnavailable)
 }
 
+// again starts phase 1 over at a higher ballot, or fails with
+// ErrPreempted when the attempts or the deadline are used up.
+func (m *captureSegM) again() {
+	p := m.o.p
+	if m.attempt+1 >= p.MaxAttempts || m.o.exp {
+		m.finish(worm.SegmentCapture{}, worm.ErrPreempted)
+		return
+	}
+	p.observe(m.hint)
+	m.attempt++
+	m.start()
+}
+
 // planFinish groups the registers that hold undecided values into runs of
 // consecutive offsets and finishes them one run at a time.
 func (m *captureSegM) planFinish() {
+	p := m.o.p
 	offs := make([]uint32, 0, len(m.regs))
 	for off, r := range m.regs {
-		if !r.decided {
-			offs = append(offs, off)
+		if r.decided {
+			continue
 		}
+		if r.b.IsZero() && r.zero.conflict() {
+			v, ok := r.zero.choose(p.n, p.quorum, m.ok)
+			if !ok {
+				// Silent acceptors would tell which ballot-0 value was
+				// chosen: ask again, as captureM does.
+				m.again()
+				return
+			}
+			r.value = v
+		}
+		offs = append(offs, off)
 	}
 	sort.Slice(offs, func(i, j int) bool { return offs[i] < offs[j] })
 	m.runs = m.runs[:0]

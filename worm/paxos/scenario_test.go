@@ -592,7 +592,11 @@ func fmtReq(r *Request) string {
 		}
 		return fmt.Sprintf("accept %s b=%s %s", fmtAddr(r.Seg, r.Off), r.Ballot, strings.Join(vs, ","))
 	case KindDecide:
-		return fmt.Sprintf("decide %s count=%d b=%s", fmtAddr(r.Seg, r.Off), r.Count, r.Ballot)
+		s := fmt.Sprintf("decide %s count=%d b=%s", fmtAddr(r.Seg, r.Off), r.Count, r.Ballot)
+		for _, v := range r.Values {
+			s += " " + strconv.Quote(string(v))
+		}
+		return s
 	case KindRead:
 		return "read " + fmtAddr(r.Seg, r.Off)
 	}

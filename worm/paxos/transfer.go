@@ -150,7 +150,7 @@ func emitRegister(seg uint64, off uint32, r *register, emit func(Record)) int {
 		emit(Record{Kind: RecordAccept, Seg: seg, Off: off, Ballot: r.accepted, Value: r.value})
 		n += recordOverhead + len(r.value)
 		if r.decided {
-			emit(Record{Kind: RecordDecide, Seg: seg, Off: off, Ballot: r.accepted})
+			emit(decideRecord(seg, off, r))
 			n += recordOverhead
 		}
 	}
@@ -159,6 +159,17 @@ func emitRegister(seg uint64, off uint32, r *register, emit func(Record)) int {
 		n += recordOverhead
 	}
 	return n
+}
+
+// decideRecord is the RecordDecide of decided register r, as Snapshot and
+// Export emit it: at ballot 0 it names the value, which does not follow
+// from the ballot there (see zero.go).
+func decideRecord(seg uint64, off uint32, r *register) Record {
+	rec := Record{Kind: RecordDecide, Seg: seg, Off: off, Ballot: r.accepted}
+	if r.accepted.IsZero() {
+		rec.Value = r.value
+	}
+	return rec
 }
 
 // ConflictError reports an installed record that carries another value
@@ -183,7 +194,7 @@ func (e *ConflictError) Error() string {
 // a record twice, or a record the state already covers, changes nothing.
 //
 // A decide record marks the register decided only when the acceptor holds
-// the value at exactly that ballot (a register whose higher-ballot value
+// the value at exactly that ballot (at ballot 0: the record's value; a register whose higher-ballot value
 // came from another source loses only the hint, never the value).
 //
 // Errors: *InvalidRecordError for a record that cannot be applied (a
@@ -253,7 +264,10 @@ func (a *Acceptor) Install(rec Record, recs []Record) ([]Record, error) {
 		// is at least our accepted ballot.
 
 	case RecordDecide:
-		if _, r := a.reg(rec.Seg, rec.Off, false); r != nil && r.hasValue && r.accepted == rec.Ballot && !r.decided {
+		// At ballot 0 the record names the decided value: the acceptor
+		// may hold another writer's (see zero.go).
+		if _, r := a.reg(rec.Seg, rec.Off, false); r != nil && r.hasValue && r.accepted == rec.Ballot && !r.decided &&
+			(!rec.Ballot.IsZero() || bytes.Equal(r.value, rec.Value)) {
 			r.decided = true
 			recs = append(recs, Record{Kind: RecordDecide, Seg: rec.Seg, Off: rec.Off, Ballot: rec.Ballot})
 		}

@@ -263,7 +263,11 @@ func (m *model) render() string {
 		if g.has {
 			add(Record{Kind: RecordAccept, Seg: k.Seg, Off: k.Off, Ballot: g.accepted, Value: g.value})
 			if g.decided {
-				add(Record{Kind: RecordDecide, Seg: k.Seg, Off: k.Off, Ballot: g.accepted})
+				dec := Record{Kind: RecordDecide, Seg: k.Seg, Off: k.Off, Ballot: g.accepted}
+				if g.accepted.IsZero() {
+					dec.Value = g.value // as Snapshot names it
+				}
+				add(dec)
 			}
 		}
 		if g.accepted.Less(g.promise) {
