@@ -379,6 +379,25 @@ func (cl *Client) runAt(ctx context.Context, epoch uint64, op *paxos.Op) (paxos.
 	return res, sealed
 }
 
+// timers recycles wait's nudge timers: most operations end before their
+// first nudge, and a timer per operation was most of what the wait
+// allocated. Since Go 1.23 a stopped timer's channel holds no stale value,
+// so a recycled timer is as good as a new one.
+var timers sync.Pool
+
+func getTimer(d time.Duration) *time.Timer {
+	if t, ok := timers.Get().(*time.Timer); ok {
+		t.Reset(d)
+		return t
+	}
+	return time.NewTimer(d)
+}
+
+func putTimer(t *time.Timer) {
+	t.Stop()
+	timers.Put(t)
+}
+
 // wait drives c until its op ends, its context ends or the client closes.
 func (cl *Client) wait(ctx context.Context, c *call) paxos.Result {
 	op := c.op
@@ -394,7 +413,8 @@ func (cl *Client) wait(ctx context.Context, c *call) paxos.Result {
 		default:
 		}
 		if nudge == nil {
-			nudge = time.NewTimer(cl.cfg.NudgeAfter)
+			nudge = getTimer(cl.cfg.NudgeAfter)
+			defer putTimer(nudge)
 			nudgeC = nudge.C
 		}
 		select {
