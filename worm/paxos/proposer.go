@@ -331,13 +331,28 @@ type acceptM struct {
 	open           int
 	hint           Ballot
 	done           func(m *acceptM)
+
+	// one backs the per-register slices of a single-register accept
+	// (every plain write), so that it takes one allocation, not seven.
+	one struct {
+		ok, nack, errs [1]uint8
+		maybeOurs      [1]bool
+		outcome        [1]regOutcome
+		written        [1][]byte
+	}
 }
 
 func newAccept(o *Op, seg uint64, off uint32, b Ballot, values [][]byte, done func(*acceptM)) *acceptM {
 	n := len(values)
-	return &acceptM{o: o, seg: seg, off: off, ballot: b, values: values,
-		ok: make([]uint8, n), nack: make([]uint8, n), errs: make([]uint8, n), maybeOurs: make([]bool, n),
-		outcome: make([]regOutcome, n), written: make([][]byte, n), open: n, done: done}
+	m := &acceptM{o: o, seg: seg, off: off, ballot: b, values: values, open: n, done: done}
+	if n == 1 {
+		m.ok, m.nack, m.errs = m.one.ok[:], m.one.nack[:], m.one.errs[:]
+		m.maybeOurs, m.outcome, m.written = m.one.maybeOurs[:], m.one.outcome[:], m.one.written[:]
+		return m
+	}
+	m.ok, m.nack, m.errs, m.maybeOurs = make([]uint8, n), make([]uint8, n), make([]uint8, n), make([]bool, n)
+	m.outcome, m.written = make([]regOutcome, n), make([][]byte, n)
+	return m
 }
 
 func (m *acceptM) start() {
