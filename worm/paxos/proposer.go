@@ -123,6 +123,17 @@ type Op struct {
 	res    Result
 	exp    bool
 	accept bool // a KindAccept has been sent: a write may take effect
+
+	// The root machine and the first outbox entry live in the Op, saving
+	// two allocations per operation.
+	seq    seqM
+	outBuf [1]Out
+}
+
+// rootSeq makes the Op's own sequence machine its root and returns it.
+func (o *Op) rootSeq() *seqM {
+	o.root = &o.seq
+	return &o.seq
 }
 
 // TakeOutbox returns the requests to send and empties the outbox. The
@@ -1423,12 +1434,15 @@ func (o *Op) checkM(seg uint64, done func(worm.SegmentInfo, error)) machine {
 // ---------------------------------------------------------------------------
 // Constructors. Each returns an Op whose first requests are in its outbox.
 
-func (p *Proposer) newOp() *Op { return &Op{p: p} }
+func (p *Proposer) newOp() *Op {
+	o := &Op{p: p}
+	o.out = o.outBuf[:0]
+	return o
+}
 
 // afterAllocCheck runs next once seg is known to be allocated.
 func (o *Op) afterAllocCheck(seg uint64, next func(s *seqM)) {
-	s := &seqM{}
-	o.root = s
+	s := o.rootSeq()
 	if o.p.isAllocated(seg) {
 		next(s)
 		return
@@ -1557,8 +1571,7 @@ func (p *Proposer) Write(seg uint64, off uint32, tok Ballot, values [][]byte) *O
 	if tok.IsZero() {
 		o.afterAllocCheck(seg, func(s *seqM) { s.run(w) })
 	} else {
-		s := &seqM{}
-		o.root = s
+		s := o.rootSeq()
 		s.run(w)
 	}
 	return o
@@ -1569,8 +1582,7 @@ func (p *Proposer) Trim(seg uint64) *Op {
 	o := p.newOp()
 	t := &trimM{o: o, seg: seg}
 	t.done = func(err error) { o.finish(Result{Err: err}) }
-	s := &seqM{}
-	o.root = s
+	s := o.rootSeq()
 	s.run(t)
 	return o
 }
@@ -1578,8 +1590,7 @@ func (p *Proposer) Trim(seg uint64) *Op {
 // Check starts reading seg's allocation record.
 func (p *Proposer) Check(seg uint64) *Op {
 	o := p.newOp()
-	s := &seqM{}
-	o.root = s
+	s := o.rootSeq()
 	s.run(o.checkM(seg, func(info worm.SegmentInfo, err error) { o.finish(Result{Info: info, Err: err}) }))
 	return o
 }
@@ -1595,8 +1606,7 @@ const allocAttempts = 8
 
 func (p *Proposer) Alloc(seg uint64, meta []byte) *Op {
 	o := p.newOp()
-	s := &seqM{}
-	o.root = s
+	s := o.rootSeq()
 	mine := EncodeSegmentInfo(p.id, meta)
 	addr := worm.Addr{Seg: seg, Off: worm.MetaOffset}
 	attempts := 0
