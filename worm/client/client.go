@@ -365,6 +365,7 @@ func (cl *Client) runAt(ctx context.Context, epoch uint64, op *paxos.Op) (paxos.
 		return op.Result(), false
 	}
 	c := &call{cl: cl, epoch: epoch, op: op, done: make(chan struct{})}
+	c.sent = c.sentBuf[:0]
 	c.mu.Lock()
 	c.pumpLocked()
 	c.mu.Unlock()
@@ -403,6 +404,11 @@ func (cl *Client) wait(ctx context.Context, c *call) paxos.Result {
 	op := c.op
 	var nudge *time.Timer
 	var nudgeC <-chan time.Time
+	defer func() {
+		if nudge != nil {
+			putTimer(nudge)
+		}
+	}()
 	for {
 		select {
 		case <-c.done:
@@ -414,7 +420,6 @@ func (cl *Client) wait(ctx context.Context, c *call) paxos.Result {
 		}
 		if nudge == nil {
 			nudge = getTimer(cl.cfg.NudgeAfter)
-			defer putTimer(nudge)
 			nudgeC = nudge.C
 		}
 		select {

@@ -471,10 +471,12 @@ type call struct {
 	epoch uint64        // the configuration epoch the Op runs under
 	done  chan struct{} // closed when the Op finishes (not on Expire)
 
-	mu       sync.Mutex
-	op       *paxos.Op
-	sent     []sentTag
-	unsent   []sentTag // scratch for pumpLocked
+	mu     sync.Mutex
+	op     *paxos.Op
+	sent   []sentTag
+	unsent []sentTag // scratch for pumpLocked
+	// sentBuf backs sent for the first round to three servers.
+	sentBuf  [3]sentTag
 	finished bool
 	// serverErr is the text of the last StatusError a server answered.
 	serverErr string
