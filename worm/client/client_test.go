@@ -287,6 +287,33 @@ func BenchmarkWrite(b *testing.B) {
 	}
 }
 
+// BenchmarkRead measures one client reading written registers, one at a
+// time: the same path as BenchmarkWrite but for the acceptors' side
+// (a read touches no log).
+func BenchmarkRead(b *testing.B) {
+	c := newProcCluster(b, 3, 1<<16, nil)
+	cl := c.dial(b, "bench")
+	ctx := context.Background()
+	if _, err := cl.Alloc(ctx, 1, nil); err != nil {
+		b.Fatal(err)
+	}
+	sc, err := cl.CaptureSegment(ctx, 1)
+	if err != nil {
+		b.Fatal(err)
+	}
+	v := make([]byte, 64)
+	if err := cl.WriteBatch(ctx, 1, 0, sc.Token, [][]byte{v, v, v, v, v, v, v, v}); err != nil {
+		b.Fatal(err)
+	}
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		if _, err := cl.Read(ctx, worm.Addr{Seg: 1, Off: uint32(i % 8)}); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
 // BenchmarkWriteParallel: many goroutines share one client, each writing
 // its own registers of captured segments.
 func BenchmarkWriteParallel(b *testing.B) {
