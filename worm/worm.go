@@ -269,8 +269,14 @@ type Space interface {
 	// Errors: ErrPreempted, *WrittenError, ErrTrimmed, ErrUnknownOutcome,
 	// ErrUnavailable, ErrOutOfRange, ErrTooLarge.
 	Write(ctx context.Context, addr Addr, tok Token, value []byte) error
-	// WriteUnsafe writes at the reserved ballot 0 without capturing. Only
-	// safe for a single designated writer per register (WormTX votes).
+	// WriteUnsafe writes at the reserved ballot 0 without capturing: one
+	// round trip, meant for a single designated writer per register
+	// (WormTX votes). Several writers of different values still leave the
+	// register write-once and linearizable (one value wins, the others
+	// get *WrittenError); what they lose is liveness: while an acceptor
+	// is silent a capture or read may not tell which ballot-0 value won,
+	// and retries until it answers. Errors as Write's, ErrPreempted
+	// included (a capture got there first).
 	WriteUnsafe(ctx context.Context, addr Addr, value []byte) error
 	// Read returns the register's chosen value, or ErrEmpty when nothing can
 	// have been chosen yet. Linearizable.
