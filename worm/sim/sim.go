@@ -20,7 +20,8 @@
 // After every step the simulator checks the invariants of the reference
 // (section 4) over what the acceptors accepted: agreement (one value per
 // register, whatever quorum), validity (only written values are chosen)
-// and one value per ballot. After every recovery it checks durability:
+// and one value per ballot (but for ballot 0 under UnsafeContention,
+// where several unsafe writers each leave their own). After every recovery it checks durability:
 // the recovered state is a state the acceptor went through, at least as
 // recent as every reply it sent and everything storage reported durable.
 // At the end it cuts every acceptor's power once more, recovers it, checks
@@ -97,6 +98,13 @@ type Config struct {
 	// WriteErr and SyncErr are the probabilities that a disk write or an
 	// fsync fails with EIO.
 	WriteErr, SyncErr float64
+	// UnsafeContention lets every client WriteUnsafe any register, each
+	// with its own value, against WriteUnsafe's contract (one designated
+	// writer per register): the register must stay write-once and every
+	// outcome true all the same (see worm/paxos/zero.go). Ballot 0 then
+	// carries several values, one of which at most reaches a quorum.
+	UnsafeContention bool
+
 	// Control, when set, breaks durability on purpose (see Control); the
 	// controls' tests require that some seed finds a violation.
 	Control Control
@@ -441,9 +449,17 @@ func (s *Sim) startOp(ci int) {
 	case r < 0.68:
 		// Unsafe writes need a single designated writer per register,
 		// writing one value (a WormTX vote): client off%clients owns
-		// register off, and always writes the same value there.
+		// register off, and always writes the same value there. With
+		// UnsafeContention every client writes every register, each
+		// with its own value.
 		o.kind = "unsafe"
 		o.addr = s.randAddr()
+		if s.cfg.UnsafeContention {
+			o.value = s.pad(fmt.Appendf(nil, "u-%v-c%d", o.addr, ci))
+			s.values[string(o.value)] = true
+			o.op = p.Write(o.addr.Seg, o.addr.Off, worm.Token{}, [][]byte{o.value})
+			break
+		}
 		o.addr.Off = o.addr.Off - o.addr.Off%uint32(len(s.clients)) + uint32(ci)
 		if o.addr.Off >= s.cfg.SegSize {
 			o.kind = "read"
@@ -760,7 +776,11 @@ func (s *Sim) recordAccepts(acceptor int, recs []paxos.Record) error {
 		if rec.Kind != paxos.RecordAccept {
 			continue
 		}
-		k := ballotKey{worm.Addr{Seg: rec.Seg, Off: rec.Off}, rec.Ballot}
+		k := ballotKey{addr: worm.Addr{Seg: rec.Seg, Off: rec.Off}, b: rec.Ballot}
+		if rec.Ballot.IsZero() && s.cfg.UnsafeContention {
+			// Several unsafe writers: ballot 0 carries several values.
+			k.zeroValue = string(rec.Value)
+		}
 		a := s.accepted[k]
 		if a == nil {
 			a = &acceptance{value: bytes.Clone(rec.Value)}
@@ -774,8 +794,9 @@ func (s *Sim) recordAccepts(acceptor int, recs []paxos.Record) error {
 }
 
 type ballotKey struct {
-	addr worm.Addr
-	b    worm.Ballot
+	addr      worm.Addr
+	b         worm.Ballot
+	zeroValue string // the value, at ballot 0 under UnsafeContention
 }
 
 type acceptance struct {

@@ -78,6 +78,14 @@ var configs = map[string]func(seed uint64) Config{
 		c.Segments, c.Ops, c.ValueSize, c.DiskCapacity, c.Compact = 3, 40, 800, 16<<10, 0.02
 		return c
 	},
+	// Every client writes every register unsafely with its own value
+	// (against WriteUnsafe's contract), on few registers, with crashes,
+	// drops and duplicates: ballot 0 carries several values.
+	"unsafe-contention": func(seed uint64) Config {
+		c := DefaultConfig(seed)
+		c.Clients, c.Segments, c.SegSize, c.Ops, c.Trim, c.UnsafeContention = 4, 2, 4, 40, false, true
+		return c
+	},
 	// Writes and fsyncs fail with EIO now and then: the engine stops,
 	// abandons the replies waiting, and its supervisor restarts it.
 	"faulty-disk": func(seed uint64) Config {
