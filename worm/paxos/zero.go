@@ -20,6 +20,15 @@ import "bytes"
 //     (Acceptor.Install);
 //   - a capture whose promises show only ballot-0 values, and more than
 //     one of them, finishes the one that may have been chosen (zeroVotes).
+//
+// One place cannot: replacing a member (transfer.go). When the donors of
+// a register hold different ballot-0 values and the member that left held
+// the copy that made one of them a quorum, that knowledge left with it;
+// the new member keeps the first value it installs (ConflictError for the
+// others), which may be the loser. Several unsafe writers and a membership
+// change together are thus outside what the register guarantees; with
+// WriteUnsafe's contract kept (one writer, one value) ballot 0 carries one
+// value and replacement is exact.
 
 // zeroVotes tallies the ballot-0 values that one register's promises
 // (phase-1 answers at the capture's ballot) reported. The zero value is
