@@ -30,8 +30,10 @@ func TestDispatchModes(t *testing.T) {
 		env  env
 	}{
 		{"tap/inline", netstack.DispatchInline, tap},
+		{"tap/netpoll", netstack.DispatchNetpoll, tap},
 		{"tap/readv", netstack.DispatchReadv, tap},
 		{"afpacket-tso/inline", netstack.DispatchInline, veth(false)},
+		{"afpacket-tso/netpoll", netstack.DispatchNetpoll, veth(false)},
 		{"afpacket/inline", netstack.DispatchInline, veth(true)},
 		{"afpacket/readv", netstack.DispatchReadv, veth(true)},
 		{"afpacket/recvmmsg", netstack.DispatchRecvMMsg, veth(true)},
@@ -76,16 +78,22 @@ func TestInlineNoAllocPerPacket(t *testing.T) {
 	if raceEnabled {
 		t.Skip("the race detector allocates on its own; allocation counts mean nothing under -race")
 	}
+	type envFn func(tb testing.TB, k netstack.Knobs) (*nsEnv, *netstack.Stack)
+	tap := func(tb testing.TB, k netstack.Knobs) (*nsEnv, *netstack.Stack) { return tapEnvWith(tb, k) }
+	veth := func(tb testing.TB, k netstack.Knobs) (*nsEnv, *netstack.Stack) { return vethEnvWith(tb, k, false) }
 	for _, c := range []struct {
 		name string
-		env  func(tb testing.TB, k netstack.Knobs) (*nsEnv, *netstack.Stack)
+		mode netstack.DispatchMode
+		env  envFn
 	}{
-		{"tap", func(tb testing.TB, k netstack.Knobs) (*nsEnv, *netstack.Stack) { return tapEnvWith(tb, k) }},
-		{"afpacket", func(tb testing.TB, k netstack.Knobs) (*nsEnv, *netstack.Stack) { return vethEnvWith(tb, k, false) }},
+		{"tap", netstack.DispatchInline, tap},
+		{"afpacket", netstack.DispatchInline, veth},
+		{"tap/netpoll", netstack.DispatchNetpoll, tap},
+		{"afpacket/netpoll", netstack.DispatchNetpoll, veth},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			k := netstack.DefaultKnobs()
-			k.Dispatch = netstack.DispatchInline
+			k.Dispatch = c.mode
 			e, st := c.env(t, k)
 			addr := fmt.Sprintf("%v:%d", st.Addr().Addr(), 7200+int(nsSeq.Add(1)))
 			startServer(t, st, addr)
@@ -129,6 +137,9 @@ func TestCloseUnderTraffic(t *testing.T) {
 	for i := 0; i < 30; i++ {
 		k := netstack.DefaultKnobs()
 		k.Dispatch = netstack.DispatchInline
+		if i%2 == 1 {
+			k.Dispatch = netstack.DispatchNetpoll // its reader parks in the poller
+		}
 		e, st := tapEnvWith(t, k)
 		addr := fmt.Sprintf("%v:9", st.Addr().Addr()) // nothing listens
 		stop := make(chan struct{})

@@ -2,8 +2,12 @@ package netstack
 
 import (
 	"log/slog"
+	"os"
 	"sync"
 	"sync/atomic"
+	"syscall"
+	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 	"gvisor.dev/gvisor/pkg/buffer"
@@ -26,6 +30,11 @@ import (
 // frame; here a frame costs no allocation (the view and the PacketBuffer
 // come from gVisor's pools) and no goroutine hop.
 //
+// With DispatchNetpoll the goroutine waits for frames in the Go runtime's
+// poller (a dup of the fd registered there) rather than in a blocking
+// ppoll(2) of its own, so that the thread it ran on goes on to run the
+// goroutines a frame woke instead of handing them to another thread.
+//
 // Transmit: writeFrame, one writev(2) per frame straight from the packet's
 // views.
 //
@@ -41,6 +50,19 @@ type fdLink struct {
 	stop    stopfd.StopFD
 	stopped atomic.Bool // Attach(nil) was called: deliver nothing more
 	wg      sync.WaitGroup
+
+	// DispatchNetpoll: a dup of fd registered with the runtime's poller
+	// (the link owns it and closes it once the reader stopped), and its
+	// raw access.
+	pf        *os.File
+	rc        syscall.RawConn
+	closePoll sync.Once
+	// The read goroutine's state for rc.Read's callback (a method value
+	// made once: a closure per read would allocate).
+	pollRX    *rxState
+	pollN     int
+	pollErrno unix.Errno
+	pollFn    func(fd uintptr) bool
 
 	mu         sync.RWMutex
 	addr       tcpip.LinkAddress
@@ -71,6 +93,22 @@ func newFDLink(fd int, socket bool, mtu uint32, addr tcpip.LinkAddress, k Knobs,
 		return nil, err
 	}
 	l := &fdLink{fd: fd, batch: socket, addr: addr, stop: sfd, log: log}
+	if k.Dispatch == DispatchNetpoll {
+		// A dup, so that the poller's registration and its close belong
+		// to the link and never to the caller's fd number.
+		dfd, err := unix.Dup(fd)
+		if err != nil {
+			unix.Close(sfd.EFD)
+			return nil, err
+		}
+		l.pf = os.NewFile(uintptr(dfd), "netstack-link")
+		l.pollFn = l.pollRead
+		if l.rc, err = l.pf.SyscallConn(); err != nil {
+			l.pf.Close()
+			unix.Close(sfd.EFD)
+			return nil, err
+		}
+	}
 	l.mtu.Store(mtu)
 	// Ethernet: the stack resolves neighbours with ARP.
 	l.caps = stack.CapabilityResolutionRequired
@@ -124,6 +162,10 @@ func (l *fdLink) Attach(d stack.NetworkDispatcher) {
 			l.dispatcher = nil
 			l.stopped.Store(true)
 			l.stop.Stop()
+			if l.pf != nil {
+				// Wakes a reader parked in the poller.
+				l.pf.SetReadDeadline(aLongTimeAgo)
+			}
 		}
 		return
 	}
@@ -151,7 +193,15 @@ func (l *fdLink) Wait() {}
 
 // waitStopped waits until the read goroutine has returned (after
 // Attach(nil)); only then may the fd be closed.
-func (l *fdLink) waitStopped() { l.wg.Wait() }
+func (l *fdLink) waitStopped() {
+	l.wg.Wait()
+	if l.pf != nil {
+		l.closePoll.Do(func() { l.pf.Close() })
+	}
+}
+
+// aLongTimeAgo is a deadline in the past: it fails a pending read at once.
+var aLongTimeAgo = time.Unix(1, 0)
 
 // ARPHardwareType implements stack.LinkEndpoint.
 func (*fdLink) ARPHardwareType() header.ARPHardwareType { return header.ARPHardwareEther }
@@ -274,7 +324,9 @@ func (l *fdLink) readLoop(d stack.NetworkDispatcher) {
 		}
 		var n int
 		var errno unix.Errno
-		if l.batch {
+		if l.rc != nil {
+			n, errno = l.recvPolled(r)
+		} else if l.batch {
 			n, errno = rawfile.BlockingRecvMMsgUntilStopped(l.stop.EFD, l.fd, r.hdrs[:])
 		} else {
 			n, errno = rawfile.BlockingReadvUntilStopped(l.stop.EFD, l.fd, r.slots[0].iovs[:])
@@ -298,6 +350,47 @@ func (l *fdLink) readLoop(d stack.NetworkDispatcher) {
 			l.deliver(d, r, i)
 		}
 	}
+}
+
+// recvPolled is DispatchNetpoll's receive: the same recvmmsg(2) or
+// readv(2) as the blocking modes, non-blocking, parking in the runtime's
+// poller until the fd is readable. It returns n < 0 once the link is
+// stopped (the deadline Attach(nil) sets, or the file closed).
+func (l *fdLink) recvPolled(r *rxState) (n int, errno unix.Errno) {
+	l.pollRX = r
+	err := l.rc.Read(l.pollFn)
+	n, errno = l.pollN, l.pollErrno
+	if err != nil || l.stopped.Load() {
+		return -1, 0
+	}
+	if errno == 0 && !l.batch && n > 0 {
+		r.hdrs[0].Len = uint32(n)
+		r.hdrs[0].Msg.Flags = 0
+		n = 1
+	}
+	return n, errno
+}
+
+// pollRead is recvPolled's callback: one non-blocking read into
+// l.pollRX; false (EAGAIN) parks the goroutine until the fd is readable.
+func (l *fdLink) pollRead(fd uintptr) bool {
+	r := l.pollRX
+	var r1 uintptr
+	var e unix.Errno
+	if l.batch {
+		r1, _, e = unix.Syscall6(unix.SYS_RECVMMSG, fd, uintptr(unsafe.Pointer(&r.hdrs[0])), uintptr(len(r.hdrs)), unix.MSG_DONTWAIT, 0, 0)
+	} else {
+		iovs := &r.slots[0].iovs
+		r1, _, e = unix.Syscall(unix.SYS_READV, fd, uintptr(unsafe.Pointer(&iovs[0])), uintptr(len(iovs)))
+	}
+	if e == unix.EAGAIN {
+		return false
+	}
+	l.pollN, l.pollErrno = int(r1), e
+	if e != 0 {
+		l.pollN = 0
+	}
+	return true
 }
 
 // deliver hands frame i of r to the stack and refills what it used.

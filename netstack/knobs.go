@@ -23,6 +23,12 @@ const (
 	// and delivers each to the stack on the reading goroutine: no
 	// processor goroutine, no allocation per frame. No GRO or GSO.
 	DispatchInline DispatchMode = "inline"
+	// DispatchNetpoll is DispatchInline waiting for frames in the Go
+	// runtime's poller instead of a blocking ppoll(2): while the link
+	// waits, its thread runs the goroutines a frame woke (gVisor's TCP
+	// processor, the reader of the connection) instead of leaving them
+	// for another thread to be woken.
+	DispatchNetpoll DispatchMode = "netpoll"
 	// DispatchReadv reads one frame per readv(2) call.
 	DispatchReadv DispatchMode = "readv"
 	// DispatchRecvMMsg reads up to a batch of frames per recvmmsg(2) call.
@@ -31,6 +37,10 @@ const (
 	// kernel. Ring slots are sized to the MTU.
 	DispatchPacketMMap DispatchMode = "mmap"
 )
+
+// own reports whether the mode is this package's link (fdlink.go), not
+// gVisor's fdbased.
+func (m DispatchMode) own() bool { return m == DispatchInline || m == DispatchNetpoll }
 
 // fdbased maps a mode to gVisor's fdbased link (not for DispatchInline).
 func (m DispatchMode) fdbased() (fdbased.PacketDispatchMode, error) {
@@ -161,6 +171,14 @@ func DefaultKnobs() Knobs {
 		// 38-55 us each) and PACKET_MMAP was not a candidate: gVisor's ring
 		// has only 32 slots, so a burst of more than 32 MTU-sized frames is
 		// dropped, whereas recvmmsg is backed by the socket buffer.
+		// DispatchNetpoll (session 6) halved the raw 64-byte echo through
+		// a wormd-like separate process (`worm compare -configs
+		// host-kernel,host-netstack -clients 1,16,64 -reps 2
+		// -netstack-knobs dispatch=netpoll|inline`: p50 70 vs 140 us) and
+		// helped a single client's write (178 vs 207 us), but read at one
+		// client (112 vs 94 us) and both at 64 clients (write 28.7k vs
+		// 32.5k/s, read 51k vs 55k/s) did worse in the same alternating
+		// runs: mixed, so not the default.
 		Dispatch: DispatchInline,
 		// GSO off: software GSO of 64 KiB gave nothing (AF_PACKET out of
 		// netstack 111 vs 110 MB/s, into 481 vs 544 MB/s).
@@ -326,7 +344,7 @@ func (k Knobs) validate() error {
 			return fmt.Errorf("%w: buffer range %+v", ErrBadOption, r)
 		}
 	}
-	if k.Dispatch == DispatchInline {
+	if k.Dispatch.own() {
 		if k.GRO || k.GSOMaxSize > 0 {
 			return fmt.Errorf("%w: GRO and GSO need a fdbased dispatch mode (readv, recvmmsg or mmap), not %q", ErrBadOption, k.Dispatch)
 		}

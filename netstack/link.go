@@ -129,7 +129,7 @@ func (p packetSock) open(c *config) (stack.LinkEndpoint, string, func() error, e
 
 func fdEndpoint(c *config, fd int, packet bool) (stack.LinkEndpoint, error) {
 	k := c.knobs
-	if k.Dispatch == DispatchInline {
+	if k.Dispatch.own() {
 		ep, err := newFDLink(fd, packet, c.mtu, tcpip.LinkAddress(c.mac), k, c.log)
 		if err != nil {
 			return nil, fmt.Errorf("netstack: fd link: %w", err)
