@@ -19,7 +19,8 @@ import (
 )
 
 // fdLink is the link endpoint of a TAP fd or an AF_PACKET socket in the
-// inline dispatch mode (DispatchInline, the default): Ethernet frames in
+// inline dispatch modes (DispatchNetpoll, the default, and DispatchInline):
+// Ethernet frames in
 // and out of one fd, with nothing between the fd and the network layer.
 //
 // Receive: one goroutine per link reads frames into pooled buffer views

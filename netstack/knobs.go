@@ -171,15 +171,27 @@ func DefaultKnobs() Knobs {
 		// 38-55 us each) and PACKET_MMAP was not a candidate: gVisor's ring
 		// has only 32 slots, so a burst of more than 32 MTU-sized frames is
 		// dropped, whereas recvmmsg is backed by the socket buffer.
-		// DispatchNetpoll (session 6) halved the raw 64-byte echo through
-		// a wormd-like separate process (`worm compare -configs
-		// host-kernel,host-netstack -clients 1,16,64 -reps 2
-		// -netstack-knobs dispatch=netpoll|inline`: p50 70 vs 140 us) and
-		// helped a single client's write (178 vs 207 us), but read at one
-		// client (112 vs 94 us) and both at 64 clients (write 28.7k vs
-		// 32.5k/s, read 51k vs 55k/s) did worse in the same alternating
-		// runs: mixed, so not the default.
-		Dispatch: DispatchInline,
+		//
+		// Session 6: DispatchNetpoll, the same link waiting in the Go
+		// poller, is the default. A blocking ppoll keeps its thread in a
+		// system call, so what a frame wakes (gVisor's TCP processor, the
+		// connection's reader) runs on another thread woken for it, or,
+		// with one P (a 1-vCPU guest, GOMAXPROCS=1), only once sysmon
+		// takes the P back. `worm compare -netstack-knobs
+		// dispatch=netpoll|inline`, alternating runs, 2 reps each, p50 or
+		// throughput as a ratio to the kernel config:
+		//   - VM guests (1 vCPU, nested KVM): raw echo 1.09 vs 1.96 ms;
+		//     read 2.25x vs 3.67x (1 client), 0.50x vs 0.29x (16); write
+		//     2.86x vs 2.53x (1), 0.565x both (16).
+		//   - host, wormds with GOMAXPROCS=1: write 1.91x vs 5.61x (1),
+		//     0.73x vs 0.53x (16); read 1.72x vs 7.96x, 0.65x vs 0.45x.
+		//   - host, GOMAXPROCS=2: write 2.56x vs 3.31x (1), 0.70x vs 0.59x
+		//     (16); read 2.66x vs 2.62x, 0.77x vs 0.65x; raw echo 70 vs
+		//     140 us. An earlier run with 64 clients had netpoll behind
+		//     (write 0.51x vs 0.65x, read 0.53x vs 0.70x).
+		// Ahead in most cells and far ahead with one P; inline remains a
+		// knob.
+		Dispatch: DispatchNetpoll,
 		// GSO off: software GSO of 64 KiB gave nothing (AF_PACKET out of
 		// netstack 111 vs 110 MB/s, into 481 vs 544 MB/s).
 		GSOMaxSize: 0,
