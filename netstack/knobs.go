@@ -180,9 +180,10 @@ func DefaultKnobs() Knobs {
 		// takes the P back. `worm compare -netstack-knobs
 		// dispatch=netpoll|inline`, alternating runs, 2 reps each, p50 or
 		// throughput as a ratio to the kernel config:
-		//   - VM guests (1 vCPU, nested KVM): raw echo 1.09 vs 1.96 ms;
-		//     read 2.25x vs 3.67x (1 client), 0.50x vs 0.29x (16); write
-		//     2.86x vs 2.53x (1), 0.565x both (16).
+		//   - VM guests (1 vCPU; TCG, KVM does not boot them on that
+		//     machine): raw echo 1.09 vs 1.96 ms; read 2.25x vs 3.67x (1
+		//     client), 0.50x vs 0.29x (16); write 2.86x vs 2.53x (1),
+		//     0.565x both (16).
 		//   - host, wormds with GOMAXPROCS=1: write 1.91x vs 5.61x (1),
 		//     0.73x vs 0.53x (16); read 1.72x vs 7.96x, 0.65x vs 0.45x.
 		//   - host, GOMAXPROCS=2: write 2.56x vs 3.31x (1), 0.70x vs 0.59x
