@@ -20,8 +20,8 @@ import (
 
 // fdLink is the link endpoint of a TAP fd or an AF_PACKET socket in the
 // inline dispatch modes (DispatchNetpoll, the default, and DispatchInline):
-// Ethernet frames in
-// and out of one fd, with nothing between the fd and the network layer.
+// Ethernet frames in and out of one fd, with nothing between the fd and
+// the network layer.
 //
 // Receive: one goroutine per link reads frames into pooled buffer views
 // (readv(2) on a TAP, recvmmsg(2) of up to rxBatch frames on a socket) and
@@ -325,17 +325,19 @@ func (l *fdLink) readLoop(d stack.NetworkDispatcher) {
 		}
 		var n int
 		var errno unix.Errno
-		if l.rc != nil {
+		switch {
+		case l.rc != nil:
 			n, errno = l.recvPolled(r)
-		} else if l.batch {
+		case l.batch:
 			n, errno = rawfile.BlockingRecvMMsgUntilStopped(l.stop.EFD, l.fd, r.hdrs[:])
-		} else {
+		default:
 			n, errno = rawfile.BlockingReadvUntilStopped(l.stop.EFD, l.fd, r.slots[0].iovs[:])
-			if n > 0 {
-				r.hdrs[0].Len = uint32(n)
-				r.hdrs[0].Msg.Flags = 0
-				n = 1
-			}
+		}
+		if !l.batch && n > 0 && errno == 0 {
+			// readv: n bytes of one frame in slot 0.
+			r.hdrs[0].Len = uint32(n)
+			r.hdrs[0].Msg.Flags = 0
+			n = 1
 		}
 		if n < 0 {
 			return // stopped by Attach(nil)
@@ -354,8 +356,9 @@ func (l *fdLink) readLoop(d stack.NetworkDispatcher) {
 }
 
 // recvPolled is DispatchNetpoll's receive: the same recvmmsg(2) or
-// readv(2) as the blocking modes, non-blocking, parking in the runtime's
-// poller until the fd is readable. It returns n < 0 once the link is
+// readv(2) as the blocking modes (with their results: frames or bytes),
+// non-blocking, parking in the runtime's poller until the fd is readable.
+// It returns n < 0 once the link is
 // stopped (the deadline Attach(nil) sets, or the file closed).
 func (l *fdLink) recvPolled(r *rxState) (n int, errno unix.Errno) {
 	l.pollRX = r
@@ -363,11 +366,6 @@ func (l *fdLink) recvPolled(r *rxState) (n int, errno unix.Errno) {
 	n, errno = l.pollN, l.pollErrno
 	if err != nil || l.stopped.Load() {
 		return -1, 0
-	}
-	if errno == 0 && !l.batch && n > 0 {
-		r.hdrs[0].Len = uint32(n)
-		r.hdrs[0].Msg.Flags = 0
-		n = 1
 	}
 	return n, errno
 }
