@@ -632,7 +632,11 @@ func (m *readM) check() {
 	p := m.o.p
 	for _, t := range m.tally {
 		if t.count >= p.quorum {
-			m.o.out = append(m.o.out, Out{To: All, Req: decideReq(m.addr.Seg, m.addr.Off, t.b, 1, [][]byte{t.value})})
+			var vals [][]byte
+			if t.b.IsZero() {
+				vals = [][]byte{t.value} // only a ballot-0 decide carries it
+			}
+			m.o.out = append(m.o.out, Out{To: All, Req: decideReq(m.addr.Seg, m.addr.Off, t.b, 1, vals)})
 			m.finish(t.value, nil)
 			return
 		}
