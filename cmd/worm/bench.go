@@ -94,8 +94,12 @@ type BenchReport struct {
 	// RawRTT is the floor the ratios use: a round trip to an echo in
 	// another process over loopback. RawRTTInProcess is the same to an
 	// echo inside the benchmark's process (no cross-process wake-up).
+	// RawQuorumRTT is the floor of the write's communication: one echo
+	// process per server, a message to each, the first majority of the
+	// echoes awaited (bench.RawQuorumRTT).
 	RawRTT          bench.Result   `json:"raw_rtt"`
 	RawRTTInProcess bench.Result   `json:"raw_rtt_in_process"`
+	RawQuorumRTT    bench.Result   `json:"raw_quorum_rtt"`
 	Results         []bench.Result `json:"results"`
 }
 
@@ -213,7 +217,22 @@ func cmdBench(args []string) error {
 	if err != nil {
 		return err
 	}
-	report := BenchReport{Time: time.Now().UTC(), Servers: strings.Split(sf.servers, ","), Local: *local, Volatile: *volatile, RawRTT: raw, RawRTTInProcess: rawIn}
+	servers := strings.Split(sf.servers, ",")
+	fmt.Fprintf(os.Stderr, "bench: raw TCP quorum round trip to %d echo processes (first %d of %d) ...\n", len(servers), len(servers)/2+1, len(servers))
+	var echoAddrs []string
+	for range servers {
+		a, stop, err := externalEcho()
+		if err != nil {
+			return err
+		}
+		defer stop()
+		echoAddrs = append(echoAddrs, a)
+	}
+	rawQ, err := bench.RawQuorumRTT(ctx, &net.Dialer{}, echoAddrs, 0, 1, *valueSize, *duration)
+	if err != nil {
+		return err
+	}
+	report := BenchReport{Time: time.Now().UTC(), Servers: servers, Local: *local, Volatile: *volatile, RawRTT: raw, RawRTTInProcess: rawIn, RawQuorumRTT: rawQ}
 	for _, wl := range wls {
 		for _, c := range counts {
 			fmt.Fprintf(os.Stderr, "bench: %s with %d client(s) for %v ...\n", wl, c, *duration)
@@ -240,10 +259,22 @@ func us(d time.Duration) string { return strconv.FormatFloat(float64(d)/1e3, 'f'
 
 func printBench(w *os.File, r BenchReport) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "workload\tclients\tops/s\twrites/s\tp50 µs\tp99 µs\tp50/raw\terrors\t")
-	fmt.Fprintf(tw, "raw-rtt (other process)\t%d\t%.0f\t-\t%s\t%s\t1.0\t%d\t\n", r.RawRTT.Clients, r.RawRTT.OpsPerSec, us(r.RawRTT.Latency.P50), us(r.RawRTT.Latency.P99), r.RawRTT.Errors)
-	x := r.RawRTTInProcess
-	fmt.Fprintf(tw, "raw-rtt (in process)\t%d\t%.0f\t-\t%s\t%s\t%.1f\t%d\t\n", x.Clients, x.OpsPerSec, us(x.Latency.P50), us(x.Latency.P99), float64(x.Latency.P50)/float64(r.RawRTT.Latency.P50), x.Errors)
+	fmt.Fprintln(tw, "workload\tclients\tops/s\twrites/s\tp50 µs\tp99 µs\tp50/raw\tp50/quorum\terrors\t")
+	ratios := func(p50 time.Duration) string {
+		q := "-"
+		if r.RawQuorumRTT.Latency.P50 > 0 {
+			q = fmt.Sprintf("%.1f", float64(p50)/float64(r.RawQuorumRTT.Latency.P50))
+		}
+		return fmt.Sprintf("%.1f\t%s", float64(p50)/float64(r.RawRTT.Latency.P50), q)
+	}
+	floor := func(name string, x bench.Result) {
+		fmt.Fprintf(tw, "%s\t%d\t%.0f\t-\t%s\t%s\t%s\t%d\t\n", name, x.Clients, x.OpsPerSec, us(x.Latency.P50), us(x.Latency.P99), ratios(x.Latency.P50), x.Errors)
+	}
+	floor("raw-rtt (other process)", r.RawRTT)
+	floor("raw-rtt (in process)", r.RawRTTInProcess)
+	if r.RawQuorumRTT.Ops > 0 {
+		floor(fmt.Sprintf("raw-quorum-rtt (%d processes)", len(r.Servers)), r.RawQuorumRTT)
+	}
 	for _, x := range r.Results {
 		writes := "-"
 		switch x.Workload {
@@ -252,8 +283,7 @@ func printBench(w *os.File, r BenchReport) {
 		case bench.Write, bench.CaptureWrite:
 			writes = fmt.Sprintf("%.0f", x.OpsPerSec)
 		}
-		ratio := float64(x.Latency.P50) / float64(r.RawRTT.Latency.P50)
-		fmt.Fprintf(tw, "%s\t%d\t%.0f\t%s\t%s\t%s\t%.1f\t%d\t\n", x.Workload, x.Clients, x.OpsPerSec, writes, us(x.Latency.P50), us(x.Latency.P99), ratio, x.Errors)
+		fmt.Fprintf(tw, "%s\t%d\t%.0f\t%s\t%s\t%s\t%s\t%d\t\n", x.Workload, x.Clients, x.OpsPerSec, writes, us(x.Latency.P50), us(x.Latency.P99), ratios(x.Latency.P50), x.Errors)
 	}
 	tw.Flush()
 }

@@ -2,6 +2,7 @@ package bench_test
 
 import (
 	"context"
+	"io"
 	"net"
 	"testing"
 	"time"
@@ -84,4 +85,73 @@ func TestSummarize(t *testing.T) {
 	if l.P50 != 50 || l.P99 != 99 || l.Max != 100 || l.Mean != 50 {
 		t.Fatalf("%+v", l)
 	}
+}
+
+// TestRawQuorumRTT checks that the quorum floor waits for the first
+// quorum of echoes, no more and no fewer: with one echo server slowed by
+// 20 ms per echo, a majority round trip does not wait for it and an
+// all-of-three round trip does; a server that never answers does not stop
+// a majority.
+func TestRawQuorumRTT(t *testing.T) {
+	const slow = 20 * time.Millisecond
+	listen := func(serve func(net.Conn)) string {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { l.Close() })
+		go func() {
+			for {
+				c, err := l.Accept()
+				if err != nil {
+					return
+				}
+				t.Cleanup(func() { c.Close() })
+				go serve(c)
+			}
+		}()
+		return l.Addr().String()
+	}
+	fast := func(c net.Conn) { io.Copy(c, c) }
+	// The slow server echoes what it has read so far 20 ms later, in
+	// batches, so that its backlog never fills a socket buffer.
+	delayed := func(c net.Conn) {
+		buf := make([]byte, 1<<16)
+		for {
+			n, err := c.Read(buf)
+			if err != nil {
+				return
+			}
+			time.Sleep(slow)
+			if _, err := c.Write(buf[:n]); err != nil {
+				return
+			}
+		}
+	}
+	silent := func(c net.Conn) { io.Copy(io.Discard, c) }
+	addrs := []string{listen(fast), listen(fast), listen(delayed)}
+	ctx := context.Background()
+
+	maj, err := bench.RawQuorumRTT(ctx, &net.Dialer{}, addrs, 0, 1, 64, 300*time.Millisecond)
+	if err != nil || maj.Ops == 0 || maj.Errors != 0 {
+		t.Fatalf("majority: %+v %v", maj, err)
+	}
+	if maj.Latency.P50 >= slow {
+		t.Errorf("majority of (fast, fast, slow): p50 %v, want under the slow server's %v", maj.Latency.P50, slow)
+	}
+	all, err := bench.RawQuorumRTT(ctx, &net.Dialer{}, addrs, 3, 1, 64, 300*time.Millisecond)
+	if err != nil || all.Ops == 0 {
+		t.Fatalf("all: %+v %v", all, err)
+	}
+	if all.Latency.P50 < slow {
+		t.Errorf("all of (fast, fast, slow): p50 %v, want at least %v", all.Latency.P50, slow)
+	}
+	dead, err := bench.RawQuorumRTT(ctx, &net.Dialer{}, []string{addrs[0], listen(silent), addrs[1]}, 0, 2, 64, 200*time.Millisecond)
+	if err != nil || dead.Ops == 0 || dead.Errors != 0 {
+		t.Fatalf("majority with a silent server: %+v %v", dead, err)
+	}
+	if _, err := bench.RawQuorumRTT(ctx, &net.Dialer{}, addrs, 4, 1, 64, time.Millisecond); err == nil {
+		t.Error("a quorum larger than the servers was accepted")
+	}
+	t.Log(maj, all, dead)
 }
