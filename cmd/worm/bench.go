@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"os/signal"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"syscall"
@@ -139,6 +140,7 @@ func cmdBench(args []string) error {
 	conns := fs.Int("conns", 1, "client library instances the clients share (each has one connection per server)")
 	jsonOut := fs.String("json", "", "also write the report as JSON to this file")
 	quick := fs.Bool("quick", false, "short runs (1s, 200ms warm-up)")
+	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of this (client) process during the workloads, not the floors, to this file")
 	fs.Usage = func() { fmt.Fprintln(fs.Output(), benchUsage); fs.PrintDefaults() }
 	if _, err := parseArgs(fs, args, 0, "bench [flags]"); err != nil {
 		return err
@@ -233,6 +235,17 @@ func cmdBench(args []string) error {
 		return err
 	}
 	report := BenchReport{Time: time.Now().UTC(), Servers: servers, Local: *local, Volatile: *volatile, RawRTT: raw, RawRTTInProcess: rawIn, RawQuorumRTT: rawQ}
+	if *cpuProfile != "" {
+		f, err := os.Create(*cpuProfile)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+		defer pprof.StopCPUProfile()
+	}
 	for _, wl := range wls {
 		for _, c := range counts {
 			fmt.Fprintf(os.Stderr, "bench: %s with %d client(s) for %v ...\n", wl, c, *duration)
