@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"runtime"
 	"sort"
 	"strconv"
 	"strings"
@@ -109,6 +110,12 @@ type Knobs struct {
 	// Processors is the number of goroutines handling inbound frames per
 	// link fd (0: GOMAXPROCS).
 	Processors int `json:"processors"`
+	// GoProcs is the Go scheduler's processor count (GOMAXPROCS) for the
+	// process that owns the stack. It is process-wide, so a Stack never
+	// sets it: the program serving the stack applies it when it opens the
+	// stack (wormd does, with ApplyGoProcs). 0 leaves the runtime's
+	// choice (the GOMAXPROCS environment variable, or the CPU count).
+	GoProcs int `json:"go_procs"`
 }
 
 // DefaultKnobs returns the settings used unless WithKnobs is given. Figures
@@ -221,7 +228,38 @@ func DefaultKnobs() Knobs {
 		// One processor goroutine per core (fdbased's default; the inline
 		// link has none).
 		Processors: 0,
+		// One P. Every request crosses goroutines inside gVisor's TCP (the
+		// link's reader readies the TCP processor, which readies the
+		// connection's reader); with an idle second P each of those
+		// readies wakes a thread to run it (a futex wake-up and a
+		// spinning M), which on 2 vCPUs shared with the other wormds and
+		// the client costs more than the parallelism returns. With one P
+		// the readied goroutine runs on the same thread as soon as the
+		// current one parks. Alternating `worm compare -configs
+		// host-kernel,host-netstack -workloads write,read -clients 1,16,64
+		// -reps 2 -duration 2s` runs (session 7; netstack wormds at 1 P
+		// through a WORMD= wrapper in 4 runs vs the runtime's 2 in 2):
+		// server CPU per operation fell 25-35% (write, 16 clients: 40-54
+		// vs 63-66 us; 64 clients: 33-41 vs 45-55 us; read, 16 clients:
+		// 27-40 vs 36-57 us), and against the kernel config write with 64
+		// clients went from 0.44-0.64x to 0.68-0.81x of its throughput,
+		// read from 0.65-0.74x to 0.75-0.91x; one client's write p50
+		// from 1.94-2.82x to 1.68-1.92x. The kernel config's wormds at 1 P
+		// measured alike within noise in two such runs, so it keeps the
+		// runtime's default. A guest with one vCPU has one P anyway.
+		// Raise it for a wormd with cores to itself under heavy load.
+		GoProcs: 1,
 	}
+}
+
+// ApplyGoProcs sets the process's GOMAXPROCS to k.GoProcs when it is
+// set, and returns the value it replaced (0 when it changed nothing). A
+// program calls it once, when it opens the stack it serves.
+func (k Knobs) ApplyGoProcs() (previous int) {
+	if k.GoProcs <= 0 {
+		return 0
+	}
+	return runtime.GOMAXPROCS(k.GoProcs)
 }
 
 // KnobsFromEnv returns DefaultKnobs overridden by the environment variable
@@ -348,6 +386,9 @@ func (k Knobs) validate() error {
 	}
 	if k.RACK && !k.SACK {
 		return fmt.Errorf("%w: RACK needs SACK", ErrBadOption)
+	}
+	if k.GoProcs < 0 || k.GoProcs > 1024 {
+		return fmt.Errorf("%w: go_procs %d (want 0..1024; 0 leaves the runtime's choice)", ErrBadOption, k.GoProcs)
 	}
 	if k.DelayedACKMicros < 0 || k.DelayedACKMicros > 200_000 {
 		return fmt.Errorf("%w: delayed ACK %d us (want 0..200000; Linux's maximum is 200 ms)", ErrBadOption, k.DelayedACKMicros)

@@ -2,6 +2,8 @@ package netstack_test
 
 import (
 	"errors"
+	"fmt"
+	"runtime"
 	"testing"
 
 	"github.com/wormspace/wormspace/netstack"
@@ -48,10 +50,34 @@ func TestParseKnobs(t *testing.T) {
 		"dispatch=inline,gro=true",   // GRO needs fdbased
 		"send_buffer=1/2",            // not a range, not a number
 		"send_buffer=9000/4096/8192", // min > default
+		"go_procs=-1",                // negative
 		`{"dispatch":`,
 	} {
 		if _, err := netstack.ParseKnobs(bad); !errors.Is(err, netstack.ErrBadOption) {
 			t.Errorf("ParseKnobs(%q) = %v, want ErrBadOption", bad, err)
 		}
+	}
+}
+
+// TestApplyGoProcs: the go_procs knob sets the process's GOMAXPROCS, 0
+// leaves it alone, and the previous value comes back so a caller can log
+// it.
+func TestApplyGoProcs(t *testing.T) {
+	was := runtime.GOMAXPROCS(0)
+	defer runtime.GOMAXPROCS(was)
+	k, err := netstack.ParseKnobs("go_procs=0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if prev := k.ApplyGoProcs(); prev != 0 || runtime.GOMAXPROCS(0) != was {
+		t.Fatalf("go_procs=0 changed GOMAXPROCS (%d -> %d) or reported %d", was, runtime.GOMAXPROCS(0), prev)
+	}
+	want := was + 1
+	k, err = netstack.ParseKnobs(fmt.Sprintf("go_procs=%d", want))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if prev := k.ApplyGoProcs(); prev != was || runtime.GOMAXPROCS(0) != want {
+		t.Fatalf("go_procs=%d: GOMAXPROCS %d, previous reported %d (was %d)", want, runtime.GOMAXPROCS(0), prev, was)
 	}
 }

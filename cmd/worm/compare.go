@@ -165,6 +165,7 @@ func cmdCompareEcho(args []string) error {
 	}
 	cfg := netstack.Config{Stack: *stackF, TAP: *tap, TAPFD: -1, Knobs: &knobs}
 	if *stackF == "netstack" {
+		knobs.ApplyGoProcs() // as wormd does: the floor is the same process shape
 		p, err := netip.ParsePrefix(*addr)
 		if err != nil {
 			return fmt.Errorf("-addr: %w", err)

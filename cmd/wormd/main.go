@@ -220,6 +220,9 @@ func openNetwork(o *options, log *slog.Logger) (netstack.Network, error) {
 		if ov := k.Overrides(); ov != "" {
 			log.Info("netstack knobs differ from the defaults", "overrides", ov)
 		}
+		if prev := k.ApplyGoProcs(); prev != 0 && prev != k.GoProcs {
+			log.Info("netstack: GOMAXPROCS set by the go_procs knob", "go_procs", k.GoProcs, "was", prev)
+		}
 		p, err := netip.ParsePrefix(o.addr)
 		if err != nil {
 			return nil, fmt.Errorf("-addr %q: %w", o.addr, err)

@@ -164,6 +164,7 @@ func openNetwork(kind, tap string, tapFD int, iface string, prepare bool, addr, 
 		return nil, nil, fmt.Errorf("-knobs: %w", err)
 	}
 	c.Knobs = &k
+	k.ApplyGoProcs() // the process serves this stack (see Knobs.GoProcs)
 	if c.Addr, err = netip.ParsePrefix(addr); err != nil {
 		return nil, nil, fmt.Errorf("-addr: %w", err)
 	}
