@@ -33,6 +33,15 @@ import (
 // receiver acknowledges at least every other batch, as Linux does every
 // second segment.
 //
+// With coalescing (Knobs.CoalesceACKs) no timer is needed while the link
+// delivers a burst of received frames: the link opens a burst before it
+// hands frames to the stack, yields so that the goroutines they woke run
+// (gVisor's TCP processor, which acknowledges, then the connection's
+// reader, which answers), and closes the burst when it is scheduled
+// again, sending the ACKs held in the meantime that nothing superseded.
+// ACKs produced outside a burst are held by the timer (delay > 0) or sent
+// at once.
+//
 // Safety: TCP acknowledgements are cumulative, so a held ACK superseded by
 // a later segment of the same flow is redundant. A flushed ACK that a
 // segment written concurrently overtakes is an old ACK to the peer, which
@@ -40,9 +49,15 @@ import (
 type ackDelayer struct {
 	delay time.Duration
 	write func(*stack.PacketBuffer) tcpip.Error
+	// coalesce: hold ACKs during a link's burst (beginBurst/endBurst).
+	coalesce bool
+	burst    atomic.Bool
 
 	mu    sync.Mutex
 	flows map[flowKey]*ackFlow
+	// inBurst lists the flows holding an ACK taken during the current
+	// burst, for endBurst.
+	inBurst []*ackFlow
 
 	// Counters (DelayedACKStats).
 	held, saved, flushed atomic.Uint64
@@ -51,8 +66,9 @@ type ackDelayer struct {
 // DelayedACKStats counts what the delayed-ACK filter did (Knobs.DelayedACKMicros).
 type DelayedACKStats struct {
 	// Held pure ACKs; of them, Saved were superseded by a later segment
-	// of their flow and never sent, Flushed went out by their timer (the
-	// rest are held now or were sent when their flow ended).
+	// of their flow and never sent, Flushed went out by their timer or at
+	// the end of their burst (the rest are held now or were sent when
+	// their flow ended).
 	Held, Saved, Flushed uint64
 }
 
@@ -86,8 +102,46 @@ type ackFlow struct {
 	seen     bool // a segment since the last sweep
 }
 
-func newAckDelayer(delay time.Duration, write func(*stack.PacketBuffer) tcpip.Error) *ackDelayer {
-	return &ackDelayer{delay: delay, write: write, flows: make(map[flowKey]*ackFlow)}
+// newAckDelayer holds ACKs for up to delay (0: only during bursts, with
+// coalesce) and hands what it sends to write.
+func newAckDelayer(delay time.Duration, coalesce bool, write func(*stack.PacketBuffer) tcpip.Error) *ackDelayer {
+	return &ackDelayer{delay: delay, coalesce: coalesce, write: write, flows: make(map[flowKey]*ackFlow)}
+}
+
+// beginBurst is called by the link's reader before it delivers received
+// frames; endBurst once the goroutines they woke have had their turn.
+func (d *ackDelayer) beginBurst() {
+	if d.coalesce {
+		d.burst.Store(true)
+	}
+}
+
+// endBurst closes the burst and sends the ACKs held during it that no
+// later segment superseded.
+func (d *ackDelayer) endBurst() {
+	if !d.coalesce {
+		return
+	}
+	d.mu.Lock()
+	d.burst.Store(false)
+	if len(d.inBurst) == 0 {
+		d.mu.Unlock()
+		return
+	}
+	var due []*stack.PacketBuffer
+	for i, f := range d.inBurst {
+		if p := f.take(); p != nil {
+			due = append(due, p)
+		}
+		d.inBurst[i] = nil
+	}
+	d.inBurst = d.inBurst[:0]
+	d.mu.Unlock()
+	for _, p := range due {
+		d.flushed.Add(1)
+		d.write(p)
+		p.DecRef()
+	}
 }
 
 // writePacket sends pkt, or holds it if it is a pure ACK worth holding.
@@ -136,15 +190,20 @@ func (d *ackDelayer) writePacket(pkt *stack.PacketBuffer) tcpip.Error {
 	old := f.take()
 	hasData := pkt.Data().Size() > 0
 	advances := f.haveAck && f.lastAck.LessThan(ack)
+	inBurst := d.coalesce && d.burst.Load()
 	hold := flags == header.TCPFlagAck && !hasData && advances && f.lastData &&
-		tcpOptionsTimestampsOnly(tcp) && old == nil
+		tcpOptionsTimestampsOnly(tcp) && old == nil && (inBurst || d.delay > 0)
 	f.lastAck, f.haveAck, f.lastData = ack, true, hasData
 	if hold {
 		d.held.Add(1)
 		f.held = pkt.IncRef()
-		if f.timer == nil {
+		switch {
+		case inBurst:
+			// endBurst sends it unless the reply does first.
+			d.inBurst = append(d.inBurst, f)
+		case f.timer == nil:
 			f.timer = time.AfterFunc(d.delay, f.flush)
-		} else {
+		default:
 			f.timer.Reset(d.delay)
 		}
 		d.mu.Unlock()
@@ -164,7 +223,9 @@ func (f *ackFlow) take() *stack.PacketBuffer {
 	p := f.held
 	if p != nil {
 		f.held = nil
-		f.timer.Stop()
+		if f.timer != nil {
+			f.timer.Stop()
+		}
 	}
 	return p
 }

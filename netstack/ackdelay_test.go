@@ -4,6 +4,10 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"os"
+	"runtime"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -13,7 +17,7 @@ import (
 
 // segmentsPerEcho runs n 64-byte echo round trips from a to a server on b
 // and returns the TCP segments b sent per round trip.
-func segmentsPerEcho(t *testing.T, a, b *netstack.Stack, n int) float64 {
+func segmentsPerEcho(t *testing.T, a netstack.Network, b *netstack.Stack, n int) float64 {
 	t.Helper()
 	addr := fmt.Sprintf("%v:%d", b.Addr().Addr(), 7400+int(nsSeq.Add(1)))
 	startServer(t, b, addr)
@@ -58,12 +62,19 @@ func TestDelayedACK(t *testing.T) {
 		t.Fatalf("with delayed ACKs the server sent %.2f segments per round trip; want about 1", got)
 	}
 
-	// No reply: a message whose first byte is 'r' is answered, any other
-	// is read and left unanswered. The server has just answered, so the
-	// ACK of an unanswered message is held; it must leave by the timer,
-	// well before the client's retransmission timeout (at least 200 ms in
-	// gVisor).
-	addr := fmt.Sprintf("%v:7499", b.Addr().Addr())
+	unansweredACKsLeave(t, a, b, 7499, a.Stats().TCP.Retransmits.Value)
+}
+
+// unansweredACKsLeave checks that the ACK of a message nobody answers
+// still leaves: a message whose first byte is 'r' is answered, any other
+// is read and left unanswered. The server has just answered, so the ACK
+// of an unanswered message is held; it must leave (by the timer, or at
+// the end of its burst) well before the client's retransmission timeout
+// (at least 200 ms in gVisor and Linux): clientRetrans, the client's count
+// of retransmitted segments, must not move.
+func unansweredACKsLeave(t *testing.T, a netstack.Network, b *netstack.Stack, port int, clientRetrans func() uint64) {
+	t.Helper()
+	addr := fmt.Sprintf("%v:%d", b.Addr().Addr(), port)
 	l, err := b.Listen(context.Background(), "tcp", addr)
 	if err != nil {
 		t.Fatal(err)
@@ -93,7 +104,8 @@ func TestDelayedACK(t *testing.T) {
 		}
 	}()
 	c := dial(t, a, addr)
-	retrans := a.Stats().TCP.Retransmits
+	defer c.Close()
+	sent := b.Stats().TCP.SegmentsSent
 	msg := make([]byte, 64)
 	for i := 0; i < 5; i++ {
 		msg[0] = 'r'
@@ -106,7 +118,7 @@ func TestDelayedACK(t *testing.T) {
 		if _, err := io.ReadFull(c, msg); err != nil {
 			t.Fatal(err)
 		}
-		r0, f0 := retrans.Value(), b.DelayedACKStats().Flushed
+		s0, r0, f0 := sent.Value(), clientRetrans(), b.DelayedACKStats().Flushed
 		msg[0] = 's'
 		if _, err := c.Write(msg); err != nil {
 			t.Fatal(err)
@@ -121,9 +133,12 @@ func TestDelayedACK(t *testing.T) {
 		if b.DelayedACKStats().Flushed == f0 {
 			t.Fatalf("round %d: no held ACK flushed within 150 ms (%+v)", i, b.DelayedACKStats())
 		}
+		if sent.Value() == s0 {
+			t.Fatalf("round %d: the server sent nothing for an unanswered message", i)
+		}
 		time.Sleep(300 * time.Millisecond) // past the client's RTO
-		if r := retrans.Value() - r0; r != 0 {
-			t.Fatalf("round %d: the client retransmitted %d segments: the held ACK was lost", i, r)
+		if d := clientRetrans() - r0; d != 0 {
+			t.Fatalf("round %d: the client retransmitted %d segments: the held ACK was lost", i, d)
 		}
 	}
 }
@@ -149,4 +164,83 @@ func TestDelayedACKBulk(t *testing.T) {
 	if s.MBps < 5 || r.MBps < 5 {
 		t.Fatalf("bulk at %.1f / %.1f MB/s: stalled by held ACKs", s.MBps, r.MBps)
 	}
+}
+
+// TestCoalesceACKs: with CoalesceACKs, over a TAP with a kernel client,
+// the reply carries the request's acknowledgement (about one segment per
+// echo round trip where gVisor alone sends two) with no delayed-ACK timer
+// at all; the ACK of a message nobody answers still leaves at the end of
+// its burst, so the client never retransmits; bulk transfers are not
+// stalled. Both of this package's links report bursts. One P, as wormd
+// runs netstack (Knobs.GoProcs): the burst ends after the goroutines it
+// woke ran.
+func TestCoalesceACKs(t *testing.T) {
+	requireNetAdmin(t)
+	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(1))
+	for _, mode := range []netstack.DispatchMode{netstack.DispatchNetpoll, netstack.DispatchInline} {
+		t.Run(string(mode), func(t *testing.T) {
+			k := netstack.DefaultKnobs()
+			k.Dispatch, k.DelayedACKMicros = mode, 0
+			e, st := tapEnvWith(t, k)
+			if got := segmentsPerEcho(t, nsKernel{e}, st, 300); got < 1.9 {
+				t.Fatalf("without coalescing the server sent %.2f segments per round trip; want 2 (reply + pure ACK), or this test measures nothing", got)
+			}
+			k.CoalesceACKs = true
+			e, st = tapEnvWith(t, k)
+			if got := segmentsPerEcho(t, nsKernel{e}, st, 300); got > 1.2 {
+				t.Fatalf("with coalescing the server sent %.2f segments per round trip; want about 1 (%+v)", got, st.DelayedACKStats())
+			}
+			unansweredACKsLeave(t, nsKernel{e}, st, 7497, func() uint64 { return kernelRetransSegs(t, e) })
+			addr := startServer(t, st, fmt.Sprintf("%v:7496", st.Addr().Addr()))
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			s, err := netperf.BulkSend(ctx, dial(t, nsKernel{e}, addr), 8<<20, netperf.Config{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			r, err := netperf.BulkRecv(ctx, dial(t, nsKernel{e}, addr), 8<<20, netperf.Config{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Logf("coalesced ACKs: %+v; bulk %.0f MB/s into netstack, %.0f MB/s out", st.DelayedACKStats(), s.MBps, r.MBps)
+			if s.MBps < 5 || r.MBps < 5 {
+				t.Fatalf("bulk at %.1f / %.1f MB/s: stalled by held ACKs", s.MBps, r.MBps)
+			}
+		})
+	}
+}
+
+// kernelRetransSegs reads the kernel's count of retransmitted TCP
+// segments in e's namespace (RetransSegs of /proc/net/snmp, per network
+// namespace).
+func kernelRetransSegs(t *testing.T, e *nsEnv) uint64 {
+	t.Helper()
+	var n uint64
+	if err := e.do(func() error {
+		b, err := os.ReadFile("/proc/thread-self/net/snmp")
+		if err != nil {
+			return err
+		}
+		var names []string
+		for _, line := range strings.Split(string(b), "\n") {
+			f := strings.Fields(line)
+			if len(f) == 0 || f[0] != "Tcp:" {
+				continue
+			}
+			if names == nil {
+				names = f
+				continue
+			}
+			for i, name := range names {
+				if name == "RetransSegs" && i < len(f) {
+					n, err = strconv.ParseUint(f[i], 10, 64)
+					return err
+				}
+			}
+		}
+		return fmt.Errorf("no Tcp RetransSegs in /proc/net/snmp")
+	}); err != nil {
+		t.Fatal(err)
+	}
+	return n
 }

@@ -3,6 +3,7 @@ package netstack
 import (
 	"log/slog"
 	"os"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -69,6 +70,11 @@ type fdLink struct {
 	addr       tcpip.LinkAddress
 	dispatcher stack.NetworkDispatcher
 	onClose    func()
+
+	// bursts, when set (Knobs.CoalesceACKs, before Attach), hears when the
+	// reader delivers received frames and when the goroutines they woke
+	// have run (ackdelay.go).
+	bursts bursts
 
 	// Read-side counters (the read goroutine writes them).
 	rxFrames  atomic.Uint64
@@ -349,11 +355,36 @@ func (l *fdLink) readLoop(d stack.NetworkDispatcher) {
 			l.log.Error("netstack: link read failed; the link stops receiving", "fd", l.fd, "err", errno)
 			return
 		}
+		if l.bursts != nil {
+			l.bursts.beginBurst()
+		}
 		for i := 0; i < n && !l.stopped.Load(); i++ {
 			l.deliver(d, r, i)
 		}
+		if l.bursts != nil {
+			// Let what the frames woke run (the TCP processor, then the
+			// connection's reader and its reply) before closing the
+			// burst: with one P they run before this goroutine is
+			// scheduled again.
+			runtime.Gosched()
+			l.bursts.endBurst()
+		}
 	}
 }
+
+// bursts is what the reader tells of its bursts (the ACK delayer).
+type bursts interface {
+	beginBurst()
+	endBurst()
+}
+
+// burstLink is a link whose reader reports its bursts.
+type burstLink interface {
+	setBursts(b bursts)
+}
+
+// setBursts implements burstLink; it must be called before Attach.
+func (l *fdLink) setBursts(b bursts) { l.bursts = b }
 
 // recvPolled is DispatchNetpoll's receive: the same recvmmsg(2) or
 // readv(2) as the blocking modes (with their results: frames or bytes),

@@ -87,6 +87,12 @@ type Knobs struct {
 	// so that the reply carries it (gVisor's TCP has no delayed ACK; see
 	// ackdelay.go). 0 sends every ACK at once.
 	DelayedACKMicros int `json:"delayed_ack_us"`
+	// CoalesceACKs holds gVisor's pure ACKs while the goroutines that a
+	// burst of received frames woke run, and sends those that the reply
+	// did not supersede when the link's reader is scheduled again: the
+	// reply carries the acknowledgement, with no timer (ackdelay.go).
+	// Only this package's links (inline, netpoll) report bursts.
+	CoalesceACKs bool `json:"coalesce_acks"`
 	// Dispatch is the link's receive mode (see DispatchMode).
 	Dispatch DispatchMode `json:"dispatch"`
 	// GSOMaxSize > 0 enables gVisor's software GSO: TCP hands segments of

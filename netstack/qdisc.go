@@ -27,7 +27,7 @@ import (
 type directQDisc struct {
 	link   stack.LinkWriter
 	direct packetWriter // non-nil when link implements it
-	acks   *ackDelayer  // non-nil with Knobs.DelayedACKMicros > 0
+	acks   *ackDelayer  // non-nil with Knobs.DelayedACKMicros > 0 or CoalesceACKs
 }
 
 // packetWriter is implemented by links that write one packet without
@@ -39,11 +39,11 @@ type packetWriter interface {
 
 var _ stack.QueueingDiscipline = (*directQDisc)(nil)
 
-func newDirectQDisc(link stack.LinkWriter, ackDelay time.Duration) *directQDisc {
+func newDirectQDisc(link stack.LinkWriter, ackDelay time.Duration, coalesceACKs bool) *directQDisc {
 	q := &directQDisc{link: link}
 	q.direct, _ = link.(packetWriter)
-	if ackDelay > 0 {
-		q.acks = newAckDelayer(ackDelay, q.send)
+	if ackDelay > 0 || coalesceACKs {
+		q.acks = newAckDelayer(ackDelay, coalesceACKs, q.send)
 	}
 	return q
 }

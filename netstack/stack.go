@@ -152,7 +152,11 @@ func build(c *config, ep stack.LinkEndpoint) (*Stack, error) {
 	}
 	// directQDisc: gVisor's default qdisc, without its list allocation
 	// per packet (qdisc.go).
-	qd := newDirectQDisc(ep, time.Duration(c.knobs.DelayedACKMicros)*time.Microsecond)
+	qd := newDirectQDisc(ep, time.Duration(c.knobs.DelayedACKMicros)*time.Microsecond, c.knobs.CoalesceACKs)
+	if b, ok := ep.(burstLink); ok && c.knobs.CoalesceACKs {
+		// Before the NIC exists: Attach starts the link's reader.
+		b.setBursts(qd.acks)
+	}
 	nicOpts := stack.NICOptions{Name: "eth0", QDisc: qd}
 	if e := s.CreateNICWithOptions(nicID, ep, nicOpts); e != nil {
 		return fail("create NIC", e)
