@@ -46,18 +46,30 @@ func Loop(ctx context.Context, cfg LoopConfig, op func(ctx context.Context, work
 	var ops, nerr atomic.Int64
 	var firstErr atomic.Value
 	samples := make([][]time.Duration, cfg.Clients)
+	// Each client's calls share one context that a watchdog cancels when
+	// a call overruns OpTimeout: a context with a deadline per call
+	// (an allocation and a timer each) cost the process under test 12%
+	// of its CPU at 256 clients (worm bench kv).
+	slots := make([]*loopSlot, cfg.Clients)
+	for i := range slots {
+		slots[i] = newLoopSlot(ctx)
+	}
+	wdone := make(chan struct{})
+	defer close(wdone)
+	go watchLoop(slots, cfg.OpTimeout, wdone)
 	var wg sync.WaitGroup
 	for i := range cfg.Clients {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			sl := slots[i]
 			for !stop.Load() && ctx.Err() == nil {
 				counted := measuring.Load()
-				octx, cancel := context.WithTimeout(ctx, cfg.OpTimeout)
 				t := time.Now()
+				octx := sl.begin(ctx, t)
 				err := op(octx, i)
 				d := time.Since(t)
-				cancel()
+				sl.end()
 				if !counted || !measuring.Load() {
 					continue
 				}
@@ -93,4 +105,68 @@ func Loop(ctx context.Context, cfg LoopConfig, op func(ctx context.Context, work
 		r.FirstError = s
 	}
 	return r, nil
+}
+
+// loopSlot is one closed-loop client's call in progress, for the
+// watchdog: the context its calls share, and when the current call
+// started (zero between calls).
+type loopSlot struct {
+	mu      sync.Mutex
+	ctx     context.Context
+	cancel  context.CancelFunc
+	started time.Time
+}
+
+func newLoopSlot(parent context.Context) *loopSlot {
+	s := &loopSlot{}
+	s.ctx, s.cancel = context.WithCancel(parent)
+	return s
+}
+
+// begin marks a call starting at t and returns its context: the shared
+// one, or a fresh one if the watchdog cancelled the last.
+func (s *loopSlot) begin(parent context.Context, t time.Time) context.Context {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.ctx.Err() != nil && parent.Err() == nil {
+		s.ctx, s.cancel = context.WithCancel(parent)
+	}
+	s.started = t
+	return s.ctx
+}
+
+func (s *loopSlot) end() {
+	s.mu.Lock()
+	s.started = time.Time{}
+	s.mu.Unlock()
+}
+
+// expire cancels the call in progress if it started before cutoff.
+func (s *loopSlot) expire(cutoff time.Time) {
+	s.mu.Lock()
+	if !s.started.IsZero() && s.started.Before(cutoff) {
+		s.cancel()
+	}
+	s.mu.Unlock()
+}
+
+// watchLoop cancels the calls that overrun limit, checking a few times
+// per limit (at most every second), until done is closed.
+func watchLoop(slots []*loopSlot, limit time.Duration, done <-chan struct{}) {
+	tick := min(limit/4, time.Second)
+	t := time.NewTicker(tick)
+	defer t.Stop()
+	for {
+		select {
+		case <-done:
+			for _, s := range slots {
+				s.cancel()
+			}
+			return
+		case now := <-t.C:
+			for _, s := range slots {
+				s.expire(now.Add(-limit))
+			}
+		}
+	}
 }

@@ -48,3 +48,33 @@ func TestLoop(t *testing.T) {
 		t.Fatalf("result %+v", r)
 	}
 }
+
+// TestLoopOpTimeout: a call that hangs is cancelled once it overruns
+// OpTimeout (and counted as an error); the client's next calls get a live
+// context, so one hang does not fail everything after it.
+func TestLoopOpTimeout(t *testing.T) {
+	var n, afterHang atomic.Int64
+	var hung atomic.Bool
+	r, err := bench.Loop(context.Background(), bench.LoopConfig{Workload: "hang", Clients: 1, Duration: 400 * time.Millisecond, Warmup: -1, OpTimeout: 40 * time.Millisecond},
+		func(ctx context.Context, _ int) error {
+			if n.Add(1) == 20 { // well after the measuring starts
+				<-ctx.Done() // hangs until the watchdog cancels it
+				hung.Store(true)
+				return ctx.Err()
+			}
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+			if hung.Load() {
+				afterHang.Add(1)
+			}
+			time.Sleep(time.Millisecond)
+			return nil
+		})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !hung.Load() || r.Errors != 1 || afterHang.Load() == 0 {
+		t.Fatalf("hung call released: %v; errors %d (want 1); calls after it %d; %+v", hung.Load(), r.Errors, afterHang.Load(), r)
+	}
+}
