@@ -215,6 +215,13 @@ wait:
 			return nil, fmt.Errorf("client: %d of %d servers reachable (need %d): %w: %w", up, len(cfg.Servers), quorum, worm.ErrUnavailable, ctx.Err())
 		}
 	}
+	// Once more: a server's refusal can land between the loop's check and
+	// settled() seeing that server settled (TestSameAcceptorTwice caught
+	// it under load).
+	if err := cl.misconfigured(); err != nil {
+		cl.Close()
+		return nil, err
+	}
 	// The proposer needs the segment size, known from the first
 	// handshake; a node id of 64 random bits keeps ballots unique.
 	var nb [8]byte
