@@ -91,7 +91,8 @@ type Knobs struct {
 	// burst of received frames woke run, and sends those that the reply
 	// did not supersede when the link's reader is scheduled again: the
 	// reply carries the acknowledgement, with no timer (ackdelay.go).
-	// Only this package's links (inline, netpoll) report bursts. Off by
+	// Only this package's links (inline, netpoll) report bursts (and not
+	// through the fault-injection wrapper, where nothing is held). Off by
 	// default: in two alternating `worm compare -configs
 	// host-kernel,host-netstack -workloads write,read -clients 1,16,64
 	// -reps 2 -duration 2s` runs (session 7, go_procs=1) it cost more
@@ -408,6 +409,9 @@ func (k Knobs) validate() error {
 		if r.Min <= 0 || r.Min > r.Default || r.Default > r.Max {
 			return fmt.Errorf("%w: buffer range %+v", ErrBadOption, r)
 		}
+	}
+	if k.CoalesceACKs && !k.Dispatch.own() {
+		return fmt.Errorf("%w: coalesce_acks needs dispatch inline or netpoll (this package's links report bursts), not %q", ErrBadOption, k.Dispatch)
 	}
 	if k.Dispatch.own() {
 		if k.GRO || k.GSOMaxSize > 0 {

@@ -42,15 +42,16 @@ func TestParseKnobs(t *testing.T) {
 		t.Fatalf("defaults' Overrides = %q, want empty", o)
 	}
 	for _, bad := range []string{
-		"dispatch",                   // no value
-		"dispach=readv",              // misspelt: must not silently measure the defaults
-		"processors=many",            // wrong type
-		"congestion_control=vegas",   // not offered
-		"rack=true,sack=false",       // RACK needs SACK
-		"dispatch=inline,gro=true",   // GRO needs fdbased
-		"send_buffer=1/2",            // not a range, not a number
-		"send_buffer=9000/4096/8192", // min > default
-		"go_procs=-1",                // negative
+		"dispatch",                          // no value
+		"dispach=readv",                     // misspelt: must not silently measure the defaults
+		"processors=many",                   // wrong type
+		"congestion_control=vegas",          // not offered
+		"rack=true,sack=false",              // RACK needs SACK
+		"dispatch=inline,gro=true",          // GRO needs fdbased
+		"send_buffer=1/2",                   // not a range, not a number
+		"send_buffer=9000/4096/8192",        // min > default
+		"go_procs=-1",                       // negative
+		"dispatch=readv,coalesce_acks=true", // bursts come from this package's links only
 		`{"dispatch":`,
 	} {
 		if _, err := netstack.ParseKnobs(bad); !errors.Is(err, netstack.ErrBadOption) {
