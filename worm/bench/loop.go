@@ -153,7 +153,7 @@ func (s *loopSlot) expire(cutoff time.Time) {
 // watchLoop cancels the calls that overrun limit, checking a few times
 // per limit (at most every second), until done is closed.
 func watchLoop(slots []*loopSlot, limit time.Duration, done <-chan struct{}) {
-	tick := min(limit/4, time.Second)
+	tick := max(min(limit/4, time.Second), time.Millisecond)
 	t := time.NewTicker(tick)
 	defer t.Stop()
 	for {

@@ -51,7 +51,9 @@ func RawQuorumRTT(ctx context.Context, d Dialer, addrs []string, quorum, clients
 	}
 	cls := make([]*client, clients)
 	var all []net.Conn
+	done := make(chan struct{}) // readers stop handing replies over
 	defer func() {
+		close(done)
 		for _, c := range all {
 			c.Close()
 		}
@@ -75,7 +77,7 @@ func RawQuorumRTT(ctx context.Context, d Dialer, addrs []string, quorum, clients
 					e := echo{round: binary.LittleEndian.Uint64(in), err: err}
 					select {
 					case cl.replies <- e:
-					case <-ctx.Done():
+					case <-done:
 						return
 					}
 					if err != nil {
