@@ -56,8 +56,10 @@ type ackDelayer struct {
 	mu    sync.Mutex
 	flows map[flowKey]*ackFlow
 	// inBurst lists the flows holding an ACK taken during the current
-	// burst, for endBurst.
+	// burst, for endBurst; due is endBurst's scratch (only the link's
+	// reader calls it), so that closing a burst allocates nothing.
 	inBurst []*ackFlow
+	due     []*stack.PacketBuffer
 
 	// Counters (DelayedACKStats).
 	held, saved, flushed atomic.Uint64
@@ -128,7 +130,7 @@ func (d *ackDelayer) endBurst() {
 		d.mu.Unlock()
 		return
 	}
-	var due []*stack.PacketBuffer
+	due := d.due[:0]
 	for i, f := range d.inBurst {
 		if p := f.take(); p != nil {
 			due = append(due, p)
@@ -137,11 +139,13 @@ func (d *ackDelayer) endBurst() {
 	}
 	d.inBurst = d.inBurst[:0]
 	d.mu.Unlock()
-	for _, p := range due {
+	for i, p := range due {
 		d.flushed.Add(1)
 		d.write(p)
 		p.DecRef()
+		due[i] = nil
 	}
+	d.due = due[:0]
 }
 
 // writePacket sends pkt, or holds it if it is a pure ACK worth holding.

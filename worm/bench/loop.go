@@ -66,7 +66,7 @@ func Loop(ctx context.Context, cfg LoopConfig, op func(ctx context.Context, work
 			for !stop.Load() && ctx.Err() == nil {
 				counted := measuring.Load()
 				t := time.Now()
-				octx := sl.begin(ctx, t)
+				octx := sl.begin(t)
 				err := op(octx, i)
 				d := time.Since(t)
 				sl.end()
@@ -111,6 +111,7 @@ func Loop(ctx context.Context, cfg LoopConfig, op func(ctx context.Context, work
 // watchdog: the context its calls share, and when the current call
 // started (zero between calls).
 type loopSlot struct {
+	parent  context.Context
 	mu      sync.Mutex
 	ctx     context.Context
 	cancel  context.CancelFunc
@@ -118,18 +119,18 @@ type loopSlot struct {
 }
 
 func newLoopSlot(parent context.Context) *loopSlot {
-	s := &loopSlot{}
+	s := &loopSlot{parent: parent}
 	s.ctx, s.cancel = context.WithCancel(parent)
 	return s
 }
 
 // begin marks a call starting at t and returns its context: the shared
 // one, or a fresh one if the watchdog cancelled the last.
-func (s *loopSlot) begin(parent context.Context, t time.Time) context.Context {
+func (s *loopSlot) begin(t time.Time) context.Context {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.ctx.Err() != nil && parent.Err() == nil {
-		s.ctx, s.cancel = context.WithCancel(parent)
+	if s.ctx.Err() != nil && s.parent.Err() == nil {
+		s.ctx, s.cancel = context.WithCancel(s.parent)
 	}
 	s.started = t
 	return s.ctx
