@@ -403,15 +403,29 @@ func (l *fdLink) recvPolled(r *rxState) (n int, errno unix.Errno) {
 
 // pollRead is recvPolled's callback: one non-blocking read into
 // l.pollRX; false (EAGAIN) parks the goroutine until the fd is readable.
+//
+// The read is a raw system call (no entersyscall), as gVisor's rawfile
+// does for its non-blocking writes: it cannot block, so the scheduler
+// need not hear of it. entersyscall wakes the runtime's sysmon thread
+// whenever sysmon sleeps deeply (after every idle spell, so once per
+// request at one client), and the kernel runs it on the other vCPU; an
+// awake sysmon then takes the P of any call that spans two of its 20 us
+// ticks and hands it to another thread. With one P (Knobs.GoProcs) the
+// stack's work moved between two threads on both vCPUs: a netstack echo
+// process served by this link woke sysmon on every frame (perf:
+// futex from entersyscallWakeSysmon under this read) and ran on two
+// threads with ~7,000 switches/s each; with the raw call, one thread
+// does it all. (The echo's latency is still set mostly by whether the
+// client and the stack share a vCPU; see Knobs.GoProcs.)
 func (l *fdLink) pollRead(fd uintptr) bool {
 	r := l.pollRX
 	var r1 uintptr
 	var e unix.Errno
 	if l.batch {
-		r1, _, e = unix.Syscall6(unix.SYS_RECVMMSG, fd, uintptr(unsafe.Pointer(&r.hdrs[0])), uintptr(len(r.hdrs)), unix.MSG_DONTWAIT, 0, 0)
+		r1, _, e = unix.RawSyscall6(unix.SYS_RECVMMSG, fd, uintptr(unsafe.Pointer(&r.hdrs[0])), uintptr(len(r.hdrs)), unix.MSG_DONTWAIT, 0, 0)
 	} else {
 		iovs := &r.slots[0].iovs
-		r1, _, e = unix.Syscall(unix.SYS_READV, fd, uintptr(unsafe.Pointer(&iovs[0])), uintptr(len(iovs)))
+		r1, _, e = unix.RawSyscall(unix.SYS_READV, fd, uintptr(unsafe.Pointer(&iovs[0])), uintptr(len(iovs)))
 	}
 	if e == unix.EAGAIN {
 		return false
