@@ -18,6 +18,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/wormspace/wormspace/qemu"
 	"github.com/wormspace/wormspace/worm/localcluster"
 )
@@ -349,4 +351,59 @@ func ourProcs(t *testing.T, dir string) int {
 		}
 	}
 	return n
+}
+
+func TestCPULists(t *testing.T) {
+	for _, c := range []struct {
+		in   string
+		want int
+	}{{"0", 1}, {"0-1", 2}, {"0-3,8,10-11", 7}, {"", 0}, {"x", 0}, {"3-1", 0}} {
+		if got := countCPUList(c.in); got != c.want {
+			t.Errorf("countCPUList(%q) = %d, want %d", c.in, got, c.want)
+		}
+	}
+	var m unix.CPUSet
+	for _, i := range []int{0, 1, 2, 5, 7, 8} {
+		m.Set(i)
+	}
+	if got := cpuList(&m); got != "0-2,5,7-8" {
+		t.Errorf("cpuList = %q, want 0-2,5,7-8", got)
+	}
+	if n := countCPUList(cpuList(&m)); n != m.Count() {
+		t.Errorf("round trip counts %d of %d", n, m.Count())
+	}
+}
+
+// TestEnvRecordsPinning checks that a run started pinned to one CPU says
+// so: captureEnv reads the calling thread's mask, which processes started
+// from it inherit.
+func TestEnvRecordsPinning(t *testing.T) {
+	if runtime.NumCPU() < 2 {
+		t.Skip("needs 2 CPUs to pin to a subset")
+	}
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	var old, one unix.CPUSet
+	if err := unix.SchedGetaffinity(0, &old); err != nil {
+		t.Fatal(err)
+	}
+	first := -1
+	for i := 0; first < 0 && i < len(old)*64; i++ {
+		if old.IsSet(i) {
+			first = i
+		}
+	}
+	one.Set(first)
+	if err := unix.SchedSetaffinity(0, &one); err != nil {
+		t.Fatal(err)
+	}
+	defer unix.SchedSetaffinity(0, &old)
+	e := captureEnv(&Options{Accel: qemu.AccelTCG}, nil)
+	if e.Affinity != strconv.Itoa(first) || e.CPUsOnline < 2 {
+		t.Fatalf("pinned to CPU %d: env says affinity %q, %d online", first, e.Affinity, e.CPUsOnline)
+	}
+	line := strings.SplitN(Table(&Report{Env: e}), "\n", 3)[1]
+	if !strings.Contains(line, "pinned to CPU "+strconv.Itoa(first)) {
+		t.Fatalf("table's env line does not say it was pinned: %q", line)
+	}
 }

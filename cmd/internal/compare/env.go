@@ -10,8 +10,11 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"strings"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/wormspace/wormspace/netstack"
 	"github.com/wormspace/wormspace/qemu"
@@ -22,7 +25,15 @@ import (
 // Env is the environment a run measured.
 type Env struct {
 	CPUModel string `json:"cpu_model"`
-	CPUs     int    `json:"cpus"`
+	// CPUs is how many CPUs the run could use (its affinity mask, which
+	// every process it starts inherits); CPUsOnline how many the machine
+	// has. Affinity lists the usable ones ("0-1"); a run started under
+	// `taskset -c 0` has every client and server share one CPU, which
+	// takes the placement of the processes out of latency at low
+	// concurrency (see README, Performance).
+	CPUs       int    `json:"cpus"`
+	CPUsOnline int    `json:"cpus_online"`
+	Affinity   string `json:"cpu_affinity"`
 	// Accel is what VM configurations use (or would use): kvm or tcg.
 	Accel         string           `json:"accel"`
 	AccelWhy      string           `json:"accel_why"`
@@ -41,7 +52,16 @@ type Env struct {
 }
 
 func captureEnv(o *Options, cls map[string]cluster) Env {
-	e := Env{CPUs: runtime.NumCPU(), GoVersion: runtime.Version()}
+	e := Env{CPUs: runtime.NumCPU(), CPUsOnline: runtime.NumCPU(), GoVersion: runtime.Version()}
+	var mask unix.CPUSet
+	if err := unix.SchedGetaffinity(0, &mask); err == nil {
+		e.Affinity, e.CPUs = cpuList(&mask), mask.Count()
+	}
+	if b, err := os.ReadFile("/sys/devices/system/cpu/online"); err == nil {
+		if n := countCPUList(strings.TrimSpace(string(b))); n > 0 {
+			e.CPUsOnline = n
+		}
+	}
 	if b, err := os.ReadFile("/proc/cpuinfo"); err == nil {
 		for _, l := range strings.Split(string(b), "\n") {
 			if k, v, ok := strings.Cut(l, ":"); ok && strings.TrimSpace(k) == "model name" {
@@ -214,4 +234,46 @@ func pprofTop(file, kind string) string {
 		return ""
 	}
 	return string(out)
+}
+
+// cpuList formats a CPU set as the kernel's list syntax ("0-1,4").
+func cpuList(m *unix.CPUSet) string {
+	var parts []string
+	for i := 0; i < len(m)*64; i++ {
+		if !m.IsSet(i) {
+			continue
+		}
+		j := i
+		for j+1 < len(m)*64 && m.IsSet(j+1) {
+			j++
+		}
+		if j == i {
+			parts = append(parts, strconv.Itoa(i))
+		} else {
+			parts = append(parts, strconv.Itoa(i)+"-"+strconv.Itoa(j))
+		}
+		i = j
+	}
+	return strings.Join(parts, ",")
+}
+
+// countCPUList counts the CPUs of a kernel CPU list ("0-1,4": 3); 0 if it
+// does not parse.
+func countCPUList(s string) int {
+	n := 0
+	for _, r := range strings.Split(s, ",") {
+		lo, hi, isRange := strings.Cut(r, "-")
+		a, err := strconv.Atoi(lo)
+		if err != nil {
+			return 0
+		}
+		b := a
+		if isRange {
+			if b, err = strconv.Atoi(hi); err != nil || b < a {
+				return 0
+			}
+		}
+		n += b - a + 1
+	}
+	return n
 }

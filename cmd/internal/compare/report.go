@@ -52,7 +52,15 @@ func Table(rep *Report) string {
 	var b bytes.Buffer
 	e := rep.Env
 	fmt.Fprintf(&b, "OS-stack comparison, %s\n", rep.Started.Format("2006-01-02 15:04 MST"))
-	fmt.Fprintf(&b, "env: %s, %d CPUs, host kernel %s, VM accel %s, %s, git %s\n", e.CPUModel, e.CPUs, e.HostKernel, strings.ToUpper(e.Accel), e.GoVersion, e.GitRevision)
+	cpus := fmt.Sprintf("%d CPUs", e.CPUs)
+	if e.CPUsOnline > e.CPUs {
+		which := "CPU "
+		if e.CPUs > 1 {
+			which = "CPUs "
+		}
+		cpus = fmt.Sprintf("%d of %d CPUs (every process pinned to %s%s)", e.CPUs, e.CPUsOnline, which, e.Affinity)
+	}
+	fmt.Fprintf(&b, "env: %s, %s, host kernel %s, VM accel %s, %s, git %s\n", e.CPUModel, cpus, e.HostKernel, strings.ToUpper(e.Accel), e.GoVersion, e.GitRevision)
 	if e.GuestKernel != "" {
 		fmt.Fprintf(&b, "guest: kernel %s, image %s\n", e.GuestKernel, imageSize(e.ImageBytes))
 	}
