@@ -161,7 +161,7 @@ func TestWormLog(t *testing.T) {
 func TestWormTX(t *testing.T) {
 	c := startCluster(t)
 	k := newKiller(c)
-	wormtxtest.RunWith(t, c.open, wormtxtest.Options{Nemesis: txNemesis{k}, Seeds: 4, Recovery: 200 * time.Millisecond})
+	wormtxtest.RunWith(t, c.open, wormtxtest.Options{Nemesis: txNemesis{k}, Seeds: 4, Recovery: 200 * time.Millisecond, LossyListen: true})
 	t.Logf("%d wormd kills", k.kills)
 }
 

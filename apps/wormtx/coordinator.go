@@ -129,6 +129,16 @@ type CoordinatorConfig struct {
 	// exceed MaxSharedSegment. Reserve is unused. See shared.go for what
 	// a coordinator crash leaves behind.
 	Shared bool
+	// SetSegments (with Shared) ties each shared segment to one
+	// participant set: transactions among the same participants, in the
+	// same order, share segments, and the segment's metadata names them.
+	// Every slot of a segment then has the same layout, so participant
+	// i's vote registers are every slot's i-th: what lets a participant
+	// with a Restorable Resource vote without first making its prepare
+	// durable (ParticipantConfig.Segments; see records.go). A coordinator
+	// that begins transactions among many different sets keeps a segment
+	// (and its listener) open per set.
+	SetSegments bool
 	// Trace, when set, receives the coordinator's stages of each
 	// transaction (StageBegin, StagePrepareSent, StageOutcome).
 	Trace TraceFunc
@@ -174,9 +184,13 @@ func NewCoordinator(sp worm.Space, cfg CoordinatorConfig) *Coordinator {
 	c.next.Store(cfg.FirstSeg)
 	if cfg.Messenger != nil && cfg.Shared {
 		c.shared = newSharedPool()
-		c.shared.mu.Lock()
-		c.prefetchLocked()
-		c.shared.mu.Unlock()
+		if !cfg.SetSegments {
+			// Participant sets are not known before Begin; the single
+			// line's first segment is.
+			c.shared.mu.Lock()
+			c.prefetchLocked(c.lineLocked(nil))
+			c.shared.mu.Unlock()
+		}
 	} else if cfg.Messenger != nil {
 		c.pool = newReservePool()
 		c.pool.mu.Lock()
@@ -400,8 +414,10 @@ func (c *Coordinator) Close() error {
 	c.bg.Wait()
 	if c.shared != nil {
 		c.shared.mu.Lock()
-		if s := c.shared.cur; s != nil {
-			s.l.cancel()
+		for _, l := range c.shared.lines {
+			if s := l.cur; s != nil {
+				s.l.cancel()
+			}
 		}
 		c.shared.mu.Unlock()
 	}

@@ -225,6 +225,11 @@ func newAckTracker(n int) *ackTracker {
 // being its canonical index (see Tx.canon), or an acknowledgement by
 // message, which Acked turns into one.
 func (a *ackTracker) observe(nt worm.Notification) {
+	if int(nt.Off) < a.n && nt.Chosen && bytes.Equal(nt.Value, valFenced) {
+		// A participant's own fence of its vote (records.go) is its
+		// acknowledgement too: it has nothing to apply.
+		nt.Off += uint32(a.n + 1)
+	}
 	if int(nt.Off) > a.n && int(nt.Off) <= 2*a.n+1 {
 		a.mu.Lock()
 		a.seen[nt.Off] = true

@@ -205,9 +205,14 @@ var (
 	valYes      = []byte("y")
 	valNo       = []byte("n")
 	valTimedOut = []byte("t")
-	valCommit   = []byte("C")
-	valAbort    = []byte("A")
-	valAbandon  = []byte("X")
+	// valFenced: a participant that votes with records settled its own
+	// vote register after a restart (records.go). It counts as no, and
+	// as that participant's acknowledgement: it holds nothing of the
+	// transaction, so it has nothing to apply.
+	valFenced  = []byte("f")
+	valCommit  = []byte("C")
+	valAbort   = []byte("A")
+	valAbandon = []byte("X")
 )
 
 func voteValue(yes bool) []byte {
@@ -217,13 +222,46 @@ func voteValue(yes bool) []byte {
 	return valNo
 }
 
+// valYesRecord starts a yes vote that carries its participant's prepare
+// record (voteRecord): 'Y', the transaction's payload (uvarint length,
+// bytes), then the Resource's record.
+const valYesRecord = 'Y'
+
+// voteRecord is a yes vote carrying what a Restorable participant needs
+// to restore its prepared state after a restart: the payload of the
+// transaction's descriptor (its participants are the segment's, see
+// setSegmentMeta) and the Resource's record. It is the same bytes on
+// every retry for one transaction (ballot 0 holds one value).
+func voteRecord(payload, rec []byte) []byte {
+	v := binary.AppendUvarint([]byte{valYesRecord}, uint64(len(payload)))
+	v = append(v, payload...)
+	return append(v, rec...)
+}
+
+// parseVoteRecord splits a vote written by voteRecord; ok is false for
+// any other value.
+func parseVoteRecord(v []byte) (payload, rec []byte, ok bool) {
+	if len(v) == 0 || v[0] != valYesRecord {
+		return nil, nil, false
+	}
+	n, k := binary.Uvarint(v[1:])
+	if k <= 0 || n > uint64(len(v)-1-k) {
+		return nil, nil, false
+	}
+	v = v[1+k:]
+	return v[:n], v[n:], true
+}
+
 func parseVote(v []byte) (Vote, error) {
+	if _, _, ok := parseVoteRecord(v); ok {
+		return VoteYes, nil
+	}
 	switch {
 	case bytes.Equal(v, valYes):
 		return VoteYes, nil
 	case bytes.Equal(v, valNo):
 		return VoteNo, nil
-	case bytes.Equal(v, valTimedOut):
+	case bytes.Equal(v, valTimedOut), bytes.Equal(v, valFenced):
 		return VoteTimedOut, nil
 	}
 	return VoteMissing, fmt.Errorf("%w: vote register holds %q", ErrInconsistent, v)

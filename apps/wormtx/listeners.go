@@ -29,9 +29,15 @@ type segListener struct {
 	mu     sync.Mutex
 	subs   map[*slotSub]struct{}
 	chosen map[uint32]worm.Notification
-	lost   bool
-	dead   bool
-	used   int64 // a logical clock of the last subscription, for eviction
+	// The highest offset in chosen below slotsEnd (0: no bound), if any:
+	// a coordinator's listener on a shared segment bounds it to the slots
+	// (the descriptor index follows them).
+	anyChosen bool
+	maxChosen uint32
+	slotsEnd  uint32
+	lost      bool
+	dead      bool
+	used      int64 // a logical clock of the last subscription, for eviction
 }
 
 // slotSub is one transaction's subscription: the notifications of
@@ -44,10 +50,10 @@ type slotSub struct {
 }
 
 // startSegListener subscribes to seg in the background (until ctx ends or
-// the listener's cancel).
-func startSegListener(ctx context.Context, sp worm.Space, seg uint64) *segListener {
+// the listener's cancel). slotsEnd bounds chosenFrom (0: none).
+func startSegListener(ctx context.Context, sp worm.Space, seg uint64, slotsEnd uint32) *segListener {
 	ctx, cancel := context.WithCancel(ctx)
-	l := &segListener{seg: seg, cancel: cancel, ready: make(chan struct{}), subs: map[*slotSub]struct{}{}, chosen: map[uint32]worm.Notification{}}
+	l := &segListener{seg: seg, cancel: cancel, slotsEnd: slotsEnd, ready: make(chan struct{}), subs: map[*slotSub]struct{}{}, chosen: map[uint32]worm.Notification{}}
 	go func() {
 		ch, err := sp.Listen(ctx, seg)
 		l.err = err
@@ -76,6 +82,9 @@ func (l *segListener) demux(ch <-chan worm.Notification) {
 		default:
 			if nt.Chosen {
 				l.chosen[nt.Off] = nt
+				if (l.slotsEnd == 0 || nt.Off < l.slotsEnd) && (!l.anyChosen || nt.Off > l.maxChosen) {
+					l.anyChosen, l.maxChosen = true, nt.Off
+				}
 			}
 			for s := range l.subs {
 				if nt.Off >= s.lo && nt.Off <= s.hi {
@@ -102,6 +111,14 @@ func (l *segListener) demux(ch <-chan worm.Notification) {
 }
 
 // end marks the listener dead and closes every subscriber's channel.
+// chosenFrom reports whether the listener heard a chosen value at offset
+// lo or beyond.
+func (l *segListener) chosenFrom(lo uint32) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.anyChosen && l.maxChosen >= lo
+}
+
 func (l *segListener) end() {
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -181,7 +198,7 @@ func (ls *listenerSet) subscribe(sp worm.Space, seg uint64, lo, hi uint32) (*seg
 	for {
 		l := ls.m[seg]
 		if l == nil {
-			l = startSegListener(ls.life, sp, seg)
+			l = startSegListener(ls.life, sp, seg, 0)
 			l.used = ls.clock // not the eviction's victim
 			ls.m[seg] = l
 			ls.evictLocked()

@@ -40,7 +40,7 @@ func TestSegListenerDemux(t *testing.T) {
 	if _, err := w.Alloc(ctx, seg, []byte("m")); err != nil {
 		t.Fatal(err)
 	}
-	l := startSegListener(ctx, r, seg)
+	l := startSegListener(ctx, r, seg, 0)
 	<-l.ready
 	if l.err != nil {
 		t.Fatal(l.err)

@@ -41,6 +41,13 @@ type ParticipantConfig struct {
 	// makes Handle stop there with ErrCrashed, and Run return ErrCrashed
 	// (the whole process dies). For demonstrations and tests.
 	Crash func(p CrashPoint, tx TxID) bool
+	// Segments, with a Restorable Resource, lets HandlePrepare vote in
+	// set segments (CoordinatorConfig.SetSegments) with the prepare
+	// record in the vote instead of a durable prepare first (see
+	// records.go). Run must then be running: it first restores what
+	// earlier incarnations' votes recorded, and votes with records wait
+	// for that. Nil: every vote waits for Prepare's durability.
+	Segments SegmentLog
 	// Logger; nil means slog.Default().
 	Logger *slog.Logger
 }
@@ -55,6 +62,13 @@ type Participant struct {
 	later laterQueue // deferred collection checks (HandlePrepare)
 	// listeners on shared segments (HandlePrepare), until Close
 	listeners *listenerSet
+	// set segments checked for votes with records (records.go), and
+	// Run's restore of earlier incarnations' votes, which votes with
+	// records wait for (closed at once without Segments)
+	segMu    sync.Mutex
+	segs     map[uint64]*segRecord
+	restored chan struct{}
+	restore  sync.Once
 }
 
 // NewParticipant returns participant name working on sp.
@@ -72,7 +86,12 @@ func NewParticipant(sp worm.Space, name string, cfg ParticipantConfig) *Particip
 	if cfg.Policy.hints == nil {
 		cfg.Policy.hints = &cursors{}
 	}
-	return &Participant{sp: sp, name: name, cfg: cfg, log: log.With("participant", name), listeners: newListenerSet()}
+	p := &Participant{sp: sp, name: name, cfg: cfg, log: log.With("participant", name), listeners: newListenerSet(),
+		segs: map[uint64]*segRecord{}, restored: make(chan struct{})}
+	if cfg.Segments == nil {
+		p.restore.Do(func() { close(p.restored) })
+	}
+	return p
 }
 
 // Close stops the participant's listeners on shared segments (opened by
@@ -105,7 +124,13 @@ func (p *Participant) Vote(ctx context.Context, t Tx, yes bool) (Vote, error) {
 	if err != nil {
 		return VoteMissing, err
 	}
-	v, err := writeOwn(ctx, p.sp, t.voteAddr(i), voteValue(yes), valTimedOut)
+	return p.vote(ctx, t, i, voteValue(yes))
+}
+
+// vote writes val (a vote value) into participant i's vote register of t
+// and returns the vote chosen.
+func (p *Participant) vote(ctx context.Context, t Tx, i int, val []byte) (Vote, error) {
+	v, err := writeOwn(ctx, p.sp, t.voteAddr(i), val, valTimedOut)
 	if err != nil {
 		return VoteMissing, fmt.Errorf("wormtx: %v: vote of %q: %w", t.ID, p.name, err)
 	}
@@ -365,6 +390,21 @@ func (p *Participant) Run(ctx context.Context, res Resource) error {
 		if err != nil {
 			return fmt.Errorf("wormtx: %q: listing prepared transactions: %w", p.name, err)
 		}
+		if rs, ok := res.(Restorable); ok && p.cfg.Segments != nil {
+			// And those whose vote carried the prepare (records.go).
+			// Votes with records wait for this: the segments listed
+			// are those of earlier incarnations only.
+			restored, err := p.restoreVotes(ctx, rs)
+			if err != nil {
+				return err
+			}
+			p.restore.Do(func() { close(p.restored) })
+			for _, t := range restored {
+				if !slices.ContainsFunc(txs, func(u Tx) bool { return u.ID == t.ID }) {
+					txs = append(txs, t)
+				}
+			}
+		}
 		for _, t := range txs {
 			wg.Go(func() {
 				o, err := p.handle(ctx, t, res, false)
@@ -381,6 +421,7 @@ func (p *Participant) Run(ctx context.Context, res Resource) error {
 			})
 		}
 	}
+	p.restore.Do(func() { close(p.restored) }) // nothing to restore with res
 	for {
 		if err := p.serveInboxSegment(ctx, cancel, &wg, res, seg, size); err != nil {
 			if ctx.Err() != nil {

@@ -8,6 +8,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"time"
 
@@ -86,10 +87,18 @@ type segFuture struct {
 	err  error
 }
 
-// sharedPool is the coordinator's current shared segment and the next
-// one, allocated (and subscribed to) as soon as the current one is taken.
+// sharedPool is the coordinator's shared segments: per segment line (one
+// line, or one per participant set with CoordinatorConfig.SetSegments),
+// the current segment and the next one, allocated (and subscribed to) as
+// soon as the current one is taken.
 type sharedPool struct {
 	mu    sync.Mutex
+	nonce string
+	lines map[string]*segLine
+}
+
+// segLine is one run of shared segments: the current one and the next.
+type segLine struct {
 	cur   *sharedSeg
 	ahead *segFuture
 	meta  []byte
@@ -98,13 +107,32 @@ type sharedPool struct {
 func newSharedPool() *sharedPool {
 	var nonce [8]byte
 	_, _ = rand.Read(nonce[:])
-	return &sharedPool{meta: []byte(sharedMagic + hex.EncodeToString(nonce[:]))}
+	return &sharedPool{nonce: hex.EncodeToString(nonce[:]), lines: map[string]*segLine{}}
 }
 
-// prefetchLocked starts allocating the next shared segment unless it is
-// under way. c.shared.mu is held.
-func (c *Coordinator) prefetchLocked() *segFuture {
+// lineLocked returns the segment line for a transaction among
+// participants: the only one, or the participant set's with
+// SetSegments. c.shared.mu is held.
+func (c *Coordinator) lineLocked(participants []string) *segLine {
 	p := c.shared
+	key := ""
+	if c.cfg.SetSegments {
+		key = string(MarshalDescriptor(Descriptor{Participants: participants}))
+	}
+	if l := p.lines[key]; l != nil {
+		return l
+	}
+	l := &segLine{meta: []byte(sharedMagic + p.nonce)}
+	if c.cfg.SetSegments {
+		l.meta = setSegmentMeta(p.nonce, participants)
+	}
+	p.lines[key] = l
+	return l
+}
+
+// prefetchLocked starts allocating the line's next shared segment unless
+// it is under way. c.shared.mu is held.
+func (c *Coordinator) prefetchLocked(p *segLine) *segFuture {
 	if p.ahead != nil {
 		return p.ahead
 	}
@@ -124,7 +152,7 @@ func (c *Coordinator) prefetchLocked() *segFuture {
 		}
 		// Subscribed before any slot is handed out: every vote written
 		// in the segment is heard.
-		l := startSegListener(c.life, c.sp, uint64(seg))
+		l := startSegListener(c.life, c.sp, uint64(seg), c.sp.SegmentSize()-indexRegs(c.sp.SegmentSize()))
 		select {
 		case <-l.ready:
 		case <-ctx.Done():
@@ -142,32 +170,43 @@ func (c *Coordinator) prefetchLocked() *segFuture {
 // takeSlot reserves width registers of the current shared segment for a
 // new transaction, moving to the segment allocated ahead when the current
 // one is full.
-func (c *Coordinator) takeSlot(ctx context.Context, width uint32) (*sharedSeg, uint32, error) {
-	p := c.shared
+func (c *Coordinator) takeSlot(ctx context.Context, participants []string) (*sharedSeg, uint32, error) {
+	width := SlotWidth(len(participants))
 	size := c.sp.SegmentSize() - indexRegs(c.sp.SegmentSize())
 	var b backoff
+	c.shared.mu.Lock()
+	p := c.lineLocked(participants)
+	c.shared.mu.Unlock()
 	for {
-		p.mu.Lock()
+		c.shared.mu.Lock()
 		if s := p.cur; s != nil && !s.closed && s.next+width <= size {
 			base := s.next
-			s.next += width
-			s.open++
-			p.mu.Unlock()
-			return s, base, nil
+			// A participant that votes with records fences every
+			// unresolved vote register of its own after a restart,
+			// slots not yet handed out included: a slot with anything
+			// chosen is not a fresh one, and neither are those after
+			// it. Move on to the next segment.
+			if !c.cfg.SetSegments || !s.l.chosenFrom(base) {
+				s.next += width
+				s.open++
+				c.shared.mu.Unlock()
+				return s, base, nil
+			}
+			c.logger().Info("wormtx: shared segment fenced by a restarted participant; moving on", "seg", s.seg, "slot", base)
 		}
 		if s := p.cur; s != nil && !s.closed {
 			s.closed = true
 			c.flushDescsLocked(s)
 			c.maybeTrimLocked(s)
 		}
-		f := c.prefetchLocked()
-		p.mu.Unlock()
+		f := c.prefetchLocked(p)
+		c.shared.mu.Unlock()
 		select {
 		case <-f.done:
 		case <-ctx.Done():
 			return nil, 0, fmt.Errorf("wormtx: allocate a shared segment: %w", ctx.Err())
 		}
-		p.mu.Lock()
+		c.shared.mu.Lock()
 		if p.ahead == f {
 			p.ahead = nil
 			if f.err == nil {
@@ -175,10 +214,10 @@ func (c *Coordinator) takeSlot(ctx context.Context, width uint32) (*sharedSeg, u
 				// The next one at once: a segment lasts a moment at
 				// thousands of transactions a second, and an Alloc
 				// slowed by a busy machine must not stall Begin.
-				c.prefetchLocked()
+				c.prefetchLocked(p)
 			}
 		}
-		p.mu.Unlock()
+		c.shared.mu.Unlock()
 		if f.err != nil {
 			if errors.Is(f.err, ErrInvalid) {
 				return nil, 0, f.err
@@ -230,7 +269,7 @@ func (c *Coordinator) maybeTrimLocked(s *sharedSeg) {
 // the way.
 func (c *Coordinator) beginShared(ctx context.Context, d Descriptor) (TxID, error) {
 	width := SlotWidth(len(d.Participants))
-	s, base, err := c.takeSlot(ctx, width)
+	s, base, err := c.takeSlot(ctx, d.Participants)
 	if err != nil {
 		return 0, err
 	}
@@ -403,6 +442,13 @@ func (c *Coordinator) awaitShared(ctx context.Context, t Tx, w *watch) (Outcome,
 	if err != nil {
 		return o, err
 	}
+	if o == Abort && c.cfg.SetSegments {
+		// A participant's restart may have fenced this slot and those
+		// after it without takeSlot hearing of it (a lost notification):
+		// if so, hand out no more slots here. Before returning, so that
+		// the caller's next Begin goes elsewhere. (Aborts only: a read.)
+		c.closeIfFenced(ctx, w.seg, t)
+	}
 	c.mu.Lock()
 	delete(c.txs, t.ID)
 	delete(c.watches, t.ID)
@@ -461,8 +507,30 @@ func (c *Coordinator) awaitShared(ctx context.Context, t Tx, w *watch) (Outcome,
 	return o, nil
 }
 
+// closeIfFenced moves the coordinator off s when a vote of t (an aborted
+// transaction of s) was fenced by its participant's restart.
+func (c *Coordinator) closeIfFenced(ctx context.Context, s *sharedSeg, t Tx) {
+	addrs := make([]worm.Addr, t.n())
+	for i := range addrs {
+		addrs[i] = t.voteAddr(i)
+	}
+	vals, _ := readAll(ctx, c.sp, addrs)
+	if !slices.ContainsFunc(vals, func(v []byte) bool { return bytes.Equal(v, valFenced) }) {
+		return
+	}
+	c.shared.mu.Lock()
+	defer c.shared.mu.Unlock()
+	if !s.closed {
+		c.logger().Info("wormtx: shared segment fenced by a restarted participant; moving on", "seg", s.seg, "tx", t.ID)
+		s.closed = true
+		c.flushDescsLocked(s)
+		c.maybeTrimLocked(s)
+	}
+}
+
 // readAcks reads the ack registers of t that acks has not seen and
 // records those written.
+// (With set segments, a vote its participant fenced stands for its ack.)
 func (c *Coordinator) readAcks(ctx context.Context, t Tx, acks *ackTracker) {
 	var addrs []worm.Addr
 	var idx []int
@@ -471,12 +539,16 @@ func (c *Coordinator) readAcks(ctx context.Context, t Tx, acks *ackTracker) {
 		if !acks.has(k) {
 			addrs = append(addrs, t.at(k))
 			idx = append(idx, k)
+			if c.cfg.SetSegments {
+				addrs = append(addrs, t.voteAddr(i))
+				idx = append(idx, i)
+			}
 		}
 	}
 	vals, _ := readAll(ctx, c.sp, addrs)
 	for j, v := range vals {
 		if v != nil {
-			acks.observe(worm.Notification{Off: uint32(idx[j]), Chosen: true})
+			acks.observe(worm.Notification{Off: uint32(idx[j]), Chosen: true, Value: v})
 		}
 	}
 }
@@ -534,7 +606,30 @@ func (p *Participant) handlePrepareShared(ctx context.Context, t Tx, res Recover
 	b := t.ID.slotOff()
 	l, sub := p.listeners.subscribe(p.sp, t.segment(), b, b+SlotWidth(t.n())-1)
 	defer l.unsubscribe(sub)
-	yes, err := res.Prepare(ctx, t.ID, t.Descriptor)
+	// With a Restorable Resource in a set segment, the vote carries the
+	// prepare record and Prepare's durability is not waited for.
+	rs, recording := res.(Restorable)
+	if recording && p.cfg.Segments != nil {
+		select {
+		case <-p.restored:
+		case <-ctx.Done():
+			return Pending, fmt.Errorf("wormtx: %v: waiting for Run's restore: %w", t.ID, ctx.Err())
+		}
+		if recording, err = p.segmentRecorded(ctx, t); err != nil {
+			return Pending, err
+		}
+	} else {
+		recording = false
+	}
+	var (
+		yes bool
+		rec []byte
+	)
+	if recording {
+		yes, rec, err = rs.PrepareRecord(ctx, t.ID, t.Descriptor)
+	} else {
+		yes, err = res.Prepare(ctx, t.ID, t.Descriptor)
+	}
 	if err != nil {
 		return Pending, fmt.Errorf("wormtx: %v: prepare: %w", t.ID, err)
 	}
@@ -542,7 +637,11 @@ func (p *Participant) handlePrepareShared(ctx context.Context, t Tx, res Recover
 	if p.cfg.Crash != nil && p.cfg.Crash(ParticipantBeforeVote, t.ID) {
 		return Pending, ErrCrashed
 	}
-	v, err := p.Vote(ctx, t, yes)
+	val := voteValue(yes)
+	if recording && yes {
+		val = voteRecord(t.Payload, rec)
+	}
+	v, err := p.vote(ctx, t, i, val)
 	if err != nil {
 		return Pending, err
 	}

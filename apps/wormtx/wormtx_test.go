@@ -46,5 +46,5 @@ func (f faults) Calm(ids []string) {
 func TestSuiteOnSpecWithFaults(t *testing.T) {
 	st := spec.New(32)
 	st.SetListenBuffer(2)
-	wormtxtest.RunWith(t, openSpec(st), wormtxtest.Options{Nemesis: faults{st}, Seeds: 40, TxPerSeed: 16})
+	wormtxtest.RunWith(t, openSpec(st), wormtxtest.Options{Nemesis: faults{st}, Seeds: 40, TxPerSeed: 16, LossyListen: true})
 }

@@ -34,6 +34,9 @@ type Nemesis interface {
 // Options tune RunWith.
 type Options struct {
 	Nemesis Nemesis
+	// LossyListen says the Space may drop notifications (Lost): tests
+	// that check what a listener hears at once then allow for a miss.
+	LossyListen bool
 	// NemesisWindow is how long the nemesis disturbs each seed (default
 	// 200ms); the workload then finishes in calm.
 	NemesisWindow time.Duration
@@ -104,6 +107,8 @@ func RunWith(t *testing.T, open Open, opts Options) {
 		{"SharedRecoverMissingVote", testSharedRecoverMissingVote},
 		{"SharedCoordinatorCrashBeforeAwait", testSharedCoordinatorCrashBeforeAwait},
 		{"SharedParticipantCrashRestart", testSharedParticipantCrashRestart},
+		{"RecordsCrashAfterVote", testRecordsCrashAfterVote},
+		{"RecordsCrashBeforeVote", testRecordsCrashBeforeVote},
 	} {
 		t.Run(c.name, func(t *testing.T) { c.f(setup(t, open, opts)) })
 	}
@@ -118,6 +123,7 @@ type env struct {
 	c        []worm.Space
 	base     uint64
 	next     uint64
+	lossy    bool // Options.LossyListen
 }
 
 func setup(t *testing.T, open Open, opts Options) *env {
@@ -131,7 +137,7 @@ func setup(t *testing.T, open Open, opts Options) *env {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), OpTimeout)
 	t.Cleanup(cancel)
-	return &env{t: t, ctx: ctx, c: c, base: segBase + segNext.Add(1)<<24, recovery: opts.recovery()}
+	return &env{t: t, ctx: ctx, c: c, base: segBase + segNext.Add(1)<<24, recovery: opts.recovery(), lossy: opts.LossyListen}
 }
 
 // client returns client i modulo the number of clients.
@@ -356,25 +362,118 @@ type Recorder struct {
 	descs    map[wormtx.TxID]wormtx.Descriptor
 	applied  map[wormtx.TxID]wormtx.Outcome
 	problems []string
+	// Transactions prepared by PrepareRecord (volatile: Crash drops them
+	// unless applied), how many calls each kind of prepare had, and which
+	// transactions Restore brought back.
+	recorded          map[wormtx.TxID]bool
+	nPrepare, nRecord int
+	restored          map[wormtx.TxID]bool
 }
 
-var _ wormtx.Recoverable = (*Recorder)(nil)
+var _ wormtx.Restorable = (*Recorder)(nil)
 
-// Prepared implements wormtx.Recoverable.
+// Prepared implements wormtx.Recoverable: the transactions prepared with
+// Prepare (durable) and not applied.
 func (r *Recorder) Prepared(context.Context) ([]wormtx.Tx, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	var out []wormtx.Tx
 	for tx, d := range r.descs {
-		if _, ok := r.applied[tx]; !ok {
+		if _, ok := r.applied[tx]; !ok && !r.recorded[tx] {
 			out = append(out, wormtx.Tx{ID: tx, Descriptor: d})
 		}
 	}
 	return out, nil
 }
 
+// PrepareRecord implements wormtx.Restorable: Prepare whose vote lives in
+// memory only (Crash loses it) and whose record names the participant.
+func (r *Recorder) PrepareRecord(ctx context.Context, tx wormtx.TxID, d wormtx.Descriptor) (bool, []byte, error) {
+	r.mu.Lock()
+	_, known := r.votes[tx]
+	r.nRecord++
+	r.mu.Unlock()
+	v, err := r.prepare(tx, d)
+	if err != nil {
+		return false, nil, err
+	}
+	r.mu.Lock()
+	if !known {
+		if r.recorded == nil {
+			r.recorded = map[wormtx.TxID]bool{}
+		}
+		r.recorded[tx] = true
+	}
+	r.mu.Unlock()
+	return v, []byte("rec:" + r.Name), nil
+}
+
+// Restore implements wormtx.Restorable.
+func (r *Recorder) Restore(_ context.Context, tx wormtx.TxID, d wormtx.Descriptor, rec []byte) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if string(rec) != "rec:"+r.Name {
+		r.problems = append(r.problems, fmt.Sprintf("%s: %v restored from record %q", r.Name, tx, rec))
+	}
+	if d.Index(r.Name) < 0 {
+		r.problems = append(r.problems, fmt.Sprintf("%s: %v restored with a descriptor that does not name it", r.Name, tx))
+	}
+	if r.restored == nil {
+		r.restored = map[wormtx.TxID]bool{}
+	}
+	r.restored[tx] = true
+	if _, ok := r.applied[tx]; ok {
+		return nil
+	}
+	if r.votes == nil {
+		r.votes, r.descs, r.recorded = map[wormtx.TxID]bool{}, map[wormtx.TxID]wormtx.Descriptor{}, map[wormtx.TxID]bool{}
+	}
+	r.votes[tx] = true
+	r.descs[tx] = wormtx.Descriptor{Participants: slices.Clone(d.Participants), Payload: slices.Clone(d.Payload)}
+	r.recorded[tx] = true
+	return nil
+}
+
+// Crash drops what PrepareRecord kept in memory and is not applied, as a
+// process crash would; it returns how many transactions it dropped.
+func (r *Recorder) Crash() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	n := 0
+	for tx := range r.recorded {
+		if _, ok := r.applied[tx]; !ok {
+			delete(r.votes, tx)
+			delete(r.descs, tx)
+			delete(r.recorded, tx)
+			n++
+		}
+	}
+	return n
+}
+
+// Restored reports whether Restore brought tx back.
+func (r *Recorder) Restored(tx wormtx.TxID) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.restored[tx]
+}
+
+// Prepares returns how many times Prepare and PrepareRecord were called.
+func (r *Recorder) Prepares() (durable, record int) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.nPrepare, r.nRecord
+}
+
 // Prepare implements wormtx.Resource.
 func (r *Recorder) Prepare(_ context.Context, tx wormtx.TxID, d wormtx.Descriptor) (bool, error) {
+	r.mu.Lock()
+	r.nPrepare++
+	r.mu.Unlock()
+	return r.prepare(tx, d)
+}
+
+func (r *Recorder) prepare(tx wormtx.TxID, d wormtx.Descriptor) (bool, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.votes == nil {
@@ -1162,4 +1261,191 @@ func testSharedParticipantCrashRestart(e *env) {
 	}
 	cl.waitTrimmed(tx)
 	cl.checkProblems()
+}
+
+// ----- votes carrying their prepare record (set segments) -----
+
+// memSegments is a SegmentLog that survives a participant's simulated
+// crash (it stands for a file).
+type memSegments struct {
+	mu   sync.Mutex
+	segs []uint64
+	adds int
+}
+
+func (m *memSegments) Add(_ context.Context, seg uint64) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.adds++
+	if !slices.Contains(m.segs, seg) {
+		m.segs = append(m.segs, seg)
+	}
+	return nil
+}
+
+func (m *memSegments) Segments(context.Context) ([]uint64, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return slices.Clone(m.segs), nil
+}
+
+func (m *memSegments) Remove(_ context.Context, seg uint64) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.segs = slices.DeleteFunc(m.segs, func(s uint64) bool { return s == seg })
+	return nil
+}
+
+// recordsCluster is a cluster whose participants vote with records: each
+// has a SegmentLog, and crash (a crash point of p2's) if set.
+func (e *env) recordsCluster(parts []string, crash *crashSwitch, point wormtx.CrashPoint) (*cluster, map[string]*memSegments) {
+	logs := map[string]*memSegments{}
+	cl := e.cluster(parts, func(name string) wormtx.ParticipantConfig {
+		pc := patient(name)
+		logs[name] = &memSegments{}
+		pc.Segments = logs[name]
+		if name == "p2" && crash != nil {
+			pc.Crash = crash.at(point)
+		}
+		return pc
+	})
+	return cl, logs
+}
+
+// setCoordinator is a shared-segment coordinator with segments tied to
+// participant sets.
+func (e *env) setCoordinator(cl *cluster) *wormtx.Coordinator {
+	e.next += 1 << 12
+	first := e.base>>10 + e.next
+	co := wormtx.NewCoordinator(e.client(0), wormtx.CoordinatorConfig{FirstSeg: first, Directory: cl.dir, Policy: fast(10 * time.Second),
+		Messenger: cl, Shared: true, SetSegments: true})
+	e.t.Cleanup(func() { co.Close() })
+	cl.mu.Lock()
+	cl.co = co
+	cl.mu.Unlock()
+	return co
+}
+
+// waitDown waits for participant p's incarnation to end (a crash point).
+func (c *cluster) waitDown(p string) {
+	c.e.t.Helper()
+	select {
+	case <-c.done[p]:
+	case <-c.e.ctx.Done():
+		c.e.t.Fatalf("%s never reached its crash point; goroutines:\n%s", p, stacks())
+	}
+	delete(c.cancel, p)
+}
+
+func testRecordsCrashAfterVote(e *env) {
+	parts := names(3)
+	var crash crashSwitch
+	cl, logs := e.recordsCluster(parts, &crash, wormtx.ParticipantAfterVote)
+	co := e.setCoordinator(cl)
+	tx := e.begin(co, parts)
+	o, err := co.Await(e.ctx, tx.ID)
+	if err != nil || o != wormtx.Commit {
+		e.t.Fatalf("Await = %v, %v; want commit (p2 voted before crashing)", o, err)
+	}
+	cl.waitDown("p2")
+	rec := cl.rec["p2"]
+	if durable, record := rec.Prepares(); durable != 0 || record == 0 {
+		e.t.Fatalf("p2 prepared %d times durably and %d with a record; want records only", durable, record)
+	}
+	if segs, _ := logs["p2"].Segments(e.ctx); !slices.Contains(segs, tx.ID.Segment()) {
+		e.t.Fatalf("p2's segment log %v lacks segment %d, where it voted", segs, tx.ID.Segment())
+	}
+	// The crash loses the prepared state: only the vote register has it.
+	if n := rec.Crash(); n != 1 {
+		o, applied := rec.Applied(tx.ID)
+		e.t.Fatalf("p2's crash dropped %d prepared transactions, want 1 (%v applied: %v %v)", n, tx.ID, applied, o)
+	}
+	crash.revive()
+	cl.start("p2")
+	if o := cl.waitApplied(tx); o != wormtx.Commit {
+		e.t.Fatalf("applied %v", o)
+	}
+	if !rec.Restored(tx.ID) {
+		e.t.Fatalf("p2 applied %v without restoring it from its vote", tx.ID)
+	}
+	// p2's restart fenced its vote registers in the rest of the segment:
+	// the coordinator moves on, and the next transaction commits.
+	e.afterFence(co, cl, parts, tx)
+	// The fenced segment is complete and collected.
+	cl.waitTrimmed(tx)
+	cl.checkProblems()
+}
+
+func testRecordsCrashBeforeVote(e *env) {
+	parts := names(3)
+	var crash crashSwitch
+	cl, _ := e.recordsCluster(parts, &crash, wormtx.ParticipantBeforeVote)
+	co := e.setCoordinator(cl)
+	tx := e.begin(co, parts)
+	cl.waitDown("p2")
+	// p2 prepared (in memory) and died before its vote left: after the
+	// restart nothing recalls the transaction, and p2's fence of its own
+	// registers settles its vote as timed out, long before anyone's
+	// RecoverAfter (10s).
+	cl.rec["p2"].Crash()
+	crash.revive()
+	cl.start("p2")
+	o, err := co.Await(e.ctx, tx.ID)
+	if err != nil || o != wormtx.Abort {
+		e.t.Fatalf("Await = %v, %v; want abort (p2's vote fenced)", o, err)
+	}
+	// p0 and p1 apply the abort; p2 holds nothing of the transaction
+	// after its crash, and its fenced vote is its acknowledgement.
+	for _, p := range parts[:2] {
+		for {
+			if o, ok := cl.rec[p].Applied(tx.ID); ok {
+				if o != wormtx.Abort {
+					e.t.Fatalf("%s applied %v", p, o)
+				}
+				break
+			}
+			if e.ctx.Err() != nil {
+				e.t.Fatalf("%s never applied %v", p, tx.ID)
+			}
+			time.Sleep(2 * time.Millisecond)
+		}
+	}
+	if cl.rec["p2"].Restored(tx.ID) {
+		e.t.Fatalf("p2 restored %v, for which it never voted", tx.ID)
+	}
+	e.afterFence(co, cl, parts, tx)
+	// Every transaction of the fenced segment is complete without an
+	// ack from p2: the coordinator collects it.
+	cl.waitTrimmed(tx)
+	cl.checkProblems()
+}
+
+// afterFence checks that the coordinator moves off the segment of fenced
+// (where a participant's restart fenced its vote registers): the next
+// transaction begins in another segment and commits. When the fences'
+// notifications were lost (fault injection) one transaction may still
+// begin there: it aborts (the fence counts as no), and the coordinator
+// moves on after it (Options.LossyListen).
+func (e *env) afterFence(co *wormtx.Coordinator, cl *cluster, parts []string, fenced wormtx.Tx) {
+	e.t.Helper()
+	for attempt := 0; ; attempt++ {
+		next := e.begin(co, parts)
+		o, err := co.Await(e.ctx, next.ID)
+		if err != nil {
+			e.t.Fatalf("Await(%v): %v", next.ID, err)
+		}
+		if next.ID.Segment() == fenced.ID.Segment() {
+			if o != wormtx.Abort || attempt > 0 || !e.lossy {
+				e.t.Fatalf("%v began in the fenced segment (attempt %d) and ended %v", next.ID, attempt, o)
+			}
+			continue
+		}
+		if o != wormtx.Commit {
+			e.t.Fatalf("Await(%v) = %v; want commit", next.ID, o)
+		}
+		if o := cl.waitApplied(next); o != wormtx.Commit {
+			e.t.Fatalf("applied %v", o)
+		}
+		return
+	}
 }

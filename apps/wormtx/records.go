@@ -1,0 +1,365 @@
+package wormtx
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"os"
+	"slices"
+	"sync"
+
+	"github.com/wormspace/wormspace/worm"
+)
+
+// Votes that carry their prepare record.
+//
+// A participant must not forget a yes vote that may become chosen: after
+// a restart it has to find the transaction, take its locks again and
+// apply the outcome. The Resource contract therefore asks Prepare to
+// record the vote durably before it is cast, which puts a local log force
+// on every transaction's critical path, before the vote's own write to
+// the wormservers (2PC pays the same force). A participant whose
+// Resource is Restorable, taking prepares in shared segments tied to its
+// participant set (CoordinatorConfig.SetSegments), skips that force:
+//
+//   - its yes vote carries the prepare record (voteRecord: the
+//     transaction's payload and the Resource's bytes), so the vote
+//     register itself is the durable prepare, forced by the wormservers'
+//     acceptance of the vote;
+//   - before its first vote in a segment it records the segment in its
+//     SegmentLog (durably, once per segment: a segment holds many
+//     transactions, so this stays off nearly every critical path);
+//   - after a restart (Run), for every recorded segment not yet trimmed,
+//     it settles each of its own vote registers, which in a set segment
+//     are every slot's i-th (i its place in the set): a yes that reached
+//     any acceptor of the capture's quorum comes back with its record
+//     and is restored (Restorable.Restore) and handled to its outcome;
+//     every other register is fenced (capture and write of valFenced,
+//     which counts as no), so a vote in flight at the crash can no
+//     longer be chosen. A fenced vote also stands for the participant's
+//     acknowledgement: it holds nothing of that transaction.
+//
+// Only the participant's own registers are touched. Slots its fence
+// reached before their coordinator handed them out abort at once; the
+// coordinator, which hears every write in its segment, moves on to a new
+// segment when it sees a chosen register in a slot it has not handed out.
+
+// Restorable is a Recoverable Resource whose prepare need not be durable
+// before the vote, when the vote can carry it (see above).
+//
+// PrepareRecord is Prepare without the durability: it validates and
+// locks, and returns the vote and, for yes, the bytes Restore needs to
+// take the same locks again (the transaction's descriptor is kept by the
+// protocol: Restore receives it). Like Prepare, it returns the same vote
+// and record for the same transaction on every call while the process
+// lives. Restore re-establishes the prepared state of a transaction found
+// voted yes after a restart; Apply follows with its outcome. Restore must
+// accept a transaction that was already applied (and then take nothing).
+type Restorable interface {
+	Recoverable
+	PrepareRecord(ctx context.Context, tx TxID, d Descriptor) (yes bool, record []byte, err error)
+	Restore(ctx context.Context, tx TxID, d Descriptor, record []byte) error
+}
+
+// SegmentLog is a participant's durable list of the set segments it may
+// have voted in with records (ParticipantConfig.Segments). Add returns
+// once seg is durable; Segments lists what was added and not removed;
+// Remove forgets seg (durability optional: a segment listed again after
+// a restart is found trimmed and removed again). Safe for concurrent use.
+type SegmentLog interface {
+	Add(ctx context.Context, seg uint64) error
+	Segments(ctx context.Context) ([]uint64, error)
+	Remove(ctx context.Context, seg uint64) error
+}
+
+// setMagic marks a shared segment's metadata that names its participant
+// set: sharedMagic, the coordinator's nonce, setMagic, then the set as a
+// descriptor (MarshalDescriptor with no payload).
+const setMagic = ":set:"
+
+// setSegmentMeta is the metadata of a shared segment tied to participants.
+func setSegmentMeta(nonce string, participants []string) []byte {
+	m := []byte(sharedMagic + nonce + setMagic)
+	return append(m, MarshalDescriptor(Descriptor{Participants: participants})...)
+}
+
+// parseSetSegmentMeta returns the participant set a shared segment's
+// metadata names; ok is false for any other metadata.
+func parseSetSegmentMeta(meta []byte) (participants []string, ok bool) {
+	if !bytes.HasPrefix(meta, []byte(sharedMagic)) {
+		return nil, false
+	}
+	i := bytes.Index(meta, []byte(setMagic))
+	if i < 0 {
+		return nil, false
+	}
+	d, err := UnmarshalDescriptor(meta[i+len(setMagic):])
+	if err != nil || len(d.Participants) == 0 || len(d.Payload) != 0 {
+		return nil, false
+	}
+	return d.Participants, true
+}
+
+// segRecord is what a participant knows of a shared segment it was asked
+// to vote in: whether its votes there may carry records (a set segment of
+// this very set, recorded in the SegmentLog).
+type segRecord struct {
+	done chan struct{} // closed when ok and err are set
+	ok   bool
+	err  error
+}
+
+// segmentRecorded reports whether the participant may vote in t's shared
+// segment with a record: the segment's metadata names exactly t's
+// participants (so its vote registers are its own in every slot), and
+// the segment is durably in the SegmentLog. The first transaction of a
+// segment reads the metadata and adds the segment; the others wait for
+// that or find it done. A failed attempt is forgotten, so the next
+// transaction tries again.
+func (p *Participant) segmentRecorded(ctx context.Context, t Tx) (bool, error) {
+	seg := t.segment()
+	p.segMu.Lock()
+	r := p.segs[seg]
+	if r == nil {
+		r = &segRecord{done: make(chan struct{})}
+		p.segs[seg] = r
+		p.segMu.Unlock()
+		r.ok, r.err = p.recordSegment(ctx, seg, t.Participants)
+		if r.err != nil {
+			p.segMu.Lock()
+			delete(p.segs, seg)
+			p.segMu.Unlock()
+		}
+		close(r.done)
+		return r.ok, r.err
+	}
+	p.segMu.Unlock()
+	select {
+	case <-r.done:
+	case <-ctx.Done():
+		return false, ctx.Err()
+	}
+	if r.err != nil {
+		return p.segmentRecorded(ctx, t) // that attempt failed: try again
+	}
+	return r.ok, nil
+}
+
+// recordSegment checks seg's metadata against participants and adds seg
+// to the SegmentLog.
+func (p *Participant) recordSegment(ctx context.Context, seg uint64, participants []string) (bool, error) {
+	var info worm.SegmentInfo
+	var b backoff
+	for {
+		var err error
+		info, err = p.sp.Check(ctx, seg)
+		if err == nil {
+			break
+		}
+		if !transient(ctx, err) || b.wait(ctx) != nil {
+			return false, fmt.Errorf("wormtx: segment %d: %w", seg, err)
+		}
+	}
+	set, ok := parseSetSegmentMeta(info.Meta)
+	if !ok || !slices.Equal(set, participants) {
+		return false, nil
+	}
+	if err := p.cfg.Segments.Add(ctx, seg); err != nil {
+		return false, fmt.Errorf("wormtx: recording segment %d: %w", seg, err)
+	}
+	return true, nil
+}
+
+// restoreVotes is Run's first step for a Restorable Resource with a
+// SegmentLog: it settles the participant's vote register in every slot
+// of every recorded segment (see the top of this file), restores each
+// transaction found voted yes with a record, and returns them for
+// handling. Trimmed segments are removed from the log.
+func (p *Participant) restoreVotes(ctx context.Context, rr Restorable) ([]Tx, error) {
+	segs, err := p.cfg.Segments.Segments(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("wormtx: %q: listing recorded segments: %w", p.name, err)
+	}
+	size := p.sp.SegmentSize()
+	var (
+		mu   sync.Mutex
+		out  []Tx
+		errs []error
+	)
+	for _, seg := range segs {
+		info, err := p.checkRetry(ctx, seg)
+		if errors.Is(err, worm.ErrTrimmed) {
+			if err := p.cfg.Segments.Remove(ctx, seg); err != nil {
+				p.log.Warn("wormtx: forgetting a trimmed segment", "seg", seg, "err", err)
+			}
+			continue
+		}
+		if err != nil {
+			return nil, fmt.Errorf("wormtx: %q: recorded segment %d: %w", p.name, seg, err)
+		}
+		set, ok := parseSetSegmentMeta(info.Meta)
+		i := slices.Index(set, p.name)
+		if !ok || i < 0 {
+			// Recorded only after this very check passed: not ours.
+			return nil, fmt.Errorf("%w: recorded segment %d is not a set segment of %q", ErrInconsistent, seg, p.name)
+		}
+		slots := SlotsPerSegment(size, len(set))
+		width := SlotWidth(len(set))
+		// The segment's own registers only; a bounded number at once.
+		sem := make(chan struct{}, 16)
+		var wg sync.WaitGroup
+		for k := range slots {
+			sem <- struct{}{}
+			wg.Go(func() {
+				defer func() { <-sem }()
+				id := SlotTxID(seg, uint32(k)*width)
+				t := Tx{ID: id, Descriptor: Descriptor{Participants: set}}
+				v, _, err := settle(ctx, p.sp, t.voteAddr(i), valFenced)
+				if errors.Is(err, worm.ErrTrimmed) {
+					return
+				}
+				if err != nil {
+					mu.Lock()
+					errs = append(errs, err)
+					mu.Unlock()
+					return
+				}
+				payload, rec, ok := parseVoteRecord(v)
+				if !ok {
+					return // fenced, or a vote without record (Prepared lists those)
+				}
+				t.Payload = bytes.Clone(payload)
+				if err := rr.Restore(ctx, id, t.Descriptor, bytes.Clone(rec)); err != nil {
+					mu.Lock()
+					errs = append(errs, fmt.Errorf("wormtx: %v: restore: %w", id, err))
+					mu.Unlock()
+					return
+				}
+				mu.Lock()
+				out = append(out, t)
+				mu.Unlock()
+			})
+		}
+		wg.Wait()
+		if err := errors.Join(errs...); err != nil {
+			return nil, fmt.Errorf("wormtx: %q: settling votes in segment %d: %w", p.name, seg, err)
+		}
+		// Fenced: this process votes there no more (the coordinator moves
+		// on, having heard the fences).
+		p.segMu.Lock()
+		r := &segRecord{done: make(chan struct{})}
+		close(r.done)
+		p.segs[seg] = r
+		p.segMu.Unlock()
+	}
+	slices.SortFunc(out, func(a, b Tx) int { return cmpTxID(a.ID, b.ID) })
+	return out, nil
+}
+
+func cmpTxID(a, b TxID) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
+}
+
+// checkRetry is Check, retried while the error is transient.
+func (p *Participant) checkRetry(ctx context.Context, seg uint64) (worm.SegmentInfo, error) {
+	var b backoff
+	for {
+		info, err := p.sp.Check(ctx, seg)
+		if err == nil || !transient(ctx, err) || b.wait(ctx) != nil {
+			return info, err
+		}
+	}
+}
+
+// SegmentFile is a SegmentLog in a file: one 9-byte record per change
+// ('+' or '-' and the segment number), appended and synced (Add) or just
+// appended (Remove).
+type SegmentFile struct {
+	mu sync.Mutex
+	f  *os.File
+}
+
+var _ SegmentLog = (*SegmentFile)(nil)
+
+// OpenSegmentFile opens (creating) the segment log at path.
+func OpenSegmentFile(path string) (*SegmentFile, error) {
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_APPEND, 0o644)
+	if err != nil {
+		return nil, err
+	}
+	// A torn last record (a crash in the middle of an append, whose Add
+	// never returned) is cut off, so that new records stay aligned.
+	st, err := f.Stat()
+	if err == nil && st.Size()%9 != 0 {
+		err = f.Truncate(st.Size() - st.Size()%9)
+	}
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	return &SegmentFile{f: f}, nil
+}
+
+func (s *SegmentFile) write(op byte, seg uint64, sync bool) error {
+	rec := binary.LittleEndian.AppendUint64([]byte{op}, seg)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if _, err := s.f.Write(rec); err != nil {
+		return err
+	}
+	if sync {
+		return s.f.Sync()
+	}
+	return nil
+}
+
+// Add implements SegmentLog.
+func (s *SegmentFile) Add(_ context.Context, seg uint64) error { return s.write('+', seg, true) }
+
+// Remove implements SegmentLog.
+func (s *SegmentFile) Remove(_ context.Context, seg uint64) error { return s.write('-', seg, false) }
+
+// Segments implements SegmentLog.
+func (s *SegmentFile) Segments(context.Context) ([]uint64, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	b, err := os.ReadFile(s.f.Name())
+	if err != nil {
+		return nil, err
+	}
+	live := map[uint64]bool{}
+	var order []uint64
+	for len(b) >= 9 {
+		seg := binary.LittleEndian.Uint64(b[1:9])
+		switch b[0] {
+		case '+':
+			if !live[seg] {
+				live[seg] = true
+				order = append(order, seg)
+			}
+		case '-':
+			delete(live, seg)
+		default:
+			return nil, fmt.Errorf("wormtx: segment log %s: bad record %q", s.f.Name(), b[0])
+		}
+		b = b[9:]
+	}
+	var out []uint64
+	for _, seg := range order {
+		if live[seg] {
+			out = append(out, seg)
+		}
+	}
+	return out, nil
+}
+
+// Close closes the file.
+func (s *SegmentFile) Close() error { return s.f.Close() }
