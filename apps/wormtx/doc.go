@@ -177,7 +177,8 @@
 // must force its decision to its log before telling anyone; WormTX's one
 // durable step on the path is the vote's, at the wormservers, where 2PC
 // has the coordinator's log force and the participant's prepare record
-// (WormTX's Resources record votes too). Nothing else is on the path: the
+// (WormTX's Resources record votes too, unless the votes carry their
+// records: see below). Nothing else is on the path: the
 // segment was allocated ahead, the coordinator subscribed in Begin, the
 // descriptor and the acknowledgements are written afterwards. What the
 // count does not show is the work: per transaction, besides the votes,
@@ -231,6 +232,28 @@
 //     the segment, trims it once it has moved on to the next segment
 //     and every transaction begun there was awaited and acknowledged by
 //     all its participants: one Trim per segment.
+//
+// # Votes that carry their prepare record
+//
+// A participant's Resource must record its vote durably before the vote
+// is cast (Resource.Prepare): a yes it forgot after a crash could still
+// commit. That is a log force on every transaction's critical path, ahead
+// of the vote's own write to the wormservers. With
+// CoordinatorConfig.SetSegments each shared segment belongs to one
+// participant set, so participant i's vote registers are every slot's
+// i-th; a participant with a Restorable Resource and a SegmentLog
+// (ParticipantConfig.Segments) then votes yes with the prepare record in
+// the vote (the payload and the Resource's bytes) and forces nothing: the
+// wormservers' acceptance of the vote is the durable prepare. It records
+// each segment once, before its first vote there. After a restart, Run
+// settles the participant's own vote register in every slot of every
+// recorded segment that is not trimmed: a yes that reached any acceptor
+// comes back with its record (Restorable.Restore, then the outcome is
+// applied as usual), and every other register is fenced, so that a vote
+// in flight at the crash can no longer be chosen; a fenced vote counts as
+// no, and as that participant's acknowledgement. The coordinator hears
+// fences in slots it has not handed out and moves to a new segment.
+// Details in records.go; `worm bench tx` uses this by default.
 //
 // The commit rules are those of a segment of one's own, slot by slot: a
 // slot's vote registers decide, a missing vote is captured and written
@@ -302,6 +325,13 @@
 //     written and nobody recovered a vote of it.
 //   - Shared segment numbers must be at most MaxSharedSegment (2^43-1):
 //     TxIDs name the segment and the slot in 63 bits.
+//   - Votes with records: a coordinator with SetSegments keeps a
+//     segment (and a listener) open per participant set it begins
+//     transactions among; a participant's restart aborts the
+//     transactions of its recorded segments that it had not voted in
+//     (it fences its registers there), and costs two round trips per
+//     slot of each such segment; a participant with Segments must be
+//     running Run, whose restore its votes wait for.
 //
 // # Imports
 //

@@ -67,6 +67,7 @@ type Participant struct {
 	// records wait for (closed at once without Segments)
 	segMu    sync.Mutex
 	segs     map[uint64]*segRecord
+	pruning  bool
 	restored chan struct{}
 	restore  sync.Once
 }

@@ -169,7 +169,48 @@ func (p *Participant) recordSegment(ctx context.Context, seg uint64, participant
 	if err := p.cfg.Segments.Add(ctx, seg); err != nil {
 		return false, fmt.Errorf("wormtx: recording segment %d: %w", seg, err)
 	}
+	p.pruneSegments(seg)
 	return true, nil
+}
+
+// pruneSegments removes from the SegmentLog, in the background, the
+// recorded segments other than current that are trimmed, so that the log
+// (and a restart's scan) stays short: a coordinator trims a set segment
+// once every transaction in it is complete. One prune runs at a time,
+// until Close.
+func (p *Participant) pruneSegments(current uint64) {
+	p.segMu.Lock()
+	if p.pruning {
+		p.segMu.Unlock()
+		return
+	}
+	p.pruning = true
+	p.segMu.Unlock()
+	ctx := p.listeners.life
+	go func() {
+		defer func() {
+			p.segMu.Lock()
+			p.pruning = false
+			p.segMu.Unlock()
+		}()
+		segs, err := p.cfg.Segments.Segments(ctx)
+		if err != nil {
+			return
+		}
+		for _, seg := range segs {
+			if seg == current || ctx.Err() != nil {
+				continue
+			}
+			if _, err := p.sp.Check(ctx, seg); errors.Is(err, worm.ErrTrimmed) {
+				if err := p.cfg.Segments.Remove(ctx, seg); err != nil {
+					p.log.Warn("wormtx: forgetting a trimmed segment", "seg", seg, "err", err)
+				}
+				p.segMu.Lock()
+				delete(p.segs, seg)
+				p.segMu.Unlock()
+			}
+		}
+	}()
 }
 
 // restoreVotes is Run's first step for a Restorable Resource with a

@@ -39,13 +39,15 @@ const benchTxUsage = `usage: worm bench tx [-participants 3] [-clients 1,4,16] [
 Measures WormTX against classic two-phase commit in one run: closed-loop
 clients each begin a transaction among every participant and await its
 outcome. The clients and both protocols' coordinators run in this
-process; the participants of both (each recording its vote in a log on
-disk before returning it) run in a second process, reached over the same
+process; the participants of both run in a second process, reached over the same
 loopback TCP network, so that every message on either critical path
 crosses processes. WormTX (its direct mode, transactions sharing
 segments allocated and subscribed to ahead) votes into -local wormds
 started for the run; 2PC's coordinator forces its decisions to a log
-file, synced like the wormds (nothing is synced with -volatile). The two
+file, synced like the wormds (nothing is synced with -volatile). By
+default WormTX's participants do not force their votes: each vote
+carries its prepare record, made durable by the wormds' acceptance
+(-records=false forces them, as 2PC's participants must). The two
 protocols alternate at each client count (in alternating order), so that
 drift of a noisy machine falls on both.
 
@@ -71,6 +73,7 @@ type TxBenchRow struct {
 type TxBenchReport struct {
 	Time         time.Time               `json:"time"`
 	Volatile     bool                    `json:"volatile"`
+	Records      bool                    `json:"records"`
 	Participants int                     `json:"participants"`
 	Wormds       []string                `json:"wormds"`
 	Duration     time.Duration           `json:"duration_ns"`
@@ -87,6 +90,7 @@ func cmdBenchTx(args []string) error {
 	local := fs.Int("local", 3, "wormds to start on loopback for the run")
 	volatile := fs.Bool("volatile", false, "no fsync anywhere: wormds, 2PC's decision log, the participants' vote logs")
 	stages := fs.Bool("stages", false, "also time each stage of both protocols' transactions (prepare sent, prepare start, prepared, voted, outcome, applied; first and last participant) and print where the latency goes")
+	records := fs.Bool("records", true, "WormTX participants' votes carry their prepare records (set segments and a segment log per participant; apps/wormtx/records.go); false: each forces its vote to its log before casting it, as 2PC's participants do")
 	quick := fs.Bool("quick", false, "short runs (1s, 200ms warm-up)")
 	duration := fs.Duration("duration", 5*time.Second, "measured time per protocol and client count")
 	warmup := fs.Duration("warmup", time.Second, "unmeasured time before each measurement")
@@ -155,19 +159,19 @@ func cmdBenchTx(args []string) error {
 	defer net.Close()
 	segBase := txbench.NewSegBase()
 	stopParts, err := startTxParticipants(ctx, net, txParticipantsArgs{participants: *parts, servers: lc.Servers(), keyFile: lc.KeyFile,
-		dir: filepath.Join(dir, "participants"), volatile: *volatile, segBase: segBase, profile: participantsProfile(*profDir), stages: *stages})
+		dir: filepath.Join(dir, "participants"), volatile: *volatile, segBase: segBase, profile: participantsProfile(*profDir), stages: *stages, records: *records})
 	if err != nil {
 		return err
 	}
 	defer stopParts()
 	h, err := txbench.Start(ctx, txbench.Config{Participants: *parts, Net: net, Dial: dial, Dir: filepath.Join(dir, "coordinators"),
-		Volatile: *volatile, SegBase: segBase, Stages: *stages, Logger: quiet})
+		Volatile: *volatile, SegBase: segBase, Stages: *stages, Records: *records, Logger: quiet})
 	if err != nil {
 		return err
 	}
 	defer h.Close()
 
-	report := TxBenchReport{Time: time.Now().UTC(), Volatile: *volatile, Participants: *parts, Wormds: lc.Servers(),
+	report := TxBenchReport{Time: time.Now().UTC(), Volatile: *volatile, Records: *records, Participants: *parts, Wormds: lc.Servers(),
 		Duration: *duration, Warmup: *warmup, Delays: delays}
 	for i, c := range counts {
 		row := TxBenchRow{Clients: c}
@@ -288,6 +292,7 @@ type txParticipantsArgs struct {
 	volatile     bool
 	segBase      uint64
 	stages       bool
+	records      bool
 }
 
 // startTxParticipants starts `worm bench tx-participants` as a child
@@ -307,6 +312,9 @@ func startTxParticipants(ctx context.Context, net *twopc.Network, a txParticipan
 	}
 	if a.stages {
 		args = append(args, "-stages")
+	}
+	if a.records {
+		args = append(args, "-records")
 	}
 	if a.profile != "" {
 		args = append(args, "-cpuprofile", a.profile)
@@ -356,6 +364,7 @@ func cmdBenchTxParticipants(args []string) error {
 	dir := fs.String("dir", "", "directory of the vote logs")
 	volatile := fs.Bool("volatile", false, "do not sync the vote logs")
 	stages := fs.Bool("stages", false, "send each participant's stage times with its reports")
+	records := fs.Bool("records", false, "WormTX participants vote with records")
 	segBase := fs.Uint64("segbase", 0, "the harness's first segment")
 	prof := fs.String("cpuprofile", "", "write a CPU profile of this process into this file")
 	if err := fs.Parse(args); err != nil {
@@ -395,7 +404,7 @@ func cmdBenchTxParticipants(args []string) error {
 		return client.Dial(dctx, client.Config{Servers: strings.Split(*servers, ","), Key: key, ID: "bench-tx-" + id, Logger: quiet})
 	}
 	err = txbench.ServeParticipants(ctx, txbench.ParticipantsConfig{Participants: *parts, Net: net, Dial: dial, Dir: *dir,
-		Volatile: *volatile, SegBase: *segBase, Stages: *stages, Logger: quiet}, func(err error) {
+		Volatile: *volatile, SegBase: *segBase, Stages: *stages, Records: *records, Logger: quiet}, func(err error) {
 		if err == nil {
 			fmt.Println("ready")
 		}

@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"time"
 
 	"github.com/wormspace/wormspace/apps/wormtx"
@@ -32,6 +33,9 @@ type ParticipantsConfig struct {
 	// Stages: as the harness's Config (each report carries the
 	// participant's stage times).
 	Stages bool
+	// Records: as the harness's Config (WormTX participants vote with
+	// records, keeping a segment log each in Dir).
+	Records bool
 	// Logger; default: discard.
 	Logger *slog.Logger
 }
@@ -130,8 +134,17 @@ func ServeParticipants(ctx context.Context, cfg ParticipantsConfig, ready func(e
 		logs = append(logs, wres.log, pres.log)
 		pol := wormPolicy
 		pol.Notify, pol.Logger = dir, cfg.Logger
+		var segs wormtx.SegmentLog
+		if cfg.Records {
+			f, err := wormtx.OpenSegmentFile(filepath.Join(cfg.Dir, "wtx-"+name+".segments"))
+			if err != nil {
+				return fail(err)
+			}
+			defer f.Close()
+			segs = f
+		}
 		p := wormtx.NewParticipant(sp, name, wormtx.ParticipantConfig{Inbox: inbox(cfg.SegBase, i), Policy: pol, Logger: cfg.Logger,
-			Trace: trace(WormTX, name),
+			Trace: trace(WormTX, name), Segments: segs,
 			// The coordinator collects in the fault-free case; each
 			// participant keeps a deferred check per transaction for
 			// this long, in memory, so a long run at thousands of

@@ -27,9 +27,10 @@ type Resource struct {
 	mu       sync.Mutex
 	prepared map[wormtx.TxID]wormtx.Descriptor
 	applied  map[wormtx.TxID]wormtx.Outcome
+	records  int // transactions prepared by PrepareRecord
 }
 
-var _ wormtx.Recoverable = (*Resource)(nil)
+var _ wormtx.Restorable = (*Resource)(nil)
 
 func newResource(cfg ParticipantsConfig, p Protocol, name string, report func(Protocol, string, wormtx.TxID, wormtx.Outcome)) (*Resource, error) {
 	l, err := openGroupLog(filepath.Join(cfg.Dir, string(p)+"-"+name+".log"), cfg.Volatile)
@@ -58,6 +59,32 @@ func (r *Resource) Prepare(_ context.Context, tx wormtx.TxID, d wormtx.Descripto
 		return false, err
 	}
 	return true, nil
+}
+
+// PrepareRecord implements wormtx.Restorable: the vote, kept in memory
+// only (with Config.Records the vote register carries the prepare).
+// The record is empty: the transaction's payload, which the vote carries
+// too, is all there is to restore.
+func (r *Resource) PrepareRecord(_ context.Context, tx wormtx.TxID, d wormtx.Descriptor) (bool, []byte, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if _, ok := r.applied[tx]; !ok {
+		if _, ok := r.prepared[tx]; !ok {
+			r.prepared[tx] = d
+			r.records++
+		}
+	}
+	return true, nil, nil
+}
+
+// Restore implements wormtx.Restorable.
+func (r *Resource) Restore(_ context.Context, tx wormtx.TxID, d wormtx.Descriptor, _ []byte) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if _, ok := r.applied[tx]; !ok {
+		r.prepared[tx] = d
+	}
+	return nil
 }
 
 // Apply implements wormtx.Resource.

@@ -100,6 +100,12 @@ type Config struct {
 	// stages.go): Result.Stages. The participants' process must be
 	// given the same.
 	Stages bool
+	// Records runs WormTX with votes that carry their prepare record
+	// (segments tied to the participant set; each participant keeps a
+	// segment log instead of forcing its vote before casting it; see
+	// apps/wormtx/records.go). The participants' process must be given
+	// the same.
+	Records bool
 	// Logger; default: discard.
 	Logger *slog.Logger
 }
@@ -200,7 +206,7 @@ func Start(ctx context.Context, cfg Config) (*Harness, error) {
 	h.wg.Go(func() { _ = h.net.Serve(h.ctx, benchNode, h.report) })
 	if h.ownNet {
 		pcfg := ParticipantsConfig{Participants: cfg.Participants, Net: h.net, Dial: cfg.Dial, Dir: filepath.Join(cfg.Dir, "participants"),
-			Volatile: cfg.Volatile, SegBase: cfg.SegBase, Stages: cfg.Stages, Logger: cfg.Logger}
+			Volatile: cfg.Volatile, SegBase: cfg.SegBase, Stages: cfg.Stages, Records: cfg.Records, Logger: cfg.Logger}
 		ready := make(chan error, 1)
 		h.wg.Go(func() { _ = ServeParticipants(h.ctx, pcfg, func(err error) { ready <- err }) })
 		if err := <-ready; err != nil {
@@ -265,7 +271,7 @@ func (h *Harness) startCoordinators(ctx context.Context) error {
 		Policy: pol, Messenger: messenger{h.net}, Logger: h.cfg.Logger, Trace: wtrace,
 		// Transactions share segments: one Alloc, one Listen per
 		// process and one Trim per segment, all off the critical path.
-		Shared: true})
+		Shared: true, SetSegments: h.cfg.Records})
 	log, err := twopc.OpenFileLog(filepath.Join(h.cfg.Dir, "2pc-decisions"), h.cfg.Volatile)
 	if err != nil {
 		return err

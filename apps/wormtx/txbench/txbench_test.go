@@ -2,6 +2,7 @@ package txbench_test
 
 import (
 	"context"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -12,17 +13,41 @@ import (
 )
 
 // The harness on the specification: both protocols commit under
-// closed-loop clients, and the applied latencies are measured.
+// closed-loop clients, and the applied latencies are measured; WormTX
+// with its participants' votes carrying their prepare records too.
 func TestRunBoth(t *testing.T) {
+	for _, records := range []bool{false, true} {
+		t.Run(map[bool]string{false: "forced-prepares", true: "vote-records"}[records], func(t *testing.T) { runBoth(t, records) })
+	}
+}
+
+func runBoth(t *testing.T, records bool) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	st := spec.New(1024)
-	h, err := txbench.Start(ctx, txbench.Config{Dir: t.TempDir(), Volatile: true, Stages: true,
+	dir := t.TempDir()
+	h, err := txbench.Start(ctx, txbench.Config{Dir: dir, Volatile: true, Stages: true, Records: records,
 		Dial: func(_ context.Context, id string) (worm.Space, error) { return st.Client(id), nil }})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer h.Close()
+	if records {
+		defer func() {
+			// Each participant recorded the set segments it voted in.
+			for _, p := range []string{"p0", "p1", "p2"} {
+				f, err := wormtx.OpenSegmentFile(filepath.Join(dir, "participants", "wtx-"+p+".segments"))
+				if err != nil {
+					t.Fatal(err)
+				}
+				segs, err := f.Segments(ctx)
+				f.Close()
+				if err != nil || len(segs) == 0 {
+					t.Errorf("%s's segment log: %v, %v; want the segments it voted in", p, segs, err)
+				}
+			}
+		}()
+	}
 	for _, p := range []txbench.Protocol{txbench.WormTX, txbench.TwoPC} {
 		for _, c := range []int{1, 4} {
 			r, err := h.Run(ctx, p, c, 50*time.Millisecond, 300*time.Millisecond)
