@@ -57,6 +57,9 @@ import (
 // lives. Restore re-establishes the prepared state of a transaction found
 // voted yes after a restart; Apply follows with its outcome. Restore must
 // accept a transaction that was already applied (and then take nothing).
+// Apply must be durable when it returns: the participant then
+// acknowledges, and once every participant has, the coordinator trims the
+// segment and the vote with its record is gone.
 type Restorable interface {
 	Recoverable
 	PrepareRecord(ctx context.Context, tx TxID, d Descriptor) (yes bool, record []byte, err error)

@@ -17,7 +17,11 @@ import (
 // durable, as both protocols require of a participant; Apply records the
 // outcome (not waited for: a participant that restarts finds the
 // transaction prepared and applies it again, which is idempotent). It is
-// Recoverable, as WormTX's direct mode requires.
+// Recoverable, as WormTX's direct mode requires, and Restorable
+// (Config.Records): PrepareRecord keeps the vote in memory only. Its
+// unforced Apply falls short of Restorable's contract (a restart finds a
+// voted transaction only while its segment is untrimmed); the harness
+// never restarts its participants, and 2PC's do the same.
 type Resource struct {
 	name   string
 	proto  Protocol
