@@ -2,6 +2,7 @@ package wormtx
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -298,18 +299,8 @@ func (p *Participant) restoreVotes(ctx context.Context, rr Restorable) ([]Tx, er
 		p.segs[seg] = r
 		p.segMu.Unlock()
 	}
-	slices.SortFunc(out, func(a, b Tx) int { return cmpTxID(a.ID, b.ID) })
+	slices.SortFunc(out, func(a, b Tx) int { return cmp.Compare(a.ID, b.ID) })
 	return out, nil
-}
-
-func cmpTxID(a, b TxID) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
 }
 
 // checkRetry is Check, retried while the error is transient.
