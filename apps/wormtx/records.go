@@ -108,11 +108,13 @@ func parseSetSegmentMeta(meta []byte) (participants []string, ok bool) {
 
 // segRecord is what a participant knows of a shared segment it was asked
 // to vote in: whether its votes there may carry records (a set segment of
-// this very set, recorded in the SegmentLog).
+// this very set, recorded in the SegmentLog), or whether this incarnation
+// fenced its votes there on starting (restoreVotes).
 type segRecord struct {
-	done chan struct{} // closed when ok and err are set
-	ok   bool
-	err  error
+	done   chan struct{} // closed when ok and err are set
+	ok     bool
+	fenced bool
+	err    error
 }
 
 // segmentRecorded reports whether the participant may vote in t's shared
@@ -122,7 +124,11 @@ type segRecord struct {
 // segment reads the metadata and adds the segment; the others wait for
 // that or find it done. A failed attempt is forgotten, so the next
 // transaction tries again.
-func (p *Participant) segmentRecorded(ctx context.Context, t Tx) (bool, error) {
+//
+// fenced reports that this incarnation settled its vote registers in the
+// segment when it started (restoreVotes): its vote in t is already
+// chosen, and it must not prepare t (see handlePrepareShared).
+func (p *Participant) segmentRecorded(ctx context.Context, t Tx) (ok, fenced bool, err error) {
 	seg := t.segment()
 	p.segMu.Lock()
 	r := p.segs[seg]
@@ -137,18 +143,18 @@ func (p *Participant) segmentRecorded(ctx context.Context, t Tx) (bool, error) {
 			p.segMu.Unlock()
 		}
 		close(r.done)
-		return r.ok, r.err
+		return r.ok, false, r.err
 	}
 	p.segMu.Unlock()
 	select {
 	case <-r.done:
 	case <-ctx.Done():
-		return false, ctx.Err()
+		return false, false, ctx.Err()
 	}
 	if r.err != nil {
 		return p.segmentRecorded(ctx, t) // that attempt failed: try again
 	}
-	return r.ok, nil
+	return r.ok, r.fenced, nil
 }
 
 // recordSegment checks seg's metadata against participants and adds seg
@@ -291,10 +297,10 @@ func (p *Participant) restoreVotes(ctx context.Context, rr Restorable) ([]Tx, er
 		if err := errors.Join(errs...); err != nil {
 			return nil, fmt.Errorf("wormtx: %q: settling votes in segment %d: %w", p.name, seg, err)
 		}
-		// Fenced: this process votes there no more (the coordinator moves
-		// on, having heard the fences).
+		// Fenced: this incarnation votes there no more (the coordinator
+		// moves on, having heard the fences).
 		p.segMu.Lock()
-		r := &segRecord{done: make(chan struct{})}
+		r := &segRecord{done: make(chan struct{}), fenced: true}
 		close(r.done)
 		p.segs[seg] = r
 		p.segMu.Unlock()

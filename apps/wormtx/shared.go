@@ -615,8 +615,25 @@ func (p *Participant) handlePrepareShared(ctx context.Context, t Tx, res Recover
 		case <-ctx.Done():
 			return Pending, fmt.Errorf("wormtx: %v: waiting for Run's restore: %w", t.ID, ctx.Err())
 		}
-		if recording, err = p.segmentRecorded(ctx, t); err != nil {
+		var fenced bool
+		if recording, fenced, err = p.segmentRecorded(ctx, t); err != nil {
 			return Pending, err
+		}
+		if fenced {
+			// This incarnation settled its vote here on starting. A no
+			// (its fence) stands for its ack, and preparing now would
+			// take locks that nobody releases once the segment is
+			// trimmed without this participant's ack: it holds nothing,
+			// and the outcome is abort. A yes was restored from its
+			// record (Run handles it too); the Resource then returns
+			// that vote again below, taking nothing new.
+			v, err := p.vote(ctx, t, i, valFenced)
+			if err != nil {
+				return Pending, err
+			}
+			if v != VoteYes {
+				return Abort, nil
+			}
 		}
 	} else {
 		recording = false

@@ -113,6 +113,7 @@ func RunWith(t *testing.T, open Open, opts Options) {
 		t.Run(c.name, func(t *testing.T) { c.f(setup(t, open, opts)) })
 	}
 	t.Run("Randomized", func(t *testing.T) { testRandomized(t, open, opts) })
+	t.Run("RecordsRandomized", func(t *testing.T) { testRecordsRandomized(t, open, opts) })
 }
 
 type env struct {
@@ -368,6 +369,100 @@ type Recorder struct {
 	recorded          map[wormtx.TxID]bool
 	nPrepare, nRecord int
 	restored          map[wormtx.TxID]bool
+	// Crash takes life exclusively and bumps epoch; an Incarnation's
+	// calls hold it shared and fail once their epoch is gone.
+	life  sync.RWMutex
+	epoch int
+}
+
+// errDeadIncarnation: a call from an incarnation that Crash ended.
+var errDeadIncarnation = errors.New("wormtxtest: the participant's incarnation crashed")
+
+// Incarnation returns the Recorder as one incarnation of its participant
+// sees it: after Crash, its calls fail (a dead process makes none), so a
+// goroutine of a crashed incarnation that is still winding down cannot
+// leave state behind.
+func (r *Recorder) Incarnation() wormtx.Restorable {
+	r.life.RLock()
+	defer r.life.RUnlock()
+	return &incarnationRes{r: r, epoch: r.epoch}
+}
+
+type incarnationRes struct {
+	r     *Recorder
+	epoch int
+}
+
+func (v *incarnationRes) enter() error {
+	v.r.life.RLock()
+	if v.r.epoch != v.epoch {
+		v.r.life.RUnlock()
+		return errDeadIncarnation
+	}
+	return nil
+}
+
+func (v *incarnationRes) Prepared(ctx context.Context) ([]wormtx.Tx, error) {
+	if err := v.enter(); err != nil {
+		return nil, err
+	}
+	defer v.r.life.RUnlock()
+	return v.r.Prepared(ctx)
+}
+
+func (v *incarnationRes) Prepare(ctx context.Context, tx wormtx.TxID, d wormtx.Descriptor) (bool, error) {
+	if err := v.enter(); err != nil {
+		return false, err
+	}
+	defer v.r.life.RUnlock()
+	return v.r.Prepare(ctx, tx, d)
+}
+
+func (v *incarnationRes) PrepareRecord(ctx context.Context, tx wormtx.TxID, d wormtx.Descriptor) (bool, []byte, error) {
+	if err := v.enter(); err != nil {
+		return false, nil, err
+	}
+	defer v.r.life.RUnlock()
+	return v.r.PrepareRecord(ctx, tx, d)
+}
+
+func (v *incarnationRes) Restore(ctx context.Context, tx wormtx.TxID, d wormtx.Descriptor, rec []byte) error {
+	if err := v.enter(); err != nil {
+		return err
+	}
+	defer v.r.life.RUnlock()
+	return v.r.Restore(ctx, tx, d, rec)
+}
+
+func (v *incarnationRes) Apply(ctx context.Context, tx wormtx.TxID, o wormtx.Outcome) error {
+	if err := v.enter(); err != nil {
+		return err
+	}
+	defer v.r.life.RUnlock()
+	return v.r.Apply(ctx, tx, o)
+}
+
+// describe tells what r holds of tx, for failure messages.
+func (r *Recorder) describe(tx wormtx.TxID) string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	v, voted := r.votes[tx]
+	o, applied := r.applied[tx]
+	return fmt.Sprintf("vote %v (held %v), by PrepareRecord %v, restored %v, applied %v (%v), epoch %d", v, voted, r.recorded[tx], r.restored[tx], applied, o, r.epoch)
+}
+
+// Pending returns the transactions prepared (or restored) and not
+// applied: locks still held.
+func (r *Recorder) Pending() []wormtx.TxID {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var out []wormtx.TxID
+	for tx := range r.votes {
+		if _, ok := r.applied[tx]; !ok {
+			out = append(out, tx)
+		}
+	}
+	return out
 }
 
 var _ wormtx.Restorable = (*Recorder)(nil)
@@ -437,6 +532,9 @@ func (r *Recorder) Restore(_ context.Context, tx wormtx.TxID, d wormtx.Descripto
 // Crash drops what PrepareRecord kept in memory and is not applied, as a
 // process crash would; it returns how many transactions it dropped.
 func (r *Recorder) Crash() int {
+	r.life.Lock()
+	defer r.life.Unlock()
+	r.epoch++
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	n := 0
@@ -559,6 +657,7 @@ func (c *cluster) sendAck(name string) func(context.Context, wormtx.Tx, wormtx.O
 
 type incarnation struct {
 	p      *wormtx.Participant
+	res    wormtx.Restorable // the Recorder as this incarnation sees it
 	ctx    context.Context
 	cancel context.CancelFunc
 }
@@ -574,9 +673,8 @@ func (c *cluster) SendPrepare(_ context.Context, p string, t wormtx.Tx) error {
 	if in == nil {
 		return nil // lost: the participant is down
 	}
-	rec := c.rec[p]
 	go func() {
-		_, err := in.p.HandlePrepare(in.ctx, t, rec)
+		_, err := in.p.HandlePrepare(in.ctx, t, in.res)
 		switch {
 		case errors.Is(err, wormtx.ErrCrashed):
 			c.mu.Lock()
@@ -586,7 +684,7 @@ func (c *cluster) SendPrepare(_ context.Context, p string, t wormtx.Tx) error {
 			c.mu.Unlock()
 			in.cancel()
 			in.p.Close()
-		case err != nil && in.ctx.Err() == nil && !errors.Is(err, worm.ErrTrimmed):
+		case err != nil && in.ctx.Err() == nil && !errors.Is(err, worm.ErrTrimmed) && !errors.Is(err, errDeadIncarnation):
 			c.e.t.Errorf("%s: HandlePrepare(%v): %v", p, t.ID, err)
 		}
 	}()
@@ -658,12 +756,12 @@ func (c *cluster) start(p string) {
 	done := make(chan error, 1)
 	c.cancel[p], c.done[p] = cancel, done
 	part := wormtx.NewParticipant(c.e.client(c.idx[p]+1), p, c.cfg[p])
-	rec := c.rec[p]
+	res := c.rec[p].Incarnation()
 	c.mu.Lock()
-	c.live[p] = &incarnation{p: part, ctx: ctx, cancel: cancel}
+	c.live[p] = &incarnation{p: part, res: res, ctx: ctx, cancel: cancel}
 	c.mu.Unlock()
 	go func() {
-		err := part.Run(ctx, rec)
+		err := part.Run(ctx, res)
 		// Run's end is the incarnation's death: its HandlePrepare
 		// goroutines die with it.
 		cancel()
