@@ -46,6 +46,9 @@ import (
 // reached before their coordinator handed them out abort at once; the
 // coordinator, which hears every write in its segment, moves on to a new
 // segment when it sees a chosen register in a slot it has not handed out.
+// A prepare that still reaches the restarted participant in a segment it
+// fenced takes no locks: its vote there is chosen already, and a fenced
+// vote is its acknowledgement, so the segment may be trimmed without it.
 
 // Restorable is a Recoverable Resource whose prepare need not be durable
 // before the vote, when the vote can carry it (see above).
