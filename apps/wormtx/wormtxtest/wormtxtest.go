@@ -1086,12 +1086,7 @@ func testDirectParticipantCrashRestart(e *env) {
 	// HandlePrepare or Run's rescan of the Resource (which may find the
 	// prepared transaction first) reaches the crash point; either ends
 	// the incarnation.
-	select {
-	case <-cl.done["p2"]:
-	case <-e.ctx.Done():
-		e.t.Fatalf("p2 never reached its crash point; goroutines:\n%s", stacks())
-	}
-	delete(cl.cancel, "p2")
+	cl.waitDown("p2")
 	if _, ok := cl.rec["p2"].Applied(tx.ID); ok {
 		e.t.Fatal("p2 applied before restarting")
 	}
@@ -1119,8 +1114,14 @@ func (e *env) sharedCoordinator(i int, cl *cluster, pol wormtx.Policy, crash fun
 	if first > wormtx.MaxSharedSegment {
 		e.t.Fatalf("shared segment range %d beyond MaxSharedSegment", first)
 	}
-	co := wormtx.NewCoordinator(e.client(i), wormtx.CoordinatorConfig{FirstSeg: first, Directory: cl.dir, Policy: pol,
-		Messenger: cl, Shared: true, Crash: crash})
+	return e.startShared(i, cl, first, wormtx.CoordinatorConfig{Policy: pol, Crash: crash})
+}
+
+// startShared starts the cluster's direct-mode coordinator with shared
+// segments from first, on client i, with cfg's other settings.
+func (e *env) startShared(i int, cl *cluster, first uint64, cfg wormtx.CoordinatorConfig) *wormtx.Coordinator {
+	cfg.FirstSeg, cfg.Directory, cfg.Messenger, cfg.Shared = first, cl.dir, cl, true
+	co := wormtx.NewCoordinator(e.client(i), cfg)
 	e.t.Cleanup(func() { co.Close() })
 	cl.mu.Lock()
 	cl.co = co
@@ -1333,12 +1334,7 @@ func testSharedParticipantCrashRestart(e *env) {
 	// HandlePrepare or Run's rescan of the Resource (which may find the
 	// prepared transaction first) reaches the crash point; either ends
 	// the incarnation.
-	select {
-	case <-cl.done["p2"]:
-	case <-e.ctx.Done():
-		e.t.Fatalf("p2 never reached its crash point; goroutines:\n%s", stacks())
-	}
-	delete(cl.cancel, "p2")
+	cl.waitDown("p2")
 	if _, ok := cl.rec["p2"].Applied(tx.ID); ok {
 		e.t.Fatal("p2 applied before restarting")
 	}
@@ -1414,14 +1410,7 @@ func (e *env) recordsCluster(parts []string, crash *crashSwitch, point wormtx.Cr
 // participant sets.
 func (e *env) setCoordinator(cl *cluster) *wormtx.Coordinator {
 	e.next += 1 << 12
-	first := e.base>>10 + e.next
-	co := wormtx.NewCoordinator(e.client(0), wormtx.CoordinatorConfig{FirstSeg: first, Directory: cl.dir, Policy: fast(10 * time.Second),
-		Messenger: cl, Shared: true, SetSegments: true})
-	e.t.Cleanup(func() { co.Close() })
-	cl.mu.Lock()
-	cl.co = co
-	cl.mu.Unlock()
-	return co
+	return e.startShared(0, cl, e.base>>10+e.next, wormtx.CoordinatorConfig{Policy: fast(10 * time.Second), SetSegments: true})
 }
 
 // waitDown waits for participant p's incarnation to end (a crash point).
