@@ -70,6 +70,7 @@ type options struct {
 	iface, tap  string
 	addr, gw    string
 	volatile    bool
+	groupCommit server.GroupCommit
 	join        bool
 	keyFile     string
 	keyHex      string
@@ -100,6 +101,7 @@ func parse(args []string) (*options, error) {
 	fs.StringVar(&o.addr, "addr", "", "netstack: the stack's address/prefix, e.g. 10.0.0.2/24")
 	fs.StringVar(&o.gw, "gw", "", "netstack: default gateway (optional)")
 	fs.BoolVar(&o.volatile, "volatile", false, "skip fsync (benchmarks only: acknowledged writes can be lost on power failure)")
+	fs.TextVar(&o.groupCommit, "group-commit", server.GroupCommitAdaptive, "how syncs are scheduled: adaptive (a sync that starts a burst of requests waits, up to half an fsync, for the followers recent bursts had) or immediate (every sync starts at once)")
 	fs.BoolVar(&o.join, "join", false, "start as a new member replacing a failed one: serve nothing until `worm replace` installs the cluster's state and activates it (needs an empty data directory; recorded there, so a restart stays joining)")
 	fs.StringVar(&o.keyFile, "key-file", os.Getenv("WORM_KEY_FILE"), "file holding the cluster key (hex or raw, >= 32 bytes); default $WORM_KEY_FILE")
 	fs.StringVar(&o.keyHex, "key-hex", os.Getenv("WORM_KEY"), "the cluster key in hex; default $WORM_KEY")
@@ -284,6 +286,7 @@ func run(args []string) error {
 	log.Info("recovered", "data", o.data, "segment_size", acc.SegmentSize(), "live_segments", live, "trimmed_segments", trimmed, "live_bytes", acc.LiveBytes(), "took", time.Since(start).Round(time.Millisecond))
 
 	eng := server.NewEngine(acc, st, log, nil)
+	eng.SetGroupCommit(o.groupCommit)
 	defer eng.Close()
 	if err := eng.Failed(); err != nil {
 		return fmt.Errorf("data directory %s: %w", o.data, err)

@@ -22,7 +22,12 @@
 // Log is durable up to every record appended before the response was
 // computed (a response may reveal earlier, not yet durable changes).
 // Concurrent requests share one Log.Sync (group commit): while one sync
-// runs, the next batch accumulates.
+// runs, the next batch accumulates. With a Log that fsyncs, the sync that
+// starts a burst of requests waits, up to half a sync's duration, for the
+// followers that recent bursts had (adaptive group commit, gather.go;
+// Engine.SetGroupCommit, wormd -group-commit): requests released a
+// little apart, like the votes of a WormTX transaction's participants,
+// then share one fsync instead of two, and a client alone never waits.
 //
 // The Server speaks the wire protocol over the Engine. Per connection, a
 // reader goroutine runs the handshake (bounded by HandshakeTimeout), then

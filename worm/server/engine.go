@@ -115,6 +115,18 @@ type Engine struct {
 	refusedLogged time.Time
 	syncs         uint64
 
+	// Adaptive group commit (gather.go), with a Log that fsyncs: gc is
+	// the policy, gather its estimator, inSync tells whether syncOnce is
+	// running, and leader is the arrival of a burst's first reply whose
+	// sync the sync goroutine has not started yet (leading says there is
+	// one). gathered counts the syncs that waited for followers.
+	gc       GroupCommit
+	gather   gatherer
+	inSync   bool
+	leading  bool
+	leader   time.Time
+	gathered uint64
+
 	// syncMu serializes syncOnce: with inline syncs a request's own
 	// goroutine leads a sync while the sync loop may be kicked at the same
 	// time (a compaction, a kick left in the channel); both would release
@@ -159,6 +171,16 @@ func NewEngine(acc *paxos.Acceptor, log Log, logger *slog.Logger, onWrite WriteH
 	e.wg.Add(1)
 	go e.syncLoop()
 	return e
+}
+
+// SetGroupCommit chooses how syncs are scheduled (GroupCommitAdaptive
+// unless set). It matters only with a Log that fsyncs; call it before the
+// engine handles requests.
+func (e *Engine) SetGroupCommit(gc GroupCommit) {
+	e.mu.Lock()
+	e.gc = gc
+	e.leading = false
+	e.mu.Unlock()
 }
 
 // SetOnWrite replaces the write notification hook (the Server installs its
@@ -287,6 +309,12 @@ func (e *Engine) HandleAt(epoch uint64, req *paxos.Request, to Replier, tag uint
 		return
 	}
 	if req.Kind != paxos.KindDecide {
+		if !e.inlineSync && e.gc == GroupCommitAdaptive {
+			now := time.Now()
+			if e.gather.arrival(now, len(e.waiting) == 0 && !e.inSync) {
+				e.leading, e.leader = true, now
+			}
+		}
 		// Detach the response from the acceptor's scratch space.
 		p := respPool.Get().(*respBuf)
 		p.copyFrom(r)
@@ -372,10 +400,23 @@ func (e *Engine) failLocked(err error) {
 
 func (e *Engine) syncLoop() {
 	defer e.wg.Done()
+	var timer *preciseTimer
+	if !e.inlineSync {
+		t, err := newPreciseTimer()
+		if err != nil {
+			e.logger.Warn("no precise timer: group commit does not wait for followers", "err", err)
+		} else {
+			timer = t
+			defer timer.Close()
+		}
+	}
 	for {
 		stop := false
 		select {
 		case <-e.kick:
+			if timer != nil && !e.awaitFollowers(timer) {
+				stop = true
+			}
 		case <-e.done:
 			// Close: flush what is waiting, then stop.
 			stop = true
@@ -386,6 +427,53 @@ func (e *Engine) syncLoop() {
 			return
 		}
 	}
+}
+
+// awaitFollowers holds the sync of a burst that just started for the
+// followers its predecessors had (gather.go). It returns false if the
+// engine is closing.
+func (e *Engine) awaitFollowers(timer *preciseTimer) bool {
+	e.mu.Lock()
+	if !e.leading {
+		e.mu.Unlock()
+		return true
+	}
+	e.leading = false
+	until, want := e.gather.plan(e.leader)
+	e.mu.Unlock()
+	wait := time.Until(until)
+	if want == 0 || wait <= 0 {
+		return true
+	}
+	select { // an expiry left over from a wait cut short
+	case <-timer.C:
+	default:
+	}
+	timer.Reset(wait)
+	defer timer.Stop()
+	for {
+		select {
+		case <-e.kick:
+			e.mu.Lock()
+			enough := !e.gather.open || e.gather.followers >= want
+			e.mu.Unlock()
+			if enough {
+				e.countGathered()
+				return true
+			}
+		case <-timer.C:
+			e.countGathered()
+			return true
+		case <-e.done:
+			return false
+		}
+	}
+}
+
+func (e *Engine) countGathered() {
+	e.mu.Lock()
+	e.gathered++
+	e.mu.Unlock()
 }
 
 // syncOnce runs one Sync if anything is waiting and releases what it
@@ -425,11 +513,15 @@ func (e *Engine) syncOnce() bool {
 	}
 	e.syncing = true
 	e.syncWanted = false
+	e.inSync = true
 	e.mu.Unlock()
 	t0 := time.Now()
 	durable, err := e.log.Sync()
-	e.fsync.observe(time.Since(t0))
+	took := time.Since(t0)
+	e.fsync.observe(took)
 	e.mu.Lock()
+	e.inSync = false
+	e.gather.synced(took)
 	if err != nil {
 		e.failLocked(fmt.Errorf("storage sync: %w", err))
 		// Replies that were waiting must never be sent: their records may
@@ -482,6 +574,8 @@ func (e *Engine) syncOnce() bool {
 // EngineStats is a snapshot of the engine's counters.
 type EngineStats struct {
 	Syncs           uint64 `json:"syncs"`            // completed Log.Sync calls
+	Gathered        uint64 `json:"gathered"`         // syncs held for a burst's followers (adaptive group commit)
+	GroupCommit     string `json:"group_commit"`     // adaptive or immediate (see GroupCommit)
 	Durable         uint64 `json:"durable"`          // log position known durable
 	Appended        uint64 `json:"appended"`         // log position after the last append
 	Waiting         int    `json:"waiting"`          // replies and notifications waiting for a sync
@@ -497,7 +591,7 @@ type EngineStats struct {
 func (e *Engine) Stats() EngineStats {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	s := EngineStats{Syncs: e.syncs, Durable: e.synced, Appended: e.end, Waiting: len(e.waiting), LiveBytes: e.acc.LiveBytes(), Compactions: e.compactions, Refused: e.refused}
+	s := EngineStats{Syncs: e.syncs, Gathered: e.gathered, GroupCommit: e.gc.String(), Durable: e.synced, Appended: e.end, Waiting: len(e.waiting), LiveBytes: e.acc.LiveBytes(), Compactions: e.compactions, Refused: e.refused}
 	s.LiveSegments, s.TrimmedSegments = e.acc.Segments()
 	if e.failed != nil {
 		s.Failed = e.failed.Error()

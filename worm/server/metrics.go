@@ -283,6 +283,8 @@ func (s *Server) writeMetrics(w *bufio.Writer) {
 	}
 	p.header("worm_engine_syncs_total", "counter", "Storage syncs completed by the engine (group commits).")
 	p.sample("worm_engine_syncs_total", float64(st.Syncs))
+	p.header("worm_engine_gathered_syncs_total", "counter", "Syncs held for a burst's usual followers (adaptive group commit).")
+	p.sample("worm_engine_gathered_syncs_total", float64(st.Gathered))
 	p.header("worm_durable_position", "gauge", "Log position known durable.")
 	p.sample("worm_durable_position", float64(st.Durable))
 	failed := 0.0
