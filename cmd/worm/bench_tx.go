@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"cmp"
 	"context"
 	"encoding/json"
 	"flag"
@@ -47,26 +48,105 @@ started for the run; 2PC's coordinator forces its decisions to a log
 file, synced like the wormds (nothing is synced with -volatile). By
 default WormTX's participants do not force their votes: each vote
 carries its prepare record, made durable by the wormds' acceptance
-(-records=false forces them, as 2PC's participants must). The two
-protocols alternate at each client count (in alternating order), so that
-drift of a noisy machine falls on both.
+(-records=false forces them, as 2PC's participants must). Each client
+count runs -reps rounds, and each round runs both protocols back to back,
+the one that goes first alternating, so that drift of a noisy machine
+falls on both; a ratio is taken within each round, and the report gives
+the median of the rounds' ratios with the range of the p50 ratio.
 
 Also reported: each protocol's critical path in message delays (the same
 code over an in-memory space with a fixed one-way delay), and a
 coordinator crash after the prepares: 2PC's participants stay in doubt
 until their coordinator comes back, WormTX's apply without it.`
 
-// TxBenchRow is one client count: both protocols.
+// TxBenchRow is one client count: both protocols, over -reps rounds.
 type TxBenchRow struct {
-	Clients int            `json:"clients"`
-	WormTX  txbench.Result `json:"wormtx"`
-	TwoPC   txbench.Result `json:"twopc"`
+	Clients int `json:"clients"`
+	// The round whose p50 is the median of each protocol's rounds.
+	WormTX txbench.Result `json:"wormtx"`
+	TwoPC  txbench.Result `json:"twopc"`
 	// Ratios of WormTX to 2PC (above 1: WormTX is slower, or commits
-	// more per second).
+	// more per second): the median of the rounds' ratios, each measured
+	// in one round where the protocols ran back to back.
 	P50Ratio        float64 `json:"p50_ratio"`
 	P99Ratio        float64 `json:"p99_ratio"`
 	AppliedP50Ratio float64 `json:"applied_p50_ratio"`
 	ThroughputRatio float64 `json:"throughput_ratio"`
+	// The lowest and highest of the rounds' p50 ratios.
+	P50RatioMin float64 `json:"p50_ratio_min"`
+	P50RatioMax float64 `json:"p50_ratio_max"`
+	// Rounds, in the order they ran.
+	Rounds []TxBenchRound `json:"rounds,omitempty"`
+}
+
+// TxBenchRound is one round of a client count: both protocols back to
+// back, in an order that alternates from round to round.
+type TxBenchRound struct {
+	WormTX          txbench.Result `json:"wormtx"`
+	TwoPC           txbench.Result `json:"twopc"`
+	P50Ratio        float64        `json:"p50_ratio"`
+	P99Ratio        float64        `json:"p99_ratio"`
+	AppliedP50Ratio float64        `json:"applied_p50_ratio"`
+	ThroughputRatio float64        `json:"throughput_ratio"`
+}
+
+// ratios fills the round's ratios when both protocols ran.
+func (r *TxBenchRound) ratios() bool {
+	if r.WormTX.Ops == 0 || r.TwoPC.Ops == 0 {
+		return false
+	}
+	r.P50Ratio = float64(r.WormTX.Latency.P50) / float64(r.TwoPC.Latency.P50)
+	r.P99Ratio = float64(r.WormTX.Latency.P99) / float64(r.TwoPC.Latency.P99)
+	r.ThroughputRatio = r.WormTX.OpsPerSec / r.TwoPC.OpsPerSec
+	if r.TwoPC.Applied.P50 > 0 {
+		r.AppliedP50Ratio = float64(r.WormTX.Applied.P50) / float64(r.TwoPC.Applied.P50)
+	}
+	return true
+}
+
+// summarize sets the row's figures from its rounds: each protocol's
+// median round (by p50) and the medians of the rounds' ratios.
+func (row *TxBenchRow) summarize() {
+	median := func(xs []float64) float64 {
+		if len(xs) == 0 {
+			return 0
+		}
+		xs = slices.Clone(xs)
+		slices.Sort(xs)
+		if len(xs)%2 == 1 {
+			return xs[len(xs)/2]
+		}
+		return (xs[len(xs)/2-1] + xs[len(xs)/2]) / 2
+	}
+	medianRound := func(pick func(TxBenchRound) txbench.Result) txbench.Result {
+		var rs []txbench.Result
+		for _, r := range row.Rounds {
+			if x := pick(r); x.Ops > 0 || x.Errors > 0 {
+				rs = append(rs, x)
+			}
+		}
+		if len(rs) == 0 {
+			return txbench.Result{}
+		}
+		slices.SortFunc(rs, func(a, b txbench.Result) int { return cmp.Compare(a.Latency.P50, b.Latency.P50) })
+		return rs[(len(rs)-1)/2]
+	}
+	row.WormTX = medianRound(func(r TxBenchRound) txbench.Result { return r.WormTX })
+	row.TwoPC = medianRound(func(r TxBenchRound) txbench.Result { return r.TwoPC })
+	var p50, p99, applied, tput []float64
+	for _, r := range row.Rounds {
+		if r.P50Ratio == 0 {
+			continue
+		}
+		p50, p99, tput = append(p50, r.P50Ratio), append(p99, r.P99Ratio), append(tput, r.ThroughputRatio)
+		if r.AppliedP50Ratio > 0 {
+			applied = append(applied, r.AppliedP50Ratio)
+		}
+	}
+	row.P50Ratio, row.P99Ratio, row.AppliedP50Ratio, row.ThroughputRatio = median(p50), median(p99), median(applied), median(tput)
+	if len(p50) > 0 {
+		row.P50RatioMin, row.P50RatioMax = slices.Min(p50), slices.Max(p50)
+	}
 }
 
 // TxBenchReport is what -json writes.
@@ -77,6 +157,7 @@ type TxBenchReport struct {
 	Participants int                     `json:"participants"`
 	Wormds       []string                `json:"wormds"`
 	Duration     time.Duration           `json:"duration_ns"`
+	Reps         int                     `json:"reps"`
 	Warmup       time.Duration           `json:"warmup_ns"`
 	Delays       txbench.DelayCount      `json:"delays"`
 	Rows         []TxBenchRow            `json:"rows"`
@@ -91,8 +172,9 @@ func cmdBenchTx(args []string) error {
 	volatile := fs.Bool("volatile", false, "no fsync anywhere: wormds, 2PC's decision log, the participants' vote logs")
 	stages := fs.Bool("stages", false, "also time each stage of both protocols' transactions (prepare sent, prepare start, prepared, voted, outcome, applied; first and last participant) and print where the latency goes")
 	records := fs.Bool("records", true, "WormTX participants' votes carry their prepare records (set segments and a segment log per participant; apps/wormtx/records.go); false: each forces its vote to its log before casting it, as 2PC's participants do")
-	quick := fs.Bool("quick", false, "short runs (1s, 200ms warm-up)")
-	duration := fs.Duration("duration", 5*time.Second, "measured time per protocol and client count")
+	quick := fs.Bool("quick", false, "short runs (1s, 200ms warm-up, one round unless -reps says otherwise)")
+	duration := fs.Duration("duration", 2*time.Second, "measured time per protocol, client count and round")
+	reps := fs.Int("reps", 3, "rounds per client count, each running both protocols back to back (alternating which goes first); the ratios reported are the medians of the rounds' ratios, with the range of the p50 ratio")
 	warmup := fs.Duration("warmup", time.Second, "unmeasured time before each measurement")
 	oneWay := fs.Duration("delay", 2*time.Millisecond, "the one-way delay of the message-delay count (in-memory space)")
 	blocking := fs.Duration("blocking", time.Second, "how long 2PC's participants are watched in doubt after their coordinator's crash (0: skip the crash demonstration)")
@@ -103,12 +185,15 @@ func cmdBenchTx(args []string) error {
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	if fs.NArg() > 0 || *local < 1 || *parts < 1 {
+	if fs.NArg() > 0 || *local < 1 || *parts < 1 || *reps < 1 {
 		fs.Usage()
 		return errUsage
 	}
 	if *quick {
 		*duration, *warmup = time.Second, 200*time.Millisecond
+		if !flagSet(fs, "reps") {
+			*reps = 1
+		}
 	}
 	counts, err := parseInts(*clientsF)
 	if err != nil {
@@ -172,48 +257,54 @@ func cmdBenchTx(args []string) error {
 	defer h.Close()
 
 	report := TxBenchReport{Time: time.Now().UTC(), Volatile: *volatile, Records: *records, Participants: *parts, Wormds: lc.Servers(),
-		Duration: *duration, Warmup: *warmup, Delays: delays}
-	for i, c := range counts {
+		Duration: *duration, Reps: *reps, Warmup: *warmup, Delays: delays}
+	flip := false // which protocol goes first, alternating across rounds and client counts
+	for _, c := range counts {
 		row := TxBenchRow{Clients: c}
-		order := []txbench.Protocol{txbench.WormTX, txbench.TwoPC}
-		if i%2 == 1 {
-			order = []txbench.Protocol{txbench.TwoPC, txbench.WormTX}
+		for k := 0; k < *reps; k++ {
+			var round TxBenchRound
+			order := []txbench.Protocol{txbench.WormTX, txbench.TwoPC}
+			if flip {
+				order = []txbench.Protocol{txbench.TwoPC, txbench.WormTX}
+			}
+			flip = !flip
+			for _, p := range order {
+				if !slices.Contains(strings.Split(*protocols, ","), string(p)) {
+					continue
+				}
+				fmt.Fprintf(os.Stderr, "bench tx: %s, %d client(s), round %d of %d, %v ...\n", p, c, k+1, *reps, *duration)
+				name := fmt.Sprintf("tx-%s-c%d.pprof", p, c)
+				if *reps > 1 {
+					name = fmt.Sprintf("tx-%s-c%d-r%d.pprof", p, c, k+1)
+				}
+				stopProf, err := startProfile(*profDir, name)
+				if err != nil {
+					return err
+				}
+				r, err := h.Run(ctx, p, c, *warmup, *duration)
+				stopProf()
+				if err != nil {
+					return fmt.Errorf("%s with %d clients: %w", p, c, err)
+				}
+				if err := wormdsAlive(lc); err != nil {
+					// A run with a wormserver down measures a degraded
+					// cluster (every learner falls back on reads): not a
+					// figure to compare.
+					return fmt.Errorf("%s with %d clients: %w", p, c, err)
+				}
+				fmt.Fprintf(os.Stderr, "bench tx:   %v; every participant applied: p50 %v\n", r.Result, r.Applied.P50.Round(time.Microsecond))
+				if p == txbench.WormTX {
+					round.WormTX = r
+				} else {
+					round.TwoPC = r
+				}
+			}
+			if round.ratios() {
+				fmt.Fprintf(os.Stderr, "bench tx:   round %d: wormtx/2pc p50 %.2f\n", k+1, round.P50Ratio)
+			}
+			row.Rounds = append(row.Rounds, round)
 		}
-		for _, p := range order {
-			if !slices.Contains(strings.Split(*protocols, ","), string(p)) {
-				continue
-			}
-			fmt.Fprintf(os.Stderr, "bench tx: %s, %d client(s), %v ...\n", p, c, *duration)
-			stopProf, err := startProfile(*profDir, fmt.Sprintf("tx-%s-c%d.pprof", p, c))
-			if err != nil {
-				return err
-			}
-			r, err := h.Run(ctx, p, c, *warmup, *duration)
-			stopProf()
-			if err != nil {
-				return fmt.Errorf("%s with %d clients: %w", p, c, err)
-			}
-			if err := wormdsAlive(lc); err != nil {
-				// A run with a wormserver down measures a degraded
-				// cluster (every learner falls back on reads): not a
-				// figure to compare.
-				return fmt.Errorf("%s with %d clients: %w", p, c, err)
-			}
-			fmt.Fprintf(os.Stderr, "bench tx:   %v; every participant applied: p50 %v\n", r.Result, r.Applied.P50.Round(time.Microsecond))
-			if p == txbench.WormTX {
-				row.WormTX = r
-			} else {
-				row.TwoPC = r
-			}
-		}
-		if row.WormTX.Ops > 0 && row.TwoPC.Ops > 0 {
-			row.P50Ratio = float64(row.WormTX.Latency.P50) / float64(row.TwoPC.Latency.P50)
-			row.P99Ratio = float64(row.WormTX.Latency.P99) / float64(row.TwoPC.Latency.P99)
-			row.ThroughputRatio = row.WormTX.OpsPerSec / row.TwoPC.OpsPerSec
-			if row.TwoPC.Applied.P50 > 0 {
-				row.AppliedP50Ratio = float64(row.WormTX.Applied.P50) / float64(row.TwoPC.Applied.P50)
-			}
-		}
+		row.summarize()
 		report.Rows = append(report.Rows, row)
 	}
 	if *blocking > 0 {
@@ -239,7 +330,11 @@ func printTxBench(w io.Writer, r TxBenchReport) {
 	if r.Volatile {
 		mode = "volatile (no fsync)"
 	}
-	fmt.Fprintf(w, "WormTX (direct mode, shared segments, %d wormds) vs 2PC, %d participants, %s; %v per run\n", len(r.Wormds), r.Participants, mode, r.Duration)
+	rounds := "1 round"
+	if r.Reps > 1 {
+		rounds = fmt.Sprintf("%d rounds (figures: each protocol's median round; ratios: the median of the rounds' ratios, p50's range in brackets)", r.Reps)
+	}
+	fmt.Fprintf(w, "WormTX (direct mode, shared segments, %d wormds) vs 2PC, %d participants, %s; %v per protocol and round, %s\n", len(r.Wormds), r.Participants, mode, r.Duration, rounds)
 	d := r.Delays
 	fmt.Fprintf(w, "message delays on the critical path (median, %v one-way, in memory): WormTX %.1f to the coordinator, %.1f to every participant; 2PC %.1f and %.1f\n",
 		d.OneWay, d.WormTXCoordinator, d.WormTXApplied, d.TwoPCCoordinator, d.TwoPCApplied)
@@ -260,7 +355,11 @@ func printTxBench(w io.Writer, r TxBenchReport) {
 	for _, row := range r.Rows {
 		line(row.Clients, "wormtx", row.WormTX)
 		line(row.Clients, "2pc", row.TwoPC)
-		fmt.Fprintf(tw, "%d\twormtx/2pc\t%s\t%s\t%s\t%s\t\t\t\n", row.Clients, ratio(row.ThroughputRatio), ratio(row.P50Ratio), ratio(row.P99Ratio), ratio(row.AppliedP50Ratio))
+		p50 := ratio(row.P50Ratio)
+		if len(row.Rounds) > 1 && row.P50Ratio > 0 {
+			p50 = fmt.Sprintf("%.2f [%.2f-%.2f]", row.P50Ratio, row.P50RatioMin, row.P50RatioMax)
+		}
+		fmt.Fprintf(tw, "%d\twormtx/2pc\t%s\t%s\t%s\t%s\t\t\t\n", row.Clients, ratio(row.ThroughputRatio), p50, ratio(row.P99Ratio), ratio(row.AppliedP50Ratio))
 	}
 	tw.Flush()
 	for _, row := range r.Rows {
@@ -488,4 +587,11 @@ func printTxStages(w io.Writer, row TxBenchRow) {
 		fmt.Fprintf(tw, "  %s\t%s\t%s\t\n", s, cell(row.WormTX.Stages, s), cell(row.TwoPC.Stages, s))
 	}
 	tw.Flush()
+}
+
+// flagSet reports whether the flag name was given on the command line.
+func flagSet(fs *flag.FlagSet, name string) bool {
+	set := false
+	fs.Visit(func(f *flag.Flag) { set = set || f.Name == name })
+	return set
 }

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"math"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -11,6 +12,7 @@ import (
 	"time"
 
 	"github.com/wormspace/wormspace/apps/wormtx"
+	"github.com/wormspace/wormspace/apps/wormtx/txbench"
 )
 
 // TestBenchTxStages runs `worm bench tx -stages` on real wormds with the
@@ -26,7 +28,7 @@ func TestBenchTxStages(t *testing.T) {
 	out := filepath.Join(t.TempDir(), "tx.json")
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	args := []string{"bench", "tx", "-quick", "-volatile", "-stages", "-clients", "1", "-blocking", "0", "-json", out}
+	args := []string{"bench", "tx", "-quick", "-reps", "2", "-volatile", "-stages", "-clients", "1", "-blocking", "0", "-json", out}
 	cmd := exec.CommandContext(ctx, exe, args...)
 	cmd.Env = append(os.Environ(), "WORM_SERVERS=", "WORM_KEY=", "WORM_KEY_FILE=")
 	stdout, err := cmd.Output()
@@ -47,6 +49,9 @@ func TestBenchTxStages(t *testing.T) {
 	}
 	if len(rep.Rows) != 1 {
 		t.Fatalf("%d rows, want 1", len(rep.Rows))
+	}
+	if row := rep.Rows[0]; len(row.Rounds) != 2 || row.P50Ratio <= 0 || row.P50RatioMin > row.P50Ratio || row.P50Ratio > row.P50RatioMax {
+		t.Errorf("rounds and ratios: %d rounds, p50 ratio %v in [%v, %v]; want 2 rounds and the median within the range", len(row.Rounds), row.P50Ratio, row.P50RatioMin, row.P50RatioMax)
 	}
 	for _, name := range []string{"wormtx", "2pc"} {
 		res := rep.Rows[0].WormTX
@@ -69,5 +74,38 @@ func TestBenchTxStages(t *testing.T) {
 				t.Errorf("%s: no %q stage in the report (%d stages)", name, w, len(res.Stages))
 			}
 		}
+	}
+}
+
+// A row's summary: each protocol's median round by p50, and the medians
+// of the rounds' ratios (not the ratio of the medians).
+func TestTxBenchRowSummary(t *testing.T) {
+	res := func(p50 time.Duration, ops float64) txbench.Result {
+		var r txbench.Result
+		r.Ops, r.OpsPerSec = int64(ops), ops
+		r.Latency.P50, r.Latency.P99 = p50, 2*p50
+		return r
+	}
+	row := TxBenchRow{Clients: 1}
+	for _, x := range []struct{ w, p time.Duration }{{1100, 1000}, {1500, 1200}, {1300, 1000}} {
+		r := TxBenchRound{WormTX: res(x.w*time.Microsecond, 500), TwoPC: res(x.p*time.Microsecond, 600)}
+		if !r.ratios() {
+			t.Fatal("a round with both protocols has no ratios")
+		}
+		row.Rounds = append(row.Rounds, r)
+	}
+	row.summarize()
+	if row.WormTX.Latency.P50 != 1300*time.Microsecond || row.TwoPC.Latency.P50 != 1000*time.Microsecond {
+		t.Errorf("median rounds: wormtx p50 %v, 2pc p50 %v; want 1.3ms and 1ms", row.WormTX.Latency.P50, row.TwoPC.Latency.P50)
+	}
+	// Ratios 1.10, 1.25, 1.30: the median is 1.25 (the ratio of the
+	// median rounds would be 1.30).
+	if math.Abs(row.P50Ratio-1.25) > 1e-9 || math.Abs(row.P50RatioMin-1.1) > 1e-9 || math.Abs(row.P50RatioMax-1.3) > 1e-9 {
+		t.Errorf("p50 ratio %v [%v-%v], want 1.25 [1.10-1.30]", row.P50Ratio, row.P50RatioMin, row.P50RatioMax)
+	}
+	var none TxBenchRound
+	none.WormTX = res(time.Millisecond, 500)
+	if none.ratios() {
+		t.Error("a round without 2PC has ratios")
 	}
 }
