@@ -11,27 +11,32 @@ import (
 // The engine's sync goroutine starts a Log.Sync as soon as a reply waits
 // for one. A request that arrives while that sync runs waits for it to end
 // and then for a sync of its own: nearly two syncs. When requests come in
-// bursts whose members arrive a little apart (a WormTX transaction's
-// participants voting into the same wormservers, a fraction of an fsync
-// apart; clients whose requests were released together), the second sync
-// is the larger part of the later members' latency, and on a shared
-// device every extra fsync slows everyone's.
+// bursts whose members arrive a little apart (the votes of a WormTX
+// transaction's participants, prepared one after the other; closed-loop
+// clients whose previous replies left together), the second sync is the
+// larger part of the later members' latency, and on a shared device every
+// extra fsync slows everyone's.
 //
 // The gatherer watches bursts: a burst starts when a reply starts waiting
 // while nothing else waits and no sync runs (its leader), and its
-// followers are the replies that start waiting within half a sync
-// duration of the leader, the ones that would otherwise pay for a second
-// sync. When most recent bursts had followers, the sync goroutine holds
-// the next leader's sync until the usual number of followers has arrived
-// or the usual span of a burst has passed, whichever comes first; then
-// one sync covers the burst.
+// followers are the replies that start waiting within one sync duration
+// F of the leader while it or its sync is still pending: the ones that
+// would otherwise pay for a second sync.
+// When most recent bursts had followers, the sync goroutine holds the
+// next leader's sync until the usual number k of followers (the median)
+// has arrived, or until the usual span of a burst has passed (the upper
+// quartile of the recent spans, plus a quarter), whichever comes first;
+// then one sync covers the burst.
 //
-// Waiting w for a follower that arrives at x <= w saves that follower
-// F - w (F: the sync's duration) and costs the leader w. The wait is
-// bounded by F/2, so one follower already pays for it, and it is used
-// only when followers came in most of the last gatherHistory bursts: a
-// closed-loop client alone (one request per burst) never waits. With
-// nothing in the history, or syncs that are cheap, there is no wait.
+// The economics bound the wait. Without it, the leader is done after F
+// and a follower arriving during the leader's sync after about 2F; with a
+// wait w that the followers beat, all are done after w+F. The leader
+// loses w and each of k followers gains F-w, a net gain while
+// w < kF/(k+1): the wait never exceeds that (F/2 for one follower, 2F/3
+// for two). It is used only when followers came in most of the last
+// gatherHistory bursts, so a closed-loop client alone (one request per
+// burst) never waits; with nothing in the history, or syncs that are
+// cheap (a volatile Log), there is no wait.
 
 // gatherHistory is the number of recent bursts the gatherer learns from.
 const gatherHistory = 16
@@ -79,7 +84,7 @@ func (g *GroupCommit) UnmarshalText(b []byte) error {
 
 // burstStat is what a closed burst leaves in the history.
 type burstStat struct {
-	followers int           // replies that started waiting within the horizon
+	followers int           // replies that started waiting within the horizon (one sync duration)
 	span      time.Duration // the last follower's offset from the leader (0: none)
 }
 
@@ -94,7 +99,7 @@ type gatherer struct {
 	start     time.Time
 	followers int
 	span      time.Duration
-	horizon   time.Duration // sync/2 when the burst opened
+	horizon   time.Duration // the smoothed sync duration when the burst opened
 
 	hist [gatherHistory]burstStat
 	n    int // bursts in hist (at most gatherHistory)
@@ -117,7 +122,9 @@ func (g *gatherer) synced(d time.Duration) {
 // says that nothing else was waiting and no sync was running. It reports
 // whether the reply leads a new burst.
 func (g *gatherer) arrival(now time.Time, idle bool) (leader bool) {
-	if g.open && now.Sub(g.start) > g.horizon {
+	// A reply that finds the engine idle came after the burst's syncs:
+	// it would not have waited for a second one.
+	if g.open && (idle || now.Sub(g.start) > g.horizon) {
 		g.close()
 	}
 	if g.open {
@@ -130,7 +137,7 @@ func (g *gatherer) arrival(now time.Time, idle bool) (leader bool) {
 	if !idle {
 		return false
 	}
-	g.open, g.start, g.followers, g.span, g.horizon = true, now, 0, 0, g.sync/2
+	g.open, g.start, g.followers, g.span, g.horizon = true, now, 0, 0, g.sync
 	return true
 }
 
@@ -168,11 +175,14 @@ func (g *gatherer) plan(leader time.Time) (until time.Time, followers int) {
 	}
 	slices.Sort(spans)
 	slices.Sort(counts)
-	// The median burst's span and follower count, with a quarter more
-	// time for the jitter of the followers' arrivals.
-	wait := spans[g.n/2] + spans[g.n/2]/4
-	if max := g.sync / 2; wait > max {
+	k := counts[g.n/2]
+	// The upper quartile of the spans, so that the wait covers the
+	// followers of most bursts (it ends early once k have come), with a
+	// quarter more for the jitter of their arrivals.
+	q := spans[g.n*3/4]
+	wait := q + q/4
+	if max := time.Duration(int64(g.sync) * int64(k) / int64(k+1)); wait > max {
 		wait = max
 	}
-	return leader.Add(wait), counts[g.n/2]
+	return leader.Add(wait), k
 }

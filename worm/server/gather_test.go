@@ -43,11 +43,14 @@ func TestGatherPlan(t *testing.T) {
 		{"solitary requests", gatherHistory, nil, 0, 0},
 		// WormTX votes: three participants a little apart.
 		{"two followers", gatherHistory, []time.Duration{20 * time.Microsecond, 40 * time.Microsecond}, 50 * time.Microsecond, 2},
-		// Followers later than half a sync do not count: waiting for
-		// them would cost the leader more than they save.
-		{"followers too late", gatherHistory, []time.Duration{sync/2 + time.Microsecond}, 0, 0},
-		// The wait never exceeds half a sync.
-		{"capped", gatherHistory, []time.Duration{190 * time.Microsecond}, sync / 2, 1},
+		// Followers later than a sync do not count: they would not
+		// have waited for a second sync.
+		{"followers too late", gatherHistory, []time.Duration{sync + time.Microsecond}, 0, 0},
+		// The wait never exceeds kF/(k+1) for k followers: half a sync
+		// for one, two thirds for two.
+		{"capped for one", gatherHistory, []time.Duration{190 * time.Microsecond}, sync / 2, 1},
+		{"capped for two", gatherHistory, []time.Duration{100 * time.Microsecond, 300 * time.Microsecond}, sync * 2 / 3, 2},
+		{"two far apart", gatherHistory, []time.Duration{50 * time.Microsecond, 150 * time.Microsecond}, 187500 * time.Nanosecond, 2},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -102,6 +105,15 @@ func TestGatherArrivals(t *testing.T) {
 		t.Fatal("a reply arriving in a busy engine led a burst")
 	}
 	g.synced(800 * time.Microsecond)
+	// A reply that finds the engine idle again, even within a sync's
+	// duration of the last leader, came after that leader's sync: it
+	// leads a burst of its own, and the last one had no follower.
+	if !g.arrival(t0.Add(time.Millisecond), true) || !g.arrival(t0.Add(1100*time.Microsecond), true) {
+		t.Fatal("a reply arriving in an idle engine did not lead")
+	}
+	if g.n != 1 || g.hist[0].followers != 0 {
+		t.Fatalf("history %v, want one burst without followers", g.hist[:g.n])
+	}
 	for i := 0; i < 100; i++ {
 		g.synced(400 * time.Microsecond)
 	}
