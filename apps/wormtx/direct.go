@@ -17,10 +17,13 @@ import (
 // to a participant: the fast path of Begin (CoordinatorConfig.Messenger).
 // The receiving end calls (*Participant).HandlePrepare with the Tx.
 //
-// SendPrepare may return before the message is delivered (one-way
-// messages, like 2PC's); an error means it was certainly not sent. A lost
-// prepare costs nothing but the vote, which recovery then fills with no.
-// Safe for concurrent use; t belongs to the caller.
+// SendPrepare should hand the message off and return without waiting
+// for its delivery (one-way messages, like 2PC's): Begin sends a
+// transaction's prepares one after the other, so a SendPrepare that waits
+// delays the next participant's prepare. An error means the message was
+// certainly not sent. A lost prepare costs nothing but the vote, which
+// recovery then fills with no. Safe for concurrent use; t belongs to the
+// caller.
 type Messenger interface {
 	SendPrepare(ctx context.Context, participant string, t Tx) error
 }
