@@ -158,6 +158,7 @@ type TxBenchReport struct {
 	Wormds       []string                `json:"wormds"`
 	Duration     time.Duration           `json:"duration_ns"`
 	Reps         int                     `json:"reps"`
+	Think        time.Duration           `json:"think_ns,omitempty"`
 	Warmup       time.Duration           `json:"warmup_ns"`
 	Delays       txbench.DelayCount      `json:"delays"`
 	Rows         []TxBenchRow            `json:"rows"`
@@ -178,6 +179,7 @@ func cmdBenchTx(args []string) error {
 	warmup := fs.Duration("warmup", time.Second, "unmeasured time before each measurement")
 	oneWay := fs.Duration("delay", 2*time.Millisecond, "the one-way delay of the message-delay count (in-memory space)")
 	blocking := fs.Duration("blocking", time.Second, "how long 2PC's participants are watched in doubt after their coordinator's crash (0: skip the crash demonstration)")
+	think := fs.Duration("think", 0, "each client's pause between its transactions, not measured (0: back to back); a pause longer than a transaction's aftermath measures each transaction on a machine its predecessors no longer load")
 	protocols := fs.String("protocols", "wormtx,2pc", "which protocols to run")
 	jsonOut := fs.String("json", "", "also write the report as JSON to this file")
 	profDir := fs.String("cpuprofile", "", "write a CPU profile of this process per run into this directory")
@@ -250,14 +252,14 @@ func cmdBenchTx(args []string) error {
 	}
 	defer stopParts()
 	h, err := txbench.Start(ctx, txbench.Config{Participants: *parts, Net: net, Dial: dial, Dir: filepath.Join(dir, "coordinators"),
-		Volatile: *volatile, SegBase: segBase, Stages: *stages, Records: *records, Logger: quiet})
+		Volatile: *volatile, SegBase: segBase, Stages: *stages, Records: *records, Think: *think, Logger: quiet})
 	if err != nil {
 		return err
 	}
 	defer h.Close()
 
 	report := TxBenchReport{Time: time.Now().UTC(), Volatile: *volatile, Records: *records, Participants: *parts, Wormds: lc.Servers(),
-		Duration: *duration, Reps: *reps, Warmup: *warmup, Delays: delays}
+		Duration: *duration, Reps: *reps, Warmup: *warmup, Think: *think, Delays: delays}
 	flip := false // which protocol goes first, alternating across rounds and client counts
 	for _, c := range counts {
 		row := TxBenchRow{Clients: c}
@@ -333,6 +335,9 @@ func printTxBench(w io.Writer, r TxBenchReport) {
 	rounds := "1 round"
 	if r.Reps > 1 {
 		rounds = fmt.Sprintf("%d rounds (figures: each protocol's median round; ratios: the median of the rounds' ratios, p50's range in brackets)", r.Reps)
+	}
+	if r.Think > 0 {
+		mode += fmt.Sprintf(", each client pausing %v between transactions", r.Think)
 	}
 	fmt.Fprintf(w, "WormTX (direct mode, shared segments, %d wormds) vs 2PC, %d participants, %s; %v per protocol and round, %s\n", len(r.Wormds), r.Participants, mode, r.Duration, rounds)
 	d := r.Delays

@@ -20,6 +20,13 @@ type LoopConfig struct {
 	Duration, Warmup time.Duration
 	// OpTimeout bounds one operation (default 10s).
 	OpTimeout time.Duration
+	// Think is a pause each client takes after every call, not measured
+	// (default none: back to back). With a pause longer than the work an
+	// operation leaves behind (acknowledgements, replies still in flight,
+	// notifications), each call runs on a machine its predecessors no
+	// longer load: the latency of an operation alone rather than of a
+	// saturated pipeline.
+	Think time.Duration
 }
 
 // Loop runs op from cfg.Clients goroutines, each issuing its next call
@@ -63,7 +70,12 @@ func Loop(ctx context.Context, cfg LoopConfig, op func(ctx context.Context, work
 		go func() {
 			defer wg.Done()
 			sl := slots[i]
-			for !stop.Load() && ctx.Err() == nil {
+			for first := true; !stop.Load() && ctx.Err() == nil; first = false {
+				if !first && cfg.Think > 0 {
+					if sleep(ctx, cfg.Think); stop.Load() || ctx.Err() != nil {
+						break
+					}
+				}
 				counted := measuring.Load()
 				t := time.Now()
 				octx := sl.begin(t)

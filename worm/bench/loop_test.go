@@ -78,3 +78,22 @@ func TestLoopOpTimeout(t *testing.T) {
 		t.Fatalf("hung call released: %v; errors %d (want 1); calls after it %d; %+v", hung.Load(), r.Errors, afterHang.Load(), r)
 	}
 }
+
+// Think pauses each client between its calls without counting the pause
+// in the latency: fewer calls, each as long as before.
+func TestLoopThink(t *testing.T) {
+	const work, think = 2 * time.Millisecond, 20 * time.Millisecond
+	op := func(ctx context.Context, _ int) error { time.Sleep(work); return nil }
+	r, err := bench.Loop(context.Background(), bench.LoopConfig{Workload: "think", Clients: 1, Duration: 300 * time.Millisecond, Warmup: -1, Think: think}, op)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Back to back, 300ms holds about 100 calls of 2-3ms; with the
+	// pause, about 300/(20+2) = 13 (timers may stretch both).
+	if r.Ops < 5 || r.Ops > 16 {
+		t.Errorf("%d calls in 300ms with a 20ms pause after each 2ms call, want about 13", r.Ops)
+	}
+	if r.Latency.P50 >= think {
+		t.Errorf("p50 %v includes the pause", r.Latency.P50)
+	}
+}

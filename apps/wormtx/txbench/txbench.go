@@ -106,6 +106,9 @@ type Config struct {
 	// apps/wormtx/records.go). The participants' process must be given
 	// the same.
 	Records bool
+	// Think is each client's pause between its transactions (not
+	// measured; see bench.LoopConfig.Think). Zero: back to back.
+	Think time.Duration
 	// Logger; default: discard.
 	Logger *slog.Logger
 }
@@ -310,7 +313,7 @@ func (h *Harness) Run(ctx context.Context, proto Protocol, clients int, warmup, 
 	h.applied = h.applied[:0]
 	h.mu.Unlock()
 	start := time.Now()
-	r, err := bench.Loop(ctx, bench.LoopConfig{Workload: bench.Workload("tx-" + string(proto)), Clients: clients, Warmup: warmup, Duration: duration},
+	r, err := bench.Loop(ctx, bench.LoopConfig{Workload: bench.Workload("tx-" + string(proto)), Clients: clients, Warmup: warmup, Duration: duration, Think: h.cfg.Think},
 		func(ctx context.Context, _ int) error {
 			t0 := time.Now()
 			id, err := tm.Begin(ctx, h.names, payload)
