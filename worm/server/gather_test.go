@@ -175,7 +175,7 @@ func TestAdaptiveGroupCommitMergesBursts(t *testing.T) {
 		t.Skip("timing: -short")
 	}
 	const (
-		syncTime = 20 * time.Millisecond
+		syncTime = 30 * time.Millisecond
 		gap      = 3 * time.Millisecond // follower offsets: gap, 2*gap
 		learn    = gatherHistory
 		measure  = 10
