@@ -319,16 +319,26 @@ func (p *Participant) handle(ctx context.Context, t Tx, res Resource, fresh bool
 
 // completeVotes waits Policy.RecoverAfter, then settles every vote still
 // missing with VoteTimedOut and notifies its participant (Policy.Notify).
+// Transient Space errors are retried until ctx ends.
 func (p *Participant) completeVotes(ctx context.Context, t Tx) error {
 	if p.cfg.Policy.RecoverAfter < 0 {
 		return nil
 	}
 	votes := make([]Vote, t.n())
-	if _, err := t.scan(ctx, p.sp, votes, nil); err != nil {
+	var b backoff
+	for {
+		_, err := t.scan(ctx, p.sp, votes, nil)
+		if err == nil {
+			break
+		}
 		if errors.Is(err, worm.ErrTrimmed) {
 			return nil
 		}
-		return err
+		// A transient error (unavailable, unknown outcome) is retried
+		// until ctx ends, as every Space call of the participant's.
+		if !transient(ctx, err) || b.wait(ctx) != nil {
+			return fmt.Errorf("wormtx: %v: completing the votes: %w", t.ID, err)
+		}
 	}
 	if !slices.Contains(votes, VoteMissing) {
 		return nil
