@@ -128,26 +128,7 @@ func randomizedSeed(e *env, seed uint64, opts Options) {
 	}
 
 	stop := make(chan struct{})
-	var nemesisWG sync.WaitGroup
-	if opts.Nemesis != nil {
-		nrng := rand.New(rand.NewPCG(seed, 7))
-		// Faults for a bounded window, then calm: progress is only
-		// promised once a quorum is reachable again.
-		window := time.After(opts.nemesisWindow())
-		nemesisWG.Go(func() {
-			defer opts.Nemesis.Calm(ids)
-			for {
-				select {
-				case <-stop:
-					return
-				case <-window:
-					return
-				case <-time.After(time.Millisecond):
-					opts.Nemesis.Disturb(nrng, ids)
-				}
-			}
-		})
-	}
+	calm := disturb(opts, seed, ids, stop)
 
 	var mu sync.Mutex
 	var failures []string
@@ -216,7 +197,7 @@ func randomizedSeed(e *env, seed uint64, opts Options) {
 	}
 	wg.Wait()
 	close(stop)
-	nemesisWG.Wait()
+	calm()
 	for _, f := range failures {
 		e.t.Error(f)
 	}
@@ -274,4 +255,31 @@ func randomizedSeed(e *env, seed uint64, opts Options) {
 	if errors.Is(ctx.Err(), context.DeadlineExceeded) {
 		e.t.Errorf("seed %d: ran out of time", seed)
 	}
+}
+
+// disturb runs opts.Nemesis, if any, on the clients ids for the nemesis
+// window or until stop is closed, whichever comes first, then calms it
+// (progress is only promised once a quorum is reachable again). The
+// returned function waits for the calm.
+func disturb(opts Options, seed uint64, ids []string, stop <-chan struct{}) (wait func()) {
+	if opts.Nemesis == nil {
+		return func() {}
+	}
+	nrng := rand.New(rand.NewPCG(seed, 7))
+	window := time.After(opts.nemesisWindow())
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		defer opts.Nemesis.Calm(ids)
+		for {
+			select {
+			case <-stop:
+				return
+			case <-window:
+				return
+			case <-time.After(time.Millisecond):
+				opts.Nemesis.Disturb(nrng, ids)
+			}
+		}
+	})
+	return wg.Wait
 }

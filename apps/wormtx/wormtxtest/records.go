@@ -24,18 +24,20 @@ import (
 // record its vote carried: the Recorder flags a commit without a yes
 // vote of its own), that nobody applies two outcomes or holds locks
 // once the outcomes are known, and that no transaction is left without
-// an outcome.
+// an outcome. Options.Nemesis (wormd kills on a real cluster, faults
+// injected into the spec) disturbs the Space while the transactions
+// start.
 func testRecordsRandomized(t *testing.T, open Open, opts Options) {
 	n := min(opts.Seeds, 4)
 	for _, seed := range seeds(t, n) {
 		t.Run(fmt.Sprint(seed), func(t *testing.T) {
 			t.Logf("seed %d (replay: WORMTX_SEED=%d go test -run 'RecordsRandomized/%d')", seed, seed, seed)
-			recordsSeed(setup(t, open, opts), seed)
+			recordsSeed(setup(t, open, opts), seed, opts)
 		})
 	}
 }
 
-func recordsSeed(e *env, seed uint64) {
+func recordsSeed(e *env, seed uint64, opts Options) {
 	parts := names(3)
 	const (
 		txs       = 24
@@ -120,6 +122,16 @@ func recordsSeed(e *env, seed uint64) {
 		outcomes = map[wormtx.TxID]wormtx.Outcome{}
 		failures []string
 	)
+	// The Space's nemesis (wormd kills on a real cluster, injected
+	// ambiguous and failed operations on the spec) while the
+	// transactions start; the participants' crashes go on until every
+	// outcome is known.
+	ids := make([]string, len(e.c))
+	for i, c := range e.c {
+		ids[i] = c.ID()
+	}
+	stopNemesis := make(chan struct{})
+	calmNemesis := disturb(opts, seed, ids, stopNemesis)
 	next := atomic.Int64{}
 	var wg sync.WaitGroup
 	for range workers {
@@ -144,6 +156,8 @@ func recordsSeed(e *env, seed uint64) {
 		})
 	}
 	wg.Wait()
+	close(stopNemesis)
+	calmNemesis()
 	// No new crashes from here; the restarter keeps reviving those
 	// already decided until everything has settled.
 	calm.Store(true)
