@@ -93,6 +93,20 @@ func TestBridgeNet(t *testing.T) {
 			t.Errorf("%s is down", tn)
 		}
 	}
+	// No firewall hooks on the private bridge; the host's switch is left
+	// as it was.
+	hostOn := BridgeNetfilterOn()
+	var nsOn bool
+	if err := inNS(b.ns, func() error { nsOn = BridgeNetfilterOn(); return nil }); err != nil {
+		t.Fatal(err)
+	}
+	if nsOn {
+		t.Error("br_netfilter's iptables hook is on in the cluster's namespace")
+	}
+	if BridgeNetfilterOn() != hostOn {
+		t.Error("creating the cluster network changed the host's br_netfilter switch")
+	}
+	t.Logf("br_netfilter iptables hook: host %v, cluster namespace %v", hostOn, nsOn)
 	// The TAPs live in the namespace only.
 	for tn := range taps {
 		if _, err := netlink.LinkByName(tn); err == nil {

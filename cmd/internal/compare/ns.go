@@ -11,6 +11,8 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+
+	"github.com/wormspace/wormspace/qemu"
 )
 
 // nsWorker owns an unnamed network namespace through one OS thread that
@@ -101,6 +103,11 @@ func (w *nsWorker) setupBridge(name string, host netip.Prefix) error {
 			return err
 		}
 		if err := netlink.LinkSetUp(lo); err != nil {
+			return err
+		}
+		// No firewall hooks on the private bridge (qemu.DisableBridgeNetfilter):
+		// they are the host's, not the stack's under test.
+		if err := qemu.DisableBridgeNetfilter(); err != nil {
 			return err
 		}
 		br := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: name}}
