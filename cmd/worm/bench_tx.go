@@ -65,13 +65,9 @@ type TxBenchRow struct {
 	// The round whose p50 is the median of each protocol's rounds.
 	WormTX txbench.Result `json:"wormtx"`
 	TwoPC  txbench.Result `json:"twopc"`
-	// Ratios of WormTX to 2PC (above 1: WormTX is slower, or commits
-	// more per second): the median of the rounds' ratios, each measured
-	// in one round where the protocols ran back to back.
-	P50Ratio        float64 `json:"p50_ratio"`
-	P99Ratio        float64 `json:"p99_ratio"`
-	AppliedP50Ratio float64 `json:"applied_p50_ratio"`
-	ThroughputRatio float64 `json:"throughput_ratio"`
+	// The medians of the rounds' ratios, each measured in one round
+	// where the protocols ran back to back.
+	TxBenchRatios
 	// The lowest and highest of the rounds' p50 ratios.
 	P50RatioMin float64 `json:"p50_ratio_min"`
 	P50RatioMax float64 `json:"p50_ratio_max"`
@@ -82,12 +78,18 @@ type TxBenchRow struct {
 // TxBenchRound is one round of a client count: both protocols back to
 // back, in an order that alternates from round to round.
 type TxBenchRound struct {
-	WormTX          txbench.Result `json:"wormtx"`
-	TwoPC           txbench.Result `json:"twopc"`
-	P50Ratio        float64        `json:"p50_ratio"`
-	P99Ratio        float64        `json:"p99_ratio"`
-	AppliedP50Ratio float64        `json:"applied_p50_ratio"`
-	ThroughputRatio float64        `json:"throughput_ratio"`
+	WormTX txbench.Result `json:"wormtx"`
+	TwoPC  txbench.Result `json:"twopc"`
+	TxBenchRatios
+}
+
+// TxBenchRatios are WormTX's figures over 2PC's (above 1: WormTX is
+// slower, or commits more per second).
+type TxBenchRatios struct {
+	P50Ratio        float64 `json:"p50_ratio"`
+	P99Ratio        float64 `json:"p99_ratio"`
+	AppliedP50Ratio float64 `json:"applied_p50_ratio"`
+	ThroughputRatio float64 `json:"throughput_ratio"`
 }
 
 // ratios fills the round's ratios when both protocols ran.

@@ -1,7 +1,6 @@
 package server
 
 import (
-	"sync"
 	"testing"
 	"time"
 
@@ -136,37 +135,6 @@ func TestGroupCommitText(t *testing.T) {
 	}
 }
 
-// syncCountLog is a Log whose Sync takes a fixed time and counts.
-type syncCountLog struct {
-	mu    sync.Mutex
-	n     uint64
-	syncs int
-	delay time.Duration
-}
-
-func (l *syncCountLog) Reserve(int) error { return nil }
-func (l *syncCountLog) Append(recs []paxos.Record) (uint64, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	l.n += uint64(len(recs))
-	return l.n, nil
-}
-func (l *syncCountLog) Sync() (uint64, error) {
-	l.mu.Lock()
-	n := l.n
-	l.mu.Unlock()
-	time.Sleep(l.delay)
-	l.mu.Lock()
-	l.syncs++
-	l.mu.Unlock()
-	return n, nil
-}
-func (l *syncCountLog) count() int {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.syncs
-}
-
 // Bursts of three accepts, the second and third a little after the first
 // (less than half a sync): an immediate engine syncs about twice per
 // burst; an adaptive one learns the pattern and syncs once.
@@ -181,7 +149,8 @@ func TestAdaptiveGroupCommitMergesBursts(t *testing.T) {
 		measure  = 10
 	)
 	run := func(gc GroupCommit) (syncsPerBurst float64) {
-		log := &syncCountLog{delay: syncTime}
+		log := newMemLog()
+		log.delay = syncTime
 		e := NewEngine(paxos.NewAcceptor(1024), log, nil, nil)
 		e.SetGroupCommit(gc)
 		defer e.Close()
@@ -200,11 +169,11 @@ func TestAdaptiveGroupCommitMergesBursts(t *testing.T) {
 		for i := 0; i < learn; i++ {
 			burst()
 		}
-		before := log.count()
+		before := log.syncCount()
 		for i := 0; i < measure; i++ {
 			burst()
 		}
-		return float64(log.count()-before) / measure
+		return float64(log.syncCount()-before) / measure
 	}
 	imm := run(GroupCommitImmediate)
 	ada := run(GroupCommitAdaptive)
@@ -220,7 +189,8 @@ func TestAdaptiveGroupCommitMergesBursts(t *testing.T) {
 // A closed-loop client alone is never held: its requests lead bursts
 // without followers.
 func TestAdaptiveGroupCommitLeavesSoloClientAlone(t *testing.T) {
-	log := &syncCountLog{delay: 2 * time.Millisecond}
+	log := newMemLog()
+	log.delay = 2 * time.Millisecond
 	e := NewEngine(paxos.NewAcceptor(1024), log, nil, nil)
 	defer e.Close()
 	r := newReplies()

@@ -92,6 +92,8 @@ func (l *memLog) Stats() any {
 
 func (l *memLog) appended() int { l.mu.Lock(); defer l.mu.Unlock(); return len(l.recs) }
 
+func (l *memLog) syncCount() int { l.mu.Lock(); defer l.mu.Unlock(); return l.syncs }
+
 // isDurable reports whether the accept record of (seg, off) is durable.
 func (l *memLog) isDurable(seg uint64, off uint32) bool {
 	l.mu.Lock()
