@@ -195,7 +195,7 @@ func cmdBenchTx(args []string) error {
 	}
 	if *quick {
 		*duration, *warmup = time.Second, 200*time.Millisecond
-		if !flagSet(fs, "reps") {
+		if !givenFlags(fs)["reps"] {
 			*reps = 1
 		}
 	}
@@ -594,11 +594,4 @@ func printTxStages(w io.Writer, row TxBenchRow) {
 		fmt.Fprintf(tw, "  %s\t%s\t%s\t\n", s, cell(row.WormTX.Stages, s), cell(row.TwoPC.Stages, s))
 	}
 	tw.Flush()
-}
-
-// flagSet reports whether the flag name was given on the command line.
-func flagSet(fs *flag.FlagSet, name string) bool {
-	set := false
-	fs.Visit(func(f *flag.Flag) { set = set || f.Name == name })
-	return set
 }

@@ -69,8 +69,7 @@ func cmdCompare(args []string) error {
 	if _, err := parseArgs(fs, args, 0, "compare [flags]"); err != nil {
 		return err
 	}
-	set := map[string]bool{}
-	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	set := givenFlags(fs)
 	if *quick {
 		if !set["reps"] {
 			*reps = 1
