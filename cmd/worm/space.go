@@ -141,8 +141,6 @@ func classify(err error) error {
 
 func oneLine(s string) string { return strings.Join(strings.Fields(s), " ") }
 
-// parseArgs parses a command's flags (which may also follow the
-// positional arguments) and checks the number of positional arguments.
 // givenFlags returns the names of the flags given on the command line (a
 // shortcut such as -quick leaves those alone).
 func givenFlags(fs *flag.FlagSet) map[string]bool {
@@ -151,6 +149,8 @@ func givenFlags(fs *flag.FlagSet) map[string]bool {
 	return set
 }
 
+// parseArgs parses a command's flags (which may also follow the
+// positional arguments) and checks the number of positional arguments.
 func parseArgs(fs *flag.FlagSet, args []string, want int, usage string) ([]string, error) {
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "usage: worm %s\n", usage)
