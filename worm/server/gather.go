@@ -41,6 +41,10 @@ import (
 // gatherHistory is the number of recent bursts the gatherer learns from.
 const gatherHistory = 16
 
+// gatherMinWait: a shorter wait is not worth arming a timer for (a
+// sync that cheap, on tmpfs or a fast device, gains little from merging).
+const gatherMinWait = 10 * time.Microsecond
+
 // gatherMaxFollowers bounds the followers a burst records (their count is
 // what the wait is cut short at).
 const gatherMaxFollowers = 64
@@ -183,6 +187,9 @@ func (g *gatherer) plan(leader time.Time) (until time.Time, followers int) {
 	wait := q + q/4
 	if max := time.Duration(int64(g.sync) * int64(k) / int64(k+1)); wait > max {
 		wait = max
+	}
+	if wait < gatherMinWait {
+		return leader, 0
 	}
 	return leader.Add(wait), k
 }

@@ -49,6 +49,8 @@ func TestGatherPlan(t *testing.T) {
 		// for one, two thirds for two.
 		{"capped for one", gatherHistory, []time.Duration{190 * time.Microsecond}, sync / 2, 1},
 		{"capped for two", gatherHistory, []time.Duration{100 * time.Microsecond, 300 * time.Microsecond}, sync * 2 / 3, 2},
+		// Nothing under gatherMinWait: a timer costs more.
+		{"too short to wait", gatherHistory, []time.Duration{5 * time.Microsecond}, 0, 0},
 		{"two far apart", gatherHistory, []time.Duration{50 * time.Microsecond, 150 * time.Microsecond}, 187500 * time.Nanosecond, 2},
 	}
 	for _, c := range cases {
