@@ -328,12 +328,19 @@ func TestForwarder(t *testing.T) {
 		wg.Wait()
 	}
 	put("a", 40, []int{0, 1, 2})
-	var leases uint64
+	// Each segment the log used takes one lease; a lead that moved
+	// instead of being forwarded to takes the current segment again. At
+	// the start the replicas may race for the first lead (each client's
+	// first put arrives before anyone leads): a little slack for that.
+	var leases, applied uint64
 	for _, r := range reps {
-		leases += r.Stats().Leases
+		st := r.Stats()
+		leases += st.Leases
+		applied = max(applied, st.Applied)
 	}
-	if leases > 120/16+4 {
-		t.Errorf("%d leases for 120 commands in segments of 16: the lead moved instead of being forwarded to", leases)
+	used := (applied + 15) / 16
+	if leases > used+3 {
+		t.Errorf("%d leases for %d log positions (%d segments of 16): the lead moved instead of being forwarded to", leases, applied, used)
 	}
 	leader := reps[2].Leader()
 	if leader == "" || leader != reps[0].Leader() {
@@ -363,7 +370,7 @@ func TestForwarder(t *testing.T) {
 			t.Fatalf("b%d = %q, %v, %v", i, v, ok, err)
 		}
 	}
-	t.Logf("leader %s, %d leases before failover; new leader %s", leader, leases, reps[live[0]].Leader())
+	t.Logf("leader %s, %d leases for %d segments before failover; new leader %s", leader, leases, used, reps[live[0]].Leader())
 }
 
 // BenchmarkStoreApply: one put of a present key as every replica applies
