@@ -112,7 +112,9 @@ func (OSFS) OpenFile(name string, flag int) (File, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &osFile{File: f, fd: int(f.Fd())}, nil
+	of := &osFile{File: f}
+	of.raw.init(f)
+	return of, nil
 }
 
 func (OSFS) Rename(oldpath, newpath string) error { return os.Rename(oldpath, newpath) }
@@ -131,11 +133,13 @@ func (OSFS) SyncDir(dir string) error {
 	return err
 }
 
-// osFile is a File over *os.File; fd is kept for the system calls os
-// does not wrap.
+// osFile is a File over *os.File. The system calls os does not wrap run
+// through the file's RawConn (Control), which holds a reference to the
+// descriptor for the call: a call racing Close fails instead of reaching a
+// file that reused the descriptor number.
 type osFile struct {
 	*os.File
-	fd int
+	raw rawWriteState // WriteAt's (rawwrite_linux.go)
 }
 
 func (f *osFile) Size() (int64, error) {
@@ -146,34 +150,50 @@ func (f *osFile) Size() (int64, error) {
 	return st.Size(), nil
 }
 
-func (f *osFile) Truncate(size int64) error {
-	if err := unix.Ftruncate(f.fd, size); err != nil {
-		return &fs.PathError{Op: "ftruncate", Path: f.Name(), Err: err}
+// control runs call on the descriptor (see osFile).
+func (f *osFile) control(op string, call func(fd int) error) error {
+	rc := f.raw.rc // made at open
+	if rc == nil {
+		var err error
+		if rc, err = f.SyscallConn(); err != nil {
+			return err
+		}
+	}
+	var callErr error
+	if err := rc.Control(func(fd uintptr) { callErr = call(int(fd)) }); err != nil {
+		return &fs.PathError{Op: op, Path: f.Name(), Err: err}
+	}
+	if callErr != nil {
+		return &fs.PathError{Op: op, Path: f.Name(), Err: callErr}
 	}
 	return nil
+}
+
+func (f *osFile) Truncate(size int64) error {
+	return f.control("ftruncate", func(fd int) error { return unix.Ftruncate(fd, size) })
 }
 
 func (f *osFile) Sync() error {
-	if err := unix.Fdatasync(f.fd); err != nil {
-		return &fs.PathError{Op: "fdatasync", Path: f.Name(), Err: err}
-	}
-	return nil
+	return f.control("fdatasync", unix.Fdatasync)
 }
 
 func (f *osFile) Allocate(off, n int64) error {
-	err := unix.Fallocate(f.fd, 0, off, n)
+	err := f.control("fallocate", func(fd int) error { return unix.Fallocate(fd, 0, off, n) })
 	if errors.Is(err, unix.EOPNOTSUPP) || errors.Is(err, unix.ENOSYS) {
 		// No fallocate here: write the zeros ourselves.
 		err = nil
 		for p := off; p < off+n && err == nil; {
 			k := min(int64(len(zeros)), off+n-p)
 			var w int
-			w, err = unix.Pwrite(f.fd, zeros[:k], p)
+			w, err = f.File.WriteAt(zeros[:k], p)
 			p += int64(w)
 		}
 	}
 	if err != nil {
-		_ = unix.Ftruncate(f.fd, off)
+		_ = f.Truncate(off)
+		if pe := (*fs.PathError)(nil); errors.As(err, &pe) {
+			err = pe.Err
+		}
 		return &fs.PathError{Op: "fallocate", Path: f.Name(), Err: err}
 	}
 	return nil
