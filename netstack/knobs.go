@@ -98,6 +98,17 @@ type Knobs struct {
 	// -reps 2 -duration 2s` runs (session 7, go_procs=1) it cost more
 	// than the frame it saves: netstack wormds' CPU per write at 16
 	// clients 64-68 vs 36-42 us, the echo floor 154-161 vs 73-91 us p50.
+	// Part of that was the TAP link yielding after every frame, so that a
+	// burst of requests was handled one frame at a time; a burst now
+	// takes every queued frame first (fdLink.drainBurst). Session 10, four
+	// alternating pairs of the same runs (workloads write,read and in two
+	// pairs also log-append,kv-put; clients 1,16; storage writes raw):
+	// CPU per write at 16 clients 25-31 vs 26-30 us, no longer a cost;
+	// at one client write p50 104-125 vs 108-137 us, read 54-57 vs 58-63
+	// us, log-append 96-107 vs 106-124 us, kv-put 126-162 vs 158-174 us;
+	// at 16 clients throughput ratios to the kernel scattered both ways
+	// (kv-put 0.61-1.08x vs 0.72-0.81x). Within this machine's noise, so
+	// it stays off.
 	CoalesceACKs bool `json:"coalesce_acks"`
 	// Dispatch is the link's receive mode (see DispatchMode).
 	Dispatch DispatchMode `json:"dispatch"`
