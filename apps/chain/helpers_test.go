@@ -65,6 +65,9 @@ func startChain(t testing.TB, n int, segSize uint32, volatile bool) *testChain {
 		tc.serve(i, tc.lns[i])
 	}
 	t.Cleanup(tc.stop)
+	// A replica refuses writes until its link to the successor is up (it
+	// fails fast, by design); the launcher waits for the links too.
+	tc.waitLinks()
 	return tc
 }
 
