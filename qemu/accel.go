@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strings"
 
 	"golang.org/x/sys/unix"
 )
@@ -47,10 +48,15 @@ const kvmGetAPIVersion = 0xAE00
 // ErrNoKVM is returned (wrapped) when KVM is requested but not usable.
 var ErrNoKVM = errors.New("qemu: KVM is not usable")
 
-// ProbeKVM reports whether KVM is usable: /dev/kvm opens read-write and
-// answers KVM_GET_API_VERSION with the stable API version. The error says
-// why not (missing device, permission, a device that is not KVM); it wraps
-// ErrNoKVM.
+// ProbeKVM reports whether KVM can run the image's guest: /dev/kvm opens
+// read-write, answers KVM_GET_API_VERSION with the stable API version,
+// and the CPU has hardware virtualisation (the vmx or svm flag). The last
+// check matters where /dev/kvm is served without it: kvm_pvm (a
+// "pagetable-based" KVM for nested use without VMX/SVM) answers every
+// probe but runs only guest kernels built for PVM, and QEMU aborts on a
+// stock one ("failed to set MSR 0x10a"). The error says why not (missing
+// device, permission, a device that is not KVM, no hardware
+// virtualisation); it wraps ErrNoKVM.
 func ProbeKVM() error {
 	f, err := os.OpenFile(kvmDevice, os.O_RDWR|unix.O_CLOEXEC, 0)
 	if err != nil {
@@ -74,7 +80,41 @@ func ProbeKVM() error {
 	if v != kvmAPIVersion {
 		return fmt.Errorf("%w: %s reports API version %d, want %d", ErrNoKVM, kvmDevice, v, kvmAPIVersion)
 	}
-	return nil
+	return checkHardwareVirt(cpuInfoFile, pvmModuleDir)
+}
+
+// Where checkHardwareVirt looks; variables so tests can use other files.
+var (
+	// probeKVM is what ResolveAccel asks (tests stand in a machine whose
+	// KVM answers).
+	probeKVM     = ProbeKVM
+	cpuInfoFile  = "/proc/cpuinfo"
+	pvmModuleDir = "/sys/module/kvm_pvm"
+)
+
+// checkHardwareVirt returns nil when a CPU in cpuinfo lists the vmx
+// (Intel VT-x) or svm (AMD-V) flag, and an ErrNoKVM error otherwise that
+// names kvm_pvm when pvmDir exists.
+func checkHardwareVirt(cpuinfo, pvmDir string) error {
+	b, err := os.ReadFile(cpuinfo)
+	if err != nil {
+		return fmt.Errorf("%w: reading CPU flags: %w", ErrNoKVM, err)
+	}
+	for line := range strings.Lines(string(b)) {
+		name, flags, ok := strings.Cut(line, ":")
+		if !ok || strings.TrimSpace(name) != "flags" {
+			continue
+		}
+		for _, f := range strings.Fields(flags) {
+			if f == "vmx" || f == "svm" {
+				return nil
+			}
+		}
+	}
+	if _, err := os.Stat(pvmDir); err == nil {
+		return fmt.Errorf("%w: %s answers, but the CPU has no hardware virtualisation (no vmx or svm flag): it is served by kvm_pvm, which runs only PVM guest kernels", ErrNoKVM, kvmDevice)
+	}
+	return fmt.Errorf("%w: %s answers, but the CPU has no hardware virtualisation (no vmx or svm flag in %s)", ErrNoKVM, kvmDevice, cpuinfo)
 }
 
 // ResolveAccel turns a requested accelerator into the one to use. AccelAuto
@@ -84,12 +124,12 @@ func ProbeKVM() error {
 func ResolveAccel(want Accel) (Accel, string, error) {
 	switch want {
 	case "", AccelAuto:
-		if err := ProbeKVM(); err != nil {
+		if err := probeKVM(); err != nil {
 			return AccelTCG, fmt.Sprintf("tcg (auto: %v)", err), nil
 		}
 		return AccelKVM, "kvm (auto: " + kvmDevice + " usable)", nil
 	case AccelKVM:
-		if err := ProbeKVM(); err != nil {
+		if err := probeKVM(); err != nil {
 			return "", "", err
 		}
 		return AccelKVM, "kvm (requested)", nil

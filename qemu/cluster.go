@@ -259,11 +259,18 @@ func Up(ctx context.Context, cfg Config) (*Cluster, error) {
 
 	t := time.Now()
 	err = c.bootAll(ctx)
-	if err != nil && (cfg.Accel == "" || cfg.Accel == AccelAuto) && accel == AccelKVM && ctx.Err() == nil && errors.Is(err, ErrKVMSilent) {
+	if err != nil && (cfg.Accel == "" || cfg.Accel == AccelAuto) && accel == AccelKVM && ctx.Err() == nil && (errors.Is(err, ErrKVMSilent) || errors.Is(err, ErrExited)) {
 		// /dev/kvm answered the probe but runs no guest (nested
-		// virtualisation without support): what auto means is "the
-		// fastest accelerator that works", so boot again under TCG.
-		c.event(0, EventError, fmt.Sprintf("KVM guests printed nothing within %v (KVM present but unable to run a guest?): falling back to TCG", c.opts.KVMSilence))
+		// virtualisation without support: silence, or QEMU aborting as
+		// it sets up the vCPU): what auto means is "the fastest
+		// accelerator that works", so boot again under TCG. A guest
+		// that fails for reasons of its own fails again there, with
+		// its own console in the error.
+		why := fmt.Sprintf("KVM guests printed nothing within %v (KVM present but unable to run a guest?)", c.opts.KVMSilence)
+		if !errors.Is(err, ErrKVMSilent) {
+			why = "a KVM guest's QEMU exited before it was ready (" + firstLine(err.Error()) + ")"
+		}
+		c.event(0, EventError, why+": falling back to TCG")
 		accel = AccelTCG
 		c.mu.Lock()
 		c.st.Accel = accel
@@ -777,4 +784,11 @@ func (c *Cluster) event(vm int, kind, msg string) {
 	if c.opts.Progress != nil {
 		c.opts.Progress(Event{Time: time.Now(), VM: vm, Kind: kind, Msg: msg})
 	}
+}
+
+// firstLine is s up to its first newline (a boot error carries the
+// console and QEMU log tails after it).
+func firstLine(s string) string {
+	line, _, _ := strings.Cut(s, "\n")
+	return line
 }
