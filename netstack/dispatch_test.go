@@ -28,23 +28,26 @@ func TestDispatchModes(t *testing.T) {
 		name string
 		mode netstack.DispatchMode
 		env  env
+		busy int // Knobs.BusyPollMicros
 	}{
-		{"tap/inline", netstack.DispatchInline, tap},
-		{"tap/netpoll", netstack.DispatchNetpoll, tap},
-		{"tap/readv", netstack.DispatchReadv, tap},
-		{"afpacket-tso/inline", netstack.DispatchInline, veth(false)},
-		{"afpacket-tso/netpoll", netstack.DispatchNetpoll, veth(false)},
-		{"afpacket/inline", netstack.DispatchInline, veth(true)},
-		{"afpacket/readv", netstack.DispatchReadv, veth(true)},
-		{"afpacket/recvmmsg", netstack.DispatchRecvMMsg, veth(true)},
-		{"afpacket/mmap", netstack.DispatchPacketMMap, veth(true)},
+		{"tap/inline", netstack.DispatchInline, tap, 0},
+		{"tap/netpoll", netstack.DispatchNetpoll, tap, 0},
+		{"tap/netpoll/busypoll", netstack.DispatchNetpoll, tap, 50},
+		{"tap/readv", netstack.DispatchReadv, tap, 0},
+		{"afpacket-tso/inline", netstack.DispatchInline, veth(false), 0},
+		{"afpacket-tso/netpoll", netstack.DispatchNetpoll, veth(false), 0},
+		{"afpacket/inline", netstack.DispatchInline, veth(true), 0},
+		{"afpacket/inline/busypoll", netstack.DispatchInline, veth(true), 50},
+		{"afpacket/readv", netstack.DispatchReadv, veth(true), 0},
+		{"afpacket/recvmmsg", netstack.DispatchRecvMMsg, veth(true), 0},
+		{"afpacket/mmap", netstack.DispatchPacketMMap, veth(true), 0},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			k := netstack.DefaultKnobs()
-			k.Dispatch = c.mode
+			k.Dispatch, k.BusyPollMicros = c.mode, c.busy
 			e, st := c.env(t, k)
-			if got := st.Knobs().Dispatch; got != c.mode {
-				t.Fatalf("stack runs dispatch %q, want %q", got, c.mode)
+			if got := st.Knobs(); got.Dispatch != c.mode || got.BusyPollMicros != c.busy {
+				t.Fatalf("stack runs dispatch %q busy_poll_us %d, want %q %d", got.Dispatch, got.BusyPollMicros, c.mode, c.busy)
 			}
 			addr := fmt.Sprintf("%v:%d", st.Addr().Addr(), 7200+int(nsSeq.Add(1)))
 			startServer(t, st, addr)
@@ -85,15 +88,17 @@ func TestInlineNoAllocPerPacket(t *testing.T) {
 		name string
 		mode netstack.DispatchMode
 		env  envFn
+		busy int
 	}{
-		{"tap", netstack.DispatchInline, tap},
-		{"afpacket", netstack.DispatchInline, veth},
-		{"tap/netpoll", netstack.DispatchNetpoll, tap},
-		{"afpacket/netpoll", netstack.DispatchNetpoll, veth},
+		{"tap", netstack.DispatchInline, tap, 0},
+		{"afpacket", netstack.DispatchInline, veth, 0},
+		{"tap/netpoll", netstack.DispatchNetpoll, tap, 0},
+		{"afpacket/netpoll", netstack.DispatchNetpoll, veth, 0},
+		{"tap/netpoll/busypoll", netstack.DispatchNetpoll, tap, 200},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			k := netstack.DefaultKnobs()
-			k.Dispatch = c.mode
+			k.Dispatch, k.BusyPollMicros = c.mode, c.busy
 			e, st := c.env(t, k)
 			addr := fmt.Sprintf("%v:%d", st.Addr().Addr(), 7200+int(nsSeq.Add(1)))
 			startServer(t, st, addr)
@@ -124,11 +129,12 @@ func TestInlineNoAllocPerPacket(t *testing.T) {
 	}
 }
 
-// TestCloseUnderTraffic closes inline-link stacks while the kernel side
-// keeps sending them SYNs for a closed port: the reader answers each with
-// a reset, which needs the stack's lock, and gVisor detaches the link
-// with that lock held. Close must not deadlock (it did: Attach(nil)
-// waited for the reader), and must return promptly every time.
+// TestCloseUnderTraffic closes inline-link stacks (some of them busy
+// polling) while the kernel side keeps sending them SYNs for a closed
+// port: the reader answers each with a reset, which needs the stack's
+// lock, and gVisor detaches the link with that lock held. Close must not
+// deadlock (it did: Attach(nil) waited for the reader), and must return
+// promptly every time.
 func TestCloseUnderTraffic(t *testing.T) {
 	requireNetAdmin(t)
 	// The race needs a reset in flight at the moment of Close: the old
@@ -139,6 +145,9 @@ func TestCloseUnderTraffic(t *testing.T) {
 		k.Dispatch = netstack.DispatchInline
 		if i%2 == 1 {
 			k.Dispatch = netstack.DispatchNetpoll // its reader parks in the poller
+		}
+		if i%3 == 2 {
+			k.BusyPollMicros = 1_000_000 // its reader is polling, never parked, when Close comes
 		}
 		e, st := tapEnvWith(t, k)
 		addr := fmt.Sprintf("%v:9", st.Addr().Addr()) // nothing listens

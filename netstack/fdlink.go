@@ -76,6 +76,10 @@ type fdLink struct {
 	// have run (ackdelay.go).
 	bursts bursts
 
+	// busyPoll > 0 (Knobs.BusyPollMicros): how long the reader polls the
+	// fd without blocking once it found it empty (busyRead).
+	busyPoll time.Duration
+
 	// Read-side counters (the read goroutine writes them).
 	rxFrames  atomic.Uint64
 	rxDropped atomic.Uint64 // short, truncated, or not for this address
@@ -99,7 +103,7 @@ func newFDLink(fd int, socket bool, mtu uint32, addr tcpip.LinkAddress, k Knobs,
 	if err != nil {
 		return nil, err
 	}
-	l := &fdLink{fd: fd, batch: socket, addr: addr, stop: sfd, log: log}
+	l := &fdLink{fd: fd, batch: socket, addr: addr, stop: sfd, log: log, busyPoll: time.Duration(k.BusyPollMicros) * time.Microsecond}
 	if k.Dispatch == DispatchNetpoll {
 		// A dup, so that the poller's registration and its close belong
 		// to the link and never to the caller's fd number.
@@ -331,7 +335,12 @@ func (l *fdLink) readLoop(d stack.NetworkDispatcher) {
 		}
 		var n int
 		var errno unix.Errno
+		polled := false
+		if l.busyPoll > 0 {
+			n, errno, polled = l.busyRead(r)
+		}
 		switch {
+		case polled:
 		case l.rc != nil:
 			n, errno = l.recvPolled(r)
 		case l.batch:
@@ -443,7 +452,18 @@ func (l *fdLink) recvPolled(r *rxState) (n int, errno unix.Errno) {
 // does it all. (The echo's latency is still set mostly by whether the
 // client and the stack share a vCPU; see Knobs.GoProcs.)
 func (l *fdLink) pollRead(fd uintptr) bool {
-	r := l.pollRX
+	n, e := l.readNow(fd, l.pollRX)
+	if e == unix.EAGAIN {
+		return false
+	}
+	l.pollN, l.pollErrno = n, e
+	return true
+}
+
+// readNow is one non-blocking raw read of fd into r: recvmmsg(2) of up to
+// rxBatch frames on a socket (n frames), readv(2) of one frame on a TAP
+// (n bytes). n is 0 when errno is set (EAGAIN: nothing queued).
+func (l *fdLink) readNow(fd uintptr, r *rxState) (n int, errno unix.Errno) {
 	var r1 uintptr
 	var e unix.Errno
 	if l.batch {
@@ -452,14 +472,36 @@ func (l *fdLink) pollRead(fd uintptr) bool {
 		iovs := &r.slots[0].iovs
 		r1, _, e = unix.RawSyscall(unix.SYS_READV, fd, uintptr(unsafe.Pointer(&iovs[0])), uintptr(len(iovs)))
 	}
-	if e == unix.EAGAIN {
-		return false
-	}
-	l.pollN, l.pollErrno = int(r1), e
 	if e != 0 {
-		l.pollN = 0
+		return 0, e
 	}
-	return true
+	return int(r1), 0
+}
+
+// busyRead polls the fd without blocking (Knobs.BusyPollMicros) until a
+// read returns something other than EAGAIN, the link stops, or the
+// window since the first empty read is over (ok false: wait for the fd
+// as usual). Between reads it yields to the goroutines that are ready, so
+// with one P the stack's and the server's work goes on beside it; the
+// thread itself never sleeps, so its vCPU never halts, and a frame the
+// peer queues meanwhile needs no wake-up to be read.
+func (l *fdLink) busyRead(r *rxState) (n int, errno unix.Errno, ok bool) {
+	var start time.Time
+	for first := true; ; first = false {
+		n, errno = l.readNow(uintptr(l.fd), r)
+		if errno != unix.EAGAIN {
+			return n, errno, true
+		}
+		if l.stopped.Load() {
+			return -1, 0, true
+		}
+		if first {
+			start = time.Now()
+		} else if time.Since(start) >= l.busyPoll {
+			return 0, 0, false
+		}
+		runtime.Gosched()
+	}
 }
 
 // deliver hands frame i of r to the stack and refills what it used.

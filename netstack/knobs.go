@@ -110,6 +110,22 @@ type Knobs struct {
 	// (kv-put 0.61-1.08x vs 0.72-0.81x). Within this machine's noise, so
 	// it stays off.
 	CoalesceACKs bool `json:"coalesce_acks"`
+	// BusyPollMicros > 0 has the link's reader poll its fd without
+	// blocking for up to this many microseconds after it found it empty
+	// (as Linux's net.core.busy_poll does for sockets), yielding to ready
+	// goroutines in between, before it waits for the fd. This package's
+	// links only (inline, netpoll). Off by default: it trades a core for
+	// latency, and on this machine's 2 vCPUs shared by three wormds and
+	// the client there is no core to spare. In alternating `worm compare
+	// -configs host-kernel,host-netstack -workloads write,read,kv-put
+	// -clients 1,16 -reps 2 -duration 2s -warmup 500ms` runs (session
+	// 11), busy_poll_us=100 halved the echo floor at one client (one
+	// netstack process: 54 vs 107 us p50, its vCPU no longer halting
+	// between frames) but made the 3-wormd cluster worse: write p50 at
+	// one client 176 vs 131 us, server CPU per write 254 vs 147 us, kv-put
+	// 239 vs 160 us; at 16 clients write throughput 0.71x of the kernel
+	// config's vs 0.77x. For a wormd with a core to itself.
+	BusyPollMicros int `json:"busy_poll_us"`
 	// Dispatch is the link's receive mode (see DispatchMode).
 	Dispatch DispatchMode `json:"dispatch"`
 	// GSOMaxSize > 0 enables gVisor's software GSO: TCP hands segments of
@@ -420,6 +436,12 @@ func (k Knobs) validate() error {
 		if r.Min <= 0 || r.Min > r.Default || r.Default > r.Max {
 			return fmt.Errorf("%w: buffer range %+v", ErrBadOption, r)
 		}
+	}
+	if k.BusyPollMicros < 0 || k.BusyPollMicros > 1_000_000 {
+		return fmt.Errorf("%w: busy_poll_us %d (want 0..1000000)", ErrBadOption, k.BusyPollMicros)
+	}
+	if k.BusyPollMicros > 0 && !k.Dispatch.own() {
+		return fmt.Errorf("%w: busy_poll_us needs dispatch inline or netpoll (this package's links), not %q", ErrBadOption, k.Dispatch)
 	}
 	if k.CoalesceACKs && !k.Dispatch.own() {
 		return fmt.Errorf("%w: coalesce_acks needs dispatch inline or netpoll (this package's links report bursts), not %q", ErrBadOption, k.Dispatch)

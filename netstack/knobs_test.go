@@ -52,6 +52,8 @@ func TestParseKnobs(t *testing.T) {
 		"send_buffer=9000/4096/8192",        // min > default
 		"go_procs=-1",                       // negative
 		"dispatch=readv,coalesce_acks=true", // bursts come from this package's links only
+		"busy_poll_us=-1",                   // negative
+		"dispatch=recvmmsg,busy_poll_us=50", // this package's links only
 		`{"dispatch":`,
 	} {
 		if _, err := netstack.ParseKnobs(bad); !errors.Is(err, netstack.ErrBadOption) {
