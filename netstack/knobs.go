@@ -322,10 +322,20 @@ func KnobsFromEnv() (Knobs, error) {
 // A buffer range is min/default/max. Unknown names are errors, not ignored:
 // a misspelt knob would otherwise silently measure the defaults.
 func ParseKnobs(s string) (Knobs, error) {
-	k := DefaultKnobs()
+	k, err := DefaultKnobs().With(s)
+	if err != nil {
+		return DefaultKnobs(), err
+	}
+	return k, nil
+}
+
+// With returns k with the overrides in s (ParseKnobs's syntax) applied
+// and the result validated; on error it returns k unchanged. It layers
+// one set of overrides on another (a run's, then one configuration's).
+func (k Knobs) With(s string) (Knobs, error) {
 	s = strings.TrimSpace(s)
 	if s == "" {
-		return k, nil
+		return k, k.validate()
 	}
 	js := s
 	if !strings.HasPrefix(s, "{") {
@@ -334,15 +344,16 @@ func ParseKnobs(s string) (Knobs, error) {
 			return k, err
 		}
 	}
+	out := k
 	d := json.NewDecoder(strings.NewReader(js))
 	d.DisallowUnknownFields()
-	if err := d.Decode(&k); err != nil {
-		return DefaultKnobs(), fmt.Errorf("%w: knobs %q: %w", ErrBadOption, s, err)
+	if err := d.Decode(&out); err != nil {
+		return k, fmt.Errorf("%w: knobs %q: %w", ErrBadOption, s, err)
 	}
-	if err := k.validate(); err != nil {
-		return DefaultKnobs(), err
+	if err := out.validate(); err != nil {
+		return k, err
 	}
-	return k, nil
+	return out, nil
 }
 
 // knobListJSON turns name=value,... into a JSON object: integers and

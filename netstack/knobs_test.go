@@ -84,3 +84,32 @@ func TestApplyGoProcs(t *testing.T) {
 		t.Fatalf("go_procs=%d: GOMAXPROCS %d, previous reported %d (was %d)", want, runtime.GOMAXPROCS(0), prev, was)
 	}
 }
+
+// TestKnobsWith: overrides layer (a run's, then a configuration's), the
+// later setting of a knob wins, and a bad layer leaves the knobs as they
+// were.
+func TestKnobsWith(t *testing.T) {
+	run, err := netstack.ParseKnobs("coalesce_acks=true,go_procs=2")
+	if err != nil {
+		t.Fatal(err)
+	}
+	k, err := run.With("go_procs=3,busy_poll_us=50")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !k.CoalesceACKs || k.GoProcs != 3 || k.BusyPollMicros != 50 {
+		t.Fatalf("layered knobs %s", k)
+	}
+	if got, want := k.Overrides(), "busy_poll_us=50,coalesce_acks=true,go_procs=3"; got != want {
+		t.Fatalf("Overrides() = %q, want %q", got, want)
+	}
+	if k2, err := k.With(`{"go_procs":1}`); err != nil || k2.GoProcs != 1 || !k2.CoalesceACKs {
+		t.Fatalf("JSON layer: %s %v", k2, err)
+	}
+	for _, bad := range []string{"dispatch=readv", "go_procs=x", "nosuch=1"} {
+		k2, err := k.With(bad)
+		if !errors.Is(err, netstack.ErrBadOption) || k2 != k {
+			t.Errorf("With(%q) = %s, %v; want ErrBadOption and the knobs unchanged", bad, k2, err)
+		}
+	}
+}
