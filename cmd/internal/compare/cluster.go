@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -12,12 +13,14 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
 	"syscall"
 	"time"
 
+	"github.com/wormspace/wormspace/netstack"
 	"github.com/wormspace/wormspace/qemu"
 	"github.com/wormspace/wormspace/worm/bench"
 )
@@ -34,8 +37,79 @@ const (
 // Configs lists every configuration in report order.
 var Configs = []string{HostKernel, HostNetstack, VMKernel, VMNetstack}
 
+// VariantSep separates a netstack configuration from knobs of its own: a
+// variant such as "host-netstack@coalesce_acks=true" (several knobs
+// joined by "+": "vm-netstack@go_procs=2+busy_poll_us=50") runs its base
+// configuration with those knobs on top of the run's (Options.
+// NetstackKnobs). A run measures variants beside their base, interleaved
+// like any configurations, so that a knob's effect is read as a ratio
+// within one run rather than between runs on a noisy machine.
+const VariantSep = "@"
+
+// baseConfig is the configuration cfg is a variant of (cfg itself when it
+// is not a variant).
+func baseConfig(cfg string) string {
+	b, _, _ := strings.Cut(cfg, VariantSep)
+	return b
+}
+
+// variantKnobs is a variant's own knobs in netstack.ParseKnobs's list
+// syntax ("" for a plain configuration).
+func variantKnobs(cfg string) string {
+	_, v, _ := strings.Cut(cfg, VariantSep)
+	return strings.ReplaceAll(v, "+", ",")
+}
+
+// knobsFor is the netstack knob overrides cfg runs with: the run's, then
+// the variant's, in ParseKnobs's syntax (validated by Options.defaults).
+func knobsFor(o *Options, cfg string) string {
+	v := variantKnobs(cfg)
+	if v == "" {
+		return o.NetstackKnobs
+	}
+	k, _ := netstack.ParseKnobs(o.NetstackKnobs)
+	k, _ = k.With(v)
+	return k.Overrides()
+}
+
+// checkConfig validates one entry of Options.Configs.
+func checkConfig(o *Options, cfg string) error {
+	base := baseConfig(cfg)
+	if !slices.Contains(Configs, base) {
+		return fmt.Errorf("compare: unknown configuration %q (want %s, or a netstack one with knobs: %s%scoalesce_acks=true)", cfg, strings.Join(Configs, ", "), HostNetstack, VariantSep)
+	}
+	if base == cfg {
+		return nil
+	}
+	if base != HostNetstack && base != VMNetstack {
+		return fmt.Errorf("compare: configuration %q: knobs are for the netstack configurations (%s, %s)", cfg, HostNetstack, VMNetstack)
+	}
+	v := variantKnobs(cfg)
+	if v == "" {
+		return fmt.Errorf("compare: configuration %q: no knobs after %q", cfg, VariantSep)
+	}
+	k, _ := netstack.ParseKnobs(o.NetstackKnobs)
+	if _, err := k.With(v); err != nil {
+		return fmt.Errorf("compare: configuration %q: %w", cfg, err)
+	}
+	return nil
+}
+
+// configRank orders configurations for reports: by base in Configs
+// order, a base before its variants, variants as given.
+func configRank(configs []string, cfg string) int {
+	r := slices.Index(Configs, baseConfig(cfg)) * 1000
+	if baseConfig(cfg) != cfg {
+		r += 1 + slices.Index(configs, cfg)
+	}
+	return r
+}
+
 // Describe says what a configuration is, for reports.
 func Describe(cfg string) string {
+	if v := variantKnobs(cfg); v != "" {
+		return Describe(baseConfig(cfg)) + "; netstack knobs " + v
+	}
 	switch cfg {
 	case HostKernel:
 		return "3 wormd processes, kernel TCP over loopback"
@@ -221,7 +295,7 @@ func startHost(ctx context.Context, o *Options, cfg, dir string) (_ *hostCluster
 	}
 	c.k = k
 	start := func(cmd *exec.Cmd) error { return cmd.Start() }
-	if cfg == HostNetstack {
+	if baseConfig(cfg) == HostNetstack {
 		if c.ns, err = newNSWorker(); err != nil {
 			return nil, err
 		}
@@ -252,20 +326,20 @@ func startHost(ctx context.Context, o *Options, cfg, dir string) (_ *hostCluster
 			args = append(args, "-metrics", metrics, "-pprof")
 		}
 		tap := fmt.Sprintf("wctap%d", id)
-		if cfg == HostNetstack {
+		if baseConfig(cfg) == HostNetstack {
 			a := subnetAddr(byte(10 + id))
 			args = append(args, "-stack", "netstack", "-tap", tap,
 				"-addr", netip.PrefixFrom(a, hostSubnet.Bits()).String(),
 				"-listen", netip.AddrPortFrom(a, 7070).String())
-			if o.NetstackKnobs != "" {
-				args = append(args, "-netstack-knobs", o.NetstackKnobs)
+			if kn := knobsFor(o, cfg); kn != "" {
+				args = append(args, "-netstack-knobs", kn)
 			}
 		} else {
 			args = append(args, "-listen", net.JoinHostPort("127.0.0.1", strconv.Itoa(ports[i])))
 		}
 		wg.Go(func() {
 			p, err := startProc(ctx, start, o.Wormd, args, filepath.Join(dir, fmt.Sprintf("wormd-%d.log", id)), false)
-			if err == nil && cfg == HostNetstack {
+			if err == nil && baseConfig(cfg) == HostNetstack {
 				// wormd created its TAP; the host side joins it to
 				// the bridge.
 				err = c.ns.attach(tap, "wcbr0")
@@ -286,12 +360,12 @@ func startHost(ctx context.Context, o *Options, cfg, dir string) (_ *hostCluster
 	// The raw floor: an echo in another process over the same path.
 	if len(o.EchoCmd) > 0 {
 		args := append([]string{}, o.EchoCmd[1:]...)
-		if cfg == HostNetstack {
+		if baseConfig(cfg) == HostNetstack {
 			a := subnetAddr(9)
 			args = append(args, "-stack", "netstack", "-tap", "wcecho", "-addr", netip.PrefixFrom(a, hostSubnet.Bits()).String(),
 				"-listen", netip.AddrPortFrom(a, 7000).String())
-			if o.NetstackKnobs != "" {
-				args = append(args, "-knobs", o.NetstackKnobs)
+			if kn := knobsFor(o, cfg); kn != "" {
+				args = append(args, "-knobs", kn)
 			}
 		} else {
 			args = append(args, "-listen", "127.0.0.1:0")
@@ -301,7 +375,7 @@ func startHost(ctx context.Context, o *Options, cfg, dir string) (_ *hostCluster
 			return nil, fmt.Errorf("echo floor: %w", err)
 		}
 		c.echo = p
-		if cfg == HostNetstack {
+		if baseConfig(cfg) == HostNetstack {
 			if err := c.ns.attach("wcecho", "wcbr0"); err != nil {
 				return nil, err
 			}
@@ -345,7 +419,37 @@ func (c *hostCluster) pprofBase(i int) string {
 	return "http://" + c.metrics[i] + "/debug/pprof"
 }
 func (c *hostCluster) info() map[string]any {
-	return map[string]any{"start_to_ready_ms": float64(c.boot.Microseconds()) / 1e3, "servers": c.servers()}
+	m := map[string]any{"start_to_ready_ms": float64(c.boot.Microseconds()) / 1e3, "servers": c.servers()}
+	if c.ns != nil {
+		// The knobs the wormds run with, read from their command
+		// lines: what each process was given, not what was meant.
+		var args []string
+		for _, p := range c.procs {
+			args = append(args, flagValue(p.pid(), "-netstack-knobs"))
+		}
+		if uniq := slices.Compact(slices.Clone(args)); len(uniq) == 1 {
+			if k, err := netstack.ParseKnobs(uniq[0]); err == nil {
+				m["netstack_knobs"] = json.RawMessage(k.String())
+			}
+		} else {
+			m["netstack_knobs_differ"] = args
+		}
+	}
+	return m
+}
+
+// flagValue returns the argument after flag on process pid's command
+// line ("" when it has none, or the process is gone).
+func flagValue(pid int, flag string) string {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+	if err != nil {
+		return ""
+	}
+	args := strings.Split(strings.TrimSuffix(string(b), "\x00"), "\x00")
+	if i := slices.Index(args, flag); i >= 0 && i+1 < len(args) {
+		return args[i+1]
+	}
+	return ""
 }
 func (c *hostCluster) close() error {
 	var wg sync.WaitGroup
@@ -389,7 +493,7 @@ func startVM(ctx context.Context, o *Options, accel qemu.Accel, cfg, dir string,
 		ready = 45 * time.Second
 	}
 	stack := qemu.StackKernel
-	if cfg == VMNetstack {
+	if baseConfig(cfg) == VMNetstack {
 		stack = qemu.StackNetstack
 	}
 	qc, err := qemu.Up(ctx, qemu.Config{
@@ -399,7 +503,7 @@ func startVM(ctx context.Context, o *Options, accel qemu.Accel, cfg, dir string,
 		// its own stack (with netstack in the guest, no other process
 		// could serve a round trip over the same path).
 		EchoPort:      vmEchoPort,
-		NetstackKnobs: vmKnobs(stack, o.NetstackKnobs),
+		NetstackKnobs: vmKnobs(stack, knobsFor(o, cfg)),
 		Options: qemu.Options{KillWithParent: true, ReadyTimeout: ready, Progress: func(e qemu.Event) {
 			if e.Kind == qemu.EventInfo || e.Kind == qemu.EventError {
 				progress(fmt.Sprintf("%s: %s", cfg, e.Msg))
@@ -437,7 +541,13 @@ func (v *vmCluster) info() map[string]any {
 		boot = append(boot, float64(r.BootToReady.Microseconds())/1e3)
 		up = append(up, float64(r.Uptime.Microseconds())/1e3)
 	}
-	return map[string]any{"accel": string(v.c.Accel()), "net": string(v.c.Net()), "stack": v.c.Stack(),
+	m := map[string]any{"accel": string(v.c.Accel()), "net": string(v.c.Net()), "stack": v.c.Stack(),
 		"boot_to_ready_ms": boot, "guest_uptime_at_ready_ms": up, "servers": v.servers()}
+	if v.c.Stack() == qemu.StackNetstack {
+		if k, err := netstack.ParseKnobs(v.c.State().NetstackKnobs); err == nil {
+			m["netstack_knobs"] = json.RawMessage(k.String())
+		}
+	}
+	return m
 }
 func (v *vmCluster) close() error { return v.c.Close() }

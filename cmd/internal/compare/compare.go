@@ -108,9 +108,12 @@ func (o *Options) defaults() error {
 	if len(o.Configs) == 0 {
 		o.Configs = slices.Clone(Configs)
 	}
-	for _, c := range o.Configs {
-		if !slices.Contains(Configs, c) {
-			return fmt.Errorf("compare: unknown configuration %q (want %s)", c, strings.Join(Configs, ", "))
+	for i, c := range o.Configs {
+		if err := checkConfig(o, c); err != nil {
+			return err
+		}
+		if slices.Contains(o.Configs[:i], c) {
+			return fmt.Errorf("compare: configuration %q given twice", c)
 		}
 	}
 	if len(o.Workloads) == 0 {
@@ -392,7 +395,7 @@ func oneLine(s string) string {
 
 // unavailable says why cfg cannot run on this machine ("" if it can).
 func (r *runner) unavailable(cfg string) string {
-	switch cfg {
+	switch baseConfig(cfg) {
 	case HostKernel:
 		if r.o.Wormd == "" {
 			return "no wormd binary"
@@ -422,7 +425,7 @@ func (r *runner) unavailable(cfg string) string {
 
 func (r *runner) start(ctx context.Context, cfg string) (cluster, error) {
 	dir := filepath.Join(r.o.Out, "run", cfg)
-	switch cfg {
+	switch baseConfig(cfg) {
 	case HostKernel, HostNetstack:
 		return startHost(ctx, r.o, cfg, dir)
 	}
@@ -582,7 +585,6 @@ func (r *runner) finish() {
 		x.OpsPerSec, x.P50us, x.P99us, x.ServerCPU, x.ClientCPU = statOf(tp), statOf(p50), statOf(p99), statOf(sc), statOf(cc)
 	}
 	// Report order: by workload, clients, then configuration order.
-	cfgOrder := append([]string{Spec}, Configs...)
 	wlOrder := append(append([]string{EchoWorkload}, Workloads...), OpenLoop)
 	var rows []Row
 	for _, k := range r.order {
@@ -599,7 +601,7 @@ func (r *runner) finish() {
 		if a.Rate != b.Rate {
 			return a.Rate < b.Rate
 		}
-		return slices.Index(cfgOrder, a.Config) < slices.Index(cfgOrder, b.Config)
+		return r.configRank(a.Config) < r.configRank(b.Config)
 	})
 	ref := map[string]Row{}
 	for _, x := range rows {
@@ -615,7 +617,7 @@ func (r *runner) finish() {
 	}
 	for i := range rows {
 		x := &rows[i]
-		kernelPeer := map[string]string{HostNetstack: HostKernel, VMNetstack: VMKernel}[x.Config]
+		kernelPeer := map[string]string{HostNetstack: HostKernel, VMNetstack: VMKernel}[baseConfig(x.Config)]
 		if k, ok := ref[fmt.Sprintf("%s|%s|%d|%d", kernelPeer, x.Workload, x.Clients, x.Rate)]; ok {
 			x.StackTputRatio = div(x.OpsPerSec.Median, k.OpsPerSec.Median)
 			x.StackP50Ratio = div(x.P50us.Median, k.P50us.Median)
@@ -630,4 +632,13 @@ func (r *runner) finish() {
 		x.CPURatio = div(x.ServerCPU.Median, b.ServerCPU.Median)
 	}
 	r.rep.Rows = rows
+}
+
+// configRank orders rows' configurations: the spec floor first, then as
+// configRank (package level) says.
+func (r *runner) configRank(cfg string) int {
+	if cfg == Spec {
+		return -1
+	}
+	return configRank(r.o.Configs, cfg)
 }

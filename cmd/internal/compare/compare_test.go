@@ -64,8 +64,12 @@ func repoRoot(t *testing.T) string {
 	return filepath.Join(filepath.Dir(file), "..", "..", "..")
 }
 
+// e2eVariant is the configuration variant the end-to-end run measures.
+const e2eVariant = HostNetstack + VariantSep + "busy_poll_us=20+congestion_control=reno"
+
 // e2eConfigs picks the configurations this machine can run: host-kernel
-// always; host-netstack with root and /dev/net/tun; the VM ones when
+// always; host-netstack and a variant of it with root and /dev/net/tun;
+// the VM ones when
 // WORM_COMPARE_VM=1 and the image and TAP networking are there (they add
 // boot time and, under TCG, slow runs).
 func e2eConfigs(t *testing.T, imageDir string) []string {
@@ -75,7 +79,9 @@ func e2eConfigs(t *testing.T, imageDir string) []string {
 	} else if _, err := os.Stat("/dev/net/tun"); err != nil {
 		t.Logf("host-netstack left out: %v", err)
 	} else {
-		cfgs = append(cfgs, HostNetstack)
+		// A variant of it with knobs of its own, over the run's
+		// (congestion_control=cubic below): measured beside its base.
+		cfgs = append(cfgs, HostNetstack, e2eVariant)
 	}
 	if os.Getenv("WORM_COMPARE_VM") == "0" {
 		t.Logf("VM configurations left out (WORM_COMPARE_VM=0)")
@@ -151,6 +157,20 @@ func TestCompareQuickEndToEnd(t *testing.T) {
 	status := map[string]string{}
 	for _, c := range rep.Configs {
 		status[c.Name] = c.Status
+		// Each netstack configuration records the knobs its wormds
+		// were started with: the run's, and a variant's on top.
+		want := map[string]string{HostNetstack: `"busy_poll_us":0,`, e2eVariant: `"busy_poll_us":20,`}[c.Name]
+		if want == "" {
+			continue
+		}
+		cc := `"congestion_control":"cubic"`
+		if c.Name == e2eVariant {
+			cc = `"congestion_control":"reno"`
+		}
+		got, _ := json.Marshal(c.Info["netstack_knobs"])
+		if !strings.Contains(string(got), want) || !strings.Contains(string(got), cc) {
+			t.Errorf("%s: its wormds' knobs %s, want %s and %s", c.Name, got, want, cc)
+		}
 	}
 	for _, c := range append([]string{Spec}, cfgs...) {
 		if status[c] != "ok" {
@@ -182,6 +202,8 @@ func TestCompareQuickEndToEnd(t *testing.T) {
 					t.Errorf("%s %s c=%d: reference ratios %v %v", c, wl, n, x.TputRatio, x.P50Ratio)
 				case c != HostKernel && x.TputRatio <= 0:
 					t.Errorf("%s %s c=%d: no ratio to host-kernel", c, wl, n)
+				case baseConfig(c) == HostNetstack && x.StackTputRatio <= 0:
+					t.Errorf("%s %s c=%d: no netstack/kernel ratio", c, wl, n)
 				}
 				if ok && x.Errors > 0 {
 					t.Errorf("%s %s c=%d: %d errors (%s)", c, wl, n, x.Errors, x.Samples[0].FirstError)
@@ -405,5 +427,52 @@ func TestEnvRecordsPinning(t *testing.T) {
 	line := strings.SplitN(Table(&Report{Env: e}), "\n", 3)[1]
 	if !strings.Contains(line, "pinned to CPU "+strconv.Itoa(first)) {
 		t.Fatalf("table's env line does not say it was pinned: %q", line)
+	}
+}
+
+// TestConfigVariants: a netstack configuration with knobs of its own is
+// accepted, runs its base with the run's knobs and then its own, sorts
+// after its base, and is described with its knobs; variants of other
+// configurations, unknown knobs, empty variants and repeats are refused.
+func TestConfigVariants(t *testing.T) {
+	o := &Options{Out: t.TempDir(), NetstackKnobs: "congestion_control=cubic,go_procs=2",
+		Configs: []string{HostNetstack + "@coalesce_acks=true+go_procs=3", HostKernel, HostNetstack, VMNetstack + "@busy_poll_us=50"}}
+	if err := o.defaults(); err != nil {
+		t.Fatal(err)
+	}
+	v := o.Configs[0]
+	if baseConfig(v) != HostNetstack || variantKnobs(v) != "coalesce_acks=true,go_procs=3" {
+		t.Fatalf("variant %q: base %q knobs %q", v, baseConfig(v), variantKnobs(v))
+	}
+	if got, want := knobsFor(o, v), "coalesce_acks=true,congestion_control=cubic,go_procs=3"; got != want {
+		t.Errorf("knobsFor(variant) = %q, want %q", got, want)
+	}
+	if got := knobsFor(o, HostNetstack); got != o.NetstackKnobs {
+		t.Errorf("knobsFor(base) = %q, want the run's %q", got, o.NetstackKnobs)
+	}
+	sorted := slices.Clone(o.Configs)
+	slices.SortStableFunc(sorted, func(a, b string) int { return configRank(o.Configs, a) - configRank(o.Configs, b) })
+	want := []string{HostKernel, HostNetstack, v, VMNetstack + "@busy_poll_us=50"}
+	if !slices.Equal(sorted, want) {
+		t.Errorf("report order %v, want %v", sorted, want)
+	}
+	if d := Describe(v); !strings.HasPrefix(d, Describe(HostNetstack)) || !strings.Contains(d, "coalesce_acks=true,go_procs=3") {
+		t.Errorf("Describe(%q) = %q", v, d)
+	}
+	for _, bad := range []string{
+		HostKernel + "@go_procs=2",                          // not a netstack configuration
+		HostNetstack + "@",                                  // no knobs
+		HostNetstack + "@nosuch=1",                          // unknown knob
+		HostNetstack + "@dispatch=readv+coalesce_acks=true", // invalid together
+		"host-netsack@go_procs=2",                           // unknown base
+	} {
+		o := &Options{Out: t.TempDir(), Configs: []string{bad}}
+		if err := o.defaults(); err == nil || !strings.Contains(err.Error(), bad) {
+			t.Errorf("configuration %q: %v, want an error naming it", bad, err)
+		}
+	}
+	o = &Options{Out: t.TempDir(), Configs: []string{HostNetstack + "@go_procs=2", HostNetstack + "@go_procs=2"}}
+	if err := o.defaults(); err == nil || !strings.Contains(err.Error(), "twice") {
+		t.Errorf("a repeated configuration: %v", err)
 	}
 }

@@ -100,7 +100,7 @@ func captureEnv(o *Options, cls map[string]cluster) Env {
 	}
 	vms := false
 	for name := range cls {
-		if name == VMKernel || name == VMNetstack {
+		if b := baseConfig(name); b == VMKernel || b == VMNetstack {
 			vms = true
 		}
 	}
@@ -146,7 +146,10 @@ type Profile struct {
 func (r *runner) profile(ctx context.Context) {
 	dir := filepath.Join(r.o.Out, "pprof")
 	os.MkdirAll(dir, 0o755)
-	for _, cfg := range []string{HostKernel, HostNetstack} {
+	for _, cfg := range r.o.Configs {
+		if b := baseConfig(cfg); b != HostKernel && b != HostNetstack {
+			continue
+		}
 		c, ok := r.cls[cfg]
 		if !ok || c.pprofBase(0) == "" {
 			continue

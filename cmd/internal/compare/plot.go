@@ -3,6 +3,7 @@ package compare
 import (
 	"bytes"
 	"fmt"
+	"hash/fnv"
 	"html"
 	"image"
 	"image/color"
@@ -125,8 +126,25 @@ var (
 	dark  = color.RGBA{90, 90, 90, 255}
 )
 
+// variantColors are the colours of configuration variants (see
+// VariantSep), distinct from the four configurations'.
+var variantColors = []color.RGBA{
+	{148, 103, 189, 255}, // purple
+	{140, 86, 75, 255},   // brown
+	{227, 119, 194, 255}, // pink
+	{188, 189, 34, 255},  // olive
+	{23, 190, 207, 255},  // cyan
+}
+
 // palette per configuration.
 func colorOf(cfg string) color.RGBA {
+	if v := variantKnobs(cfg); v != "" {
+		// A variant: a colour of its own, the same in every plot of
+		// the run and across runs.
+		h := fnv.New32a()
+		h.Write([]byte(cfg))
+		return variantColors[h.Sum32()%uint32(len(variantColors))]
+	}
 	switch cfg {
 	case HostKernel:
 		return color.RGBA{31, 119, 180, 255}
@@ -241,8 +259,7 @@ func curveChart(c canvas, rep *Report, wl string) {
 			c.text(x+6, y-6, label, "start", dark)
 		}
 		c.line(plotR+15, ly-4, plotR+40, ly-4, col, 3, cfg == Spec)
-		c.text(plotR+46, ly, cfg, "start", black)
-		ly += 20
+		ly = legendLabel(c, ly, cfg)
 	}
 }
 
@@ -305,9 +322,22 @@ func barChart(c canvas, rep *Report, title string, pick func(Row) bool, value fu
 	ly := plotT + 10
 	for _, cfg := range cfgs {
 		c.rect(plotR+15, ly-10, 25, 10, colorOf(cfg))
-		c.text(plotR+46, ly, cfg, "start", black)
-		ly += 20
+		ly = legendLabel(c, ly, cfg)
 	}
+}
+
+// legendLabel writes cfg's name in the legend at ly and returns where the
+// next entry goes: a variant's knobs go one per line under its base, so
+// that they fit beside the plot.
+func legendLabel(c canvas, ly float64, cfg string) float64 {
+	c.text(plotR+46, ly, baseConfig(cfg), "start", black)
+	if v := variantKnobs(cfg); v != "" {
+		for _, kv := range strings.Split(v, ",") {
+			ly += 14
+			c.text(plotR+52, ly, "+"+kv, "start", dark)
+		}
+	}
+	return ly + 20
 }
 
 // writePlots writes every chart as SVG and PNG and returns the file names.
