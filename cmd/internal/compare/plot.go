@@ -235,10 +235,25 @@ func curveChart(c canvas, rep *Report, wl string) {
 	c.line(plotL, plotT, plotL, plotB, black, 1, false)
 	c.text((plotL+plotR)/2, plotB+40, "throughput, ops/s (log)", "middle", black)
 	c.text(plotL-6, plotT-10, "p50 µs (log)", "start", black)
+	// Floor labels sit above their lines; one that would overprint a
+	// label already placed (floors close together, as a variant's and
+	// its base's often are) moves up until it is clear.
+	var placed []float64
 	for _, f := range floors {
 		col := colorOf(f.Config)
-		c.line(plotL, py(f.P50us.Median), plotR, py(f.P50us.Median), col, 1, true)
-		c.text(plotR-4, py(f.P50us.Median)-4, "echo floor "+f.Config, "end", col)
+		y := py(f.P50us.Median)
+		c.line(plotL, y, plotR, y, col, 1, true)
+		ly := y - 4
+		for moved := true; moved; {
+			moved = false
+			for _, p := range placed {
+				if math.Abs(ly-p) < 12 {
+					ly, moved = p-12, true
+				}
+			}
+		}
+		placed = append(placed, ly)
+		c.text(plotR-4, ly, "echo floor "+f.Config, "end", col)
 	}
 	ly := plotT + 10
 	for _, cfg := range cfgs {
