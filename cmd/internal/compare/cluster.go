@@ -63,13 +63,20 @@ func variantKnobs(cfg string) string {
 // knobsFor is the netstack knob overrides cfg runs with: the run's, then
 // the variant's, in ParseKnobs's syntax (validated by Options.defaults).
 func knobsFor(o *Options, cfg string) string {
-	v := variantKnobs(cfg)
-	if v == "" {
+	if variantKnobs(cfg) == "" {
 		return o.NetstackKnobs
 	}
-	k, _ := netstack.ParseKnobs(o.NetstackKnobs)
-	k, _ = k.With(v)
+	k, _ := layeredKnobs(o, cfg)
 	return k.Overrides()
+}
+
+// layeredKnobs is the run's knobs with cfg's variant knobs on top.
+func layeredKnobs(o *Options, cfg string) (netstack.Knobs, error) {
+	k, err := netstack.ParseKnobs(o.NetstackKnobs)
+	if err != nil {
+		return k, err
+	}
+	return k.With(variantKnobs(cfg))
 }
 
 // checkConfig validates one entry of Options.Configs.
@@ -84,12 +91,10 @@ func checkConfig(o *Options, cfg string) error {
 	if base != HostNetstack && base != VMNetstack {
 		return fmt.Errorf("compare: configuration %q: knobs are for the netstack configurations (%s, %s)", cfg, HostNetstack, VMNetstack)
 	}
-	v := variantKnobs(cfg)
-	if v == "" {
+	if variantKnobs(cfg) == "" {
 		return fmt.Errorf("compare: configuration %q: no knobs after %q", cfg, VariantSep)
 	}
-	k, _ := netstack.ParseKnobs(o.NetstackKnobs)
-	if _, err := k.With(v); err != nil {
+	if _, err := layeredKnobs(o, cfg); err != nil {
 		return fmt.Errorf("compare: configuration %q: %w", cfg, err)
 	}
 	return nil
@@ -98,8 +103,9 @@ func checkConfig(o *Options, cfg string) error {
 // configRank orders configurations for reports: by base in Configs
 // order, a base before its variants, variants as given.
 func configRank(configs []string, cfg string) int {
-	r := slices.Index(Configs, baseConfig(cfg)) * 1000
-	if baseConfig(cfg) != cfg {
+	base := baseConfig(cfg)
+	r := slices.Index(Configs, base) * 1000
+	if base != cfg {
 		r += 1 + slices.Index(configs, cfg)
 	}
 	return r
