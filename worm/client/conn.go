@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"math/rand/v2"
 	"net"
@@ -11,6 +12,7 @@ import (
 	"time"
 
 	"github.com/wormspace/wormspace/worm/paxos"
+	"github.com/wormspace/wormspace/worm/sockio"
 	"github.com/wormspace/wormspace/worm/wire"
 )
 
@@ -37,8 +39,13 @@ type conn struct {
 	// the connection down, so someone is waiting for this server.
 	redial chan struct{}
 
-	mu    sync.Mutex
-	nc    net.Conn // nil while down
+	mu sync.Mutex
+	nc net.Conn // nil while down
+	// sock reads and writes nc with raw system calls when nc is a socket
+	// of this process (nil for other dialers'): the connection's reader
+	// and writer then never wake the runtime's parked sysmon
+	// (worm/sockio).
+	sock  *sockio.Conn
 	stop  chan struct{}
 	out   []byte // encoded requests not yet handed to the socket
 	spare []byte // the other buffer of the double-buffered out
@@ -124,7 +131,7 @@ func (cn *conn) sendAt(epoch uint64, r responder, tag uint64, req *paxos.Request
 // it); only the writer goroutine calls it today.
 func (cn *conn) flush() {
 	cn.mu.Lock()
-	nc := cn.nc
+	nc, sock := cn.nc, cn.sock
 	if cn.writing || nc == nil || len(cn.out) == 0 {
 		cn.mu.Unlock()
 		return
@@ -135,7 +142,12 @@ func (cn *conn) flush() {
 		cn.out = cn.spare[:0]
 		cn.spare = nil
 		cn.mu.Unlock()
-		_, err := nc.Write(buf)
+		var err error
+		if sock != nil {
+			_, err = sock.Write(buf)
+		} else {
+			_, err = nc.Write(buf)
+		}
 		cn.mu.Lock()
 		if cap(buf) <= 1<<20 {
 			cn.spare = buf[:0]
@@ -286,7 +298,8 @@ func (cn *conn) run(ready chan<- readyEvent) {
 		backoff = minBackoff
 		stop := make(chan struct{})
 		cn.mu.Lock()
-		cn.nc, cn.stop, cn.hello, cn.out = nc, stop, h, cn.out[:0]
+		sock := sockio.Of(nc)
+		cn.nc, cn.sock, cn.stop, cn.hello, cn.out = nc, sock, stop, h, cn.out[:0]
 		cn.epoch, cn.serving, cn.stale = epoch, false, false
 		if epoch == cn.cl.epochNow.Load() {
 			cn.rebinding = false // learn below tells the waiters
@@ -313,7 +326,7 @@ func (cn *conn) run(ready chan<- readyEvent) {
 		cn.cl.resubscribe(cn)
 		writerDone := make(chan struct{})
 		go cn.writer(nc, stop, writerDone)
-		err = cn.reader(nc, h)
+		err = cn.reader(nc, sock, h)
 		cn.mu.Lock()
 		retired := cn.stale
 		cn.mu.Unlock()
@@ -367,7 +380,7 @@ func (cn *conn) down(err error) {
 		cn.mu.Unlock()
 		return
 	}
-	cn.nc = nil
+	cn.nc, cn.sock = nil, nil
 	close(cn.stop)
 	cn.out = cn.out[:0]
 	cn.lastErr = err
@@ -413,8 +426,12 @@ func (cn *conn) writer(nc net.Conn, stop <-chan struct{}, done chan<- struct{}) 
 
 // reader decodes frames until the connection fails, stepping each response
 // into the operation waiting for it.
-func (cn *conn) reader(nc net.Conn, h wire.ServerHello) error {
-	r := wire.NewReader(nc, int(h.MaxFrame))
+func (cn *conn) reader(nc net.Conn, sock *sockio.Conn, h wire.ServerHello) error {
+	var src io.Reader = nc
+	if sock != nil {
+		src = sock
+	}
+	r := wire.NewReader(src, int(h.MaxFrame))
 	cn.mu.Lock()
 	epoch := cn.epoch
 	cn.mu.Unlock()

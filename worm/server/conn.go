@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/wormspace/wormspace/worm/paxos"
+	"github.com/wormspace/wormspace/worm/sockio"
 	"github.com/wormspace/wormspace/worm/wire"
 )
 
@@ -29,8 +30,12 @@ import (
 // Lock order: Engine.mu → Server.subMu → conn.mu → replyBudget.mu. Nothing
 // holding conn.mu calls into the Engine or takes subMu.
 type conn struct {
-	s      *Server
-	nc     net.Conn
+	s  *Server
+	nc net.Conn
+	// sock reads and writes nc with raw system calls when nc is a socket
+	// of this process (nil under netstack): the connection loops then
+	// never wake the runtime's parked sysmon (worm/sockio).
+	sock   *sockio.Conn
 	id     uint64
 	remote string
 	client string // the client's hello ID
@@ -93,6 +98,7 @@ func newConn(s *Server, nc net.Conn) *conn {
 	return &conn{
 		s:          s,
 		nc:         nc,
+		sock:       sockio.Of(nc),
 		id:         s.nextConn.Add(1),
 		remote:     nc.RemoteAddr().String(),
 		stop:       make(chan struct{}),
@@ -180,6 +186,9 @@ type netReader struct{ c *conn }
 
 func (r netReader) Read(p []byte) (int, error) {
 	r.c.flushOutput()
+	if r.c.sock != nil {
+		return r.c.sock.Read(p)
+	}
 	return r.c.nc.Read(p)
 }
 
@@ -602,7 +611,12 @@ func (c *conn) takeOutLocked() []byte {
 // place output reaches the network after the handshake.
 func (c *conn) write(buf []byte) error {
 	c.wseq.Add(1)
-	_, err := c.nc.Write(buf)
+	var err error
+	if c.sock != nil {
+		_, err = c.sock.Write(buf)
+	} else {
+		_, err = c.nc.Write(buf)
+	}
 	c.wseq.Add(1)
 	return err
 }
