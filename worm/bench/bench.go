@@ -40,6 +40,7 @@ import (
 	"time"
 
 	"github.com/wormspace/wormspace/worm"
+	"github.com/wormspace/wormspace/worm/sockio"
 )
 
 // Workload names an operation mix.
@@ -404,7 +405,9 @@ type Dialer interface {
 }
 
 // EchoServer serves a TCP echo on l until l is closed: the raw floor of a
-// round trip over the same path the wormservers use.
+// round trip over the same path the wormservers use, with their socket
+// I/O (raw system calls on a socket of this process, worm/sockio;
+// not io.Copy, which splices between kernel sockets).
 func EchoServer(l net.Listener) {
 	for {
 		c, err := l.Accept()
@@ -413,9 +416,29 @@ func EchoServer(l net.Listener) {
 		}
 		go func() {
 			defer c.Close()
-			io.Copy(c, c)
+			rw := socketIO(c)
+			buf := make([]byte, 64<<10)
+			for {
+				n, err := rw.Read(buf)
+				if err != nil {
+					return
+				}
+				if _, err := rw.Write(buf[:n]); err != nil {
+					return
+				}
+			}
 		}()
 	}
+}
+
+// socketIO is c's reader and writer as wormd's and the client library's
+// connection loops use it: raw system calls when c is a socket of this
+// process, else c itself.
+func socketIO(c net.Conn) io.ReadWriter {
+	if s := sockio.Of(c); s != nil {
+		return s
+	}
+	return c
 }
 
 // RawRTT measures closed-loop round trips of size-byte messages to an echo
@@ -456,14 +479,15 @@ func RawRTT(ctx context.Context, d Dialer, addr string, clients, size int, durat
 		go func(i int, c net.Conn) {
 			defer wg.Done()
 			out, in := make([]byte, size), make([]byte, size)
+			rw := socketIO(c)
 			for !stop.Load() {
 				c.SetDeadline(time.Now().Add(5 * time.Second))
 				t := time.Now()
-				if _, err := c.Write(out); err != nil {
+				if _, err := rw.Write(out); err != nil {
 					nerr.Add(1)
 					return
 				}
-				if _, err := io.ReadFull(c, in); err != nil {
+				if _, err := io.ReadFull(rw, in); err != nil {
 					nerr.Add(1)
 					return
 				}

@@ -44,7 +44,7 @@ func RawQuorumRTT(ctx context.Context, d Dialer, addrs []string, quorum, clients
 		err   error
 	}
 	type client struct {
-		conns   []net.Conn
+		conns   []io.ReadWriter // socketIO of each connection
 		replies chan echo
 		out     []byte
 		round   uint64
@@ -69,11 +69,12 @@ func RawQuorumRTT(ctx context.Context, d Dialer, addrs []string, quorum, clients
 				tc.SetNoDelay(true)
 			}
 			all = append(all, c)
-			cl.conns = append(cl.conns, c)
+			rw := socketIO(c)
+			cl.conns = append(cl.conns, rw)
 			go func() {
 				in := make([]byte, size)
 				for {
-					_, err := io.ReadFull(c, in)
+					_, err := io.ReadFull(rw, in)
 					e := echo{round: binary.LittleEndian.Uint64(in), err: err}
 					select {
 					case cl.replies <- e:
