@@ -1,8 +1,11 @@
 package chain
 
 import (
+	"io"
 	"net"
 	"sync"
+
+	"github.com/wormspace/wormspace/worm/sockio"
 )
 
 // outbox is the send side of one connection: frames are appended to out
@@ -51,6 +54,7 @@ func (o *outbox) reset() {
 // loop writes what is queued to nc until stop is closed or a write fails
 // (then it closes nc, so that its reader sees the failure too).
 func (o *outbox) loop(nc net.Conn, stop <-chan struct{}) error {
+	w := sockIO(nc)
 	for {
 		select {
 		case <-o.wake:
@@ -67,7 +71,7 @@ func (o *outbox) loop(nc net.Conn, stop <-chan struct{}) error {
 			o.out = o.spare[:0]
 			o.spare = nil
 			o.mu.Unlock()
-			_, err := nc.Write(buf)
+			_, err := w.Write(buf)
 			o.mu.Lock()
 			if cap(buf) <= 1<<20 && o.spare == nil {
 				o.spare = buf[:0]
@@ -79,4 +83,14 @@ func (o *outbox) loop(nc net.Conn, stop <-chan struct{}) error {
 			}
 		}
 	}
+}
+
+// sockIO is nc's reader and writer as wormd and the WormSpace client use
+// theirs (raw system calls on a socket of this process, worm/sockio), so
+// that the baseline's messages cost what WormSpace's do.
+func sockIO(nc net.Conn) io.ReadWriter {
+	if s := sockio.Of(nc); s != nil {
+		return s
+	}
+	return nc
 }

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/wormspace/wormspace/worm"
+	"github.com/wormspace/wormspace/worm/sockio"
 )
 
 // The sequencer protocol: a connection carries requests and responses one
@@ -142,15 +143,16 @@ func (s *Server) serveConn(conn net.Conn) {
 		conn.Close()
 	}()
 	var req, resp [frameLen]byte
+	rw := sockIO(conn)
 	for {
-		if _, err := io.ReadFull(conn, req[:]); err != nil {
+		if _, err := io.ReadFull(rw, req[:]); err != nil {
 			if !errors.Is(err, io.EOF) && s.ctx.Err() == nil {
 				s.log.Debug("wormlog: sequencer server: read", "remote", conn.RemoteAddr(), "err", err)
 			}
 			return
 		}
 		out := s.handle(req)
-		if _, err := conn.Write(out.encode(resp[:0])); err != nil {
+		if _, err := rw.Write(out.encode(resp[:0])); err != nil {
 			return
 		}
 	}
@@ -231,8 +233,24 @@ type Remote struct {
 	maxIdle int
 
 	mu     sync.Mutex
-	idle   []net.Conn
+	idle   []seqConn
 	closed bool
+}
+
+// seqConn is a pooled connection to the sequencer and its reader and
+// writer (sockIO).
+type seqConn struct {
+	nc net.Conn
+	rw io.ReadWriter
+}
+
+// sockIO is nc's reader and writer as wormd and the WormSpace client use
+// theirs (raw system calls on a socket of this process, worm/sockio).
+func sockIO(nc net.Conn) io.ReadWriter {
+	if s := sockio.Of(nc); s != nil {
+		return s
+	}
+	return nc
 }
 
 var _ TokenSource = (*Remote)(nil)
@@ -246,17 +264,17 @@ func (r *Remote) Close() error {
 	defer r.mu.Unlock()
 	r.closed = true
 	for _, c := range r.idle {
-		c.Close()
+		c.nc.Close()
 	}
 	r.idle = nil
 	return nil
 }
 
-func (r *Remote) get(ctx context.Context) (net.Conn, error) {
+func (r *Remote) get(ctx context.Context) (seqConn, error) {
 	r.mu.Lock()
 	if r.closed {
 		r.mu.Unlock()
-		return nil, ErrClosed
+		return seqConn{}, ErrClosed
 	}
 	if n := len(r.idle); n > 0 {
 		c := r.idle[n-1]
@@ -265,18 +283,18 @@ func (r *Remote) get(ctx context.Context) (net.Conn, error) {
 		return c, nil
 	}
 	r.mu.Unlock()
-	c, err := r.dial(ctx)
+	nc, err := r.dial(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("wormlog: dial sequencer: %w: %w", worm.ErrUnavailable, err)
+		return seqConn{}, fmt.Errorf("wormlog: dial sequencer: %w: %w", worm.ErrUnavailable, err)
 	}
-	return c, nil
+	return seqConn{nc: nc, rw: sockIO(nc)}, nil
 }
 
-func (r *Remote) put(c net.Conn) {
+func (r *Remote) put(c seqConn) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.closed || len(r.idle) >= r.maxIdle {
-		c.Close()
+		c.nc.Close()
 		return
 	}
 	r.idle = append(r.idle, c)
@@ -291,16 +309,16 @@ func (r *Remote) call(ctx context.Context, op byte, n int, g Grant) (Grant, erro
 	if err != nil {
 		return Grant{}, err
 	}
-	stop := context.AfterFunc(ctx, func() { c.SetDeadline(time.Unix(1, 0)) })
+	stop := context.AfterFunc(ctx, func() { c.nc.SetDeadline(time.Unix(1, 0)) })
 	var buf [frameLen]byte
 	b := append(buf[:0], op)
 	b = binary.BigEndian.AppendUint32(b, uint32(n))
 	b = binary.BigEndian.AppendUint64(b, g.Pos)
 	b = binary.BigEndian.AppendUint64(b, g.Token.Round)
 	b = binary.BigEndian.AppendUint64(b, g.Token.Node)
-	resp, msg, err := roundTrip(c, b)
+	resp, msg, err := roundTrip(c.rw, b)
 	if !stop() || err != nil {
-		c.Close()
+		c.nc.Close()
 		if ctx.Err() != nil {
 			return Grant{}, fmt.Errorf("wormlog: sequencer: %w", ctxErr(ctx, err))
 		}
@@ -328,7 +346,7 @@ func (r *Remote) call(ctx context.Context, op byte, n int, g Grant) (Grant, erro
 	}
 }
 
-func roundTrip(c net.Conn, req []byte) (resp [frameLen]byte, msg string, err error) {
+func roundTrip(c io.ReadWriter, req []byte) (resp [frameLen]byte, msg string, err error) {
 	if _, err = c.Write(req); err != nil {
 		return resp, "", err
 	}
