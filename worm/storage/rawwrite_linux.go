@@ -38,7 +38,8 @@ import (
 // from 0.72-0.82x of the kernel configuration's throughput to 0.99-1.16x.
 // One client's latency, and the kernel configuration's figures, moved
 // within the noise of this machine: kernel-stack wormds' socket reads and
-// writes are ordinary system calls, which wake sysmon anyway.
+// writes were ordinary system calls then, which woke sysmon anyway (they
+// are raw too since, through worm/sockio).
 //
 // The cost of a raw call is that the runtime does not know the thread is
 // in the kernel: if the call blocks, the P it holds stays blocked with it
