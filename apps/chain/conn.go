@@ -10,6 +10,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/wormspace/wormspace/worm/sockio"
 	"github.com/wormspace/wormspace/worm/wire"
 )
 
@@ -134,7 +135,7 @@ func (cn *cconn) session() (wasUp, fatal bool, err error) {
 		return false, true, err
 	}
 	cn.maxValue = int(sh.MaxValue)
-	rd := wire.NewReader(sockIO(nc), int(sh.MaxFrame))
+	rd := wire.NewReader(sockio.ReadWriter(nc), int(sh.MaxFrame))
 	desc, err := helloSync(ctx, nc, rd, cl.session, int(sh.MaxValue))
 	if err != nil {
 		return false, errors.Is(err, wire.ErrAuth), err

@@ -1,7 +1,6 @@
 package chain
 
 import (
-	"io"
 	"net"
 	"sync"
 
@@ -54,7 +53,7 @@ func (o *outbox) reset() {
 // loop writes what is queued to nc until stop is closed or a write fails
 // (then it closes nc, so that its reader sees the failure too).
 func (o *outbox) loop(nc net.Conn, stop <-chan struct{}) error {
-	w := sockIO(nc)
+	w := sockio.ReadWriter(nc)
 	for {
 		select {
 		case <-o.wake:
@@ -83,14 +82,4 @@ func (o *outbox) loop(nc net.Conn, stop <-chan struct{}) error {
 			}
 		}
 	}
-}
-
-// sockIO is nc's reader and writer as wormd and the WormSpace client use
-// theirs (raw system calls on a socket of this process, worm/sockio), so
-// that the baseline's messages cost what WormSpace's do.
-func sockIO(nc net.Conn) io.ReadWriter {
-	if s := sockio.Of(nc); s != nil {
-		return s
-	}
-	return nc
 }

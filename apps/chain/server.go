@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/wormspace/wormspace/worm"
+	"github.com/wormspace/wormspace/worm/sockio"
 	"github.com/wormspace/wormspace/worm/wire"
 )
 
@@ -370,7 +371,7 @@ func (c *sconn) serve() {
 	}
 	c.link = ch.Flags&helloLink != 0
 	go c.box.loop(c.nc, c.stop)
-	rd := wire.NewReader(sockIO(c.nc), s.maxFrame)
+	rd := wire.NewReader(sockio.ReadWriter(c.nc), s.maxFrame)
 	var req request
 	for {
 		f, err := rd.Next()
@@ -856,7 +857,7 @@ func (l *link) session() error {
 	if sh.SegmentSize != s.segSize || sh.Cluster != s.cfg.Cluster {
 		return fmt.Errorf("%w: successor %s has cluster %q and segment size %d, this replica %q and %d", ErrConfig, l.addr, sh.Cluster, sh.SegmentSize, s.cfg.Cluster, s.segSize)
 	}
-	rd := wire.NewReader(sockIO(nc), int(sh.MaxFrame))
+	rd := wire.NewReader(sockio.ReadWriter(nc), int(sh.MaxFrame))
 	desc, err := helloSync(ctx, nc, rd, 0, int(sh.MaxValue))
 	if err != nil {
 		return err

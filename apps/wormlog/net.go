@@ -143,7 +143,7 @@ func (s *Server) serveConn(conn net.Conn) {
 		conn.Close()
 	}()
 	var req, resp [frameLen]byte
-	rw := sockIO(conn)
+	rw := sockio.ReadWriter(conn)
 	for {
 		if _, err := io.ReadFull(rw, req[:]); err != nil {
 			if !errors.Is(err, io.EOF) && s.ctx.Err() == nil {
@@ -238,19 +238,10 @@ type Remote struct {
 }
 
 // seqConn is a pooled connection to the sequencer and its reader and
-// writer (sockIO).
+// writer (sockio.ReadWriter).
 type seqConn struct {
 	nc net.Conn
 	rw io.ReadWriter
-}
-
-// sockIO is nc's reader and writer as wormd and the WormSpace client use
-// theirs (raw system calls on a socket of this process, worm/sockio).
-func sockIO(nc net.Conn) io.ReadWriter {
-	if s := sockio.Of(nc); s != nil {
-		return s
-	}
-	return nc
 }
 
 var _ TokenSource = (*Remote)(nil)
@@ -287,7 +278,7 @@ func (r *Remote) get(ctx context.Context) (seqConn, error) {
 	if err != nil {
 		return seqConn{}, fmt.Errorf("wormlog: dial sequencer: %w: %w", worm.ErrUnavailable, err)
 	}
-	return seqConn{nc: nc, rw: sockIO(nc)}, nil
+	return seqConn{nc: nc, rw: sockio.ReadWriter(nc)}, nil
 }
 
 func (r *Remote) put(c seqConn) {

@@ -416,7 +416,7 @@ func EchoServer(l net.Listener) {
 		}
 		go func() {
 			defer c.Close()
-			rw := socketIO(c)
+			rw := sockio.ReadWriter(c)
 			buf := make([]byte, 64<<10)
 			for {
 				n, err := rw.Read(buf)
@@ -429,16 +429,6 @@ func EchoServer(l net.Listener) {
 			}
 		}()
 	}
-}
-
-// socketIO is c's reader and writer as wormd's and the client library's
-// connection loops use it: raw system calls when c is a socket of this
-// process, else c itself.
-func socketIO(c net.Conn) io.ReadWriter {
-	if s := sockio.Of(c); s != nil {
-		return s
-	}
-	return c
 }
 
 // RawRTT measures closed-loop round trips of size-byte messages to an echo
@@ -479,7 +469,7 @@ func RawRTT(ctx context.Context, d Dialer, addr string, clients, size int, durat
 		go func(i int, c net.Conn) {
 			defer wg.Done()
 			out, in := make([]byte, size), make([]byte, size)
-			rw := socketIO(c)
+			rw := sockio.ReadWriter(c)
 			for !stop.Load() {
 				c.SetDeadline(time.Now().Add(5 * time.Second))
 				t := time.Now()

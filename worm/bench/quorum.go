@@ -8,6 +8,8 @@ import (
 	"io"
 	"net"
 	"time"
+
+	"github.com/wormspace/wormspace/worm/sockio"
 )
 
 // RawQuorumRTT measures the floor of one quorum round trip: each of
@@ -44,7 +46,7 @@ func RawQuorumRTT(ctx context.Context, d Dialer, addrs []string, quorum, clients
 		err   error
 	}
 	type client struct {
-		conns   []io.ReadWriter // socketIO of each connection
+		conns   []io.ReadWriter // sockio.ReadWriter of each connection
 		replies chan echo
 		out     []byte
 		round   uint64
@@ -69,7 +71,7 @@ func RawQuorumRTT(ctx context.Context, d Dialer, addrs []string, quorum, clients
 				tc.SetNoDelay(true)
 			}
 			all = append(all, c)
-			rw := socketIO(c)
+			rw := sockio.ReadWriter(c)
 			cl.conns = append(cl.conns, rw)
 			go func() {
 				in := make([]byte, size)

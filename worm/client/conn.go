@@ -41,11 +41,10 @@ type conn struct {
 
 	mu sync.Mutex
 	nc net.Conn // nil while down
-	// sock reads and writes nc with raw system calls when nc is a socket
-	// of this process (nil for other dialers'): the connection's reader
-	// and writer then never wake the runtime's parked sysmon
-	// (worm/sockio).
-	sock  *sockio.Conn
+	// rw reads and writes nc: with raw system calls when nc is a socket
+	// of this process (sockio.ReadWriter), so that the connection's
+	// reader and writer never wake the runtime's parked sysmon.
+	rw    io.ReadWriter
 	stop  chan struct{}
 	out   []byte // encoded requests not yet handed to the socket
 	spare []byte // the other buffer of the double-buffered out
@@ -131,7 +130,7 @@ func (cn *conn) sendAt(epoch uint64, r responder, tag uint64, req *paxos.Request
 // it); only the writer goroutine calls it today.
 func (cn *conn) flush() {
 	cn.mu.Lock()
-	nc, sock := cn.nc, cn.sock
+	nc, rw := cn.nc, cn.rw
 	if cn.writing || nc == nil || len(cn.out) == 0 {
 		cn.mu.Unlock()
 		return
@@ -142,12 +141,7 @@ func (cn *conn) flush() {
 		cn.out = cn.spare[:0]
 		cn.spare = nil
 		cn.mu.Unlock()
-		var err error
-		if sock != nil {
-			_, err = sock.Write(buf)
-		} else {
-			_, err = nc.Write(buf)
-		}
+		_, err := rw.Write(buf)
 		cn.mu.Lock()
 		if cap(buf) <= 1<<20 {
 			cn.spare = buf[:0]
@@ -298,8 +292,8 @@ func (cn *conn) run(ready chan<- readyEvent) {
 		backoff = minBackoff
 		stop := make(chan struct{})
 		cn.mu.Lock()
-		sock := sockio.Of(nc)
-		cn.nc, cn.sock, cn.stop, cn.hello, cn.out = nc, sock, stop, h, cn.out[:0]
+		rw := sockio.ReadWriter(nc)
+		cn.nc, cn.rw, cn.stop, cn.hello, cn.out = nc, rw, stop, h, cn.out[:0]
 		cn.epoch, cn.serving, cn.stale = epoch, false, false
 		if epoch == cn.cl.epochNow.Load() {
 			cn.rebinding = false // learn below tells the waiters
@@ -326,7 +320,7 @@ func (cn *conn) run(ready chan<- readyEvent) {
 		cn.cl.resubscribe(cn)
 		writerDone := make(chan struct{})
 		go cn.writer(nc, stop, writerDone)
-		err = cn.reader(nc, sock, h)
+		err = cn.reader(rw, h)
 		cn.mu.Lock()
 		retired := cn.stale
 		cn.mu.Unlock()
@@ -380,7 +374,7 @@ func (cn *conn) down(err error) {
 		cn.mu.Unlock()
 		return
 	}
-	cn.nc, cn.sock = nil, nil
+	cn.nc, cn.rw = nil, nil
 	close(cn.stop)
 	cn.out = cn.out[:0]
 	cn.lastErr = err
@@ -426,12 +420,8 @@ func (cn *conn) writer(nc net.Conn, stop <-chan struct{}, done chan<- struct{}) 
 
 // reader decodes frames until the connection fails, stepping each response
 // into the operation waiting for it.
-func (cn *conn) reader(nc net.Conn, sock *sockio.Conn, h wire.ServerHello) error {
-	var src io.Reader = nc
-	if sock != nil {
-		src = sock
-	}
-	r := wire.NewReader(src, int(h.MaxFrame))
+func (cn *conn) reader(rw io.Reader, h wire.ServerHello) error {
+	r := wire.NewReader(rw, int(h.MaxFrame))
 	cn.mu.Lock()
 	epoch := cn.epoch
 	cn.mu.Unlock()

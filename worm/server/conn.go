@@ -32,10 +32,10 @@ import (
 type conn struct {
 	s  *Server
 	nc net.Conn
-	// sock reads and writes nc with raw system calls when nc is a socket
-	// of this process (nil under netstack): the connection loops then
-	// never wake the runtime's parked sysmon (worm/sockio).
-	sock   *sockio.Conn
+	// rw reads and writes nc: with raw system calls when nc is a socket
+	// of this process (sockio.ReadWriter), so that the connection loops
+	// never wake the runtime's parked sysmon; nc itself under netstack.
+	rw     io.ReadWriter
 	id     uint64
 	remote string
 	client string // the client's hello ID
@@ -98,7 +98,7 @@ func newConn(s *Server, nc net.Conn) *conn {
 	return &conn{
 		s:          s,
 		nc:         nc,
-		sock:       sockio.Of(nc),
+		rw:         sockio.ReadWriter(nc),
 		id:         s.nextConn.Add(1),
 		remote:     nc.RemoteAddr().String(),
 		stop:       make(chan struct{}),
@@ -186,10 +186,7 @@ type netReader struct{ c *conn }
 
 func (r netReader) Read(p []byte) (int, error) {
 	r.c.flushOutput()
-	if r.c.sock != nil {
-		return r.c.sock.Read(p)
-	}
-	return r.c.nc.Read(p)
+	return r.c.rw.Read(p)
 }
 
 // flushOutput ends the reader's burst of requests: it gives the
@@ -611,12 +608,7 @@ func (c *conn) takeOutLocked() []byte {
 // place output reaches the network after the handshake.
 func (c *conn) write(buf []byte) error {
 	c.wseq.Add(1)
-	var err error
-	if c.sock != nil {
-		_, err = c.sock.Write(buf)
-	} else {
-		_, err = c.nc.Write(buf)
-	}
+	_, err := c.rw.Write(buf)
 	c.wseq.Add(1)
 	return err
 }

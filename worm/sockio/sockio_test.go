@@ -62,6 +62,12 @@ func TestOfOnlySocketsOfThisProcess(t *testing.T) {
 	if Of(c) == nil {
 		t.Error("Of(*net.TCPConn) = nil")
 	}
+	if rw, ok := ReadWriter(c).(*Conn); !ok || rw == nil {
+		t.Errorf("ReadWriter(*net.TCPConn) is %T, want a raw *Conn", ReadWriter(c))
+	}
+	if rw := ReadWriter(a); rw != net.Conn(a) {
+		t.Errorf("ReadWriter(net.Pipe) is %T, want the pipe itself", rw)
+	}
 	was := SetEnabled(false)
 	defer SetEnabled(was)
 	if !was {

@@ -67,7 +67,7 @@ func (t *tcpTransport) track(c net.Conn) bool {
 
 func (t *tcpTransport) read(c net.Conn) {
 	defer c.Close()
-	r := bufio.NewReader(sockIO(c))
+	r := bufio.NewReader(sockio.ReadWriter(c))
 	var hdr [4]byte
 	var buf []byte
 	for {
@@ -130,7 +130,7 @@ func (t *tcpTransport) send(to string, m Message) {
 			c.Close()
 			return
 		}
-		o.c, o.w = c, bufio.NewWriter(sockIO(c))
+		o.c, o.w = c, bufio.NewWriter(sockio.ReadWriter(c))
 	}
 	if _, err := o.w.Write(frame); err == nil {
 		if err = o.w.Flush(); err == nil {
@@ -139,16 +139,6 @@ func (t *tcpTransport) send(to string, m Message) {
 	}
 	o.c.Close()
 	o.c = nil
-}
-
-// sockIO is c's reader and writer as wormd and the WormSpace client use
-// theirs (raw system calls on a socket of this process, worm/sockio), so
-// that 2PC's messages cost what WormTX's do.
-func sockIO(c net.Conn) io.ReadWriter {
-	if s := sockio.Of(c); s != nil {
-		return s
-	}
-	return c
 }
 
 func (t *tcpTransport) close() error {
