@@ -23,8 +23,9 @@
 // the runtime.
 //
 // Of returns nil for a connection that is not such a socket (gVisor's
-// netstack connections, net.Pipe, TLS): callers keep its own Read and
-// Write. Conn does not allocate per call.
+// netstack connections, net.Pipe, TLS); ReadWriter returns the raw Conn
+// or, for those, the connection itself, which is what a connection loop
+// reads and writes. Conn does not allocate per call.
 //
 // This package must never import other packages of this module.
 package sockio
