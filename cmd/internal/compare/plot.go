@@ -192,6 +192,10 @@ func si(v float64) string {
 	return fmt.Sprintf("%g", v)
 }
 
+// floorLabelH is the height a floor label's text takes above its
+// baseline, with a little room.
+const floorLabelH = 12
+
 // curveChart draws p50 latency against throughput, one line per
 // configuration through its client counts, with the echo floors as
 // horizontal lines.
@@ -237,23 +241,32 @@ func curveChart(c canvas, rep *Report, wl string) {
 	c.text(plotL-6, plotT-10, "p50 µs (log)", "start", black)
 	// Floor labels sit above their lines; one that would overprint a
 	// label already placed (floors close together, as a variant's and
-	// its base's often are) moves up until it is clear.
+	// its base's often are), or have another floor's line run through
+	// its text, moves up until it is clear. Moves only go up, so this
+	// ends.
+	lineYs := make([]float64, len(floors))
+	for i, f := range floors {
+		lineYs[i] = py(f.P50us.Median)
+		c.line(plotL, lineYs[i], plotR, lineYs[i], colorOf(f.Config), 1, true)
+	}
 	var placed []float64
-	for _, f := range floors {
-		col := colorOf(f.Config)
-		y := py(f.P50us.Median)
-		c.line(plotL, y, plotR, y, col, 1, true)
-		ly := y - 4
+	for i, f := range floors {
+		ly := lineYs[i] - 4
 		for moved := true; moved; {
 			moved = false
 			for _, p := range placed {
-				if math.Abs(ly-p) < 12 {
-					ly, moved = p-12, true
+				if math.Abs(ly-p) < floorLabelH {
+					ly, moved = p-floorLabelH, true
+				}
+			}
+			for j, y := range lineYs {
+				if j != i && y > ly-floorLabelH && y < ly+2 {
+					ly, moved = y-4, true
 				}
 			}
 		}
 		placed = append(placed, ly)
-		c.text(plotR-4, ly, "echo floor "+f.Config, "end", col)
+		c.text(plotR-4, ly, "echo floor "+f.Config, "end", colorOf(f.Config))
 	}
 	ly := plotT + 10
 	for _, cfg := range cfgs {

@@ -9,16 +9,23 @@ import (
 )
 
 // textCanvas records what a chart writes (its text), and draws nothing.
-type textCanvas struct{ texts []placedText }
+type textCanvas struct {
+	texts  []placedText
+	dashes []float64 // y of each horizontal dashed line
+}
 
 type placedText struct {
 	x, y float64
 	s    string
 }
 
-func (*textCanvas) line(x1, y1, x2, y2 float64, c color.RGBA, w float64, dashed bool) {}
-func (*textCanvas) rect(x, y, w, h float64, c color.RGBA)                             {}
-func (*textCanvas) circle(x, y, r float64, c color.RGBA)                              {}
+func (t *textCanvas) line(x1, y1, x2, y2 float64, c color.RGBA, w float64, dashed bool) {
+	if dashed && y1 == y2 {
+		t.dashes = append(t.dashes, y1)
+	}
+}
+func (*textCanvas) rect(x, y, w, h float64, c color.RGBA) {}
+func (*textCanvas) circle(x, y, r float64, c color.RGBA)  {}
 func (t *textCanvas) text(x, y float64, s, anchor string, c color.RGBA) {
 	t.texts = append(t.texts, placedText{x, y, s})
 }
@@ -67,5 +74,45 @@ func TestCurveChartLabels(t *testing.T) {
 	}
 	if colorOf(v) == colorOf(HostNetstack) || colorOf(v) == black {
 		t.Errorf("variant colour %v: not its own", colorOf(v))
+	}
+}
+
+// TestFloorLabelsClearOfOtherFloors: a floor label is not crossed by
+// another floor's line, as session 12's run had it (kernel echo 70.5 µs,
+// netstack 93.5 µs: the netstack line ran through the kernel's label).
+func TestFloorLabelsClearOfOtherFloors(t *testing.T) {
+	row := func(cfg, wl string, ops, p50 float64) Row {
+		return Row{Config: cfg, Workload: wl, Clients: 1, OpsPerSec: Stat{Median: ops}, P50us: Stat{Median: p50}}
+	}
+	for _, floors := range [][2]float64{{70.5, 93.5}, {70.5, 80}, {22, 115}, {375.8, 746.3}} {
+		rep := &Report{Rows: []Row{
+			row(HostKernel, EchoWorkload, 13000, floors[0]),
+			row(HostNetstack, EchoWorkload, 10000, floors[1]),
+			row(HostKernel, "write", 10000, 79),
+			row(HostNetstack, "write", 7000, 127),
+			row(Spec, "write", 1e6, 0.2),
+		}}
+		c := &textCanvas{}
+		curveChart(c, rep, "write")
+		var labels []float64
+		for _, tx := range c.texts {
+			if strings.HasPrefix(tx.s, "echo floor ") {
+				labels = append(labels, tx.y)
+			}
+		}
+		if len(labels) != 2 || len(c.dashes) < 2 {
+			t.Fatalf("floors %v: labels at %v, dashed lines at %v", floors, labels, c.dashes)
+		}
+		for i, ly := range labels {
+			for _, y := range c.dashes {
+				if y > ly-floorLabelH && y < ly+2 {
+					// Its own line is 4 below its baseline: outside.
+					t.Errorf("floors %v: the line at y %.1f runs through label %d (baseline %.1f)", floors, y, i, ly)
+				}
+			}
+		}
+		if math.Abs(labels[0]-labels[1]) < floorLabelH {
+			t.Errorf("floors %v: labels at %.1f and %.1f overprint", floors, labels[0], labels[1])
+		}
 	}
 }
