@@ -20,7 +20,8 @@ const maxChunk = 64 << 10
 // concurrently with each other; each is for one goroutine at a time
 // (Read's calls are serialized by readMu, Write's by writeMu).
 type Conn struct {
-	rc syscall.RawConn
+	rc  syscall.RawConn
+	net string // "tcp" or "unix", for errors
 
 	readMu sync.Mutex
 	readFn func(fd uintptr) bool // r.read, bound once: no closure per call
@@ -50,7 +51,7 @@ func Of(nc net.Conn) *Conn {
 	if err != nil {
 		return nil
 	}
-	c := &Conn{rc: rc}
+	c := &Conn{rc: rc, net: nc.LocalAddr().Network()}
 	c.readFn, c.writeFn = c.read, c.write
 	return c
 }
@@ -72,7 +73,7 @@ func (c *Conn) Read(p []byte) (int, error) {
 	case err != nil:
 		return 0, err
 	case errno != 0:
-		return 0, &net.OpError{Op: "read", Net: "tcp", Err: os.NewSyscallError("read", errno)}
+		return 0, &net.OpError{Op: "read", Net: c.net, Err: os.NewSyscallError("read", errno)}
 	case n == 0:
 		return 0, io.EOF
 	}
@@ -116,7 +117,7 @@ func (c *Conn) Write(p []byte) (int, error) {
 	case err != nil:
 		return n, err
 	case errno != 0:
-		return n, &net.OpError{Op: "write", Net: "tcp", Err: os.NewSyscallError("write", errno)}
+		return n, &net.OpError{Op: "write", Net: c.net, Err: os.NewSyscallError("write", errno)}
 	}
 	return n, nil
 }
