@@ -49,7 +49,7 @@ func segmentsPerEcho(t *testing.T, a netstack.Network, b *netstack.Stack, n int)
 // retransmits.
 func TestDelayedACK(t *testing.T) {
 	off := netstack.DefaultKnobs()
-	off.DelayedACKMicros = 0
+	off.DelayedACKMicros, off.CoalesceACKs = 0, false
 	a, b := pipePairWith(t, off)
 	if got := segmentsPerEcho(t, a, b, 500); got < 1.9 {
 		t.Fatalf("without delayed ACKs the server sent %.2f segments per round trip; want 2 (reply + pure ACK), or this test measures nothing", got)
@@ -186,7 +186,7 @@ func TestCoalesceACKs(t *testing.T) {
 	for _, mode := range []netstack.DispatchMode{netstack.DispatchNetpoll, netstack.DispatchInline} {
 		t.Run(string(mode), func(t *testing.T) {
 			k := netstack.DefaultKnobs()
-			k.Dispatch, k.DelayedACKMicros = mode, 0
+			k.Dispatch, k.DelayedACKMicros, k.CoalesceACKs = mode, 0, false
 			e, st := tapEnvWith(t, k)
 			if got := segmentsPerEcho(t, nsKernel{e}, st, 300); got < 1.9 {
 				t.Fatalf("without coalescing the server sent %.2f segments per round trip; want 2 (reply + pure ACK), or this test measures nothing", got)

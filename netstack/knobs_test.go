@@ -16,6 +16,7 @@ func TestParseKnobs(t *testing.T) {
 	}
 	want := def
 	want.Dispatch = netstack.DispatchRecvMMsg
+	want.CoalesceACKs = false // implied: gVisor's links report no bursts
 	want.GRO = true
 	want.Processors = 1
 	want.CongestionControl = "cubic"
@@ -32,7 +33,7 @@ func TestParseKnobs(t *testing.T) {
 	}
 	// Overrides is the inverse: it names exactly what differs.
 	o := want.Overrides()
-	if o != "congestion_control=cubic,dispatch=recvmmsg,gro=true,processors=1,send_buffer=4096/65536/131072" {
+	if o != "coalesce_acks=false,congestion_control=cubic,dispatch=recvmmsg,gro=true,processors=1,send_buffer=4096/65536/131072" {
 		t.Fatalf("Overrides = %q", o)
 	}
 	if k, err := netstack.ParseKnobs(o); err != nil || k != want {
@@ -89,7 +90,7 @@ func TestApplyGoProcs(t *testing.T) {
 // later setting of a knob wins, and a bad layer leaves the knobs as they
 // were.
 func TestKnobsWith(t *testing.T) {
-	run, err := netstack.ParseKnobs("coalesce_acks=true,go_procs=2")
+	run, err := netstack.ParseKnobs("coalesce_acks=false,go_procs=2")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -97,13 +98,13 @@ func TestKnobsWith(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !k.CoalesceACKs || k.GoProcs != 3 || k.BusyPollMicros != 50 {
+	if k.CoalesceACKs || k.GoProcs != 3 || k.BusyPollMicros != 50 {
 		t.Fatalf("layered knobs %s", k)
 	}
-	if got, want := k.Overrides(), "busy_poll_us=50,coalesce_acks=true,go_procs=3"; got != want {
+	if got, want := k.Overrides(), "busy_poll_us=50,coalesce_acks=false,go_procs=3"; got != want {
 		t.Fatalf("Overrides() = %q, want %q", got, want)
 	}
-	if k2, err := k.With(`{"go_procs":1}`); err != nil || k2.GoProcs != 1 || !k2.CoalesceACKs {
+	if k2, err := k.With(`{"go_procs":1}`); err != nil || k2.GoProcs != 1 || k2.CoalesceACKs {
 		t.Fatalf("JSON layer: %s %v", k2, err)
 	}
 	for _, bad := range []string{"dispatch=readv", "go_procs=x", "nosuch=1"} {
@@ -111,5 +112,31 @@ func TestKnobsWith(t *testing.T) {
 		if !errors.Is(err, netstack.ErrBadOption) || k2 != k {
 			t.Errorf("With(%q) = %s, %v; want ErrBadOption and the knobs unchanged", bad, k2, err)
 		}
+	}
+}
+
+// TestCoalesceFollowsDispatch: coalesce_acks is on by default, only this
+// package's links report bursts, so choosing one of gVisor's links
+// without naming coalesce_acks turns it off, while naming both is an
+// error and an own link keeps it.
+func TestCoalesceFollowsDispatch(t *testing.T) {
+	if !netstack.DefaultKnobs().CoalesceACKs {
+		t.Fatal("coalesce_acks is off by default")
+	}
+	for s, want := range map[string]bool{
+		"dispatch=readv":                 false,
+		`{"dispatch":"mmap"}`:            false,
+		"dispatch=inline":                true,
+		"dispatch=netpoll,go_procs=2":    true,
+		"dispatch=recvmmsg,processors=1": false,
+		"coalesce_acks=false":            false,
+	} {
+		k, err := netstack.ParseKnobs(s)
+		if err != nil || k.CoalesceACKs != want {
+			t.Errorf("ParseKnobs(%q): coalesce_acks %v, %v; want %v", s, k.CoalesceACKs, err, want)
+		}
+	}
+	if _, err := netstack.ParseKnobs(`{"dispatch":"readv","Coalesce_ACKs":true}`); !errors.Is(err, netstack.ErrBadOption) {
+		t.Errorf("readv with coalescing named: %v, want ErrBadOption", err)
 	}
 }

@@ -78,6 +78,7 @@ func New(opts ...Option) (*Stack, error) {
 	if c.gw.IsValid() && (!c.gw.Is4() || !c.addr.Masked().Contains(c.gw)) {
 		return nil, fmt.Errorf("%w: gateway %v not inside %v", ErrBadOption, c.gw, c.addr)
 	}
+	c.knobs = c.knobs.effective()
 	if err := c.knobs.validate(); err != nil {
 		return nil, err
 	}

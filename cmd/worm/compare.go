@@ -42,7 +42,7 @@ Runs the same workloads on a matrix of 3-acceptor clusters:
 plus floors in the same run: a raw TCP echo over each host path and the
 in-process specification. A netstack configuration can also run as a
 variant with knobs of its own, over -netstack-knobs, beside its base:
-  -configs host-kernel,host-netstack,host-netstack@coalesce_acks=true
+  -configs host-kernel,host-netstack,host-netstack@coalesce_acks=false
 (several knobs joined by +), so that a knob is judged within one run.
 Repetitions are interleaved across
 configurations; rows are medians with min-max. Writes report.json,
@@ -51,7 +51,7 @@ every process, namespace, TAP and VM it made, also on Ctrl-C.`
 
 func cmdCompare(args []string) error {
 	fs := flag.NewFlagSet("compare", flag.ContinueOnError)
-	configs := fs.String("configs", strings.Join(compare.Configs, ","), "configurations, comma separated; a netstack one may carry knobs: host-netstack@coalesce_acks=true+go_procs=2")
+	configs := fs.String("configs", strings.Join(compare.Configs, ","), "configurations, comma separated; a netstack one may carry knobs: host-netstack@coalesce_acks=false+go_procs=2")
 	workloads := fs.String("workloads", strings.Join(compare.Workloads, ","), "workloads, comma separated")
 	clientsF := fs.String("clients", "1,4,16,64", "closed-loop client counts to sweep")
 	ratesF := fs.String("rates", "", "open-loop WormLog append rates (ops/s) for latency under load, e.g. 500,2000 (none by default)")

@@ -38,7 +38,7 @@ const (
 var Configs = []string{HostKernel, HostNetstack, VMKernel, VMNetstack}
 
 // VariantSep separates a netstack configuration from knobs of its own: a
-// variant such as "host-netstack@coalesce_acks=true" (several knobs
+// variant such as "host-netstack@coalesce_acks=false" (several knobs
 // joined by "+": "vm-netstack@go_procs=2+busy_poll_us=50") runs its base
 // configuration with those knobs on top of the run's (Options.
 // NetstackKnobs). A run measures variants beside their base, interleaved
@@ -83,7 +83,7 @@ func layeredKnobs(o *Options, cfg string) (netstack.Knobs, error) {
 func checkConfig(o *Options, cfg string) error {
 	base := baseConfig(cfg)
 	if !slices.Contains(Configs, base) {
-		return fmt.Errorf("compare: unknown configuration %q (want %s, or a netstack one with knobs: %s%scoalesce_acks=true)", cfg, strings.Join(Configs, ", "), HostNetstack, VariantSep)
+		return fmt.Errorf("compare: unknown configuration %q (want %s, or a netstack one with knobs: %s%sgo_procs=2)", cfg, strings.Join(Configs, ", "), HostNetstack, VariantSep)
 	}
 	if base == cfg {
 		return nil

@@ -436,15 +436,15 @@ func TestEnvRecordsPinning(t *testing.T) {
 // configurations, unknown knobs, empty variants and repeats are refused.
 func TestConfigVariants(t *testing.T) {
 	o := &Options{Out: t.TempDir(), NetstackKnobs: "congestion_control=cubic,go_procs=2",
-		Configs: []string{HostNetstack + "@coalesce_acks=true+go_procs=3", HostKernel, HostNetstack, VMNetstack + "@busy_poll_us=50"}}
+		Configs: []string{HostNetstack + "@coalesce_acks=false+go_procs=3", HostKernel, HostNetstack, VMNetstack + "@busy_poll_us=50"}}
 	if err := o.defaults(); err != nil {
 		t.Fatal(err)
 	}
 	v := o.Configs[0]
-	if baseConfig(v) != HostNetstack || variantKnobs(v) != "coalesce_acks=true,go_procs=3" {
+	if baseConfig(v) != HostNetstack || variantKnobs(v) != "coalesce_acks=false,go_procs=3" {
 		t.Fatalf("variant %q: base %q knobs %q", v, baseConfig(v), variantKnobs(v))
 	}
-	if got, want := knobsFor(o, v), "coalesce_acks=true,congestion_control=cubic,go_procs=3"; got != want {
+	if got, want := knobsFor(o, v), "coalesce_acks=false,congestion_control=cubic,go_procs=3"; got != want {
 		t.Errorf("knobsFor(variant) = %q, want %q", got, want)
 	}
 	if got := knobsFor(o, HostNetstack); got != o.NetstackKnobs {
@@ -456,7 +456,7 @@ func TestConfigVariants(t *testing.T) {
 	if !slices.Equal(sorted, want) {
 		t.Errorf("report order %v, want %v", sorted, want)
 	}
-	if d := Describe(v); !strings.HasPrefix(d, Describe(HostNetstack)) || !strings.Contains(d, "coalesce_acks=true,go_procs=3") {
+	if d := Describe(v); !strings.HasPrefix(d, Describe(HostNetstack)) || !strings.Contains(d, "coalesce_acks=false,go_procs=3") {
 		t.Errorf("Describe(%q) = %q", v, d)
 	}
 	for _, bad := range []string{

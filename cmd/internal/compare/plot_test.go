@@ -34,7 +34,7 @@ func (t *textCanvas) text(x, y float64, s, anchor string, c color.RGBA) {
 // not overprint each other, and a variant is in the legend under its
 // base's name with one line per knob.
 func TestCurveChartLabels(t *testing.T) {
-	v := HostNetstack + VariantSep + "coalesce_acks=true+go_procs=2"
+	v := HostNetstack + VariantSep + "coalesce_acks=false+go_procs=2"
 	row := func(cfg, wl string, clients int, ops, p50 float64) Row {
 		return Row{Config: cfg, Workload: wl, Clients: clients, OpsPerSec: Stat{Median: ops}, P50us: Stat{Median: p50}}
 	}
@@ -68,7 +68,7 @@ func TestCurveChartLabels(t *testing.T) {
 			}
 		}
 	}
-	want := []string{HostKernel, HostNetstack, HostNetstack, "+coalesce_acks=true", "+go_procs=2"}
+	want := []string{HostKernel, HostNetstack, HostNetstack, "+coalesce_acks=false", "+go_procs=2"}
 	if !slices.Equal(legend, want) {
 		t.Errorf("legend %q, want %q", legend, want)
 	}
