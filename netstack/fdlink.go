@@ -61,10 +61,9 @@ type fdLink struct {
 	closePoll sync.Once
 	// The read goroutine's state for rc.Read's callback (a method value
 	// made once: a closure per read would allocate).
-	pollRX    *rxState
-	pollN     int
-	pollErrno unix.Errno
-	pollFn    func(fd uintptr) bool
+	pollD  stack.NetworkDispatcher
+	pollRX *rxState
+	pollFn func(fd uintptr) bool
 
 	mu         sync.RWMutex
 	addr       tcpip.LinkAddress
@@ -77,7 +76,7 @@ type fdLink struct {
 	bursts bursts
 
 	// busyPoll > 0 (Knobs.BusyPollMicros): how long the reader polls the
-	// fd without blocking once it found it empty (busyRead).
+	// fd without blocking once it found it empty (busyRead; pollRead with netpoll).
 	busyPoll time.Duration
 
 	// Read-side counters (the read goroutine writes them).
@@ -326,9 +325,15 @@ func (r *rxState) release() {
 	}
 }
 
+// readLoop is the read goroutine: pollLoop with DispatchNetpoll, and for
+// DispatchInline a blocking ppoll(2) per read.
 func (l *fdLink) readLoop(d stack.NetworkDispatcher) {
 	r := &rxState{}
 	defer r.release()
+	if l.rc != nil {
+		l.pollLoop(d, r)
+		return
+	}
 	for {
 		if head := int(l.mtu.Load()) + header.EthernetMinimumSize; head != r.headSize {
 			r.init(min(head, maxFrame-1))
@@ -341,8 +346,6 @@ func (l *fdLink) readLoop(d stack.NetworkDispatcher) {
 		}
 		switch {
 		case polled:
-		case l.rc != nil:
-			n, errno = l.recvPolled(r)
 		case l.batch:
 			n, errno = rawfile.BlockingRecvMMsgUntilStopped(l.stop.EFD, l.fd, r.hdrs[:])
 		default:
@@ -420,27 +423,37 @@ type burstLink interface {
 // setBursts implements burstLink; it must be called before Attach.
 func (l *fdLink) setBursts(b bursts) { l.bursts = b }
 
-// recvPolled is DispatchNetpoll's receive: the same recvmmsg(2) or
-// readv(2) as the blocking modes (with their results: frames or bytes),
-// non-blocking, parking in the runtime's poller until the fd is readable.
-// It returns n < 0 once the link is
-// stopped (the deadline Attach(nil) sets, or the file closed).
-func (l *fdLink) recvPolled(r *rxState) (n int, errno unix.Errno) {
-	l.pollRX = r
-	err := l.rc.Read(l.pollFn)
-	n, errno = l.pollN, l.pollErrno
-	if err != nil || l.stopped.Load() {
-		return -1, 0
-	}
-	return n, errno
+// pollLoop is DispatchNetpoll's receive loop. All of it runs inside one
+// RawConn.Read: its callback (pollRead) reads and delivers until the fd
+// is empty, then returns false and the goroutine parks in the runtime's
+// poller until the fd is readable. It returns once the link is stopped
+// (the deadline Attach(nil) sets, or the file closed) or a read fails.
+//
+// One Read for the whole loop, not one per wait, saves a system call per
+// wake-up: Read clears the fd's readiness when it starts, so a new Read
+// must read before it may wait, and the read that ended the previous
+// wait's work had just found the fd empty (EAGAIN). Within one Read the
+// readiness is kept between the callback's calls: a frame that arrives
+// after the EAGAIN, even while the burst's goroutines run, wakes the
+// wait (or finds it not yet parked and ends it at once).
+func (l *fdLink) pollLoop(d stack.NetworkDispatcher, r *rxState) {
+	l.pollD, l.pollRX = d, r
+	_ = l.rc.Read(l.pollFn)
 }
 
-// pollRead is recvPolled's callback: one non-blocking read into
-// l.pollRX; false (EAGAIN) parks the goroutine until the fd is readable.
+// pollRead is pollLoop's callback: it reads frames without blocking and
+// delivers them until a read finds none (false: wait for the fd), the
+// link is stopped, or a read fails (true: the loop ends). With bursts
+// (Knobs.CoalesceACKs) a burst is every frame read before that EAGAIN,
+// or rxBatch of them; it ends by yielding to the goroutines the frames
+// woke (gVisor's TCP processor, then the connection's reader and its
+// reply) and then telling the ACK delayer. With busy polling
+// (Knobs.BusyPollMicros) an empty read yields and reads again until the
+// window since the first empty read is over.
 //
-// The read is a raw system call (no entersyscall), as gVisor's rawfile
-// does for its non-blocking writes: it cannot block, so the scheduler
-// need not hear of it. entersyscall wakes the runtime's sysmon thread
+// The reads are raw system calls (no entersyscall), as gVisor's rawfile
+// does for its non-blocking writes: they cannot block, so the scheduler
+// need not hear of them. entersyscall wakes the runtime's sysmon thread
 // whenever sysmon sleeps deeply (after every idle spell, so once per
 // request at one client), and the kernel runs it on the other vCPU; an
 // awake sysmon then takes the P of any call that spans two of its 20 us
@@ -452,12 +465,71 @@ func (l *fdLink) recvPolled(r *rxState) (n int, errno unix.Errno) {
 // does it all. (The echo's latency is still set mostly by whether the
 // client and the stack share a vCPU; see Knobs.GoProcs.)
 func (l *fdLink) pollRead(fd uintptr) bool {
-	n, e := l.readNow(fd, l.pollRX)
-	if e == unix.EAGAIN {
-		return false
+	d, r := l.pollD, l.pollRX
+	burst := 0 // frames delivered in the open burst
+	var idleSince time.Time
+	for {
+		if l.stopped.Load() {
+			return true
+		}
+		if head := int(l.mtu.Load()) + header.EthernetMinimumSize; head != r.headSize {
+			r.init(min(head, maxFrame-1))
+		}
+		n, errno := l.readNow(fd, r)
+		switch errno {
+		case 0:
+		case unix.EAGAIN:
+			if burst > 0 {
+				l.endBurst()
+				burst = 0
+			}
+			if l.busyPoll > 0 {
+				if idleSince.IsZero() {
+					idleSince = time.Now()
+				}
+				if time.Since(idleSince) < l.busyPoll {
+					runtime.Gosched()
+					continue
+				}
+				idleSince = time.Time{}
+			}
+			return false
+		case unix.EINTR, unix.ENOBUFS:
+			continue
+		default:
+			l.log.Error("netstack: link read failed; the link stops receiving", "fd", l.fd, "err", errno)
+			return true
+		}
+		idleSince = time.Time{}
+		if !l.batch {
+			// readv: n bytes of one frame in slot 0.
+			r.hdrs[0].Len = uint32(n)
+			r.hdrs[0].Msg.Flags = 0
+			n = 1
+		}
+		if burst == 0 && l.bursts != nil {
+			l.bursts.beginBurst()
+		}
+		for i := 0; i < n && !l.stopped.Load(); i++ {
+			l.deliver(d, r, i)
+		}
+		if l.bursts != nil {
+			if burst += n; burst >= rxBatch {
+				l.endBurst()
+				burst = 0
+			}
+		}
 	}
-	l.pollN, l.pollErrno = n, e
-	return true
+}
+
+// endBurst lets what a burst's frames woke run, then closes the burst:
+// with one P they run before this goroutine is scheduled again.
+func (l *fdLink) endBurst() {
+	if l.bursts == nil {
+		return
+	}
+	runtime.Gosched()
+	l.bursts.endBurst()
 }
 
 // readNow is one non-blocking raw read of fd into r: recvmmsg(2) of up to
