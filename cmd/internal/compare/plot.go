@@ -269,6 +269,7 @@ func curveChart(c canvas, rep *Report, wl string) {
 		c.text(plotR-4, ly, "echo floor "+f.Config, "end", colorOf(f.Config))
 	}
 	ly := plotT + 10
+	var labels pointLabels
 	for _, cfg := range cfgs {
 		col := colorOf(cfg)
 		pts := series[cfg]
@@ -284,11 +285,74 @@ func curveChart(c canvas, rep *Report, wl string) {
 			if p.Rate > 0 {
 				label = fmt.Sprintf("@%s", si(float64(p.Rate)))
 			}
-			c.text(x+6, y-6, label, "start", dark)
+			lx, lyy, anchor := labels.place(x, y, label)
+			c.text(lx, lyy, label, anchor, dark)
 		}
 		c.line(plotR+15, ly-4, plotR+40, ly-4, col, 3, cfg == Spec)
 		ly = legendLabel(c, ly, cfg)
 	}
+}
+
+// pointLabels places the client-count labels of a curve chart's points
+// so that none overprints another: points of two configurations close
+// together (a variant and its base, or the spec's three, which sit on
+// top of each other) would otherwise write their labels over each other.
+type pointLabels struct{ boxes [][4]float64 } // x0, y0, x1, y1 of each placed label
+
+// Text metrics of the PNG's basicfont.Face7x13 (the SVG's 12px monospace
+// is about as wide).
+const labelCharW, labelAscent, labelDescent = 7, 10, 3
+
+// place returns where to write s for the point at (x, y): right and above
+// it if that is clear, else the first clear spot of right-below,
+// left-above, left-below, further up, further down; if none is clear, the
+// one overlapping placed labels least.
+func (l *pointLabels) place(x, y float64, s string) (lx, ly float64, anchor string) {
+	w := float64(len(s) * labelCharW)
+	type spot struct {
+		x, y   float64
+		anchor string
+	}
+	spots := []spot{
+		{x + 6, y - 6, "start"}, {x + 6, y + 14, "start"},
+		{x - 6, y - 6, "end"}, {x - 6, y + 14, "end"},
+		{x + 6, y - 20, "start"}, {x + 6, y + 28, "start"},
+	}
+	best, bestOverlap := 0, math.Inf(1)
+	for i, sp := range spots {
+		b := labelBox(sp.x, sp.y, w, sp.anchor)
+		overlap := 0.0
+		for _, o := range l.boxes {
+			overlap += boxOverlap(b, o)
+		}
+		if overlap < bestOverlap {
+			best, bestOverlap = i, overlap
+		}
+		if overlap == 0 {
+			break
+		}
+	}
+	sp := spots[best]
+	l.boxes = append(l.boxes, labelBox(sp.x, sp.y, w, sp.anchor))
+	return sp.x, sp.y, sp.anchor
+}
+
+// labelBox is the box of a text of width w with its baseline at y.
+func labelBox(x, y, w float64, anchor string) [4]float64 {
+	if anchor == "end" {
+		x -= w
+	}
+	return [4]float64{x, y - labelAscent, x + w, y + labelDescent}
+}
+
+// boxOverlap is the area two boxes share.
+func boxOverlap(a, b [4]float64) float64 {
+	w := math.Min(a[2], b[2]) - math.Max(a[0], b[0])
+	h := math.Min(a[3], b[3]) - math.Max(a[1], b[1])
+	if w <= 0 || h <= 0 {
+		return 0
+	}
+	return w * h
 }
 
 // barChart draws, per workload, one bar per configuration with value(x)

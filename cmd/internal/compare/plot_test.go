@@ -15,8 +15,9 @@ type textCanvas struct {
 }
 
 type placedText struct {
-	x, y float64
-	s    string
+	x, y   float64
+	s      string
+	anchor string
 }
 
 func (t *textCanvas) line(x1, y1, x2, y2 float64, c color.RGBA, w float64, dashed bool) {
@@ -27,7 +28,7 @@ func (t *textCanvas) line(x1, y1, x2, y2 float64, c color.RGBA, w float64, dashe
 func (*textCanvas) rect(x, y, w, h float64, c color.RGBA) {}
 func (*textCanvas) circle(x, y, r float64, c color.RGBA)  {}
 func (t *textCanvas) text(x, y float64, s, anchor string, c color.RGBA) {
-	t.texts = append(t.texts, placedText{x, y, s})
+	t.texts = append(t.texts, placedText{x, y, s, anchor})
 }
 
 // TestCurveChartLabels: echo floors close together get labels that do
@@ -113,6 +114,42 @@ func TestFloorLabelsClearOfOtherFloors(t *testing.T) {
 		}
 		if math.Abs(labels[0]-labels[1]) < floorLabelH {
 			t.Errorf("floors %v: labels at %.1f and %.1f overprint", floors, labels[0], labels[1])
+		}
+	}
+}
+
+// TestCurvePointLabelsClear: the client-count labels of points close
+// together (two configurations' 16-client points a few pixels apart, the
+// spec's three points on top of each other) are placed so that no two
+// overprint.
+func TestCurvePointLabelsClear(t *testing.T) {
+	row := func(cfg string, clients int, ops, p50 float64) Row {
+		return Row{Config: cfg, Workload: "write", Clients: clients, OpsPerSec: Stat{Median: ops}, P50us: Stat{Median: p50}}
+	}
+	rep := &Report{Rows: []Row{
+		row(HostKernel, 1, 11800, 72), row(HostKernel, 16, 33000, 480), row(HostKernel, 64, 47000, 1280),
+		row(HostNetstack, 1, 8900, 99), row(HostNetstack, 16, 39000, 383), row(HostNetstack, 64, 47300, 1274),
+		row(Spec, 1, 900000, 0.2), row(Spec, 16, 1000000, 0.25), row(Spec, 64, 1010000, 0.15),
+	}}
+	c := &textCanvas{}
+	curveChart(c, rep, "write")
+	var boxes [][4]float64
+	var names []string
+	for _, tx := range c.texts {
+		if len(tx.s) < 2 || tx.s[0] != 'c' || strings.Trim(tx.s[1:], "0123456789") != "" {
+			continue
+		}
+		boxes = append(boxes, labelBox(tx.x, tx.y, float64(len(tx.s)*labelCharW), tx.anchor))
+		names = append(names, tx.s)
+	}
+	if len(boxes) != 9 {
+		t.Fatalf("%d point labels (%v), want 9", len(boxes), names)
+	}
+	for i := range boxes {
+		for j := range i {
+			if a := boxOverlap(boxes[i], boxes[j]); a > 0 {
+				t.Errorf("labels %s %v and %s %v overprint (%.0f px²)", names[i], boxes[i], names[j], boxes[j], a)
+			}
 		}
 	}
 }
