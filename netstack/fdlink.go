@@ -380,14 +380,7 @@ func (l *fdLink) readLoop(d stack.NetworkDispatcher) {
 			// does without bursts, rather than a yield per frame.
 			l.drainBurst(d, r)
 		}
-		if l.bursts != nil {
-			// Let what the frames woke run (the TCP processor, then the
-			// connection's reader and its reply) before closing the
-			// burst: with one P they run before this goroutine is
-			// scheduled again.
-			runtime.Gosched()
-			l.bursts.endBurst()
-		}
+		l.endBurst()
 	}
 }
 
@@ -522,8 +515,10 @@ func (l *fdLink) pollRead(fd uintptr) bool {
 	}
 }
 
-// endBurst lets what a burst's frames woke run, then closes the burst:
-// with one P they run before this goroutine is scheduled again.
+// endBurst, with bursts, lets what a burst's frames woke run (the TCP
+// processor, then the connection's reader and its reply), then closes
+// the burst: with one P they run before this goroutine is scheduled
+// again.
 func (l *fdLink) endBurst() {
 	if l.bursts == nil {
 		return
