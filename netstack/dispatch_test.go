@@ -89,16 +89,19 @@ func TestInlineNoAllocPerPacket(t *testing.T) {
 		mode netstack.DispatchMode
 		env  envFn
 		busy int
+		gso  bool // host GSO: a virtio-net header written and read with every frame
 	}{
-		{"tap", netstack.DispatchInline, tap, 0},
-		{"afpacket", netstack.DispatchInline, veth, 0},
-		{"tap/netpoll", netstack.DispatchNetpoll, tap, 0},
-		{"afpacket/netpoll", netstack.DispatchNetpoll, veth, 0},
-		{"tap/netpoll/busypoll", netstack.DispatchNetpoll, tap, 200},
+		{"tap", netstack.DispatchInline, tap, 0, false},
+		{"afpacket", netstack.DispatchInline, veth, 0, false},
+		{"tap/netpoll", netstack.DispatchNetpoll, tap, 0, false},
+		{"afpacket/netpoll", netstack.DispatchNetpoll, veth, 0, false},
+		{"tap/netpoll/busypoll", netstack.DispatchNetpoll, tap, 200, false},
+		{"tap/netpoll/host_gso", netstack.DispatchNetpoll, tap, 0, true},
+		{"afpacket/netpoll/host_gso", netstack.DispatchNetpoll, veth, 0, true},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			k := netstack.DefaultKnobs()
-			k.Dispatch, k.BusyPollMicros = c.mode, c.busy
+			k.Dispatch, k.BusyPollMicros, k.HostGSO = c.mode, c.busy, c.gso
 			e, st := c.env(t, k)
 			addr := fmt.Sprintf("%v:%d", st.Addr().Addr(), 7200+int(nsSeq.Add(1)))
 			startServer(t, st, addr)

@@ -16,7 +16,7 @@
 // takes exactly one link option and the address:
 //
 //	// Inside the guest (wormd -stack netstack -iface eth0):
-//	if err := netstack.PrepareNIC("eth0"); err != nil { ... } // no kernel address, IPv6 and GRO off
+//	if err := netstack.PrepareNICFor("eth0", netstack.DefaultKnobs()); err != nil { ... } // no kernel address or IPv6; GRO/LRO as the link takes them
 //	st, err := netstack.New(
 //		netstack.PacketSocket("eth0"),
 //		netstack.WithAddress(netip.MustParsePrefix("10.77.0.11/24")),
@@ -47,10 +47,16 @@
 //
 // netstack and the kernel share the NIC. The kernel must believe it has no
 // business on it: no IPv4 address and IPv6 disabled, or it answers SYNs
-// addressed to netstack with resets. The kernel NIC's GRO must be off or it
-// hands AF_PACKET coalesced super-frames and bulk transfers stall.
-// PrepareNIC does all of this; the socket ignores outgoing frames
-// (PACKET_IGNORE_OUTGOING) so netstack never sees its own transmissions.
+// addressed to netstack with resets. With gVisor's fdbased link the NIC's
+// GRO and LRO must be off, or the kernel hands AF_PACKET coalesced
+// super-frames that fdbased's MTU-sized buffers truncate, and bulk
+// transfers stall. This package's link reads frames of up to 64 KiB whole,
+// and with Knobs.HostGSO (the default) it wants them: the socket carries a
+// virtio-net header both ways (PACKET_VNET_HDR), TCP hands the kernel
+// 64 KiB segments to cut, and GRO and LRO stay on. PrepareNICFor sets the
+// NIC up for the knobs given (PrepareNIC: offloads off); the socket
+// ignores outgoing frames (PACKET_IGNORE_OUTGOING) so netstack never sees
+// its own transmissions.
 //
 // # Packet faults
 //

@@ -40,13 +40,26 @@ import (
 // Transmit: writeFrame, one writev(2) per frame straight from the packet's
 // views.
 //
+// With a virtio-net header on the fd (vnet: PACKET_VNET_HDR on a socket,
+// IFF_VNET_HDR on a TAP) every frame read starts with one, which the
+// reader skips, and every frame written gets one in front; with
+// Knobs.HostGSO the link is a stack.GSOEndpoint of the host kind, so
+// gVisor's TCP hands it segments of up to gsoMaxSize whose header tells
+// the kernel to cut them into frames and finish their checksums.
+//
 // What it leaves out, each available by choosing a fdbased mode instead:
-// GRO (fdbased's processors coalesce), GSO, the PACKET_MMAP ring.
+// netstack's own GRO (fdbased's processors coalesce; with HostGSO the
+// kernel does it before the link reads), software GSO, the PACKET_MMAP
+// ring.
 type fdLink struct {
 	fd    int
 	batch bool // fd is a socket: read with recvmmsg
-	caps  stack.LinkEndpointCapabilities
-	log   *slog.Logger
+	vnet  bool // every frame on fd carries a virtio-net header
+	// gsoMax > 0 (Knobs.HostGSO, with vnet): the largest segment TCP may
+	// hand the link for the kernel to cut (SupportedGSO: host).
+	gsoMax uint32
+	caps   stack.LinkEndpointCapabilities
+	log    *slog.Logger
 
 	mtu     atomic.Uint32
 	stop    stopfd.StopFD
@@ -89,12 +102,20 @@ type fdLink struct {
 // transfers fill it. 16 views of 2 KiB are held per link.
 const rxBatch = 16
 
+// gsoMaxSize is the largest segment a HostGSO link takes from TCP, as
+// Linux's default gso_max_size: TCP keeps its segments 160 bytes below it,
+// so that with their headers they fit an IPv4 packet's 16-bit length.
+const gsoMaxSize = 1 << 16
+
 var _ stack.LinkEndpoint = (*fdLink)(nil)
+var _ stack.GSOEndpoint = (*fdLink)(nil)
 var _ packetWriter = (*fdLink)(nil)
 
 // newFDLink makes the endpoint. fd must be non-blocking; the link does not
-// own it (the caller closes it after the stack is closed).
-func newFDLink(fd int, socket bool, mtu uint32, addr tcpip.LinkAddress, k Knobs, log *slog.Logger) (*fdLink, error) {
+// own it (the caller closes it after the stack is closed). vnet says that
+// frames on fd carry a virtio-net header (the caller set the fd up so);
+// with it, k.HostGSO makes the link offer host GSO.
+func newFDLink(fd int, socket, vnet bool, mtu uint32, addr tcpip.LinkAddress, k Knobs, log *slog.Logger) (*fdLink, error) {
 	if err := unix.SetNonblock(fd, true); err != nil {
 		return nil, err
 	}
@@ -102,7 +123,10 @@ func newFDLink(fd int, socket bool, mtu uint32, addr tcpip.LinkAddress, k Knobs,
 	if err != nil {
 		return nil, err
 	}
-	l := &fdLink{fd: fd, batch: socket, addr: addr, stop: sfd, log: log, busyPoll: time.Duration(k.BusyPollMicros) * time.Microsecond}
+	l := &fdLink{fd: fd, batch: socket, vnet: vnet, addr: addr, stop: sfd, log: log, busyPoll: time.Duration(k.BusyPollMicros) * time.Microsecond}
+	if vnet && k.HostGSO {
+		l.gsoMax = gsoMaxSize
+	}
 	if k.Dispatch == DispatchNetpoll {
 		// A dup, so that the poller's registration and its close belong
 		// to the link and never to the caller's fd number.
@@ -156,6 +180,18 @@ func (l *fdLink) SetLinkAddress(addr tcpip.LinkAddress) {
 
 // Capabilities implements stack.LinkEndpoint.
 func (l *fdLink) Capabilities() stack.LinkEndpointCapabilities { return l.caps }
+
+// GSOMaxSize implements stack.GSOEndpoint.
+func (l *fdLink) GSOMaxSize() uint32 { return l.gsoMax }
+
+// SupportedGSO implements stack.GSOEndpoint: host GSO with Knobs.HostGSO,
+// none otherwise.
+func (l *fdLink) SupportedGSO() stack.SupportedGSO {
+	if l.gsoMax > 0 {
+		return stack.HostGSOSupported
+	}
+	return stack.GSONotSupported
+}
 
 // Attach implements stack.LinkEndpoint: a dispatcher starts the read
 // goroutine; nil (the NIC going away) tells it to stop, without waiting:
@@ -258,10 +294,23 @@ func (l *fdLink) SetOnCloseAction(f func()) {
 // WritePackets implements stack.LinkWriter (used when a wrapper such as
 // Faults sits between the qdisc and the link).
 func (l *fdLink) WritePackets(pkts stack.PacketBufferList) (int, tcpip.Error) {
-	return writeFrames(l.fd, pkts)
+	if !l.vnet {
+		return writeFrames(l.fd, pkts)
+	}
+	for i, pkt := range pkts.AsSlice() {
+		if err := writeFrameVnet(l.fd, pkt); err != nil {
+			return i, err
+		}
+	}
+	return pkts.Len(), nil
 }
 
-func (l *fdLink) writePacket(pkt *stack.PacketBuffer) tcpip.Error { return writeFrame(l.fd, pkt) }
+func (l *fdLink) writePacket(pkt *stack.PacketBuffer) tcpip.Error {
+	if l.vnet {
+		return writeFrameVnet(l.fd, pkt)
+	}
+	return writeFrame(l.fd, pkt)
+}
 
 // maxFrame is the largest frame the link reads: an IPv4 packet of the
 // largest total length with its Ethernet header. AF_PACKET hands up GSO
@@ -273,45 +322,58 @@ const maxFrame = 65535 + header.EthernetMinimumSize
 // rxSlot is one frame's receive buffer in two views: head, sized for an
 // MTU-sized frame, and tail, for the rest of a larger one. Only what a
 // frame filled goes to the stack, and only that is replaced from the pool,
-// so the common small frame neither allocates nor holds 64 KiB.
+// so the common small frame neither allocates nor holds 64 KiB. With a
+// virtio-net header on the fd, the header lands in vh, ahead of head.
 type rxSlot struct {
 	head, tail *buffer.View
-	iovs       [2]unix.Iovec
+	vh         [vnetHdrLen]byte
+	iovs       [3]unix.Iovec // vh, head, tail
 }
 
 // rxState is the read goroutine's buffers: rxBatch slots and the message
 // headers pointing at their iovecs. Only the read goroutine touches it.
 type rxState struct {
 	headSize int
+	first    int // the first iovec read into: 0 with a virtio-net header, else 1
 	slots    [rxBatch]rxSlot
 	hdrs     [rxBatch]rawfile.MMsgHdr
 }
 
-func (r *rxState) init(headSize int) {
+func (r *rxState) init(headSize int, vnet bool) {
 	r.release()
 	r.headSize = headSize
+	r.first = 1
+	if vnet {
+		r.first = 0
+	}
 	for i := range r.slots {
+		s := &r.slots[i]
+		s.iovs[0] = unix.Iovec{Base: &s.vh[0]}
+		s.iovs[0].SetLen(vnetHdrLen)
 		r.fillHead(i)
 		r.fillTail(i)
-		r.hdrs[i].Msg.Iov = &r.slots[i].iovs[0]
-		r.hdrs[i].Msg.SetIovlen(len(r.slots[i].iovs))
+		r.hdrs[i].Msg.Iov = &s.iovs[r.first]
+		r.hdrs[i].Msg.SetIovlen(len(s.iovs) - r.first)
 	}
 }
+
+// iovs returns the iovecs a read of one frame into slot i fills.
+func (r *rxState) iovs(i int) []unix.Iovec { return r.slots[i].iovs[r.first:] }
 
 func (r *rxState) fillHead(i int) {
 	s := &r.slots[i]
 	s.head = buffer.NewViewSize(r.headSize)
 	b := s.head.AsSlice()
-	s.iovs[0] = unix.Iovec{Base: &b[0]}
-	s.iovs[0].SetLen(len(b))
+	s.iovs[1] = unix.Iovec{Base: &b[0]}
+	s.iovs[1].SetLen(len(b))
 }
 
 func (r *rxState) fillTail(i int) {
 	s := &r.slots[i]
 	s.tail = buffer.NewViewSize(maxFrame - r.headSize)
 	b := s.tail.AsSlice()
-	s.iovs[1] = unix.Iovec{Base: &b[0]}
-	s.iovs[1].SetLen(len(b))
+	s.iovs[2] = unix.Iovec{Base: &b[0]}
+	s.iovs[2].SetLen(len(b))
 }
 
 func (r *rxState) release() {
@@ -336,7 +398,7 @@ func (l *fdLink) readLoop(d stack.NetworkDispatcher) {
 	}
 	for {
 		if head := int(l.mtu.Load()) + header.EthernetMinimumSize; head != r.headSize {
-			r.init(min(head, maxFrame-1))
+			r.init(min(head, maxFrame-1), l.vnet)
 		}
 		var n int
 		var errno unix.Errno
@@ -349,7 +411,7 @@ func (l *fdLink) readLoop(d stack.NetworkDispatcher) {
 		case l.batch:
 			n, errno = rawfile.BlockingRecvMMsgUntilStopped(l.stop.EFD, l.fd, r.hdrs[:])
 		default:
-			n, errno = rawfile.BlockingReadvUntilStopped(l.stop.EFD, l.fd, r.slots[0].iovs[:])
+			n, errno = rawfile.BlockingReadvUntilStopped(l.stop.EFD, l.fd, r.iovs(0))
 		}
 		if !l.batch && n > 0 && errno == 0 {
 			// readv: n bytes of one frame in slot 0.
@@ -387,7 +449,7 @@ func (l *fdLink) readLoop(d stack.NetworkDispatcher) {
 // drainBurst reads and delivers the frames queued on a TAP fd, up to
 // rxBatch-1 more, without waiting for any.
 func (l *fdLink) drainBurst(d stack.NetworkDispatcher, r *rxState) {
-	iovs := &r.slots[0].iovs
+	iovs := r.iovs(0)
 	for range rxBatch - 1 {
 		if l.stopped.Load() {
 			return
@@ -466,7 +528,7 @@ func (l *fdLink) pollRead(fd uintptr) bool {
 			return true
 		}
 		if head := int(l.mtu.Load()) + header.EthernetMinimumSize; head != r.headSize {
-			r.init(min(head, maxFrame-1))
+			r.init(min(head, maxFrame-1), l.vnet)
 		}
 		n, errno := l.readNow(fd, r)
 		switch errno {
@@ -536,7 +598,7 @@ func (l *fdLink) readNow(fd uintptr, r *rxState) (n int, errno unix.Errno) {
 	if l.batch {
 		r1, _, e = unix.RawSyscall6(unix.SYS_RECVMMSG, fd, uintptr(unsafe.Pointer(&r.hdrs[0])), uintptr(len(r.hdrs)), unix.MSG_DONTWAIT, 0, 0)
 	} else {
-		iovs := &r.slots[0].iovs
+		iovs := r.iovs(0)
 		r1, _, e = unix.RawSyscall(unix.SYS_READV, fd, uintptr(unsafe.Pointer(&iovs[0])), uintptr(len(iovs)))
 	}
 	if e != 0 {
@@ -571,9 +633,15 @@ func (l *fdLink) busyRead(r *rxState) (n int, errno unix.Errno, ok bool) {
 	}
 }
 
-// deliver hands frame i of r to the stack and refills what it used.
+// deliver hands frame i of r to the stack and refills what it used. A
+// frame's virtio-net header, if any, is skipped: a coalesced segment needs
+// nothing from it (its IP and TCP headers are the whole segment's), and
+// its checksum is trusted like every frame's (Knobs.RXChecksumOffload).
 func (l *fdLink) deliver(d stack.NetworkDispatcher, r *rxState, i int) {
 	length := int(r.hdrs[i].Len)
+	if l.vnet {
+		length -= vnetHdrLen
+	}
 	if length < header.EthernetMinimumSize || r.hdrs[i].Msg.Flags&unix.MSG_TRUNC != 0 {
 		l.rxDropped.Add(1)
 		return // nothing taken from the slot: it is reused as it is

@@ -1,9 +1,12 @@
 package netstack
 
 import (
+	"fmt"
+
 	"golang.org/x/sys/unix"
 	"gvisor.dev/gvisor/pkg/rawfile"
 	"gvisor.dev/gvisor/pkg/tcpip"
+	"gvisor.dev/gvisor/pkg/tcpip/header"
 	"gvisor.dev/gvisor/pkg/tcpip/stack"
 )
 
@@ -63,8 +66,31 @@ func (w *fdWriter) writePacket(pkt *stack.PacketBuffer) tcpip.Error {
 // The fd is non-blocking: a full TAP queue or socket buffer returns
 // ErrWouldBlock and the frame is dropped, as with fdbased; TCP retransmits.
 func writeFrame(fd int, pkt *stack.PacketBuffer) tcpip.Error {
+	return writeFrameAfter(fd, pkt, [vnetHdrLen]byte{}, false)
+}
+
+// writeFrameVnet is writeFrame for an fd whose frames carry a virtio-net
+// header: pkt's header (vnetHeader) goes first, in the same writev.
+func writeFrameVnet(fd int, pkt *stack.PacketBuffer) tcpip.Error {
+	var vh [vnetHdrLen]byte
+	vnetHeader(&vh, pkt)
+	return writeFrameAfter(fd, pkt, vh, true)
+}
+
+// writeFrameAfter writes the virtio-net header vh (when withHdr) and then
+// pkt's frame in one writev(2). vh is passed by value, and never by
+// pointer to anything that keeps it, so that it stays on the stack.
+func writeFrameAfter(fd int, pkt *stack.PacketBuffer, vh [vnetHdrLen]byte, withHdr bool) tcpip.Error {
+	// Filled by index, not append: escape analysis takes a value appended
+	// to a slice as stored on the heap, which would move vh there.
 	var arr [maxWriteIovecs]unix.Iovec
-	iovs := arr[:0]
+	n := 0
+	if withHdr {
+		arr[0].Base = &vh[0]
+		arr[0].SetLen(len(vh))
+		n = 1
+	}
+	first := n
 	views, off := pkt.AsViewList()
 	for v := views.Front(); v != nil; v = v.Next() {
 		b := v.AsSlice()
@@ -73,25 +99,29 @@ func writeFrame(fd int, pkt *stack.PacketBuffer) tcpip.Error {
 			continue
 		}
 		b, off = b[off:], 0
-		if len(iovs) == maxWriteIovecs {
-			return writeFrameSlow(fd, pkt)
+		if n == maxWriteIovecs {
+			return writeFrameSlow(fd, pkt, vh, withHdr)
 		}
-		iovs = append(iovs, unix.Iovec{Base: &b[0]})
-		iovs[len(iovs)-1].SetLen(len(b))
+		arr[n].Base = &b[0]
+		arr[n].SetLen(len(b))
+		n++
 	}
-	if len(iovs) == 0 {
+	if n == first {
 		return nil
 	}
-	if errno := rawfile.NonBlockingWriteIovec(fd, iovs); errno != 0 {
+	if errno := rawfile.NonBlockingWriteIovec(fd, arr[:n]); errno != 0 {
 		return tcpip.TranslateErrno(errno)
 	}
 	return nil
 }
 
 // writeFrameSlow handles frames of more than maxWriteIovecs views (not seen
-// with MTU-sized frames; kept for correctness).
-func writeFrameSlow(fd int, pkt *stack.PacketBuffer) tcpip.Error {
+// with MTU-sized frames; a 64 KiB GSO segment may have more).
+func writeFrameSlow(fd int, pkt *stack.PacketBuffer, vh [vnetHdrLen]byte, withHdr bool) tcpip.Error {
 	var iovs []unix.Iovec
+	if withHdr {
+		iovs = rawfile.AppendIovecFromBytes(iovs, vh[:], rawfile.MaxIovs)
+	}
 	for _, b := range pkt.AsSlices() {
 		iovs = rawfile.AppendIovecFromBytes(iovs, b, rawfile.MaxIovs)
 	}
@@ -99,4 +129,49 @@ func writeFrameSlow(fd int, pkt *stack.PacketBuffer) tcpip.Error {
 		return tcpip.TranslateErrno(errno)
 	}
 	return nil
+}
+
+// vnetHdrLen is the size of struct virtio_net_hdr (linux/virtio_net.h),
+// which starts every frame on a TAP with IFF_VNET_HDR and on an AF_PACKET
+// socket with PACKET_VNET_HDR.
+const vnetHdrLen = 10
+
+// virtio_net_hdr's flags and GSO types (linux/virtio_net.h).
+const (
+	vnetFlagNeedsCsum = 1 // VIRTIO_NET_HDR_F_NEEDS_CSUM
+	vnetGSOTCPv4      = 1 // VIRTIO_NET_HDR_GSO_TCPV4
+	vnetGSOTCPv6      = 4 // VIRTIO_NET_HDR_GSO_TCPV6
+)
+
+// vnetHeader fills h, a virtio_net_hdr in little-endian order, for pkt,
+// as gVisor's fdbased link does for host GSO: a packet TCP built for host
+// GSO (pkt.GSOOptions) carries a partial checksum, which the header tells
+// the kernel to finish (csum_start/csum_offset), and, when its payload is
+// larger than one MSS, the segmentation to do (gso_type, gso_size). Any
+// other frame (ARP, a TCP packet from a stack without GSO) gets an
+// all-zero header: complete as it is.
+func vnetHeader(h *[vnetHdrLen]byte, pkt *stack.PacketBuffer) {
+	*h = [vnetHdrLen]byte{}
+	g := &pkt.GSOOptions
+	if g.Type == stack.GSONone {
+		return
+	}
+	put16 := func(off int, v uint16) { h[off], h[off+1] = byte(v), byte(v>>8) }
+	put16(2, uint16(pkt.HeaderSize())) // hdr_len
+	if g.NeedsCsum {
+		h[0] = vnetFlagNeedsCsum
+		put16(6, uint16(header.EthernetMinimumSize)+g.L3HdrLen) // csum_start
+		put16(8, g.CsumOffset)                                  // csum_offset
+	}
+	if pkt.Data().Size() > int(g.MSS) {
+		switch g.Type {
+		case stack.GSOTCPv4:
+			h[1] = vnetGSOTCPv4
+		case stack.GSOTCPv6:
+			h[1] = vnetGSOTCPv6
+		default:
+			panic(fmt.Sprintf("netstack: GSO type %v on a host GSO link", g.Type))
+		}
+		put16(4, g.MSS) // gso_size
+	}
 }

@@ -22,7 +22,8 @@ type DispatchMode string
 const (
 	// DispatchInline reads frames (recvmmsg on a socket, readv on a TAP)
 	// and delivers each to the stack on the reading goroutine: no
-	// processor goroutine, no allocation per frame. No GRO or GSO.
+	// processor goroutine, no allocation per frame. Offloads are the
+	// kernel's (Knobs.HostGSO), not netstack's GRO or software GSO.
 	DispatchInline DispatchMode = "inline"
 	// DispatchNetpoll is DispatchInline waiting for frames in the Go
 	// runtime's poller instead of a blocking ppoll(2): while the link
@@ -159,6 +160,22 @@ type Knobs struct {
 	// up to this many bytes to the link, which splits them and writes the
 	// frames in one sendmmsg batch (sockets only). 0 disables GSO.
 	GSOMaxSize uint32 `json:"gso_max_size"`
+	// HostGSO puts a virtio-net header on every frame of the link's fd
+	// (PACKET_VNET_HDR on an AF_PACKET socket, IFF_VNET_HDR on a TAP), as
+	// gVisor's runsc does with --host-gso, and lets the kernel do per
+	// frame what a NIC would. Out: TCP hands the link segments of up to
+	// 64 KiB with their checksum unfinished, and the kernel cuts and
+	// checksums them, or passes them whole to whatever can take them (a
+	// local socket behind a TAP, a veth peer, virtio-net to QEMU with
+	// host TSO). In: the kernel may hand netstack coalesced segments (the
+	// TAP's offloads are set with TUNSETOFFLOAD; on a NIC, Open leaves GRO
+	// and LRO on), which this package's link reads whole. One system
+	// call and one pass through gVisor's TCP per 64 KiB instead of per
+	// frame. This package's links only (inline, netpoll); GSOMaxSize and
+	// GRO are the fdbased modes' software equivalents. A TAP fd handed
+	// over without IFF_VNET_HDR cannot carry the header: its stack runs
+	// without (Stack.Knobs says so).
+	HostGSO bool `json:"host_gso"`
 	// GRO enables netstack's own receive coalescing of TCP segments
 	// (fdbased recvmmsg dispatch only). Unrelated to the kernel NIC's GRO, which
 	// PrepareNIC always turns off.
@@ -168,10 +185,14 @@ type Knobs struct {
 	RXChecksumOffload bool `json:"rx_checksum_offload"`
 	// TXChecksumOffload skips computing outbound checksums.
 	TXChecksumOffload bool `json:"tx_checksum_offload"`
-	// SocketBuffer > 0 sets the AF_PACKET socket's kernel receive buffer
-	// (SO_RCVBUFFORCE, bytes); 0 keeps the kernel default
-	// (net.core.rmem_default, about 208 KiB). Frames that arrive while the
-	// buffer is full are dropped before netstack sees them.
+	// SocketBuffer > 0 sets the AF_PACKET socket's kernel receive and
+	// send buffers (SO_RCVBUFFORCE, SO_SNDBUFFORCE; bytes), as runsc does;
+	// 0 keeps the kernel defaults (net.core.rmem_default and
+	// wmem_default, about 208 KiB). Frames that arrive while the receive
+	// buffer is full are dropped before netstack sees them; a frame
+	// written while the send buffer is full (the NIC's queue not yet
+	// drained) is dropped, and TCP retransmits it. With host GSO a frame
+	// is up to 64 KiB, so 208 KiB holds three.
 	SocketBuffer int `json:"socket_buffer"`
 	// Processors is the number of goroutines handling inbound frames per
 	// link fd (0: GOMAXPROCS).
@@ -273,6 +294,38 @@ func DefaultKnobs() Knobs {
 		// GSO off: software GSO of 64 KiB gave nothing (AF_PACKET out of
 		// netstack 111 vs 110 MB/s, into 481 vs 544 MB/s).
 		GSOMaxSize: 0,
+		// Host GSO on (session 14): a 64 KiB segment is one frame, one
+		// system call and one pass through gVisor's TCP, where it was
+		// 45. `go test -bench 'Bulk/netstack-(tap|afpacket)' -benchtime
+		// 200x ./netstack`, off vs on: out of netstack 125 vs 1908 MB/s
+		// on a TAP, 101 vs 1944 over AF_PACKET; into it 295 vs 1379 on a
+		// TAP (the TAP's offloads now let the kernel pass coalesced
+		// segments), 1028 vs 1053 over AF_PACKET (a veth with TSO did so
+		// already). Echo64 p50 alike (TAP 28.9/24.9 vs 27.6/24.6 us,
+		// AF_PACKET 40.5/31.7 vs 31.8/33.3 us); no allocation per frame
+		// either way (TestInlineNoAllocPerPacket). In a TCG guest, where
+		// every frame costs emulated system calls and a virtio exchange,
+		// it is most of the gap the feasibility study found: 256 KiB
+		// values written and read back through wormd (TestGuestSoak),
+		// 5.6 vs 14.3 MB/s (the guest kernel's TCP: 17.3 and 15.0 MB/s
+		// in the same runs); a 16 MiB echo stream 2.6-4.0 vs 8-36 MB/s
+		// (guest kernel 27-50). The spread on is the host's TCP sizing
+		// its segments by the rate it measures: once the guest is slow,
+		// the host sends 4-5 KiB segments instead of 32 KiB ones and the
+		// guest stays slow for that connection. Small requests, judged
+		// as a variant in one run (`worm compare -configs
+		// host-kernel,host-netstack,host-netstack@host_gso=false,vm-kernel,
+		// vm-netstack,vm-netstack@host_gso=false -workloads write,read
+		// -clients 1,16 -reps 2 -duration 2s -warmup 500ms`): on the
+		// host, on vs off, write p50 at one client 117 vs 125 us, read 73
+		// vs 88 us, read at 16 clients 64.3k vs 50.2k/s, server CPU per
+		// operation 7-20% lower (the kernel finishes the checksums); in
+		// the TCG guests reads gained (one client 819 vs 1166 us, 16
+		// clients 6.5k vs 4.2k/s) and one client's writes and the echo
+		// floor lost 8-60% and 12% in two runs of two, gained in a third:
+		// TCG's spread. A guest with it keeps its NIC's receive offloads
+		// and GRO, as the guest kernel's TCP does.
+		HostGSO: true,
 		// netstack GRO off: WormSpace is latency bound. On, echo p50 on
 		// TAP rose to 49-70 us (34-55 off); bulk into netstack over
 		// AF_PACKET with MTU-sized frames gained ~30% (220 vs 171 MB/s).
@@ -388,6 +441,11 @@ func (k Knobs) With(s string) (Knobs, error) {
 		// still an error (validate).
 		out.CoalesceACKs = false
 	}
+	if !out.Dispatch.own() && out.HostGSO && !names(js)["host_gso"] {
+		// The same for host_gso: only this package's links add the
+		// virtio-net header.
+		out.HostGSO = false
+	}
 	if err := out.validate(); err != nil {
 		return k, err
 	}
@@ -395,10 +453,12 @@ func (k Knobs) With(s string) (Knobs, error) {
 }
 
 // effective returns k as a stack runs it: CoalesceACKs off with gVisor's
-// links, which report no bursts.
+// links, which report no bursts, and HostGSO off (they add no virtio-net
+// header on a TAP).
 func (k Knobs) effective() Knobs {
 	if !k.Dispatch.own() {
 		k.CoalesceACKs = false
+		k.HostGSO = false
 	}
 	return k
 }
@@ -515,6 +575,9 @@ func (k Knobs) validate() error {
 	}
 	if k.CoalesceACKs && !k.Dispatch.own() {
 		return fmt.Errorf("%w: coalesce_acks needs dispatch inline or netpoll (this package's links report bursts), not %q", ErrBadOption, k.Dispatch)
+	}
+	if k.HostGSO && !k.Dispatch.own() {
+		return fmt.Errorf("%w: host_gso needs dispatch inline or netpoll (this package's links), not %q; gso_max_size is fdbased's software GSO", ErrBadOption, k.Dispatch)
 	}
 	if k.Dispatch.own() {
 		if k.GRO || k.GSOMaxSize > 0 {

@@ -17,6 +17,7 @@ func TestParseKnobs(t *testing.T) {
 	want := def
 	want.Dispatch = netstack.DispatchRecvMMsg
 	want.CoalesceACKs = false // implied: gVisor's links report no bursts
+	want.HostGSO = false      // implied: nor do they add virtio-net headers
 	want.GRO = true
 	want.Processors = 1
 	want.CongestionControl = "cubic"
@@ -33,7 +34,7 @@ func TestParseKnobs(t *testing.T) {
 	}
 	// Overrides is the inverse: it names exactly what differs.
 	o := want.Overrides()
-	if o != "coalesce_acks=false,congestion_control=cubic,dispatch=recvmmsg,gro=true,processors=1,send_buffer=4096/65536/131072" {
+	if o != "coalesce_acks=false,congestion_control=cubic,dispatch=recvmmsg,gro=true,host_gso=false,processors=1,send_buffer=4096/65536/131072" {
 		t.Fatalf("Overrides = %q", o)
 	}
 	if k, err := netstack.ParseKnobs(o); err != nil || k != want {
@@ -138,5 +139,30 @@ func TestCoalesceFollowsDispatch(t *testing.T) {
 	}
 	if _, err := netstack.ParseKnobs(`{"dispatch":"readv","Coalesce_ACKs":true}`); !errors.Is(err, netstack.ErrBadOption) {
 		t.Errorf("readv with coalescing named: %v, want ErrBadOption", err)
+	}
+}
+
+// TestHostGSOFollowsDispatch: host_gso is on by default, and like
+// coalesce_acks it goes with this package's links: choosing one of
+// gVisor's turns it off unless it is named too, which is an error.
+func TestHostGSOFollowsDispatch(t *testing.T) {
+	if !netstack.DefaultKnobs().HostGSO {
+		t.Fatal("host_gso is off by default")
+	}
+	for s, want := range map[string]bool{
+		"dispatch=readv":                    false,
+		"dispatch=recvmmsg,gro=true":        false,
+		"dispatch=inline":                   true,
+		"dispatch=netpoll":                  true,
+		"host_gso=false":                    false,
+		"dispatch=mmap,coalesce_acks=false": false,
+	} {
+		k, err := netstack.ParseKnobs(s)
+		if err != nil || k.HostGSO != want {
+			t.Errorf("ParseKnobs(%q): host_gso %v, %v; want %v", s, k.HostGSO, err, want)
+		}
+	}
+	if _, err := netstack.ParseKnobs("dispatch=recvmmsg,host_gso=true"); !errors.Is(err, netstack.ErrBadOption) {
+		t.Errorf("recvmmsg with host_gso named: %v, want ErrBadOption", err)
 	}
 }

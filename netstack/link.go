@@ -68,7 +68,25 @@ type tapFD struct{ fd int }
 
 func (t tapFD) open(c *config) (stack.LinkEndpoint, string, func() error, error) {
 	c.defaults()
-	ep, err := fdEndpoint(c, t.fd, false)
+	// The fd was set up elsewhere: whether its frames carry a virtio-net
+	// header is its flags' business, and only with one can the stack use
+	// host GSO.
+	vnet, err := tapHasVnetHdr(t.fd)
+	if err != nil {
+		return nil, "", nil, err
+	}
+	if vnet && !c.knobs.Dispatch.own() {
+		return nil, "", nil, fmt.Errorf("%w: TAP fd %d has IFF_VNET_HDR, which only dispatch inline or netpoll reads (not %q)", ErrBadOption, t.fd, c.knobs.Dispatch)
+	}
+	if !vnet {
+		c.knobs.HostGSO = false
+	}
+	if vnet {
+		if err := setTAPOffload(t.fd, c.knobs.HostGSO); err != nil {
+			return nil, "", nil, err
+		}
+	}
+	ep, err := fdEndpoint(c, t.fd, false, vnet)
 	if err != nil {
 		return nil, "", nil, err
 	}
@@ -78,7 +96,8 @@ func (t tapFD) open(c *config) (stack.LinkEndpoint, string, func() error, error)
 type tapName struct{ name string }
 
 func (t tapName) open(c *config) (stack.LinkEndpoint, string, func() error, error) {
-	f, err := OpenTAP(t.name)
+	vnet := c.knobs.HostGSO
+	f, err := openTAP(t.name, vnet)
 	if err != nil {
 		return nil, "", nil, err
 	}
@@ -86,8 +105,14 @@ func (t tapName) open(c *config) (stack.LinkEndpoint, string, func() error, erro
 	if err != nil {
 		return nil, "", nil, err
 	}
+	if vnet {
+		if err := setTAPOffload(fd, true); err != nil {
+			unix.Close(fd)
+			return nil, "", nil, err
+		}
+	}
 	c.defaults()
-	ep, err := fdEndpoint(c, fd, false)
+	ep, err := fdEndpoint(c, fd, false, vnet)
 	if err != nil {
 		unix.Close(fd)
 		return nil, "", nil, err
@@ -113,13 +138,24 @@ func (p packetSock) open(c *config) (stack.LinkEndpoint, string, func() error, e
 	if err != nil {
 		return nil, "", nil, err
 	}
+	vnet := c.knobs.HostGSO
+	if vnet {
+		if err := unix.SetsockoptInt(fd, unix.SOL_PACKET, unix.PACKET_VNET_HDR, 1); err != nil {
+			unix.Close(fd)
+			return nil, "", nil, fmt.Errorf("netstack: AF_PACKET PACKET_VNET_HDR (host_gso): %w", err)
+		}
+	}
 	if b := c.knobs.SocketBuffer; b > 0 {
 		if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, b); err != nil {
 			unix.Close(fd)
 			return nil, "", nil, fmt.Errorf("netstack: AF_PACKET receive buffer %d: %w", b, err)
 		}
+		if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_SNDBUFFORCE, b); err != nil {
+			unix.Close(fd)
+			return nil, "", nil, fmt.Errorf("netstack: AF_PACKET send buffer %d: %w", b, err)
+		}
 	}
-	ep, err := fdEndpoint(c, fd, true)
+	ep, err := fdEndpoint(c, fd, true, vnet)
 	if err != nil {
 		unix.Close(fd)
 		return nil, "", nil, err
@@ -127,10 +163,13 @@ func (p packetSock) open(c *config) (stack.LinkEndpoint, string, func() error, e
 	return ep, "af_packet " + p.ifname, func() error { return unix.Close(fd) }, nil
 }
 
-func fdEndpoint(c *config, fd int, packet bool) (stack.LinkEndpoint, error) {
+// fdEndpoint makes the link endpoint of fd (a TAP, or an AF_PACKET socket
+// when packet), whose frames carry a virtio-net header when vnet (only
+// this package's link reads those).
+func fdEndpoint(c *config, fd int, packet, vnet bool) (stack.LinkEndpoint, error) {
 	k := c.knobs
 	if k.Dispatch.own() {
-		ep, err := newFDLink(fd, packet, c.mtu, tcpip.LinkAddress(c.mac), k, c.log)
+		ep, err := newFDLink(fd, packet, vnet, c.mtu, tcpip.LinkAddress(c.mac), k, c.log)
 		if err != nil {
 			return nil, fmt.Errorf("netstack: fd link: %w", err)
 		}
@@ -184,11 +223,14 @@ func dupFile(f *os.File) (int, error) {
 // OpenTAP opens /dev/net/tun and attaches to (or creates) the TAP
 // interface name with IFF_TAP|IFF_NO_PI, no virtio-net header: frames are
 // plain Ethernet and the kernel finishes its checksums before handing them
-// over. IFF_VNET_HDR is deliberately not used: gVisor's fd link only adds
-// and strips virtio-net headers on sockets, so on a TAP fd every frame
-// would be misparsed. The returned file is in blocking mode; pass f.Fd() (or a dup) to
-// TAP.
-func OpenTAP(name string) (*os.File, error) {
+// over, so that any of the dispatch modes can read it (gVisor's fd link
+// adds and strips virtio-net headers only on sockets). A Stack made with
+// TAPDevice and Knobs.HostGSO opens its TAP with the header instead. The
+// returned file is in blocking mode; pass f.Fd() (or a dup) to TAP.
+func OpenTAP(name string) (*os.File, error) { return openTAP(name, false) }
+
+// openTAP is OpenTAP, with IFF_VNET_HDR when vnet.
+func openTAP(name string, vnet bool) (*os.File, error) {
 	if len(name) >= unix.IFNAMSIZ {
 		return nil, fmt.Errorf("%w: interface name %q longer than %d", ErrBadOption, name, unix.IFNAMSIZ-1)
 	}
@@ -201,7 +243,11 @@ func OpenTAP(name string) (*os.File, error) {
 		unix.Close(fd)
 		return nil, fmt.Errorf("netstack: tap %q: %w", name, err)
 	}
-	ifr.SetUint16(unix.IFF_TAP | unix.IFF_NO_PI)
+	flags := uint16(unix.IFF_TAP | unix.IFF_NO_PI)
+	if vnet {
+		flags |= unix.IFF_VNET_HDR
+	}
+	ifr.SetUint16(flags)
 	if err := unix.IoctlIfreq(fd, unix.TUNSETIFF, ifr); err != nil {
 		unix.Close(fd)
 		return nil, fmt.Errorf("netstack: TUNSETIFF %q: %w", name, err)
@@ -233,4 +279,31 @@ func OpenPacketSocket(ifname string) (int, error) {
 		return -1, fmt.Errorf("netstack: bind AF_PACKET to %s: %w", ifname, err)
 	}
 	return fd, nil
+}
+
+// tapHasVnetHdr reports whether the TAP fd was attached with IFF_VNET_HDR.
+func tapHasVnetHdr(fd int) (bool, error) {
+	ifr, err := unix.NewIfreq("")
+	if err != nil {
+		return false, err
+	}
+	if err := unix.IoctlIfreq(fd, unix.TUNGETIFF, ifr); err != nil {
+		return false, fmt.Errorf("netstack: TUNGETIFF on fd %d (not a TAP?): %w", fd, err)
+	}
+	return ifr.Uint16()&unix.IFF_VNET_HDR != 0, nil
+}
+
+// setTAPOffload tells the kernel which offloads the reader of a TAP with
+// IFF_VNET_HDR takes (TUNSETOFFLOAD): with gso, frames with an unfinished
+// checksum and TCP/IPv4 segments of up to 64 KiB, which the link reads
+// whole; without, none (complete, MTU-sized frames).
+func setTAPOffload(fd int, gso bool) error {
+	var off int
+	if gso {
+		off = unix.TUN_F_CSUM | unix.TUN_F_TSO4
+	}
+	if err := unix.IoctlSetInt(fd, unix.TUNSETOFFLOAD, off); err != nil {
+		return fmt.Errorf("netstack: TUNSETOFFLOAD %#x: %w", off, err)
+	}
+	return nil
 }

@@ -21,10 +21,25 @@ import (
 //     for netstack with resets (and would race netstack's ARP replies);
 //   - GRO and LRO off (ethtool): the kernel would otherwise coalesce
 //     inbound segments into frames larger than the MTU before AF_PACKET
-//     sees them, and bulk transfers into netstack stall (boot-notes).
+//     sees them, and gVisor's fdbased link, reading MTU-sized buffers,
+//     truncates them: bulk transfers into netstack stall (boot-notes).
+//     PrepareNICFor leaves them on for a stack that reads them whole.
 //
 // Offload settings a driver does not support are skipped with a debug log.
-func PrepareNIC(ifname string) error {
+func PrepareNIC(ifname string) error { return prepareNIC(ifname, false) }
+
+// PrepareNICFor is PrepareNIC for a stack with knobs k: with Knobs.HostGSO
+// (and this package's link, which reads frames of up to 64 KiB) GRO and
+// LRO are switched on instead of off, so that the kernel hands netstack
+// coalesced segments, one frame per up to 64 KiB; on virtio-net, LRO is
+// the device's receive segmentation offload (the host's TAP may then send
+// the guest whole GSO segments).
+func PrepareNICFor(ifname string, k Knobs) error {
+	k = k.effective()
+	return prepareNIC(ifname, k.HostGSO)
+}
+
+func prepareNIC(ifname string, coalesce bool) error {
 	link, err := netlink.LinkByName(ifname)
 	if err != nil {
 		return fmt.Errorf("netstack: prepare %s: %w", ifname, err)
@@ -49,11 +64,11 @@ func PrepareNIC(ifname string) error {
 			return fmt.Errorf("netstack: prepare %s: disable IPv6: %w", ifname, err)
 		}
 	}
-	if err := SetNICOffload(ifname, OffloadGRO, false); err != nil && !errors.Is(err, unix.EOPNOTSUPP) {
+	if err := SetNICOffload(ifname, OffloadGRO, coalesce); err != nil && !errors.Is(err, unix.EOPNOTSUPP) {
 		return err
 	}
-	if err := SetNICOffload(ifname, OffloadLRO, false); err != nil {
-		slog.Debug("netstack: LRO not switchable", "iface", ifname, "err", err)
+	if err := SetNICOffload(ifname, OffloadLRO, coalesce); err != nil {
+		slog.Debug("netstack: LRO not switchable", "iface", ifname, "on", coalesce, "err", err)
 	}
 	if err := netlink.LinkSetUp(link); err != nil {
 		return fmt.Errorf("netstack: prepare %s: link up: %w", ifname, err)

@@ -152,6 +152,16 @@ func tapEnvWith(tb testing.TB, k netstack.Knobs) (*nsEnv, *netstack.Stack) {
 	var st *netstack.Stack
 	if err := e.do(func() error {
 		name := ifname("nstap")
+		if k.HostGSO {
+			// The stack opens the TAP itself, with the virtio-net
+			// header host GSO needs (a TAP fd opened by OpenTAP has
+			// none).
+			var err error
+			if st, err = netstack.New(netstack.TAPDevice(name), netstack.WithAddress(tapStack), netstack.WithKnobs(k)); err != nil {
+				return err
+			}
+			return addrUp(name, tapKernel)
+		}
 		f, err := netstack.OpenTAP(name)
 		if err != nil {
 			return err
@@ -202,7 +212,7 @@ func vethEnvWith(tb testing.TB, k netstack.Knobs, noTSO bool) (*nsEnv, *netstack
 				}
 			}
 		}
-		if err := netstack.PrepareNIC(b); err != nil {
+		if err := netstack.PrepareNICFor(b, k); err != nil {
 			return err
 		}
 		var err error

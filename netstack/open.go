@@ -16,7 +16,7 @@ type Config struct {
 	Iface string
 	TAP   string
 	TAPFD int
-	// PrepareIface runs PrepareNIC(Iface) before attaching.
+	// PrepareIface runs PrepareNICFor(Iface, knobs) before attaching.
 	PrepareIface bool
 	Addr         netip.Prefix
 	Gateway      netip.Addr // optional
@@ -54,7 +54,11 @@ func Open(c Config) (Network, error) {
 	if c.Iface != "" {
 		links++
 		if c.PrepareIface {
-			if err := PrepareNIC(c.Iface); err != nil {
+			k := DefaultKnobs()
+			if c.Knobs != nil {
+				k = *c.Knobs
+			}
+			if err := PrepareNICFor(c.Iface, k); err != nil {
 				return nil, err
 			}
 		}

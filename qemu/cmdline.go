@@ -6,6 +6,8 @@ import (
 	"net/netip"
 	"strconv"
 	"strings"
+
+	"github.com/wormspace/wormspace/netstack"
 )
 
 // NetMode selects how a VM's NIC reaches the host.
@@ -277,7 +279,7 @@ func (s *Spec) nicDevice() string {
 		// No option ROM: the kernel is loaded directly, nothing PXE-boots,
 		// and skipping efi-virtio.rom saves firmware time.
 		",romfile="
-	if s.Stack == StackNetstack && s.Net == NetTAP {
+	if s.Stack == StackNetstack && s.Net == NetTAP && !guestTakesOffloads(s.NetstackKnobs) {
 		// Checksum offload towards the guest off. Over a TAP with
 		// VNET_HDR, frames from the host kernel carry CHECKSUM_PARTIAL
 		// (checksum left to the receiver) when the guest offers
@@ -289,8 +291,23 @@ func (s *Spec) nicDevice() string {
 		// before handing frames over. The TSO/ECN/UFO receive offloads
 		// depend on GUEST_CSUM in the virtio spec, so they go too (the
 		// host then segments large sends itself).
-		// The kernel stack handles partial checksums and keeps offloads.
+		// The kernel stack handles partial checksums and keeps offloads,
+		// and so does a guest netstack with host GSO (below).
 		d += ",guest_csum=off,guest_tso4=off,guest_tso6=off,guest_ecn=off,guest_ufo=off"
 	}
 	return d
+}
+
+// guestTakesOffloads reports whether a netstack guest with these knobs
+// (worm.knobs, over netstack.DefaultKnobs) takes frames as the guest
+// kernel would: with host GSO its link reads coalesced segments of up to
+// 64 KiB whole and, trusting the link's checksums, accepts unfinished
+// ones, so the virtio-net device keeps its receive offloads (the host
+// then hands the guest whole GSO segments instead of cutting them into
+// MTU-sized frames; the guest's init switches LRO on for them,
+// netstack.PrepareNICFor). Knobs that do not parse keep the offloads off,
+// the choice that works with every link.
+func guestTakesOffloads(knobs string) bool {
+	k, err := netstack.ParseKnobs(knobs)
+	return err == nil && k.HostGSO && k.RXChecksumOffload
 }

@@ -62,10 +62,15 @@ func TestSpecArgsTAPNetstack(t *testing.T) {
 	if !ok {
 		t.Fatalf("no virtio-net-pci in %q", args)
 	}
-	for _, w := range []string{"netdev=net0", "mac=52:54:00:77:00:02", "guest_csum=off", "guest_tso4=off"} {
+	for _, w := range []string{"netdev=net0", "mac=52:54:00:77:00:02"} {
 		if !strings.Contains(nic, w) {
 			t.Errorf("NIC %q lacks %s", nic, w)
 		}
+	}
+	// The guest's netstack (host GSO by default) takes what the guest
+	// kernel would: the receive offloads stay on.
+	if strings.Contains(nic, "guest_csum") || strings.Contains(nic, "guest_tso4") {
+		t.Errorf("netstack guest with the default knobs: offloads off in %q", nic)
 	}
 	app, _ := flagValue(args, "-append", "")
 	want := "console=ttyS0 panic=-1 quiet cryptomgr.notests no_timer_check worm.id=2 worm.addr=10.77.0.12/24 worm.stack=netstack worm.port=7070 worm.data=/dev/vda worm.volatile=1 worm.segsize=4096"
@@ -76,6 +81,35 @@ func TestSpecArgsTAPNetstack(t *testing.T) {
 	for _, a := range args {
 		if strings.Contains(a, "worm.key") {
 			t.Errorf("key on QEMU's command line: %q", a)
+		}
+	}
+}
+
+// TestSpecArgsNetstackOffloadsFollowKnobs: a guest netstack that cannot
+// take unfinished checksums or coalesced segments (no host GSO, or a
+// fdbased link, or checksums verified) gets a NIC without receive
+// offloads; bad knobs do too (the guest refuses them anyway).
+func TestSpecArgsNetstackOffloadsFollowKnobs(t *testing.T) {
+	for knobs, off := range map[string]bool{
+		"":                          false,
+		"host_gso=true":             false,
+		"go_procs=2":                false,
+		"host_gso=false":            true,
+		"dispatch=recvmmsg":         true,
+		"rx_checksum_offload=false": true,
+		"no_such_knob=1":            true,
+	} {
+		s := baseSpec()
+		s.NetstackKnobs = knobs
+		args, err := s.Args()
+		if err != nil {
+			t.Fatal(err)
+		}
+		nic, _ := flagValue(args, "-device", "virtio-net-pci,")
+		for _, w := range []string{"guest_csum=off", "guest_tso4=off", "guest_tso6=off"} {
+			if has := strings.Contains(nic, w); has != off {
+				t.Errorf("knobs %q: %s in NIC %q is %v, want %v", knobs, w, nic, has, off)
+			}
 		}
 	}
 }
