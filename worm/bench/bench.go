@@ -431,6 +431,127 @@ func EchoServer(l net.Listener) {
 	}
 }
 
+// RawStream measures bulk throughput through an echo server at addr: one
+// connection, a writer sending chunk-byte writes back to back and a reader
+// taking the echo as it comes, for duration after a short warm-up. An
+// operation is one chunk echoed: OpsPerSec times chunk is the bytes per
+// second each way, and the latency of a chunk is from the start of its
+// write until its last byte is back (the queueing in the pipe included).
+// Its Result has Workload "raw-stream". The chunks carry a counter pattern
+// and the reader checks it, so a stack that reorders or corrupts the
+// stream fails the measurement instead of speeding it up.
+func RawStream(ctx context.Context, d Dialer, addr string, chunk int, duration time.Duration) (Result, error) {
+	if chunk <= 0 {
+		chunk = 64 << 10
+	}
+	c, err := d.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return Result{}, fmt.Errorf("bench: raw stream dial %s: %w", addr, err)
+	}
+	defer c.Close()
+	rw := sockio.ReadWriter(c)
+	// starts carries each chunk's write start to the reader, in order;
+	// its capacity bounds the chunks in flight far above what the
+	// sockets' buffers hold.
+	starts := make(chan time.Time, 4096)
+	var measuring, stop atomic.Bool
+	werr := make(chan error, 1)
+	done := make(chan struct{}) // the reader returned
+	wdone := make(chan struct{})
+	go func() {
+		defer close(wdone)
+		defer close(starts)
+		out := make([]byte, chunk)
+		for n := uint64(0); !stop.Load(); n++ {
+			fillStream(out, n*uint64(chunk))
+			select {
+			case starts <- time.Now():
+			case <-done:
+				return
+			}
+			c.SetWriteDeadline(time.Now().Add(10 * time.Second))
+			if _, err := rw.Write(out); err != nil {
+				if !stop.Load() {
+					werr <- err
+				}
+				return
+			}
+		}
+	}()
+	var ops int64
+	var lat []time.Duration
+	var rerr error
+	var t0 time.Time
+	var elapsed time.Duration
+	go func() {
+		defer close(done)
+		in := make([]byte, chunk)
+		want := make([]byte, chunk)
+		for n := uint64(0); ; n++ {
+			t, ok := <-starts
+			if !ok {
+				return
+			}
+			c.SetReadDeadline(time.Now().Add(10 * time.Second))
+			if _, err := io.ReadFull(rw, in); err != nil {
+				if !stop.Load() {
+					rerr = err
+				}
+				return
+			}
+			fillStream(want, n*uint64(chunk))
+			if string(in) != string(want) {
+				rerr = fmt.Errorf("bench: raw stream: chunk %d came back different", n)
+				return
+			}
+			if measuring.Load() {
+				lat = append(lat, time.Since(t))
+				ops++
+			}
+		}
+	}()
+	sleep(ctx, 200*time.Millisecond)
+	t0 = time.Now()
+	measuring.Store(true)
+	sleep(ctx, duration)
+	measuring.Store(false)
+	elapsed = time.Since(t0)
+	stop.Store(true)
+	// Closing ends a write or read in progress (a deadline could be
+	// replaced by the writer's next one).
+	c.Close()
+	<-done
+	<-wdone
+	r := Result{Workload: "raw-stream", Clients: 1, Duration: elapsed, Ops: ops,
+		OpsPerSec: float64(ops) / elapsed.Seconds(), Latency: Summarize(lat)}
+	select {
+	case err := <-werr:
+		rerr = errors.Join(rerr, err)
+	default:
+	}
+	if rerr != nil {
+		r.Errors, r.FirstError = 1, rerr.Error()
+		return r, fmt.Errorf("bench: raw stream to %s: %w", addr, rerr)
+	}
+	if ctx.Err() != nil {
+		return r, ctx.Err()
+	}
+	if r.Ops == 0 {
+		return r, errors.New("bench: raw stream: no chunk came back")
+	}
+	return r, nil
+}
+
+// fillStream writes the stream pattern for offset off into b: each 8-byte
+// word holds its own offset, so a chunk out of place does not match.
+func fillStream(b []byte, off uint64) {
+	for i := 0; i+8 <= len(b); i += 8 {
+		v := off + uint64(i)
+		b[i], b[i+1], b[i+2], b[i+3] = byte(v), byte(v>>8), byte(v>>16), byte(v>>24)
+		b[i+4], b[i+5], b[i+6], b[i+7] = byte(v>>32), byte(v>>40), byte(v>>48), byte(v>>56)
+	}
+}
+
 // RawRTT measures closed-loop round trips of size-byte messages to an echo
 // server at addr over d, with clients connections, for duration after a
 // short warm-up. Its Result has Workload "raw-rtt".

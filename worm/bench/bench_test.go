@@ -4,6 +4,7 @@ import (
 	"context"
 	"io"
 	"net"
+	"strings"
 	"testing"
 	"time"
 
@@ -74,6 +75,62 @@ func TestRawRTT(t *testing.T) {
 		t.Fatalf("%+v %v", r, err)
 	}
 	t.Log(r)
+}
+
+// TestRawStream: the stream floor moves chunks through an echo server and
+// reports them; an echo that corrupts one byte in the stream fails it
+// (the reader checks the pattern), and so does one that stops echoing.
+func TestRawStream(t *testing.T) {
+	listen := func(serve func(net.Conn)) string {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { l.Close() })
+		go func() {
+			for {
+				c, err := l.Accept()
+				if err != nil {
+					return
+				}
+				go serve(c)
+			}
+		}()
+		return l.Addr().String()
+	}
+	good := listen(func(c net.Conn) { defer c.Close(); io.Copy(c, c) })
+	const chunk = 16 << 10
+	r, err := bench.RawStream(context.Background(), &net.Dialer{}, good, chunk, 100*time.Millisecond)
+	if err != nil || r.Ops == 0 || r.Errors != 0 || r.Latency.P50 <= 0 || r.Workload != "raw-stream" {
+		t.Fatalf("%+v %v", r, err)
+	}
+	t.Logf("%.0f MB/s", r.OpsPerSec*chunk/1e6)
+
+	corrupt := listen(func(c net.Conn) {
+		defer c.Close()
+		buf := make([]byte, 4096)
+		var off int
+		for {
+			n, err := c.Read(buf)
+			for i := range n {
+				if off+i == 3*chunk+5 {
+					buf[i] ^= 0x40
+				}
+			}
+			off += n
+			if _, werr := c.Write(buf[:n]); werr != nil || err != nil {
+				return
+			}
+		}
+	})
+	if r, err := bench.RawStream(context.Background(), &net.Dialer{}, corrupt, chunk, 100*time.Millisecond); err == nil || !strings.Contains(err.Error(), "chunk 3 came back different") {
+		t.Fatalf("corrupting echo: %+v %v", r, err)
+	}
+
+	silent := listen(func(c net.Conn) { defer c.Close(); io.Copy(io.Discard, c) })
+	if r, err := bench.RawStream(context.Background(), &net.Dialer{}, silent, chunk, 100*time.Millisecond); err == nil || r.Ops != 0 {
+		t.Fatalf("silent echo: %+v %v", r, err)
+	}
 }
 
 func TestSummarize(t *testing.T) {

@@ -250,6 +250,19 @@ type Report struct {
 // EchoWorkload names the raw echo floor rows.
 const EchoWorkload = "raw-echo"
 
+// StreamWorkload names the bulk floor rows: StreamChunk-byte writes
+// streamed through the same echo server on one connection. Their ops/s
+// are megabytes (10^6 bytes) per second each way, their p50/p99 the time
+// a chunk takes to come back, queueing in the pipe included.
+const StreamWorkload = "raw-stream"
+
+// StreamChunk is the write size of the bulk floor.
+const StreamChunk = 64 << 10
+
+// floorWorkload reports whether wl is one of the raw floors over a path
+// (not a WormSpace workload).
+func floorWorkload(wl string) bool { return wl == EchoWorkload || wl == StreamWorkload }
+
 type runner struct {
 	o       *Options
 	rep     *Report
@@ -359,7 +372,7 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 	perRep := 0
 	for _, cfg := range active {
 		if c, ok := r.cls[cfg]; ok && c.echoAddr() != "" {
-			perRep++
+			perRep += 2 // the echo and the stream floors
 		}
 		perRep += len(o.Workloads)*len(o.Clients) + len(o.Rates)
 	}
@@ -471,6 +484,22 @@ func (r *runner) measureConfig(ctx context.Context, rep int, cfg string) error {
 			}
 			row.Samples = append(row.Samples, s)
 			r.progress("[%d/%d] rep %d %s %s: %s", r.step, r.steps, rep, cfg, EchoWorkload, sampleLine(s))
+
+			r.step++
+			res, err = bench.RawStream(ctx, c.dialer(), a, StreamChunk, r.o.Duration)
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			row = r.row(cfg, StreamWorkload, 1, true)
+			s = Sample{Rep: rep}
+			if err != nil {
+				s.Errors, s.FirstError = 1, err.Error()
+			} else {
+				s = sampleOf(rep, res, 0, 0)
+				s.OpsPerSec = res.OpsPerSec * StreamChunk / 1e6 // MB/s each way
+			}
+			row.Samples = append(row.Samples, s)
+			r.progress("[%d/%d] rep %d %s %s: %s", r.step, r.steps, rep, cfg, StreamWorkload, streamLine(s))
 		}
 	}
 	sp := r.clients[cfg]
@@ -552,6 +581,14 @@ func sampleOf(rep int, res bench.Result, srv, self float64) Sample {
 
 func us(d time.Duration) float64 { return float64(d.Nanoseconds()) / 1e3 }
 
+// streamLine is sampleLine for a bulk floor sample (ops/s are MB/s).
+func streamLine(s Sample) string {
+	if s.Ops == 0 && s.FirstError != "" {
+		return "FAILED: " + oneLine(s.FirstError)
+	}
+	return fmt.Sprintf("%.1f MB/s each way, %d KiB chunk back in p50=%.1fµs p99=%.1fµs", s.OpsPerSec, StreamChunk>>10, s.P50us, s.P99us)
+}
+
 func sampleLine(s Sample) string {
 	if s.Ops == 0 && s.FirstError != "" {
 		return "FAILED: " + oneLine(s.FirstError)
@@ -585,7 +622,7 @@ func (r *runner) finish() {
 		x.OpsPerSec, x.P50us, x.P99us, x.ServerCPU, x.ClientCPU = statOf(tp), statOf(p50), statOf(p99), statOf(sc), statOf(cc)
 	}
 	// Report order: by workload, clients, then configuration order.
-	wlOrder := append(append([]string{EchoWorkload}, Workloads...), OpenLoop)
+	wlOrder := append(append([]string{EchoWorkload, StreamWorkload}, Workloads...), OpenLoop)
 	var rows []Row
 	for _, k := range r.order {
 		rows = append(rows, *r.rows[k])

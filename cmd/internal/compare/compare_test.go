@@ -217,6 +217,17 @@ func TestCompareQuickEndToEnd(t *testing.T) {
 			if x, ok := rows[key{c, EchoWorkload, 1}]; !ok || x.P50us.Median <= 0 || x.Errors > 0 {
 				t.Errorf("%s: no raw echo floor: %+v", c, x)
 			}
+			// The bulk floor: MB/s through the same echo server, with
+			// its ratios like every throughput's.
+			x, ok := rows[key{c, StreamWorkload, 1}]
+			switch {
+			case !ok || len(x.Samples) != 2 || x.OpsPerSec.Median <= 0 || x.P50us.Median <= 0 || x.Errors > 0:
+				t.Errorf("%s: no bulk floor: %+v", c, x)
+			case c != HostKernel && x.TputRatio <= 0:
+				t.Errorf("%s: bulk floor without a ratio to host-kernel: %+v", c, x)
+			case c == HostKernel && x.OpsPerSec.Median < 10:
+				t.Errorf("%s: bulk floor %.1f MB/s over loopback: not MB/s?", c, x.OpsPerSec.Median)
+			}
 		}
 	}
 

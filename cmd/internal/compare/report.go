@@ -82,13 +82,33 @@ func Table(rep *Report) string {
 	tw := tabwriter.NewWriter(&b, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(tw, "workload\tclients\tconfig\tops/s\t(min-max)\tp50 µs\tp99 µs\tsrv cpu µs/op\tcli cpu µs/op\ttput vs 1\tp50 vs 1\tcpu vs 1\tns/kernel tput\tns/kernel p50\terrors\t")
 	for _, x := range rep.Rows {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%.0f\t%.0f-%.0f\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t\n",
-			x.Workload, load(x), x.Config, x.OpsPerSec.Median, x.OpsPerSec.Min, x.OpsPerSec.Max,
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t\n",
+			x.Workload, load(x), x.Config, opsCell(x, x.OpsPerSec.Median), opsCell(x, x.OpsPerSec.Min)+"-"+opsCell(x, x.OpsPerSec.Max),
 			f1(x.P50us.Median), f1(x.P99us.Median), dash(x.ServerCPU.Median), dash(x.ClientCPU.Median),
 			ratio(x.TputRatio), ratio(x.P50Ratio), ratio(x.CPURatio), ratio(x.StackTputRatio), ratio(x.StackP50Ratio), x.Errors)
 	}
 	tw.Flush()
+	b.WriteString(streamNote(rep))
 	return b.String()
+}
+
+// opsCell renders a throughput: operations per second, or MB/s (one
+// decimal) on the bulk floor's rows.
+func opsCell(x Row, v float64) string {
+	if x.Workload == StreamWorkload {
+		return f1(v)
+	}
+	return strconv.FormatFloat(v, 'f', 0, 64)
+}
+
+// streamNote explains the bulk floor's columns when the report has it.
+func streamNote(rep *Report) string {
+	for _, x := range rep.Rows {
+		if x.Workload == StreamWorkload {
+			return fmt.Sprintf("\n%s: %d KiB writes streamed through the echo floor on one connection; its ops/s is MB/s each way, its p50/p99 the time a chunk takes to come back.\n", StreamWorkload, StreamChunk>>10)
+		}
+	}
+	return ""
 }
 
 // load is the clients column: the client count, or @RATE/s open loop.
@@ -122,10 +142,11 @@ func Markdown(rep *Report) string {
 	b.WriteString("| workload | clients | config | ops/s (min–max) | p50 µs | p99 µs | server CPU µs/op | tput vs host-kernel | p50 vs host-kernel | netstack/kernel tput | netstack/kernel p50 |\n")
 	b.WriteString("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|\n")
 	for _, x := range rep.Rows {
-		fmt.Fprintf(&b, "| %s | %s | %s | %.0f (%.0f–%.0f) | %s | %s | %s | %s | %s | %s | %s |\n", x.Workload, load(x), x.Config,
-			x.OpsPerSec.Median, x.OpsPerSec.Min, x.OpsPerSec.Max, f1(x.P50us.Median), f1(x.P99us.Median), dash(x.ServerCPU.Median),
+		fmt.Fprintf(&b, "| %s | %s | %s | %s (%s–%s) | %s | %s | %s | %s | %s | %s | %s |\n", x.Workload, load(x), x.Config,
+			opsCell(x, x.OpsPerSec.Median), opsCell(x, x.OpsPerSec.Min), opsCell(x, x.OpsPerSec.Max), f1(x.P50us.Median), f1(x.P99us.Median), dash(x.ServerCPU.Median),
 			ratio(x.TputRatio), ratio(x.P50Ratio), ratio(x.StackTputRatio), ratio(x.StackP50Ratio))
 	}
+	b.WriteString(streamNote(rep))
 	return b.String()
 }
 
