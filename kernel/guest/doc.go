@@ -15,7 +15,7 @@
 // dependencies first); parses /proc/cmdline (ParseCmdline); brings lo and
 // eth0 up, giving eth0 the address and default route for worm.stack=kernel
 // or keeping the kernel off eth0 for worm.stack=netstack (no addresses,
-// IPv6 disabled, GRO off); mounts the ext4 data disk (worm.data, waiting
+// IPv6 disabled; wormd's netstack sets the offloads); mounts the ext4 data disk (worm.data, waiting
 // for the device a bounded time) or a tmpfs at /data; and starts
 //
 //	/bin/wormd -id N -data /data/wormd -listen ADDR:PORT -stack S

@@ -1,22 +1,20 @@
 package guest
 
 import (
-	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"os"
-	"runtime"
 	"time"
-	"unsafe"
 
 	"github.com/vishvananda/netlink"
-	"golang.org/x/sys/unix"
 )
 
 // setupNetwork brings lo and eth0 up. With StackKernel eth0 gets the
 // address and the default route; with StackNetstack the kernel is kept off
-// eth0 (no addresses, IPv6 disabled, GRO off) for wormd's netstack.
+// eth0 (no addresses, IPv6 disabled) for wormd's netstack, which sets the
+// NIC's offloads itself for the link it runs (netstack.PrepareNICFor: GRO
+// and LRO on with host GSO, off otherwise).
 func setupNetwork(log *slog.Logger, cfg Config) error {
 	t := time.Now()
 	lo, err := netlink.LinkByName("lo")
@@ -70,11 +68,6 @@ func setupNetwork(log *slog.Logger, cfg Config) error {
 				return fmt.Errorf("%s: disable IPv6: %w", Iface, err)
 			}
 		}
-		// GRO hands AF_PACKET coalesced super-frames; netstack then stalls
-		// on bulk transfers (boot-notes).
-		if err := setGRO(Iface, false); err != nil && !errors.Is(err, unix.EOPNOTSUPP) {
-			return fmt.Errorf("%s: GRO off: %w", Iface, err)
-		}
 		if err := netlink.LinkSetUp(eth); err != nil {
 			return fmt.Errorf("%s up: %w", Iface, err)
 		}
@@ -82,40 +75,5 @@ func setupNetwork(log *slog.Logger, cfg Config) error {
 		return fmt.Errorf("unknown stack %q", cfg.Stack)
 	}
 	log.Info("network up", "iface", Iface, "stack", cfg.Stack, "mac", eth.Attrs().HardwareAddr.String(), "ms", time.Since(t).Milliseconds())
-	return nil
-}
-
-// ethtoolValue is struct ethtool_value (linux/ethtool.h).
-type ethtoolValue struct {
-	cmd, data uint32
-}
-
-// ifreqPtr is struct ifreq whose union holds the ifr_data pointer (40
-// bytes on 64-bit Linux).
-type ifreqPtr struct {
-	name [unix.IFNAMSIZ]byte
-	data unsafe.Pointer
-	_    [24 - unsafe.Sizeof(uintptr(0))]byte
-}
-
-// setGRO switches generic receive offload with the legacy ethtool ioctl.
-func setGRO(ifname string, on bool) error {
-	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		return err
-	}
-	defer unix.Close(fd)
-	v := &ethtoolValue{cmd: unix.ETHTOOL_SGRO}
-	if on {
-		v.data = 1
-	}
-	var ifr ifreqPtr
-	copy(ifr.name[:], ifname)
-	ifr.data = unsafe.Pointer(v)
-	_, _, errno := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), unix.SIOCETHTOOL, uintptr(unsafe.Pointer(&ifr)))
-	runtime.KeepAlive(v)
-	if errno != 0 {
-		return errno
-	}
 	return nil
 }

@@ -52,7 +52,7 @@ func main() {
 		tap     = flag.String("tap", "", "netstack: attach to this TAP interface (created if missing)")
 		tapFD   = flag.Int("tap-fd", -1, "netstack: attach to this already-open TAP fd")
 		iface   = flag.String("iface", "", "netstack: attach to this interface via AF_PACKET")
-		prepare = flag.Bool("prepare", false, "with -iface: run PrepareNIC first (flush addresses, IPv6 and GRO off)")
+		prepare = flag.Bool("prepare", false, "with -iface: run PrepareNICFor first (flush addresses, IPv6 off; GRO and LRO as the knobs need)")
 		addr    = flag.String("addr", "", "netstack: address/prefix, e.g. 10.0.0.2/24")
 		gw      = flag.String("gw", "", "netstack: default gateway")
 		mtu     = flag.Uint("mtu", 0, "netstack: MTU (default: interface MTU or 1500)")
