@@ -127,20 +127,23 @@
 // skip with the reason when not root or /dev/net/tun is missing. The soak
 // test runs 20 s, WORM_SOAK=5m runs longer.
 //
-// Figures with DefaultKnobs on a 2-core Debian 12 machine (go test -bench
-// . -benchtime 2s -count 3; kernel client in a test namespace, netstack
-// server; "into"/"out of" netstack):
+// Figures with DefaultKnobs on the 2-core test machine (session 14, host
+// GSO on; go test -run XXX -bench 'Echo64|Bulk' -benchtime 1s -count 2;
+// kernel client in a test namespace, netstack server; "into"/"out of"
+// netstack):
 //
 //	path                          echo64 p50/p99   bulk into / out of
-//	kernel loopback               17 / 57 us       2500-2900 MB/s
-//	netstack <-> netstack (Pipe)  17 / 79 us       160-198 MB/s
-//	kernel -> netstack on TAP     50 / 170 us      170-181 / 124-142 MB/s
-//	kernel -> netstack AF_PACKET  55 / 191 us      705-710 / 111-126 MB/s
-//	  same, kernel TSO/GSO off    54 / 183 us      171-179 / 99-116 MB/s
+//	kernel loopback               16 / 31-40 us    1190-1280 / 1270-1570 MB/s
+//	netstack <-> netstack (Pipe)  26 / 92-114 us   107-133 / 124-161 MB/s
+//	kernel -> netstack on TAP     24-25 / 172-238  1163-1197 / 1683-1722 MB/s
+//	kernel -> netstack AF_PACKET  33-35 / 220-278  958-1030 / 1232-1248 MB/s
 //
-// Into netstack over veth is fast when the kernel side sends TSO
-// super-frames, which AF_PACKET passes whole; a virtio-net guest with GRO
-// off sees MTU-sized frames, as in the last row (WORM_VETH_NO_TSO=1).
+// With host GSO (the default) a TCP segment of up to 64 KiB crosses the
+// TAP or the AF_PACKET socket as one frame, and the kernel cuts it (or a
+// peer takes it whole): bulk through netstack on the host is now at the
+// kernel's loopback rate, where with MTU-sized frames it was 100-300 MB/s
+// (host_gso=false). The Pipe has no kernel to offload to and keeps MTU
+// frames.
 //
 // # Imports
 //

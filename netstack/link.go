@@ -14,21 +14,27 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/stack"
 )
 
-// TAP attaches the stack to an already-open TAP device fd (opened with
-// IFF_TAP|IFF_NO_PI and without IFF_VNET_HDR, as OpenTAP does). The Stack
-// takes ownership of fd and closes it in Close.
+// TAP attaches the stack to an already-open TAP device fd, opened with
+// IFF_TAP|IFF_NO_PI (as OpenTAP does). An fd with IFF_VNET_HDR carries a
+// virtio-net header on every frame, which only this package's links read
+// (dispatch inline or netpoll); with it and Knobs.HostGSO the stack sets
+// the TAP's offloads and uses host GSO, without it the stack runs with
+// HostGSO off (Stack.Knobs). The Stack takes ownership of fd and closes
+// it in Close.
 func TAP(fd int) Option { return func(c *config) { c.setLink(tapFD{fd: fd}) } }
 
 // TAPDevice opens /dev/net/tun and attaches to the TAP interface name,
 // creating it if it does not exist (a created device vanishes when the
-// Stack closes). The interface must be brought up by the caller (the host
-// side owns it, see OpenTAP).
+// Stack closes), with IFF_VNET_HDR and the TAP's offloads set when
+// Knobs.HostGSO is on. The interface must be brought up by the caller
+// (the host side owns it, see OpenTAP).
 func TAPDevice(name string) Option { return func(c *config) { c.setLink(tapName{name: name}) } }
 
 // PacketSocket attaches the stack to the named interface through an
-// AF_PACKET socket (ETH_P_ALL, PACKET_IGNORE_OUTGOING). Call PrepareNIC on
-// the interface first: the kernel must hold no address on it, or it
-// answers netstack's peers with resets.
+// AF_PACKET socket (ETH_P_ALL, PACKET_IGNORE_OUTGOING; PACKET_VNET_HDR
+// with Knobs.HostGSO). Call PrepareNICFor on the interface first: the
+// kernel must hold no address on it, or it answers netstack's peers with
+// resets, and its receive offloads must suit the link.
 func PacketSocket(ifname string) Option {
 	return func(c *config) { c.setLink(packetSock{ifname: ifname}) }
 }
