@@ -188,12 +188,22 @@ func (c *Config) defaults() error {
 	return nil
 }
 
+// segmentBudget bounds the bytes of values a worker writes into one
+// segment before it moves to a fresh one and trims the old: with it a
+// run holds at most about Clients times this much live data, whatever the
+// value size and however long it runs (64-byte values fill a whole
+// 1024-register segment with 64 KiB, well below it; 64 KiB values take 16
+// registers per segment, so that 64 clients keep 64 MiB live, within a
+// small VM's memory and disk, not 4 GiB).
+const segmentBudget = 1 << 20
+
 // worker is one closed-loop client.
 type worker struct {
 	cfg     *Config
 	id      int
 	sp      worm.Space
-	segSize uint32
+	segSize uint32 // the space's
+	perSeg  uint32 // registers the worker uses per segment (segmentBudget)
 	seg     uint64
 	segN    uint64 // segments this worker has used
 	tok     worm.Token
@@ -203,8 +213,15 @@ type worker struct {
 	samples []time.Duration
 }
 
-// nextSeg allocates and captures the worker's next segment (untimed).
+// nextSeg trims the worker's current segment, if any, and allocates and
+// captures its next one (untimed: not in the operation's latency, but in
+// the run's elapsed time, as a real writer's housekeeping would be).
 func (w *worker) nextSeg(ctx context.Context) error {
+	if w.segN > 0 {
+		if err := w.sp.Trim(ctx, w.seg); err != nil {
+			return fmt.Errorf("trim %d: %w", w.seg, err)
+		}
+	}
 	w.seg = w.cfg.SegBase + uint64(w.id) + w.segN*uint64(w.cfg.Clients)
 	w.segN++
 	if _, err := w.sp.Alloc(ctx, w.seg, nil); err != nil {
@@ -221,6 +238,11 @@ func (w *worker) nextSeg(ctx context.Context) error {
 // prepare sets the worker up before timing starts.
 func (w *worker) prepare(ctx context.Context) error {
 	w.segSize = w.sp.SegmentSize()
+	w.perSeg = uint32(min(uint64(w.segSize), max(segmentBudget/uint64(w.cfg.ValueSize), 1)))
+	if w.cfg.Workload == Batch {
+		// Room for at least one batch (and a whole one at the end).
+		w.perSeg = min(w.segSize, max(w.perSeg, uint32(w.cfg.Batch)))
+	}
 	w.value = make([]byte, w.cfg.ValueSize)
 	for i := range w.value {
 		w.value[i] = byte('a' + (w.id+i)%26)
@@ -233,7 +255,7 @@ func (w *worker) prepare(ctx context.Context) error {
 		if err := w.nextSeg(ctx); err != nil {
 			return err
 		}
-		n := min(w.segSize, 256)
+		n := min(w.perSeg, 256)
 		for off := uint32(0); off < n; off += 16 {
 			k := min(16, n-off)
 			vals := make([][]byte, k)
@@ -254,7 +276,7 @@ func (w *worker) prepare(ctx context.Context) error {
 func (w *worker) op(ctx context.Context) (int64, time.Duration, error) {
 	switch w.cfg.Workload {
 	case Write:
-		if w.off >= w.segSize {
+		if w.off >= w.perSeg {
 			if err := w.nextSeg(ctx); err != nil {
 				return 0, 0, err
 			}
@@ -266,7 +288,7 @@ func (w *worker) op(ctx context.Context) (int64, time.Duration, error) {
 		return 1, d, err
 	case Batch:
 		n := uint32(w.cfg.Batch)
-		if w.off+n > w.segSize {
+		if w.off+n > w.perSeg {
 			if err := w.nextSeg(ctx); err != nil {
 				return 0, 0, err
 			}
@@ -283,7 +305,7 @@ func (w *worker) op(ctx context.Context) (int64, time.Duration, error) {
 		w.off += n
 		return int64(n), d, err
 	case CaptureWrite:
-		if w.off >= w.segSize {
+		if w.off >= w.perSeg {
 			if err := w.nextSeg(ctx); err != nil {
 				return 0, 0, err
 			}
@@ -297,7 +319,7 @@ func (w *worker) op(ctx context.Context) (int64, time.Duration, error) {
 		}
 		return 1, time.Since(t), err
 	case Read:
-		a := worm.Addr{Seg: w.seg, Off: w.off % min(w.segSize, 256)}
+		a := worm.Addr{Seg: w.seg, Off: w.off % min(w.perSeg, 256)}
 		w.off++
 		t := time.Now()
 		_, err := w.sp.Read(ctx, a)
@@ -373,6 +395,23 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 	if ctx.Err() != nil {
 		return Result{}, ctx.Err()
 	}
+	// Leave nothing behind: a harness runs many of these against the same
+	// cluster (and the spec keeps every value in memory). Best effort: a
+	// segment left untrimmed costs space, not correctness, and the figures
+	// are already taken.
+	for _, w := range ws {
+		if w.segN == 0 {
+			continue // never had a segment
+		}
+		wg.Add(1)
+		go func(w *worker) {
+			defer wg.Done()
+			tctx, cancel := context.WithTimeout(ctx, cfg.OpTimeout)
+			defer cancel()
+			_ = w.sp.Trim(tctx, w.seg)
+		}(w)
+	}
+	wg.Wait()
 	var all []time.Duration
 	for _, w := range ws {
 		all = append(all, w.samples...)

@@ -2,6 +2,7 @@ package bench_test
 
 import (
 	"context"
+	"errors"
 	"io"
 	"net"
 	"strings"
@@ -43,22 +44,84 @@ func TestWorkloadsOnSpec(t *testing.T) {
 	}
 }
 
-// The written registers really hold the values: a Write run leaves its
-// registers readable.
+// checkBeforeTrim is a Space that, before it trims a segment, reads every
+// register of it and records what it found: the bench trims each segment
+// once it is done with it, and this is the last moment to look.
+type checkBeforeTrim struct {
+	worm.Space
+	t       *testing.T
+	size    int            // the values' size
+	written map[uint64]int // segment -> registers holding a value
+}
+
+func (c *checkBeforeTrim) Trim(ctx context.Context, seg uint64) error {
+	n := 0
+	for off := uint32(0); off < c.SegmentSize(); off++ {
+		v, err := c.Read(ctx, worm.Addr{Seg: seg, Off: off})
+		switch {
+		case err == nil && len(v) == c.size:
+			n++
+		case err == nil:
+			c.t.Errorf("register %d/%d holds %d bytes, want %d", seg, off, len(v), c.size)
+		case !errors.Is(err, worm.ErrEmpty):
+			c.t.Errorf("register %d/%d before its trim: %v", seg, off, err)
+		}
+	}
+	c.written[seg] = n
+	return c.Space.Trim(ctx, seg)
+}
+
+// The written registers really hold the values, and the run leaves
+// nothing behind: every segment a Write run used is full when the run
+// moves on from it and trimmed then, and the last one when the run ends.
 func TestWritesLand(t *testing.T) {
 	st := spec.New(16)
-	c := st.Client("w")
+	c := &checkBeforeTrim{Space: st.Client("w"), t: t, size: 64, written: map[uint64]int{}}
 	r, err := bench.Run(context.Background(), bench.Config{Spaces: []worm.Space{c}, Workload: bench.Write,
 		Duration: 20 * time.Millisecond, Warmup: -1, SegBase: 1000})
 	if err != nil || r.Ops < 20 {
 		t.Fatalf("%+v %v", r, err)
 	}
-	// More than one segment was used: 1000 and 1001 are both full.
+	// More than one segment was used: 1000 and 1001 were full.
 	for _, seg := range []uint64{1000, 1001} {
-		for off := uint32(0); off < 16; off++ {
-			if _, err := c.Read(context.Background(), worm.Addr{Seg: seg, Off: off}); err != nil {
-				t.Fatalf("register %d/%d after the run: %v", seg, off, err)
+		if c.written[seg] != 16 {
+			t.Errorf("segment %d: %d registers written when trimmed, want 16 (trims: %v)", seg, c.written[seg], c.written)
+		}
+	}
+	for seg := range c.written {
+		if _, err := c.Read(context.Background(), worm.Addr{Seg: seg}); !errors.Is(err, worm.ErrTrimmed) {
+			t.Errorf("segment %d after the run: %v, want trimmed", seg, err)
+		}
+	}
+	if last := uint64(999 + len(c.written)); c.written[last] == 0 {
+		t.Errorf("the last segment %d was not trimmed with a value in it (trims: %v)", last, c.written)
+	}
+}
+
+// With large values a worker moves on after about a megabyte, not after a
+// whole segment: 64 KiB values take 16 registers per segment, so a long
+// run's live data stays bounded.
+func TestSegmentBudget(t *testing.T) {
+	st := spec.New(1024)
+	c := &checkBeforeTrim{Space: st.Client("w"), t: t, size: 64 << 10, written: map[uint64]int{}}
+	for _, w := range []bench.Workload{bench.Write, bench.CaptureWrite} {
+		clear(c.written)
+		r, err := bench.Run(context.Background(), bench.Config{Spaces: []worm.Space{c}, Workload: w, ValueSize: 64 << 10,
+			Duration: 50 * time.Millisecond, Warmup: -1})
+		if err != nil || r.Ops < 40 {
+			t.Fatalf("%s: %+v %v", w, r, err)
+		}
+		full := 0
+		for seg, n := range c.written {
+			if n > 16 {
+				t.Errorf("%s: segment %d had %d registers of 64 KiB", w, seg, n)
 			}
+			if n == 16 {
+				full++
+			}
+		}
+		if full < 2 {
+			t.Errorf("%s: %d segments filled to the budget (trims: %v)", w, full, c.written)
 		}
 	}
 }

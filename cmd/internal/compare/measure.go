@@ -117,6 +117,7 @@ func runLog(ctx context.Context, sp worm.Space, clients int, warmup, duration ti
 	seq := wormlog.NewSequencer(sp, cfg)
 	defer seq.Close()
 	lg := wormlog.NewClient(sp, cfg, seq)
+	defer trimLog(ctx, lg)
 	value := make([]byte, valueSize)
 	for i := range value {
 		value[i] = byte('a' + i%26)
@@ -134,6 +135,19 @@ func runLog(ctx context.Context, sp worm.Space, clients int, warmup, duration ti
 	})
 }
 
+// trimLog trims a measured log below its tail, so that a run leaves
+// nothing behind on the cluster (or in the spec's memory) for the next:
+// a comparison runs dozens of them, and with large values (-value) the
+// untrimmed logs once took the spec floor's process to 8 GiB. Best
+// effort: the figures are taken, and a failure costs only space.
+func trimLog(ctx context.Context, lg *wormlog.Client) {
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	if tail, err := lg.Tail(ctx); err == nil {
+		_ = lg.Trim(ctx, tail)
+	}
+}
+
 // OpenLoop names the open-loop rows: WormLog appends arriving at a fixed
 // rate whatever the latency, so queueing shows in the latency.
 const OpenLoop = "open-log-append"
@@ -148,6 +162,7 @@ func runOpenLog(ctx context.Context, sp worm.Space, rate int, warmup, duration t
 	seq := wormlog.NewSequencer(sp, cfg)
 	defer seq.Close()
 	lg := wormlog.NewClient(sp, cfg, seq)
+	defer trimLog(ctx, lg)
 	value := make([]byte, valueSize)
 	pctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	_, err := lg.Append(pctx, value)
