@@ -153,3 +153,53 @@ func TestCurvePointLabelsClear(t *testing.T) {
 		}
 	}
 }
+
+// TestOverheadBarsFloors: the throughput bars carry the bulk floor (one
+// connection, whatever the chart's client count) and the latency bars the
+// echo floor, not the bulk floor's queueing; the spec floor is in neither.
+func TestOverheadBarsFloors(t *testing.T) {
+	row := func(cfg, wl string, clients int, floor bool, tput, p50 float64) Row {
+		return Row{Config: cfg, Workload: wl, Clients: clients, Floor: floor, TputRatio: tput, P50Ratio: p50}
+	}
+	rep := &Report{Rows: []Row{
+		row(HostKernel, EchoWorkload, 1, true, 1, 1),
+		row(HostNetstack, EchoWorkload, 1, true, 0.8, 1.2),
+		row(HostKernel, StreamWorkload, 1, true, 1, 1),
+		row(HostNetstack, StreamWorkload, 1, true, 0.9, 1.5),
+		row(Spec, "write", 1, true, 70, 0.01),
+		row(Spec, "write", 64, true, 12, 0.01),
+		row(HostKernel, "write", 1, false, 1, 1),
+		row(HostNetstack, "write", 1, false, 0.7, 1.3),
+		row(HostKernel, "write", 64, false, 1, 1),
+		row(HostNetstack, "write", 64, false, 0.9, 1.1),
+	}}
+	labels := func(draw func(canvas)) []string {
+		c := &textCanvas{}
+		draw(c)
+		var out []string
+		for _, tx := range c.texts {
+			out = append(out, tx.s)
+		}
+		return out
+	}
+	tput := labels(func(c canvas) { throughputBars(c, rep, 64) })
+	lat := labels(func(c canvas) { latencyBars(c, rep, 1) })
+	for _, want := range []string{StreamWorkload, "write", "0.90"} {
+		if !slices.Contains(tput, want) {
+			t.Errorf("throughput bars lack %q: %q", want, tput)
+		}
+	}
+	for _, want := range []string{EchoWorkload, "write", "1.20"} {
+		if !slices.Contains(lat, want) {
+			t.Errorf("latency bars lack %q: %q", want, lat)
+		}
+	}
+	if slices.Contains(tput, EchoWorkload) || slices.Contains(lat, StreamWorkload) {
+		t.Errorf("a floor in the wrong chart: throughput %q, latency %q", tput, lat)
+	}
+	for _, l := range append(tput, lat...) {
+		if l == Spec || strings.HasPrefix(l, "12.") || strings.HasPrefix(l, "70.") {
+			t.Errorf("the spec floor is charted: %q", l)
+		}
+	}
+}
