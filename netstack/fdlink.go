@@ -294,15 +294,7 @@ func (l *fdLink) SetOnCloseAction(f func()) {
 // WritePackets implements stack.LinkWriter (used when a wrapper such as
 // Faults sits between the qdisc and the link).
 func (l *fdLink) WritePackets(pkts stack.PacketBufferList) (int, tcpip.Error) {
-	if !l.vnet {
-		return writeFrames(l.fd, pkts)
-	}
-	for i, pkt := range pkts.AsSlice() {
-		if err := writeFrameVnet(l.fd, pkt); err != nil {
-			return i, err
-		}
-	}
-	return pkts.Len(), nil
+	return writeFrames(l.fd, pkts, l.vnet)
 }
 
 func (l *fdLink) writePacket(pkt *stack.PacketBuffer) tcpip.Error {

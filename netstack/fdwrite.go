@@ -42,14 +42,21 @@ const maxWriteIovecs = 16
 // WritePackets implements stack.LinkWriter (used when something sits
 // between the qdisc and this link, such as the Faults wrapper).
 func (w *fdWriter) WritePackets(pkts stack.PacketBufferList) (int, tcpip.Error) {
-	return writeFrames(w.fd, pkts)
+	return writeFrames(w.fd, pkts, false)
 }
 
-// writeFrames writes each packet of pkts with writeFrame, stopping at the
-// first error; it returns how many were written.
-func writeFrames(fd int, pkts stack.PacketBufferList) (int, tcpip.Error) {
+// writeFrames writes each packet of pkts with writeFrame (writeFrameVnet
+// when the fd's frames carry a virtio-net header), stopping at the first
+// error; it returns how many were written.
+func writeFrames(fd int, pkts stack.PacketBufferList, vnet bool) (int, tcpip.Error) {
 	for i, pkt := range pkts.AsSlice() {
-		if err := writeFrame(fd, pkt); err != nil {
+		var err tcpip.Error
+		if vnet {
+			err = writeFrameVnet(fd, pkt)
+		} else {
+			err = writeFrame(fd, pkt)
+		}
+		if err != nil {
 			return i, err
 		}
 	}

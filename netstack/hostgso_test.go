@@ -2,8 +2,13 @@ package netstack_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"strings"
 	"testing"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 
 	"github.com/wormspace/wormspace/netstack"
 	"github.com/wormspace/wormspace/netstack/netperf"
@@ -76,4 +81,76 @@ func TestHostGSO(t *testing.T) {
 			})
 		}
 	}
+}
+
+// TestTAPFDWithVnetHdr: a TAP fd opened elsewhere with IFF_VNET_HDR (as
+// the VM harness opens its TAPs) carries a virtio-net header on every
+// frame; the stack reads the fd's flags and speaks the header, with host
+// GSO when the knobs ask for it, and refuses a gVisor link, which would
+// misparse every frame.
+func TestTAPFDWithVnetHdr(t *testing.T) {
+	requireNetAdmin(t)
+	open := func(e *nsEnv) int {
+		var fd int
+		if err := e.do(func() error {
+			name := ifname("nsvtap")
+			tap := &netlink.Tuntap{
+				LinkAttrs: netlink.LinkAttrs{Name: name}, Mode: netlink.TUNTAP_MODE_TAP,
+				Flags: netlink.TUNTAP_NO_PI | netlink.TUNTAP_VNET_HDR, NonPersist: true, Queues: 1,
+			}
+			if err := netlink.LinkAdd(tap); err != nil {
+				return err
+			}
+			var err error
+			if fd, err = dupFD(tap.Fds[0]); err != nil {
+				return err
+			}
+			return addrUp(name, tapKernel)
+		}); err != nil {
+			t.Fatal(err)
+		}
+		return fd
+	}
+	for _, gso := range []bool{true, false} {
+		t.Run(fmt.Sprintf("host_gso=%v", gso), func(t *testing.T) {
+			e := newNS(t)
+			k := netstack.DefaultKnobs()
+			k.HostGSO = gso
+			st, err := netstack.New(netstack.TAP(open(e)), netstack.WithAddress(tapStack), netstack.WithKnobs(k))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer st.Close()
+			if st.Knobs().HostGSO != gso {
+				t.Fatalf("Stack.Knobs().HostGSO = %v, want %v", st.Knobs().HostGSO, gso)
+			}
+			addr := fmt.Sprintf("%v:%d", st.Addr().Addr(), 7500+int(nsSeq.Add(1)))
+			startServer(t, st, addr)
+			const total = 4 << 20
+			tx0 := st.Stats().NICs.Tx.Packets.Value()
+			if _, err := netperf.BulkRecv(context.Background(), dial(t, nsKernel{e}, addr), total, netperf.Config{}); err != nil {
+				t.Fatalf("out of netstack: %v", err)
+			}
+			if _, err := netperf.BulkSend(context.Background(), dial(t, nsKernel{e}, addr), total, netperf.Config{}); err != nil {
+				t.Fatalf("into netstack: %v", err)
+			}
+			tx := st.Stats().NICs.Tx.Packets.Value() - tx0
+			if perMSS := uint64(total / 1460); gso != (tx < perMSS/4) {
+				t.Errorf("host_gso=%v: %d frames sent for 4 MiB each way (%d MSS-sized)", gso, tx, perMSS)
+			}
+		})
+	}
+	t.Run("fdbased refused", func(t *testing.T) {
+		e := newNS(t)
+		k, err := netstack.ParseKnobs("dispatch=recvmmsg")
+		if err != nil {
+			t.Fatal(err)
+		}
+		fd := open(e)
+		_, err = netstack.New(netstack.TAP(fd), netstack.WithAddress(tapStack), netstack.WithKnobs(k))
+		if !errors.Is(err, netstack.ErrBadOption) || !strings.Contains(err.Error(), "IFF_VNET_HDR") {
+			t.Fatalf("TAP fd with IFF_VNET_HDR on a fdbased link: %v, want ErrBadOption naming IFF_VNET_HDR", err)
+		}
+		unix.Close(fd)
+	})
 }

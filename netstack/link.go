@@ -86,11 +86,8 @@ func (t tapFD) open(c *config) (stack.LinkEndpoint, string, func() error, error)
 	}
 	if !vnet {
 		c.knobs.HostGSO = false
-	}
-	if vnet {
-		if err := setTAPOffload(t.fd, c.knobs.HostGSO); err != nil {
-			return nil, "", nil, err
-		}
+	} else if err := setTAPOffload(t.fd, c.knobs.HostGSO); err != nil {
+		return nil, "", nil, err
 	}
 	ep, err := fdEndpoint(c, t.fd, false, vnet)
 	if err != nil {
