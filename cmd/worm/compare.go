@@ -39,8 +39,9 @@ Runs the same workloads on a matrix of 3-acceptor clusters:
   host-netstack  wormd processes on gVisor netstack on TAPs in a private namespace
   vm-kernel      VMs from the boot image (make image), guest kernel TCP
   vm-netstack    VMs from the boot image, netstack in the guest
-plus floors in the same run: a raw TCP echo over each host path and the
-in-process specification. A netstack configuration can also run as a
+plus floors in the same run: over each path (into the VMs too) a raw TCP
+echo round trip (raw-echo) and a stream of 64 KiB writes through the same
+echo server (raw-stream, MB/s each way), and the in-process specification. A netstack configuration can also run as a
 variant with knobs of its own, over -netstack-knobs, beside its base:
   -configs host-kernel,host-netstack,host-netstack@coalesce_acks=false
 (several knobs joined by +), so that a knob is judged within one run.
