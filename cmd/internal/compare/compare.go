@@ -470,36 +470,18 @@ func (r *runner) measureConfig(ctx context.Context, rep int, cfg string) error {
 	if c != nil {
 		pids = c.pids()
 		if a := c.echoAddr(); a != "" {
-			r.step++
-			res, err := bench.RawRTT(ctx, c.dialer(), a, 1, r.o.ValueSize, r.o.Duration)
-			if ctx.Err() != nil {
-				return ctx.Err()
+			// The floors over this path: an echo round trip, then a
+			// stream through the same echo server.
+			if err := r.measureFloor(ctx, rep, cfg, EchoWorkload, func() (bench.Result, error) {
+				return bench.RawRTT(ctx, c.dialer(), a, 1, r.o.ValueSize, r.o.Duration)
+			}); err != nil {
+				return err
 			}
-			row := r.row(cfg, EchoWorkload, 1, true)
-			s := Sample{Rep: rep}
-			if err != nil {
-				s.Errors, s.FirstError = 1, err.Error()
-			} else {
-				s = sampleOf(rep, res, 0, 0)
+			if err := r.measureFloor(ctx, rep, cfg, StreamWorkload, func() (bench.Result, error) {
+				return bench.RawStream(ctx, c.dialer(), a, StreamChunk, r.o.Duration)
+			}); err != nil {
+				return err
 			}
-			row.Samples = append(row.Samples, s)
-			r.progress("[%d/%d] rep %d %s %s: %s", r.step, r.steps, rep, cfg, EchoWorkload, sampleLine(s))
-
-			r.step++
-			res, err = bench.RawStream(ctx, c.dialer(), a, StreamChunk, r.o.Duration)
-			if ctx.Err() != nil {
-				return ctx.Err()
-			}
-			row = r.row(cfg, StreamWorkload, 1, true)
-			s = Sample{Rep: rep}
-			if err != nil {
-				s.Errors, s.FirstError = 1, err.Error()
-			} else {
-				s = sampleOf(rep, res, 0, 0)
-				s.OpsPerSec = res.OpsPerSec * StreamChunk / 1e6 // MB/s each way
-			}
-			row.Samples = append(row.Samples, s)
-			r.progress("[%d/%d] rep %d %s %s: %s", r.step, r.steps, rep, cfg, StreamWorkload, streamLine(s))
 		}
 	}
 	sp := r.clients[cfg]
@@ -580,6 +562,32 @@ func sampleOf(rep int, res bench.Result, srv, self float64) Sample {
 }
 
 func us(d time.Duration) float64 { return float64(d.Nanoseconds()) / 1e3 }
+
+// measureFloor takes one sample of the raw floor wl on cfg by run; it
+// fails only when ctx ends (a failed measurement is a sample with its
+// error). The bulk floor's throughput is recorded in MB/s each way.
+func (r *runner) measureFloor(ctx context.Context, rep int, cfg, wl string, run func() (bench.Result, error)) error {
+	r.step++
+	res, err := run()
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+	s := Sample{Rep: rep}
+	if err != nil {
+		s.Errors, s.FirstError = 1, err.Error()
+	} else {
+		s = sampleOf(rep, res, 0, 0)
+	}
+	line := sampleLine
+	if wl == StreamWorkload {
+		s.OpsPerSec = res.OpsPerSec * StreamChunk / 1e6
+		line = streamLine
+	}
+	row := r.row(cfg, wl, 1, true)
+	row.Samples = append(row.Samples, s)
+	r.progress("[%d/%d] rep %d %s %s: %s", r.step, r.steps, rep, cfg, wl, line(s))
+	return nil
+}
 
 // streamLine is sampleLine for a bulk floor sample (ops/s are MB/s).
 func streamLine(s Sample) string {
