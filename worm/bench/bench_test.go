@@ -140,28 +140,33 @@ func TestRawRTT(t *testing.T) {
 	t.Log(r)
 }
 
+// listenServe serves each connection to a loopback listener with serve,
+// until the test ends (listener and connections are closed then), and
+// returns the address.
+func listenServe(t *testing.T, serve func(net.Conn)) string {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			t.Cleanup(func() { c.Close() })
+			go serve(c)
+		}
+	}()
+	return l.Addr().String()
+}
+
 // TestRawStream: the stream floor moves chunks through an echo server and
 // reports them; an echo that corrupts one byte in the stream fails it
 // (the reader checks the pattern), and so does one that stops echoing.
 func TestRawStream(t *testing.T) {
-	listen := func(serve func(net.Conn)) string {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { l.Close() })
-		go func() {
-			for {
-				c, err := l.Accept()
-				if err != nil {
-					return
-				}
-				go serve(c)
-			}
-		}()
-		return l.Addr().String()
-	}
-	good := listen(func(c net.Conn) { defer c.Close(); io.Copy(c, c) })
+	good := listenServe(t, func(c net.Conn) { defer c.Close(); io.Copy(c, c) })
 	const chunk = 16 << 10
 	r, err := bench.RawStream(context.Background(), &net.Dialer{}, good, chunk, 100*time.Millisecond)
 	if err != nil || r.Ops == 0 || r.Errors != 0 || r.Latency.P50 <= 0 || r.Workload != "raw-stream" {
@@ -169,7 +174,7 @@ func TestRawStream(t *testing.T) {
 	}
 	t.Logf("%.0f MB/s", r.OpsPerSec*chunk/1e6)
 
-	corrupt := listen(func(c net.Conn) {
+	corrupt := listenServe(t, func(c net.Conn) {
 		defer c.Close()
 		buf := make([]byte, 4096)
 		var off int
@@ -190,7 +195,7 @@ func TestRawStream(t *testing.T) {
 		t.Fatalf("corrupting echo: %+v %v", r, err)
 	}
 
-	silent := listen(func(c net.Conn) { defer c.Close(); io.Copy(io.Discard, c) })
+	silent := listenServe(t, func(c net.Conn) { defer c.Close(); io.Copy(io.Discard, c) })
 	if r, err := bench.RawStream(context.Background(), &net.Dialer{}, silent, chunk, 100*time.Millisecond); err == nil || r.Ops != 0 {
 		t.Fatalf("silent echo: %+v %v", r, err)
 	}
@@ -214,24 +219,6 @@ func TestSummarize(t *testing.T) {
 // a majority.
 func TestRawQuorumRTT(t *testing.T) {
 	const slow = 20 * time.Millisecond
-	listen := func(serve func(net.Conn)) string {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { l.Close() })
-		go func() {
-			for {
-				c, err := l.Accept()
-				if err != nil {
-					return
-				}
-				t.Cleanup(func() { c.Close() })
-				go serve(c)
-			}
-		}()
-		return l.Addr().String()
-	}
 	fast := func(c net.Conn) { io.Copy(c, c) }
 	// The slow server echoes what it has read so far 20 ms later, in
 	// batches, so that its backlog never fills a socket buffer.
@@ -249,7 +236,7 @@ func TestRawQuorumRTT(t *testing.T) {
 		}
 	}
 	silent := func(c net.Conn) { io.Copy(io.Discard, c) }
-	addrs := []string{listen(fast), listen(fast), listen(delayed)}
+	addrs := []string{listenServe(t, fast), listenServe(t, fast), listenServe(t, delayed)}
 	ctx := context.Background()
 
 	maj, err := bench.RawQuorumRTT(ctx, &net.Dialer{}, addrs, 0, 1, 64, 300*time.Millisecond)
@@ -266,7 +253,7 @@ func TestRawQuorumRTT(t *testing.T) {
 	if all.Latency.P50 < slow {
 		t.Errorf("all of (fast, fast, slow): p50 %v, want at least %v", all.Latency.P50, slow)
 	}
-	dead, err := bench.RawQuorumRTT(ctx, &net.Dialer{}, []string{addrs[0], listen(silent), addrs[1]}, 0, 2, 64, 200*time.Millisecond)
+	dead, err := bench.RawQuorumRTT(ctx, &net.Dialer{}, []string{addrs[0], listenServe(t, silent), addrs[1]}, 0, 2, 64, 200*time.Millisecond)
 	if err != nil || dead.Ops == 0 || dead.Errors != 0 {
 		t.Fatalf("majority with a silent server: %+v %v", dead, err)
 	}
