@@ -116,53 +116,46 @@ func TestKnobsWith(t *testing.T) {
 	}
 }
 
-// TestCoalesceFollowsDispatch: coalesce_acks is on by default, only this
-// package's links report bursts, so choosing one of gVisor's links
-// without naming coalesce_acks turns it off, while naming both is an
-// error and an own link keeps it.
-func TestCoalesceFollowsDispatch(t *testing.T) {
-	if !netstack.DefaultKnobs().CoalesceACKs {
-		t.Fatal("coalesce_acks is off by default")
-	}
-	for s, want := range map[string]bool{
-		"dispatch=readv":                 false,
-		`{"dispatch":"mmap"}`:            false,
-		"dispatch=inline":                true,
-		"dispatch=netpoll,go_procs=2":    true,
-		"dispatch=recvmmsg,processors=1": false,
-		"coalesce_acks=false":            false,
+// TestOwnLinkKnobsFollowDispatch: coalesce_acks and host_gso are on by
+// default and work only with this package's links (they report bursts,
+// they add the virtio-net header), so choosing one of gVisor's links
+// without naming the knob turns it off, naming both is an error, and an
+// own link keeps it.
+func TestOwnLinkKnobsFollowDispatch(t *testing.T) {
+	for _, c := range []struct {
+		name  string
+		get   func(netstack.Knobs) bool
+		cases map[string]bool
+		named string // a gVisor link with the knob named: refused
+	}{
+		{"coalesce_acks", func(k netstack.Knobs) bool { return k.CoalesceACKs }, map[string]bool{
+			"dispatch=readv":                 false,
+			`{"dispatch":"mmap"}`:            false,
+			"dispatch=inline":                true,
+			"dispatch=netpoll,go_procs=2":    true,
+			"dispatch=recvmmsg,processors=1": false,
+			"coalesce_acks=false":            false,
+		}, `{"dispatch":"readv","Coalesce_ACKs":true}`},
+		{"host_gso", func(k netstack.Knobs) bool { return k.HostGSO }, map[string]bool{
+			"dispatch=readv":                    false,
+			"dispatch=recvmmsg,gro=true":        false,
+			"dispatch=inline":                   true,
+			"dispatch=netpoll":                  true,
+			"host_gso=false":                    false,
+			"dispatch=mmap,coalesce_acks=false": false,
+		}, "dispatch=recvmmsg,host_gso=true"},
 	} {
-		k, err := netstack.ParseKnobs(s)
-		if err != nil || k.CoalesceACKs != want {
-			t.Errorf("ParseKnobs(%q): coalesce_acks %v, %v; want %v", s, k.CoalesceACKs, err, want)
+		if !c.get(netstack.DefaultKnobs()) {
+			t.Errorf("%s is off by default", c.name)
 		}
-	}
-	if _, err := netstack.ParseKnobs(`{"dispatch":"readv","Coalesce_ACKs":true}`); !errors.Is(err, netstack.ErrBadOption) {
-		t.Errorf("readv with coalescing named: %v, want ErrBadOption", err)
-	}
-}
-
-// TestHostGSOFollowsDispatch: host_gso is on by default, and like
-// coalesce_acks it goes with this package's links: choosing one of
-// gVisor's turns it off unless it is named too, which is an error.
-func TestHostGSOFollowsDispatch(t *testing.T) {
-	if !netstack.DefaultKnobs().HostGSO {
-		t.Fatal("host_gso is off by default")
-	}
-	for s, want := range map[string]bool{
-		"dispatch=readv":                    false,
-		"dispatch=recvmmsg,gro=true":        false,
-		"dispatch=inline":                   true,
-		"dispatch=netpoll":                  true,
-		"host_gso=false":                    false,
-		"dispatch=mmap,coalesce_acks=false": false,
-	} {
-		k, err := netstack.ParseKnobs(s)
-		if err != nil || k.HostGSO != want {
-			t.Errorf("ParseKnobs(%q): host_gso %v, %v; want %v", s, k.HostGSO, err, want)
+		for s, want := range c.cases {
+			k, err := netstack.ParseKnobs(s)
+			if err != nil || c.get(k) != want {
+				t.Errorf("ParseKnobs(%q): %s %v, %v; want %v", s, c.name, c.get(k), err, want)
+			}
 		}
-	}
-	if _, err := netstack.ParseKnobs("dispatch=recvmmsg,host_gso=true"); !errors.Is(err, netstack.ErrBadOption) {
-		t.Errorf("recvmmsg with host_gso named: %v, want ErrBadOption", err)
+		if _, err := netstack.ParseKnobs(c.named); !errors.Is(err, netstack.ErrBadOption) {
+			t.Errorf("ParseKnobs(%q): %v, want ErrBadOption", c.named, err)
+		}
 	}
 }
