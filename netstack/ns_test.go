@@ -9,7 +9,6 @@ import (
 	"runtime"
 	"sync/atomic"
 	"testing"
-	"time"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
@@ -228,14 +227,4 @@ func vethEnvWith(tb testing.TB, k netstack.Knobs, noTSO bool) (*nsEnv, *netstack
 func dupFD(f *os.File) (int, error) {
 	defer f.Close()
 	return syscallDup(int(f.Fd()))
-}
-
-func waitFor(tb testing.TB, what string, f func() bool) {
-	tb.Helper()
-	for deadline := time.Now().Add(5 * time.Second); !f(); {
-		if time.Now().After(deadline) {
-			tb.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
 }

@@ -173,15 +173,6 @@ func appendRequest(dst []byte, id uint64, r *request) []byte {
 	return finishFrame(dst, start)
 }
 
-// requestSize bounds the frame appendRequest makes of r.
-func requestSize(r *request) int {
-	n := wire.HeaderSize + reqFixed
-	for i := range r.regs {
-		n += regFixed + len(r.regs[i].value)
-	}
-	return n
-}
-
 // appendResponse appends a response frame (or, with t FramePush, a push).
 func appendResponse(dst []byte, t wire.FrameType, id uint64, r *response) []byte {
 	start := len(dst)

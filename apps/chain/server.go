@@ -83,7 +83,6 @@ type Server struct {
 	end       uint64 // log position after the last appended record
 	synced    uint64 // log position known durable
 	waiting   []pending
-	released  []pending
 	failed    error
 	closed    bool
 	inline    bool // the Disk syncs cheaply: a request may lead a sync itself
@@ -197,15 +196,6 @@ func NewServer(cfg ServerConfig, rep *Replica, disk *Disk) (*Server, error) {
 // describeChain is the hello text: "INDEX ADDR0,ADDR1,...".
 func describeChain(index int, chain []string) string {
 	return strconv.Itoa(index) + " " + strings.Join(chain, ",")
-}
-
-func parseChainDesc(s string) (int, []string, error) {
-	i, list, ok := strings.Cut(s, " ")
-	n, err := strconv.Atoi(i)
-	if !ok || err != nil || list == "" {
-		return 0, nil, fmt.Errorf("chain: bad chain description %q", s)
-	}
-	return n, strings.Split(list, ","), nil
 }
 
 // Serve accepts connections on l until l is closed or the server is

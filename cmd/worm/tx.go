@@ -434,12 +434,14 @@ func (d *txDemo) superviseParticipant(ctx context.Context, i int, crash wormtx.C
 		select {
 		case werr = <-done:
 		case <-ctx.Done():
+			// Shutting down: its exit status is not news (the ledgers
+			// are checked afterwards).
 			stdin.Close() // it stops when its stdin closes
 			select {
-			case werr = <-done:
+			case <-done:
 			case <-time.After(5 * time.Second):
 				_ = cmd.Process.Kill()
-				werr = <-done
+				<-done
 			}
 			return
 		}

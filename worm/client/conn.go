@@ -78,13 +78,6 @@ func newConn(cl *Client, idx int, addr string) *conn {
 		wake: make(chan struct{}, 1), redial: make(chan struct{}, 1), pending: map[uint64]responder{}}
 }
 
-// up reports whether the connection is established.
-func (cn *conn) up() bool {
-	cn.mu.Lock()
-	defer cn.mu.Unlock()
-	return cn.nc != nil
-}
-
 // send queues req for the server and registers r for its response (tag 0:
 // no response expected). It reports false, queueing nothing, when the
 // connection is down or the server has not read MaxPendingBytes already

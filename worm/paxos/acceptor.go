@@ -136,7 +136,7 @@ func (a *Acceptor) Handle(req *Request, resp *Response, recs []Record) []Record 
 			resp.Promised = eff
 		} else {
 			if eff.Less(req.Ballot) {
-				s, r = a.reg(req.Seg, req.Off, true)
+				_, r = a.reg(req.Seg, req.Off, true)
 				before := regBytes(r)
 				r.promised = req.Ballot
 				a.liveBytes += regBytes(r) - before
@@ -304,7 +304,7 @@ func (a *Acceptor) accept(seg uint64, off uint32, b Ballot, v []byte, recs []Rec
 		// does this. Refuse; keep the first.
 		return recs, RegResult{Status: StatusNack, Promised: eff, Accepted: r.accepted, HasValue: true}
 	}
-	s, r = a.reg(seg, off, true)
+	_, r = a.reg(seg, off, true)
 	before := regBytes(r)
 	if r.promised.Less(b) {
 		r.promised = b

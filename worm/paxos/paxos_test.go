@@ -90,10 +90,9 @@ func (c *cluster) deliver(op *Op, i int, out Out) {
 }
 
 var (
-	x    = worm.Addr{Seg: 1, Off: 3}
-	vA   = []byte("from A")
-	vB   = []byte("from B")
-	segM = worm.Addr{Seg: 1, Off: worm.MetaOffset}
+	x  = worm.Addr{Seg: 1, Off: 3}
+	vA = []byte("from A")
+	vB = []byte("from B")
 )
 
 func proposers(c *cluster) (*Proposer, *Proposer) {

@@ -137,7 +137,7 @@ func (c *conn) readLoop() {
 		switch c.waitRoom(false) {
 		case roomOK:
 		case roomDrain:
-			c.finishReading(shutdownErr)
+			c.finishReading(errShuttingDown)
 			return
 		default:
 			return
@@ -225,7 +225,7 @@ func (c *conn) readFailed(err error) {
 	switch {
 	case dead:
 	case draining && errors.Is(err, os.ErrDeadlineExceeded):
-		c.finishReading(shutdownErr)
+		c.finishReading(errShuttingDown)
 	case err == io.EOF:
 		// The client closed its side between frames: answer what is in
 		// flight, then close.
@@ -433,7 +433,7 @@ func (c *conn) dispatch(id uint64, req *paxos.Request) bool {
 		switch c.waitRoom(true) {
 		case roomOK:
 		case roomDrain:
-			c.finishReading(shutdownErr)
+			c.finishReading(errShuttingDown)
 			return false
 		default:
 			return false

@@ -544,7 +544,7 @@ func (c *conn) control(id uint64, payload []byte) bool {
 	switch c.waitRoom(true) {
 	case roomOK:
 	case roomDrain:
-		c.finishReading(shutdownErr)
+		c.finishReading(errShuttingDown)
 		return false
 	default:
 		return false

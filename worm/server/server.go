@@ -516,9 +516,9 @@ func (l *limiter) allow() (bool, int) {
 	return true, supp
 }
 
-// shutdownErr is sent to clients in the error frame that ends a graceful
+// errShuttingDown is sent to clients in the error frame that ends a graceful
 // shutdown.
-var shutdownErr = fmt.Errorf("server is shutting down: %w", wire.ErrShutdown)
+var errShuttingDown = fmt.Errorf("server is shutting down: %w", wire.ErrShutdown)
 
 // isUnexpectedEOF reports a stream that ended inside a frame.
 func isUnexpectedEOF(err error) bool { return errors.Is(err, io.ErrUnexpectedEOF) }

@@ -63,9 +63,7 @@ func TestNoSpaceTmpfs(t *testing.T) {
 	var resp paxos.Response
 	recs := w.acc.Handle(&paxos.Request{Kind: paxos.KindTrim, Seg: w.lo}, &resp, nil)
 	w.lo++
-	for _, r := range recs {
-		w.recs = append(w.recs, r)
-	}
+	w.recs = append(w.recs, recs...)
 	if err := l.Reserve(64); err == nil {
 		if _, err := l.Append(recs); err != nil {
 			t.Fatal(err)

@@ -31,9 +31,18 @@ type result[T any] struct {
 	err error
 }
 
-// pair runs both handshakes over net.Pipe; conns are returned for further
-// use (closed at test end).
-func pair(t *testing.T, ckey, skey []byte) (ServerHello, error, ClientHello, error, net.Conn, net.Conn) {
+// handshakes is what pair saw on each side.
+type handshakes struct {
+	sh     ServerHello // the client's view of the server
+	cerr   error       // the client's handshake error
+	ch     ClientHello // the server's view of the client
+	serr   error       // the server's handshake error
+	cc, sc net.Conn    // client and server ends, for further use
+}
+
+// pair runs both handshakes over net.Pipe; the conns are returned for
+// further use (closed at test end).
+func pair(t *testing.T, ckey, skey []byte) handshakes {
 	t.Helper()
 	cc, sc := net.Pipe()
 	t.Cleanup(func() { cc.Close(); sc.Close() })
@@ -54,7 +63,7 @@ func pair(t *testing.T, ckey, skey []byte) (ServerHello, error, ClientHello, err
 		cc.Close()
 	}
 	r := <-srv
-	return sh, cerr, r.v, r.err, cc, sc
+	return handshakes{sh: sh, cerr: cerr, ch: r.v, serr: r.err, cc: cc, sc: sc}
 }
 
 func TestHandshakeSuccess(t *testing.T) {
@@ -63,7 +72,8 @@ func TestHandshakeSuccess(t *testing.T) {
 		key  []byte
 	}{{"no key", nil}, {"key", keyA}} {
 		t.Run(tc.name, func(t *testing.T) {
-			sh, cerr, ch, serr, cc, sc := pair(t, tc.key, tc.key)
+			h := pair(t, tc.key, tc.key)
+			sh, cerr, ch, serr, cc, sc := h.sh, h.cerr, h.ch, h.serr, h.cc, h.sc
 			if cerr != nil || serr != nil {
 				t.Fatalf("client %v, server %v", cerr, serr)
 			}
@@ -111,7 +121,8 @@ func TestHandshakeDefaults(t *testing.T) {
 }
 
 func TestHandshakeWrongKey(t *testing.T) {
-	_, cerr, _, serr, _, _ := pair(t, keyA, keyB)
+	h := pair(t, keyA, keyB)
+	cerr, serr := h.cerr, h.serr
 	if !errors.Is(cerr, ErrAuth) || !strings.Contains(cerr.Error(), "failed to prove") {
 		t.Fatalf("client: %v", cerr)
 	}
@@ -123,7 +134,8 @@ func TestHandshakeWrongKey(t *testing.T) {
 
 func TestHandshakeKeyMismatchPresence(t *testing.T) {
 	t.Run("client without key", func(t *testing.T) {
-		_, cerr, _, serr, _, _ := pair(t, nil, keyA)
+		h := pair(t, nil, keyA)
+		cerr, serr := h.cerr, h.serr
 		var re *RemoteError
 		if !errors.As(cerr, &re) || !errors.Is(cerr, ErrAuth) || !strings.Contains(cerr.Error(), "authentication required") {
 			t.Fatalf("client: %v", cerr)
@@ -133,7 +145,8 @@ func TestHandshakeKeyMismatchPresence(t *testing.T) {
 		}
 	})
 	t.Run("server without key", func(t *testing.T) {
-		_, cerr, _, serr, _, _ := pair(t, keyA, nil)
+		h := pair(t, keyA, nil)
+		cerr, serr := h.cerr, h.serr
 		if !errors.Is(cerr, ErrAuth) || !strings.Contains(cerr.Error(), "did not authenticate") {
 			t.Fatalf("client: %v", cerr)
 		}

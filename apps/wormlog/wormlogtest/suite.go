@@ -128,13 +128,12 @@ var (
 var quiet = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 
 type env struct {
-	t       *testing.T
-	ctx     context.Context
-	ss      []worm.Space
-	size    uint32
-	opts    Options
-	cfg     wormlog.Config
-	cleanup []func()
+	t    *testing.T
+	ctx  context.Context
+	ss   []worm.Space
+	size uint32
+	opts Options
+	cfg  wormlog.Config
 }
 
 func setup(t *testing.T, open Open, opts Options) *env {

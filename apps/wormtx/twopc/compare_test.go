@@ -107,8 +107,6 @@ func (h *harness) run(ctx context.Context, n int) (coord, all time.Duration, err
 	return coord, time.Since(start), nil
 }
 
-var segNext uint64 = 1 << 20
-
 func wormHarness(tb testing.TB, n int, d time.Duration) *harness {
 	st := spec.New(4096)
 	wrap := func(id string) worm.Space {
