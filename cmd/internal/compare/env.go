@@ -221,12 +221,9 @@ func fetch(ctx context.Context, hc *http.Client, url, file string) error {
 // pprofTop summarises a profile with `go tool pprof -top` if the go
 // command is at hand ("" otherwise).
 func pprofTop(file, kind string) string {
-	gobin, err := exec.LookPath("go")
-	if err != nil {
-		if _, err := os.Stat(filepath.Join(runtime.GOROOT(), "bin", "go")); err != nil {
-			return ""
-		}
-		gobin = filepath.Join(runtime.GOROOT(), "bin", "go")
+	gobin := goCommand()
+	if gobin == "" {
+		return ""
 	}
 	args := []string{"tool", "pprof", "-top", "-nodecount=30"}
 	if kind == "allocs" {
@@ -279,4 +276,27 @@ func countCPUList(s string) int {
 		n += b - a + 1
 	}
 	return n
+}
+
+// goCommand finds the go command: on PATH, under $GOROOT, or where the
+// Makefile's set-up puts it ("" if none). runtime.GOROOT is no help: the
+// binaries are built with -trimpath, which leaves it empty.
+func goCommand() string {
+	if p, err := exec.LookPath("go"); err == nil {
+		return p
+	}
+	for _, root := range []string{os.Getenv("GOROOT"), "/usr/local/go"} {
+		if root == "" {
+			continue
+		}
+		if p := filepath.Join(root, "bin", "go"); isExecutable(p) {
+			return p
+		}
+	}
+	return ""
+}
+
+func isExecutable(p string) bool {
+	fi, err := os.Stat(p)
+	return err == nil && fi.Mode().IsRegular() && fi.Mode().Perm()&0o111 != 0
 }
