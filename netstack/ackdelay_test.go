@@ -153,7 +153,7 @@ func unansweredACKsLeave(t *testing.T, a netstack.Network, b *netstack.Stack, cl
 // either direction (a second ACK while one is held goes out at once).
 // The yardstick is the same transfer over the same kind of pipe without
 // delayed ACKs, measured in the test: a stall (every window waiting out
-// the 5 ms timer) costs far more than half (holding every ACK: 18 against
+// the 5 ms timer) costs about ten times (holding every ACK: 18 against
 // 179 MB/s), and a slow machine (or the race detector) slows both alike.
 func TestDelayedACKBulk(t *testing.T) {
 	bulk := func(k netstack.Knobs, port int) (out, in float64, retrans uint64) {
@@ -179,7 +179,7 @@ func TestDelayedACKBulk(t *testing.T) {
 	baseOut, baseIn, _ := bulk(off, 7497)
 	out, in, retrans := bulk(on, 7498)
 	t.Logf("bulk with delayed ACKs: %.0f MB/s out, %.0f MB/s in (without: %.0f, %.0f); client retransmits %d", out, in, baseOut, baseIn, retrans)
-	if out < baseOut/2 || in < baseIn/2 {
+	if out < baseOut/4 || in < baseIn/4 {
 		t.Fatalf("bulk at %.1f / %.1f MB/s against %.1f / %.1f without delayed ACKs: stalled by held ACKs", out, in, baseOut, baseIn)
 	}
 }
@@ -203,29 +203,40 @@ func TestCoalesceACKs(t *testing.T) {
 			if got := segmentsPerEcho(t, nsKernel{e}, st, 300); got < 1.9 {
 				t.Fatalf("without coalescing the server sent %.2f segments per round trip; want 2 (reply + pure ACK), or this test measures nothing", got)
 			}
+			baseIn, baseOut := bulkThroughTAP(t, e, st)
 			k.CoalesceACKs = true
 			e, st = tapEnvWith(t, k)
 			if got := segmentsPerEcho(t, nsKernel{e}, st, 300); got > 1.2 {
 				t.Fatalf("with coalescing the server sent %.2f segments per round trip; want about 1 (%+v)", got, st.DelayedACKStats())
 			}
 			unansweredACKsLeave(t, nsKernel{e}, st, func() uint64 { return kernelRetransSegs(t, e) })
-			addr := startServer(t, st, fmt.Sprintf("%v:0", st.Addr().Addr()))
-			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-			defer cancel()
-			s, err := netperf.BulkSend(ctx, dial(t, nsKernel{e}, addr), 8<<20, netperf.Config{})
-			if err != nil {
-				t.Fatal(err)
-			}
-			r, err := netperf.BulkRecv(ctx, dial(t, nsKernel{e}, addr), 8<<20, netperf.Config{})
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Logf("coalesced ACKs: %+v; bulk %.0f MB/s into netstack, %.0f MB/s out", st.DelayedACKStats(), s.MBps, r.MBps)
-			if s.MBps < 5 || r.MBps < 5 {
-				t.Fatalf("bulk at %.1f / %.1f MB/s: stalled by held ACKs", s.MBps, r.MBps)
+			in, out := bulkThroughTAP(t, e, st)
+			t.Logf("coalesced ACKs: %+v; bulk %.0f MB/s into netstack, %.0f MB/s out (without: %.0f, %.0f)", st.DelayedACKStats(), in, out, baseIn, baseOut)
+			// The yardstick is the same transfer without coalescing, as
+			// in TestDelayedACKBulk: a stall costs about ten times, noise under 2x.
+			if in < baseIn/4 || out < baseOut/4 {
+				t.Fatalf("bulk at %.1f / %.1f MB/s against %.1f / %.1f without coalescing: stalled by held ACKs", in, out, baseIn, baseOut)
 			}
 		})
 	}
+}
+
+// bulkThroughTAP moves 8 MiB each way between the kernel side of e and a
+// server on st, returning MB/s into netstack and out of it.
+func bulkThroughTAP(t *testing.T, e *nsEnv, st *netstack.Stack) (in, out float64) {
+	t.Helper()
+	addr := startServer(t, st, fmt.Sprintf("%v:0", st.Addr().Addr()))
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	s, err := netperf.BulkSend(ctx, dial(t, nsKernel{e}, addr), 8<<20, netperf.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := netperf.BulkRecv(ctx, dial(t, nsKernel{e}, addr), 8<<20, netperf.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s.MBps, r.MBps
 }
 
 // kernelRetransSegs reads the kernel's count of retransmitted TCP
