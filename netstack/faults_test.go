@@ -25,25 +25,41 @@ var lossy = netstack.BothWays(netstack.FaultRates{
 // transferUnderFaults moves checksummed byte streams both ways and runs
 // echo round trips through c's server at addr, with every connection's
 // bytes checked by netperf.
-func transferUnderFaults(t *testing.T, client netstack.Network, addr string) {
+// On failure it reports the server stack's TCP counters and the faults'.
+func transferUnderFaults(t *testing.T, client netstack.Network, addr string, server *netstack.Stack, f *netstack.Faults) {
 	t.Helper()
 	const bulk = 256 << 10
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
-	cfg := netperf.Config{StallTimeout: 30 * time.Second}
+	// A stall is only a failure past what backoff allows. With 10% loss
+	// each way a retransmission and its ACK both get through with p ≈
+	// 0.81, so k timeouts in a row have p ≈ 0.19^k, and from gVisor's
+	// initial RTO of 1 s (a connection with no RTT sample yet) they add up
+	// to 2^k - 1 seconds: five, 31 s, happened in a CI run (1 in a few
+	// thousand connections); six are 63 s.
+	cfg := netperf.Config{StallTimeout: 70 * time.Second}
+	fail := func(what string, err error) {
+		t.Helper()
+		tcp := server.Stats().TCP
+		t.Fatalf("%s: %v\nserver TCP: retransmits %d, timeouts %d, fast retransmits %d, SACK recoveries %d, TLP recoveries %d, segments sent %d, received %d, invalid %d\nfaults: %+v",
+			what, err, tcp.Retransmits.Value(), tcp.Timeouts.Value(), tcp.FastRetransmit.Value(), tcp.SACKRecovery.Value(), tcp.TLPRecovery.Value(),
+			tcp.SegmentsSent.Value(), tcp.ValidSegmentsReceived.Value(), tcp.InvalidSegmentsReceived.Value(), f.Stats())
+	}
 	s, err := netperf.BulkSend(ctx, dial(t, client, addr), bulk, cfg)
 	if err != nil {
-		t.Fatalf("bulk send: %v", err)
+		fail("bulk send", err)
 	}
 	r, err := netperf.BulkRecv(ctx, dial(t, client, addr), bulk, cfg)
 	if err != nil {
-		t.Fatalf("bulk receive: %v", err)
+		fail("bulk receive", err)
 	}
 	e, err := netperf.EchoRun(ctx, dial(t, client, addr), 200, 40, cfg)
 	if err != nil {
-		t.Fatalf("echo: %v", err)
+		fail("echo", err)
 	}
-	t.Logf("under faults: send %.2f MB/s, receive %.2f MB/s, echo p50 %v p99 %v", s.MBps, r.MBps, e.P50, e.P99)
+	tcp := server.Stats().TCP
+	t.Logf("under faults: send %.2f MB/s, receive %.2f MB/s, echo p50 %v p99 %v; server retransmits %d, timeouts %d",
+		s.MBps, r.MBps, e.P50, e.P99, tcp.Retransmits.Value(), tcp.Timeouts.Value())
 }
 
 // quiesce waits until f holds nothing and its counters stop moving.
@@ -120,7 +136,7 @@ func TestFaultsPipeTCP(t *testing.T) {
 		t.Fatal(err)
 	}
 	srv := startServer(t, a, "192.168.77.1:7001")
-	transferUnderFaults(t, b, srv)
+	transferUnderFaults(t, b, srv, a, f)
 	s := quiesce(t, f, func() uint64 { return b.Stats().NICs.Rx.Packets.Value() })
 	checkCounters(t, s)
 	as, bs := a.Stats(), b.Stats()
@@ -202,7 +218,7 @@ func TestFaultsTAP(t *testing.T) {
 		t.Fatal(err)
 	}
 	srv := startServer(t, st, fmt.Sprintf("%v:7002", stackAddr.Addr()))
-	transferUnderFaults(t, nsKernel{e}, srv)
+	transferUnderFaults(t, nsKernel{e}, srv, st, f)
 	s := quiesce(t, f, func() uint64 { rx, tx, _ := tapStats(); return rx + tx })
 	checkCounters(t, s)
 	rx, tx, txDropped := tapStats()
