@@ -35,8 +35,7 @@ func transferUnderFaults(t *testing.T, client netstack.Network, addr string, ser
 	// each way a retransmission and its ACK both get through with p ≈
 	// 0.81, so k timeouts in a row have p ≈ 0.19^k, and from gVisor's
 	// initial RTO of 1 s (a connection with no RTT sample yet) they add up
-	// to 2^k - 1 seconds: five, 31 s, happened in a CI run (1 in a few
-	// thousand connections); six are 63 s.
+	// to 2^k - 1 seconds: five, 31 s, happened once in CI; six are 63 s.
 	cfg := netperf.Config{StallTimeout: 70 * time.Second}
 	fail := func(what string, err error) {
 		t.Helper()
