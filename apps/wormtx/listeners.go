@@ -26,8 +26,13 @@ type segListener struct {
 	ready  chan struct{} // closed once Listen returned
 	err    error         // Listen's error, set before ready is closed
 
-	mu     sync.Mutex
-	subs   map[*slotSub]struct{}
+	mu   sync.Mutex
+	subs map[*slotSub]struct{}
+	// byOff indexes subs by every offset they cover, so that a
+	// notification finds its slot's subscribers without a walk over
+	// every transaction of the segment (subscriptions are slot-wide: a
+	// few registers each).
+	byOff  map[uint32][]*slotSub
 	chosen map[uint32]worm.Notification
 	// The highest offset in chosen below slotsEnd (0: no bound), if any:
 	// a coordinator's listener on a shared segment bounds it to the slots
@@ -53,7 +58,7 @@ type slotSub struct {
 // the listener's cancel). slotsEnd bounds chosenFrom (0: none).
 func startSegListener(ctx context.Context, sp worm.Space, seg uint64, slotsEnd uint32) *segListener {
 	ctx, cancel := context.WithCancel(ctx)
-	l := &segListener{seg: seg, cancel: cancel, slotsEnd: slotsEnd, ready: make(chan struct{}), subs: map[*slotSub]struct{}{}, chosen: map[uint32]worm.Notification{}}
+	l := &segListener{seg: seg, cancel: cancel, slotsEnd: slotsEnd, ready: make(chan struct{}), subs: map[*slotSub]struct{}{}, byOff: map[uint32][]*slotSub{}, chosen: map[uint32]worm.Notification{}}
 	go func() {
 		ch, err := sp.Listen(ctx, seg)
 		l.err = err
@@ -86,11 +91,7 @@ func (l *segListener) demux(ch <-chan worm.Notification) {
 					l.anyChosen, l.maxChosen = true, nt.Off
 				}
 			}
-			for s := range l.subs {
-				if nt.Off >= s.lo && nt.Off <= s.hi {
-					to = append(to, s)
-				}
-			}
+			to = append(to, l.byOff[nt.Off]...)
 		}
 		l.mu.Unlock()
 		for _, s := range to {
@@ -127,6 +128,7 @@ func (l *segListener) end() {
 		close(s.ch)
 		delete(l.subs, s)
 	}
+	clear(l.byOff)
 }
 
 // subscribe returns a subscription to registers [lo, hi], primed with the
@@ -152,13 +154,24 @@ func (l *segListener) subscribe(lo, hi uint32, clock int64) *slotSub {
 		}
 	}
 	l.subs[s] = struct{}{}
+	for off := lo; off <= hi; off++ {
+		l.byOff[off] = append(l.byOff[off], s)
+	}
 	return s
 }
 
 func (l *segListener) unsubscribe(s *slotSub) {
 	s.once.Do(func() { close(s.done) })
 	l.mu.Lock()
-	delete(l.subs, s)
+	if _, ok := l.subs[s]; ok {
+		delete(l.subs, s)
+		for off := s.lo; off <= s.hi; off++ {
+			l.byOff[off] = removeSub(l.byOff[off], s)
+			if len(l.byOff[off]) == 0 {
+				delete(l.byOff, off)
+			}
+		}
+	}
 	l.mu.Unlock()
 }
 
@@ -232,4 +245,16 @@ func (ls *listenerSet) close() {
 	ls.mu.Lock()
 	clear(ls.m)
 	ls.mu.Unlock()
+}
+
+// removeSub removes s from list (in place; order does not matter).
+func removeSub(list []*slotSub, s *slotSub) []*slotSub {
+	for i, x := range list {
+		if x == s {
+			last := len(list) - 1
+			list[i], list[last] = list[last], nil
+			return list[:last]
+		}
+	}
+	return list
 }

@@ -82,6 +82,36 @@ func TestSegListenerDemux(t *testing.T) {
 		}
 	default:
 	}
+	// An unsubscribed slot hears nothing more, and leaves nothing behind
+	// in the index; a slot sharing its registers still hears them.
+	d := l.subscribe(41, 45, 5)
+	e := l.subscribe(43, 47, 6)
+	defer l.unsubscribe(e)
+	l.unsubscribe(d)
+	if err := w.WriteUnsafe(ctx, worm.Addr{Seg: seg, Off: 42}, []byte("y")); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.WriteUnsafe(ctx, worm.Addr{Seg: seg, Off: 44}, []byte("z")); err != nil {
+		t.Fatal(err)
+	}
+	recvChosen(t, e.ch, 44)
+	select {
+	case nt := <-d.ch:
+		t.Fatalf("an unsubscribed slot got %+v", nt)
+	default:
+	}
+	l.mu.Lock()
+	for off, subs := range l.byOff {
+		for _, x := range subs {
+			if x == d {
+				t.Errorf("the index still has the unsubscribed slot at offset %d", off)
+			}
+		}
+	}
+	if n := len(l.byOff[44]); n != 2 { // stuck's and e's
+		t.Errorf("offset 44 has %d subscribers in the index, want 2", n)
+	}
+	l.mu.Unlock()
 	// When the segment is trimmed, subscribers' channels close and the
 	// listener is dead: a new subscription is refused.
 	if err := w.Trim(ctx, seg); err != nil {
@@ -95,7 +125,7 @@ func TestSegListenerDemux(t *testing.T) {
 			t.Fatal("subscriber's channel not closed after the trim")
 		}
 	}
-	if s := l.subscribe(0, 1, 5); s != nil {
+	if s := l.subscribe(0, 1, 7); s != nil {
 		t.Fatal("a dead listener took a subscription")
 	}
 }
