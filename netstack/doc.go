@@ -43,6 +43,10 @@
 // satisfies errors.Is(err, syscall.ECONNREFUSED), a busy port
 // syscall.EADDRINUSE, and Accept on a closed listener net.ErrClosed.
 //
+// The stack's own messages go to its WithLogger logger; gVisor's (its
+// logger is process-wide) go to slog.Default() with component=gvisor,
+// from the first New on, instead of glog-style lines on stderr.
+//
 // # The AF_PACKET contract
 //
 // netstack and the kernel share the NIC. The kernel must believe it has no

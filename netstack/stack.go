@@ -62,6 +62,7 @@ var _ Network = (*Stack)(nil)
 // New builds a Stack. Exactly one link option (TAP, TAPDevice,
 // PacketSocket or one end of Pipe) and WithAddress are required.
 func New(opts ...Option) (*Stack, error) {
+	routeGVisorLog()
 	c := config{knobs: DefaultKnobs(), log: slog.Default()}
 	for _, o := range opts {
 		o(&c)
