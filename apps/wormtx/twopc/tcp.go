@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"sync"
 
@@ -76,6 +77,7 @@ func (t *tcpTransport) read(c net.Conn) {
 		}
 		n := binary.LittleEndian.Uint32(hdr[:])
 		if n > 1<<24 {
+			slog.Warn("twopc: dropping a connection: message too large", "from", c.RemoteAddr(), "bytes", n)
 			return
 		}
 		if cap(buf) < int(n) {
@@ -87,6 +89,7 @@ func (t *tcpTransport) read(c net.Conn) {
 		}
 		to, m, err := decodeMessage(buf)
 		if err != nil {
+			slog.Warn("twopc: dropping a connection", "from", c.RemoteAddr(), "err", err)
 			return
 		}
 		t.n.deliver(to, m)
@@ -191,7 +194,19 @@ func decodeMessage(b []byte) (string, Message, error) {
 	if !ok || len(b) < 11 {
 		return "", Message{}, errBadMessage
 	}
-	m := Message{Kind: Kind(b[0]), Yes: b[1] != 0, Outcome: wormtx.Outcome(b[2]), Tx: wormtx.TxID(binary.LittleEndian.Uint64(b[3:]))}
+	// Kinds stay open (a harness adds its own on the same network);
+	// the rest has one encoding.
+	m := Message{Kind: Kind(b[0]), Yes: b[1] == 1, Outcome: wormtx.Outcome(b[2]), Tx: wormtx.TxID(binary.LittleEndian.Uint64(b[3:]))}
+	switch {
+	case m.Kind == 0:
+		return "", Message{}, fmt.Errorf("%w: kind 0", errBadMessage)
+	case b[1] > 1:
+		return "", Message{}, fmt.Errorf("%w: vote byte %d", errBadMessage, b[1])
+	case m.Outcome > wormtx.Abort:
+		return "", Message{}, fmt.Errorf("%w: outcome %d", errBadMessage, b[2])
+	case m.Kind == MsgDecision && m.Outcome == wormtx.Pending:
+		return "", Message{}, fmt.Errorf("%w: a decision without an outcome", errBadMessage)
+	}
 	b = b[11:]
 	if m.From, ok = str(); !ok {
 		return "", Message{}, errBadMessage
