@@ -65,6 +65,7 @@ func cmdKV(args []string) error {
 		index := fs.Int("index", 0, "this replica's index in -replicas")
 		policy := fs.String("policy", "sticky", "sticky, rotating or leaderless")
 		logBase := fs.Uint64("log", 1<<36, "first segment of the replicated log")
+		logLevel := fs.String("log-level", "warn", "debug, info, warn or error")
 		if _, err := parseArgs(fs, rest, 0, "kv serve -index I [flags]"); err != nil {
 			return err
 		}
@@ -93,7 +94,12 @@ func cmdKV(args []string) error {
 			return err
 		}
 		defer cl.Close()
-		logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+		var lvl slog.Level
+		if err := lvl.UnmarshalText([]byte(*logLevel)); err != nil {
+			return &exitError{code: exitFailure, msg: fmt.Sprintf("-log-level: %v", err)}
+		}
+		logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: lvl}))
+		slog.SetDefault(logger)
 		rep, err := wormpaxos.New(cl, kv.NewStore(), wormpaxos.Config{Policy: pol, LogBase: *logBase,
 			Replicas: len(as), Index: *index, Logger: logger, Forward: kv.Forwarder(&net.Dialer{}, ids)})
 		if err != nil {
