@@ -44,7 +44,12 @@ func TestLogSequencerKill9(t *testing.T) {
 	startSequencer := func() *exec.Cmd {
 		cmd := exec.Command(exe, "log", "sequencer", "-listen", seqAddr)
 		cmd.Env = env
-		cmd.Stderr = os.Stderr
+		logf, err := os.OpenFile(filepath.Join(dir, "sequencer.log"), os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer logf.Close()
+		cmd.Stdout, cmd.Stderr = logf, logf
 		if err := cmd.Start(); err != nil {
 			t.Fatal(err)
 		}
@@ -81,7 +86,14 @@ func TestLogSequencerKill9(t *testing.T) {
 	}
 
 	seq := startSequencer()
-	defer func() { _ = seq.Process.Kill(); _ = seq.Wait() }()
+	defer func() {
+		_ = seq.Process.Kill()
+		_ = seq.Wait()
+		if t.Failed() {
+			b, _ := os.ReadFile(filepath.Join(dir, "sequencer.log"))
+			t.Logf("sequencers' log:\n%s", b)
+		}
+	}()
 	for i := range 5 {
 		appendOne(fmt.Sprintf("before-%d", i))
 	}
