@@ -27,25 +27,15 @@ import (
 // The old leader, restarted, catches up from the log and answers a
 // linearizable read with the same count.
 func TestKVKill9(t *testing.T) {
-	if testing.Short() {
-		t.Skip("builds and runs processes")
-	}
-	exe := buildWorm(t)
-	buildWormd(t, filepath.Dir(exe))
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	dir := t.TempDir()
-	lc, err := localcluster.Start(ctx, localcluster.Config{N: 3, Dir: filepath.Join(dir, "wormds"), Wormd: filepath.Join(filepath.Dir(exe), "wormd")})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer lc.Stop()
+	exe, dir, _, env := appCluster(ctx, t)
 
 	addrs := make([]string, 3)
 	for i := range addrs {
 		addrs[i] = freeLoopbackAddr(t)
 	}
-	env := append(os.Environ(), "WORM_SERVERS="+strings.Join(lc.Servers(), ","), "WORM_KEY_FILE="+lc.KeyFile, "WORM_KEY=", "WORM_KV="+strings.Join(addrs, ","))
+	env = append(env, "WORM_KV="+strings.Join(addrs, ","))
 	replicas := make([]*exec.Cmd, 3)
 	start := func(i int) {
 		cmd := exec.Command(exe, "kv", "serve", "-index", strconv.Itoa(i), "-log-level", "debug")
@@ -177,6 +167,27 @@ func TestKVKill9(t *testing.T) {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
+}
+
+// appCluster builds worm and wormd and starts three durable wormds, for a
+// test that runs the applications as processes (skipped with -short). It
+// returns the worm binary, a directory for the test's files, the cluster
+// and an environment that points worm commands at it.
+func appCluster(ctx context.Context, t *testing.T) (exe, dir string, lc *localcluster.Cluster, env []string) {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("builds and runs processes")
+	}
+	exe = buildWorm(t)
+	buildWormd(t, filepath.Dir(exe))
+	dir = t.TempDir()
+	lc, err := localcluster.Start(ctx, localcluster.Config{N: 3, Dir: filepath.Join(dir, "wormds"), Wormd: filepath.Join(filepath.Dir(exe), "wormd")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { lc.Stop() })
+	env = append(os.Environ(), "WORM_SERVERS="+strings.Join(lc.Servers(), ","), "WORM_KEY_FILE="+lc.KeyFile, "WORM_KEY=")
+	return exe, dir, lc, env
 }
 
 // freeLoopbackAddr returns a loopback address with a port free right now.

@@ -15,7 +15,6 @@ import (
 
 	"github.com/wormspace/wormspace/apps/wormlog"
 	"github.com/wormspace/wormspace/worm"
-	"github.com/wormspace/wormspace/worm/localcluster"
 )
 
 // TestLogSequencerKill9 runs WormLog as processes: three real wormds, a
@@ -26,21 +25,11 @@ import (
 // old sequencer's token is refused as preempted; appends go on (every
 // position printed once, every record read back at its position).
 func TestLogSequencerKill9(t *testing.T) {
-	if testing.Short() {
-		t.Skip("builds and runs processes")
-	}
-	exe := buildWorm(t)
-	buildWormd(t, filepath.Dir(exe))
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	dir := t.TempDir()
-	lc, err := localcluster.Start(ctx, localcluster.Config{N: 3, Dir: filepath.Join(dir, "wormds"), Wormd: filepath.Join(filepath.Dir(exe), "wormd")})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer lc.Stop()
+	exe, dir, lc, env := appCluster(ctx, t)
 	seqAddr := freeLoopbackAddr(t)
-	env := append(os.Environ(), "WORM_SERVERS="+strings.Join(lc.Servers(), ","), "WORM_KEY_FILE="+lc.KeyFile, "WORM_KEY=", "WORM_SEQUENCER="+seqAddr)
+	env = append(env, "WORM_SEQUENCER="+seqAddr)
 	startSequencer := func() *exec.Cmd {
 		cmd := exec.Command(exe, "log", "sequencer", "-listen", seqAddr)
 		cmd.Env = env
