@@ -38,18 +38,8 @@ func TestKVKill9(t *testing.T) {
 	env = append(env, "WORM_KV="+strings.Join(addrs, ","))
 	replicas := make([]*exec.Cmd, 3)
 	start := func(i int) {
-		cmd := exec.Command(exe, "kv", "serve", "-index", strconv.Itoa(i), "-log-level", "debug")
-		cmd.Env = env
-		logf, err := os.Create(filepath.Join(dir, fmt.Sprintf("kv-%d.log", i)))
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer logf.Close()
-		cmd.Stdout, cmd.Stderr = logf, logf
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		replicas[i] = cmd
+		replicas[i] = startLogged(t, env, filepath.Join(dir, fmt.Sprintf("kv-%d.log", i)),
+			exe, "kv", "serve", "-index", strconv.Itoa(i), "-log-level", "debug")
 	}
 	for i := range replicas {
 		start(i)
@@ -188,6 +178,24 @@ func appCluster(ctx context.Context, t *testing.T) (exe, dir string, lc *localcl
 	t.Cleanup(func() { lc.Stop() })
 	env = append(os.Environ(), "WORM_SERVERS="+strings.Join(lc.Servers(), ","), "WORM_KEY_FILE="+lc.KeyFile, "WORM_KEY=")
 	return exe, dir, lc, env
+}
+
+// startLogged starts exe with args and env, its output appended to
+// logPath (a restarted process adds to its predecessor's log).
+func startLogged(t *testing.T, env []string, logPath, exe string, args ...string) *exec.Cmd {
+	t.Helper()
+	logf, err := os.OpenFile(logPath, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer logf.Close()
+	cmd := exec.Command(exe, args...)
+	cmd.Env = env
+	cmd.Stdout, cmd.Stderr = logf, logf
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	return cmd
 }
 
 // freeLoopbackAddr returns a loopback address with a port free right now.

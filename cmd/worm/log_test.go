@@ -31,18 +31,7 @@ func TestLogSequencerKill9(t *testing.T) {
 	seqAddr := freeLoopbackAddr(t)
 	env = append(env, "WORM_SEQUENCER="+seqAddr)
 	startSequencer := func() *exec.Cmd {
-		cmd := exec.Command(exe, "log", "sequencer", "-listen", seqAddr)
-		cmd.Env = env
-		logf, err := os.OpenFile(filepath.Join(dir, "sequencer.log"), os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer logf.Close()
-		cmd.Stdout, cmd.Stderr = logf, logf
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		return cmd
+		return startLogged(t, env, filepath.Join(dir, "sequencer.log"), exe, "log", "sequencer", "-listen", seqAddr)
 	}
 	run := func(args ...string) (string, error) {
 		cmd := exec.CommandContext(ctx, exe, args...)
