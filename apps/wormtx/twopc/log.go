@@ -5,11 +5,12 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"io"
+	"io/fs"
 	"os"
 	"sync"
 
 	"github.com/wormspace/wormspace/apps/wormtx"
+	"github.com/wormspace/wormspace/apps/wormtx/internal/forcefile"
 	"github.com/wormspace/wormspace/worm"
 )
 
@@ -61,13 +62,13 @@ func (l SpaceLog) Presume(ctx context.Context, tx wormtx.TxID) (wormtx.Outcome, 
 
 // FileLog is a coordinator's decision log on a local disk: an append-only
 // file of (transaction, outcome) records, synced before Decide returns.
-// Concurrent Decides share one sync (group commit), as wormd does.
+// Concurrent Decides share one sync (group commit), as wormd does, and a
+// sync is one device flush, as wormd's is (the records are written over
+// zeros written ahead of them: apps/wormtx/internal/forcefile).
 type FileLog struct {
-	volatile bool
-
 	mu      sync.Mutex
 	cond    *sync.Cond
-	f       *os.File
+	f       *forcefile.File
 	rec     map[wormtx.TxID]logEntry
 	pending []byte // records appended, not yet written
 	seq     uint64 // records appended
@@ -88,35 +89,26 @@ const recordSize = 9
 // records. With volatile set it never syncs (for benchmarks that compare
 // with wormds started -volatile).
 func OpenFileLog(path string, volatile bool) (*FileLog, error) {
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o644)
-	if err != nil {
+	b, err := os.ReadFile(path)
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return nil, fmt.Errorf("twopc: decision log: %w", err)
 	}
-	l := &FileLog{volatile: volatile, f: f, rec: map[wormtx.TxID]logEntry{}}
+	l := &FileLog{rec: map[wormtx.TxID]logEntry{}}
 	l.cond = sync.NewCond(&l.mu)
-	b, err := io.ReadAll(f)
-	if err != nil {
-		f.Close()
-		return nil, fmt.Errorf("twopc: decision log: %w", err)
-	}
-	good := len(b) - len(b)%recordSize // a torn last record is cut
-	for i := 0; i < good; i += recordSize {
-		o := wormtx.Outcome(b[i+8])
+	// The records end at the first without an outcome: the zeros written
+	// ahead of them, or a torn last record (whose sync never returned).
+	end := 0
+	for ; end+recordSize <= len(b) && b[end+8] != 0; end += recordSize {
+		o := wormtx.Outcome(b[end+8])
 		if o != wormtx.Commit && o != wormtx.Abort {
-			f.Close()
-			return nil, fmt.Errorf("twopc: decision log %s: bad record at offset %d", path, i)
+			return nil, fmt.Errorf("twopc: decision log %s: bad record at offset %d", path, end)
 		}
-		tx := wormtx.TxID(binary.LittleEndian.Uint64(b[i:]))
+		tx := wormtx.TxID(binary.LittleEndian.Uint64(b[end:]))
 		if _, ok := l.rec[tx]; !ok {
 			l.rec[tx] = logEntry{o: o}
 		}
 	}
-	if err := f.Truncate(int64(good)); err != nil {
-		f.Close()
-		return nil, fmt.Errorf("twopc: decision log: %w", err)
-	}
-	if _, err := f.Seek(int64(good), io.SeekStart); err != nil {
-		f.Close()
+	if l.f, err = forcefile.Open(path, int64(end), volatile); err != nil {
 		return nil, fmt.Errorf("twopc: decision log: %w", err)
 	}
 	return l, nil
@@ -155,8 +147,8 @@ func (l *FileLog) force(tx wormtx.TxID, o wormtx.Outcome) (wormtx.Outcome, error
 		buf, upto := l.pending, l.seq
 		l.pending = nil
 		l.mu.Unlock()
-		_, err := l.f.Write(buf)
-		if err == nil && !l.volatile {
+		err := l.f.Write(buf)
+		if err == nil {
 			err = l.f.Sync()
 		}
 		l.mu.Lock()

@@ -1,6 +1,7 @@
 package twopc_test
 
 import (
+	"bytes"
 	"context"
 	"os"
 	"path/filepath"
@@ -14,7 +15,8 @@ import (
 
 // A FileLog keeps the first outcome recorded for a transaction, shares
 // syncs among concurrent decisions, and finds its records again after a
-// reopen (a torn last record cut).
+// reopen (a torn last record cut). Its records are followed by zeros
+// (written ahead, so that a sync does not change the file's size).
 func TestFileLog(t *testing.T) {
 	ctx := context.Background()
 	path := filepath.Join(t.TempDir(), "decisions")
@@ -49,24 +51,47 @@ func TestFileLog(t *testing.T) {
 	if err := l.Close(); err != nil {
 		t.Fatal(err)
 	}
-	fi, err := os.Stat(path)
-	if err != nil || fi.Size() != 65*9 {
-		t.Fatalf("log holds %v bytes (%v), want %d records", fi.Size(), err, 65)
-	}
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND, 0)
+	// 65 records, then the zeros written ahead of them.
+	b, err := os.ReadFile(path)
 	if err != nil {
 		t.Fatal(err)
 	}
-	f.Write([]byte{1, 2, 3}) // a torn record
+	if len(b) < 65*9+1 || !bytes.Equal(b[65*9:], make([]byte, len(b)-65*9)) {
+		t.Fatalf("log holds %d bytes, want 65 records and zeros after them", len(b))
+	}
+	for i := 0; i < 65*9; i += 9 {
+		if o := wormtx.Outcome(b[i+8]); o != wormtx.Commit && o != wormtx.Abort {
+			t.Fatalf("record at %d has outcome %v", i, o)
+		}
+	}
+	f, err := os.OpenFile(path, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.WriteAt([]byte{1, 2, 3}, 65*9) // a torn record
 	f.Close()
-	l, err = twopc.OpenFileLog(path, true)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	for i, want := range map[wormtx.TxID]wormtx.Outcome{0: wormtx.Abort, 1: wormtx.Commit, 3: wormtx.Abort, 1000: wormtx.Abort} {
-		if o, err := l.Decide(ctx, i, wormtx.Commit); err != nil || o != want {
-			t.Fatalf("after reopen, %d: %v, %v; want %v", i, o, err, want)
+	// Reopened, it has every record and none from the torn one; a new
+	// record takes the torn one's place and survives another reopen.
+	for _, volatile := range []bool{false, true} {
+		l, err = twopc.OpenFileLog(path, volatile)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i, want := range map[wormtx.TxID]wormtx.Outcome{0: wormtx.Abort, 1: wormtx.Commit, 3: wormtx.Abort, 1000: wormtx.Abort, 2000: wormtx.Commit} {
+			decide := l.Decide // first pass: records 2000's commit
+			if volatile {
+				// Second pass: Presume would record an abort for an
+				// unknown transaction; 2000 must have come back.
+				decide = func(ctx context.Context, tx wormtx.TxID, _ wormtx.Outcome) (wormtx.Outcome, error) {
+					return l.Presume(ctx, tx)
+				}
+			}
+			if o, err := decide(ctx, i, wormtx.Commit); err != nil || o != want {
+				t.Fatalf("after reopen (volatile %v), %d: %v, %v; want %v", volatile, i, o, err, want)
+			}
+		}
+		if err := l.Close(); err != nil {
+			t.Fatal(err)
 		}
 	}
 }

@@ -3,12 +3,15 @@ package txbench
 import (
 	"context"
 	"encoding/binary"
+	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"sync"
 
 	"github.com/wormspace/wormspace/apps/wormtx"
+	"github.com/wormspace/wormspace/apps/wormtx/internal/forcefile"
 )
 
 // Resource is the participants' state in both protocols: Prepare locks
@@ -121,13 +124,13 @@ func (r *Resource) Prepared(context.Context) ([]wormtx.Tx, error) {
 }
 
 // groupLog is an append-only file of length-prefixed records; appends that
-// wait for durability share a sync (group commit). Volatile: never synced.
+// wait for durability share a sync (group commit), and a sync is one device
+// flush, as a wormd's is (apps/wormtx/internal/forcefile). Volatile: never
+// synced.
 type groupLog struct {
-	volatile bool
-
 	mu      sync.Mutex
 	cond    *sync.Cond
-	f       *os.File
+	f       *forcefile.File
 	pending []byte
 	seq     uint64 // appends so far
 	durable uint64 // appends written (and synced)
@@ -136,11 +139,25 @@ type groupLog struct {
 }
 
 func openGroupLog(path string, volatile bool) (*groupLog, error) {
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
+	b, err := os.ReadFile(path)
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("txbench: %w", err)
+	}
+	// The records end at a zero length (the zeros written ahead of them)
+	// or at one that runs past the file (torn).
+	end := 0
+	for end+4 <= len(b) {
+		n := int(binary.LittleEndian.Uint32(b[end:]))
+		if n == 0 || end+4+n > len(b) {
+			break
+		}
+		end += 4 + n
+	}
+	f, err := forcefile.Open(path, int64(end), volatile)
 	if err != nil {
 		return nil, fmt.Errorf("txbench: %w", err)
 	}
-	l := &groupLog{volatile: volatile, f: f}
+	l := &groupLog{f: f}
 	l.cond = sync.NewCond(&l.mu)
 	return l, nil
 }
@@ -162,8 +179,8 @@ func (l *groupLog) append(rec []byte, wait bool) error {
 		buf, upto := l.pending, l.seq
 		l.pending = nil
 		l.mu.Unlock()
-		_, err := l.f.Write(buf)
-		if err == nil && !l.volatile {
+		err := l.f.Write(buf)
+		if err == nil {
 			err = l.f.Sync()
 		}
 		l.mu.Lock()
@@ -182,7 +199,7 @@ func (l *groupLog) close() error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if len(l.pending) > 0 && l.err == nil {
-		if _, err := l.f.Write(l.pending); err != nil {
+		if err := l.f.Write(l.pending); err != nil {
 			l.err = err
 		}
 		l.pending = nil
