@@ -7,10 +7,10 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"os"
 	"slices"
 	"sync"
 
+	"github.com/wormspace/wormspace/apps/wormtx/internal/forcefile"
 	"github.com/wormspace/wormspace/worm"
 )
 
@@ -323,40 +323,43 @@ func (p *Participant) checkRetry(ctx context.Context, seg uint64) (worm.SegmentI
 	}
 }
 
-// SegmentFile is a SegmentLog in a file: one 9-byte record per change
-// ('+' or '-' and the segment number), appended and synced (Add) or just
-// appended (Remove).
+// SegmentFile is a SegmentLog in a file: one record per change ('+' or '-'
+// and the segment number), appended and synced (Add) or just appended
+// (Remove). The records are checksummed and written over zeros written
+// ahead of them, so that a sync is one device flush
+// (apps/wormtx/internal/forcefile).
 type SegmentFile struct {
-	mu sync.Mutex
-	f  *os.File
+	mu   sync.Mutex
+	path string
+	f    *forcefile.File
 }
 
 var _ SegmentLog = (*SegmentFile)(nil)
 
-// OpenSegmentFile opens (creating) the segment log at path.
+// segmentFileMagic starts a segment log file.
+const segmentFileMagic = "wormspace wormtx segments v1\n"
+
+// OpenSegmentFile opens (creating) the segment log at path. A torn last
+// record (a crash in the middle of an append, whose Add never returned)
+// is cut off.
 func OpenSegmentFile(path string) (*SegmentFile, error) {
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_APPEND, 0o644)
+	f, recs, err := forcefile.Open(path, segmentFileMagic, false)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("wormtx: segment log: %w", err)
 	}
-	// A torn last record (a crash in the middle of an append, whose Add
-	// never returned) is cut off, so that new records stay aligned.
-	st, err := f.Stat()
-	if err == nil && st.Size()%9 != 0 {
-		err = f.Truncate(st.Size() - st.Size()%9)
-	}
-	if err != nil {
+	s := &SegmentFile{path: path, f: f}
+	if _, err := s.parse(recs); err != nil {
 		f.Close()
 		return nil, err
 	}
-	return &SegmentFile{f: f}, nil
+	return s, nil
 }
 
 func (s *SegmentFile) write(op byte, seg uint64, sync bool) error {
-	rec := binary.LittleEndian.AppendUint64([]byte{op}, seg)
+	rec := forcefile.AppendRecord(nil, binary.LittleEndian.AppendUint64([]byte{op}, seg))
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if _, err := s.f.Write(rec); err != nil {
+	if err := s.f.Write(rec); err != nil {
 		return err
 	}
 	if sync {
@@ -375,15 +378,24 @@ func (s *SegmentFile) Remove(_ context.Context, seg uint64) error { return s.wri
 func (s *SegmentFile) Segments(context.Context) ([]uint64, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	b, err := os.ReadFile(s.f.Name())
+	recs, err := s.f.Records()
 	if err != nil {
 		return nil, err
 	}
+	return s.parse(recs)
+}
+
+// parse returns the segments recs add and do not remove, in the order of
+// their first addition.
+func (s *SegmentFile) parse(recs [][]byte) ([]uint64, error) {
 	live := map[uint64]bool{}
 	var order []uint64
-	for len(b) >= 9 {
-		seg := binary.LittleEndian.Uint64(b[1:9])
-		switch b[0] {
+	for i, r := range recs {
+		if len(r) != 9 {
+			return nil, fmt.Errorf("wormtx: segment log %s: bad record %d: %x", s.path, i, r)
+		}
+		seg := binary.LittleEndian.Uint64(r[1:9])
+		switch r[0] {
 		case '+':
 			if !live[seg] {
 				live[seg] = true
@@ -392,9 +404,8 @@ func (s *SegmentFile) Segments(context.Context) ([]uint64, error) {
 		case '-':
 			delete(live, seg)
 		default:
-			return nil, fmt.Errorf("wormtx: segment log %s: bad record %q", s.f.Name(), b[0])
+			return nil, fmt.Errorf("wormtx: segment log %s: bad record %d: %x", s.path, i, r)
 		}
-		b = b[9:]
 	}
 	var out []uint64
 	for _, seg := range order {

@@ -3,6 +3,7 @@ package wormtx
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"os"
 	"path/filepath"
 	"slices"
@@ -69,10 +70,22 @@ func TestSegmentFile(t *testing.T) {
 	f.Close()
 	// A crash in the middle of an append leaves a torn record: reopening
 	// cuts it, and records added after it stay readable.
+	// A magic line and 5 records (length, op and segment, CRC), followed
+	// by zeros (written ahead, so that a sync does not change the file's
+	// size); the torn record goes where the next record would.
+	const frame = 4 + 9 + 4
 	b, _ := os.ReadFile(path)
-	if err := os.WriteFile(path, append(b, '+', 1, 2, 3), 0o644); err != nil {
+	hdr := bytes.IndexByte(b, '\n') + 1
+	end := hdr + 5*frame
+	if hdr == 0 || len(b) <= end || !bytes.Equal(b[end:], make([]byte, len(b)-end)) {
+		t.Fatalf("file holds %d bytes, want a magic line, 5 records and zeros after them", len(b))
+	}
+	torn, err := os.OpenFile(path, os.O_WRONLY, 0)
+	if err != nil {
 		t.Fatal(err)
 	}
+	torn.WriteAt([]byte{9, 0, 0, 0, '+', 1, 2, 3}, int64(end))
+	torn.Close()
 	f, err = OpenSegmentFile(path)
 	if err != nil {
 		t.Fatal(err)
@@ -84,7 +97,13 @@ func TestSegmentFile(t *testing.T) {
 	if got, err := f.Segments(ctx); err != nil || !slices.Equal(got, []uint64{7, 11, 13}) {
 		t.Fatalf("after a torn record and a reopen: Segments = %v, %v; want [7 11 13]", got, err)
 	}
-	if b, _ := os.ReadFile(path); len(b)%9 != 0 || !bytes.HasPrefix(b, []byte{'+', 7}) {
-		t.Fatalf("file holds %d bytes (%x...)", len(b), b[:min(len(b), 9)])
+	if b, _ := os.ReadFile(path); len(b) < end+frame || !bytes.Equal(b[end+4:end+4+9], binary.LittleEndian.AppendUint64([]byte{'+'}, 13)) {
+		t.Fatalf("file holds %d bytes: want 13's record where the torn one was", len(b))
+	}
+	// A file of another format is refused, not overwritten.
+	other := filepath.Join(t.TempDir(), "other")
+	os.WriteFile(other, []byte("not a segment log\n"), 0o644)
+	if _, err := OpenSegmentFile(other); err == nil {
+		t.Fatal("OpenSegmentFile accepted a file of another format")
 	}
 }

@@ -5,8 +5,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"io/fs"
-	"os"
 	"sync"
 
 	"github.com/wormspace/wormspace/apps/wormtx"
@@ -82,34 +80,32 @@ type logEntry struct {
 	seq uint64
 }
 
-// recordSize is the size of one record: u64 transaction, u8 outcome.
+// recordSize is the size of one record's payload: u64 transaction, u8
+// outcome.
 const recordSize = 9
+
+// decisionLogMagic starts a decision log file.
+const decisionLogMagic = "wormspace 2pc decision log v1\n"
 
 // OpenFileLog opens (creating) the decision log at path and loads its
 // records. With volatile set it never syncs (for benchmarks that compare
 // with wormds started -volatile).
 func OpenFileLog(path string, volatile bool) (*FileLog, error) {
-	b, err := os.ReadFile(path)
-	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+	f, recs, err := forcefile.Open(path, decisionLogMagic, volatile)
+	if err != nil {
 		return nil, fmt.Errorf("twopc: decision log: %w", err)
 	}
-	l := &FileLog{rec: map[wormtx.TxID]logEntry{}}
+	l := &FileLog{f: f, rec: map[wormtx.TxID]logEntry{}}
 	l.cond = sync.NewCond(&l.mu)
-	// The records end at the first without an outcome: the zeros written
-	// ahead of them, or a torn last record (whose sync never returned).
-	end := 0
-	for ; end+recordSize <= len(b) && b[end+8] != 0; end += recordSize {
-		o := wormtx.Outcome(b[end+8])
-		if o != wormtx.Commit && o != wormtx.Abort {
-			return nil, fmt.Errorf("twopc: decision log %s: bad record at offset %d", path, end)
+	for i, r := range recs {
+		if len(r) != recordSize || (wormtx.Outcome(r[8]) != wormtx.Commit && wormtx.Outcome(r[8]) != wormtx.Abort) {
+			f.Close()
+			return nil, fmt.Errorf("twopc: decision log %s: bad record %d: %x", path, i, r)
 		}
-		tx := wormtx.TxID(binary.LittleEndian.Uint64(b[end:]))
+		tx := wormtx.TxID(binary.LittleEndian.Uint64(r))
 		if _, ok := l.rec[tx]; !ok {
-			l.rec[tx] = logEntry{o: o}
+			l.rec[tx] = logEntry{o: wormtx.Outcome(r[8])}
 		}
-	}
-	if l.f, err = forcefile.Open(path, int64(end), volatile); err != nil {
-		return nil, fmt.Errorf("twopc: decision log: %w", err)
 	}
 	return l, nil
 }
@@ -134,8 +130,7 @@ func (l *FileLog) force(tx wormtx.TxID, o wormtx.Outcome) (wormtx.Outcome, error
 		l.seq++
 		e = logEntry{o: o, seq: l.seq}
 		l.rec[tx] = e
-		l.pending = binary.LittleEndian.AppendUint64(l.pending, uint64(tx))
-		l.pending = append(l.pending, byte(o))
+		l.pending = forcefile.AppendRecord(l.pending, append(binary.LittleEndian.AppendUint64(make([]byte, 0, recordSize), uint64(tx)), byte(o)))
 	}
 	for l.durable < e.seq && l.err == nil {
 		if l.syncing {

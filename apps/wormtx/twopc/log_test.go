@@ -3,6 +3,7 @@ package twopc_test
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"os"
 	"path/filepath"
 	"sync"
@@ -51,24 +52,28 @@ func TestFileLog(t *testing.T) {
 	if err := l.Close(); err != nil {
 		t.Fatal(err)
 	}
-	// 65 records, then the zeros written ahead of them.
+	// A magic line, 65 records (length 9, transaction and outcome, CRC),
+	// then the zeros written ahead of them.
 	b, err := os.ReadFile(path)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(b) < 65*9+1 || !bytes.Equal(b[65*9:], make([]byte, len(b)-65*9)) {
-		t.Fatalf("log holds %d bytes, want 65 records and zeros after them", len(b))
+	const frame = 4 + 9 + 4
+	hdr := bytes.IndexByte(b, '\n') + 1
+	end := hdr + 65*frame
+	if hdr == 0 || len(b) <= end || !bytes.Equal(b[end:], make([]byte, len(b)-end)) {
+		t.Fatalf("log holds %d bytes, want a magic line, 65 records and zeros after them", len(b))
 	}
-	for i := 0; i < 65*9; i += 9 {
-		if o := wormtx.Outcome(b[i+8]); o != wormtx.Commit && o != wormtx.Abort {
-			t.Fatalf("record at %d has outcome %v", i, o)
+	for off := hdr; off < end; off += frame {
+		if n, o := binary.LittleEndian.Uint32(b[off:]), wormtx.Outcome(b[off+4+8]); n != 9 || (o != wormtx.Commit && o != wormtx.Abort) {
+			t.Fatalf("record at %d: length %d, outcome %v", off, n, o)
 		}
 	}
 	f, err := os.OpenFile(path, os.O_WRONLY, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
-	f.WriteAt([]byte{1, 2, 3}, 65*9) // a torn record
+	f.WriteAt([]byte{9, 0, 0, 0, 1, 2, 3}, int64(end)) // a torn record
 	f.Close()
 	// Reopened, it has every record and none from the torn one; a new
 	// record takes the torn one's place and survives another reopen.

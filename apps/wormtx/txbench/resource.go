@@ -3,10 +3,7 @@ package txbench
 import (
 	"context"
 	"encoding/binary"
-	"errors"
 	"fmt"
-	"io/fs"
-	"os"
 	"path/filepath"
 	"sync"
 
@@ -123,7 +120,7 @@ func (r *Resource) Prepared(context.Context) ([]wormtx.Tx, error) {
 	return out, nil
 }
 
-// groupLog is an append-only file of length-prefixed records; appends that
+// groupLog is an append-only file of records (apps/wormtx/internal/forcefile); appends that
 // wait for durability share a sync (group commit), and a sync is one device
 // flush, as a wormd's is (apps/wormtx/internal/forcefile). Volatile: never
 // synced.
@@ -139,21 +136,7 @@ type groupLog struct {
 }
 
 func openGroupLog(path string, volatile bool) (*groupLog, error) {
-	b, err := os.ReadFile(path)
-	if err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return nil, fmt.Errorf("txbench: %w", err)
-	}
-	// The records end at a zero length (the zeros written ahead of them)
-	// or at one that runs past the file (torn).
-	end := 0
-	for end+4 <= len(b) {
-		n := int(binary.LittleEndian.Uint32(b[end:]))
-		if n == 0 || end+4+n > len(b) {
-			break
-		}
-		end += 4 + n
-	}
-	f, err := forcefile.Open(path, int64(end), volatile)
+	f, _, err := forcefile.Open(path, "wormspace txbench log v1\n", volatile)
 	if err != nil {
 		return nil, fmt.Errorf("txbench: %w", err)
 	}
@@ -166,8 +149,7 @@ func openGroupLog(path string, volatile bool) (*groupLog, error) {
 func (l *groupLog) append(rec []byte, wait bool) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	l.pending = binary.LittleEndian.AppendUint32(l.pending, uint32(len(rec)))
-	l.pending = append(l.pending, rec...)
+	l.pending = forcefile.AppendRecord(l.pending, rec)
 	l.seq++
 	me := l.seq
 	for wait && l.durable < me && l.err == nil {

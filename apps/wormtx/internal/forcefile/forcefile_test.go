@@ -2,63 +2,132 @@ package forcefile
 
 import (
 	"bytes"
+	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"testing"
 	"time"
 )
 
-// Records land in place, followed by zeros (written ZeroAhead at a time), Open at an offset cuts what follows, and a volatile file
+const testMagic = "forcefile test v1\n"
+
+func payload(i int) []byte { return bytes.Repeat([]byte{byte(1 + i%250)}, 1+i%100) }
+
+// checkRecords fails the test unless recs are payload(0..n-1).
+func checkRecords(t *testing.T, recs [][]byte, n int) {
+	t.Helper()
+	if len(recs) != n {
+		t.Fatalf("%d records, want %d", len(recs), n)
+	}
+	for i, r := range recs {
+		if !bytes.Equal(r, payload(i)) {
+			t.Fatalf("record %d is %x, want %x", i, r, payload(i))
+		}
+	}
+}
+
+// Records come back in order after a reopen, followed on disk by zeros
+// (written ZeroAhead at a time); a torn last record is cut and its place
+// taken by the next; a file of another format is refused; a volatile file
 // writes no zeros.
 func TestFile(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "log")
-	f, err := Open(path, 0, false)
-	if err != nil {
-		t.Fatal(err)
+	f, recs, err := Open(path, testMagic, false)
+	if err != nil || len(recs) != 0 {
+		t.Fatalf("Open of a new file: %d records, %v", len(recs), err)
 	}
-	var want []byte
-	for i := range 5000 {
-		rec := bytes.Repeat([]byte{byte(1 + i%250)}, 1+i%100)
-		if err := f.Write(rec); err != nil {
-			t.Fatal(err)
-		}
-		want = append(want, rec...)
-		if i%10 == 0 {
+	var frames []byte
+	for i := range 3000 {
+		frames = AppendRecord(frames, payload(i))
+		if i%10 == 9 {
+			if err := f.Write(frames); err != nil {
+				t.Fatal(err)
+			}
 			if err := f.Sync(); err != nil {
 				t.Fatal(err)
 			}
-		}
-		if f.End() != int64(len(want)) {
-			t.Fatalf("End() = %d after %d bytes", f.End(), len(want))
+			frames = frames[:0]
 		}
 	}
-	if err := f.Sync(); err != nil {
+	if recs, err := f.Records(); err != nil {
 		t.Fatal(err)
+	} else {
+		checkRecords(t, recs, 3000)
 	}
+	end := f.end
 	f.Close()
 	b, err := os.ReadFile(path)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !bytes.Equal(b[:len(want)], want) {
-		t.Fatal("records read back differ from those written")
+	if !bytes.HasPrefix(b, []byte(testMagic)) {
+		t.Fatalf("file starts %q", b[:min(len(b), 20)])
 	}
-	if tail := b[len(want):]; len(tail) == 0 || len(b)%4096 != 0 || !bytes.Equal(tail, make([]byte, len(tail))) {
+	if tail := b[end:]; len(tail) == 0 || len(b)%4096 != 0 || !bytes.Equal(tail, make([]byte, len(tail))) {
 		t.Fatalf("%d bytes after the records, want zeros to a 4 KiB boundary", len(tail))
 	}
 
-	// Reopen before the last 10 bytes: they and the zeros are cut.
-	f, err = Open(path, int64(len(want)-10), true)
+	// A torn record: its length and part of its payload, then zeros.
+	torn := AppendRecord(nil, payload(3000))
+	w, _ := os.OpenFile(path, os.O_WRONLY, 0)
+	w.WriteAt(torn[:len(torn)-3], end)
+	w.Close()
+	f, recs, err = Open(path, testMagic, false)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := f.Write([]byte("volatile")); err != nil {
+	checkRecords(t, recs, 3000)
+	if err := f.Write(AppendRecord(nil, payload(3000))); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Sync(); err != nil {
 		t.Fatal(err)
 	}
 	f.Close()
-	b, _ = os.ReadFile(path)
-	if want := append(want[:len(want)-10:len(want)-10], "volatile"...); !bytes.Equal(b, want) {
-		t.Fatalf("after reopening at %d and a volatile write the file holds %d bytes, want %d (no zeros)", len(want)-18, len(b), len(want))
+
+	// Reopened volatile: the records are there, and a write adds no zeros.
+	f, recs, err = Open(path, testMagic, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkRecords(t, recs, 3001)
+	if err := f.Write(AppendRecord(nil, payload(3001))); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	if fi, err := os.Stat(path); err != nil || fi.Size() != f.end {
+		t.Fatalf("volatile file is %d bytes (%v), its records end at %d", fi.Size(), err, f.end)
+	}
+	if _, recs, err = Open(path, testMagic, true); err != nil {
+		t.Fatal(err)
+	}
+	checkRecords(t, recs, 3002)
+
+	if _, _, err := Open(path, "another format v1\n", false); !errors.Is(err, ErrFormat) {
+		t.Fatalf("Open with another magic: %v, want ErrFormat", err)
+	}
+}
+
+// Every truncation of a record, and every single-bit flip in it, ends the
+// records before it.
+func TestTornAndDamagedRecords(t *testing.T) {
+	good := AppendRecord(nil, []byte("first"))
+	last := AppendRecord(nil, []byte("the last record"))
+	for cut := range len(last) {
+		b := append(append([]byte(testMagic), good...), last[:cut]...)
+		b = append(b, make([]byte, 64)...)
+		if recs, end := scan(b, len(testMagic)); len(recs) != 1 || end != len(testMagic)+len(good) {
+			t.Fatalf("cut at %d: %d records ending at %d", cut, len(recs), end)
+		}
+	}
+	for bit := range len(last) * 8 {
+		damaged := bytes.Clone(last)
+		damaged[bit/8] ^= 1 << (bit % 8)
+		b := append(append([]byte(testMagic), good...), damaged...)
+		if recs, _ := scan(b, len(testMagic)); len(recs) != 1 {
+			t.Fatalf("bit %d flipped: %d records, want 1", bit, len(recs))
+		}
 	}
 }
 
@@ -67,7 +136,7 @@ func TestFile(t *testing.T) {
 // every force commit the file system's journal (the size changed).
 func BenchmarkForce(b *testing.B) {
 	dir := b.TempDir()
-	ff, err := Open(filepath.Join(dir, "forcefile"), 0, false)
+	ff, _, err := Open(filepath.Join(dir, "forcefile"), testMagic, false)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -77,7 +146,7 @@ func BenchmarkForce(b *testing.B) {
 		b.Fatal(err)
 	}
 	defer plain.Close()
-	rec := bytes.Repeat([]byte{7}, 64)
+	rec := AppendRecord(nil, bytes.Repeat([]byte{7}, 56))
 	var took [2]time.Duration
 	n := 0
 	for b.Loop() {
@@ -103,4 +172,12 @@ func BenchmarkForce(b *testing.B) {
 	b.ReportMetric(ffUS, "forcefile-µs/force")
 	b.ReportMetric(plainUS, "append+fsync-µs/force")
 	b.ReportMetric(plainUS/ffUS, "speedup")
+}
+
+func ExampleAppendRecord() {
+	frames := AppendRecord(nil, []byte("commit tx 7"))
+	frames = AppendRecord(frames, []byte("abort tx 8"))
+	recs, _ := scan(frames, 0)
+	fmt.Printf("%d bytes, %q\n", len(frames), recs)
+	// Output: 37 bytes, ["commit tx 7" "abort tx 8"]
 }
