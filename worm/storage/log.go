@@ -113,7 +113,8 @@ type Log struct {
 
 	hookSyncIO func() // tests: called by Sync before its write and fsync
 
-	syncMu sync.Mutex // serialises Sync: one write+fsync at a time
+	syncMu      sync.Mutex // serialises Sync: one write+fsync at a time
+	zeroFailing bool       // the last zeros ahead failed (guarded by syncMu)
 
 	mu        sync.Mutex
 	cur       *gen
@@ -539,8 +540,21 @@ func (l *Log) Sync() (uint64, error) {
 	newZeroed := zeroed
 	if wend := off + int64(len(buf)); err == nil && !l.opts.Volatile && l.opts.ZeroAhead > 0 && wend > zeroed {
 		zend := min(alloc, roundUp(wend, 4096)+l.opts.ZeroAhead)
-		err = writeZeros(g.f, wend, zend)
-		newZeroed = max(zend, wend)
+		if zerr := writeZeros(g.f, wend, zend); zerr != nil {
+			// The zeros only make later syncs cheaper; the data's own
+			// write and fsync decide whether this sync worked. Try again
+			// at the next sync that crosses them.
+			if !l.zeroFailing {
+				l.logger.Warn("storage: writing zeros ahead of the log failed; syncs go on without them", "err", zerr)
+			}
+			l.zeroFailing = true
+		} else {
+			if l.zeroFailing {
+				l.logger.Info("storage: writing zeros ahead of the log works again")
+			}
+			l.zeroFailing = false
+			newZeroed = max(zend, wend)
+		}
 	}
 	if err == nil && !l.opts.Volatile {
 		err = g.f.Sync()

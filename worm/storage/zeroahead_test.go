@@ -16,8 +16,9 @@ import (
 // generation file recorded: whether it was all zeros, and where.
 type zeroWatchFS struct {
 	OSFS
-	mu     sync.Mutex
-	writes []watchedWrite
+	mu        sync.Mutex
+	writes    []watchedWrite
+	failZeros bool // writes of zeros fail with ENOSPC
 }
 
 type watchedWrite struct {
@@ -47,8 +48,14 @@ func (f *zeroWatchFile) WriteAt(p []byte, off int64) (int, error) {
 		}
 	}
 	f.fs.mu.Lock()
-	f.fs.writes = append(f.fs.writes, watchedWrite{off: off, end: off + int64(len(p)), zeros: zeros})
+	fail := zeros && f.fs.failZeros
+	if !fail {
+		f.fs.writes = append(f.fs.writes, watchedWrite{off: off, end: off + int64(len(p)), zeros: zeros})
+	}
 	f.fs.mu.Unlock()
+	if fail {
+		return 0, &os.PathError{Op: "write", Path: "zeros", Err: unix.ENOSPC}
+	}
 	return f.File.WriteAt(p, off)
 }
 
@@ -190,5 +197,60 @@ func checkNoUnwritten(t *testing.T, path string, end int64) {
 				return
 			}
 		}
+	}
+}
+
+// Zeros that cannot be written do not fail a sync: the zeros are an
+// optimisation, and the data's write and fsync succeeded. The log syncs
+// and reopens with every record, and writes zeros again once it can.
+func TestZeroAheadFailureIsNotFatal(t *testing.T) {
+	w := newWorkload(seed(t), 4)
+	fsys := &zeroWatchFS{failZeros: true}
+	opts := testOpts()
+	opts.ZeroAhead, opts.FS = 16<<10, fsys
+	dir := filepath.Join(t.TempDir(), "data")
+	l, _ := mustOpen(t, dir, opts)
+	sync := func(n int) {
+		for range n {
+			recs := w.step()
+			if err := l.Reserve(64 * (len(recs) + 1)); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := l.Append(recs); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := l.Sync(); err != nil {
+				t.Fatalf("sync with zeros failing: %v", err)
+			}
+		}
+	}
+	sync(200)
+	fsys.mu.Lock()
+	for _, wr := range fsys.writes {
+		if wr.zeros {
+			t.Fatalf("zeros written at [%d, %d) while they fail", wr.off, wr.end)
+		}
+	}
+	fsys.failZeros = false
+	fsys.mu.Unlock()
+	sync(200)
+	fsys.mu.Lock()
+	var zeros int
+	for _, wr := range fsys.writes {
+		if wr.zeros {
+			zeros++
+		}
+	}
+	fsys.mu.Unlock()
+	if zeros == 0 {
+		t.Fatal("no zeros written once writing them works again")
+	}
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	l2, acc2 := mustOpen(t, dir, opts)
+	defer l2.Close()
+	if got, want := canon(acc2), canon(w.acc); got != want {
+		t.Fatalf("recovered state differs:\n%s\nwant\n%s", got, want)
 	}
 }
