@@ -55,9 +55,12 @@ falls on both; a ratio is taken within each round, and the report gives
 the median of the rounds' ratios with the range of the p50 ratio.
 
 Also reported: each protocol's critical path in message delays (the same
-code over an in-memory space with a fixed one-way delay), and a
-coordinator crash after the prepares: 2PC's participants stay in doubt
-until their coordinator comes back, WormTX's apply without it.`
+code over an in-memory space with a fixed one-way delay); what each wormd
+did per WormTX commit over the measured window (syncs and their mean
+duration, syncs held for followers, accepts, notifications), from its
+status counters; and a coordinator crash after the prepares: 2PC's
+participants stay in doubt until their coordinator comes back, WormTX's
+apply without it.`
 
 // TxBenchRow is one client count: both protocols, over -reps rounds.
 type TxBenchRow struct {
@@ -71,6 +74,9 @@ type TxBenchRow struct {
 	// The lowest and highest of the rounds' p50 ratios.
 	P50RatioMin float64 `json:"p50_ratio_min"`
 	P50RatioMax float64 `json:"p50_ratio_max"`
+	// Wormds: the wormservers' work per WormTX commit, each counter's
+	// median over the rounds.
+	Wormds *WormdCounters `json:"wormds,omitempty"`
 	// Rounds, in the order they ran.
 	Rounds []TxBenchRound `json:"rounds,omitempty"`
 }
@@ -80,6 +86,8 @@ type TxBenchRow struct {
 type TxBenchRound struct {
 	WormTX txbench.Result `json:"wormtx"`
 	TwoPC  txbench.Result `json:"twopc"`
+	// Wormds: the wormservers' work per WormTX commit in this round.
+	Wormds *WormdCounters `json:"wormds,omitempty"`
 	TxBenchRatios
 }
 
@@ -135,6 +143,7 @@ func (row *TxBenchRow) summarize() {
 	}
 	row.WormTX = medianRound(func(r TxBenchRound) txbench.Result { return r.WormTX })
 	row.TwoPC = medianRound(func(r TxBenchRound) txbench.Result { return r.TwoPC })
+	row.Wormds = medianWormdCounters(row.Rounds)
 	var p50, p99, applied, tput []float64
 	for _, r := range row.Rounds {
 		if r.P50Ratio == 0 {
@@ -241,6 +250,14 @@ func cmdBenchTx(args []string) error {
 		defer cancel()
 		return client.Dial(dctx, client.Config{Servers: lc.Servers(), Key: key, ID: "bench-tx-" + id, Logger: quiet})
 	}
+	// A client of its own asks the wormds for their counters at both
+	// ends of each WormTX run's measured window.
+	statusCl, err := client.Dial(ctx, client.Config{Servers: lc.Servers(), Key: key, ID: "bench-tx-status", Logger: quiet})
+	if err != nil {
+		return err
+	}
+	defer statusCl.Close()
+	win := &wormdWindow{status: statusCl}
 	net, err := twopc.NewTCPNetwork()
 	if err != nil {
 		return err
@@ -254,7 +271,12 @@ func cmdBenchTx(args []string) error {
 	}
 	defer stopParts()
 	h, err := txbench.Start(ctx, txbench.Config{Participants: *parts, Net: net, Dial: dial, Dir: filepath.Join(dir, "coordinators"),
-		Volatile: *volatile, SegBase: segBase, Stages: *stages, Records: *records, Think: *think, Logger: quiet})
+		Volatile: *volatile, SegBase: segBase, Stages: *stages, Records: *records, Think: *think, Logger: quiet,
+		Window: func(p txbench.Protocol, begins bool) {
+			if p == txbench.WormTX {
+				win.mark(ctx, begins)
+			}
+		}})
 	if err != nil {
 		return err
 	}
@@ -299,6 +321,9 @@ func cmdBenchTx(args []string) error {
 				fmt.Fprintf(os.Stderr, "bench tx:   %v; every participant applied: p50 %v\n", r.Result, r.Applied.P50.Round(time.Microsecond))
 				if p == txbench.WormTX {
 					round.WormTX = r
+					if round.Wormds, err = win.perCommit(r.Ops); err != nil {
+						fmt.Fprintf(os.Stderr, "bench tx:   no wormd counters for this run: %v\n", err)
+					}
 				} else {
 					round.TwoPC = r
 				}
@@ -369,6 +394,7 @@ func printTxBench(w io.Writer, r TxBenchReport) {
 		fmt.Fprintf(tw, "%d\twormtx/2pc\t%s\t%s\t%s\t%s\t\t\t\n", row.Clients, ratio(row.ThroughputRatio), p50, ratio(row.P99Ratio), ratio(row.AppliedP50Ratio))
 	}
 	tw.Flush()
+	printWormdCounters(w, r.Rows)
 	for _, row := range r.Rows {
 		for _, x := range []bench.Result{row.WormTX.Result, row.TwoPC.Result} {
 			if x.Errors > 0 {

@@ -53,6 +53,22 @@ func TestBenchTxStages(t *testing.T) {
 	if row := rep.Rows[0]; len(row.Rounds) != 2 || row.P50Ratio <= 0 || row.P50RatioMin > row.P50Ratio || row.P50Ratio > row.P50RatioMax {
 		t.Errorf("rounds and ratios: %d rounds, p50 ratio %v in [%v, %v]; want 2 rounds and the median within the range", len(row.Rounds), row.P50Ratio, row.P50RatioMin, row.P50RatioMax)
 	}
+	// The wormds' counters over each WormTX window: every wormd accepts
+	// each of the 3 votes (and little else on the path), syncs and
+	// notifies the listeners.
+	if !strings.Contains(string(stdout), "wormds per WormTX commit at 1 client(s)") {
+		t.Error("no wormd counters printed")
+	}
+	for i, r := range append(rep.Rows[0].Rounds, TxBenchRound{Wormds: rep.Rows[0].Wormds}) {
+		c := r.Wormds
+		if c == nil {
+			t.Errorf("round %d: no wormd counters", i)
+			continue
+		}
+		if c.Accepts < 3 || c.Accepts > 6 || c.Syncs <= 0 || c.HeldSyncs > c.Syncs || c.Notifications < 3 {
+			t.Errorf("round %d: wormd counters per commit %+v; want 3 to 6 accepts, some syncs, at least 3 notifications", i, *c)
+		}
+	}
 	for _, name := range []string{"wormtx", "2pc"} {
 		res := rep.Rows[0].WormTX
 		if name == "2pc" {

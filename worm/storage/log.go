@@ -76,6 +76,7 @@ type Stats struct {
 	Recovered   int           // records replayed by Open
 	Syncs       uint64        // syncs that wrote or flushed something
 	LastSync    time.Duration // duration of the last write+fsync
+	SyncTime    time.Duration // total duration of the syncs counted in Syncs
 	Generation  uint64        // current generation number
 	End         uint64        // log position after the last appended record
 	Durable     uint64        // log position known durable
@@ -132,6 +133,7 @@ type Log struct {
 	discarded int
 	syncs     uint64
 	lastSync  time.Duration
+	syncTime  time.Duration
 }
 
 func genName(num uint64) string { return fmt.Sprintf("gen-%016x.log", num) }
@@ -574,6 +576,7 @@ func (l *Log) Sync() (uint64, error) {
 	}
 	l.syncs++
 	l.lastSync = took
+	l.syncTime += took
 	g.zeroed = max(g.zeroed, newZeroed)
 	l.durable = max(l.durable, end)
 	var retire []*gen
@@ -703,7 +706,7 @@ func (l *Log) Stats() Stats {
 	defer l.mu.Unlock()
 	s := Stats{
 		BytesOnDisk: l.diskBytes, Records: l.records, Recovered: l.recovered,
-		Syncs: l.syncs, LastSync: l.lastSync, Durable: l.durable,
+		Syncs: l.syncs, LastSync: l.lastSync, SyncTime: l.syncTime, Durable: l.durable,
 		TailCut: l.tailCut, Discarded: l.discarded,
 	}
 	if l.cur != nil {

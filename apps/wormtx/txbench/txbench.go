@@ -109,6 +109,11 @@ type Config struct {
 	// Think is each client's pause between its transactions (not
 	// measured; see bench.LoopConfig.Think). Zero: back to back.
 	Think time.Duration
+	// Window, if set, is called by Run when the measured part of a run
+	// begins (true) and when it ends (false), from a goroutine of its
+	// own, so that the caller can take counters over the same window
+	// (the wormservers' syncs, say). Run returns after both calls.
+	Window func(proto Protocol, begins bool)
 	// Logger; default: discard.
 	Logger *slog.Logger
 }
@@ -313,6 +318,21 @@ func (h *Harness) Run(ctx context.Context, proto Protocol, clients int, warmup, 
 	h.applied = h.applied[:0]
 	h.mu.Unlock()
 	start := time.Now()
+	windowDone := make(chan struct{})
+	if h.cfg.Window == nil {
+		close(windowDone)
+	} else {
+		go func() {
+			defer close(windowDone)
+			for i, at := range []time.Duration{warmup, warmup + duration} {
+				select {
+				case <-time.After(time.Until(start.Add(at))):
+				case <-ctx.Done():
+				}
+				h.cfg.Window(proto, i == 0)
+			}
+		}()
+	}
 	r, err := bench.Loop(ctx, bench.LoopConfig{Workload: bench.Workload("tx-" + string(proto)), Clients: clients, Warmup: warmup, Duration: duration, Think: h.cfg.Think},
 		func(ctx context.Context, _ int) error {
 			t0 := time.Now()
@@ -330,6 +350,7 @@ func (h *Harness) Run(ctx context.Context, proto Protocol, clients int, warmup, 
 			}
 			return nil
 		})
+	<-windowDone
 	if err != nil {
 		return Result{}, err
 	}
