@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/binary"
+	"fmt"
 	"os"
 	"path/filepath"
 	"sync"
@@ -189,5 +190,58 @@ func TestOverTwoProcesses(t *testing.T) {
 	}
 	if a.Sent() != 4 || b.Sent() != 2 {
 		t.Fatalf("sent %d and %d messages, want 4 (prepares, decisions) and 2 (votes)", a.Sent(), b.Sent())
+	}
+}
+
+// Senders in one process share the connection to the other: from many
+// goroutines at once every message arrives, each sender's in the order it
+// sent them, with their contents intact.
+func TestTCPConcurrentSenders(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	recv, err := twopc.NewTCPNetwork()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer recv.Close()
+	send, err := twopc.NewTCPPeerNetwork(recv.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer send.Close()
+	const senders, each = 8, 500
+	var mu sync.Mutex
+	next := map[string]wormtx.TxID{}
+	got := 0
+	done := make(chan struct{})
+	go recv.Serve(ctx, "sink", func(m twopc.Message) {
+		mu.Lock()
+		defer mu.Unlock()
+		if m.Tx != next[m.From] || m.Kind != twopc.MsgPrepare || len(m.Desc.Participants) != 1 || string(m.Desc.Payload) != m.From {
+			t.Errorf("from %s: message %v (kind %v, descriptor %+v), want message %v", m.From, m.Tx, m.Kind, m.Desc, next[m.From])
+		}
+		next[m.From] = m.Tx + 1
+		if got++; got == senders*each {
+			close(done)
+		}
+	})
+	time.Sleep(50 * time.Millisecond) // the sink's mailbox exists before the first message lands
+	var wg sync.WaitGroup
+	for i := range senders {
+		from := fmt.Sprintf("sender-%d", i)
+		wg.Go(func() {
+			for k := range each {
+				send.Send("sink", twopc.Message{Kind: twopc.MsgPrepare, From: from, Tx: wormtx.TxID(k),
+					Desc: wormtx.Descriptor{Participants: []string{"sink"}, Payload: []byte(from)}})
+			}
+		})
+	}
+	wg.Wait()
+	select {
+	case <-done:
+	case <-ctx.Done():
+		mu.Lock()
+		defer mu.Unlock()
+		t.Fatalf("%d of %d messages arrived", got, senders*each)
 	}
 }

@@ -28,10 +28,14 @@ type tcpTransport struct {
 	wg     sync.WaitGroup
 }
 
+// tcpOut is the connection to one process.
 type tcpOut struct {
-	mu sync.Mutex
-	c  net.Conn
-	w  *bufio.Writer
+	mu      sync.Mutex
+	c       net.Conn // nil until dialled, and after a failed write
+	w       io.Writer
+	out     []byte // frames not yet written
+	spare   []byte // the other buffer of the double-buffered out
+	writing bool   // a sender is writing: it writes out before it returns
 }
 
 func newTCPTransport(n *Network, peer string) (*tcpTransport, error) {
@@ -98,7 +102,10 @@ func (t *tcpTransport) read(c net.Conn) {
 
 // send writes m for node to: to this process's listener when to receives
 // here (or there is no peer), else to the peer's. A failure drops the
-// message (the protocols time out on lost messages).
+// message (the protocols time out on lost messages). Concurrent senders
+// to one process share system calls: a sender that finds another writing
+// leaves its frame in the buffer, and the writer takes it in its next
+// write before it returns.
 func (t *tcpTransport) send(to string, m Message) {
 	addr := t.ln.Addr().String()
 	t.mu.Lock()
@@ -118,7 +125,6 @@ func (t *tcpTransport) send(to string, m Message) {
 		t.outs[addr] = o
 	}
 	t.mu.Unlock()
-	frame := encodeMessage(to, m)
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	if o.c == nil {
@@ -133,15 +139,30 @@ func (t *tcpTransport) send(to string, m Message) {
 			c.Close()
 			return
 		}
-		o.c, o.w = c, bufio.NewWriter(sockio.ReadWriter(c))
+		o.c, o.w = c, sockio.ReadWriter(c)
 	}
-	if _, err := o.w.Write(frame); err == nil {
-		if err = o.w.Flush(); err == nil {
-			return
+	o.out = appendMessage(o.out, to, m)
+	if o.writing {
+		return
+	}
+	o.writing = true
+	for len(o.out) > 0 {
+		b, c, w := o.out, o.c, o.w
+		o.out, o.spare = o.spare[:0], nil
+		o.mu.Unlock()
+		_, err := w.Write(b)
+		o.mu.Lock()
+		if cap(b) <= 1<<20 {
+			o.spare = b[:0]
+		}
+		if err != nil {
+			c.Close()
+			o.c, o.w = nil, nil
+			o.out = o.out[:0]
+			break
 		}
 	}
-	o.c.Close()
-	o.c = nil
+	o.writing = false
 }
 
 func (t *tcpTransport) close() error {
@@ -160,8 +181,12 @@ func (t *tcpTransport) close() error {
 // (u16 length and bytes), kind, yes, outcome (u8 each), tx (u64), from
 // (u16 length and bytes), the descriptor (MarshalDescriptor, the rest;
 // empty when it has no participants).
-func encodeMessage(to string, m Message) []byte {
-	b := make([]byte, 4, 64)
+func encodeMessage(to string, m Message) []byte { return appendMessage(make([]byte, 0, 64), to, m) }
+
+// appendMessage appends m's frame (see encodeMessage) to b.
+func appendMessage(b []byte, to string, m Message) []byte {
+	start := len(b)
+	b = append(b, 0, 0, 0, 0)
 	b = binary.LittleEndian.AppendUint16(b, uint16(len(to)))
 	b = append(b, to...)
 	b = append(b, byte(m.Kind), b2u(m.Yes), byte(m.Outcome))
@@ -171,7 +196,7 @@ func encodeMessage(to string, m Message) []byte {
 	if len(m.Desc.Participants) > 0 {
 		b = append(b, wormtx.MarshalDescriptor(m.Desc)...)
 	}
-	binary.LittleEndian.PutUint32(b, uint32(len(b)-4))
+	binary.LittleEndian.PutUint32(b[start:], uint32(len(b)-start-4))
 	return b
 }
 
