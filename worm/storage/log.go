@@ -47,7 +47,7 @@ type Options struct {
 	// space not yet written, and which writes the next stretch of zeros
 	// before its fdatasync). Side by side on ext4 here
 	// (BenchmarkSyncZeroAhead), syncs of 1.6 KiB took 1.23x as long
-	// without (133 against 107 µs), of 13 KiB 1.5-1.75x (212-228 against
+	// without (133 against 107 µs), of 13 KiB 1.5-1.75x (211-228 against
 	// 127-143 µs), of 100 bytes 1.02-1.03x. PostgreSQL zero-fills its WAL
 	// segments for the same reason. Volatile logs never write zeros.
 	ZeroAhead int64
