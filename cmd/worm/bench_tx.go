@@ -58,7 +58,9 @@ Also reported: each protocol's critical path in message delays (the same
 code over an in-memory space with a fixed one-way delay); what each wormd
 did per WormTX commit over the measured window (syncs and their mean
 duration, syncs held for followers, accepts, notifications), from its
-status counters; and a coordinator crash after the prepares: 2PC's
+status counters, and 2PC's forces per commit over its window (the
+coordinator's decision log, the participants' vote logs); and a
+coordinator crash after the prepares: 2PC's
 participants stay in doubt until their coordinator comes back, WormTX's
 apply without it.`
 
@@ -77,6 +79,9 @@ type TxBenchRow struct {
 	// Wormds: the wormservers' work per WormTX commit, each counter's
 	// median over the rounds.
 	Wormds *WormdCounters `json:"wormds,omitempty"`
+	// TwoPCForces: 2PC's forces per commit, each counter's median over
+	// the rounds.
+	TwoPCForces *TwoPCCounters `json:"twopc_forces,omitempty"`
 	// Rounds, in the order they ran.
 	Rounds []TxBenchRound `json:"rounds,omitempty"`
 }
@@ -88,6 +93,8 @@ type TxBenchRound struct {
 	TwoPC  txbench.Result `json:"twopc"`
 	// Wormds: the wormservers' work per WormTX commit in this round.
 	Wormds *WormdCounters `json:"wormds,omitempty"`
+	// TwoPCForces: 2PC's forces per commit in this round.
+	TwoPCForces *TwoPCCounters `json:"twopc_forces,omitempty"`
 	TxBenchRatios
 }
 
@@ -144,6 +151,7 @@ func (row *TxBenchRow) summarize() {
 	row.WormTX = medianRound(func(r TxBenchRound) txbench.Result { return r.WormTX })
 	row.TwoPC = medianRound(func(r TxBenchRound) txbench.Result { return r.TwoPC })
 	row.Wormds = medianWormdCounters(row.Rounds)
+	row.TwoPCForces = medianTwoPCCounters(row.Rounds)
 	var p50, p99, applied, tput []float64
 	for _, r := range row.Rounds {
 		if r.P50Ratio == 0 {
@@ -258,6 +266,8 @@ func cmdBenchTx(args []string) error {
 	}
 	defer statusCl.Close()
 	win := &wormdWindow{status: statusCl}
+	forces := &forcesWindow{}
+	var h *txbench.Harness // set below, before any run
 	net, err := twopc.NewTCPNetwork()
 	if err != nil {
 		return err
@@ -270,11 +280,13 @@ func cmdBenchTx(args []string) error {
 		return err
 	}
 	defer stopParts()
-	h, err := txbench.Start(ctx, txbench.Config{Participants: *parts, Net: net, Dial: dial, Dir: filepath.Join(dir, "coordinators"),
+	h, err = txbench.Start(ctx, txbench.Config{Participants: *parts, Net: net, Dial: dial, Dir: filepath.Join(dir, "coordinators"),
 		Volatile: *volatile, SegBase: segBase, Stages: *stages, Records: *records, Think: *think, Logger: quiet,
 		Window: func(p txbench.Protocol, begins bool) {
 			if p == txbench.WormTX {
 				win.mark(ctx, begins)
+			} else {
+				forces.mark(ctx, h, begins)
 			}
 		}})
 	if err != nil {
@@ -326,6 +338,9 @@ func cmdBenchTx(args []string) error {
 					}
 				} else {
 					round.TwoPC = r
+					if round.TwoPCForces, err = forces.perCommit(r.Ops); err != nil {
+						fmt.Fprintf(os.Stderr, "bench tx:   no 2PC force counters for this run: %v\n", err)
+					}
 				}
 			}
 			if round.ratios() {
@@ -395,6 +410,7 @@ func printTxBench(w io.Writer, r TxBenchReport) {
 	}
 	tw.Flush()
 	printWormdCounters(w, r.Rows)
+	printTwoPCCounters(w, r.Rows)
 	for _, row := range r.Rows {
 		for _, x := range []bench.Result{row.WormTX.Result, row.TwoPC.Result} {
 			if x.Errors > 0 {

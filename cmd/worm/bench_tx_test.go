@@ -69,6 +69,21 @@ func TestBenchTxStages(t *testing.T) {
 			t.Errorf("round %d: wormd counters per commit %+v; want 3 to 6 accepts, some syncs, at least 3 notifications", i, *c)
 		}
 	}
+	// 2PC's forces over each window: at one client one decision force
+	// per commit, and one vote force per participant.
+	if !strings.Contains(string(stdout), "2PC forces per commit at 1 client(s)") {
+		t.Error("no 2PC force counters printed")
+	}
+	for i, r := range append(rep.Rows[0].Rounds, TxBenchRound{TwoPCForces: rep.Rows[0].TwoPCForces}) {
+		c := r.TwoPCForces
+		if c == nil {
+			t.Errorf("round %d: no 2PC force counters", i)
+			continue
+		}
+		if c.DecisionForces < 0.5 || c.DecisionForces > 1.5 || c.VoteForces < 1.5 || c.VoteForces > 4.5 {
+			t.Errorf("round %d: 2PC forces per commit %+v; want about 1 decision and 3 vote forces", i, *c)
+		}
+	}
 	for _, name := range []string{"wormtx", "2pc"} {
 		res := rep.Rows[0].WormTX
 		if name == "2pc" {

@@ -9,6 +9,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/wormspace/wormspace/apps/wormtx/txbench"
 	"github.com/wormspace/wormspace/worm/client"
 )
 
@@ -174,5 +175,104 @@ func printWormdCounters(w io.Writer, rows []TxBenchRow) {
 		}
 		fmt.Fprintf(w, "wormds per WormTX commit at %d client(s) (each wormd, median round): %.2f syncs%s (%.2f held for followers), %.2f accepts, %.1f notifications sent\n",
 			row.Clients, c.Syncs, sync, c.HeldSyncs, c.Accepts, c.Notifications)
+	}
+}
+
+// TwoPCCounters are 2PC's forces per commit over a run's measured window:
+// the coordinator's decision log and the participants' vote logs (summed
+// over the participants), each force a write and an fdatasync shared by
+// the records that group-committed in it.
+type TwoPCCounters struct {
+	DecisionForces float64       `json:"decision_forces_per_commit"`
+	DecisionMean   time.Duration `json:"decision_force_mean_ns"`
+	VoteForces     float64       `json:"vote_forces_per_commit"`
+	VoteMean       time.Duration `json:"vote_force_mean_ns"`
+}
+
+// forcesWindow takes 2PC's force counters when a run's measured window
+// begins and ends (txbench.Config.Window).
+type forcesWindow struct {
+	mu            sync.Mutex
+	before, after struct {
+		decisions txbench.Forces
+		votes     txbench.Forces
+	}
+	err error
+}
+
+func (w *forcesWindow) mark(ctx context.Context, h *txbench.Harness, begins bool) {
+	d, p, err := h.Forces(ctx)
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if begins {
+		w.before.decisions, w.before.votes, w.err = d, p.TwoPC, err
+		return
+	}
+	w.after.decisions, w.after.votes = d, p.TwoPC
+	if w.err == nil {
+		w.err = err
+	}
+}
+
+func (w *forcesWindow) perCommit(commits int64) (*TwoPCCounters, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.err != nil {
+		return nil, w.err
+	}
+	if commits <= 0 {
+		return nil, fmt.Errorf("no commits to count")
+	}
+	d, v := w.after.decisions.Sub(w.before.decisions), w.after.votes.Sub(w.before.votes)
+	c := &TwoPCCounters{DecisionForces: float64(d.N) / float64(commits), VoteForces: float64(v.N) / float64(commits)}
+	if d.N > 0 {
+		c.DecisionMean = d.Time / time.Duration(d.N)
+	}
+	if v.N > 0 {
+		c.VoteMean = v.Time / time.Duration(v.N)
+	}
+	return c, nil
+}
+
+// medianTwoPCCounters is each field's median over the rounds that have
+// counters (nil if none has).
+func medianTwoPCCounters(rounds []TxBenchRound) *TwoPCCounters {
+	var cs []*TwoPCCounters
+	for _, r := range rounds {
+		if r.TwoPCForces != nil {
+			cs = append(cs, r.TwoPCForces)
+		}
+	}
+	if len(cs) == 0 {
+		return nil
+	}
+	med := func(f func(*TwoPCCounters) float64) float64 {
+		xs := make([]float64, len(cs))
+		for i, c := range cs {
+			xs[i] = f(c)
+		}
+		slices.Sort(xs)
+		if len(xs)%2 == 1 {
+			return xs[len(xs)/2]
+		}
+		return (xs[len(xs)/2-1] + xs[len(xs)/2]) / 2
+	}
+	return &TwoPCCounters{
+		DecisionForces: med(func(c *TwoPCCounters) float64 { return c.DecisionForces }),
+		DecisionMean:   time.Duration(med(func(c *TwoPCCounters) float64 { return float64(c.DecisionMean) })),
+		VoteForces:     med(func(c *TwoPCCounters) float64 { return c.VoteForces }),
+		VoteMean:       time.Duration(med(func(c *TwoPCCounters) float64 { return float64(c.VoteMean) })),
+	}
+}
+
+// printTwoPCCounters prints a line per client count with counters.
+func printTwoPCCounters(w io.Writer, rows []TxBenchRow) {
+	for _, row := range rows {
+		c := row.TwoPCForces
+		if c == nil {
+			continue
+		}
+		fmt.Fprintf(w, "2PC forces per commit at %d client(s) (median round): %.2f decision forces of %v each, %.2f vote forces (all participants) of %v each\n",
+			row.Clients, c.DecisionForces, c.DecisionMean.Round(time.Microsecond), c.VoteForces, c.VoteMean.Round(time.Microsecond))
 	}
 }

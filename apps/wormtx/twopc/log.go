@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"time"
 
 	"github.com/wormspace/wormspace/apps/wormtx"
 	"github.com/wormspace/wormspace/apps/wormtx/internal/forcefile"
@@ -73,6 +74,17 @@ type FileLog struct {
 	durable uint64 // records written (and synced)
 	syncing bool
 	err     error
+	forces  uint64        // writes and syncs done
+	took    time.Duration // their total duration
+}
+
+// Forces returns the number of forces (a write and a sync, shared by the
+// decisions that group-committed in it) the log has done, and their total
+// duration.
+func (l *FileLog) Forces() (uint64, time.Duration) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.forces, l.took
 }
 
 type logEntry struct {
@@ -142,11 +154,15 @@ func (l *FileLog) force(tx wormtx.TxID, o wormtx.Outcome) (wormtx.Outcome, error
 		buf, upto := l.pending, l.seq
 		l.pending = nil
 		l.mu.Unlock()
+		start := time.Now()
 		err := l.f.Write(buf)
 		if err == nil {
 			err = l.f.Sync()
 		}
+		took := time.Since(start)
 		l.mu.Lock()
+		l.forces++
+		l.took += took
 		l.syncing = false
 		if err != nil {
 			l.err = fmt.Errorf("twopc: decision log: %w", err)

@@ -174,6 +174,23 @@ func ServeParticipants(ctx context.Context, cfg ParticipantsConfig, ready func(e
 		pp := twopc.NewParticipant(cfg.Net, pres, twopc.ParticipantConfig{Name: name, Trace: trace(TwoPC, name)})
 		run(func() error { return pp.Run(ctx) })
 	}
+	run(func() error {
+		// The harness's questions: the logs' force counters.
+		return cfg.Net.Serve(ctx, participantsNode, func(m twopc.Message) {
+			if m.Kind != msgForcesQuery {
+				return
+			}
+			var f ParticipantForces
+			for _, l := range logs {
+				if l.proto == WormTX {
+					f.WormTX = f.WormTX.Add(l.counts())
+				} else {
+					f.TwoPC = f.TwoPC.Add(l.counts())
+				}
+			}
+			cfg.Net.Send(m.From, twopc.Message{Kind: msgForces, From: participantsNode, Tx: m.Tx, Desc: forcesDesc(f)})
+		})
+	})
 	ready(nil)
 	select {
 	case <-ctx.Done():

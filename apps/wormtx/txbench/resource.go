@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"path/filepath"
 	"sync"
+	"time"
 
 	"github.com/wormspace/wormspace/apps/wormtx"
 	"github.com/wormspace/wormspace/apps/wormtx/internal/forcefile"
@@ -41,6 +42,7 @@ func newResource(cfg ParticipantsConfig, p Protocol, name string, report func(Pr
 	if err != nil {
 		return nil, err
 	}
+	l.proto = p
 	return &Resource{name: name, proto: p, log: l, report: report, prepared: map[wormtx.TxID]wormtx.Descriptor{}, applied: map[wormtx.TxID]wormtx.Outcome{}}, nil
 }
 
@@ -125,6 +127,7 @@ func (r *Resource) Prepared(context.Context) ([]wormtx.Tx, error) {
 // flush, as a wormd's is (apps/wormtx/internal/forcefile). Volatile: never
 // synced.
 type groupLog struct {
+	proto   Protocol // whose votes it holds
 	mu      sync.Mutex
 	cond    *sync.Cond
 	f       *forcefile.File
@@ -133,6 +136,28 @@ type groupLog struct {
 	durable uint64 // appends written (and synced)
 	syncing bool
 	err     error
+	forces  Forces // the syncs that made appends durable
+}
+
+// Forces counts a log's forces (write and sync) and their total duration.
+type Forces struct {
+	N    uint64        `json:"n"`
+	Time time.Duration `json:"time_ns"`
+}
+
+// Sub returns f's counts since earlier.
+func (f Forces) Sub(earlier Forces) Forces {
+	return Forces{N: f.N - earlier.N, Time: f.Time - earlier.Time}
+}
+
+// Add returns the sum of f and g.
+func (f Forces) Add(g Forces) Forces { return Forces{N: f.N + g.N, Time: f.Time + g.Time} }
+
+// counts returns the log's forces so far.
+func (l *groupLog) counts() Forces {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.forces
 }
 
 func openGroupLog(path string, volatile bool) (*groupLog, error) {
@@ -161,11 +186,14 @@ func (l *groupLog) append(rec []byte, wait bool) error {
 		buf, upto := l.pending, l.seq
 		l.pending = nil
 		l.mu.Unlock()
+		start := time.Now()
 		err := l.f.Write(buf)
 		if err == nil {
 			err = l.f.Sync()
 		}
+		took := time.Since(start)
 		l.mu.Lock()
+		l.forces = l.forces.Add(Forces{N: 1, Time: took})
 		l.syncing = false
 		if err != nil {
 			l.err = fmt.Errorf("txbench: log: %w", err)

@@ -49,6 +49,7 @@ package txbench
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -155,6 +156,11 @@ type Harness struct {
 	// participants' from their reports (under mu).
 	coordStages *stageRecorder
 	partStages  map[txKey]map[string][]stamp
+
+	// Forces' questions to the participants' process, by sequence
+	// number (under mu).
+	forcesSeq  uint64
+	forcesWait map[wormtx.TxID]chan ParticipantForces
 }
 
 type txKey struct {
@@ -170,6 +176,68 @@ type sample struct {
 // benchNode receives the participants' reports.
 const benchNode = "txbench"
 
+// participantsNode answers the harness's questions to the participants'
+// process.
+const participantsNode = "txbench-participants"
+
+// ParticipantForces are the participants' logs' forces, summed over the
+// participants, for each protocol.
+type ParticipantForces struct {
+	WormTX Forces `json:"wormtx"`
+	TwoPC  Forces `json:"twopc"`
+}
+
+// encodeForces and decodeForces carry ParticipantForces in a message.
+func encodeForces(f ParticipantForces) []byte {
+	var b []byte
+	for _, x := range []Forces{f.WormTX, f.TwoPC} {
+		b = binary.LittleEndian.AppendUint64(b, x.N)
+		b = binary.LittleEndian.AppendUint64(b, uint64(x.Time))
+	}
+	return b
+}
+
+func decodeForces(b []byte) (ParticipantForces, bool) {
+	if len(b) != 32 {
+		return ParticipantForces{}, false
+	}
+	u := func(i int) uint64 { return binary.LittleEndian.Uint64(b[8*i:]) }
+	return ParticipantForces{WormTX: Forces{N: u(0), Time: time.Duration(u(1))}, TwoPC: Forces{N: u(2), Time: time.Duration(u(3))}}, true
+}
+
+// forcesDesc wraps counters in a descriptor (a message carries a payload
+// only with a descriptor that names a participant).
+func forcesDesc(f ParticipantForces) wormtx.Descriptor {
+	return wormtx.Descriptor{Participants: []string{participantsNode}, Payload: encodeForces(f)}
+}
+
+// Forces returns the force counters of 2PC's decision log (this process)
+// and of the participants' logs (asked of their process).
+func (h *Harness) Forces(ctx context.Context) (decisions Forces, participants ParticipantForces, err error) {
+	n, took := h.plog.Forces()
+	decisions = Forces{N: n, Time: took}
+	h.mu.Lock()
+	h.forcesSeq++
+	seq := wormtx.TxID(h.forcesSeq)
+	ch := make(chan ParticipantForces, 1)
+	h.forcesWait[seq] = ch
+	h.mu.Unlock()
+	defer func() {
+		h.mu.Lock()
+		delete(h.forcesWait, seq)
+		h.mu.Unlock()
+	}()
+	h.net.Send(participantsNode, twopc.Message{Kind: msgForcesQuery, From: benchNode, Tx: seq})
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	select {
+	case participants = <-ch:
+		return decisions, participants, nil
+	case <-ctx.Done():
+		return decisions, participants, fmt.Errorf("txbench: the participants' process did not answer for its forces: %w", ctx.Err())
+	}
+}
+
 // The harness's own messages: msgApplied is the participants' report
 // (Message.Tx applied with Message.Outcome, Message.Yes set for WormTX);
 // msgAck is a WormTX participant's acknowledgement for the coordinator
@@ -177,6 +245,11 @@ const benchNode = "txbench"
 const (
 	msgApplied twopc.Kind = 100
 	msgAck     twopc.Kind = 101
+	// msgForcesQuery asks the participants' process (participantsNode)
+	// for its logs' force counters; it answers with msgForces, carrying
+	// the query's Tx and the counters (encodeForces) in Desc.Payload.
+	msgForcesQuery twopc.Kind = 102
+	msgForces      twopc.Kind = 103
 )
 
 // Start sets up both protocols' coordinators (WormTX's with its Space
@@ -201,7 +274,7 @@ func Start(ctx context.Context, cfg Config) (*Harness, error) {
 	if err := os.MkdirAll(cfg.Dir, 0o755); err != nil {
 		return nil, err
 	}
-	h := &Harness{cfg: cfg, net: cfg.Net, begun: map[txKey]time.Time{}, reported: map[txKey][]wormtx.Outcome{}, changed: make(chan struct{})}
+	h := &Harness{cfg: cfg, net: cfg.Net, begun: map[txKey]time.Time{}, reported: map[txKey][]wormtx.Outcome{}, changed: make(chan struct{}), forcesWait: map[wormtx.TxID]chan ParticipantForces{}}
 	h.ctx, h.stop = context.WithCancel(context.Background())
 	h.names = participantNames(cfg.Participants)
 	if h.net == nil {
@@ -394,6 +467,19 @@ func (h *Harness) begin(p Protocol, tx wormtx.TxID, at time.Time) {
 func (h *Harness) report(m twopc.Message) {
 	if m.Kind == msgAck {
 		h.wco.Acked(m.Tx, m.From)
+		return
+	}
+	if m.Kind == msgForces {
+		f, ok := decodeForces(m.Desc.Payload)
+		h.mu.Lock()
+		ch := h.forcesWait[m.Tx]
+		h.mu.Unlock()
+		if ok && ch != nil {
+			select {
+			case ch <- f:
+			default:
+			}
+		}
 		return
 	}
 	if m.Kind != msgApplied {
