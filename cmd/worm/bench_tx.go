@@ -124,17 +124,6 @@ func (r *TxBenchRound) ratios() bool {
 // summarize sets the row's figures from its rounds: each protocol's
 // median round (by p50) and the medians of the rounds' ratios.
 func (row *TxBenchRow) summarize() {
-	median := func(xs []float64) float64 {
-		if len(xs) == 0 {
-			return 0
-		}
-		xs = slices.Clone(xs)
-		slices.Sort(xs)
-		if len(xs)%2 == 1 {
-			return xs[len(xs)/2]
-		}
-		return (xs[len(xs)/2-1] + xs[len(xs)/2]) / 2
-	}
 	medianRound := func(pick func(TxBenchRound) txbench.Result) txbench.Result {
 		var rs []txbench.Result
 		for _, r := range row.Rounds {

@@ -142,24 +142,35 @@ func medianWormdCounters(rounds []TxBenchRound) *WormdCounters {
 	if len(cs) == 0 {
 		return nil
 	}
-	med := func(f func(*WormdCounters) float64) float64 {
-		xs := make([]float64, len(cs))
-		for i, c := range cs {
-			xs[i] = f(c)
-		}
-		slices.Sort(xs)
-		if len(xs)%2 == 1 {
-			return xs[len(xs)/2]
-		}
-		return (xs[len(xs)/2-1] + xs[len(xs)/2]) / 2
-	}
 	return &WormdCounters{
-		Syncs:         med(func(c *WormdCounters) float64 { return c.Syncs }),
-		HeldSyncs:     med(func(c *WormdCounters) float64 { return c.HeldSyncs }),
-		Accepts:       med(func(c *WormdCounters) float64 { return c.Accepts }),
-		Notifications: med(func(c *WormdCounters) float64 { return c.Notifications }),
-		SyncMean:      time.Duration(med(func(c *WormdCounters) float64 { return float64(c.SyncMean) })),
+		Syncs:         medianOf(cs, func(c *WormdCounters) float64 { return c.Syncs }),
+		HeldSyncs:     medianOf(cs, func(c *WormdCounters) float64 { return c.HeldSyncs }),
+		Accepts:       medianOf(cs, func(c *WormdCounters) float64 { return c.Accepts }),
+		Notifications: medianOf(cs, func(c *WormdCounters) float64 { return c.Notifications }),
+		SyncMean:      time.Duration(medianOf(cs, func(c *WormdCounters) float64 { return float64(c.SyncMean) })),
 	}
+}
+
+// medianOf is the median of field over xs.
+func medianOf[T any](xs []T, field func(T) float64) float64 {
+	vs := make([]float64, len(xs))
+	for i, x := range xs {
+		vs[i] = field(x)
+	}
+	return median(vs)
+}
+
+// median is the median of xs (0 for none); xs is not modified.
+func median(xs []float64) float64 {
+	if len(xs) == 0 {
+		return 0
+	}
+	xs = slices.Clone(xs)
+	slices.Sort(xs)
+	if len(xs)%2 == 1 {
+		return xs[len(xs)/2]
+	}
+	return (xs[len(xs)/2-1] + xs[len(xs)/2]) / 2
 }
 
 // printWormdCounters prints a line per client count with counters.
@@ -246,22 +257,11 @@ func medianTwoPCCounters(rounds []TxBenchRound) *TwoPCCounters {
 	if len(cs) == 0 {
 		return nil
 	}
-	med := func(f func(*TwoPCCounters) float64) float64 {
-		xs := make([]float64, len(cs))
-		for i, c := range cs {
-			xs[i] = f(c)
-		}
-		slices.Sort(xs)
-		if len(xs)%2 == 1 {
-			return xs[len(xs)/2]
-		}
-		return (xs[len(xs)/2-1] + xs[len(xs)/2]) / 2
-	}
 	return &TwoPCCounters{
-		DecisionForces: med(func(c *TwoPCCounters) float64 { return c.DecisionForces }),
-		DecisionMean:   time.Duration(med(func(c *TwoPCCounters) float64 { return float64(c.DecisionMean) })),
-		VoteForces:     med(func(c *TwoPCCounters) float64 { return c.VoteForces }),
-		VoteMean:       time.Duration(med(func(c *TwoPCCounters) float64 { return float64(c.VoteMean) })),
+		DecisionForces: medianOf(cs, func(c *TwoPCCounters) float64 { return c.DecisionForces }),
+		DecisionMean:   time.Duration(medianOf(cs, func(c *TwoPCCounters) float64 { return float64(c.DecisionMean) })),
+		VoteForces:     medianOf(cs, func(c *TwoPCCounters) float64 { return c.VoteForces }),
+		VoteMean:       time.Duration(medianOf(cs, func(c *TwoPCCounters) float64 { return float64(c.VoteMean) })),
 	}
 }
 
