@@ -51,7 +51,7 @@
 // preallocated size (files grow by fallocate(2) in Options.ChunkSize
 // chunks, so that writes into them cannot fail for lack of space; syncs
 // write zeros over the next Options.ZeroAhead bytes of that space, so
-// that later syncs find it written and need no journal commit). A
+// that later syncs find it written and have no metadata to write). A
 // frame is
 //
 //	crc32c u32 | n u32 | payload [n]byte    (little endian; CRC32C over n and payload)

@@ -39,9 +39,12 @@ type Options struct {
 	// ZeroAhead is how far past the data a sync writes zeros over
 	// preallocated space (default 256 KiB; negative: never). fallocate(2)
 	// leaves unwritten extents, and on ext4 and XFS the first write into
-	// one makes the next fdatasync commit the file system's journal (the
-	// extent's conversion to written), a second device flush: a log of
-	// small syncs pays it every 4 KiB block, a busy one on every sync.
+	// one changes the file's metadata (the extent becomes written), which
+	// the next fdatasync must write too: a journal commit, or on an ext4
+	// without a journal (this project's test machine: ext4_fsync_nojournal
+	// in a profile) the inode's blocks. A second write and device flush: a
+	// log of small syncs pays it every 4 KiB block, a busy one on every
+	// sync.
 	// Zeros written ahead cost one such conversion per ZeroAhead bytes,
 	// paid by a sync that converts anyway (one whose data crosses into
 	// space not yet written, and which writes the next stretch of zeros

@@ -5,8 +5,9 @@
 // flush.
 //
 // Appending to a file and calling fsync (or fdatasync) changes the file's
-// size, and on ext4 and XFS that makes the sync commit the file system's
-// journal as well: a second flush. On this project's test machine (ext4
+// size, and the sync must then write the file's metadata as well (a
+// journal commit on ext4 and XFS, the inode's blocks on an ext4 without a
+// journal): a second write and flush. On this project's test machine (ext4
 // on a virtio disk) a force of a 64-byte record took 147-151 µs that way
 // and 100-101 µs on a File (BenchmarkForce, side by side). A File writes
 // its records in place over zeros it wrote ahead of them (ZeroAhead bytes

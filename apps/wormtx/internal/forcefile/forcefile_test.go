@@ -133,7 +133,7 @@ func TestTornAndDamagedRecords(t *testing.T) {
 
 // BenchmarkForce compares, side by side, a force of a small record on a
 // File with the plain way: append to the file and fsync it, which makes
-// every force commit the file system's journal (the size changed).
+// every force write the file's metadata too (the size changed).
 func BenchmarkForce(b *testing.B) {
 	dir := b.TempDir()
 	ff, _, err := Open(filepath.Join(dir, "forcefile"), testMagic, false)
