@@ -142,7 +142,10 @@ func (l *FileLog) force(tx wormtx.TxID, o wormtx.Outcome) (wormtx.Outcome, error
 		l.seq++
 		e = logEntry{o: o, seq: l.seq}
 		l.rec[tx] = e
-		l.pending = forcefile.AppendRecord(l.pending, append(binary.LittleEndian.AppendUint64(make([]byte, 0, recordSize), uint64(tx)), byte(o)))
+		var rec [recordSize]byte
+		binary.LittleEndian.PutUint64(rec[:], uint64(tx))
+		rec[8] = byte(o)
+		l.pending = forcefile.AppendRecord(l.pending, rec[:])
 	}
 	for l.durable < e.seq && l.err == nil {
 		if l.syncing {
