@@ -48,7 +48,11 @@ started for the run; 2PC's coordinator forces its decisions to a log
 file, synced like the wormds (nothing is synced with -volatile). By
 default WormTX's participants do not force their votes: each vote
 carries its prepare record, made durable by the wormds' acceptance
-(-records=false forces them, as 2PC's participants must). Each client
+(-records=false forces them, as 2PC's participants must). The
+participants' process runs one WormSpace client, which its WormTX
+participants share, as its 2PC participants share its one connection to
+this process (-client-per-participant gives each WormTX participant a
+client of its own). Each client
 count runs -reps rounds, and each round runs both protocols back to back,
 the one that goes first alternating, so that drift of a noisy machine
 falls on both; a ratio is taken within each round, and the report gives
@@ -159,18 +163,21 @@ func (row *TxBenchRow) summarize() {
 
 // TxBenchReport is what -json writes.
 type TxBenchReport struct {
-	Time         time.Time               `json:"time"`
-	Volatile     bool                    `json:"volatile"`
-	Records      bool                    `json:"records"`
-	Participants int                     `json:"participants"`
-	Wormds       []string                `json:"wormds"`
-	Duration     time.Duration           `json:"duration_ns"`
-	Reps         int                     `json:"reps"`
-	Think        time.Duration           `json:"think_ns,omitempty"`
-	Warmup       time.Duration           `json:"warmup_ns"`
-	Delays       txbench.DelayCount      `json:"delays"`
-	Rows         []TxBenchRow            `json:"rows"`
-	Blocking     *txbench.BlockingReport `json:"blocking,omitempty"`
+	Time     time.Time `json:"time"`
+	Volatile bool      `json:"volatile"`
+	Records  bool      `json:"records"`
+	// ClientPerParticipant: each WormTX participant had a WormSpace
+	// client of its own (false: one for the participants' process).
+	ClientPerParticipant bool                    `json:"client_per_participant"`
+	Participants         int                     `json:"participants"`
+	Wormds               []string                `json:"wormds"`
+	Duration             time.Duration           `json:"duration_ns"`
+	Reps                 int                     `json:"reps"`
+	Think                time.Duration           `json:"think_ns,omitempty"`
+	Warmup               time.Duration           `json:"warmup_ns"`
+	Delays               txbench.DelayCount      `json:"delays"`
+	Rows                 []TxBenchRow            `json:"rows"`
+	Blocking             *txbench.BlockingReport `json:"blocking,omitempty"`
 }
 
 func cmdBenchTx(args []string) error {
@@ -188,6 +195,7 @@ func cmdBenchTx(args []string) error {
 	oneWay := fs.Duration("delay", 2*time.Millisecond, "the one-way delay of the message-delay count (in-memory space)")
 	blocking := fs.Duration("blocking", time.Second, "how long 2PC's participants are watched in doubt after their coordinator's crash (0: skip the crash demonstration)")
 	think := fs.Duration("think", 0, "each client's pause between its transactions, not measured (0: back to back); a pause longer than a transaction's aftermath measures each transaction on a machine its predecessors no longer load")
+	perParticipant := fs.Bool("client-per-participant", false, "give each WormTX participant a WormSpace client (connections to every wormd) of its own; default one client for the participants' process, as its 2PC participants share one connection to this process")
 	protocols := fs.String("protocols", "wormtx,2pc", "which protocols to run")
 	jsonOut := fs.String("json", "", "also write the report as JSON to this file")
 	profDir := fs.String("cpuprofile", "", "write a CPU profile of this process per run into this directory")
@@ -264,13 +272,14 @@ func cmdBenchTx(args []string) error {
 	defer net.Close()
 	segBase := txbench.NewSegBase()
 	stopParts, err := startTxParticipants(ctx, net, txParticipantsArgs{participants: *parts, servers: lc.Servers(), keyFile: lc.KeyFile,
-		dir: filepath.Join(dir, "participants"), volatile: *volatile, segBase: segBase, profile: participantsProfile(*profDir), stages: *stages, records: *records})
+		dir: filepath.Join(dir, "participants"), volatile: *volatile, segBase: segBase, profile: participantsProfile(*profDir), stages: *stages, records: *records,
+		clientPerParticipant: *perParticipant})
 	if err != nil {
 		return err
 	}
 	defer stopParts()
 	h, err = txbench.Start(ctx, txbench.Config{Participants: *parts, Net: net, Dial: dial, Dir: filepath.Join(dir, "coordinators"),
-		Volatile: *volatile, SegBase: segBase, Stages: *stages, Records: *records, Think: *think, Logger: quiet,
+		Volatile: *volatile, SegBase: segBase, Stages: *stages, Records: *records, ClientPerParticipant: *perParticipant, Think: *think, Logger: quiet,
 		Window: func(p txbench.Protocol, begins bool) {
 			if p == txbench.WormTX {
 				win.mark(ctx, begins)
@@ -283,7 +292,7 @@ func cmdBenchTx(args []string) error {
 	}
 	defer h.Close()
 
-	report := TxBenchReport{Time: time.Now().UTC(), Volatile: *volatile, Records: *records, Participants: *parts, Wormds: lc.Servers(),
+	report := TxBenchReport{Time: time.Now().UTC(), Volatile: *volatile, Records: *records, ClientPerParticipant: *perParticipant, Participants: *parts, Wormds: lc.Servers(),
 		Duration: *duration, Reps: *reps, Warmup: *warmup, Think: *think, Delays: delays}
 	flip := false // which protocol goes first, alternating across rounds and client counts
 	for _, c := range counts {
@@ -370,7 +379,12 @@ func printTxBench(w io.Writer, r TxBenchReport) {
 	if r.Think > 0 {
 		mode += fmt.Sprintf(", each client pausing %v between transactions", r.Think)
 	}
-	fmt.Fprintf(w, "WormTX (direct mode, shared segments, %d wormds) vs 2PC, %d participants, %s; %v per protocol and round, %s\n", len(r.Wormds), r.Participants, mode, r.Duration, rounds)
+	clients := "one WormSpace client for the participants' process"
+	if r.ClientPerParticipant {
+		clients = "a WormSpace client per participant"
+	}
+	fmt.Fprintf(w, "WormTX (direct mode, shared segments, %d wormds, %s) vs 2PC, %d participants, %s; %v per protocol and round, %s\n",
+		len(r.Wormds), clients, r.Participants, mode, r.Duration, rounds)
 	d := r.Delays
 	fmt.Fprintf(w, "message delays on the critical path (median, %v one-way, in memory): WormTX %.1f to the coordinator, %.1f to every participant; 2PC %.1f and %.1f\n",
 		d.OneWay, d.WormTXCoordinator, d.WormTXApplied, d.TwoPCCoordinator, d.TwoPCApplied)
@@ -430,6 +444,8 @@ type txParticipantsArgs struct {
 	segBase      uint64
 	stages       bool
 	records      bool
+	// clientPerParticipant: -client-per-participant.
+	clientPerParticipant bool
 }
 
 // startTxParticipants starts `worm bench tx-participants` as a child
@@ -452,6 +468,9 @@ func startTxParticipants(ctx context.Context, net *twopc.Network, a txParticipan
 	}
 	if a.records {
 		args = append(args, "-records")
+	}
+	if a.clientPerParticipant {
+		args = append(args, "-client-per-participant")
 	}
 	if a.profile != "" {
 		args = append(args, "-cpuprofile", a.profile)
@@ -502,6 +521,7 @@ func cmdBenchTxParticipants(args []string) error {
 	volatile := fs.Bool("volatile", false, "do not sync the vote logs")
 	stages := fs.Bool("stages", false, "send each participant's stage times with its reports")
 	records := fs.Bool("records", false, "WormTX participants vote with records")
+	perParticipant := fs.Bool("client-per-participant", false, "a WormSpace client for each WormTX participant (default: one for the process)")
 	segBase := fs.Uint64("segbase", 0, "the harness's first segment")
 	prof := fs.String("cpuprofile", "", "write a CPU profile of this process into this file")
 	if err := fs.Parse(args); err != nil {
@@ -541,7 +561,8 @@ func cmdBenchTxParticipants(args []string) error {
 		return client.Dial(dctx, client.Config{Servers: strings.Split(*servers, ","), Key: key, ID: "bench-tx-" + id, Logger: quiet})
 	}
 	err = txbench.ServeParticipants(ctx, txbench.ParticipantsConfig{Participants: *parts, Net: net, Dial: dial, Dir: *dir,
-		Volatile: *volatile, SegBase: *segBase, Stages: *stages, Records: *records, Logger: quiet}, func(err error) {
+		Volatile: *volatile, SegBase: *segBase, Stages: *stages, Records: *records,
+		ClientPerParticipant: *perParticipant, Logger: quiet}, func(err error) {
 		if err == nil {
 			fmt.Println("ready")
 		}

@@ -22,8 +22,19 @@ type ParticipantsConfig struct {
 	// Net carries the messages; its peer is the harness's process (or it
 	// is the harness's own network).
 	Net *twopc.Network
-	// Dial returns a WormSpace client for each WormTX participant.
+	// Dial returns a WormSpace client: one for the process, which its
+	// WormTX participants share (id "wtx-participants"), or one for
+	// each of them (id "wtx-NAME") with ClientPerParticipant.
 	Dial func(ctx context.Context, id string) (worm.Space, error)
+	// ClientPerParticipant gives each WormTX participant a client of its
+	// own instead of one for the process. One per process is the default
+	// because it is what an application process would run, what the
+	// harness's coordinator process does, and what the 2PC side has (its
+	// participants share the process's connection, Net): each process then has one
+	// connection to each other, on both sides. With a client each, a
+	// transaction's three votes leave the process by three connections
+	// to every wormd instead of one.
+	ClientPerParticipant bool
 	// Dir holds each participant's vote logs (one per protocol).
 	Dir string
 	// Volatile: the logs are not synced.
@@ -41,8 +52,9 @@ type ParticipantsConfig struct {
 }
 
 // ServeParticipants runs the participants of both protocols on cfg.Net
-// until ctx ends: for each name p0, p1, ..., a WormTX participant (its own
-// Space client, serving its inbox, taking prepares at node "wtx-NAME")
+// until ctx ends: for each name p0, p1, ..., a WormTX participant (on the
+// process's Space client, or its own with ClientPerParticipant; serving
+// its inbox, taking prepares at node "wtx-NAME")
 // and a 2PC participant (node "NAME"), each with its own Resource. Every
 // application of an outcome is reported to the harness. ready is called
 // once with nil when everything is set up, or with the error that stops
@@ -117,12 +129,29 @@ func ServeParticipants(ctx context.Context, cfg ParticipantsConfig, ready func(e
 			}
 		}()
 	}
-	for i, name := range names {
-		sp, err := cfg.Dial(ctx, "wtx-"+name)
+	dial := func(id string) (worm.Space, error) {
+		sp, err := cfg.Dial(ctx, id)
 		if err != nil {
-			return fail(fmt.Errorf("txbench: dial for %s: %w", name, err))
+			return nil, fmt.Errorf("txbench: dial for %s: %w", id, err)
 		}
 		spaces = append(spaces, sp)
+		return sp, nil
+	}
+	var shared worm.Space
+	if !cfg.ClientPerParticipant {
+		var err error
+		if shared, err = dial("wtx-participants"); err != nil {
+			return fail(err)
+		}
+	}
+	for i, name := range names {
+		sp := shared
+		if sp == nil {
+			var err error
+			if sp, err = dial("wtx-" + name); err != nil {
+				return fail(err)
+			}
+		}
 		wres, err := newResource(cfg, WormTX, name, report)
 		if err != nil {
 			return fail(err)

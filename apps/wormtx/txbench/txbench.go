@@ -84,9 +84,13 @@ type Config struct {
 	// Nil: a network of this process, and the participants run here.
 	Net *twopc.Network
 	// Dial returns a WormSpace client with identity id: the WormTX
-	// coordinator (and, when the participants run here, each participant)
-	// gets its own, as separate processes would. Required.
+	// coordinator gets its own, shared by the clients (and, when the
+	// participants run here, they get theirs: see ParticipantsConfig),
+	// as separate processes would. Required.
 	Dial func(ctx context.Context, id string) (worm.Space, error)
+	// ClientPerParticipant: see ParticipantsConfig. The participants'
+	// process must be given the same.
+	ClientPerParticipant bool
 	// Dir holds the logs: 2PC's decision log (and the participants' vote
 	// logs when they run here). Required.
 	Dir string
@@ -287,7 +291,7 @@ func Start(ctx context.Context, cfg Config) (*Harness, error) {
 	h.wg.Go(func() { _ = h.net.Serve(h.ctx, benchNode, h.report) })
 	if h.ownNet {
 		pcfg := ParticipantsConfig{Participants: cfg.Participants, Net: h.net, Dial: cfg.Dial, Dir: filepath.Join(cfg.Dir, "participants"),
-			Volatile: cfg.Volatile, SegBase: cfg.SegBase, Stages: cfg.Stages, Records: cfg.Records, Logger: cfg.Logger}
+			Volatile: cfg.Volatile, SegBase: cfg.SegBase, Stages: cfg.Stages, Records: cfg.Records, ClientPerParticipant: cfg.ClientPerParticipant, Logger: cfg.Logger}
 		ready := make(chan error, 1)
 		h.wg.Go(func() { _ = ServeParticipants(h.ctx, pcfg, func(err error) { ready <- err }) })
 		if err := <-ready; err != nil {

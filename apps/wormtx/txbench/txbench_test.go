@@ -3,6 +3,8 @@ package txbench_test
 import (
 	"context"
 	"path/filepath"
+	"slices"
+	"sync"
 	"testing"
 	"time"
 
@@ -14,24 +16,46 @@ import (
 
 // The harness on the specification: both protocols commit under
 // closed-loop clients, and the applied latencies are measured; WormTX
-// with its participants' votes carrying their prepare records too.
+// with its participants' votes carrying their prepare records too, and
+// with its participants on one client for their process or on one each.
 func TestRunBoth(t *testing.T) {
 	for _, records := range []bool{false, true} {
-		t.Run(map[bool]string{false: "forced-prepares", true: "vote-records"}[records], func(t *testing.T) { runBoth(t, records) })
+		for _, own := range []bool{false, true} {
+			name := map[bool]string{false: "forced-prepares", true: "vote-records"}[records] +
+				map[bool]string{false: "/client-per-process", true: "/client-per-participant"}[own]
+			t.Run(name, func(t *testing.T) { runBoth(t, records, own) })
+		}
 	}
 }
 
-func runBoth(t *testing.T, records bool) {
+func runBoth(t *testing.T, records, clientPerParticipant bool) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	st := spec.New(1024)
 	dir := t.TempDir()
-	h, err := txbench.Start(ctx, txbench.Config{Dir: dir, Volatile: true, Stages: true, Records: records,
-		Dial: func(_ context.Context, id string) (worm.Space, error) { return st.Client(id), nil }})
+	var mu sync.Mutex
+	var dialed []string
+	h, err := txbench.Start(ctx, txbench.Config{Dir: dir, Volatile: true, Stages: true, Records: records, ClientPerParticipant: clientPerParticipant,
+		Dial: func(_ context.Context, id string) (worm.Space, error) {
+			mu.Lock()
+			dialed = append(dialed, id)
+			mu.Unlock()
+			return st.Client(id), nil
+		}})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer h.Close()
+	mu.Lock()
+	slices.Sort(dialed)
+	want := []string{"wtx-coordinator", "wtx-participants"}
+	if clientPerParticipant {
+		want = []string{"wtx-coordinator", "wtx-p0", "wtx-p1", "wtx-p2"}
+	}
+	if !slices.Equal(dialed, want) {
+		t.Errorf("clients dialed: %q; want %q", dialed, want)
+	}
+	mu.Unlock()
 	if records {
 		defer func() {
 			// Each participant recorded the set segments it voted in.
