@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"net"
+	"runtime"
 	"sync"
 	"time"
 
@@ -393,6 +394,19 @@ func (cn *conn) down(err error) {
 
 // writer hands queued requests to the socket: everything queued while the
 // previous write ran leaves in the next single write.
+//
+// Woken, it yields once before it writes, so that goroutines already
+// runnable queue their requests first and share the write: operations
+// begun together (a transaction's votes from one process's participants,
+// many clients' reads) leave in one system call and reach the server in
+// one read, where the server can answer and sync them as one. With nothing
+// else runnable the yield costs a pass through the scheduler. Measured
+// side by side (worm bench -local 3 -volatile, alternating binaries, two
+// runs): reads at 16 and 64 clients 117-126k and 193-200k/s against 85-89k
+// and 125-129k, writes at 64 clients 85-97k against 79-82k, one client
+// within the runs' spread; WormTX at 4 clients (worm bench tx) 0.42 wormd
+// syncs per commit against 0.55, p50 0.90-0.93x of 2PC's against
+// 1.03-1.06x.
 func (cn *conn) writer(nc net.Conn, stop <-chan struct{}, done chan<- struct{}) {
 	defer close(done)
 	for {
@@ -401,6 +415,7 @@ func (cn *conn) writer(nc net.Conn, stop <-chan struct{}, done chan<- struct{}) 
 		case <-stop:
 			return
 		}
+		runtime.Gosched()
 		cn.flush()
 		cn.mu.Lock()
 		gone := cn.nc != nc
