@@ -143,6 +143,14 @@ func (d Descriptor) Index(name string) int {
 type Tx struct {
 	ID TxID
 	Descriptor
+	// NextSegment, in a prepare of a transaction in a shared segment, is
+	// the segment the coordinator allocated ahead for its transactions
+	// after those of this one's segment (0: none yet). It is a hint: a
+	// participant that records its set segments (ParticipantConfig.Segments)
+	// records that one in the background (HandlePrepare), so that its
+	// first vote there does not wait for the record, a metadata read and
+	// a force. A Messenger may drop it; nothing else reads it.
+	NextSegment uint64
 }
 
 // Register layout of a transaction segment with n participants:

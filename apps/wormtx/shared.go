@@ -230,6 +230,25 @@ func (c *Coordinator) takeSlot(ctx context.Context, participants []string) (*sha
 	}
 }
 
+// segmentAhead is the shared segment allocated ahead for the line of
+// participants, once its allocation is done (Tx.NextSegment), else 0.
+func (c *Coordinator) segmentAhead(participants []string) uint64 {
+	c.shared.mu.Lock()
+	defer c.shared.mu.Unlock()
+	f := c.lineLocked(participants).ahead
+	if f == nil {
+		return 0
+	}
+	select {
+	case <-f.done:
+		if f.err == nil && f.s != nil {
+			return f.s.seg
+		}
+	default:
+	}
+	return 0
+}
+
 // slotDone records that one transaction of s is complete.
 func (c *Coordinator) slotDone(s *sharedSeg) {
 	c.shared.mu.Lock()
@@ -273,7 +292,7 @@ func (c *Coordinator) beginShared(ctx context.Context, d Descriptor) (TxID, erro
 	if err != nil {
 		return 0, err
 	}
-	t := Tx{ID: SlotTxID(s.seg, base), Descriptor: d}
+	t := Tx{ID: SlotTxID(s.seg, base), Descriptor: d, NextSegment: c.segmentAhead(d.Participants)}
 	sub := s.l.subscribe(base, base+width-1, 0)
 	w := &watch{tx: t, acks: newAckTracker(t.n()), seg: s, sub: sub}
 	w.cancel = func() {
@@ -587,6 +606,7 @@ func (p *Participant) handlePrepareShared(ctx context.Context, t Tx, res Recover
 		h.AssumeAllocated(t.segment())
 	}
 	p.cfg.Trace.emit(t.ID, StagePrepareStart)
+	p.recordAhead(t)
 	b := t.ID.slotOff()
 	l, sub := p.listeners.subscribe(p.sp, t.segment(), b, b+SlotWidth(t.n())-1)
 	defer l.unsubscribe(sub)

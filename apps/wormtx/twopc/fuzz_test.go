@@ -3,6 +3,7 @@ package twopc
 import (
 	"bytes"
 	"errors"
+	"reflect"
 	"testing"
 
 	"github.com/wormspace/wormspace/apps/wormtx"
@@ -14,7 +15,7 @@ import (
 func FuzzDecodeMessage(f *testing.F) {
 	for _, m := range []Message{
 		{Kind: 1, From: "c", Tx: 7},
-		{Kind: 2, From: "p1", Yes: true, Outcome: 1, Tx: 1 << 40, Desc: wormtx.Descriptor{Participants: []string{"p1", "p2"}, Payload: []byte("x")}},
+		{Kind: 2, From: "p1", Yes: true, Outcome: 1, Tx: 1 << 40, Hint: 1<<41 | 5, Desc: wormtx.Descriptor{Participants: []string{"p1", "p2"}, Payload: []byte("x")}},
 	} {
 		f.Add(encodeMessage("p2", m)[4:])
 	}
@@ -47,5 +48,16 @@ func TestDecodeMessageStrict(t *testing.T) {
 		if _, _, err := decodeMessage(b); !errors.Is(err, errBadMessage) {
 			t.Errorf("%s: %v, want errBadMessage", c.name, err)
 		}
+	}
+}
+
+// Every field of a message survives the wire, the hint a harness attaches
+// to WormTX's prepares included.
+func TestMessageRoundTrip(t *testing.T) {
+	m := Message{Kind: MsgPrepare, From: "wtx-coordinator", Tx: 1<<63 | 42, Hint: 1<<40 | 7,
+		Desc: wormtx.Descriptor{Participants: []string{"p0", "p1"}, Payload: []byte("transfer")}}
+	to, got, err := decodeMessage(encodeMessage("wtx-p1", m)[4:])
+	if err != nil || to != "wtx-p1" || !reflect.DeepEqual(got, m) {
+		t.Fatalf("decoded %q %+v, %v; want %q %+v", to, got, err, "wtx-p1", m)
 	}
 }

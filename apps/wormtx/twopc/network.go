@@ -28,6 +28,9 @@ type Message struct {
 	Desc    wormtx.Descriptor
 	Yes     bool
 	Outcome wormtx.Outcome
+	// Hint is not read by 2PC: a number another protocol on the network
+	// attaches (WormTX's prepares: Tx.NextSegment).
+	Hint uint64
 }
 
 // Network delivers messages between named nodes and drops messages from or

@@ -178,8 +178,8 @@ func (t *tcpTransport) close() error {
 }
 
 // encodeMessage returns a frame: u32 length, then the destination node
-// (u16 length and bytes), kind, yes, outcome (u8 each), tx (u64), from
-// (u16 length and bytes), the descriptor (MarshalDescriptor, the rest;
+// (u16 length and bytes), kind, yes, outcome (u8 each), tx (u64), hint
+// (u64), from (u16 length and bytes), the descriptor (MarshalDescriptor, the rest;
 // empty when it has no participants).
 func encodeMessage(to string, m Message) []byte { return appendMessage(make([]byte, 0, 64), to, m) }
 
@@ -191,6 +191,7 @@ func appendMessage(b []byte, to string, m Message) []byte {
 	b = append(b, to...)
 	b = append(b, byte(m.Kind), b2u(m.Yes), byte(m.Outcome))
 	b = binary.LittleEndian.AppendUint64(b, uint64(m.Tx))
+	b = binary.LittleEndian.AppendUint64(b, m.Hint)
 	b = binary.LittleEndian.AppendUint16(b, uint16(len(m.From)))
 	b = append(b, m.From...)
 	if len(m.Desc.Participants) > 0 {
@@ -216,12 +217,13 @@ func decodeMessage(b []byte) (string, Message, error) {
 		return s, true
 	}
 	to, ok := str()
-	if !ok || len(b) < 11 {
+	if !ok || len(b) < 19 {
 		return "", Message{}, errBadMessage
 	}
 	// Kinds stay open (a harness adds its own on the same network);
 	// the rest has one encoding.
-	m := Message{Kind: Kind(b[0]), Yes: b[1] == 1, Outcome: wormtx.Outcome(b[2]), Tx: wormtx.TxID(binary.LittleEndian.Uint64(b[3:]))}
+	m := Message{Kind: Kind(b[0]), Yes: b[1] == 1, Outcome: wormtx.Outcome(b[2]), Tx: wormtx.TxID(binary.LittleEndian.Uint64(b[3:])),
+		Hint: binary.LittleEndian.Uint64(b[11:])}
 	switch {
 	case m.Kind == 0:
 		return "", Message{}, fmt.Errorf("%w: kind 0", errBadMessage)
@@ -232,7 +234,7 @@ func decodeMessage(b []byte) (string, Message, error) {
 	case m.Kind == MsgDecision && m.Outcome == wormtx.Pending:
 		return "", Message{}, fmt.Errorf("%w: a decision without an outcome", errBadMessage)
 	}
-	b = b[11:]
+	b = b[19:]
 	if m.From, ok = str(); !ok {
 		return "", Message{}, errBadMessage
 	}

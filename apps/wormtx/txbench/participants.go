@@ -192,7 +192,7 @@ func ServeParticipants(ctx context.Context, cfg ParticipantsConfig, ready func(e
 		})
 		run(func() error {
 			return cfg.Net.Serve(ctx, "wtx-"+name, func(m twopc.Message) {
-				t := wormtx.Tx{ID: m.Tx, Descriptor: m.Desc}
+				t := wormtx.Tx{ID: m.Tx, Descriptor: m.Desc, NextSegment: m.Hint}
 				go func() {
 					if _, err := p.HandlePrepare(ctx, t, wres); err != nil && ctx.Err() == nil && !errors.Is(err, worm.ErrTrimmed) {
 						cfg.Logger.Error("txbench: participant", "name", name, "tx", t.ID, "err", err)

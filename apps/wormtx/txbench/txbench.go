@@ -373,7 +373,7 @@ func (h *Harness) startCoordinators(ctx context.Context) error {
 type messenger struct{ net *twopc.Network }
 
 func (m messenger) SendPrepare(_ context.Context, p string, t wormtx.Tx) error {
-	m.net.Send("wtx-"+p, twopc.Message{Kind: twopc.MsgPrepare, From: "wtx-coordinator", Tx: t.ID, Desc: t.Descriptor})
+	m.net.Send("wtx-"+p, twopc.Message{Kind: twopc.MsgPrepare, From: "wtx-coordinator", Tx: t.ID, Desc: t.Descriptor, Hint: t.NextSegment})
 	return nil
 }
 

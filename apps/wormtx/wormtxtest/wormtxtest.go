@@ -109,6 +109,7 @@ func RunWith(t *testing.T, open Open, opts Options) {
 		{"SharedParticipantCrashRestart", testSharedParticipantCrashRestart},
 		{"RecordsCrashAfterVote", testRecordsCrashAfterVote},
 		{"RecordsCrashBeforeVote", testRecordsCrashBeforeVote},
+		{"RecordsAhead", testRecordsAhead},
 	} {
 		t.Run(c.name, func(t *testing.T) { c.f(setup(t, open, opts)) })
 	}
@@ -1460,6 +1461,70 @@ func testRecordsCrashAfterVote(e *env) {
 	e.afterFence(co, cl, parts, tx)
 	// The fenced segment is complete and collected.
 	cl.waitTrimmed(tx)
+	cl.checkProblems()
+}
+
+// Prepares carry the set segment the coordinator allocated ahead
+// (Tx.NextSegment), and a participant records it in the background: the
+// first transaction of each later segment finds its segment recorded
+// already, and its prepare adds nothing to the SegmentLog.
+func testRecordsAhead(e *env) {
+	parts := names(3)
+	cl, logs := e.recordsCluster(parts, nil, 0)
+	co := e.setCoordinator(cl)
+	per := e.perSegment(len(parts))
+	used := map[uint64]bool{}
+	unused := func(segs []uint64) bool {
+		return slices.ContainsFunc(segs, func(s uint64) bool { return !used[s] })
+	}
+	for i := range 2*per + 1 {
+		newSeg := i%per == 0
+		first := newSeg && i > 0 // the first transaction of a later segment
+		adds := map[string]int{}
+		if first {
+			// The hints of the segment's transactions have been acted
+			// on: every participant recorded a segment not used yet.
+			deadline := time.After(10 * time.Second)
+			for _, p := range parts {
+				for {
+					segs, _ := logs[p].Segments(e.ctx)
+					if unused(segs) {
+						break
+					}
+					select {
+					case <-deadline:
+						e.t.Fatalf("transaction %d: %s's segment log %v holds no segment ahead of those used %v after 10s", i, p, segs, used)
+					case <-time.After(2 * time.Millisecond):
+					}
+				}
+				logs[p].mu.Lock()
+				adds[p] = logs[p].adds
+				logs[p].mu.Unlock()
+			}
+		}
+		tx := e.begin(co, parts)
+		if o, err := co.Await(e.ctx, tx.ID); err != nil || o != wormtx.Commit {
+			e.t.Fatalf("Await(%v) = %v, %v", tx.ID, o, err)
+		}
+		seg := tx.ID.Segment()
+		if newSeg != !used[seg] {
+			e.t.Fatalf("transaction %d is in segment %d (used before: %v); want a new segment every %d transactions", i, seg, used[seg], per)
+		}
+		used[seg] = true
+		if !first {
+			continue
+		}
+		// Every vote is chosen, so every prepare is past its record.
+		for _, p := range parts {
+			segs, _ := logs[p].Segments(e.ctx)
+			logs[p].mu.Lock()
+			n := logs[p].adds
+			logs[p].mu.Unlock()
+			if !slices.Contains(segs, seg) || n != adds[p] {
+				e.t.Fatalf("%s, first transaction of segment %d: log %v, %d adds during its prepare; want the segment recorded ahead, none", p, seg, segs, n-adds[p])
+			}
+		}
+	}
 	cl.checkProblems()
 }
 
