@@ -27,6 +27,7 @@ import (
 	"time"
 
 	"github.com/wormspace/wormspace/apps/chain"
+	"github.com/wormspace/wormspace/worm/localcluster"
 	"github.com/wormspace/wormspace/worm/wire"
 )
 
@@ -369,6 +370,9 @@ func (lc *localChain) start(ctx context.Context, exe string, cfg localChainConfi
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.ExtraFiles = []*os.File{pw}
 	cmd.Env = append(os.Environ(), "WORM_KEY=", "WORM_KEY_FILE=", "WORM_CHAIN=")
+	// Each replica its share of the CPUs, as a local cluster's wormds
+	// get theirs: the baseline runs as the WormSpace side does.
+	cmd.Env = append(cmd.Env, localcluster.ProcsEnv(len(lc.Addrs))...)
 	// Its own process group: a Ctrl-C at the terminal reaches this
 	// process, which stops the replicas gracefully itself.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}

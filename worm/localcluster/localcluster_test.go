@@ -12,6 +12,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -586,4 +588,41 @@ func freeLoopbackPorts(n int) ([]string, error) {
 		out = append(out, l.Addr().String())
 	}
 	return out, nil
+}
+
+// The wormds of a local cluster get their share of the machine's CPUs
+// (GOMAXPROCS=max(1, NumCPU/N)) unless the cluster asks for all of them
+// or GOMAXPROCS is set by whoever starts it.
+func TestWormdsShareTheCPUs(t *testing.T) {
+	if _, set := os.LookupEnv("GOMAXPROCS"); set {
+		t.Skip("GOMAXPROCS is set in the environment: the wormds inherit it, and the share is not computed")
+	}
+	procs := func(c *localcluster.Cluster) []string {
+		var got []string
+		for _, n := range c.Nodes {
+			env, err := os.ReadFile(fmt.Sprintf("/proc/%d/environ", n.Pid()))
+			if err != nil {
+				t.Fatal(err)
+			}
+			v := "(unset)"
+			for _, kv := range bytes.Split(env, []byte{0}) {
+				if s, ok := strings.CutPrefix(string(kv), "GOMAXPROCS="); ok {
+					v = s
+				}
+			}
+			got = append(got, v)
+		}
+		return got
+	}
+	share := max(1, runtime.NumCPU()/3)
+	want := strconv.Itoa(share)
+	if share >= runtime.NumCPU() {
+		want = "(unset)"
+	}
+	if got := procs(start(t, localcluster.Config{N: 3, Volatile: true})); !slices.Equal(got, []string{want, want, want}) {
+		t.Errorf("GOMAXPROCS of 3 wormds on %d CPUs: %q; want %s each", runtime.NumCPU(), got, want)
+	}
+	if got := procs(start(t, localcluster.Config{N: 3, Volatile: true, AllCPUs: true})); !slices.Equal(got, []string{"(unset)", "(unset)", "(unset)"}) {
+		t.Errorf("GOMAXPROCS of 3 wormds with AllCPUs: %q; want it unset", got)
+	}
 }
