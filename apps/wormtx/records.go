@@ -178,13 +178,17 @@ func (p *Participant) finishRecord(ctx context.Context, seg uint64, participants
 // allocated ahead, in the background, so that the first vote there finds
 // it recorded: that record (a Check and a force of the SegmentLog) took
 // 1.4-2.4 ms on the first transaction of every segment on a busy 2-vCPU
-// machine, which was WormTX's p99. Only with a SegmentLog, after Run's
-// restore (a prepare waits for it; a hint need not), once per segment. A
-// segment recorded and never voted in costs a restart its fences there,
-// as a segment whose coordinator died early does.
-func (p *Participant) recordAhead(t Tx) {
+// machine, which was WormTX's p99. Only where votes carry records (a
+// SegmentLog and a Restorable Resource), after Run's restore (a prepare
+// waits for it; a hint need not), once per segment. A segment recorded
+// and never voted in costs a restart its fences there, as a segment whose
+// coordinator died early does.
+func (p *Participant) recordAhead(t Tx, res Recoverable) {
 	next := t.NextSegment
 	if next == 0 || next == t.segment() || next > MaxSharedSegment || p.cfg.Segments == nil {
+		return
+	}
+	if _, ok := res.(Restorable); !ok {
 		return
 	}
 	select {

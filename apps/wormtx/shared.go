@@ -606,7 +606,7 @@ func (p *Participant) handlePrepareShared(ctx context.Context, t Tx, res Recover
 		h.AssumeAllocated(t.segment())
 	}
 	p.cfg.Trace.emit(t.ID, StagePrepareStart)
-	p.recordAhead(t)
+	p.recordAhead(t, res)
 	b := t.ID.slotOff()
 	l, sub := p.listeners.subscribe(p.sp, t.segment(), b, b+SlotWidth(t.n())-1)
 	defer l.unsubscribe(sub)
