@@ -154,6 +154,10 @@ type Knobs struct {
 	// 239 vs 160 us; at 16 clients write throughput 0.71x of the kernel
 	// config's vs 0.77x. For a wormd with a core to itself.
 	BusyPollMicros int `json:"busy_poll_us"`
+	// TimeWaitMillis is how long a connection this stack closed first
+	// stays in TIME_WAIT (gVisor's TCPTimeWaitTimeoutOption); 0 keeps
+	// gVisor's default, 60 s.
+	TimeWaitMillis int `json:"time_wait_ms"`
 	// Dispatch is the link's receive mode (see DispatchMode).
 	Dispatch DispatchMode `json:"dispatch"`
 	// GSOMaxSize > 0 enables gVisor's software GSO: TCP hands segments of
@@ -372,6 +376,22 @@ func DefaultKnobs() Knobs {
 		// runtime's default. A guest with one vCPU has one P anyway.
 		// Raise it for a wormd with cores to itself under heavy load.
 		GoProcs: 1,
+		// TIME_WAIT 3 s, not 60. gVisor lets a SYN reopen a 4-tuple in
+		// TIME_WAIT only when its sequence number is past the old
+		// connection's last byte; Linux also lets a newer timestamp
+		// through (PAWS), and gVisor drops RSTs in TIME_WAIT (RFC 1337).
+		// A Linux client's ISN for a 4-tuple grows by about 15.6 million
+		// a second, so a client that sent more than that many bytes per
+		// second of the old connection's life, and then picks the same
+		// source port, is refused until TIME_WAIT ends: its connect
+		// timed out (TestSoakTAP, in one run of four to eight, after a
+		// few hundred 32 MiB transfers into netstack that netstack's
+		// side closed first; TestTimeWaitReopen reproduces it on one
+		// port). On a TAP or a VM's link a segment cannot outlive a few
+		// seconds, which is all TIME_WAIT guards against here; 3 s also
+		// covers the peer's retransmissions of its FIN, and a refused
+		// SYN gets through with the client's retransmission at 3 or 7 s.
+		TimeWaitMillis: 3000,
 	}
 }
 
@@ -566,6 +586,9 @@ func (k Knobs) validate() error {
 		if r.Min <= 0 || r.Min > r.Default || r.Default > r.Max {
 			return fmt.Errorf("%w: buffer range %+v", ErrBadOption, r)
 		}
+	}
+	if k.TimeWaitMillis < 0 || k.TimeWaitMillis > 600_000 {
+		return fmt.Errorf("%w: time_wait_ms %d (want 0..600000; 0 keeps gVisor's 60 s)", ErrBadOption, k.TimeWaitMillis)
 	}
 	if k.BusyPollMicros < 0 || k.BusyPollMicros > 1_000_000 {
 		return fmt.Errorf("%w: busy_poll_us %d (want 0..1000000)", ErrBadOption, k.BusyPollMicros)

@@ -140,14 +140,22 @@ func build(c *config, ep stack.LinkEndpoint) (*Stack, error) {
 	snd := tcpip.TCPSendBufferSizeRangeOption(k.SendBuffer)
 	rcv := tcpip.TCPReceiveBufferSizeRangeOption(k.ReceiveBuffer)
 	delay := tcpip.TCPDelayEnabled(k.Nagle)
-	for _, o := range []struct {
+	opts := []struct {
 		name string
 		opt  tcpip.SettableTransportProtocolOption
 	}{
 		{"sack", &sack}, {"recovery", &rec}, {"congestion control", &cc},
 		{"moderate receive buffer", &mod}, {"send buffer", &snd},
 		{"receive buffer", &rcv}, {"delay", &delay},
-	} {
+	}
+	if k.TimeWaitMillis > 0 {
+		tw := tcpip.TCPTimeWaitTimeoutOption(time.Duration(k.TimeWaitMillis) * time.Millisecond)
+		opts = append(opts, struct {
+			name string
+			opt  tcpip.SettableTransportProtocolOption
+		}{"time wait", &tw})
+	}
+	for _, o := range opts {
 		if e := s.SetTransportProtocolOption(tcp.ProtocolNumber, o.opt); e != nil {
 			return fail("set "+o.name, e)
 		}
