@@ -193,9 +193,15 @@ type Sample struct {
 	// ClientCPUus the harness's own.
 	ServerCPUus float64 `json:"server_cpu_us_per_op"`
 	ClientCPUus float64 `json:"client_cpu_us_per_op"`
-	Ops         int64   `json:"ops"`
-	Errors      int64   `json:"errors"`
-	FirstError  string  `json:"first_error,omitempty"`
+	// CPUBusy is the share of the run's CPUs (Env.CPUs) that the
+	// cluster and the harness kept busy while the sample ran: their CPU
+	// time over wall time times CPUs. Near 1, the machine is saturated
+	// and latency is mostly CPU per operation, not the network's round
+	// trip.
+	CPUBusy    float64 `json:"cpu_busy"`
+	Ops        int64   `json:"ops"`
+	Errors     int64   `json:"errors"`
+	FirstError string  `json:"first_error,omitempty"`
 }
 
 // Row is one configuration × workload × client count.
@@ -213,6 +219,7 @@ type Row struct {
 	P99us     Stat     `json:"p99_us"`
 	ServerCPU Stat     `json:"server_cpu_us_per_op"`
 	ClientCPU Stat     `json:"client_cpu_us_per_op"`
+	CPUBusy   Stat     `json:"cpu_busy"`
 	Errors    int64    `json:"errors"`
 	// Ratios to the same workload and client count on host-kernel (0:
 	// not applicable): throughput, p50, p99 and server CPU per op.
@@ -511,6 +518,7 @@ func (r *runner) measureConfig(ctx context.Context, rep int, cfg string) error {
 			r.step++
 			cpu0, cerr := cpuOf(pids)
 			self0 := selfCPU()
+			start := time.Now()
 			var res bench.Result
 			var err error
 			switch wl {
@@ -541,6 +549,9 @@ func (r *runner) measureConfig(ctx context.Context, rep int, cfg string) error {
 			} else {
 				opsWindow := res.OpsPerSec * window.Seconds()
 				s = sampleOf(rep, res, perOp(srvD, opsWindow), perOp(selfD, opsWindow))
+				if cpus := r.rep.Env.CPUs; cpus > 0 && (srvD > 0 || cfg == Spec) {
+					s.CPUBusy = (srvD + selfD).Seconds() / (time.Since(start).Seconds() * float64(cpus))
+				}
 			}
 			row.Samples = append(row.Samples, s)
 			r.progress("[%d/%d] rep %d %s %s c=%d: %s", r.step, r.steps, rep, cfg, wl, n, sampleLine(s))
@@ -615,7 +626,7 @@ func sampleLine(s Sample) string {
 func (r *runner) finish() {
 	for _, k := range r.order {
 		x := r.rows[k]
-		var tp, p50, p99, sc, cc []float64
+		var tp, p50, p99, sc, cc, busy []float64
 		for _, s := range x.Samples {
 			x.Errors += s.Errors
 			if s.Ops == 0 {
@@ -626,8 +637,10 @@ func (r *runner) finish() {
 			p99 = append(p99, s.P99us)
 			sc = append(sc, s.ServerCPUus)
 			cc = append(cc, s.ClientCPUus)
+			busy = append(busy, s.CPUBusy)
 		}
 		x.OpsPerSec, x.P50us, x.P99us, x.ServerCPU, x.ClientCPU = statOf(tp), statOf(p50), statOf(p99), statOf(sc), statOf(cc)
+		x.CPUBusy = statOf(busy)
 	}
 	// Report order: by workload, clients, then configuration order.
 	wlOrder := append(append([]string{EchoWorkload, StreamWorkload}, Workloads...), OpenLoop)

@@ -198,6 +198,10 @@ func TestCompareQuickEndToEnd(t *testing.T) {
 					t.Errorf("%s %s c=%d: no figures: %+v", c, wl, n, x)
 				case c != Spec && x.ServerCPU.Median <= 0:
 					t.Errorf("%s %s c=%d: no server CPU per op", c, wl, n)
+				case x.CPUBusy.Median <= 0 || x.CPUBusy.Max > 1.1:
+					// A share of the CPUs: above 1 (with room for
+					// /proc's 10 ms ticks) it counted something twice.
+					t.Errorf("%s %s c=%d: CPUs busy %+v, want a share in (0, 1]", c, wl, n, x.CPUBusy)
 				case c == HostKernel && (x.TputRatio != 1 || x.P50Ratio != 1):
 					t.Errorf("%s %s c=%d: reference ratios %v %v", c, wl, n, x.TputRatio, x.P50Ratio)
 				case c != HostKernel && x.TputRatio <= 0:
@@ -281,8 +285,12 @@ func TestCompareQuickEndToEnd(t *testing.T) {
 		t.Errorf("%d SVG and %d PNG plots, want %d each", svgs, pngs, len(workloads)+3)
 	}
 	for _, name := range []string{"table.txt", "table.md"} {
-		if st, err := os.Stat(filepath.Join(out, name)); err != nil || st.Size() == 0 {
+		b, err := os.ReadFile(filepath.Join(out, name))
+		if err != nil || len(b) == 0 {
 			t.Errorf("%s: %v", name, err)
+		}
+		if !bytes.Contains(b, []byte("% |")) && !bytes.Contains(b, []byte("%  ")) {
+			t.Errorf("%s: no CPUs busy column with a percentage", name)
 		}
 	}
 }

@@ -16,7 +16,7 @@ import (
 var CSVHeader = []string{"config", "workload", "clients", "rate", "floor", "reps",
 	"ops_per_sec_median", "ops_per_sec_min", "ops_per_sec_max",
 	"p50_us_median", "p50_us_min", "p50_us_max", "p99_us_median",
-	"server_cpu_us_per_op", "client_cpu_us_per_op",
+	"server_cpu_us_per_op", "client_cpu_us_per_op", "cpu_busy",
 	"throughput_ratio", "p50_ratio", "p99_ratio", "server_cpu_ratio",
 	"stack_throughput_ratio", "stack_p50_ratio", "errors"}
 
@@ -32,7 +32,7 @@ func CSV(rep *Report) []byte {
 		w.Write([]string{x.Config, x.Workload, strconv.Itoa(x.Clients), strconv.Itoa(x.Rate), strconv.FormatBool(x.Floor), strconv.Itoa(len(x.Samples)),
 			f1(x.OpsPerSec.Median), f1(x.OpsPerSec.Min), f1(x.OpsPerSec.Max),
 			f1(x.P50us.Median), f1(x.P50us.Min), f1(x.P50us.Max), f1(x.P99us.Median),
-			f2(x.ServerCPU.Median), f2(x.ClientCPU.Median),
+			f2(x.ServerCPU.Median), f2(x.ClientCPU.Median), f2(x.CPUBusy.Median),
 			f2(x.TputRatio), f2(x.P50Ratio), f2(x.P99Ratio), f2(x.CPURatio),
 			f2(x.StackTputRatio), f2(x.StackP50Ratio), strconv.FormatInt(x.Errors, 10)})
 	}
@@ -80,16 +80,35 @@ func Table(rep *Report) string {
 	}
 	b.WriteString("\n")
 	tw := tabwriter.NewWriter(&b, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "workload\tclients\tconfig\tops/s\t(min-max)\tp50 µs\tp99 µs\tsrv cpu µs/op\tcli cpu µs/op\ttput vs 1\tp50 vs 1\tcpu vs 1\tns/kernel tput\tns/kernel p50\terrors\t")
+	fmt.Fprintln(tw, "workload\tclients\tconfig\tops/s\t(min-max)\tp50 µs\tp99 µs\tsrv cpu µs/op\tcli cpu µs/op\tcpus busy\ttput vs 1\tp50 vs 1\tcpu vs 1\tns/kernel tput\tns/kernel p50\terrors\t")
 	for _, x := range rep.Rows {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t\n",
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t\n",
 			x.Workload, load(x), x.Config, opsCell(x, x.OpsPerSec.Median), opsCell(x, x.OpsPerSec.Min)+"-"+opsCell(x, x.OpsPerSec.Max),
-			f1(x.P50us.Median), f1(x.P99us.Median), dash(x.ServerCPU.Median), dash(x.ClientCPU.Median),
+			f1(x.P50us.Median), f1(x.P99us.Median), dash(x.ServerCPU.Median), dash(x.ClientCPU.Median), percent(x.CPUBusy.Median),
 			ratio(x.TputRatio), ratio(x.P50Ratio), ratio(x.CPURatio), ratio(x.StackTputRatio), ratio(x.StackP50Ratio), x.Errors)
 	}
 	tw.Flush()
 	b.WriteString(streamNote(rep))
+	b.WriteString(busyNote(rep))
 	return b.String()
+}
+
+// percent renders a share (0.74) as "74%"; "-" for none.
+func percent(x float64) string {
+	if x == 0 {
+		return "-"
+	}
+	return strconv.FormatFloat(100*x, 'f', 0, 64) + "%"
+}
+
+// busyNote explains the cpus busy column when the report has it.
+func busyNote(rep *Report) string {
+	for _, x := range rep.Rows {
+		if x.CPUBusy.Median > 0 {
+			return fmt.Sprintf("\ncpus busy: the cluster's and the harness's CPU time over wall time times %d CPUs. Where it nears 100%%, latency is CPU per operation more than the network's round trip.\n", rep.Env.CPUs)
+		}
+	}
+	return ""
 }
 
 // opsCell renders a throughput: operations per second, or MB/s (one
@@ -139,14 +158,15 @@ func imageSize(m map[string]int64) string {
 // Markdown renders the main rows as a Markdown table (for README).
 func Markdown(rep *Report) string {
 	var b bytes.Buffer
-	b.WriteString("| workload | clients | config | ops/s (min–max) | p50 µs | p99 µs | server CPU µs/op | tput vs host-kernel | p50 vs host-kernel | netstack/kernel tput | netstack/kernel p50 |\n")
-	b.WriteString("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+	b.WriteString("| workload | clients | config | ops/s (min–max) | p50 µs | p99 µs | server CPU µs/op | CPUs busy | tput vs host-kernel | p50 vs host-kernel | netstack/kernel tput | netstack/kernel p50 |\n")
+	b.WriteString("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
 	for _, x := range rep.Rows {
-		fmt.Fprintf(&b, "| %s | %s | %s | %s (%s–%s) | %s | %s | %s | %s | %s | %s | %s |\n", x.Workload, load(x), x.Config,
-			opsCell(x, x.OpsPerSec.Median), opsCell(x, x.OpsPerSec.Min), opsCell(x, x.OpsPerSec.Max), f1(x.P50us.Median), f1(x.P99us.Median), dash(x.ServerCPU.Median),
+		fmt.Fprintf(&b, "| %s | %s | %s | %s (%s–%s) | %s | %s | %s | %s | %s | %s | %s | %s |\n", x.Workload, load(x), x.Config,
+			opsCell(x, x.OpsPerSec.Median), opsCell(x, x.OpsPerSec.Min), opsCell(x, x.OpsPerSec.Max), f1(x.P50us.Median), f1(x.P99us.Median), dash(x.ServerCPU.Median), percent(x.CPUBusy.Median),
 			ratio(x.TputRatio), ratio(x.P50Ratio), ratio(x.StackTputRatio), ratio(x.StackP50Ratio))
 	}
 	b.WriteString(streamNote(rep))
+	b.WriteString(busyNote(rep))
 	return b.String()
 }
 
