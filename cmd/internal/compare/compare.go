@@ -198,10 +198,15 @@ type Sample struct {
 	// time over wall time times CPUs. Near 1, the machine is saturated
 	// and latency is mostly CPU per operation, not the network's round
 	// trip.
-	CPUBusy    float64 `json:"cpu_busy"`
-	Ops        int64   `json:"ops"`
-	Errors     int64   `json:"errors"`
-	FirstError string  `json:"first_error,omitempty"`
+	CPUBusy float64 `json:"cpu_busy"`
+	// PacerLateP50us and PacerLateP99us (open-loop samples) are how long
+	// after its scheduled start the harness issued an operation: part of
+	// each latency, and the harness's own (see pacer).
+	PacerLateP50us float64 `json:"pacer_late_p50_us,omitempty"`
+	PacerLateP99us float64 `json:"pacer_late_p99_us,omitempty"`
+	Ops            int64   `json:"ops"`
+	Errors         int64   `json:"errors"`
+	FirstError     string  `json:"first_error,omitempty"`
 }
 
 // Row is one configuration × workload × client count.
@@ -495,7 +500,7 @@ func (r *runner) measureConfig(ctx context.Context, rep int, cfg string) error {
 	for _, rate := range r.o.Rates {
 		r.step++
 		cpu0, cerr := cpuOf(pids)
-		res, err := runOpenLog(ctx, sp, rate, r.o.Warmup, r.o.Duration, r.o.ValueSize)
+		res, late, err := runOpenLog(ctx, sp, rate, r.o.Warmup, r.o.Duration, r.o.ValueSize)
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
@@ -509,6 +514,7 @@ func (r *runner) measureConfig(ctx context.Context, rep int, cfg string) error {
 			s.FirstError = err.Error()
 		} else {
 			s = sampleOf(rep, res, perOp(srvD, res.OpsPerSec*(r.o.Warmup+r.o.Duration).Seconds()), 0)
+			s.PacerLateP50us, s.PacerLateP99us = us(late.P50), us(late.P99)
 		}
 		row.Samples = append(row.Samples, s)
 		r.progress("[%d/%d] rep %d %s %s @%d/s: %s", r.step, r.steps, rep, cfg, OpenLoop, rate, sampleLine(s))

@@ -216,6 +216,9 @@ func TestCompareQuickEndToEnd(t *testing.T) {
 		}
 		if x, ok := rows[key{c, OpenLoop, 0}]; !ok || x.Rate != 300 || x.OpsPerSec.Median <= 0 || x.P50us.Median <= 0 {
 			t.Errorf("%s: no open-loop row at 300/s: %+v", c, x)
+		} else if s := x.Samples[0]; s.PacerLateP50us <= 0 || s.PacerLateP99us < s.PacerLateP50us || s.PacerLateP50us > x.P50us.Median {
+			// The pacer's lateness is part of each latency.
+			t.Errorf("%s: open loop's pacer lateness p50 %v p99 %v µs (latency p50 %v)", c, s.PacerLateP50us, s.PacerLateP99us, x.P50us.Median)
 		}
 		if c != Spec {
 			if x, ok := rows[key{c, EchoWorkload, 1}]; !ok || x.P50us.Median <= 0 || x.Errors > 0 {

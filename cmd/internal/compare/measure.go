@@ -156,7 +156,9 @@ const OpenLoop = "open-log-append"
 // own goroutine, at most 4096 outstanding: arrivals beyond that count as
 // errors) and measures each from its scheduled start, so a stalled cluster
 // is not hidden by a generator that waits (no coordinated omission).
-func runOpenLog(ctx context.Context, sp worm.Space, rate int, warmup, duration time.Duration, valueSize int) (bench.Result, error) {
+// It also returns how late the pacer issued the measured appends: that
+// lateness is part of every latency here, and is the harness's.
+func runOpenLog(ctx context.Context, sp worm.Space, rate int, warmup, duration time.Duration, valueSize int) (bench.Result, bench.Latency, error) {
 	segBase := uint64(time.Now().UnixNano()/1000) << 8
 	cfg := wormlog.Config{Name: fmt.Sprintf("compare-open-%d", segBase), FirstSeg: segBase, Prefetch: 2, HoleTimeout: -1, Logger: discardLogger}
 	seq := wormlog.NewSequencer(sp, cfg)
@@ -168,8 +170,14 @@ func runOpenLog(ctx context.Context, sp worm.Space, rate int, warmup, duration t
 	_, err := lg.Append(pctx, value)
 	cancel()
 	if err != nil {
-		return bench.Result{}, fmt.Errorf("open-log-append: first append: %w", err)
+		return bench.Result{}, bench.Latency{}, fmt.Errorf("open-log-append: first append: %w", err)
 	}
+	pc, err := newPacer()
+	if err != nil {
+		return bench.Result{}, bench.Latency{}, fmt.Errorf("open-log-append: pacer: %w", err)
+	}
+	defer pc.close()
+	var lates []time.Duration // the pacer's, measured appends only
 	interval := time.Second / time.Duration(max(rate, 1))
 	var mu sync.Mutex
 	var samples []time.Duration
@@ -183,10 +191,11 @@ func runOpenLog(ctx context.Context, sp worm.Space, rate int, warmup, duration t
 		if !at.Before(mEnd) || ctx.Err() != nil {
 			break
 		}
-		if d := time.Until(at); d > 0 {
-			sleepCtx(ctx, d)
-		}
+		pc.wait(ctx, at)
 		measured := !at.Before(mStart)
+		if measured {
+			lates = append(lates, time.Since(at))
+		}
 		if outstanding.Load() >= 4096 {
 			if measured {
 				nerr.Add(1)
@@ -216,7 +225,7 @@ func runOpenLog(ctx context.Context, sp worm.Space, rate int, warmup, duration t
 	}
 	wg.Wait()
 	if ctx.Err() != nil {
-		return bench.Result{}, ctx.Err()
+		return bench.Result{}, bench.Latency{}, ctx.Err()
 	}
 	n := int64(len(samples))
 	r := bench.Result{Workload: bench.Workload(OpenLoop), Duration: duration, Ops: n, Writes: n, Errors: nerr.Load(),
@@ -224,7 +233,7 @@ func runOpenLog(ctx context.Context, sp worm.Space, rate int, warmup, duration t
 	if s, ok := firstErr.Load().(string); ok {
 		r.FirstError = s
 	}
-	return r, nil
+	return r, bench.Summarize(lates), nil
 }
 
 // closedLoop runs op from clients goroutines, each issuing the next call

@@ -90,6 +90,7 @@ func Table(rep *Report) string {
 	tw.Flush()
 	b.WriteString(streamNote(rep))
 	b.WriteString(busyNote(rep))
+	b.WriteString(pacerNote(rep))
 	return b.String()
 }
 
@@ -99,6 +100,28 @@ func percent(x float64) string {
 		return "-"
 	}
 	return strconv.FormatFloat(100*x, 'f', 0, 64) + "%"
+}
+
+// pacerNote says how late the open loop's pacer was, when the report has
+// open-loop rows: the worst median and p99 over their samples.
+func pacerNote(rep *Report) string {
+	var p50, p99 float64
+	seen := false
+	for _, x := range rep.Rows {
+		if x.Rate == 0 {
+			continue
+		}
+		for _, s := range x.Samples {
+			if s.Ops > 0 {
+				seen = true
+				p50, p99 = max(p50, s.PacerLateP50us), max(p99, s.PacerLateP99us)
+			}
+		}
+	}
+	if !seen {
+		return ""
+	}
+	return fmt.Sprintf("\n%s: latency from each append's scheduled start; the harness issued them at most %.1f µs late at the median, %.1f µs at p99 (worst sample).\n", OpenLoop, p50, p99)
 }
 
 // busyNote explains the cpus busy column when the report has it.
@@ -167,6 +190,7 @@ func Markdown(rep *Report) string {
 	}
 	b.WriteString(streamNote(rep))
 	b.WriteString(busyNote(rep))
+	b.WriteString(pacerNote(rep))
 	return b.String()
 }
 
