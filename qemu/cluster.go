@@ -682,6 +682,26 @@ func (c *Cluster) Shutdown(ctx context.Context, opts DownOptions) error {
 // Close is Shutdown with default options (kill, keep disks).
 func (c *Cluster) Close() error { return c.Shutdown(context.Background(), DownOptions{}) }
 
+// Pause pauses every running VM (VM.Pause), Resume resumes them; both
+// try every VM and return the first error.
+func (c *Cluster) Pause(ctx context.Context) error { return c.eachRunning(ctx, (*VM).Pause) }
+
+// Resume resumes every running VM (VM.Resume).
+func (c *Cluster) Resume(ctx context.Context) error { return c.eachRunning(ctx, (*VM).Resume) }
+
+func (c *Cluster) eachRunning(ctx context.Context, f func(*VM, context.Context) error) error {
+	var first error
+	for _, v := range c.vms {
+		if !v.Running() {
+			continue
+		}
+		if err := f(v, ctx); err != nil && first == nil {
+			first = err
+		}
+	}
+	return first
+}
+
 // VMs returns the cluster's VMs in id order.
 func (c *Cluster) VMs() []*VM { return c.vms }
 

@@ -2,6 +2,7 @@ package qemu
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -113,6 +114,32 @@ func TestClusterEndToEnd(t *testing.T) {
 		t.Fatalf("namespace %s missing", c.Netns())
 	}
 
+	// Pause: the guest stops answering and QEMU reports it paused;
+	// Resume brings it back with its wormd.
+	v1 := c.VMs()[0]
+	if err := c.Pause(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for _, v := range c.VMs() {
+		if st := qmpStatus(t, c, v); st != "paused" {
+			t.Fatalf("vm%d after Pause: status %q", v.ID(), st)
+		}
+	}
+	if err := dialVM(ctx, c, v1, 2*time.Second); err == nil {
+		t.Fatal("dial of a paused VM succeeded")
+	}
+	if err := c.Resume(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for _, v := range c.VMs() {
+		if st := qmpStatus(t, c, v); st != "running" {
+			t.Fatalf("vm%d after Resume: status %q", v.ID(), st)
+		}
+		if err := dialVM(ctx, c, v, 10*time.Second); err != nil {
+			t.Fatalf("dial vm%d after Resume: %v", v.ID(), err)
+		}
+	}
+
 	// Another process's view: the state file finds the same VMs.
 	o, err := Open(cfg.StateDir, Options{})
 	if err != nil {
@@ -173,6 +200,25 @@ func TestClusterEndToEnd(t *testing.T) {
 		t.Fatalf("vm2 state after restart: %+v", st)
 	}
 
+	// A paused VM powers off gracefully: Stop resumes it to press its
+	// power button (without, QEMU would only go after the stop timeout,
+	// 5 s here, with SIGTERM).
+	v3, _ := c.VM(3)
+	if err := v3.Pause(ctx); err != nil {
+		t.Fatal(err)
+	}
+	console := v3.ConsolePath()
+	stopStart := time.Now()
+	if err := v3.Stop(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if d := time.Since(stopStart); d >= 5*time.Second {
+		t.Errorf("Stop of a paused VM took %v: the guest did not see its power button", d)
+	}
+	if b, _ := os.ReadFile(console); !strings.Contains(string(b), `msg="power off"`) {
+		t.Errorf("vm3's console shows no power-off:\n%s", b)
+	}
+
 	// Tear down: processes, namespace and state file go; disks stay.
 	pids := make([]int, 0, 3)
 	names := make([]string, 0, 3)
@@ -197,6 +243,22 @@ func TestClusterEndToEnd(t *testing.T) {
 	if _, err := os.Stat(disk); err != nil {
 		t.Errorf("disk removed by Shutdown without RemoveDisks: %v", err)
 	}
+}
+
+// qmpStatus returns v's QMP query-status "status" ("running", "paused").
+func qmpStatus(t *testing.T, c *Cluster, v *VM) string {
+	t.Helper()
+	ret, err := qmpExecute(context.Background(), c.StateDir(), v.State().QMP, "query-status")
+	if err != nil {
+		t.Fatalf("vm%d: query-status: %v", v.ID(), err)
+	}
+	var st struct {
+		Status string `json:"status"`
+	}
+	if err := json.Unmarshal(ret, &st); err != nil {
+		t.Fatalf("vm%d: query-status %s: %v", v.ID(), ret, err)
+	}
+	return st.Status
 }
 
 // TestUpCancel checks that cancelling Up mid-boot removes everything.

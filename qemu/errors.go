@@ -33,4 +33,7 @@ var (
 	ErrNoCluster = errors.New("qemu: no cluster state")
 	// ErrUnknownVM reports a VM id that is not part of the cluster.
 	ErrUnknownVM = errors.New("qemu: no such VM")
+	// ErrNotRunning reports an operation on a VM whose QEMU is not
+	// running (Pause, Resume).
+	ErrNotRunning = errors.New("qemu: VM not running")
 )
