@@ -144,6 +144,9 @@ type cluster interface {
 	// not served) and the http dialer to reach it.
 	pprofBase(i int) string
 	info() map[string]any
+	// pause stops (true) or restarts (false) the cluster's use of the
+	// CPU between its measurements; a no-op where idle costs nothing.
+	pause(ctx context.Context, paused bool) error
 	close() error
 }
 
@@ -457,6 +460,10 @@ func flagValue(pid int, flag string) string {
 	}
 	return ""
 }
+
+// pause does nothing: idle wormds take no CPU.
+func (c *hostCluster) pause(context.Context, bool) error { return nil }
+
 func (c *hostCluster) close() error {
 	var wg sync.WaitGroup
 	for _, p := range append(c.procs, c.echo) {
@@ -557,3 +564,10 @@ func (v *vmCluster) info() map[string]any {
 	return m
 }
 func (v *vmCluster) close() error { return v.c.Close() }
+
+func (v *vmCluster) pause(ctx context.Context, paused bool) error {
+	if paused {
+		return v.c.Pause(ctx)
+	}
+	return v.c.Resume(ctx)
+}

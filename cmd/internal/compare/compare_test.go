@@ -2,10 +2,12 @@ package compare
 
 import (
 	"bytes"
+	"context"
 	"encoding/csv"
 	"encoding/json"
 	"encoding/xml"
 	"errors"
+	"fmt"
 	"image/png"
 	"io"
 	"os"
@@ -496,5 +498,45 @@ func TestConfigVariants(t *testing.T) {
 	o = &Options{Out: t.TempDir(), Configs: []string{HostNetstack + "@go_procs=2", HostNetstack + "@go_procs=2"}}
 	if err := o.defaults(); err == nil || !strings.Contains(err.Error(), "twice") {
 		t.Errorf("a repeated configuration: %v", err)
+	}
+}
+
+// pauseRecorder is a cluster that records pause calls.
+type pauseRecorder struct {
+	cluster
+	cfg   string
+	calls *[]string
+}
+
+func (p pauseRecorder) pause(_ context.Context, paused bool) error {
+	*p.calls = append(*p.calls, fmt.Sprintf("%s=%v", p.cfg, paused))
+	return nil
+}
+
+// TestQuiesceAllBut checks that the configuration about to be measured
+// runs alone: every other cluster paused, its own resumed, and no call
+// for a cluster already in the state wanted.
+func TestQuiesceAllBut(t *testing.T) {
+	var calls []string
+	r := &runner{cls: map[string]cluster{}, o: &Options{Progress: io.Discard}}
+	for _, n := range []string{VMKernel, VMNetstack, HostKernel} {
+		r.cls[n] = pauseRecorder{cfg: n, calls: &calls}
+	}
+	steps := []struct {
+		cfg  string
+		want []string
+	}{
+		{Spec, []string{"host-kernel=true", "vm-kernel=true", "vm-netstack=true"}},
+		{VMKernel, []string{"vm-kernel=false"}},
+		{VMNetstack, []string{"vm-kernel=true", "vm-netstack=false"}},
+		{HostKernel, []string{"host-kernel=false", "vm-netstack=true"}},
+		{"", []string{"host-kernel=true"}},
+	}
+	for _, s := range steps {
+		calls = nil
+		r.quiesceAllBut(context.Background(), s.cfg)
+		if !slices.Equal(calls, s.want) {
+			t.Errorf("before %q: calls %v, want %v", s.cfg, calls, s.want)
+		}
 	}
 }
