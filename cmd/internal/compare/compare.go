@@ -308,9 +308,13 @@ func (r *runner) quiesceAllBut(ctx context.Context, cfg string) {
 		if r.paused[name] == want {
 			continue
 		}
+		t := time.Now()
 		if err := r.cls[name].pause(ctx, want); err != nil {
 			r.progress("%s: pause=%v: %s", name, want, oneLine(err.Error()))
 			continue
+		}
+		if d := time.Since(t); !want && d > 500*time.Millisecond {
+			r.progress("%s: resumed; its first round trips took %v", name, d.Round(time.Millisecond))
 		}
 		r.paused[name] = want
 	}
