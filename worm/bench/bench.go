@@ -517,7 +517,7 @@ func RawStream(ctx context.Context, d Dialer, addr string, chunk int, duration t
 			}
 		}
 	}()
-	var ops int64
+	var ops atomic.Int64
 	var lat []time.Duration
 	var rerr error
 	var t0 time.Time
@@ -545,7 +545,7 @@ func RawStream(ctx context.Context, d Dialer, addr string, chunk int, duration t
 			}
 			if measuring.Load() {
 				lat = append(lat, time.Since(t))
-				ops++
+				ops.Add(1)
 			}
 		}
 	}()
@@ -553,6 +553,7 @@ func RawStream(ctx context.Context, d Dialer, addr string, chunk int, duration t
 	t0 = time.Now()
 	measuring.Store(true)
 	sleep(ctx, duration)
+	awaitFirst(ctx, ops.Load, done)
 	measuring.Store(false)
 	elapsed = time.Since(t0)
 	stop.Store(true)
@@ -561,8 +562,8 @@ func RawStream(ctx context.Context, d Dialer, addr string, chunk int, duration t
 	c.Close()
 	<-done
 	<-wdone
-	r := Result{Workload: "raw-stream", Clients: 1, Duration: elapsed, Ops: ops,
-		OpsPerSec: float64(ops) / elapsed.Seconds(), Latency: Summarize(lat)}
+	r := Result{Workload: "raw-stream", Clients: 1, Duration: elapsed, Ops: ops.Load(),
+		OpsPerSec: float64(ops.Load()) / elapsed.Seconds(), Latency: Summarize(lat)}
 	select {
 	case err := <-werr:
 		rerr = errors.Join(rerr, err)
@@ -579,6 +580,26 @@ func RawStream(ctx context.Context, d Dialer, addr string, chunk int, duration t
 		return r, errors.New("bench: raw stream: no chunk came back")
 	}
 	return r, nil
+}
+
+// firstOpWait bounds how long a floor's measurement window is held open
+// for its first completed operation (awaitFirst).
+const firstOpWait = 5 * time.Second
+
+// awaitFirst holds a measurement window that has seen no completed
+// operation open until one completes, at most firstOpWait, or until
+// quit (when not nil) closes. A stall longer than a short window (a
+// retransmission timeout, a guest just resumed) then shows as a slow
+// sample, its time counted in the window, instead of an empty one.
+func awaitFirst(ctx context.Context, ops func() int64, quit <-chan struct{}) {
+	deadline := time.Now().Add(firstOpWait)
+	for ops() == 0 && ctx.Err() == nil && time.Now().Before(deadline) {
+		select {
+		case <-quit:
+			return
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
 }
 
 // fillStream writes the stream pattern for offset off into b: each 8-byte
@@ -652,6 +673,7 @@ func RawRTT(ctx context.Context, d Dialer, addr string, clients, size int, durat
 	measuring.Store(true)
 	t0 := time.Now()
 	sleep(ctx, duration)
+	awaitFirst(ctx, ops.Load, nil)
 	measuring.Store(false)
 	elapsed := time.Since(t0)
 	stop.Store(true)

@@ -140,6 +140,27 @@ func TestRawRTT(t *testing.T) {
 	t.Log(r)
 }
 
+// TestRawFloorsOutlastAStall: an echo server silent for longer than the
+// warm-up and the measurement window together (as after a retransmission
+// timeout) yields a slow sample that counts the stall, not an empty one.
+func TestRawFloorsOutlastAStall(t *testing.T) {
+	const stall = 600 * time.Millisecond
+	slowStart := func(c net.Conn) {
+		defer c.Close()
+		time.Sleep(stall)
+		io.Copy(c, c)
+	}
+	addr := listenServe(t, slowStart)
+	r, err := bench.RawRTT(context.Background(), &net.Dialer{}, addr, 1, 64, 100*time.Millisecond)
+	if err != nil || r.Ops == 0 || r.Duration < stall-200*time.Millisecond {
+		t.Fatalf("rtt: %+v %v", r, err)
+	}
+	r, err = bench.RawStream(context.Background(), &net.Dialer{}, listenServe(t, slowStart), 16<<10, 100*time.Millisecond)
+	if err != nil || r.Ops == 0 || r.Duration < stall-200*time.Millisecond {
+		t.Fatalf("stream: %+v %v", r, err)
+	}
+}
+
 // listenServe serves each connection to a loopback listener with serve,
 // until the test ends (listener and connections are closed then), and
 // returns the address.
