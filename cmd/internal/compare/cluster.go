@@ -574,9 +574,9 @@ func (v *vmCluster) pause(ctx context.Context, paused bool) error {
 		return err
 	}
 	// One echo round trip into every guest before anything is measured:
-	// the first exchange after a resume refreshes the neighbour entries
-	// on both sides and, under TCG, has been seen to take longer than a
-	// quick run's whole echo floor (its first sample then failed).
+	// under TCG the first exchange after a resume has taken longer than
+	// a quick run's whole echo floor (cause not pinned down), and it is
+	// the guest's catching up, not the stack's cost.
 	for _, m := range v.c.VMs() {
 		if a := m.Echo(); a != "" {
 			if err := echoOnce(ctx, v.c, a, 20*time.Second); err != nil {
