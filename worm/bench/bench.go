@@ -669,11 +669,15 @@ func RawRTT(ctx context.Context, d Dialer, addr string, clients, size int, durat
 			}
 		}(i, c)
 	}
+	// Closed when every connection's loop has ended (on an error): then
+	// no round trip can complete, and awaitFirst need not wait.
+	loopsDone := make(chan struct{})
+	go func() { wg.Wait(); close(loopsDone) }()
 	sleep(ctx, 200*time.Millisecond)
 	measuring.Store(true)
 	t0 := time.Now()
 	sleep(ctx, duration)
-	awaitFirst(ctx, ops.Load, nil)
+	awaitFirst(ctx, ops.Load, loopsDone)
 	measuring.Store(false)
 	elapsed := time.Since(t0)
 	stop.Store(true)

@@ -159,6 +159,12 @@ func TestRawFloorsOutlastAStall(t *testing.T) {
 	if err != nil || r.Ops == 0 || r.Duration < stall-200*time.Millisecond {
 		t.Fatalf("stream: %+v %v", r, err)
 	}
+	// A server that hangs up is not waited for.
+	start := time.Now()
+	closing := listenServe(t, func(c net.Conn) { c.Close() })
+	if r, err := bench.RawRTT(context.Background(), &net.Dialer{}, closing, 1, 64, 100*time.Millisecond); err == nil || time.Since(start) > 2*time.Second {
+		t.Fatalf("rtt to a closing server: %+v %v after %v", r, err, time.Since(start))
+	}
 }
 
 // listenServe serves each connection to a loopback listener with serve,
