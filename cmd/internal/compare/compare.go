@@ -256,8 +256,11 @@ type Report struct {
 	Settings map[string]any `json:"settings"`
 	Configs  []ConfigStatus `json:"configs"`
 	Rows     []Row          `json:"rows"`
-	Profiles []Profile      `json:"profiles,omitempty"`
-	Files    []string       `json:"files"`
+	// Goals judges host-netstack's rows against GoalThroughput and
+	// GoalP50, per configuration and load.
+	Goals    []GoalCheck `json:"goals,omitempty"`
+	Profiles []Profile   `json:"profiles,omitempty"`
+	Files    []string    `json:"files"`
 }
 
 // EchoWorkload names the raw echo floor rows.
@@ -728,6 +731,7 @@ func (r *runner) finish() {
 		x.CPURatio = div(x.ServerCPU.Median, b.ServerCPU.Median)
 	}
 	r.rep.Rows = rows
+	r.rep.Goals = checkGoals(rows)
 }
 
 // configRank orders rows' configurations: the spec floor first, then as

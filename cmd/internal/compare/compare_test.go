@@ -240,6 +240,30 @@ func TestCompareQuickEndToEnd(t *testing.T) {
 		}
 	}
 
+	// The goal checks: one per host-netstack configuration and load, over
+	// every wormd workload; the tables print them.
+	goals := map[string]GoalCheck{}
+	for _, g := range rep.Goals {
+		goals[fmt.Sprintf("%s|%d|%d", g.Config, g.Clients, g.Rate)] = g
+	}
+	for _, c := range cfgs {
+		if baseConfig(c) != HostNetstack {
+			continue
+		}
+		for _, n := range clients {
+			g, ok := goals[fmt.Sprintf("%s|%d|0", c, n)]
+			if !ok || g.Workloads != len(workloads) || g.ThroughputMin <= 0 || g.ThroughputMax < g.ThroughputMin || g.P50Min <= 0 || g.P50Max < g.P50Min {
+				t.Errorf("%s c=%d: goal check %+v", c, n, g)
+			}
+		}
+		if g, ok := goals[c+"|0|300"]; !ok || g.Workloads != 1 || g.P50Min <= 0 || g.ThroughputMin != 0 {
+			t.Errorf("%s @300/s: goal check %+v", c, g)
+		}
+	}
+	if len(rep.Goals) != len(goals) {
+		t.Errorf("goal checks %+v: duplicates", rep.Goals)
+	}
+
 	// results.csv: header and one well-formed line per row.
 	f, err := os.Open(filepath.Join(out, "results.csv"))
 	if err != nil {
@@ -296,6 +320,9 @@ func TestCompareQuickEndToEnd(t *testing.T) {
 		}
 		if !bytes.Contains(b, []byte("% |")) && !bytes.Contains(b, []byte("%  ")) {
 			t.Errorf("%s: no CPUs busy column with a percentage", name)
+		}
+		if !bytes.Contains(b, []byte("goals, wormd on netstack")) || !bytes.Contains(b, []byte(HostNetstack+", 1 client (")) {
+			t.Errorf("%s: no goal checks", name)
 		}
 	}
 }

@@ -88,6 +88,7 @@ func Table(rep *Report) string {
 			ratio(x.TputRatio), ratio(x.P50Ratio), ratio(x.CPURatio), ratio(x.StackTputRatio), ratio(x.StackP50Ratio), x.Errors)
 	}
 	tw.Flush()
+	b.WriteString(goalNote(rep, "  "))
 	b.WriteString(streamNote(rep))
 	b.WriteString(busyNote(rep))
 	b.WriteString(pacerNote(rep))
@@ -188,6 +189,7 @@ func Markdown(rep *Report) string {
 			opsCell(x, x.OpsPerSec.Median), opsCell(x, x.OpsPerSec.Min), opsCell(x, x.OpsPerSec.Max), f1(x.P50us.Median), f1(x.P99us.Median), dash(x.ServerCPU.Median), percent(x.CPUBusy.Median),
 			ratio(x.TputRatio), ratio(x.P50Ratio), ratio(x.StackTputRatio), ratio(x.StackP50Ratio))
 	}
+	b.WriteString(goalNote(rep, "- "))
 	b.WriteString(streamNote(rep))
 	b.WriteString(busyNote(rep))
 	b.WriteString(pacerNote(rep))
