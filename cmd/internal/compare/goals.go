@@ -80,7 +80,11 @@ func checkGoals(rows []Row) []GoalCheck {
 		if !ok {
 			i = len(out)
 			index[key] = i
-			out = append(out, GoalCheck{Config: x.Config, Clients: x.Clients, Rate: x.Rate, P50Min: math.Inf(1)})
+			g := GoalCheck{Config: x.Config, Clients: x.Clients, Rate: x.Rate, P50Min: math.Inf(1)}
+			if x.Rate == 0 {
+				g.ThroughputMin = math.Inf(1)
+			}
+			out = append(out, g)
 			if !slices.Contains(order, x.Config) {
 				order = append(order, x.Config)
 			}
@@ -94,10 +98,7 @@ func checkGoals(rows []Row) []GoalCheck {
 		}
 		if x.Rate == 0 {
 			t := round2(x.StackTputRatio)
-			if g.ThroughputMin == 0 || t < g.ThroughputMin {
-				g.ThroughputMin = t
-			}
-			g.ThroughputMax = max(g.ThroughputMax, t)
+			g.ThroughputMin, g.ThroughputMax = min(g.ThroughputMin, t), max(g.ThroughputMax, t)
 			if t < GoalThroughput {
 				g.ThroughputMissed = append(g.ThroughputMissed, x.Workload)
 			}
